@@ -15,7 +15,8 @@ import torch
 import torchvision
 
 import symbolic_l2o
-from symbolic_l2o.optimizers import AdamRule, RuleOptimizer
+from symbolic_l2o.meta_train import BASELINES, ZOO, evaluate, load_pretrained, make_task, meta_train, tune_baseline
+from symbolic_l2o.optimizers import AdamRule, RuleOptimizer, make_rule
 
 
 def state_bytes_per_param(opt: torch.optim.Optimizer, n_params: int) -> float:
@@ -49,7 +50,38 @@ def optimizer_step(repeats: int = 30, warmup: int = 3) -> dict:
             "params": n, "repeats": repeats, "threads": torch.get_num_threads()}
 
 
-BENCHMARKS = {"optimizer_step": optimizer_step}
+def meta_train_scaling(unrolls=(5, 10, 20, 40), windows: int = 4, epochs: int = 3) -> dict:
+    "Seconds per meta-training window of RP on digits_mlp for each unroll K (median over epochs of `windows` windows)."
+    task, out = make_task("digits_mlp"), {}
+    meta_train(make_rule("rp"), task, epochs=1, epoch_len=unrolls[0], unroll=unrolls[0], progress=False)  # warm-up
+    for k in unrolls:
+        torch.manual_seed(0)
+        history = meta_train(make_rule("rp"), task, epochs=epochs, epoch_len=windows * k, unroll=k, progress=False)
+        out[str(k)] = statistics.median(h["seconds"] for h in history) / windows
+    return {"seconds_per_window": out, "ratio_40_over_10": out["40"] / out["10"],
+            "note": "linear cost in K gives a ratio of about 4, quadratic about 16"}
+
+
+def l2o_quality(horizon: int = 200, factor: int = 5, seeds: int = 10) -> dict:
+    "Held-out Eva loss of each zoo rule at its trained horizon and at factor× it, beside LR-tuned baselines."
+    task, result = make_task("digits_mlp"), {"task": "digits_mlp", "seeds": seeds}
+    for steps in (horizon, factor * horizon):
+        row = {}
+        for name in ZOO:
+            ev = evaluate(load_pretrained(name), task, steps, range(seeds), progress=False)
+            row[name] = {"eva_loss": ev.eva_loss, "final_eval_loss": ev.final_eval_loss}
+        for name in BASELINES:
+            lr, ev = tune_baseline(name, task, steps, seeds=range(seeds))
+            row[name] = {"lr": lr, "eva_loss": ev.eva_loss, "final_eval_loss": ev.final_eval_loss}
+        result[f"{steps}_steps"] = row
+    for steps in (horizon, factor * horizon):
+        row = result[f"{steps}_steps"]
+        result[f"rp_si_over_adam_{steps}"] = row["rp_si"]["eva_loss"][0] / row["adam"]["eva_loss"][0]
+    result["rp_si_over_adam"] = result[f"rp_si_over_adam_{horizon}"]
+    return result
+
+
+BENCHMARKS = {"optimizer_step": optimizer_step, "meta_train_scaling": meta_train_scaling, "l2o_quality": l2o_quality}
 
 
 def main():

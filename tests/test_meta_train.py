@@ -1,0 +1,155 @@
+"Meta-training behaviour that is not a notebook lesson: resume equivalence, failure handling, data loaders, the CLI."
+import gzip
+import json
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from symbolic_l2o.meta_train import (LogStepRule, QuadraticTask, evaluate, load_pretrained, load_rule, make_task,
+                                     meta_train, mnist_data, pretrained_card, save_rule, ZOO)
+from symbolic_l2o.optimizers import SGDRule, make_rule
+
+
+def small_run(out, epochs, resume=False):
+    torch.manual_seed(0)
+    rule = make_rule("rp_s")
+    meta_train(rule, make_task("digits_mlp"), epochs=epochs, epoch_len=20, unroll=10, out_dir=out,
+               checkpoint_every=2, resume=resume, imitation_ratio=0.3, progress=False)
+    return rule
+
+
+def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path):
+    full = small_run(tmp_path / "full", epochs=4)
+    small_run(tmp_path / "split", epochs=2)  # "interrupted" after epoch 2 (checkpoint written)
+    resumed = small_run(tmp_path / "split", epochs=4, resume=True)
+    for (n, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), n
+    lines = [json.loads(l) for l in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
+    assert [l["epoch"] for l in lines] == [0, 1, 2, 3]
+
+
+def test_resume_refuses_a_checkpoint_of_another_rule(tmp_path):
+    small_run(tmp_path, epochs=2)
+    with pytest.raises(ValueError, match="was written for"):
+        meta_train(make_rule("rp"), make_task("digits_mlp"), epochs=3, epoch_len=20, unroll=10, out_dir=tmp_path,
+                   resume=True, progress=False)
+
+
+def test_nonfinite_meta_loss_is_skipped_and_never_written_into_the_weights():
+    rule = LogStepRule(lr=1e6)  # diverges at once on a quadratic: the meta-loss overflows
+    before = rule.log_lr.detach().clone()
+    history = meta_train(rule, QuadraticTask(), epochs=3, epoch_len=20, unroll=10, progress=False)
+    assert torch.equal(rule.log_lr.detach(), before)
+    assert [h["skipped"] for h in history] == [1, 2, 3]
+    assert all(h["nonfinite_window"] == 0 for h in history)
+
+
+def test_bad_arguments_are_named():
+    task = make_task("quadratic")
+    with pytest.raises(ValueError, match="no trainable weights"):
+        meta_train(SGDRule(), task, epochs=1)
+    with pytest.raises(ValueError, match="invalid unroll=0"):
+        meta_train(make_rule("rp_s"), task, epochs=1, unroll=0)
+    with pytest.raises(ValueError, match="imitation_ratio"):
+        meta_train(make_rule("rp_s"), task, epochs=1, imitation_ratio=2.0)
+    with pytest.raises(ValueError, match="unknown task"):
+        make_task("imagenet")
+    with pytest.raises(ValueError, match="invalid init"):
+        make_task("digits_mlp", init="xavier")
+    with pytest.raises(ValueError, match="arch"):
+        make_task("digits_mlp", arch="resnet")
+
+
+def write_idx(path: Path, array: np.ndarray):
+    "An IDX file as MNIST ships it (big-endian header, uint8 data)."
+    dims = array.shape
+    with open(path, "wb") as f:
+        f.write(struct.pack(">BBBB", 0, 0, 0x08, len(dims)))
+        f.write(struct.pack(">" + "I" * len(dims), *dims))
+        f.write(array.astype(np.uint8).tobytes())
+
+
+def test_mnist_loader_reads_idx_files(tmp_path):
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    images, labels = rng.integers(0, 256, (20, 28, 28)), rng.integers(0, 10, 20)
+    for split, n in (("train", 20), ("t10k", 4)):
+        write_idx(raw / f"{split}-images-idx3-ubyte", images[:n])
+        write_idx(raw / f"{split}-labels-idx1-ubyte", labels[:n])
+    Xt, yt, Xe, ye = mnist_data(tmp_path)
+    assert Xt.shape == (10, 784) and Xe.shape == (10, 784)
+    assert sorted(torch.cat([yt, ye]).tolist()) == sorted(labels.tolist())
+    assert Xt.min() >= -0.5 and Xt.max() <= 0.5
+    pixels = sorted((torch.cat([Xt, Xe]) + 0.5).mul(255).round().flatten().tolist())
+    assert pixels == sorted(images.flatten().astype(float).tolist())  # every pixel, once
+    task = make_task("mnist_mlp", root=tmp_path, batch_size=4)
+    prob = task.problem(0)
+    assert torch.isfinite(prob.train_loss(prob.params))
+
+
+def test_missing_mnist_says_how_to_get_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match="download=True"):
+        mnist_data(tmp_path / "nowhere")
+
+
+def test_saved_rule_round_trips_with_weights_only(tmp_path):
+    torch.manual_seed(1)
+    rule = make_rule("rp_si")
+    path = save_rule(rule, tmp_path / "r", {"task": "digits_mlp"})
+    loaded, card = load_rule(path)
+    assert card["task"] == "digits_mlp" and card["config"]["class"] == "RNNpropRule"
+    for a, b in zip(rule.state_dict().values(), loaded.state_dict().values()):
+        assert torch.equal(a, b)
+    assert not list(tmp_path.glob("*.tmp"))
+    with pytest.raises(FileNotFoundError, match="no saved rule"):
+        load_rule(tmp_path / "missing.pt")
+
+
+@pytest.mark.parametrize("name", ZOO)
+def test_zoo_rules_load_and_beat_their_untrained_selves(name):
+    rule, card = load_pretrained(name), pretrained_card(name)
+    assert card["task"].startswith("digits_mlp") and "eva_loss" in card["evaluation"]
+    task = make_task("digits_mlp")
+    trained = evaluate(rule, task, steps=100, seeds=range(3), progress=False).eva_loss[0]
+    torch.manual_seed(0)
+    untrained = evaluate(make_rule(name), task, steps=100, seeds=range(3), progress=False).eva_loss[0]
+    assert trained < untrained
+
+
+def test_unknown_zoo_name_lists_what_exists():
+    with pytest.raises(ValueError, match="available"):
+        load_pretrained("rp_huge")
+
+
+def cli(*args, cwd):
+    exe = Path(sys.executable).parent / "symbolic-l2o"
+    return subprocess.run([str(exe), *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def test_cli_meta_trains_tunes_and_evaluates_end_to_end(tmp_path):
+    r = cli("meta-train", "--rule", "rp_s", "--task", "quadratic", "--epochs", "2", "--epoch_len", "20", "--unroll", "10",
+            "--out", "mt", "--device", "cpu", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "mt" / "rule.pt").exists() and (tmp_path / "mt" / "checkpoint.pt").exists()
+    assert len((tmp_path / "mt" / "metrics.jsonl").read_text().splitlines()) == 2
+    r = cli("tune", "--rule", "mt/rule.pt", "--task", "digits_mlp", "--epochs", "1", "--epoch_len", "20", "--unroll", "10",
+            "--out", "tuned", "--device", "cpu", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "tuned" / "rule.json").read_text())["tuned_from"] == "mt/rule.pt"
+    r = cli("evaluate", "--rule", "tuned/rule.pt", "--task", "digits_mlp", "--steps", "10", "--seeds", "2",
+            "--out", "ev", "--device", "cpu", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    ev = json.loads((tmp_path / "ev" / "evaluation.json").read_text())
+    assert np.array(ev["train_loss"]).shape == (2, 11)
+    r = cli("evaluate", "--rule", "adam", "--lr", "0.01", "--task", "quadratic", "--steps", "5", "--seeds", "1",
+            "--out", "ev2", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    r = cli("frobnicate", cwd=tmp_path)
+    assert r.returncode == 2 and "usage" in r.stderr
