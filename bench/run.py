@@ -7,7 +7,6 @@ import json
 import os
 import platform
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import torch
 import torchvision
 
 import symbolic_l2o
-from symbolic_l2o.meta_train import BASELINES, ZOO, evaluate, load_pretrained, make_task, meta_train, tune_baseline
+from symbolic_l2o.meta_train import BASELINES, atomic_write, ZOO, evaluate, load_pretrained, make_task, meta_train, tune_baseline
 from symbolic_l2o.optimizers import AdamRule, RuleOptimizer, make_rule
 
 
@@ -98,10 +97,7 @@ def main():
         print(f"== {name}", flush=True)
         results["benchmarks"][name] = BENCHMARKS[name]()
         print(json.dumps(results["benchmarks"][name], indent=2), flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=args.out.parent, delete=False, suffix=".tmp") as f:
-        json.dump(results, f, indent=2)
-    os.replace(f.name, args.out)
+    atomic_write(args.out, lambda tmp: Path(tmp).write_text(json.dumps(results, indent=2)))
     print(f"written {args.out}")
 
 

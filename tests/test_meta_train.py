@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from symbolic_l2o.meta_train import (LogStepRule, QuadraticTask, evaluate, load_pretrained, load_rule, make_task,
+from symbolic_l2o.meta_train import (LogStepRule, atomic_write, QuadraticTask, evaluate, load_pretrained, load_rule, make_task,
                                      meta_train, mnist_data, pretrained_card, save_rule, ZOO)
 from symbolic_l2o.optimizers import SGDRule, make_rule
 
@@ -97,6 +97,18 @@ def test_mnist_loader_reads_idx_files(tmp_path):
 def test_missing_mnist_says_how_to_get_it(tmp_path):
     with pytest.raises(FileNotFoundError, match="download=True"):
         mnist_data(tmp_path / "nowhere")
+
+
+def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
+    path = tmp_path / "card.json"
+    path.write_text("old")
+
+    def crash(tmp):
+        Path(tmp).write_text("half")
+        raise OSError("disk full")
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(path, crash)
+    assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["card.json"]
 
 
 def test_saved_rule_round_trips_with_weights_only(tmp_path):

@@ -1,6 +1,6 @@
 """The optimizer contract: every update rule, deployed through `RuleOptimizer`, behaves like a `torch.optim` optimizer.
 
-Later issues add learned and symbolic rules to `RULES`; every test here then runs over them too."""
+`ALL` holds the hand rules and the pretrained learned rules of the zoo; later issues add symbolic rules."""
 import copy
 import io
 import math
@@ -9,8 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from symbolic_l2o.optimizers import (AddSignRule, AdamRule, LionRule, MomentumRule, NesterovRule, PowerSignRule,
-                                     RMSpropRule, RuleOptimizer, SGDRule, UpdateRule)
+from symbolic_l2o.meta_train import ZOO, load_pretrained
+from symbolic_l2o.optimizers import (AddSignRule, AdamRule, DMRule, LionRule, MomentumRule, NesterovRule, PowerSignRule,
+                                     RMSpropRule, RNNpropRule, RuleOptimizer, SGDRule, UpdateRule, make_rule)
 
 # name -> factory of the rule with a learning rate suited to the small problems below
 RULES = {
@@ -23,6 +24,9 @@ RULES = {
     "powersign": lambda: PowerSignRule(lr=0.02),
     "addsign": lambda: AddSignRule(lr=0.02),
 }
+# learned rules as users deploy them: the pretrained zoo
+LEARNED = {name: (lambda name=name: load_pretrained(name)) for name in ZOO}
+ALL = {**RULES, **LEARNED}
 # name -> (invalid keyword arguments, the name the error must mention)
 INVALID = {
     "sgd": [({"lr": -0.1}, "lr"), ({"lr": float("nan")}, "lr")],
@@ -38,7 +42,7 @@ INVALID = {
 }
 CLS = {"sgd": SGDRule, "momentum": MomentumRule, "nesterov": NesterovRule, "adam": AdamRule, "rmsprop": RMSpropRule,
        "lion": LionRule, "powersign": PowerSignRule, "addsign": AddSignRule}
-names = pytest.mark.parametrize("name", list(RULES))
+names = pytest.mark.parametrize("name", list(ALL))
 
 
 def mlp(seed=0, sizes=(4, 8, 1)):
@@ -74,7 +78,7 @@ def same(a, b):
 
 @names
 def test_rule_is_an_update_rule(name):
-    assert isinstance(RULES[name](), UpdateRule)
+    assert isinstance(ALL[name](), UpdateRule)
 
 
 @names
@@ -84,18 +88,17 @@ def test_linear_model_loss_falls_over_200_steps(name):
     y = X @ torch.randn(6, 1, generator=g) + 0.1 * torch.randn(64, 1, generator=g)
     torch.manual_seed(0)
     model = nn.Linear(6, 1)
-    losses = train(model, RuleOptimizer(model.parameters(), RULES[name]()), X, y, 200)
+    losses = train(model, RuleOptimizer(model.parameters(), ALL[name]()), X, y, 200)
     assert losses[-1] < 0.1 * losses[0], (losses[0], losses[-1])
 
 
-@names
+@pytest.mark.parametrize("name", list(RULES))  # hand rules: a learned rule's first steps carry its learned bias
 def test_sigmoid_mlp_loss_falls_on_every_step(name):
     torch.manual_seed(3)
     model = nn.Sequential(nn.Linear(2, 3), nn.Sigmoid(), nn.Linear(3, 1))
     X, y = data(seed=4, n=16, d=2)
-    rule = RULES[name]()
-    rule.lr = rule.lr / 30  # a small step: full-batch descent must then lower the loss at every step
-    opt = RuleOptimizer(model.parameters(), rule)
+    # a small step (RuleOptimizer's lr multiplies every rule's update): the loss must then fall at every step
+    opt = RuleOptimizer(model.parameters(), ALL[name](), lr=1 / 30)
     losses = []
     for _ in range(21):
         opt.zero_grad()
@@ -110,10 +113,10 @@ def test_sigmoid_mlp_loss_falls_on_every_step(name):
 def test_state_dict_lock_step_is_bit_identical(name):
     X, y = data()
     a = mlp()
-    opt_a = RuleOptimizer(a.parameters(), RULES[name]())
+    opt_a = RuleOptimizer(a.parameters(), ALL[name]())
     train(a, opt_a, X, y, 20)
     b = copy.deepcopy(a)
-    opt_b = RuleOptimizer(b.parameters(), RULES[name]())
+    opt_b = RuleOptimizer(b.parameters(), ALL[name]())
     buf = io.BytesIO()
     torch.save(opt_a.state_dict(), buf)
     buf.seek(0)
@@ -128,10 +131,10 @@ def test_state_dict_lock_step_is_bit_identical(name):
 def test_state_survives_a_dtype_cast(name):
     X, y = data()
     a = mlp()
-    opt_a = RuleOptimizer(a.parameters(), RULES[name]())
+    opt_a = RuleOptimizer(a.parameters(), ALL[name]())
     train(a, opt_a, X, y, 10)
     b = copy.deepcopy(a).double()
-    opt_b = RuleOptimizer(b.parameters(), RULES[name]())
+    opt_b = RuleOptimizer(b.parameters(), ALL[name]())
     opt_b.load_state_dict(opt_a.state_dict())  # directly, not through a file: nothing may be shared
     for p, q in zip(a.parameters(), b.parameters()):
         sa, sb = opt_a.state[p], opt_b.state[q]
@@ -168,7 +171,7 @@ def fixed_grad_run(rule_factory, lrs, steps, scheduler=None):
 
 @names
 def test_param_groups_scale_the_update_by_their_lr(name):
-    (p1, p2, p3), _ = fixed_grad_run(RULES[name], [1.0, 0.25, 0.0], steps=10)
+    (p1, p2, p3), _ = fixed_grad_run(ALL[name], [1.0, 0.25, 0.0], steps=10)
     assert p1.abs().sum() > 0
     torch.testing.assert_close(p2, 0.25 * p1)
     assert torch.equal(p3, torch.zeros(5))
@@ -179,10 +182,10 @@ def test_param_groups_scale_the_update_by_their_lr(name):
 def test_lr_schedulers_scale_each_update(name, scheduler):
     make = {"step": lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=3, gamma=0.5),
             "cosine": lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=8)}[scheduler]
-    (p,), grads = fixed_grad_run(RULES[name], [1.0], steps=8, scheduler=make)
+    (p,), grads = fixed_grad_run(ALL[name], [1.0], steps=8, scheduler=make)
     factors = {"step": [0.5 ** (t // 3) for t in range(8)],
                "cosine": [0.5 * (1 + math.cos(math.pi * t / 8)) for t in range(8)]}[scheduler]
-    rule = RULES[name]()
+    rule = ALL[name]()
     expected, state = torch.zeros(5), rule.init([torch.zeros(5)])
     with torch.no_grad():
         for t, (gr, f) in enumerate(zip(grads, factors), 1):
@@ -195,7 +198,7 @@ def test_lr_schedulers_scale_each_update(name, scheduler):
 def test_step_with_closure_returns_its_loss(name):
     X, y = data()
     model = mlp()
-    opt = RuleOptimizer(model.parameters(), RULES[name]())
+    opt = RuleOptimizer(model.parameters(), ALL[name]())
     before = [p.detach().clone() for p in model.parameters()]
     calls = []
 
@@ -218,8 +221,8 @@ def test_non_contiguous_and_zero_size_parameters(name):
     assert not nc.is_contiguous()
     contiguous = nn.Parameter(base.clone().t().contiguous())
     empty = nn.Parameter(torch.zeros(0, 3))
-    opt_nc = RuleOptimizer([nc, empty], RULES[name]())
-    opt_c = RuleOptimizer([contiguous], RULES[name]())
+    opt_nc = RuleOptimizer([nc, empty], ALL[name]())
+    opt_c = RuleOptimizer([contiguous], ALL[name]())
     for i in range(5):
         g = torch.randn(4, 3, generator=torch.Generator().manual_seed(i + 1))
         nc.grad, contiguous.grad, empty.grad = g.t().contiguous().t(), g.clone(), torch.zeros(0, 3)
@@ -230,11 +233,25 @@ def test_non_contiguous_and_zero_size_parameters(name):
     assert empty.shape == (0, 3)
 
 
-@names
+@pytest.mark.parametrize("name", list(RULES))
 def test_invalid_hyperparameters_raise_naming_the_value(name):
     for kwargs, bad in INVALID[name]:
         with pytest.raises(ValueError, match=f"invalid {bad.replace('[', '.').replace(']', '.')}"):
             CLS[name](**kwargs)
+
+
+@pytest.mark.parametrize("make,match", [
+    (lambda: DMRule(preprocessing="sign"), "invalid preprocessing"),
+    (lambda: DMRule(k=-1.0), "invalid k"),
+    (lambda: DMRule(hidden=()), "need >= 1 LSTM layer"),
+    (lambda: RNNpropRule(output_scale=0.0), "invalid output_scale"),
+    (lambda: RNNpropRule(features=("mt", "speed")), "unknown gradient feature.*speed"),
+    (lambda: RNNpropRule(beta1=1.0), "invalid beta1"),
+    (lambda: make_rule("rp_xxl"), "unknown rule"),
+])
+def test_invalid_learned_rule_arguments(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
 
 
 def test_invalid_optimizer_arguments():
@@ -252,7 +269,7 @@ def test_invalid_optimizer_arguments():
 def test_nonfinite_gradient_error_changes_nothing(name, bad):
     X, y = data()
     model = mlp()
-    opt = RuleOptimizer(model.named_parameters(), RULES[name]())
+    opt = RuleOptimizer(model.named_parameters(), ALL[name]())
     train(model, opt, X, y, 3)
     opt.zero_grad()
     nn.functional.mse_loss(model(X), y).backward()
@@ -267,7 +284,7 @@ def test_nonfinite_gradient_error_changes_nothing(name, bad):
 def test_nonfinite_gradient_skip_changes_nothing_and_counts(name):
     X, y = data()
     model = mlp()
-    opt = RuleOptimizer(model.parameters(), RULES[name](), on_nonfinite="skip")
+    opt = RuleOptimizer(model.parameters(), ALL[name](), on_nonfinite="skip")
     train(model, opt, X, y, 3)
     opt.zero_grad()
     nn.functional.mse_loss(model(X), y).backward()
@@ -278,7 +295,7 @@ def test_nonfinite_gradient_skip_changes_nothing_and_counts(name):
     assert opt.nonfinite_skips == 1 and opt.state_dict()["nonfinite_skips"] == 1
     train(model, opt, X, y, 1)  # finite gradients step again
     assert not same(before, snapshot(model, opt))
-    fresh = RuleOptimizer(model.parameters(), RULES[name](), on_nonfinite="skip")
+    fresh = RuleOptimizer(model.parameters(), ALL[name](), on_nonfinite="skip")
     fresh.load_state_dict(opt.state_dict())
     assert fresh.nonfinite_skips == 1
 
@@ -295,7 +312,7 @@ def test_sparse_gradients_are_rejected():
 def test_parameters_without_grad_are_skipped_with_their_own_step_count(name):
     a, b = nn.Parameter(torch.ones(3)), nn.Parameter(torch.ones(3))
     ref = nn.Parameter(torch.ones(3))
-    opt, ref_opt = RuleOptimizer([a, b], RULES[name]()), RuleOptimizer([ref], RULES[name]())
+    opt, ref_opt = RuleOptimizer([a, b], ALL[name]()), RuleOptimizer([ref], ALL[name]())
     g = torch.tensor([0.5, -1.0, 2.0])
     for _ in range(3):  # only `a` has gradients: b stays put and gets no state
         a.grad, b.grad = g.clone(), None
@@ -310,7 +327,7 @@ def test_parameters_without_grad_are_skipped_with_their_own_step_count(name):
 
 @names
 def test_step_is_pure_and_differentiable_with_autograd(name):
-    rule = RULES[name]()
+    rule = ALL[name]()
     w = torch.randn(6, requires_grad=True)
     state = rule.init([w])
     kept = [{k: v.clone() for k, v in s.items()} for s in state]
