@@ -1,0 +1,135 @@
+"Recording and distillation behaviour that is not a notebook lesson: exact recoveries, safe files, symbolic rules, engines."
+import json
+
+import numpy as np
+import pytest
+import sympy as sp
+import torch
+
+from symbolic_l2o.distill import FittedRule, fit_rule, is_exact, sanity_targets, evaluate_expression
+from symbolic_l2o.meta_train import make_task
+from symbolic_l2o.optimizers import AdamRule, SGDRule, SymbolicRule, RuleOptimizer, rule_config, rule_from_config, variable
+from symbolic_l2o.srgen import SRDataset, record_trajectories
+
+
+@pytest.fixture(scope="module")
+def gradients():
+    "Gradient histories (20 lags of g) recorded while Adam trains the digits MLP."
+    return record_trajectories(AdamRule(lr=0.01), make_task("digits_mlp"), steps=60, seeds=range(3), features=["g"],
+                               lags=20, progress=False)
+
+
+@pytest.mark.parametrize("target", ["-0.01 g_t", "momentum(0.6)"])
+def test_exact_recovery_from_recorded_gradients(gradients, target):
+    expr = sanity_targets()[target]
+    y = evaluate_expression(expr, gradients.X, gradients.names)
+    fit = fit_rule(gradients.X, y, gradients.names, time_limit=2, max_rows=3000)
+    assert is_exact(fit.expr, expr), fit.expr
+    assert fit.r2(gradients.X, y) > 0.999999
+
+
+def test_fitted_rule_round_trip_gives_identical_predictions(gradients, tmp_path):
+    y = np.tanh(50 * gradients.X[:, 0]) - 3 * gradients.X[:, 2]
+    fit = fit_rule(gradients.X, y, gradients.names, time_limit=2, max_rows=3000, meta={"scale": 0.1})
+    back = FittedRule.load(fit.save(tmp_path / "fit"))
+    assert np.array_equal(back.predict(gradients.X), fit.predict(gradients.X))
+    assert [str(m["expr"]) for m in back.pareto] == [str(m["expr"]) for m in fit.pareto]
+    assert back.meta["scale"] == 0.1 and back.to_rule().scale == 0.1
+
+
+@pytest.mark.parametrize("payload", ["__import__('os').system('touch /tmp/pwned')", "g_0.__class__", "eval('1')",
+                                     "g_0 if True else g_1", "[g_0]"])
+def test_a_file_carrying_code_is_rejected_before_anything_runs(tmp_path, payload):
+    path = tmp_path / "evil.json"
+    path.write_text(json.dumps({"expr": payload, "names": ["g_0", "g_1"], "engine": "operon", "selection": "best",
+                                "seconds": 0, "meta": {}, "pareto": []}))
+    with pytest.raises(ValueError):
+        FittedRule.load(path)
+    path.write_text(json.dumps({"expr": "g_0", "names": ["__import__"], "engine": "operon", "selection": "best",
+                                "seconds": 0, "meta": {}, "pareto": [{"expr": payload}]}))
+    with pytest.raises(ValueError):
+        FittedRule.load(path)
+
+
+def test_symbolic_rule_reproduces_hand_rules_to_1e_6():
+    torch.manual_seed(0)
+    grads = [[torch.randn(6, 5), torch.randn(7)] for _ in range(40)]
+    cases = [(SymbolicRule("-g_0", scale=0.05), SGDRule(lr=0.05)),
+             (SymbolicRule("-mt_0", scale=3e-3), AdamRule(lr=3e-3, betas=(0.95, 0.95), eps=1e-12))]
+    for sym, hand in cases:
+        s1, s2 = sym.init(grads[0]), hand.init(grads[0])
+        with torch.no_grad():
+            for t, g in enumerate(grads, 1):
+                (u1, s1), (u2, s2) = sym.step(g, s1, t), hand.step(g, s2, t)
+                for a, b in zip(u1, u2):
+                    torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+
+
+def test_to_sympy_returns_changed_constants_and_the_config_round_trips():
+    rule = SymbolicRule("0.02 - 0.5*tanh(1.99*mt_0)", scale=0.01)
+    with torch.no_grad():
+        rule.constants[rule.constants.tolist().index(-0.5)] = -0.75
+    expr = rule.to_sympy()
+    assert sp.Float(-0.75) in expr.atoms(sp.Float) and sp.Float(-0.5) not in expr.atoms(sp.Float)
+    rebuilt = rule_from_config(rule_config(rule))
+    assert torch.equal(rebuilt.constants, rule.constants.detach())
+
+
+def test_symbolic_rule_constants_are_meta_trainable_and_history_uses_lags():
+    rule = SymbolicRule("-1.0*g_0 - 0.5*g_2", scale=0.1)
+    assert rule.lags == 3 and rule.features == ("g",)
+    w = torch.zeros(4, requires_grad=True)
+    state, total = rule.init([w]), 0
+    for t in range(1, 5):
+        (u,), state = rule.step([torch.full((4,), float(t))], state, t)
+        total = total + u.sum()
+    total.backward()
+    assert rule.constants.grad is not None and torch.isfinite(rule.constants.grad).all()
+    # step 4: -1·4 - 0.5·2 (lag 2 = step 2), times 0.1
+    torch.testing.assert_close(u.detach(), torch.full((4,), -0.5))
+
+
+def test_symbolic_rule_deploys_through_rule_optimizer():
+    p = torch.nn.Parameter(torch.ones(3))
+    opt = RuleOptimizer([p], SymbolicRule("-g_0", scale=0.1))
+    p.grad = torch.tensor([1.0, 2.0, 3.0])
+    opt.step()
+    torch.testing.assert_close(p.detach(), torch.tensor([0.9, 0.8, 0.7]))
+
+
+def test_bad_inputs_to_fit_rule_and_symbolic_rule():
+    X = np.random.default_rng(0).normal(size=(100, 2))
+    with pytest.raises(ValueError, match="unknown engine"):
+        fit_rule(X, X[:, 0], ["a", "b"], engine="gplearn")
+    with pytest.raises(ValueError, match="invalid selection"):
+        fit_rule(X, X[:, 0], ["a", "b"], selection="fastest")
+    with pytest.raises(ValueError, match="rows but y"):
+        fit_rule(X, X[:50, 0], ["a", "b"])
+    with pytest.raises(ValueError, match="unknown feature"):
+        SymbolicRule("velocity_0 + g_0")
+    with pytest.raises(ValueError, match="no variable"):
+        SymbolicRule("1.5")
+
+
+def test_sr_dataset_split_is_by_run_and_save_is_atomic(gradients, tmp_path):
+    train, test = gradients.split_by_run(test_fraction=0.34)
+    assert not set(train.run_ids) & set(test.run_ids) and len(train) + len(test) == len(gradients)
+    path = gradients.save(tmp_path / "sr")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sr.json", "sr.npz"]
+    back = SRDataset.load(path)
+    assert np.array_equal(back.X, gradients.X) and back.names == gradients.names
+    with pytest.raises(FileNotFoundError, match="no SR dataset"):
+        SRDataset.load(tmp_path / "missing")
+    with pytest.raises(ValueError, match="expected"):
+        SRDataset(np.zeros((3, 2)), np.zeros(3), ["a"], np.zeros(3), np.zeros(3), np.zeros(3))
+
+
+def test_pysr_engine_runs_where_julia_is_present_and_says_why_elsewhere():
+    X = np.random.default_rng(0).normal(size=(200, 2))
+    y = -0.01 * X[:, 0]
+    try:
+        fit = fit_rule(X, y, ["g_0", "g_1"], engine="pysr", operators=["add", "mul"], time_limit=60)
+    except RuntimeError as e:
+        assert "Julia" in str(e)
+        pytest.skip(f"PySR engine unavailable here: {e}")
+    assert fit.r2(X, y) > 0.999
