@@ -163,5 +163,9 @@ def test_cli_meta_trains_tunes_and_evaluates_end_to_end(tmp_path):
     r = cli("evaluate", "--rule", "adam", "--lr", "0.01", "--task", "quadratic", "--steps", "5", "--seeds", "1",
             "--out", "ev2", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
+    r = cli("srgen", "--rule", "tuned/rule.pt", "--task", "digits_mlp", "--steps", "30", "--seeds", "2", "--lags", "5",
+            "--out", "sr/data", "--device", "cpu", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "sr" / "data.npz").exists() and json.loads(r.stdout)["columns"] == 10  # mt, gt × 5 lags
     r = cli("frobnicate", cwd=tmp_path)
     assert r.returncode == 2 and "usage" in r.stderr
