@@ -1,7 +1,5 @@
 "Meta-training behaviour that is not a notebook lesson: resume equivalence, failure handling, data loaders, the CLI."
-import gzip
 import json
-import os
 import struct
 import subprocess
 import sys
