@@ -102,7 +102,7 @@ def _linear_path(X, y, names, max_terms):
         if (resid ** 2).mean() <= floor: break
     return out
 
-# %% ../nbs/03_distill.ipynb #a75a4c22
+# %% ../nbs/03_distill.ipynb #724ae900
 def _r2(y, pred):
     ss = ((y - y.mean()) ** 2).sum()
     return float(1 - ((y - pred) ** 2).sum() / ss) if ss > 0 else float("nan")
@@ -151,7 +151,11 @@ class FittedRule:
     def latex(self, digits: int = 3) -> str:
         "LaTeX of the equation with every constant rounded (not truncated) to `digits` significant digits."
         rounded = self.expr.xreplace({a: sp.Float(float(f"{float(a):.{digits}g}"), digits) for a in self.expr.atoms(sp.Float)})
-        return sp.latex(rounded)
+        names = {}
+        for s in rounded.free_symbols:  # feature_lag → \mathrm{feature}_{lag} (sympy would read "mp3_1" as mp_{3 1})
+            feature, _, lag = s.name.rpartition("_")
+            names[s] = rf"\mathrm{{{feature}}}_{{{lag}}}" if feature and lag.isdigit() else sp.latex(s)
+        return sp.latex(rounded, symbol_names=names)
 
     def to_rule(self, scale: float | None = None) -> SymbolicRule:
         "The equation as a `SymbolicRule` (scale from the SR dataset's metadata unless given)."
