@@ -25,7 +25,7 @@ from .meta_train import atomic_write
 __all__ = ['ENGINE_OPERATORS', 'evaluate_expression', 'FittedRule', 'fit_rule', 'sanity_targets', 'is_exact', 'sanity_check',
            'Distillation', 'distill', 'temporal_perception_field', 'mapping_complexity', 'plot_response']
 
-# %% ../nbs/03_distill.ipynb #69593cc2
+# %% ../nbs/03_distill.ipynb #dae475e7
 ENGINE_OPERATORS = {
     "operon": {"add": "add", "sub": "sub", "mul": "mul", "div": "div", "sqrt_abs": "sqrtabs", "tanh": "tanh",
                "sinh": "sinh", "exp": "exp", "abs": "abs", "square": "square"},
@@ -54,18 +54,14 @@ def _validate(X, y, names):
 
 
 def _operon_fit(X, y, names, operators, max_length, time_limit, seed):
-    "Two Operon searches: two thirds of the time on R² alone (the most accurate equations), a third on R² and length (the front)."
     from pyoperon.sklearn import SymbolicRegressor
     symbols = ",".join(["constant", "variable"] + [ENGINE_OPERATORS["operon"][o] for o in operators])
-    texts = []
-    for objectives, share in ((["r2"], 2 / 3), (["r2", "length"], 1 / 3)):
-        reg = SymbolicRegressor(allowed_symbols=symbols, objectives=objectives, max_length=max_length, max_depth=12,
-                                population_size=1000, pool_size=1000, generations=100_000, max_evaluations=10**9,
-                                optimizer_iterations=5, max_time=max(1, int(round(time_limit * share))),
-                                random_state=seed, n_threads=1)
-        reg.fit(X, y)
-        texts += [reg.get_model_string(m["tree"], 17, names) for m in reg.pareto_front_]
-    return texts
+    reg = SymbolicRegressor(allowed_symbols=symbols, objectives=["r2", "length"], max_length=max_length,
+                            max_depth=12, population_size=1000, pool_size=1000, generations=100_000,
+                            max_evaluations=10**9, optimizer_iterations=5, max_time=max(1, int(time_limit)),
+                            random_state=seed, n_threads=1)
+    reg.fit(X, y)
+    return [reg.get_model_string(m["tree"], 17, names) for m in reg.pareto_front_]
 
 
 def _pysr_fit(X, y, names, operators, max_length, time_limit, seed):
@@ -106,7 +102,7 @@ def _linear_path(X, y, names, max_terms):
         if (resid ** 2).mean() <= floor: break
     return out
 
-# %% ../nbs/03_distill.ipynb #637db150
+# %% ../nbs/03_distill.ipynb #724ae900
 def _r2(y, pred):
     ss = ((y - y.mean()) ** 2).sum()
     return float(1 - ((y - pred) ** 2).sum() / ss) if ss > 0 else float("nan")
@@ -190,8 +186,8 @@ class FittedRule:
 
 
 def fit_rule(X, y, names: Sequence[str], *, engine: str = "operon", operators: Sequence[str] | None = None,
-             max_length: int = 40, time_limit: float = 20.0, seed: int = 0, selection: str = "best",
-             max_rows: int = 5_000, linear_terms: int = 20, meta: dict | None = None) -> FittedRule:
+             max_length: int = 30, time_limit: float = 20.0, seed: int = 0, selection: str = "best",
+             max_rows: int = 20_000, linear_terms: int = 20, meta: dict | None = None) -> FittedRule:
     "Symbolic regression of `y` on the columns `names` of `X`: the selected equation and the Pareto front, as a `FittedRule`."
     if engine not in ENGINE_OPERATORS: raise ValueError(f"unknown engine {engine!r}; known: {sorted(ENGINE_OPERATORS)}")
     if selection not in ("best", "accuracy", "bic"): raise ValueError(f"invalid selection={selection!r}: expected best, accuracy or bic")
@@ -269,7 +265,7 @@ def sanity_check(task=None, steps: int = 120, seeds: int = 4, lags: int = 20, ti
                         "seconds": time.perf_counter() - t0, "exact": is_exact(fit.expr, target), "fit": fit})
     return results
 
-# %% ../nbs/03_distill.ipynb #9c5abbe3
+# %% ../nbs/03_distill.ipynb #2b03a312
 @dataclass
 class Distillation:
     "A distilled rule: the fit, its held-out R², and the closed-loop evaluations of the source rule and of its equation."
@@ -290,7 +286,7 @@ class Distillation:
 
 
 def distill(rule, task, name: str = "rule", steps: int = 200, record_seeds: int = 20, eval_seeds: int = 10,
-            lags: int = 20, coords_per_tensor: int = 20, time_limit: float = 60.0, max_rows: int = 5_000,
+            lags: int = 20, coords_per_tensor: int = 20, time_limit: float = 60.0, max_rows: int = 20_000,
             seed: int = 0, device="cpu", progress: bool = True, **fit_kwargs) -> Distillation:
     "Record `rule` on `task`, fit an equation on training runs, score it on held-out runs and closed-loop on `eval_seeds` problems."
     from symbolic_l2o.meta_train import evaluate
