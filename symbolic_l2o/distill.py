@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+import keyword
 import math
 import time
 from dataclasses import dataclass, field
@@ -45,7 +46,7 @@ def _validate(X, y, names):
     if X.shape[1] != len(names): raise ValueError(f"X has {X.shape[1]} columns but {len(names)} names were given")
     if len(set(names)) != len(names): raise ValueError("variable names must be distinct")
     for n in names:
-        if not n.isidentifier() or n in ("lambda", "import"): raise ValueError(f"invalid variable name {n!r}")
+        if not n.isidentifier() or keyword.iskeyword(n): raise ValueError(f"invalid variable name {n!r}")
     ok = np.isfinite(X).all(axis=1) & np.isfinite(y)
     X, y = X[ok], y[ok]
     if len(y) < 10: raise ValueError(f"only {len(y)} finite rows: need at least 10")

@@ -130,7 +130,7 @@ def record_trajectories(rule: UpdateRule, task, steps: int = 300, seeds: Sequenc
         r["g"].append(torch.cat(gs).double().cpu().numpy())
 
     evaluate(rule, task, steps, seeds, eval_every=steps, device=device, callback=callback, progress=progress)
-    Xs, ys, run_ids, coord_ids, step_ids, dead, nonfinite = [], [], [], [], [], 0, 0
+    Xs, ys, run_ids, coord_ids, step_ids, dead = [], [], [], [], [], 0
     for run, r in runs.items():
         F = np.stack(r["f"])                      # [T, C, n_features], T = steps recorded (t = 1..T)
         Y, G = np.stack(r["y"]), np.stack(r["g"])  # [T, C]

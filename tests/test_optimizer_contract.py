@@ -11,7 +11,7 @@ from torch import nn
 
 from symbolic_l2o.meta_train import ZOO, load_pretrained
 from symbolic_l2o.optimizers import (AddSignRule, AdamRule, DMRule, LionRule, MomentumRule, NesterovRule, PowerSignRule,
-                                     RMSpropRule, RNNpropRule, RuleOptimizer, SGDRule, UpdateRule, make_rule)
+                                     RMSpropRule, RNNpropRule, RuleOptimizer, SGDRule, make_rule)
 
 # name -> factory of the rule with a learning rate suited to the small problems below
 RULES = {
@@ -74,11 +74,6 @@ def snapshot(model, opt):
 def same(a, b):
     return all(torch.equal(x, y) for x, y in zip(a[0], b[0])) and a[1].keys() == b[1].keys() and all(
         a[1][k].keys() == b[1][k].keys() and all(torch.equal(a[1][k][n], b[1][k][n]) for n in a[1][k]) for k in a[1])
-
-
-@names
-def test_rule_is_an_update_rule(name):
-    assert isinstance(ALL[name](), UpdateRule)
 
 
 @names
