@@ -31,9 +31,9 @@ from .optimizers import (AdamRule, MomentumRule, RMSpropRule, SGDRule, UpdateRul
 __all__ = ['ACTIVATIONS', 'MLP_ARCHS', 'TASKS', 'TRAIN_SEED_BASE', 'VALIDATION_SEED_BASE', 'TUNING_SEED_BASE', 'LR_GRID',
            'BASELINES', 'ZOO_DIR', 'ZOO', 'COMMANDS', 'ZOO_RECIPES', 'resolve_device', 'Problem', 'Task', 'digits_data',
            'mnist_data', 'mlp', 'DigitsCNN', 'QuadraticTask', 'make_task', 'mlp_family', 'atomic_write', 'meta_window',
-           'LogStepRule', 'Curriculum', 'validate', 'meta_train', 'Evaluation', 'evaluate', 'tune_baseline',
-           'plot_evaluations', 'save_rule', 'load_rule', 'load_pretrained', 'pretrained_card', 'resolve_rule',
-           'meta_train_cli', 'tune_cli', 'evaluate_cli', 'main', 'train_zoo']
+           'write_summary', 'LogStepRule', 'Curriculum', 'validate', 'meta_train', 'Evaluation', 'evaluate',
+           'tune_baseline', 'plot_evaluations', 'save_rule', 'load_rule', 'load_pretrained', 'pretrained_card',
+           'resolve_rule', 'meta_train_cli', 'tune_cli', 'evaluate_cli', 'main', 'train_zoo']
 
 # %% ../nbs/01_meta_train.ipynb #2a961f3c
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -247,6 +247,30 @@ def meta_window(rule: UpdateRule, problem: Problem, params: list[Tensor], state,
         params = [p + u for p, u in zip(params, updates)]
         t += 1
     return torch.stack(losses), objective, params, state, t
+
+# %% ../nbs/01_meta_train.ipynb #5a6ae21f
+def write_summary(out_dir: str | Path, stage: str, tables: dict | None = None, equations: dict | None = None,
+                  figures: dict | None = None, notes: Sequence[str] = ()) -> Path:
+    """Write one pipeline stage's headline results to `out_dir/summary/<stage>.json` (atomically), for the run report.
+
+    `tables`: title → {"columns": [...], "rows": [[...], ...]} (a "paper" column holds the paper's figure where one
+    exists); `equations`: name → LaTeX; `figures`: title → matplotlib Figure, saved as
+    `out_dir/figures/<stage>-<n>.png` and referenced by that relative path; `notes`: sentences for the reader."""
+    out_dir = Path(out_dir)
+    if not stage or not all(ch.isalnum() or ch in "_-" for ch in stage):
+        raise ValueError(f"stage must be a plain name such as '03_distill', got {stage!r}")
+    for title, table in (tables or {}).items():
+        if set(table) - {"columns", "rows"} or "columns" not in table or "rows" not in table:
+            raise ValueError(f"table {title!r} must be {{'columns': [...], 'rows': [[...], ...]}}, got keys {sorted(table)}")
+        bad = [r for r in table["rows"] if len(r) != len(table["columns"])]
+        if bad: raise ValueError(f"table {title!r}: row {bad[0]} has {len(bad[0])} cells for {len(table['columns'])} columns")
+    saved = {}
+    for n, (title, fig) in enumerate((figures or {}).items()):
+        rel = Path("figures") / f"{stage}-{n}.png"
+        atomic_write(out_dir / rel, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
+        saved[title] = rel.as_posix()
+    summary = {"stage": stage, "tables": tables or {}, "equations": equations or {}, "figures": saved, "notes": list(notes)}
+    return _write_json_atomic(json.loads(json.dumps(summary, default=float)), out_dir / "summary" / f"{stage}.json")
 
 # %% ../nbs/01_meta_train.ipynb #c8318e5d
 class LogStepRule(UpdateRule):
