@@ -137,27 +137,46 @@ class GradFeatures:
         "Zero history buffers for one parameter tensor (only those the requested features need)."
         return {b: torch.zeros(p.numel(), dtype=p.dtype, device=p.device) for b in self.buffers}
 
-    def step(self, g: Tensor, s: dict[str, Tensor], t: int) -> tuple[Tensor, dict[str, Tensor]]:
-        "Features `[g.numel(), len(self.names)]` of gradient `g` at step `t` (1-based), and the new state."
+    def columns(self, g: Tensor, s: dict[str, Tensor], t: int) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        "The features of gradient `g` at step `t` (1-based) as a dict name → `[g.numel()]` tensor, and the new state."
         g = g.reshape(-1)
-        b1, b2 = self.beta1, self.beta2
+        b1, b2, grad = self.beta1, self.beta2, torch.is_grad_enabled()
         new = {}
         if "m" in s: new["m"] = ema(s["m"], g, b1)
         if "v" in s: new["v"] = ema_sq(s["v"], g, b2)
         for n, beta in MOMENTUM_FEATURES.items():
             if n in s: new[n] = ema(s[n], g, beta)
         for n, p in P_MEAN_FEATURES.items():
-            if f"v_{n}" in s: new[f"v_{n}"] = ema(s[f"v_{n}"], g.abs() ** p, b2)
-        m_hat = new["m"] / (1 - b1 ** t) if {"mt", "adam_up_norm"} & set(self.names) else None
-        denom = (new["v"] / (1 - b2 ** t)).sqrt() + self.eps if "v" in new else None
+            if f"v_{n}" in s: new[f"v_{n}"] = ema(s[f"v_{n}"], g.abs() ** p if grad else g.abs().pow_(p), b2)
+        bc1, bc2 = 1 - b1 ** t, 1 - b2 ** t
+        lazy = not grad and not {"gt", "adam_dn", "adam_up_norm"} & set(self.names)  # mt alone: fused below
+        m_hat = new["m"] / bc1 if {"mt", "adam_up_norm"} & set(self.names) and not lazy else None
+        denom = None
+        if "v" in new and not lazy:  # without autograd: one temporary, updated in place
+            denom = (new["v"] / bc2).sqrt() + self.eps if grad else (new["v"] / bc2).sqrt_().add_(self.eps)
+
+        def p_mean(n, p):
+            if grad: return new["m"] / ((new[f"v_{n}"] / (1 - b2 ** t)) ** (1 / p) + self.p_mean_eps)
+            # m/((v/bc2)^(1/p) + eps) = m·k/(v^(1/p) + eps·k), k = bc2^(1/p): three passes, one temporary
+            k = bc2 ** (1 / p)
+            d = (new[f"v_{n}"].sqrt() if p == 2 else new[f"v_{n}"].pow(1 / p)).add_(self.p_mean_eps * k)
+            return torch.addcdiv(d.new_zeros(()), new["m"], d, value=k, out=d)
+
+        def mt():
+            if grad or {"gt", "adam_dn"} & set(self.names): return m_hat / denom
+            return normalize(new["m"], new["v"], self.eps * math.sqrt(bc2), math.sqrt(bc2) / bc1)  # Adam's 2-pass form
         value = {"g": lambda: g, "t": lambda: torch.full_like(g, t * self.t_scale),
-                 "mt": lambda: m_hat / denom, "gt": lambda: g / denom, "adam_dn": lambda: denom,
+                 "mt": mt, "gt": lambda: g / denom, "adam_dn": lambda: denom,
                  "adam_up": lambda: new["m"], "adam_up_norm": lambda: m_hat,
                  **{n: (lambda n=n: new[n]) for n in MOMENTUM_FEATURES},
-                 **{n: (lambda n=n, p=p: new["m"] / ((new[f"v_{n}"] / (1 - b2 ** t)) ** (1 / p) + self.p_mean_eps))
-                    for n, p in P_MEAN_FEATURES.items()}}
-        cols = [value[n]() for n in self.names]
-        return torch.stack(cols, dim=1), new
+                 **{n: (lambda n=n, p=p: p_mean(n, p)) for n, p in P_MEAN_FEATURES.items()}}
+        return {n: value[n]() for n in self.names}, new
+
+    def step(self, g: Tensor, s: dict[str, Tensor], t: int) -> tuple[Tensor, dict[str, Tensor]]:
+        "Features `[g.numel(), len(self.names)]` of gradient `g` at step `t` (1-based), and the new state."
+        cols, new = self.columns(g, s, t)
+        return torch.stack([cols[n] for n in self.names], dim=1), new
+
 
 # %% ../nbs/00_optimizers.ipynb #73374055
 class SGDRule(ElementwiseRule):
@@ -569,21 +588,29 @@ class SymbolicRule(UpdateRule):
     def extra_repr(self): return f"{self.scale} * ({self.to_sympy()})"
 
     def init_tensor(self, p):
-        return {**self.grad_features.init_tensor(p),
-                "history": torch.zeros(p.numel(), self.lags, len(self.features), dtype=p.dtype, device=p.device)}
+        "Feature buffers, and a history of the features at lags 1..L−1 `[numel, L−1, features]` when the equation looks back."
+        hist = {"history": torch.zeros(p.numel(), self.lags - 1, len(self.features), dtype=p.dtype, device=p.device)} \
+            if self.lags > 1 else {}
+        return {**self.grad_features.init_tensor(p), **hist}
 
     def step(self, grads, state, t):
         updates, new = [], []
         consts = dict(zip(self._const_names, self.constants.to(grads[0].dtype).unbind())) if self._const_names else {}
         for g, s in zip(grads, state, strict=True):
-            f, fs = self.grad_features.step(g.reshape(-1), {b: s[b] for b in self.grad_features.buffers}, t)
-            hist = torch.cat([f[:, None, :], s["history"][:, :-1]], dim=1)
-            env = {name: hist[:, lag, k] for name, (k, lag) in self._columns.items()}
+            cols, fs = self.grad_features.columns(g.reshape(-1), {b: s[b] for b in self.grad_features.buffers}, t)
+            env = {name: cols[self.features[k]] if lag == 0 else s["history"][:, lag - 1, k]
+                   for name, (k, lag) in self._columns.items()}
+            if self.lags > 1:  # lag j at this step is lag j−1 of the last one
+                f = torch.stack([cols[n] for n in self.features], dim=1)
+                fs["history"] = torch.cat([f[:, None, :], s["history"][:, :-1]], dim=1)
             u = self._fn(env, consts)
-            u = u if isinstance(u, Tensor) else torch.full_like(g.reshape(-1), float(u))
-            updates.append((u * self.scale).view_as(g).to(g.dtype))
-            new.append({**fs, "history": hist})
+            if not isinstance(u, Tensor): u = torch.full_like(g.reshape(-1), float(u))
+            elif torch.is_grad_enabled() or any(u is v for v in (*env.values(), *fs.values())): u = u * self.scale
+            else: u = u.mul_(self.scale)  # a temporary of the expression: scaled in place
+            updates.append(u.view_as(g).to(g.dtype))
+            new.append(fs)
         return updates, new
+
 
 # %% ../nbs/00_optimizers.ipynb #92c2ae40
 RULE_CLASSES = {c.__name__: c for c in (SGDRule, MomentumRule, NesterovRule, AdamRule, RMSpropRule, LionRule,
@@ -619,15 +646,28 @@ def _finite(grads: list[Tensor]) -> bool:
 
 
 class RuleOptimizer(torch.optim.Optimizer):
-    "Deploy any `UpdateRule` as a `torch.optim.Optimizer`: θ ← θ + lr·u for each param group's `lr`."
+    """Deploy any `UpdateRule` as a `torch.optim.Optimizer`: θ ← θ + lr·u for each param group's `lr`.
 
-    def __init__(self, params, rule: UpdateRule, lr: float = 1.0, on_nonfinite: str = "error"):
+    `weight_decay` (per group): coupled (L2, the default, as `torch.optim.SGD`/`Adam`) adds wd·θ to the
+    gradient the rule sees; `decoupled_weight_decay=True` (as `AdamW`) shrinks θ ← θ·(1 − lr·wd) beside the update."""
+
+    def __init__(self, params, rule: UpdateRule, lr: float = 1.0, on_nonfinite: str = "error",
+                 weight_decay: float = 0.0, decoupled_weight_decay: bool = False):
         if not isinstance(rule, UpdateRule):
             raise TypeError(f"rule must be an UpdateRule (e.g. AdamRule()), got {type(rule).__name__}")
         if on_nonfinite not in ("error", "skip"):
             raise ValueError(f"invalid on_nonfinite={on_nonfinite!r}: expected 'error' or 'skip'")
-        super().__init__(params, {"lr": _lr(lr)})
+        super().__init__(params, {"lr": _lr(lr), "weight_decay": weight_decay, "decoupled_weight_decay": decoupled_weight_decay})
         self.rule, self.on_nonfinite, self.nonfinite_skips = rule, on_nonfinite, 0
+
+    def add_param_group(self, param_group: dict) -> None:
+        "Add a param group (as `torch.optim`), validating its `lr`, `weight_decay` and `decoupled_weight_decay`."
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        _lr(group["lr"])
+        check_hparam("weight_decay", group["weight_decay"], lambda v: v >= 0, "weight_decay >= 0")
+        if not isinstance(group["decoupled_weight_decay"], bool):
+            raise ValueError(f"invalid decoupled_weight_decay={group['decoupled_weight_decay']!r}: expected True or False")
 
     def _describe(self, gi: int, p: Tensor) -> str:
         group = self.param_groups[gi]
@@ -663,10 +703,14 @@ class RuleOptimizer(torch.optim.Optimizer):
                 by_step.setdefault(int(self.state[p]["step"]), []).append(p)
             for t, qs in by_step.items():
                 states = [{k: v for k, v in self.state[p].items() if k != "step"} for p in qs]
-                updates, states = self.rule.step([p.grad for p in qs], states, t + 1)
+                wd, decoupled = group.get("weight_decay", 0.0), group.get("decoupled_weight_decay", False)
+                grads = [p.grad for p in qs]
+                if wd and not decoupled: grads = torch._foreach_add(grads, qs, alpha=wd)  # new tensors: .grad is kept
+                updates, states = self.rule.step(grads, states, t + 1)
                 for p, s in zip(qs, states):
                     self.state[p].update(s)
                     self.state[p]["step"] += 1
+                if wd and decoupled: torch._foreach_mul_(qs, 1 - group["lr"] * wd)
                 torch._foreach_add_(qs, updates, alpha=group["lr"])
         return loss
 
