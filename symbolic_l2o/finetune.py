@@ -122,9 +122,9 @@ class TanhBasisRule(UpdateRule):
     def to_sympy(self) -> sp.Expr:
         "ψ/scale as a sympy expression over `<feature>_<lag>` variables (what `SymbolicRule` and the JSON file hold)."
         g = sp.Float(self.gamma)
-        return -sp.Add(*[sp.Float(float(self.weights[k, lag]), 17) * g * sp.tanh(variable(f"{f}_{lag}") / g)
-                         for lag in range(self.lags + 1) for k, f in enumerate(self.features)
-                         if float(self.weights[k, lag]) != 0])
+        W = self.weights.detach()
+        return -sp.Add(*[sp.Float(float(W[k, lag]), 17) * g * sp.tanh(variable(f"{f}_{lag}") / g)
+                         for lag in range(self.lags + 1) for k, f in enumerate(self.features) if float(W[k, lag]) != 0])
 
     def fit_weights(self, X: np.ndarray, y: np.ndarray, names: Sequence[str], ridge: float = 1e-6) -> TanhBasisRule:
         "Set W by (ridge-regularised) least squares so that ψ/scale matches targets `y` on rows `X` with columns `names`; returns self."

@@ -1,6 +1,6 @@
 """The optimizer contract: every update rule, deployed through `RuleOptimizer`, behaves like a `torch.optim` optimizer.
 
-`ALL` holds the hand rules and the pretrained learned rules of the zoo; later issues add symbolic rules."""
+`ALL` holds the hand rules, the pretrained learned rules of the zoo, a symbolic rule and the γ·tanh rule."""
 import copy
 import io
 import math
@@ -9,9 +9,10 @@ import pytest
 import torch
 from torch import nn
 
+from symbolic_l2o.finetune import TanhBasisRule
 from symbolic_l2o.meta_train import ZOO, load_pretrained
 from symbolic_l2o.optimizers import (AddSignRule, AdamRule, DMRule, LionRule, MomentumRule, NesterovRule, PowerSignRule,
-                                     RMSpropRule, RNNpropRule, RuleOptimizer, SGDRule, make_rule)
+                                     RMSpropRule, RNNpropRule, RuleOptimizer, SGDRule, SymbolicRule, make_rule)
 
 # name -> factory of the rule with a learning rate suited to the small problems below
 RULES = {
@@ -26,7 +27,10 @@ RULES = {
 }
 # learned rules as users deploy them: the pretrained zoo
 LEARNED = {name: (lambda name=name: load_pretrained(name)) for name in ZOO}
-ALL = {**RULES, **LEARNED}
+# equations as deployed by 04_finetune_resnet (one reads a lag, so its history is exercised)
+SYMBOLIC = {"symbolic": lambda: SymbolicRule("-1.5*mt_0 - 0.3*tanh(gt_1)", scale=0.03),
+            "tanh_basis": lambda: TanhBasisRule(("mt", "gt"), lags=1, gamma=1.0, scale=0.05, weights=[[1.0, 0.2], [0.3, -0.1]])}
+ALL = {**RULES, **LEARNED, **SYMBOLIC}
 # name -> (invalid keyword arguments, the name the error must mention)
 INVALID = {
     "sgd": [({"lr": -0.1}, "lr"), ({"lr": float("nan")}, "lr")],
@@ -361,3 +365,60 @@ def test_parity_with_torch_optim_over_100_steps(name, rule, reference):
         train(b, opt_b, X, y, 1)
     for p, q in zip(a.parameters(), b.parameters()):
         torch.testing.assert_close(p, q, atol=1e-6, rtol=0)
+
+
+WEIGHT_DECAY_PARITY = [
+    ("sgd_coupled", lambda ps: RuleOptimizer(ps, MomentumRule(lr=0.05, momentum=0.9), weight_decay=5e-2),
+     lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9, weight_decay=5e-2)),
+    ("adam_coupled", lambda ps: RuleOptimizer(ps, AdamRule(lr=1e-2), weight_decay=1e-1),
+     lambda ps: torch.optim.Adam(ps, lr=1e-2, weight_decay=1e-1)),
+    # decoupled: the group lr multiplies the decay, as AdamW's lr does
+    ("adamw_decoupled", lambda ps: RuleOptimizer(ps, AdamRule(lr=1.0), lr=1e-2, weight_decay=0.5, decoupled_weight_decay=True),
+     lambda ps: torch.optim.AdamW(ps, lr=1e-2, weight_decay=0.5)),
+]
+
+
+@pytest.mark.parametrize("name,ours,reference", WEIGHT_DECAY_PARITY, ids=[p[0] for p in WEIGHT_DECAY_PARITY])
+def test_weight_decay_matches_torch_optim_over_100_steps(name, ours, reference):
+    X, y = data(n=64)
+    a, b, plain = mlp(sizes=(4, 16, 1)), mlp(sizes=(4, 16, 1)), mlp(sizes=(4, 16, 1))
+    opt_a, opt_b = ours(a.parameters()), reference(b.parameters())
+    opt_plain = RuleOptimizer(plain.parameters(), opt_a.rule, lr=opt_a.param_groups[0]["lr"])
+    for _ in range(100):
+        for model, o in ((a, opt_a), (b, opt_b), (plain, opt_plain)): train(model, o, X, y, 1)
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(p, q, atol=1e-5, rtol=0)
+    # the decay did something: without it the weights end elsewhere, with a larger norm
+    assert sum(p.norm() ** 2 for p in a.parameters()) < sum(p.norm() ** 2 for p in plain.parameters())
+
+
+def test_weight_decay_is_per_group_and_validated():
+    a, b = nn.Parameter(torch.ones(3)), nn.Parameter(torch.ones(3))
+    opt = RuleOptimizer([{"params": [a], "weight_decay": 0.1}, {"params": [b]}], SGDRule(lr=1.0))
+    a.grad, b.grad = torch.zeros(3), torch.zeros(3)
+    opt.step()
+    torch.testing.assert_close(a.detach(), torch.full((3,), 0.9))  # coupled: g + 0.1·θ = 0.1, times lr 1
+    assert torch.equal(b.detach(), torch.ones(3))
+    assert torch.equal(a.grad, torch.zeros(3))  # the gradient itself is left alone
+    for bad in (-1e-4, float("nan"), "5e-4"):
+        with pytest.raises(ValueError, match="invalid weight_decay"):
+            RuleOptimizer([nn.Parameter(torch.ones(2))], SGDRule(), weight_decay=bad)
+    with pytest.raises(ValueError, match="invalid weight_decay"):
+        RuleOptimizer([{"params": [nn.Parameter(torch.ones(2))], "weight_decay": -1.0}], SGDRule())
+    with pytest.raises(ValueError, match="decoupled_weight_decay"):
+        RuleOptimizer([nn.Parameter(torch.ones(2))], SGDRule(), decoupled_weight_decay="yes")
+
+
+def test_weight_decay_survives_state_dict_round_trip():
+    X, y = data()
+    a = mlp()
+    opt_a = RuleOptimizer(a.parameters(), AdamRule(lr=1e-2), weight_decay=0.1, decoupled_weight_decay=True)
+    train(a, opt_a, X, y, 5)
+    b = copy.deepcopy(a)
+    opt_b = RuleOptimizer(b.parameters(), AdamRule(lr=1e-2))
+    opt_b.load_state_dict(opt_a.state_dict())
+    assert opt_b.param_groups[0]["weight_decay"] == 0.1 and opt_b.param_groups[0]["decoupled_weight_decay"] is True
+    for _ in range(5):
+        train(a, opt_a, X, y, 1)
+        train(b, opt_b, X, y, 1)
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))

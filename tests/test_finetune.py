@@ -1,0 +1,153 @@
+"""04_finetune_resnet: DDP equivalence with real torchrun processes, tuned-rule files, CIFAR files, and the notebook end to end."""
+import importlib.util
+import json
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from symbolic_l2o.finetune import (TanhBasisRule, cifar, load_tuned, meta_tune, save_tuned)
+from symbolic_l2o.meta_train import make_task
+from symbolic_l2o.optimizers import SymbolicRule
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("ddp_train_script", Path(__file__).parent / "ddp_train_script.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_ddp_with_two_gloo_processes_matches_one_process_on_the_combined_batch(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("WORLD_SIZE", None)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(Path(__file__).parent / "ddp_train_script.py"), str(tmp_path)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert r0["world"] == r1["world"] == 2
+    initial, single, record = _script().run()
+    assert record["world_size"] == 1
+    moved = False
+    for k, v in single.items():
+        assert torch.equal(r0["params"][k], r1["params"][k]), f"{k} differs between the ranks"
+        torch.testing.assert_close(r0["params"][k], v, rtol=1e-4, atol=1e-6, msg=f"{k}: DDP run != single-process run")
+        moved |= not torch.allclose(v, initial[k], atol=1e-4)
+    assert moved, "training did not move the parameters: the comparison would be vacuous"
+    ddp_record = json.loads((tmp_path / "run.json").read_text())  # written by rank 0 only
+    assert ddp_record["world_size"] == 2 and len(ddp_record["epochs"]) == 2
+    np.testing.assert_allclose([e["train_loss"] for e in ddp_record["epochs"]], [e["train_loss"] for e in record["epochs"]],
+                               rtol=1e-4)
+    assert [e["test_acc"] for e in ddp_record["epochs"]] == [e["test_acc"] for e in record["epochs"]]
+
+
+def _same_updates(a, b, steps=6):
+    torch.manual_seed(0)
+    grads = [[torch.randn(5, 3) * 0.01, torch.randn(4) * 0.01] for _ in range(steps)]
+    sa, sb = a.init(grads[0]), b.init(grads[0])
+    with torch.no_grad():
+        for t, g in enumerate(grads, 1):
+            ua, sa = a.step(g, sa, t)
+            ub, sb = b.step(g, sb, t)
+            for x, y in zip(ua, ub): torch.testing.assert_close(x, y, rtol=1e-6, atol=1e-9)
+
+
+def test_tuned_rule_json_round_trips_to_the_same_updates(tmp_path):
+    rule = SymbolicRule("-1.3*mt_0 + 0.2*tanh(0.7*gt_1)", scale=0.02)
+    rule, card = meta_tune(rule, make_task("digits_mlp"), epochs=2, epoch_len=10, unroll=5, meta_lr=1e-2, progress=False)
+    assert card["before"] != card["after"]  # the constants moved
+    path = save_tuned(rule, tmp_path / "tuned", card)
+    back, back_card = load_tuned(path)
+    assert back_card["after"] == card["after"] and back.scale == rule.scale
+    torch.testing.assert_close(back.constants, rule.constants, rtol=1e-15, atol=0)
+    _same_updates(rule, back)
+    tanh_rule = TanhBasisRule(weights=[[0.9, -0.1], [0.2, 0.05]], gamma=0.5, scale=0.03)
+    back_tanh, _ = load_tuned(save_tuned(tanh_rule, tmp_path / "tanh"))
+    assert isinstance(back_tanh, TanhBasisRule)
+    _same_updates(tanh_rule, back_tanh)
+    _same_updates(tanh_rule, load_tuned_as_symbolic(tmp_path / "tanh.json"))
+
+
+def load_tuned_as_symbolic(path):
+    "The γ·tanh rule's expression read back as a plain SymbolicRule: the JSON's equation is the rule."
+    d = json.loads(Path(path).read_text())
+    return SymbolicRule(d["expr"], scale=d["meta"]["scale"])
+
+
+def test_a_tuned_rule_file_carrying_code_is_rejected(tmp_path):
+    rule = SymbolicRule("-1.3*mt_0", scale=0.02)
+    path = save_tuned(rule, tmp_path / "tuned", {})
+    d = json.loads(path.read_text())
+    d["expr"] = "__import__('os').system('touch " + str(tmp_path / "pwned") + "')"
+    path.write_text(json.dumps(d))
+    with pytest.raises(ValueError):
+        load_tuned(path)
+    assert not (tmp_path / "pwned").exists()
+
+
+def _write_cifar(root, name, n_train=6, n_test=4):
+    folder, files, key = (("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"], "labels")
+                          if name == "cifar10" else ("cifar-100-python", ["train", "test"], "fine_labels"))
+    (root / folder).mkdir(parents=True)
+    rng, written = np.random.default_rng(0), {}
+    for f in files:
+        n = n_test if "test" in f else n_train
+        data = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
+        labels = rng.integers(0, 10 if name == "cifar10" else 100, n).tolist()
+        with open(root / folder / f, "wb") as fh: pickle.dump({"data": data, key: labels, "batch_label": f}, fh)
+        written[f] = (data, labels)
+    return written
+
+
+@pytest.mark.parametrize("name", ["cifar10", "cifar100"])
+def test_cifar_loader_reads_the_python_files(tmp_path, name):
+    written = _write_cifar(tmp_path, name)
+    data = cifar(name, root=tmp_path)
+    n_files = 5 if name == "cifar10" else 1
+    assert data.X_train.shape == (6 * n_files, 3, 32, 32) and data.X_test.shape == (4, 3, 32, 32)
+    first = written["data_batch_1" if name == "cifar10" else "train"]
+    assert torch.equal(data.X_train[0], torch.from_numpy(first[0][0].reshape(3, 32, 32)))  # CHW order kept
+    assert data.y_train[:6].tolist() == first[1] and data.num_classes == (10 if name == "cifar10" else 100)
+
+
+def test_cifar_file_with_code_is_refused(tmp_path):
+    _write_cifar(tmp_path, "cifar10")
+
+    class Evil:
+        def __reduce__(self): return (os.system, (f"touch {tmp_path / 'pwned'}",))
+    with open(tmp_path / "cifar-10-batches-py" / "test_batch", "wb") as fh: pickle.dump({"data": Evil()}, fh)
+    with pytest.raises(pickle.UnpicklingError, match="refusing"):
+        cifar("cifar10", root=tmp_path)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_missing_cifar_says_how_to_get_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match="download=True"):
+        cifar("cifar100", root=tmp_path)
+
+
+def test_notebook_runs_under_papermill_at_test_scale(tmp_path):
+    out = tmp_path / "run"
+    cmd = [str(Path(sys.executable).parent / "papermill"), "--cwd", str(ROOT / "nbs"), str(ROOT / "nbs" / "04_finetune_resnet.ipynb"),
+           str(tmp_path / "04.ipynb"), "-p", "scale", "test", "-p", "out_dir", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.loads((out / "summary" / "04_finetune_resnet.json").read_text())
+    (title, table), = [(t, v) for t, v in summary["tables"].items() if t.startswith("Test accuracy")]
+    labels = [r[0] for r in table["rows"]]
+    assert {"Symbolic L2O", "Symbolic L2O (online)", "SGD+cos", "Adam+cos", "Lion+cos"} <= set(labels)
+    assert all(0 <= float(r[1].split()[0]) <= 100 for r in table["rows"])
+    assert any(t.startswith("Scalability") for t in summary["tables"])
+    assert any("mp" in e or "mathrm" in e for e in summary["equations"].values())
+    assert all((out / f).exists() for f in summary["figures"].values())
+    tuned, card = load_tuned(out / "tuned_symbolic.json")
+    assert isinstance(tuned, SymbolicRule) and card["multiplier"] in card["multiplier_scores"] or \
+        str(card["multiplier"]) in card["multiplier_scores"]
