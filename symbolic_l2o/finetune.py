@@ -685,8 +685,8 @@ def finetune_cli(optimizer: str = "symbolic",  # symbolic, symbolic_online, or a
         if rule: sym, _ = load_tuned(rule)
         else:
             rank, world = distributed()
-            sym, _ = prepare_symbolic(rule_source_fit(rule_source)[0], digits32().task(proxy_arch), out=out if rank == 0 else None,
-                                      device="cpu")
+            sym, _ = prepare_symbolic(rule_source_fit(rule_source)[0], data.task(proxy_arch, batch_size=64, n=5000),
+                                      out=out if rank == 0 else None, device=device)
         label, factory, schedule = ("Symbolic L2O" + (" (online)" if optimizer == "symbolic_online" else ""),
                                     rule_optimizer_factory(sym), "cosine")
         tuner = OnlineTuner(sym, data, device=device) if optimizer == "symbolic_online" else None

@@ -647,7 +647,8 @@ def evaluate_cli(rule: str = "rp_si",  # zoo name, saved rule path, or hand rule
 
 # subcommand -> "module:function"; later stages register theirs here and are imported only when used
 COMMANDS = {"meta-train": "symbolic_l2o.meta_train:meta_train_cli", "tune": "symbolic_l2o.meta_train:tune_cli",
-            "evaluate": "symbolic_l2o.meta_train:evaluate_cli", "srgen": "symbolic_l2o.srgen:srgen_cli"}
+            "evaluate": "symbolic_l2o.meta_train:evaluate_cli", "srgen": "symbolic_l2o.srgen:srgen_cli",
+            "finetune": "symbolic_l2o.finetune:finetune_cli"}
 
 
 def main(argv: Sequence[str] | None = None):
