@@ -97,8 +97,49 @@ def distill_fidelity(time_limit: float = 60.0) -> dict:
     return {name: distill(load_pretrained(name), task, name, time_limit=time_limit, progress=False).summary() for name in ZOO}
 
 
+def _deployed_symbolic():
+    "The zoo's distilled RP_si equation reduced to its deployable member (as 04_finetune_resnet deploys it)."
+    from symbolic_l2o.finetune import deployable, rule_source_fit
+    from symbolic_l2o.optimizers import SymbolicRule
+    fit, _ = rule_source_fit()
+    return fit, SymbolicRule(deployable(fit), scale=float(fit.meta.get("scale", 1.0)))
+
+
+def scalability(repeats: int = 10) -> dict:
+    "ResNet-18 (CIFAR) parameters on CPU: state bytes/param and median step time of the symbolic, γ·tanh, Adam and RNNprop LSTM rules."
+    from symbolic_l2o.finetune import scalability as measure
+    result = measure(_deployed_symbolic()[1], "resnet18", repeats=repeats)
+    result["targets"] = {"symbolic_over_adam_time": "<= 1.3", "symbolic_state_bytes_per_param": "<= adam_state_bytes_per_param"}
+    return result
+
+
+def resnet_digits32(seeds=(0, 1, 2)) -> dict:
+    "Final test accuracy (mean over seeds) of the frozen proxy-tuned symbolic rule and of each baseline, 04's cpu scale."
+    import numpy as np
+    from symbolic_l2o.finetune import BASELINES, compare, digits32, prepare_symbolic, rule_optimizer_factory
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    fit, _ = _deployed_symbolic()
+    data = digits32()
+    t0 = time.perf_counter()  # the cpu budget of nbs/04_finetune_resnet.ipynb
+    sym, card = prepare_symbolic(fit, data.task("resnet10_w4", batch_size=32, n=512),
+                                 tune=dict(epochs=3, epoch_len=30, unroll=10),
+                                 search=dict(steps=30, multipliers=(3.0, 1.0, 0.3, 0.1, 0.03)))
+    prep = time.perf_counter() - t0
+    optimizers = {"symbolic": ("Symbolic L2O", rule_optimizer_factory(sym), "cosine"), **BASELINES}
+    results = compare("resnet10_w8", data, optimizers, epochs=8, seeds=seeds, progress=False)
+    acc = {n: [r["final_test_acc"] for r in runs] for n, runs in results.items()}
+    summary = {n: {"mean": float(np.mean(a)), "std": float(np.std(a)), "runs": a,
+                   "best_mean": float(np.mean([r["best_test_acc"] for r in results[n]]))} for n, a in acc.items()}
+    best = max((n for n in summary if n != "symbolic"), key=lambda n: summary[n]["mean"])
+    return {"arch": "resnet10_w8", "dataset": "digits32", "epochs": 8, "seeds": list(seeds), "final_test_acc": summary,
+            "best_baseline": best, "symbolic_minus_best_baseline": summary["symbolic"]["mean"] - summary[best]["mean"],
+            "target": "symbolic_minus_best_baseline >= -0.5", "rule": f"{sym.scale:g} * ({sym.to_sympy()})",
+            "multiplier": card["multiplier"], "prepare_seconds": prep, "seconds": time.perf_counter() - t0}
+
+
 BENCHMARKS = {"optimizer_step": optimizer_step, "meta_train_scaling": meta_train_scaling, "l2o_quality": l2o_quality,
-              "sanity_recovery": sanity_recovery, "distill_fidelity": distill_fidelity}
+              "sanity_recovery": sanity_recovery, "distill_fidelity": distill_fidelity, "scalability": scalability,
+              "resnet_digits32": resnet_digits32}
 
 
 def main():

@@ -42,27 +42,27 @@ def state_per_param(rule: UpdateRule, n: int = 1000) -> float:
     return sum(v.numel() for v in state.values() if isinstance(v, Tensor)) / n
 
 
-def deployable(fit: FittedRule, max_state: float = 2.0, drop_offset: bool = True) -> sp.Expr:
+def deployable(fit: FittedRule, max_state: float = 2.0, drop_offset: bool = True, strict: bool = True) -> sp.Expr:
     """The most accurate equation of `fit`'s Pareto front whose `SymbolicRule` keeps at most `max_state` values per parameter.
 
     `drop_offset` removes an additive constant (a term without any variable): it moves every weight by the same
-    amount at every step whatever its gradient, a drift the small distillation problem tolerates and a ResNet does not."""
+    amount at every step whatever its gradient, a drift the small distillation problem tolerates and a ResNet does not.
+    When no member fits the budget: an error if `strict`, else the lightest member."""
     def prepare(expr):
         if drop_offset and isinstance(expr, sp.Add):
             kept = [a for a in expr.args if a.free_symbols]
             expr = sp.Add(*kept) if kept else expr
         return expr
-    best = None
-    for member in sorted(fit.pareto, key=lambda m: m["loss"]):
-        expr = prepare(member["expr"])
-        if not expr.free_symbols: continue
-        if state_per_param(SymbolicRule(expr)) <= max_state:
-            best = expr
-            break
-    if best is None:
+    members = [(m["loss"], prepare(m["expr"])) for m in fit.pareto]
+    members = [(loss, e, state_per_param(SymbolicRule(e))) for loss, e in members if e.free_symbols]
+    if not members: raise ValueError("the Pareto front has no equation that reads any variable")
+    within = [m for m in members if m[2] <= max_state]
+    if within: return min(within, key=lambda m: m[0])[1]
+    lightest = min(members, key=lambda m: (m[2], m[0]))
+    if strict:
         raise ValueError(f"no equation of the Pareto front needs at most {max_state} state values per parameter "
-                         f"(the lightest needs {min(state_per_param(SymbolicRule(prepare(m['expr']))) for m in fit.pareto)})")
-    return best
+                         f"(the lightest needs {lightest[2]:g})")
+    return lightest[1]
 
 # %% ../nbs/04_finetune_resnet.ipynb #da80efa2
 class TanhBasisRule(UpdateRule):
@@ -531,7 +531,7 @@ def prepare_symbolic(fit: FittedRule, proxy, max_state: float = 2.0, tune: dict 
                      out: str | Path | None = None, device="cpu", progress: bool = False) -> tuple[SymbolicRule, dict]:
     """The deployable symbolic rule: the front's best equation within `max_state` state values per parameter (`deployable`),
     its update multiplier searched on the `proxy` task (`search_scale`), then its constants meta-tuned there (`meta_tune`)."""
-    expr = deployable(fit, max_state)
+    expr = deployable(fit, max_state, strict=False)  # the lightest member if none fits (the card says so)
     rule = SymbolicRule(expr, scale=float(fit.meta.get("scale", 1.0)), beta1=fit.meta.get("betas", (0.95, 0.95))[0],
                         beta2=fit.meta.get("betas", (0.95, 0.95))[1])
     multiplier, scores = search_scale(rule, proxy, device=device, **(search or {}))
