@@ -146,8 +146,11 @@ class GradFeatures:
         if "v" in s: new["v"] = ema_sq(s["v"], g, b2)
         for n, beta in MOMENTUM_FEATURES.items():
             if n in s: new[n] = ema(s[n], g, beta)
+        scratch = {}  # without autograd, each |g|^p temporary is reused for its p-mean
         for n, p in P_MEAN_FEATURES.items():
-            if f"v_{n}" in s: new[f"v_{n}"] = ema(s[f"v_{n}"], g.abs() ** p if grad else g.abs().pow_(p), b2)
+            if f"v_{n}" in s:
+                scratch[n] = g.abs() ** p if grad else g.abs().pow_(p)
+                new[f"v_{n}"] = ema(s[f"v_{n}"], scratch[n], b2)
         bc1, bc2 = 1 - b1 ** t, 1 - b2 ** t
         lazy = not grad and not {"gt", "adam_dn", "adam_up_norm"} & set(self.names)  # mt alone: fused below
         m_hat = new["m"] / bc1 if {"mt", "adam_up_norm"} & set(self.names) and not lazy else None
@@ -159,7 +162,8 @@ class GradFeatures:
             if grad: return new["m"] / ((new[f"v_{n}"] / (1 - b2 ** t)) ** (1 / p) + self.p_mean_eps)
             # m/((v/bc2)^(1/p) + eps) = m·k/(v^(1/p) + eps·k), k = bc2^(1/p): three passes, one temporary
             k = bc2 ** (1 / p)
-            d = (new[f"v_{n}"].sqrt() if p == 2 else new[f"v_{n}"].pow(1 / p)).add_(self.p_mean_eps * k)
+            d = scratch[n]
+            d = (torch.sqrt(new[f"v_{n}"], out=d) if p == 2 else torch.pow(new[f"v_{n}"], 1 / p, out=d)).add_(self.p_mean_eps * k)
             return torch.addcdiv(d.new_zeros(()), new["m"], d, value=k, out=d)
 
         def mt():
@@ -549,6 +553,42 @@ def _split_variable(name: str) -> tuple[str, int]:
     return feature, int(lag)
 
 
+_INPLACE = {sp.tanh: torch.tanh, sp.sinh: torch.sinh, sp.asinh: torch.asinh, sp.exp: torch.exp, sp.log: torch.log,
+            sp.Abs: torch.abs, sp.sign: torch.sign}
+
+
+def _torch_node_inplace(e: sp.Basic, env: dict[str, Tensor], consts: dict[str, Tensor], owned: set[str]):
+    """`_torch_node` without autograd, writing into temporaries instead of allocating: returns (value, is a temporary?).
+
+    A variable's tensor may be overwritten only if its name is in `owned` (a fresh feature used once)."""
+    if isinstance(e, sp.Symbol):
+        if e.name in consts: return consts[e.name], False
+        return env[e.name], e.name in owned
+    if not isinstance(e, (sp.Add, sp.Mul, sp.Pow, *_INPLACE)): return _torch_node(e, env, consts), False
+    vals = [_torch_node_inplace(a, env, consts, owned) for a in e.args]
+    full = lambda v: isinstance(v, Tensor) and v.dim() > 0
+    if isinstance(e, (sp.Add, sp.Mul)):
+        add = isinstance(e, sp.Add)
+        first = next((i for i, (v, own) in enumerate(vals) if own and full(v)), 0)
+        out, fresh = vals[first]
+        fresh = fresh and full(out)
+        for i, (v, _) in enumerate(vals):
+            if i == first: continue
+            if fresh: out = out.add_(v) if add else out.mul_(v)
+            else: out, fresh = (out + v if add else out * v), full(out) or full(v)
+        return out, fresh
+    if isinstance(e, sp.Pow):
+        (base, own), (ex, _) = vals
+        half = isinstance(ex, float) and ex == 0.5
+        if own and full(base) and not full(ex): return (base.sqrt_() if half else base.pow_(ex)), True
+        if half and isinstance(base, Tensor): return torch.sqrt(base), full(base)
+        return base ** ex, full(base) or full(ex)
+    (a, own), = vals
+    fn = _INPLACE[type(e)]
+    if own and full(a): return fn(a, out=a), True
+    return (fn(a), full(a)) if isinstance(a, Tensor) else (fn(torch.tensor(a)).item(), False)
+
+
 class SymbolicRule(UpdateRule):
     """An equation over `<feature>_<lag>` variables as an update rule: u = scale · expr, constants meta-tunable.
 
@@ -575,6 +615,13 @@ class SymbolicRule(UpdateRule):
         self.constants = nn.Parameter(torch.tensor([float(a) for a in floats], dtype=torch.float64))
         self._fn = compile_expression(self.template, self._const_names)
         self._columns = {s.name: (self.features.index(f), lag) for s, (f, lag) in zip(variables, pairs)}
+        uses = {}
+        for node in sp.preorder_traversal(self.template):
+            if isinstance(node, sp.Symbol): uses[node.name] = uses.get(node.name, 0) + 1
+        self._used_once = {n for n, (k, lag) in self._columns.items() if lag == 0 and uses.get(n) == 1}
+        # a constant factor of a top-level product absorbs `scale` (one pass less per step)
+        self._scale_into = next((a.name for a in self.template.args if isinstance(self.template, sp.Mul)
+                                 and isinstance(a, sp.Symbol) and a.name in self._const_names and uses[a.name] == 1), None)
 
     @property
     def expr(self) -> str:
@@ -603,10 +650,19 @@ class SymbolicRule(UpdateRule):
             if self.lags > 1:  # lag j at this step is lag j−1 of the last one
                 f = torch.stack([cols[n] for n in self.features], dim=1)
                 fs["history"] = torch.cat([f[:, None, :], s["history"][:, :-1]], dim=1)
-            u = self._fn(env, consts)
-            if not isinstance(u, Tensor): u = torch.full_like(g.reshape(-1), float(u))
-            elif torch.is_grad_enabled() or any(u is v for v in (*env.values(), *fs.values())): u = u * self.scale
-            else: u = u.mul_(self.scale)  # a temporary of the expression: scaled in place
+            if torch.is_grad_enabled():
+                u = self._fn(env, consts)
+                u = u * self.scale if isinstance(u, Tensor) else torch.full_like(g.reshape(-1), float(u) * self.scale)
+            else:  # write into the features' temporaries (those that are not state, the gradient, or shared)
+                keep = {v.data_ptr() for v in (g, *s.values(), *fs.values())}  # by storage: views of g count
+                owned = {n for n in self._used_once if env[n].data_ptr() not in keep
+                         and sum(v.data_ptr() == env[n].data_ptr() for v in env.values()) == 1}
+                c = dict(consts)
+                if self._scale_into: c[self._scale_into] = c[self._scale_into] * self.scale
+                u, own = _torch_node_inplace(self.template, env, c, owned)
+                if not isinstance(u, Tensor) or u.dim() == 0: u = torch.full_like(g.reshape(-1), float(u))
+                if not self._scale_into: u = u.mul_(self.scale) if own else u * self.scale
+                elif not own: u = u.clone() if any(u is v for v in env.values()) else u
             updates.append(u.view_as(g).to(g.dtype))
             new.append(fs)
         return updates, new

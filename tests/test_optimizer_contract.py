@@ -422,3 +422,21 @@ def test_weight_decay_survives_state_dict_round_trip():
         train(a, opt_a, X, y, 1)
         train(b, opt_b, X, y, 1)
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+
+
+@pytest.mark.parametrize("expr", ["-1.57*mp3_0", "-1.57*mp3_0 + 0.01", "-3.3*tanh(0.94*mp25_1)*sqrt(abs(mp3_8)) + 0.0095",
+                                  "mt_0*tanh(mt_0)", "-0.5*g_0 - 0.1*g_2", "-10*mom9_0", "-(mt_0 + gt_0)^2*0.3",
+                                  "-1.2*mt_0*adam_dn_0", "-0.3*adam_up_norm_0 - 0.1*adam_up_0", "-exp(-abs(mt_0))*0.2*mt_0"])
+def test_symbolic_rule_fast_path_matches_autograd_path_and_keeps_grads(expr):
+    "Without autograd SymbolicRule writes into its temporaries: it must give the autograd path's updates and touch no input."
+    rule = SymbolicRule(expr, scale=0.03)
+    g = torch.Generator().manual_seed(0)
+    grads = [[torch.randn(6, 5, generator=g) * 0.01, torch.randn(7, generator=g) * 0.01] for _ in range(12)]
+    fast, slow = rule.init(grads[0]), rule.init(grads[0])
+    for t, gr in enumerate(grads, 1):
+        kept = [x.clone() for x in gr]
+        with torch.no_grad(): u_fast, fast = rule.step(gr, fast, t)
+        assert all(torch.equal(a, b) for a, b in zip(gr, kept)), "the gradients were written"
+        u_slow, slow = rule.step(kept, slow, t)
+        slow = [{k: v.detach() for k, v in s.items()} for s in slow]
+        for a, b in zip(u_fast, u_slow): torch.testing.assert_close(a, b.detach(), rtol=1e-5, atol=1e-9)
