@@ -91,26 +91,48 @@ class TanhBasisRule(UpdateRule):
         return f"features={self.features}, lags={self.lags}, gamma={self.gamma}, scale={self.scale}"
 
     def init_tensor(self, p):
-        "Feature buffers and, when L > 0, the soft-clipped features of the last L steps `[numel, L, |G|]`."
-        hist = {"history": torch.zeros(p.numel(), self.lags, len(self.features), dtype=p.dtype, device=p.device)} \
+        "Feature buffers and, when L > 0, the soft-clipped features of the last L steps `[L, |G|, numel]`."
+        hist = {"history": torch.zeros(self.lags, len(self.features), p.numel(), dtype=p.dtype, device=p.device)} \
             if self.lags else {}
         return {**self.grad_features.init_tensor(p), **hist}
 
     def step(self, grads, state, t):
+        if not torch.is_grad_enabled(): return self._step_in_place(grads, state, t)
         updates, new = [], []
         w = self.weights.to(grads[0].dtype) * (-self.scale * self.gamma)
         for g, s in zip(grads, state, strict=True):
             cols, fs = self.grad_features.columns(g.reshape(-1), {b: s[b] for b in self.grad_features.buffers}, t)
-            clipped = [torch.tanh(cols[n] / self.gamma) for n in self.features]  # [numel] each, lag 0
-            u = None
-            for k, c in enumerate(clipped):
-                term = c * w[k, 0]
-                u = term if u is None else u + term
+            f = torch.stack([torch.tanh(cols[n] / self.gamma) for n in self.features])  # [|G|, numel], lag 0
+            u = (f * w[:, :1]).sum(0)
+            if self.lags:
+                u = u + torch.einsum("lfn,fl->n", s["history"], w[:, 1:])
+                fs["history"] = torch.cat([f[None], s["history"][:-1]])
+            updates.append(u.view_as(g).to(g.dtype))
+            new.append(fs)
+        return updates, new
+
+    def _step_in_place(self, grads, state, t):
+        "`step` without autograd: features soft-clipped in their own temporaries, one accumulator, history shifted in place."
+        w = (self.weights.detach() * (-self.scale * self.gamma)).tolist()
+        updates, new = [], []
+        for g, s in zip(grads, state, strict=True):
+            cols, fs = self.grad_features.columns(g.reshape(-1), {b: s[b] for b in self.grad_features.buffers}, t)
+            keep = {v.data_ptr() for v in (g, *s.values(), *fs.values())}
+            clipped = []
+            for n in self.features:
+                c = cols[n]
+                owned = c.numel() and c.data_ptr() not in keep and sum(c.data_ptr() == v.data_ptr() for v in cols.values()) == 1
+                c = (c.div_(self.gamma) if self.gamma != 1 else c) if owned else c / self.gamma
+                clipped.append(c.tanh_())
+            u = torch.mul(clipped[0], w[0][0])
+            for k in range(1, len(clipped)): u.add_(clipped[k], alpha=w[k][0])
             if self.lags:
                 h = s["history"]
-                u = u + torch.einsum("nlf,fl->n", h, w[:, 1:])
-                f = torch.stack(clipped, dim=1)
-                fs["history"] = torch.cat([f[:, None, :], h[:, :-1]], dim=1)
+                for lag in range(self.lags):
+                    for k in range(len(clipped)): u.add_(h[lag, k], alpha=w[k][lag + 1])
+                if self.lags > 1: h[1:] = h[:-1].clone()
+                for k, c in enumerate(clipped): h[0, k].copy_(c)
+                fs["history"] = h
             updates.append(u.view_as(g).to(g.dtype))
             new.append(fs)
         return updates, new
