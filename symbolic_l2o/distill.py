@@ -9,7 +9,7 @@ import json
 import keyword
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from collections.abc import Sequence
 
@@ -24,7 +24,8 @@ from .meta_train import atomic_write
 
 # %% auto #0
 __all__ = ['ENGINE_OPERATORS', 'evaluate_expression', 'FittedRule', 'fit_rule', 'sanity_targets', 'is_exact', 'sanity_check',
-           'Distillation', 'distill', 'temporal_perception_field', 'mapping_complexity', 'plot_response']
+           'Distillation', 'select_closed_loop', 'distill', 'temporal_perception_field', 'mapping_complexity',
+           'plot_response']
 
 # %% ../nbs/03_distill.ipynb #dae475e7
 ENGINE_OPERATORS = {
@@ -282,21 +283,51 @@ class Distillation:
         "Headline figures (JSON-able)."
         return {"rule": self.name, "equation": str(self.fit.expr), "complexity": complexity(self.fit.expr),
                 "r2_train": self.r2_train, "r2_test": self.r2_test, "eva_loss_source": self.source_eval.eva_loss,
-                "eva_loss_equation": self.equation_eval.eva_loss, "seconds": self.fit.seconds,
+                "eva_loss_equation": self.equation_eval.eva_loss, "seconds": self.fit.seconds, "selection": self.fit.selection,
                 "tpf": temporal_perception_field(self.fit, self.test.X), "mapping_complexity": mapping_complexity(self.fit, self.test.X)}
+
+
+def select_closed_loop(fit: FittedRule, rule, task, steps: int = 200, seeds: Sequence[int] = range(900_000, 900_003),
+                       tolerance: float = 0.15, max_screened: int = 8, device="cpu") -> FittedRule:
+    """The most accurate of the `max_screened` most accurate members of `fit.pareto` whose closed-loop Eva loss on the
+    problems `seeds` is within `tolerance` of `rule`'s own (the one with the lowest Eva loss when none is); the
+    screening is kept in `meta`."""
+    from symbolic_l2o.meta_train import evaluate
+    if tolerance < 0: raise ValueError(f"invalid tolerance={tolerance}: expected >= 0")
+    if max_screened < 1: raise ValueError(f"invalid max_screened={max_screened}: expected >= 1")
+    eva = lambda r: evaluate(r, task, steps, seeds, device=device, progress=False).eva_loss[0]
+    source, screened, chosen = eva(rule), [], None
+    if not math.isfinite(source): raise ValueError(f"the source rule does not train on the validation problems (Eva loss {source}): nothing to be faithful to")
+    ranked = sorted(fit.pareto, key=lambda m: -m["r2"])[:max_screened]
+    for m in ranked:  # most accurate first; stop at the first faithful one
+        loss = eva(replace(fit, expr=m["expr"]).to_rule())
+        screened.append({"complexity": m["complexity"], "r2": m["r2"], "eva_loss": loss if math.isfinite(loss) else None})
+        if math.isfinite(loss) and loss <= (1 + tolerance) * source: chosen = m; break
+    if chosen is None:
+        finite = [(s["eva_loss"], m) for s, m in zip(screened, ranked) if s["eva_loss"] is not None]
+        chosen = min(finite, key=lambda p: p[0])[1] if finite else ranked[0]
+    meta = {**fit.meta, "closed_loop": {"seeds": list(seeds), "steps": steps, "tolerance": tolerance,
+                                        "source_eva_loss": source, "screened": screened}}
+    return replace(fit, expr=chosen["expr"], selection="closed_loop", meta=meta)
 
 
 def distill(rule, task, name: str = "rule", steps: int = 200, record_seeds: int = 20, eval_seeds: int = 10,
             lags: int = 20, coords_per_tensor: int = 20, time_limit: float = 60.0, max_rows: int = 20_000,
-            seed: int = 0, device="cpu", progress: bool = True, **fit_kwargs) -> Distillation:
-    "Record `rule` on `task`, fit an equation on training runs, score it on held-out runs and closed-loop on `eval_seeds` problems."
-    from symbolic_l2o.meta_train import evaluate
+            validation_seeds: int = 3, tolerance: float = 0.15, seed: int = 0, device="cpu", progress: bool = True,
+            **fit_kwargs) -> Distillation:
+    """Record `rule` on `task`, fit an equation on training runs, pick the most accurate one that trains as well as
+    `rule` on `validation_seeds` problems (`select_closed_loop`; 0 keeps `fit_rule`'s choice), and score it on
+    held-out runs (R²) and closed-loop on `eval_seeds` other problems."""
+    from symbolic_l2o.meta_train import VALIDATION_SEED_BASE, evaluate
     from symbolic_l2o.srgen import record_trajectories
     data = record_trajectories(rule, task, steps, range(10_000, 10_000 + record_seeds), lags=lags,
                                coords_per_tensor=coords_per_tensor, seed=seed, device=device, progress=progress)
     train, test = data.split_by_run(seed=seed)
     fit = fit_rule(train.X, train.y, train.names, time_limit=time_limit, max_rows=max_rows, seed=seed,
                    meta={**data.meta, "source": name}, **fit_kwargs)
+    if validation_seeds:
+        fit = select_closed_loop(fit, rule, task, steps, range(VALIDATION_SEED_BASE, VALIDATION_SEED_BASE + validation_seeds),
+                                 tolerance, device)
     seeds = range(eval_seeds)
     return Distillation(name, fit, fit.r2(train.X, train.y), fit.r2(test.X, test.y),
                         evaluate(rule, task, steps, seeds, device=device, progress=False),
