@@ -560,7 +560,7 @@ def prepare_symbolic(fit: FittedRule, proxy, max_state: float = 2.0, tune: dict 
     rule.scale *= multiplier
     rule, card = meta_tune(rule, proxy, out=out, name="tuned_symbolic", device=device, progress=progress, **(tune or {}))
     card.update(distilled=str(fit.expr), deployed=str(expr), multiplier=multiplier, multiplier_scores=scores,
-                scale=rule.scale, state_per_param=state_per_param(rule))
+                scale=rule.scale, state_per_param=state_per_param(rule), within_budget=state_per_param(rule) <= max_state)
     if out is not None: save_tuned(rule, Path(out) / "tuned_symbolic.json", card)
     return rule, card
 
