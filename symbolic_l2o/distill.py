@@ -55,18 +55,18 @@ def _validate(X, y, names):
     return X, y, int((~ok).sum())
 
 
-def _operon_fit(X, y, names, operators, max_length, time_limit, seed):
+def _operon_fit(X, y, names, operators, max_length, generations, time_limit, seed):
     from pyoperon.sklearn import SymbolicRegressor
     symbols = ",".join(["constant", "variable"] + [ENGINE_OPERATORS["operon"][o] for o in operators])
     reg = SymbolicRegressor(allowed_symbols=symbols, objectives=["r2", "length"], max_length=max_length,
-                            max_depth=12, population_size=1000, pool_size=1000, generations=100_000,
-                            max_evaluations=10**9, optimizer_iterations=5, max_time=max(1, int(time_limit)),
+                            max_depth=12, population_size=1000, pool_size=1000, generations=generations,
+                            max_evaluations=10**12, optimizer_iterations=1, max_time=max(1, math.ceil(time_limit)),
                             random_state=seed, n_threads=1)
     reg.fit(X, y)
-    return [reg.get_model_string(m["tree"], 17, names) for m in reg.pareto_front_]
+    return [reg.get_model_string(m["tree"], 17, names) for m in reg.pareto_front_], reg.stats_["generations"] < generations
 
 
-def _pysr_fit(X, y, names, operators, max_length, time_limit, seed):
+def _pysr_fit(X, y, names, operators, max_length, generations, time_limit, seed):
     try:
         from pysr import PySRRegressor
         model = PySRRegressor(
@@ -76,13 +76,13 @@ def _pysr_fit(X, y, names, operators, max_length, time_limit, seed):
                                   "greater": lambda x, y: sp.Heaviside(x - y, 0),
                                   "sqrt_abs": lambda x: sp.sqrt(sp.Abs(x)),
                                   "log_abs": lambda x: sp.log(sp.Abs(x) + sp.Float(1e-8))},
-            maxsize=max_length, timeout_in_seconds=time_limit, random_state=seed, deterministic=True,
+            maxsize=max_length, niterations=generations, timeout_in_seconds=time_limit, random_state=seed, deterministic=True,
             parallelism="serial", progress=False, verbosity=0)
         model.fit(X, y, variable_names=list(names))
     except Exception as e:  # juliapkg raises URLError and others, not only ImportError
         raise RuntimeError(f"the PySR engine could not run: it needs `pip install symbolic_l2o[pysr]` and a Julia "
                            f"installation it can reach ({type(e).__name__}: {e}); use engine='operon'") from e
-    return [str(e) for e in model.equations_["sympy_format"]]
+    return [str(e) for e in model.equations_["sympy_format"]], None  # PySR does not say whether its clock stopped it
 
 
 def _linear_path(X, y, names, max_terms):
@@ -188,10 +188,17 @@ class FittedRule:
 
 
 def fit_rule(X, y, names: Sequence[str], *, engine: str = "operon", operators: Sequence[str] | None = None,
-             max_length: int = 30, time_limit: float = 20.0, seed: int = 0, selection: str = "best",
-             max_rows: int = 20_000, linear_terms: int = 20, meta: dict | None = None) -> FittedRule:
-    "Symbolic regression of `y` on the columns `names` of `X`: the selected equation and the Pareto front, as a `FittedRule`."
+             max_length: int = 30, generations: int = 100, time_limit: float = 60.0, seed: int = 0,
+             selection: str = "best", search_rows: int = 2000, max_rows: int = 20_000, linear_terms: int = 20, meta: dict | None = None) -> FittedRule:
+    """Symbolic regression of `y` on the columns `names` of `X`: the selected equation and the Pareto front, as a `FittedRule`.
+
+    The engine evolves `generations` generations (reproducible for a `seed`) on `search_rows` rows, unless
+    `time_limit` seconds pass first (then `meta["stopped_by_time"]` is true); every candidate is then scored on up
+    to `max_rows` rows."""
     if engine not in ENGINE_OPERATORS: raise ValueError(f"unknown engine {engine!r}; known: {sorted(ENGINE_OPERATORS)}")
+    for name, v in (("generations", generations), ("search_rows", search_rows), ("max_rows", max_rows)):
+        if int(v) != v or v < 1: raise ValueError(f"invalid {name}={v}: expected a positive integer")
+    if not time_limit > 0: raise ValueError(f"invalid time_limit={time_limit}: expected > 0 seconds")
     if selection not in ("best", "accuracy", "bic"): raise ValueError(f"invalid selection={selection!r}: expected best, accuracy or bic")
     operators = list(operators if operators is not None else ENGINE_OPERATORS[engine])
     unknown = [o for o in operators if o not in OPERATORS]
@@ -208,7 +215,9 @@ def fit_rule(X, y, names: Sequence[str], *, engine: str = "operon", operators: S
     # the engine searches on standardised columns (constants of order 1), its equations are mapped back
     sigma = np.where(X.std(0) > 0, X.std(0), 1.0)
     unscale = {variable(n): variable(n) / sp.Float(s) for n, s in zip(names, sigma)}
-    texts = (_operon_fit if engine == "operon" else _pysr_fit)(X / sigma, y, names, operators, max_length, time_limit, seed)
+    search = rng.choice(len(y), search_rows, replace=False) if len(y) > search_rows else slice(None)
+    texts, stopped = (_operon_fit if engine == "operon" else _pysr_fit)((X / sigma)[search], y[search], names, operators,
+                                                                      max_length, generations, time_limit, seed)
     exprs = [parse_expression(t, names).xreplace(unscale) for t in texts]
     exprs += [parse_expression(t, names) for t in _linear_path(X, y, names, linear_terms)]
     candidates, floor = {}, 1e-12 * float(y.var())  # losses below the floor are rounding: they tie
@@ -223,7 +232,8 @@ def fit_rule(X, y, names: Sequence[str], *, engine: str = "operon", operators: S
     for m in sorted(candidates.values(), key=lambda m: (m["complexity"], m["loss"])):
         if not front or m["loss"] < front[-1]["loss"]: front.append(m)
     chosen = _select(front, selection)
-    info = {**(meta or {}), "rows": len(y), "dropped_rows": dropped}
+    info = {**(meta or {}), "rows": len(y), "dropped_rows": dropped, "search_rows": min(search_rows, len(y)),
+            "generations": generations, "stopped_by_time": stopped}
     return FittedRule(chosen["expr"], names, front, engine, selection, time.perf_counter() - t0, info)
 
 # %% ../nbs/03_distill.ipynb #0b3e5be2
@@ -250,7 +260,7 @@ def is_exact(found: sp.Expr, target: sp.Expr, rtol: float = 1e-3) -> bool:
         all(abs(float(c)) <= rtol * scale for k, c in a.items() if k not in b)
 
 
-def sanity_check(task=None, steps: int = 120, seeds: int = 4, lags: int = 20, time_limit: float = 20.0,
+def sanity_check(task=None, steps: int = 120, seeds: int = 4, lags: int = 20, generations: int = 100, time_limit: float = 30.0,
                  max_rows: int = 5000, seed: int = 0, progress: bool = True) -> list[dict]:
     "Recover each sanity target from gradient histories recorded with Adam on `task`: expression, R², seconds, exact."
     from symbolic_l2o.meta_train import make_task
@@ -262,7 +272,7 @@ def sanity_check(task=None, steps: int = 120, seeds: int = 4, lags: int = 20, ti
     for name, target in sanity_targets(lags).items():
         y = evaluate_expression(target, ds.X, ds.names)
         t0 = time.perf_counter()
-        fit = fit_rule(ds.X, y, ds.names, time_limit=time_limit, max_rows=max_rows, seed=seed)
+        fit = fit_rule(ds.X, y, ds.names, generations=generations, time_limit=time_limit, max_rows=max_rows, seed=seed)
         results.append({"target": name, "target_expr": str(target), "recovered": str(fit.expr), "r2": fit.r2(ds.X, y),
                         "seconds": time.perf_counter() - t0, "exact": is_exact(fit.expr, target), "fit": fit})
     return results
@@ -327,7 +337,7 @@ def distill(rule, task, name: str = "rule", steps: int = 200, record_seeds: int 
                    meta={**data.meta, "source": name}, **fit_kwargs)
     if validation_seeds:
         fit = select_closed_loop(fit, rule, task, steps, range(VALIDATION_SEED_BASE, VALIDATION_SEED_BASE + validation_seeds),
-                                 tolerance, device)
+                                 tolerance=tolerance, device=device)
     seeds = range(eval_seeds)
     return Distillation(name, fit, fit.r2(train.X, train.y), fit.r2(test.X, test.y),
                         evaluate(rule, task, steps, seeds, device=device, progress=False),

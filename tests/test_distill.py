@@ -133,3 +133,14 @@ def test_pysr_engine_runs_where_julia_is_present_and_says_why_elsewhere():
         assert "Julia" in str(e)
         pytest.skip(f"PySR engine unavailable here: {e}")
     assert fit.r2(X, y) > 0.999
+
+
+def test_fit_rule_is_reproducible_for_a_seed_and_reports_what_stopped_it(gradients):
+    y = np.tanh(50 * gradients.X[:, 0]) + 20 * gradients.X[:, 1]
+    fits = [fit_rule(gradients.X, y, gradients.names, generations=5, search_rows=500, time_limit=120, seed=3) for _ in range(2)]
+    assert [str(m["expr"]) for m in fits[0].pareto] == [str(m["expr"]) for m in fits[1].pareto]
+    assert fits[0].meta["stopped_by_time"] is False and fits[0].meta["search_rows"] == 500
+    cut = fit_rule(gradients.X, y, gradients.names, generations=10**6, time_limit=1, seed=3)
+    assert cut.meta["stopped_by_time"] is True
+    for bad, message in (({"generations": 0}, "generations"), ({"search_rows": 2.5}, "search_rows"), ({"time_limit": 0}, "time_limit")):
+        with pytest.raises(ValueError, match=message): fit_rule(gradients.X, y, gradients.names, **bad)
