@@ -2,14 +2,15 @@
 its executed notebook, a resumed run keeps the completed stages, stages chain through the run directory, the same
 parameters give the same numbers, and the report holds the stage summaries. Also: README.md is generated."""
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from symbolic_l2o.report import (StageFailed, build_report, notebook_parameters, pipeline_stages, readme_markdown,
-                                 run_pipeline, _read_nb)
+from symbolic_l2o.report import (StageFailed, build_report, export_outputs, notebook_parameters, pipeline_stages,
+                                 readme_markdown, run_pipeline, _read_nb)
 
 ROOT = Path(__file__).resolve().parent.parent
 NBS = ROOT / "nbs"
@@ -87,6 +88,21 @@ def test_report_holds_every_summary(failed_then_resumed, tmp_path):
     assert "| 02_srgen | done |" in text
     html = page.read_text()
     assert "<table>" in html and "SR dataset recorded" in html
+
+
+def test_outputs_go_back_into_the_notebooks_clean(failed_then_resumed, tmp_path):
+    from nbdev.clean import nbdev_clean
+    nbs = tmp_path / "nbs"
+    shutil.copytree(NBS, nbs)
+    assert [p.name for p in export_outputs(failed_then_resumed[0], nbs)] == [f"{STAGE}.ipynb"]
+    before, after = (json.loads((d / f"{STAGE}.ipynb").read_text()) for d in (NBS, nbs))
+    assert [c["source"] for c in after["cells"]] == [c["source"] for c in before["cells"]]  # no injected cell, same code
+    assert sum(bool(c.get("outputs")) for c in after["cells"]) >= 3
+    assert "papermill" not in after["metadata"]
+    assert all(not set(c["metadata"]) & {"papermill", "execution"} for c in after["cells"])
+    text = (nbs / f"{STAGE}.ipynb").read_text()
+    nbdev_clean(fname=str(nbs / f"{STAGE}.ipynb"))  # make test's no-diff check passes with the outputs in
+    assert (nbs / f"{STAGE}.ipynb").read_text() == text
 
 
 def test_cli_reports_a_failure_with_exit_status_1(tmp_path):
