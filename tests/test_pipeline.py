@@ -80,9 +80,13 @@ def test_same_parameters_give_the_same_numbers(failed_then_resumed, tmp_path):
 def test_report_holds_every_summary(failed_then_resumed, tmp_path):
     run_dir = failed_then_resumed[0]
     bench = tmp_path / "results.json"
-    bench.write_text(json.dumps({"machine": {"cpus": 2}, "benchmarks": {"optimizer_step": {"ratio": 1.19, "rule_ms": 31.0}}}))
+    bench.write_text(json.dumps({"machine": {"cpus": 2}, "benchmarks": {
+        "optimizer_step": {"ratio": 1.19, "rule_ms": 31.0},
+        "meta_train_scaling": {"seconds_per_window": {"5": 0.1, "10": 0.2, "20": 0.4, "40": 0.8}}}}))
     md, page = build_report(run_dir, bench=bench)
     text = md.read_text()
+    assert "](figures/bench-meta_train_scaling-seconds_per_window.png)" in text  # the scalability plot
+    assert (run_dir / "figures" / "bench-meta_train_scaling-seconds_per_window.png").stat().st_size > 0
     assert f"## {STAGE}" in text and "SR dataset recorded" in text and "| lags L | 20 |" in text
     assert "**optimizer_step**" in text and "| ratio | 1.19 |" in text
     assert "| 02_srgen | done |" in text
