@@ -121,6 +121,7 @@ def write_book_config(proc: Path, pages: list[str], title: str, author: str) -> 
             # MathJax from this site: Sphinx puts a relative mathjax_path under _static/, hence the "../"
             "mathjax_path": "../mathjax/tex-svg-full.js", "html_extra_path": ["site-static"],
             "nb_render_markdown_format": "myst", "html_show_sourcelink": False, "myst_all_links_external": True,
+            "nb_output_stderr": "remove",  # progress bars and warnings of the stored runs
             "suppress_warnings": ["myst.header", "misc.highlighting_failure", "mystnb.unknown_mime_type"]}},
     }
     (proc / "_config.yml").write_text(yaml.safe_dump(config, sort_keys=False))
@@ -133,12 +134,13 @@ def main():
     ap.add_argument("--mathjax", type=Path, required=True, help="MathJax 3 single-file build (es5/tex-svg-full.js)")
     ap.add_argument("--out", type=Path, default=ROOT / "_docs")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--nbs", type=Path, default=ROOT / "nbs", help="notebooks folder (default: nbs/)")
     args = ap.parse_args()
     from nbdev.config import get_config
     from nbdev.serve import proc_nbs
     cfg = get_config()
     staged = ROOT / "build" / "docs-nbs"
-    stage_notebooks(ROOT / "nbs", staged)
+    stage_notebooks(args.nbs, staged)
     proc = Path(proc_nbs(path=str(staged), n_workers=args.workers, force=True))
     pages = adapt(proc, f"{cfg.doc_host}{cfg.doc_baseurl}")
     write_book_config(proc, pages, cfg.title, cfg.author)
