@@ -7,10 +7,17 @@ BIN := $(VENV)/bin
 # The virtual environment is rebuilt whenever the pinned stack or the package metadata changes.
 ENV_HASH := $(shell cat constraints.txt setup.py settings.ini | sha256sum | cut -c1-16)
 STAMP := $(VENV)/.stamp-$(ENV_HASH)
-RUN ?= runs/$(shell date +%Y%m%d-%H%M%S)
-NOTEBOOKS := $(sort $(wildcard nbs/[0-9]*.ipynb))
+# `make run` writes runs/<timestamp>/; `make run RESUME=runs/<name>` continues that run from its first missing stage.
+# `make report|outputs|readme RUN=runs/<name>` name the run to read.
+RESUME ?=
+RUN ?=
+RUN_DIR := $(or $(RESUME),$(RUN),runs/$(shell date +%Y%m%d-%H%M%S))
+SCALE ?= cpu
+# MathJax 3 from npm, for the docs site and the run report (served from the site itself, never a CDN)
+MATHJAX_VERSION := 3.2.2
+MATHJAX := build/node/node_modules/mathjax/es5/tex-svg-full.js
 
-.PHONY: venv test run bench export clean-nbs
+.PHONY: venv test run report outputs readme docs chromium bench export clean-nbs
 
 venv: $(STAMP)
 
@@ -36,17 +43,44 @@ test: $(STAMP)
 	@test -z "$$(git status --porcelain -- symbolic_l2o pyproject.toml)" || \
 	  { git status --short -- symbolic_l2o pyproject.toml; echo "FAIL: symbolic_l2o/ is out of sync with the notebooks: run nbdev_export and commit"; exit 1; }
 	$(BIN)/nbdev_test --n_workers 2
+	@$(MAKE) --no-print-directory docs chromium
 	$(PY) -m pytest tests/
 
-# The pipeline: every numbered notebook, executed headless into one run directory.
+# The pipeline: every numbered stage notebook (nbs/[0-9]*.ipynb but the report's), executed headless with papermill
+# at scale=$(SCALE) into one run directory that chains the stages (out_dir), then runs/<name>/report.md and .html.
 run: $(STAMP)
-	@mkdir -p $(RUN)
-	@for nb in $(NOTEBOOKS); do \
-	  echo "== $$nb -> $(RUN)/$$(basename $$nb)"; \
-	  $(BIN)/papermill --cwd nbs --progress-bar "$$nb" "$(RUN)/$$(basename $$nb)" || \
-	    { echo "FAIL: $$nb failed; open $(RUN)/$$(basename $$nb) to see where"; exit 1; }; \
-	done
-	@echo "Run written to $(RUN)"
+	@[ -z "$(wildcard $(MATHJAX))" ] && $(MAKE) --no-print-directory $(MATHJAX) >/dev/null 2>&1 || true
+	$(PY) -m symbolic_l2o.report run "$(RUN_DIR)" --scale $(SCALE)
+
+# Rebuild report.md / report.html of a run: make report RUN=runs/<name>
+report: $(STAMP)
+	@test -n "$(RUN)" -a -d "$(RUN)" || { echo "usage: make report RUN=runs/<name> (an existing run directory)"; exit 2; }
+	$(PY) -m symbolic_l2o.report report "$(RUN)"
+
+# Copy a run's executed notebooks (with their outputs) back into nbs/ for the docs: make outputs RUN=runs/<name>
+outputs: $(STAMP)
+	@test -n "$(RUN)" -a -d "$(RUN)" || { echo "usage: make outputs RUN=runs/<name> (an existing run directory)"; exit 2; }
+	$(PY) -m symbolic_l2o.report outputs "$(RUN)"
+
+# README.md from nbs/index.ipynb, after filling its results from the newest run (or RUN=) and bench/results.json
+readme: $(STAMP)
+	$(PY) -m symbolic_l2o.report readme $(if $(RUN),--run_dir "$(RUN)")
+
+$(MATHJAX):
+	npm install --prefix build/node --no-audit --no-fund --loglevel=error mathjax@$(MATHJAX_VERSION)
+
+# The docs site, offline and without Quarto: nbdev's processed notebooks rendered by Jupyter Book 1 into _docs/
+docs: $(STAMP) $(MATHJAX)
+	$(PY) tools/build_docs.py --mathjax $(MATHJAX) --out _docs
+
+# Debian's chromium for the browser test, installed when missing and possible (root with apt-get)
+chromium:
+	@if command -v chromium >/dev/null 2>&1; then echo "chromium: $$(command -v chromium)"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing Debian's chromium (for the docs browser test)"; \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+	    echo "WARNING: chromium could not be installed: the browser test will skip (fail under CI=true)"; \
+	else echo "chromium is missing and cannot be installed here (needs root and apt-get): the browser test will skip (fail under CI=true)"; fi
 
 bench: $(STAMP)
 	$(PY) bench/run.py --out bench/results.json
