@@ -151,20 +151,3 @@ def test_notebook_runs_under_papermill_at_test_scale(tmp_path):
     tuned, card = load_tuned(out / "tuned_symbolic.json")
     assert isinstance(tuned, SymbolicRule) and card["multiplier"] in card["multiplier_scores"] or \
         str(card["multiplier"]) in card["multiplier_scores"]
-
-
-@pytest.mark.parametrize("kw", [dict(), dict(lags=3, gamma=0.5), dict(features=("g", "mom9"), lags=2, gamma=0.01),
-                                dict(features=("mt",), lags=0), dict(features=("mp2", "mt", "gt"), lags=1)])
-def test_tanh_basis_fast_path_matches_autograd_path_and_keeps_grads(kw):
-    G, L = len(kw.get("features", ("mt", "gt"))), kw.get("lags", 1)
-    rule = TanhBasisRule(**kw, scale=0.05, weights=torch.randn(G, L + 1, generator=torch.Generator().manual_seed(1)))
-    gen = torch.Generator().manual_seed(0)
-    grads = [[torch.randn(6, 5, generator=gen) * 0.01, torch.randn(7, generator=gen) * 0.01, torch.zeros(0, 3)] for _ in range(10)]
-    fast, slow = rule.init(grads[0]), rule.init(grads[0])
-    for t, g in enumerate(grads, 1):
-        kept = [x.clone() for x in g]
-        with torch.no_grad(): u_fast, fast = rule.step(g, fast, t)
-        assert all(torch.equal(a, b) for a, b in zip(g, kept)), "the gradients were written"
-        u_slow, slow = rule.step(kept, slow, t)
-        slow = [{k: v.detach() for k, v in s.items()} for s in slow]
-        for a, b in zip(u_fast, u_slow): torch.testing.assert_close(a, b.detach(), rtol=1e-5, atol=1e-8)

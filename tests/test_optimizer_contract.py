@@ -424,14 +424,8 @@ def test_weight_decay_survives_state_dict_round_trip():
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
 
 
-@pytest.mark.parametrize("expr", ["-1.57*mp3_0", "-1.57*mp3_0 + 0.01", "-3.3*tanh(0.94*mp25_1)*sqrt(abs(mp3_8)) + 0.0095",
-                                  "mt_0*tanh(mt_0)", "-0.5*g_0 - 0.1*g_2", "-10*mom9_0", "-(mt_0 + gt_0)^2*0.3",
-                                  "-1.2*mt_0*adam_dn_0", "-0.3*adam_up_norm_0 - 0.1*adam_up_0", "-exp(-abs(mt_0))*0.2*mt_0"])
-def test_symbolic_rule_fast_path_matches_autograd_path_and_keeps_grads(expr):
-    "Without autograd SymbolicRule writes into its temporaries: it must give the autograd path's updates and touch no input."
-    rule = SymbolicRule(expr, scale=0.03)
-    g = torch.Generator().manual_seed(0)
-    grads = [[torch.randn(6, 5, generator=g) * 0.01, torch.randn(7, generator=g) * 0.01] for _ in range(12)]
+def assert_fast_path_matches_autograd_path(rule, grads, atol):
+    "Without autograd a rule writes into its temporaries: it must give the autograd path's updates and touch no input."
     fast, slow = rule.init(grads[0]), rule.init(grads[0])
     for t, gr in enumerate(grads, 1):
         kept = [x.clone() for x in gr]
@@ -439,4 +433,23 @@ def test_symbolic_rule_fast_path_matches_autograd_path_and_keeps_grads(expr):
         assert all(torch.equal(a, b) for a, b in zip(gr, kept)), "the gradients were written"
         u_slow, slow = rule.step(kept, slow, t)
         slow = [{k: v.detach() for k, v in s.items()} for s in slow]
-        for a, b in zip(u_fast, u_slow): torch.testing.assert_close(a, b.detach(), rtol=1e-5, atol=1e-9)
+        for a, b in zip(u_fast, u_slow): torch.testing.assert_close(a, b.detach(), rtol=1e-5, atol=atol)
+
+
+@pytest.mark.parametrize("expr", ["-1.57*mp3_0", "-1.57*mp3_0 + 0.01", "-3.3*tanh(0.94*mp25_1)*sqrt(abs(mp3_8)) + 0.0095",
+                                  "mt_0*tanh(mt_0)", "-0.5*g_0 - 0.1*g_2", "-10*mom9_0", "-(mt_0 + gt_0)^2*0.3",
+                                  "-1.2*mt_0*adam_dn_0", "-0.3*adam_up_norm_0 - 0.1*adam_up_0", "-exp(-abs(mt_0))*0.2*mt_0"])
+def test_symbolic_rule_fast_path_matches_autograd_path_and_keeps_grads(expr):
+    g = torch.Generator().manual_seed(0)
+    grads = [[torch.randn(6, 5, generator=g) * 0.01, torch.randn(7, generator=g) * 0.01] for _ in range(12)]
+    assert_fast_path_matches_autograd_path(SymbolicRule(expr, scale=0.03), grads, atol=1e-9)
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(lags=3, gamma=0.5), dict(features=("g", "mom9"), lags=2, gamma=0.01),
+                                dict(features=("mt",), lags=0), dict(features=("mp2", "mt", "gt"), lags=1)])
+def test_tanh_basis_fast_path_matches_autograd_path_and_keeps_grads(kw):
+    G, L = len(kw.get("features", ("mt", "gt"))), kw.get("lags", 1)
+    rule = TanhBasisRule(**kw, scale=0.05, weights=torch.randn(G, L + 1, generator=torch.Generator().manual_seed(1)))
+    gen = torch.Generator().manual_seed(0)
+    grads = [[torch.randn(6, 5, generator=gen) * 0.01, torch.randn(7, generator=gen) * 0.01, torch.zeros(0, 3)] for _ in range(10)]
+    assert_fast_path_matches_autograd_path(rule, grads, atol=1e-8)
