@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+import os
 import keyword
 import math
 import time
@@ -61,7 +62,7 @@ def _operon_fit(X, y, names, operators, max_length, generations, time_limit, see
     reg = SymbolicRegressor(allowed_symbols=symbols, objectives=["r2", "length"], max_length=max_length,
                             max_depth=12, population_size=1000, pool_size=1000, generations=generations,
                             max_evaluations=10**12, optimizer_iterations=1, max_time=max(1, math.ceil(time_limit)),
-                            random_state=seed, n_threads=1)
+                            random_state=seed, n_threads=len(os.sched_getaffinity(0)))
     reg.fit(X, y)
     return [reg.get_model_string(m["tree"], 17, names) for m in reg.pareto_front_], reg.stats_["generations"] < generations
 
@@ -86,7 +87,8 @@ def _pysr_fit(X, y, names, operators, max_length, generations, time_limit, seed)
 
 
 def _linear_path(X, y, names, max_terms):
-    "Forward stepwise least squares: the best 1-, 2-, ... variable linear models as equations (stops once exact)."
+    """Forward stepwise least squares: the best 1-, 2-, ... variable linear models as equations (stops once exact),
+    and whether the last one is exact."""
     chosen, out, Xc = [], [], X - X.mean(0)
     norms, floor = np.linalg.norm(Xc, axis=0), 1e-12 * y.var()
     resid = y - y.mean()
@@ -101,8 +103,8 @@ def _linear_path(X, y, names, max_terms):
         resid = y - A @ coef
         terms = [f"({float(c)!r})*{names[j]}" for c, j in zip(coef[:-1], chosen)] + ([f"({float(coef[-1])!r})"] if coef[-1] else [])
         out.append(" + ".join(terms))
-        if (resid ** 2).mean() <= floor: break
-    return out
+        if (resid ** 2).mean() <= floor: return out, True
+    return out, False
 
 # %% ../nbs/03_distill.ipynb #724ae900
 def _r2(y, pred):
@@ -216,10 +218,11 @@ def fit_rule(X, y, names: Sequence[str], *, engine: str = "operon", operators: S
     sigma = np.where(X.std(0) > 0, X.std(0), 1.0)
     unscale = {variable(n): variable(n) / sp.Float(s) for n, s in zip(names, sigma)}
     search = rng.choice(len(y), search_rows, replace=False) if len(y) > search_rows else slice(None)
-    texts, stopped = (_operon_fit if engine == "operon" else _pysr_fit)((X / sigma)[search], y[search], names, operators,
-                                                                      max_length, generations, time_limit, seed)
-    exprs = [parse_expression(t, names).xreplace(unscale) for t in texts]
-    exprs += [parse_expression(t, names) for t in _linear_path(X, y, names, linear_terms)]
+    linear, exact = _linear_path(X, y, names, linear_terms)
+    texts, stopped = ([], False) if exact else \
+        (_operon_fit if engine == "operon" else _pysr_fit)((X / sigma)[search], y[search], names, operators,
+                                                           max_length, generations, time_limit, seed)
+    exprs = [parse_expression(t, names).xreplace(unscale) for t in texts] + [parse_expression(t, names) for t in linear]
     candidates, floor = {}, 1e-12 * float(y.var())  # losses below the floor are rounding: they tie
     for expr in exprs:
         pred = evaluate_expression(expr, X, names)
@@ -232,7 +235,7 @@ def fit_rule(X, y, names: Sequence[str], *, engine: str = "operon", operators: S
     for m in sorted(candidates.values(), key=lambda m: (m["complexity"], m["loss"])):
         if not front or m["loss"] < front[-1]["loss"]: front.append(m)
     chosen = _select(front, selection)
-    info = {**(meta or {}), "rows": len(y), "dropped_rows": dropped, "search_rows": min(search_rows, len(y)),
+    info = {**(meta or {}), "engine_skipped": exact, "rows": len(y), "dropped_rows": dropped, "search_rows": min(search_rows, len(y)),
             "generations": generations, "stopped_by_time": stopped}
     return FittedRule(chosen["expr"], names, front, engine, selection, time.perf_counter() - t0, info)
 
@@ -253,7 +256,15 @@ def sanity_targets(lags: int = 20) -> dict[str, sp.Expr]:
 
 
 def is_exact(found: sp.Expr, target: sp.Expr, rtol: float = 1e-3) -> bool:
-    "Whether the expanded forms of `found` and `target` have the same terms with coefficients agreeing within `rtol`."
+    """Whether the expanded forms of `found` and `target` have the same terms with coefficients agreeing within `rtol`
+    (terms absent from `target` count as agreeing when their coefficient is below `rtol` of its largest). A constant
+    inside a function (the 0.9999999 of exp(0.9999999·g)) is first replaced by the constant of `target` (or ±1) it
+    agrees with within `rtol`, so that the two sides have the same terms to compare."""
+    known = {1.0: sp.Integer(1)} | {abs(float(c)): abs(c) for c in target.atoms(sp.Number) if c}
+    def snap(c):
+        near = [k for k in known if abs(abs(float(c)) - k) <= rtol * k]
+        return (known[near[0]] if c > 0 else -known[near[0]]) if near else c
+    found = found.xreplace({c: snap(c) for c in found.atoms(sp.Float)})
     a, b = sp.expand(found).as_coefficients_dict(), sp.expand(target).as_coefficients_dict()
     scale = max(abs(float(c)) for c in b.values())
     return all(abs(float(a.get(k, 0)) - float(c)) <= rtol * abs(float(c)) for k, c in b.items()) and \
@@ -297,12 +308,13 @@ class Distillation:
                 "tpf": temporal_perception_field(self.fit, self.test.X), "mapping_complexity": mapping_complexity(self.fit, self.test.X)}
 
 
-def select_closed_loop(fit: FittedRule, rule, task, steps: int = 200, seeds: Sequence[int] = range(900_000, 900_003),
+def select_closed_loop(fit: FittedRule, rule, task, steps: int = 200, seeds: Sequence[int] | None = None,
                        tolerance: float = 0.15, max_screened: int = 8, device="cpu") -> FittedRule:
     """The most accurate of the `max_screened` most accurate members of `fit.pareto` whose closed-loop Eva loss on the
-    problems `seeds` is within `tolerance` of `rule`'s own (the one with the lowest Eva loss when none is); the
-    screening is kept in `meta`."""
-    from symbolic_l2o.meta_train import evaluate
+    problems `seeds` (default: the first three validation seeds, disjoint from the reported ones) is within `tolerance`
+    of `rule`'s own (the one with the lowest Eva loss when none is); the screening is kept in `meta`."""
+    from symbolic_l2o.meta_train import VALIDATION_SEED_BASE, evaluate
+    seeds = range(VALIDATION_SEED_BASE, VALIDATION_SEED_BASE + 3) if seeds is None else seeds
     if tolerance < 0: raise ValueError(f"invalid tolerance={tolerance}: expected >= 0")
     if max_screened < 1: raise ValueError(f"invalid max_screened={max_screened}: expected >= 1")
     eva = lambda r: evaluate(r, task, steps, seeds, device=device, progress=False).eva_loss[0]
