@@ -453,3 +453,14 @@ def test_tanh_basis_fast_path_matches_autograd_path_and_keeps_grads(kw):
     gen = torch.Generator().manual_seed(0)
     grads = [[torch.randn(6, 5, generator=gen) * 0.01, torch.randn(7, generator=gen) * 0.01, torch.zeros(0, 3)] for _ in range(10)]
     assert_fast_path_matches_autograd_path(rule, grads, atol=1e-8)
+
+
+def test_finite_check_is_exact_when_sums_overflow():
+    "The cheap sum test falls back to min/max when a sum overflows: finite half-precision gradients still pass."
+    from symbolic_l2o.optimizers import _finite
+    big = torch.full((100,), 60000.0, dtype=torch.float16)  # finite values whose fp16 sum is inf
+    assert _finite([big, torch.ones(3)])
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        g = torch.ones(5); g[2] = bad
+        assert not _finite([torch.ones(4), g])
+        assert not _finite([big, g.half()])
