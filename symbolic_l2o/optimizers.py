@@ -145,9 +145,13 @@ class GradFeatures:
         "Zero history buffers for one parameter tensor (only those the requested features need)."
         return {b: torch.zeros(p.numel(), dtype=p.dtype, device=p.device) for b in self.buffers}
 
-    def columns(self, g: Tensor, s: dict[str, Tensor], t: int) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-        "The features of gradient `g` at step `t` (1-based) as a dict name → `[g.numel()]` tensor, and the new state."
-        g = g.reshape(-1)
+    def columns(self, g: Tensor, s: dict[str, Tensor], t: int, factors: dict[str, float] | None = None
+                ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """The features of gradient `g` at step `t` (1-based) as a dict name → `[g.numel()]` tensor, and the new state.
+
+        A feature named in `factors` comes multiplied by its factor: for free (in its last pass) where that pass
+        takes a scale without autograd (the p-means, `mt`), by one more pass elsewhere."""
+        g, factors, absorbed = g.reshape(-1), factors or {}, set()
         b1, b2, grad = self.beta1, self.beta2, torch.is_grad_enabled()
         new = {}
         if "m" in s: new["m"] = ema(s["m"], g, b1)
@@ -171,17 +175,20 @@ class GradFeatures:
             # m/((v/bc2)^(1/p) + eps) = m·k/(v^(1/p) + eps·k), k = bc2^(1/p): into the |g|^p temporary
             k = bc2 ** (1 / p)
             d = _pow(new[f"v_{n}"], 1 / p, out=scratch[n]).add_(self.p_mean_eps * k)
-            return torch.addcdiv(d.new_zeros(()), new["m"], d, value=k, out=d)
+            absorbed.add(n)
+            return torch.addcdiv(d.new_zeros(()), new["m"], d, value=k * factors.get(n, 1.0), out=d)
 
         def mt():
             if grad or {"gt", "adam_dn"} & set(self.names): return m_hat / denom
-            return normalize(new["m"], new["v"], self.eps * math.sqrt(bc2), math.sqrt(bc2) / bc1)  # Adam's 2-pass form
+            absorbed.add("mt")  # Adam's 2-pass form
+            return normalize(new["m"], new["v"], self.eps * math.sqrt(bc2), math.sqrt(bc2) / bc1 * factors.get("mt", 1.0))
         value = {"g": lambda: g, "t": lambda: torch.full_like(g, t * self.t_scale),
                  "mt": mt, "gt": lambda: g / denom, "adam_dn": lambda: denom,
                  "adam_up": lambda: new["m"], "adam_up_norm": lambda: m_hat,
                  **{n: (lambda n=n: new[n]) for n in MOMENTUM_FEATURES},
                  **{n: (lambda n=n, p=p: p_mean(n, p)) for n, p in P_MEAN_FEATURES.items()}}
-        return {n: value[n]() for n in self.names}, new
+        cols = {n: value[n]() for n in self.names}
+        return {n: c if n in absorbed or n not in factors else c * factors[n] for n, c in cols.items()}, new
 
     def step(self, g: Tensor, s: dict[str, Tensor], t: int) -> tuple[Tensor, dict[str, Tensor]]:
         "Features `[g.numel(), len(self.names)]` of gradient `g` at step `t` (1-based), and the new state."
@@ -359,6 +366,7 @@ class LearnedRule(UpdateRule):
         return {**self.input_state(p), **rec}
 
     def step(self, grads, state, t):
+        "All coordinates of all tensors in one batched network call: inputs concatenated, outputs split back per tensor."
         sizes, dtype = [g.numel() for g in grads], self.head.weight.dtype  # the network runs in its own dtype
         xs, rest = zip(*[self.inputs(g.reshape(-1), s, t) for g, s in zip(grads, state, strict=True)])
         x = torch.cat(xs).to(dtype)
@@ -629,6 +637,10 @@ class SymbolicRule(UpdateRule):
         # a constant factor of a top-level product absorbs `scale` (one pass less per step)
         self._scale_into = next((a.name for a in self.template.args if isinstance(self.template, sp.Mul)
                                  and isinstance(a, sp.Symbol) and a.name in self._const_names and uses[a.name] == 1), None)
+        # u = c·f_0 (a typical deployed rule): without autograd the feature pass itself applies c·scale
+        single = self._scale_into and self.lags == 1 and len(self.template.args) == 2 and \
+            all(isinstance(a, sp.Symbol) for a in self.template.args)
+        self._single = (self._scale_into, self.features[0]) if single else None
 
     @property
     def expr(self) -> str:
@@ -650,8 +662,14 @@ class SymbolicRule(UpdateRule):
     def step(self, grads, state, t):
         updates, new = [], []
         consts = dict(zip(self._const_names, self.constants.to(grads[0].dtype).unbind())) if self._const_names else {}
+        single = self._single and not torch.is_grad_enabled()
+        factors = {self._single[1]: float(consts[self._single[0]]) * self.scale} if single else None
         for g, s in zip(grads, state, strict=True):
-            cols, fs = self.grad_features.columns(g.reshape(-1), {b: s[b] for b in self.grad_features.buffers}, t)
+            cols, fs = self.grad_features.columns(g.reshape(-1), {b: s[b] for b in self.grad_features.buffers}, t, factors)
+            if single:  # u = c·f_0 came out of the feature pass
+                updates.append(cols[self._single[1]].view_as(g).to(g.dtype))
+                new.append(fs)
+                continue
             env = {name: cols[self.features[k]] if lag == 0 else s["history"][:, lag - 1, k]
                    for name, (k, lag) in self._columns.items()}
             if self.lags > 1:  # lag j at this step is lag j−1 of the last one

@@ -56,6 +56,9 @@ PAGE_STATE = """() => {
     untypeset: math.filter(m => !m.querySelector('mjx-container')).map(m => m.textContent.slice(0, 80)),
     rawDisplayMath: text(document.body).includes('$$'),
     images: Array.from(document.images).map(i => ({src: i.src, ok: i.complete && i.naturalWidth > 0})),
+    ids: Array.from(document.querySelectorAll('[id]')).map(e => e.id),
+    anchors: Array.from(document.links).filter(a => a.origin === location.origin && a.hash)
+      .map(a => ({page: a.pathname.split('/').pop() || 'index.html', id: decodeURIComponent(a.hash.slice(1))})),
   };
 }"""
 
@@ -131,6 +134,15 @@ def test_every_image_loads(visits):
         stored = sum("image/png" in out.get("data", {}) for c in json.loads(nb.read_text())["cells"] for out in c.get("outputs", []))
         shown = len(visits["pages"].get(f"{nb.stem}.html", {"images": []})["images"])
         assert shown >= stored, f"{nb.stem}.html shows {shown} images, the notebook stores {stored} plots"
+
+
+def test_every_link_into_the_site_finds_its_anchor(visits):
+    "The API reference's links (`fit_rule` in backticks becomes a link to its show_doc heading) land on an id."
+    pages = visits["pages"]
+    links = [(n, a) for n, p in pages.items() for a in p["anchors"]]
+    assert any(a["page"] != n for n, a in links), "no link between pages was found"
+    missing = sorted({f"{n} -> {a['page']}#{a['id']}" for n, a in links if a["page"] in pages and a["id"] not in pages[a["page"]]["ids"]})
+    assert not missing, f"links to anchors that do not exist: {missing[:20]} ({len(missing)} in all)"
 
 
 def test_home_page_screenshot(visits):

@@ -438,7 +438,8 @@ def assert_fast_path_matches_autograd_path(rule, grads, atol):
 
 @pytest.mark.parametrize("expr", ["-1.57*mp3_0", "-1.57*mp3_0 + 0.01", "-3.3*tanh(0.94*mp25_1)*sqrt(abs(mp3_8)) + 0.0095",
                                   "mt_0*tanh(mt_0)", "-0.5*g_0 - 0.1*g_2", "-10*mom9_0", "-(mt_0 + gt_0)^2*0.3",
-                                  "-1.2*mt_0*adam_dn_0", "-0.3*adam_up_norm_0 - 0.1*adam_up_0", "-exp(-abs(mt_0))*0.2*mt_0"])
+                                  "-1.2*mt_0*adam_dn_0", "-0.3*adam_up_norm_0 - 0.1*adam_up_0", "-exp(-abs(mt_0))*0.2*mt_0",
+                                  "-0.7*mt_0", "-0.2*g_0", "-0.4*mom9_0", "-0.6*adam_up_0"])  # the last four: u = c·f_0 from the feature pass
 def test_symbolic_rule_fast_path_matches_autograd_path_and_keeps_grads(expr):
     g = torch.Generator().manual_seed(0)
     grads = [[torch.randn(6, 5, generator=g) * 0.01, torch.randn(7, generator=g) * 0.01] for _ in range(12)]

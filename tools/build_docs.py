@@ -50,10 +50,12 @@ def stage_notebooks(src: Path, dst: Path) -> None:
 
 
 def _page_links(text: str, pages: dict[str, str], site: str) -> str:
-    "Point links into the nbdev site (`{site}/meta_train.html#x`) at the local page (`01_meta_train.html#x`)."
+    """Point links into the nbdev site (`{site}/meta_train.html#x`) at the local page (`01_meta_train.html#x`); the
+    anchor becomes the id Sphinx gives the heading (`#FittedRule.save` -> `#fittedrule-save`)."""
+    from docutils.nodes import make_id
     def repl(m):
         page = pages.get(m.group(1))
-        return f"{page}{m.group(2) or ''}" if page else m.group(0)
+        return f"{page}{'#' + make_id(m.group(2)[1:]) if m.group(2) else ''}" if page else m.group(0)
     return re.sub(re.escape(site.rstrip("/")) + r"/([\w.-]+\.html)(#[\w.-]*)?", repl, text)
 
 
