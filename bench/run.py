@@ -152,6 +152,8 @@ def main():
                "versions": {"symbolic_l2o": symbolic_l2o.__version__, "torch": torch.__version__,
                             "torchvision": torchvision.__version__, "python": platform.python_version()},
                "benchmarks": {}}
+    if args.only and args.out.exists():  # a partial run updates those benchmarks and keeps the others' last results
+        results["benchmarks"] = json.loads(args.out.read_text()).get("benchmarks", {})
     for name in args.only or BENCHMARKS:
         print(f"== {name}", flush=True)
         results["benchmarks"][name] = BENCHMARKS[name]()
