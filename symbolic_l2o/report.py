@@ -305,22 +305,26 @@ def build_report(run_dir: str | Path, bench: str | Path | None = "bench/results.
     return md, atomic_write(run_dir / "report.html", lambda tmp: Path(tmp).write_text(page, encoding="utf-8"))
 
 # %% ../nbs/05_report.ipynb #a0fb141f
-def export_outputs(run_dir: str | Path, nbs_path: str | Path = "nbs") -> list[Path]:
-    """Copy each executed notebook of `run_dir` back over its source in `nbs_path`, keeping its outputs, without
-    papermill's injected-parameters cell and metadata, then `nbdev_clean` it: notebooks committed this way show
-    real results in the docs."""
+def export_outputs(run_dir: str | Path, nbs_path: str | Path = "nbs") -> dict[Path, int]:
+    """Copy the outputs of each executed notebook of `run_dir` into its source in `nbs_path` (cells matched by id;
+    a code cell whose source changed since the run gets none), then `nbdev_clean` it: notebooks committed this way
+    show real results in the docs. Returns, per notebook written, the number of code cells left without outputs
+    because they changed."""
     import nbformat
     from nbdev.clean import nbdev_clean
-    written = []
+    written = {}
     for src in pipeline_stages(nbs_path):
         executed = Path(run_dir) / src.name
         if not executed.exists(): continue
-        nb = nbformat.read(str(executed), as_version=4)
-        nb.cells = [c for c in nb.cells if "injected-parameters" not in c.metadata.get("tags", [])]
+        ran = {c.get("id"): c for c in nbformat.read(str(executed), as_version=4).cells if c.cell_type == "code"}
+        nb, stale = nbformat.read(str(src), as_version=4), 0
         for c in nb.cells:
-            for key in ("papermill", "execution"): c.metadata.pop(key, None)
-        nb.metadata.pop("papermill", None)
-        written.append(atomic_write(src, lambda tmp: nbformat.write(nb, tmp)))
+            if c.cell_type != "code": continue
+            r = ran.get(c.get("id"))
+            fresh = r is not None and r.source == c.source
+            c.outputs, c.execution_count = (r.outputs, r.execution_count) if fresh else ([], None)
+            stale += not fresh
+        written[atomic_write(src, lambda tmp: nbformat.write(nb, tmp))] = stale
         nbdev_clean(fname=str(src))
     return written
 
@@ -431,7 +435,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         md, page = build_report(a.run_dir, a.bench, find_mathjax())
         print(f"written {md} and {page}")
     elif a.command == "outputs":
-        for path in export_outputs(a.run_dir, a.nbs): print(f"outputs of {Path(a.run_dir) / path.name} -> {path}")
+        for path, stale in export_outputs(a.run_dir, a.nbs).items():
+            print(f"outputs of {Path(a.run_dir) / path.name} -> {path}" + (f" ({stale} cells changed since the run: no outputs)" if stale else ""))
     elif a.command == "tag-parameters":
         for path in tag_parameters_cells(a.nbs): print(f"tagged the parameters cell of {path}")
     elif a.command == "readme":

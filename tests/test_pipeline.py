@@ -98,9 +98,19 @@ def test_outputs_go_back_into_the_notebooks_clean(failed_then_resumed, tmp_path)
     from nbdev.clean import nbdev_clean
     nbs = tmp_path / "nbs"
     shutil.copytree(NBS, nbs)
-    assert [p.name for p in export_outputs(failed_then_resumed[0], nbs)] == [f"{STAGE}.ipynb"]
+    edited_path = nbs / f"{STAGE}.ipynb"  # a cell edited after the run: its new source stays, without outputs
+    nb = json.loads(edited_path.read_text())
+    edited = next(c for c in nb["cells"] if c["cell_type"] == "code" and "show_doc" in "".join(c["source"]))
+    edited["source"] = "".join(edited["source"]) + "  # edited while the run went on"
+    edited_path.write_text(json.dumps(nb, indent=1))
+    written = export_outputs(failed_then_resumed[0], nbs)
+    assert [(p.name, stale) for p, stale in written.items()] == [(f"{STAGE}.ipynb", 1)]
     before, after = (json.loads((d / f"{STAGE}.ipynb").read_text()) for d in (NBS, nbs))
-    assert [c["source"] for c in after["cells"]] == [c["source"] for c in before["cells"]]  # no injected cell, same code
+    assert len(after["cells"]) == len(before["cells"])  # no injected cell
+    assert [c["source"] for c in after["cells"] if c["id"] != edited["id"]] == \
+        [c["source"] for c in before["cells"] if c["id"] != edited["id"]]
+    mine = next(c for c in after["cells"] if c["id"] == edited["id"])
+    assert "".join(mine["source"]).endswith("# edited while the run went on") and mine["outputs"] == []
     assert sum(bool(c.get("outputs")) for c in after["cells"]) >= 3
     assert "papermill" not in after["metadata"]
     assert all(not set(c["metadata"]) & {"papermill", "execution"} for c in after["cells"])
