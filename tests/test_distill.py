@@ -126,7 +126,7 @@ def test_sr_dataset_split_is_by_run_and_save_is_atomic(gradients, tmp_path):
 
 def test_pysr_engine_runs_where_julia_is_present_and_says_why_elsewhere():
     X = np.random.default_rng(0).normal(size=(200, 2))
-    y = -0.01 * X[:, 0]
+    y = -0.5 * X[:, 0] * X[:, 1]  # not linear: the engine must run (an exact linear fit skips it)
     try:
         fit = fit_rule(X, y, ["g_0", "g_1"], engine="pysr", operators=["add", "mul"], time_limit=60)
     except RuntimeError as e:
@@ -140,6 +140,9 @@ def test_fit_rule_is_reproducible_for_a_seed_and_reports_what_stopped_it(gradien
     fits = [fit_rule(gradients.X, y, gradients.names, generations=5, search_rows=500, time_limit=120, seed=3) for _ in range(2)]
     assert [str(m["expr"]) for m in fits[0].pareto] == [str(m["expr"]) for m in fits[1].pareto]
     assert fits[0].meta["stopped_by_time"] is False and fits[0].meta["search_rows"] == 500
+    assert fits[0].meta["engine_skipped"] is False
+    linear = fit_rule(gradients.X, 3 * gradients.X[:, 0] - gradients.X[:, 2], gradients.names, generations=10**6, time_limit=60)
+    assert linear.meta["engine_skipped"] is True and linear.seconds < 5 and linear.r2(gradients.X, 3 * gradients.X[:, 0] - gradients.X[:, 2]) == pytest.approx(1)
     cut = fit_rule(gradients.X, y, gradients.names, generations=10**6, time_limit=1, seed=3)
     assert cut.meta["stopped_by_time"] is True
     for bad, message in (({"generations": 0}, "generations"), ({"search_rows": 2.5}, "search_rows"), ({"time_limit": 0}, "time_limit")):
