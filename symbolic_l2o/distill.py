@@ -19,8 +19,8 @@ import sympy as sp
 import torch
 
 import symbolic_l2o
-from .optimizers import (OPERATORS, SymbolicRule, compile_expression, complexity, parse_expression,
-                                     variable)
+from .optimizers import (OPERATORS, OUTPUT_FEATURE, SymbolicRule, compile_expression, complexity,
+                                     parse_expression, variable)
 from .meta_train import atomic_write
 
 # %% auto #0
@@ -162,10 +162,12 @@ class FittedRule:
         return sp.latex(rounded, symbol_names=names)
 
     def to_rule(self, scale: float | None = None) -> SymbolicRule:
-        "The equation as a `SymbolicRule` (scale from the SR dataset's metadata unless given)."
+        """The equation as a `SymbolicRule` (scale from the SR dataset's metadata unless given). A recurrent equation
+        (one that reads its past outputs `u_k`) is clipped to the range of the target it was fitted on."""
         betas = self.meta.get("betas", (0.95, 0.95))
+        recurrent = any(s.name.rpartition("_")[0] == OUTPUT_FEATURE for s in self.expr.free_symbols)
         return SymbolicRule(self.expr, scale=scale if scale is not None else self.meta.get("scale", 1.0),
-                            beta1=betas[0], beta2=betas[1])
+                            beta1=betas[0], beta2=betas[1], clip=self.meta.get("target_range") if recurrent else None)
 
     def to_dict(self) -> dict:
         "A JSON-able description: expressions as text, read back by the whitelist parser."
@@ -209,6 +211,7 @@ def fit_rule(X, y, names: Sequence[str], *, engine: str = "operon", operators: S
     if missing: raise ValueError(f"operator(s) {missing} are not available in the {engine} engine (it has {list(ENGINE_OPERATORS[engine])})")
     names = list(names)
     X, y, dropped = _validate(X, y, names)
+    y_range = [float(y.min()), float(y.max())]
     rng = np.random.default_rng(seed)
     if len(y) > max_rows:
         keep = rng.choice(len(y), max_rows, replace=False)
@@ -235,7 +238,7 @@ def fit_rule(X, y, names: Sequence[str], *, engine: str = "operon", operators: S
     for m in sorted(candidates.values(), key=lambda m: (m["complexity"], m["loss"])):
         if not front or m["loss"] < front[-1]["loss"]: front.append(m)
     chosen = _select(front, selection)
-    info = {**(meta or {}), "engine_skipped": exact, "rows": len(y), "dropped_rows": dropped, "search_rows": min(search_rows, len(y)),
+    info = {**(meta or {}), "target_range": y_range, "engine_skipped": exact, "rows": len(y), "dropped_rows": dropped, "search_rows": min(search_rows, len(y)),
             "generations": generations, "stopped_by_time": stopped}
     return FittedRule(chosen["expr"], names, front, engine, selection, time.perf_counter() - t0, info)
 
@@ -302,7 +305,9 @@ class Distillation:
 
     def summary(self) -> dict:
         "Headline figures (JSON-able)."
-        return {"rule": self.name, "equation": str(self.fit.expr), "complexity": complexity(self.fit.expr),
+        recurrent = any(v.name.rpartition("_")[0] == OUTPUT_FEATURE for v in self.fit.expr.free_symbols)
+        return {"rule": self.name, "equation": str(self.fit.expr), "family": "recurrent" if recurrent else "window",
+                "complexity": complexity(self.fit.expr),
                 "r2_train": self.r2_train, "r2_test": self.r2_test, "eva_loss_source": self.source_eval.eva_loss,
                 "eva_loss_equation": self.equation_eval.eva_loss, "seconds": self.fit.seconds, "selection": self.fit.selection,
                 "tpf": temporal_perception_field(self.fit, self.test.X), "mapping_complexity": mapping_complexity(self.fit, self.test.X)}
@@ -310,9 +315,10 @@ class Distillation:
 
 def select_closed_loop(fit: FittedRule, rule, task, steps: int = 200, seeds: Sequence[int] | None = None,
                        tolerance: float = 0.15, max_screened: int = 8, device="cpu") -> FittedRule:
-    """The most accurate of the `max_screened` most accurate members of `fit.pareto` whose closed-loop Eva loss on the
-    problems `seeds` (default: the first three validation seeds, disjoint from the reported ones) is within `tolerance`
-    of `rule`'s own (the one with the lowest Eva loss when none is); the screening is kept in `meta`."""
+    """The most accurate of the `max_screened` most accurate deployable members of `fit.pareto` (those that read a
+    gradient feature) whose closed-loop Eva loss on the problems `seeds` (default: the first three validation seeds,
+    disjoint from the reported ones) is within `tolerance` of `rule`'s own (the one with the lowest Eva loss when none is); the screening, the chosen member's Eva loss and
+    whether it is `faithful` are kept in `meta["closed_loop"]`."""
     from symbolic_l2o.meta_train import VALIDATION_SEED_BASE, evaluate
     seeds = range(VALIDATION_SEED_BASE, VALIDATION_SEED_BASE + 3) if seeds is None else seeds
     if tolerance < 0: raise ValueError(f"invalid tolerance={tolerance}: expected >= 0")
@@ -320,7 +326,9 @@ def select_closed_loop(fit: FittedRule, rule, task, steps: int = 200, seeds: Seq
     eva = lambda r: evaluate(r, task, steps, seeds, device=device, progress=False).eva_loss[0]
     source, screened, chosen = eva(rule), [], None
     if not math.isfinite(source): raise ValueError(f"the source rule does not train on the validation problems (Eva loss {source}): nothing to be faithful to")
-    ranked = sorted(fit.pareto, key=lambda m: -m["r2"])[:max_screened]
+    reads_gradient = lambda e: any(v.name.rpartition("_")[0] != OUTPUT_FEATURE for v in e.free_symbols)
+    ranked = [m for m in sorted(fit.pareto, key=lambda m: -m["r2"]) if reads_gradient(m["expr"])][:max_screened]
+    if not ranked: raise ValueError("no member of the Pareto front reads a gradient feature: none can be deployed")
     for m in ranked:  # most accurate first; stop at the first faithful one
         loss = eva(replace(fit, expr=m["expr"]).to_rule())
         screened.append({"complexity": m["complexity"], "r2": m["r2"], "eva_loss": loss if math.isfinite(loss) else None})
@@ -328,32 +336,57 @@ def select_closed_loop(fit: FittedRule, rule, task, steps: int = 200, seeds: Seq
     if chosen is None:
         finite = [(s["eva_loss"], m) for s, m in zip(screened, ranked) if s["eva_loss"] is not None]
         chosen = min(finite, key=lambda p: p[0])[1] if finite else ranked[0]
-    meta = {**fit.meta, "closed_loop": {"seeds": list(seeds), "steps": steps, "tolerance": tolerance,
-                                        "source_eva_loss": source, "screened": screened}}
+    loss = screened[next(i for i, m in enumerate(ranked) if m is chosen)]["eva_loss"]
+    meta = {**fit.meta, "closed_loop": {"seeds": list(seeds), "steps": steps, "tolerance": tolerance, "source_eva_loss": source,
+                                        "eva_loss": loss, "faithful": loss is not None and loss <= (1 + tolerance) * source,
+                                        "screened": screened}}
     return replace(fit, expr=chosen["expr"], selection="closed_loop", meta=meta)
 
 
 def distill(rule, task, name: str = "rule", steps: int = 200, record_seeds: int = 20, eval_seeds: int = 10,
-            lags: int = 20, coords_per_tensor: int = 20, time_limit: float = 60.0, max_rows: int = 20_000,
-            validation_seeds: int = 3, tolerance: float = 0.15, seed: int = 0, device="cpu", progress: bool = True,
-            **fit_kwargs) -> Distillation:
-    """Record `rule` on `task`, fit an equation on training runs, pick the most accurate one that trains as well as
-    `rule` on `validation_seeds` problems (`select_closed_loop`; 0 keeps `fit_rule`'s choice), and score it on
-    held-out runs (R²) and closed-loop on `eval_seeds` other problems."""
+            lags: int = 20, coords_per_tensor: int = 20, time_limit: float = 300.0, max_rows: int = 20_000,
+            validation_seeds: int = 3, tolerance: float = 0.15, recurrent: bool = True, dagger_rounds: int = 1,
+            seed: int = 0, device="cpu", progress: bool = True, **fit_kwargs) -> Distillation:
+    """Record `rule` on `task`, fit equations on training runs, pick the most accurate one that trains as well as
+    `rule` on `validation_seeds` problems (`select_closed_loop`; 0: the most accurate), and score it on held-out runs
+    (R²) and closed-loop on `eval_seeds` other problems. `recurrent`: two families compete, equations of the window of
+    input features (the paper's) and equations that also read the rule's own past outputs `u_1`, `u_2`, ...,
+    refitted `dagger_rounds` times on the rows of the training problems as the equation itself drives them, labelled
+    by `rule` (DAgger); False: the window alone."""
+    if dagger_rounds < 0: raise ValueError(f"invalid dagger_rounds={dagger_rounds}: expected >= 0")
     from symbolic_l2o.meta_train import VALIDATION_SEED_BASE, evaluate
-    from symbolic_l2o.srgen import record_trajectories
-    data = record_trajectories(rule, task, steps, range(10_000, 10_000 + record_seeds), lags=lags,
+    from symbolic_l2o.srgen import default_features, record_trajectories
+    features = (*default_features(rule), OUTPUT_FEATURE) if recurrent else None
+    data = record_trajectories(rule, task, steps, range(10_000, 10_000 + record_seeds), features, lags=lags,
                                coords_per_tensor=coords_per_tensor, seed=seed, device=device, progress=progress)
     train, test = data.split_by_run(seed=seed)
-    fit = fit_rule(train.X, train.y, train.names, time_limit=time_limit, max_rows=max_rows, seed=seed,
-                   meta={**data.meta, "source": name}, **fit_kwargs)
-    if validation_seeds:
-        fit = select_closed_loop(fit, rule, task, steps, range(VALIDATION_SEED_BASE, VALIDATION_SEED_BASE + validation_seeds),
-                                 tolerance=tolerance, device=device)
-    seeds = range(eval_seeds)
-    return Distillation(name, fit, fit.r2(train.X, train.y), fit.r2(test.X, test.y),
+    window = [n for n in data.names if n.rpartition("_")[0] != OUTPUT_FEATURE]
+    fits, train_seeds = [], sorted(set(train.run_ids.tolist()))
+    for names, rounds in ([(window, 0), (data.names, dagger_rounds)] if recurrent else [(window, 0)]):
+        part = train.select(names)
+        X, y = part.X, part.y
+        for k in range(rounds + 1):
+            if k:  # DAgger: where the equation takes training, what the rule would have done there
+                visited = record_trajectories(fit.to_rule(), task, steps, train_seeds, features, lags=lags, seed=seed,
+                                              coords_per_tensor=coords_per_tensor, device=device, progress=False, teacher=rule)
+                X, y = np.concatenate([X, visited.select(names).X]), np.concatenate([y, visited.y])
+            fit = fit_rule(X, y, part.names, time_limit=time_limit, max_rows=max_rows, seed=seed,
+                           meta={**data.meta, "source": name, "dagger_round": k}, **fit_kwargs)
+            if validation_seeds:
+                fit = select_closed_loop(fit, rule, task, steps, range(VALIDATION_SEED_BASE, VALIDATION_SEED_BASE + validation_seeds),
+                                         tolerance=tolerance, device=device)
+        fits.append((fit, fit.r2(part.X, part.y)))  # R² on the rule's own rows, comparable across families
+
+    def rank(fit_r2):  # faithful and most accurate first; then (none faithful) the lowest closed-loop Eva loss
+        closed = fit_r2[0].meta.get("closed_loop")
+        if closed is None or closed["faithful"]: return (0, -fit_r2[1])
+        return (1, math.inf if closed["eva_loss"] is None else closed["eva_loss"])
+    fit, r2_train = min(fits, key=rank)
+    test, seeds = test.select(fit.names), range(eval_seeds)
+    return Distillation(name, fit, r2_train, fit.r2(test.X, test.y),
                         evaluate(rule, task, steps, seeds, device=device, progress=False),
                         evaluate(fit.to_rule(), task, steps, seeds, device=device, progress=False), test)
+
 
 # %% ../nbs/03_distill.ipynb #d5a69a2c
 def _gradients(fit: FittedRule, X: np.ndarray) -> np.ndarray:
@@ -364,14 +397,23 @@ def _gradients(fit: FittedRule, X: np.ndarray) -> np.ndarray:
     return np.stack([np.zeros(len(X)) if g is None else g.detach().numpy() for g in grads], axis=1)
 
 
-def temporal_perception_field(fit: FittedRule, X: np.ndarray) -> dict[str, float]:
-    "Sensitivity-weighted mean lag of each input feature the equation uses (our definition; see the notebook)."
-    S = np.abs(_gradients(fit, X)).mean(0) * X.std(0)
-    by_feature = {}
-    for s, name in zip(S, fit.names):
+def temporal_perception_field(fit: FittedRule, X: np.ndarray, horizon: int = 200) -> dict[str, float]:
+    """Sensitivity-weighted mean lag of each gradient feature the equation uses, counting the paths through its own
+    past outputs `u_k` when it reads them, up to `horizon` lags (our definition; see the notebook)."""
+    grads = _gradients(fit, X)
+    S = np.abs(grads).mean(0) * X.std(0)
+    sensitivity, gain = {}, np.zeros(horizon + 1)
+    for i, name in enumerate(fit.names):
         feature, _, lag = name.rpartition("_")
-        by_feature.setdefault(feature, []).append((int(lag), s))
-    return {f: float(sum(l * s for l, s in v) / sum(s for _, s in v)) for f, v in by_feature.items() if sum(s for _, s in v) > 0}
+        if int(lag) > horizon: continue
+        if feature == OUTPUT_FEATURE: gain[int(lag)] = grads[:, i].mean()  # feedback ∂y_t/∂y_{t−k}
+        else: sensitivity.setdefault(feature, np.zeros(horizon + 1))[int(lag)] += S[i]
+    tpf = {}
+    for f, h in sensitivity.items():  # impulse response through the feedback: h_τ = S_τ + Σ_k gain_k·h_{τ−k}
+        for tau in range(1, horizon + 1): h[tau] += gain[1:tau + 1] @ h[tau - 1::-1]
+        h = np.abs(h)
+        if h.sum() > 0: tpf[f] = float(h @ np.arange(horizon + 1) / h.sum()) if np.isfinite(h.sum()) else math.inf
+    return tpf
 
 
 def mapping_complexity(fit: FittedRule, X: np.ndarray, points: int = 201) -> float:

@@ -16,12 +16,12 @@ import torch
 from torch import Tensor, nn
 
 # %% auto #0
-__all__ = ['RuleState', 'P_MEAN_FEATURES', 'MOMENTUM_FEATURES', 'ADAM_FEATURES', 'FEATURE_NAMES', 'SIGN_DECAYS', 'HAND_RULES',
-           'RNNPROP_PRESETS', 'LOG_EPS', 'OPERATORS', 'RULE_CLASSES', 'ema', 'ema_sq', 'decay_add', 'normalize',
-           'check_hparam', 'UpdateRule', 'ElementwiseRule', 'GradFeatures', 'SGDRule', 'MomentumRule', 'NesterovRule',
-           'AdamRule', 'RMSpropRule', 'LionRule', 'sign_decay', 'SignAgreementRule', 'PowerSignRule', 'AddSignRule',
-           'LearnedRule', 'DMRule', 'RNNpropRule', 'variable', 'parse_expression', 'compile_expression', 'complexity',
-           'SymbolicRule', 'make_rule', 'rule_config', 'rule_from_config', 'RuleOptimizer']
+__all__ = ['RuleState', 'P_MEAN_FEATURES', 'MOMENTUM_FEATURES', 'ADAM_FEATURES', 'FEATURE_NAMES', 'OUTPUT_FEATURE', 'SIGN_DECAYS',
+           'HAND_RULES', 'RNNPROP_PRESETS', 'LOG_EPS', 'OPERATORS', 'RULE_CLASSES', 'ema', 'ema_sq', 'decay_add',
+           'normalize', 'check_hparam', 'UpdateRule', 'ElementwiseRule', 'GradFeatures', 'SGDRule', 'MomentumRule',
+           'NesterovRule', 'AdamRule', 'RMSpropRule', 'LionRule', 'sign_decay', 'SignAgreementRule', 'PowerSignRule',
+           'AddSignRule', 'LearnedRule', 'DMRule', 'RNNpropRule', 'variable', 'parse_expression', 'compile_expression',
+           'complexity', 'SymbolicRule', 'make_rule', 'rule_config', 'rule_from_config', 'RuleOptimizer']
 
 # %% ../nbs/00_optimizers.ipynb #06cd958f
 def ema(buf: Tensor, x: Tensor, beta: float) -> Tensor:
@@ -109,6 +109,7 @@ P_MEAN_FEATURES = {"mp2": 2.0, "mp25": 2.5, "mp3": 3.0, "mp4": 4.0}
 MOMENTUM_FEATURES = {"mom5": 0.5, "mom9": 0.9, "mom99": 0.99}
 ADAM_FEATURES = ("mt", "gt", "adam_up", "adam_up_norm", "adam_dn")
 FEATURE_NAMES = ("g",) + ADAM_FEATURES + tuple(MOMENTUM_FEATURES) + ("t",) + tuple(P_MEAN_FEATURES)
+OUTPUT_FEATURE = "u"  # a rule's own output (its update / scale): an equation may read its past values u_1, u_2, ...
 
 
 def _pow(x: Tensor, p: float, out: Tensor | None = None) -> Tensor:
@@ -607,9 +608,11 @@ def _torch_node_inplace(e: sp.Basic, env: dict[str, Tensor], consts: dict[str, T
 class SymbolicRule(UpdateRule):
     """An equation over `<feature>_<lag>` variables as an update rule: u = scale · expr, constants meta-tunable.
 
-    `expr` is a sympy expression or text (parsed by `parse_expression`)."""
+    `expr` is a sympy expression or text (parsed by `parse_expression`); `clip` = (lo, hi) clamps the equation's
+    value before `scale` (what a recurrent equation feeds back as `u` too)."""
 
-    def __init__(self, expr: sp.Expr | str, scale: float = 0.01, beta1: float = 0.95, beta2: float = 0.95):
+    def __init__(self, expr: sp.Expr | str, scale: float = 0.01, beta1: float = 0.95, beta2: float = 0.95,
+                 clip: Sequence[float] | None = None):
         super().__init__()
         if isinstance(expr, str):
             names = sorted(set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*_\d+", expr)))
@@ -617,13 +620,20 @@ class SymbolicRule(UpdateRule):
         variables = sorted((s for s in expr.free_symbols), key=lambda s: s.name)
         if not variables: raise ValueError(f"expression {expr} uses no variable")
         pairs = [_split_variable(s.name) for s in variables]
-        unknown = sorted({f for f, _ in pairs if f not in FEATURE_NAMES})
-        if unknown: raise ValueError(f"unknown feature(s) {unknown} in {expr}; known: {list(FEATURE_NAMES)}")
-        self.features = tuple(f for f in FEATURE_NAMES if any(f == p for p, _ in pairs))
+        unknown = sorted({f for f, _ in pairs if f not in FEATURE_NAMES + (OUTPUT_FEATURE,)})
+        if unknown: raise ValueError(f"unknown feature(s) {unknown} in {expr}; known: {list(FEATURE_NAMES + (OUTPUT_FEATURE,))}")
+        if (OUTPUT_FEATURE, 0) in pairs:
+            raise ValueError(f"{OUTPUT_FEATURE}_0 in {expr} is the rule's own current output: an equation reads only its past "
+                             f"outputs {OUTPUT_FEATURE}_1, {OUTPUT_FEATURE}_2, ...")
+        self.features = tuple(f for f in FEATURE_NAMES + (OUTPUT_FEATURE,) if any(f == p for p, _ in pairs))
+        if self.features == (OUTPUT_FEATURE,): raise ValueError(f"expression {expr} reads no gradient feature: an update rule must respond to the gradient")
         self.lags = 1 + max(lag for _, lag in pairs)
-        self.grad_features = GradFeatures(self.features, beta1=beta1, beta2=beta2)
+        self.grad_features = GradFeatures(tuple(f for f in self.features if f != OUTPUT_FEATURE), beta1=beta1, beta2=beta2)
         self.beta1, self.beta2 = self.grad_features.beta1, self.grad_features.beta2
         self.scale = check_hparam("scale", scale, lambda v: v != 0, "scale != 0")
+        if clip is not None and not (len(clip) == 2 and all(math.isfinite(float(c)) for c in clip) and clip[0] < clip[1]):
+            raise ValueError(f"invalid clip={clip}: expected (lo, hi) with finite lo < hi")
+        self.clip = None if clip is None else (float(clip[0]), float(clip[1]))
         floats = sorted({a for a in expr.atoms(sp.Float)}, key=lambda a: (abs(float(a)), float(a)))
         self._const_names = [f"c{i}" for i in range(len(floats))]
         self.template = expr.xreplace({a: sp.Symbol(n) for a, n in zip(floats, self._const_names)})
@@ -635,8 +645,10 @@ class SymbolicRule(UpdateRule):
             if isinstance(node, sp.Symbol): uses[node.name] = uses.get(node.name, 0) + 1
         self._used_once = {n for n, (k, lag) in self._columns.items() if lag == 0 and uses.get(n) == 1}
         # a constant factor of a top-level product absorbs `scale` (one pass less per step)
-        self._scale_into = next((a.name for a in self.template.args if isinstance(self.template, sp.Mul)
-                                 and isinstance(a, sp.Symbol) and a.name in self._const_names and uses[a.name] == 1), None)
+        # (not when the value is clipped, or fed back: the history keeps it before `scale`)
+        self._scale_into = None if OUTPUT_FEATURE in self.features or self.clip else next(
+            (a.name for a in self.template.args if isinstance(self.template, sp.Mul) and isinstance(a, sp.Symbol)
+             and a.name in self._const_names and uses[a.name] == 1), None)
         # u = c·f_0 (a typical deployed rule): without autograd the feature pass itself applies c·scale
         single = self._scale_into and self.lags == 1 and len(self.template.args) == 2 and \
             all(isinstance(a, sp.Symbol) for a in self.template.args)
@@ -651,7 +663,7 @@ class SymbolicRule(UpdateRule):
         "The equation with the current values of the (possibly meta-tuned) constants."
         return self.template.xreplace({sp.Symbol(n): sp.Float(float(v), 17) for n, v in zip(self._const_names, self.constants.detach())})
 
-    def extra_repr(self): return f"{self.scale} * ({self.to_sympy()})"
+    def extra_repr(self): return f"{self.scale} * ({self.to_sympy()})" + (f", clip={self.clip}" if self.clip else "")
 
     def init_tensor(self, p):
         "Feature buffers, and a history of the features at lags 1..L−1 `[numel, L−1, features]` when the equation looks back."
@@ -672,12 +684,10 @@ class SymbolicRule(UpdateRule):
                 continue
             env = {name: cols[self.features[k]] if lag == 0 else s["history"][:, lag - 1, k]
                    for name, (k, lag) in self._columns.items()}
-            if self.lags > 1:  # lag j at this step is lag j−1 of the last one
-                f = torch.stack([cols[n] for n in self.features], dim=1)
-                fs["history"] = torch.cat([f[:, None, :], s["history"][:, :-1]], dim=1)
+            if self.lags > 1:  # the features at this step, stacked before the in-place pass below may reuse their storage
+                f = torch.stack([cols.get(n, g.reshape(-1)) for n in self.features], dim=1)  # the u column is set below
             if torch.is_grad_enabled():
-                u = self._fn(env, consts)
-                u = u * self.scale if isinstance(u, Tensor) else torch.full_like(g.reshape(-1), float(u) * self.scale)
+                u, own = self._fn(env, consts), False
             else:  # write into the features' temporaries (those that are not state, the gradient, or shared)
                 keep = {v.data_ptr() for v in (g, *s.values(), *fs.values())}  # by storage: views of g count
                 owned = {n for n in self._used_once if env[n].data_ptr() not in keep
@@ -685,9 +695,13 @@ class SymbolicRule(UpdateRule):
                 c = dict(consts)
                 if self._scale_into: c[self._scale_into] = c[self._scale_into] * self.scale
                 u, own = _torch_node_inplace(self.template, env, c, owned)
-                if not isinstance(u, Tensor) or u.dim() == 0: u = torch.full_like(g.reshape(-1), float(u))
-                if not self._scale_into: u = u.mul_(self.scale) if own else u * self.scale
-                elif not own: u = u.clone() if any(u is v for v in env.values()) else u
+            if not isinstance(u, Tensor) or u.dim() == 0: u, own = torch.full_like(g.reshape(-1), float(u)), True
+            if self.clip: u = u.clamp_(*self.clip) if own else u.clamp(*self.clip)
+            if self.lags > 1:  # lag j at this step is lag j−1 of the last one; the output u enters before `scale`
+                if OUTPUT_FEATURE in self.features: f[:, self.features.index(OUTPUT_FEATURE)] = u
+                fs["history"] = torch.cat([f[:, None, :], s["history"][:, :-1]], dim=1)
+            if not self._scale_into or torch.is_grad_enabled(): u = u.mul_(self.scale) if own else u * self.scale
+            elif not own: u = u.clone() if any(u is v for v in env.values()) else u  # `scale` is in the constant
             updates.append(u.view_as(g).to(g.dtype))
             new.append(fs)
         return updates, new

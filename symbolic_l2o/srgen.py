@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 import symbolic_l2o
-from .optimizers import GradFeatures, RNNpropRule, UpdateRule, rule_config
+from .optimizers import OUTPUT_FEATURE, GradFeatures, RNNpropRule, UpdateRule, rule_config
 from .meta_train import atomic_write, evaluate, make_task, resolve_rule
 
 # %% auto #0
@@ -50,6 +50,13 @@ class SRDataset:
         return SRDataset(self.X[idx], self.y[idx], list(self.names), self.run_ids[idx], self.coord_ids[idx],
                          self.steps[idx], dict(self.meta))
 
+    def select(self, names: Sequence[str]) -> SRDataset:
+        "The columns `names` (in that order) as a new dataset with the same rows and metadata."
+        missing = [n for n in names if n not in self.names]
+        if missing: raise ValueError(f"no column(s) {missing} in this dataset (it has {len(self.names)}: {self.names[:6]}...)")
+        cols = [self.names.index(n) for n in names]
+        return SRDataset(self.X[:, cols], self.y, list(names), self.run_ids, self.coord_ids, self.steps, dict(self.meta))
+
     def split_by_run(self, test_fraction: float = 0.25, seed: int = 0) -> tuple[SRDataset, SRDataset]:
         "(train, test) with whole runs on each side: `test_fraction` of the runs (at least one) are held out."
         runs = np.unique(self.run_ids)
@@ -82,8 +89,8 @@ class SRDataset:
 
 
 def lagged_names(features: Sequence[str], lags: int) -> list[str]:
-    "Column names `<feature>_<lag>`, lag-major: [f_0 for f in features] + [f_1 ...] + ..."
-    return [f"{f}_{lag}" for lag in range(lags) for f in features]
+    "Column names `<feature>_<lag>`, lag-major: [f_0 for f in features] + [f_1 ...] + ..., without `u_0` (the output is the target)."
+    return [f"{f}_{lag}" for lag in range(lags) for f in features if lag or f != OUTPUT_FEATURE]
 
 # %% ../nbs/02_srgen.ipynb #2754dd12
 def default_features(rule: UpdateRule) -> tuple[str, ...]:
@@ -92,19 +99,27 @@ def default_features(rule: UpdateRule) -> tuple[str, ...]:
 
 
 def target_scale(rule: UpdateRule) -> float:
-    "The scale s of the rule's updates u = s·output: `output_scale` of learned rules, `lr` of hand rules, else 1."
-    return float(getattr(rule, "output_scale", getattr(rule, "lr", 1.0)))
+    "The scale s of the rule's updates u = s·output: `output_scale` of learned rules, `lr` of hand rules, `scale` of symbolic ones, else 1."
+    return float(getattr(rule, "output_scale", getattr(rule, "lr", getattr(rule, "scale", 1.0))))
 
 
 def record_trajectories(rule: UpdateRule, task, steps: int = 300, seeds: Sequence[int] = range(20),
                         features: Sequence[str] | None = None, lags: int = 20, coords_per_tensor: int | None = 20,
-                        stride: int = 5, seed: int = 0, device="cpu", progress: bool = True) -> SRDataset:
-    "Record `rule` on the problems `seeds` of `task`: lagged features of the chosen coordinates → the rule's scaled output."
+                        stride: int = 5, seed: int = 0, device="cpu", progress: bool = True,
+                        teacher: UpdateRule | None = None) -> SRDataset:
+    """Record `rule` on the problems `seeds` of `task`: lagged features of the chosen coordinates → the rule's scaled output.
+
+    `features` may include `u`, the rule's own output: its past values `u_1`, `u_2`, ... become inputs. With a
+    `teacher`, the target is instead the teacher's scaled output on the same gradients (its own state kept for the
+    chosen coordinates): the states `rule` visits, labelled by the teacher (DAgger's aggregation step)."""
     features = tuple(features or default_features(rule))
+    grad_names = tuple(f for f in features if f != OUTPUT_FEATURE)
+    if not grad_names: raise ValueError(f"features {list(features)} name no gradient feature")
     if lags < 1 or steps < lags: raise ValueError(f"need 1 <= lags <= steps, got lags={lags}, steps={steps}")
     if stride < 1: raise ValueError(f"invalid stride={stride}: expected >= 1")
     betas = (rule.beta1, rule.beta2) if isinstance(rule, RNNpropRule) else (0.95, 0.95)
-    grad_features, scale = GradFeatures(features, *betas), target_scale(rule)
+    grad_features, scale = GradFeatures(grad_names, *betas), target_scale(rule)
+    teacher_scale = None if teacher is None else target_scale(teacher)
     runs = {}  # seed -> dict of per-step arrays for the chosen coordinates
 
     def callback(run_seed, t, grads, updates, state):
@@ -118,28 +133,36 @@ def record_trajectories(rule: UpdateRule, task, steps: int = 300, seeds: Sequenc
                 chosen.append(idx.to(g.device))
             runs[run_seed] = {"chosen": chosen, "offsets": np.cumsum([0] + [g.numel() for g in grads])[:-1],
                               "fstate": [grad_features.init_tensor(torch.empty(len(i), dtype=g.dtype, device=g.device))
-                                         for i, g in zip(chosen, grads)], "f": [], "y": [], "g": []}
+                                         for i, g in zip(chosen, grads)], "f": [], "u": [], "y": [], "g": []}
+            if teacher is not None: runs[run_seed]["tstate"] = teacher.init([g.reshape(-1)[i] for g, i in zip(grads, chosen)])
         r = runs[run_seed]
-        fs, ys, gs = [], [], []
+        fs, us, gs = [], [], []
         for j, (g, u, idx) in enumerate(zip(grads, updates, r["chosen"])):
             gj = g.reshape(-1)[idx]
             f, r["fstate"][j] = grad_features.step(gj, r["fstate"][j], t)
-            fs.append(f), ys.append(u.reshape(-1)[idx] / scale), gs.append(gj)
+            fs.append(f), us.append(u.reshape(-1)[idx] / scale), gs.append(gj)
         r["f"].append(torch.cat(fs).double().cpu().numpy())
-        r["y"].append(torch.cat(ys).double().cpu().numpy())
+        r["u"].append(torch.cat(us).double().cpu().numpy())
         r["g"].append(torch.cat(gs).double().cpu().numpy())
+        if teacher is not None:
+            with torch.no_grad(): tu, r["tstate"] = teacher.step(gs, r["tstate"], t)
+            r["y"].append(torch.cat([x / teacher_scale for x in tu]).double().cpu().numpy())
 
     evaluate(rule, task, steps, seeds, eval_every=steps, device=device, callback=callback, progress=progress)
     Xs, ys, run_ids, coord_ids, step_ids, dead = [], [], [], [], [], 0
+    keep = np.array([lag > 0 or f != OUTPUT_FEATURE for lag in range(lags) for f in features])  # columns of lagged_names
     for run, r in runs.items():
         F = np.stack(r["f"])                      # [T, C, n_features], T = steps recorded (t = 1..T)
-        Y, G = np.stack(r["y"]), np.stack(r["g"])  # [T, C]
+        U, G = np.stack(r["u"]), np.stack(r["g"])  # [T, C]
+        Y = U if teacher is None else np.stack(r["y"])
+        cols = {**{n: F[..., i] for i, n in enumerate(grad_names)}, OUTPUT_FEATURE: U}
+        F = np.stack([cols[n] for n in features], axis=-1)  # the rule's own output `u` where it was asked for
         live = np.any(G != 0, axis=0)
         dead += int((~live).sum())
         coords = np.concatenate([off + i.cpu().numpy() for off, i in zip(r["offsets"], r["chosen"])])
         for t in range(lags, len(F) + 1, stride):  # row for step t: lags 0..L-1 = steps t..t-L+1
             window = F[t - lags:t][::-1]           # [L, C, nf], lag 0 first
-            Xs.append(window.transpose(1, 0, 2).reshape(len(coords), -1)[live])
+            Xs.append(window.transpose(1, 0, 2).reshape(len(coords), -1)[live][:, keep])
             ys.append(Y[t - 1][live])
             run_ids.append(np.full(live.sum(), run)), coord_ids.append(coords[live]), step_ids.append(np.full(live.sum(), t))
     X, y = np.concatenate(Xs), np.concatenate(ys)
@@ -147,7 +170,8 @@ def record_trajectories(rule: UpdateRule, task, steps: int = 300, seeds: Sequenc
     nonfinite = int((~ok).sum())
     meta = {"rule": rule_config(rule), "task": task.name, "seeds": list(seeds), "steps": steps, "features": list(features),
             "betas": list(betas), "lags": lags, "lag_order": "column = lag * n_features + feature; lag 0 = current step",
-            "target": "update / scale", "scale": scale, "coords_per_tensor": coords_per_tensor, "stride": stride,
+            "target": "update / scale" if teacher is None else "teacher's update / teacher's scale", "scale": scale,
+            "teacher": None if teacher is None else rule_config(teacher), "coords_per_tensor": coords_per_tensor, "stride": stride,
             "seed": seed, "dead_coordinates": dead, "nonfinite_rows": nonfinite, "version": symbolic_l2o.__version__}
     return SRDataset(X[ok], y[ok], lagged_names(features, lags), np.concatenate(run_ids)[ok],
                      np.concatenate(coord_ids)[ok], np.concatenate(step_ids)[ok], meta)

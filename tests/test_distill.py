@@ -8,7 +8,8 @@ import torch
 
 from symbolic_l2o.distill import FittedRule, fit_rule, is_exact, sanity_targets, evaluate_expression
 from symbolic_l2o.meta_train import make_task
-from symbolic_l2o.optimizers import AdamRule, SGDRule, SymbolicRule, RuleOptimizer, rule_config, rule_from_config
+from symbolic_l2o.optimizers import (AdamRule, MomentumRule, SGDRule, SymbolicRule, RuleOptimizer, rule_config,
+                                     rule_from_config)
 from symbolic_l2o.srgen import SRDataset, record_trajectories
 
 
@@ -55,14 +56,16 @@ def test_symbolic_rule_reproduces_hand_rules_to_1e_6():
     torch.manual_seed(0)
     grads = [[torch.randn(6, 5), torch.randn(7)] for _ in range(40)]
     cases = [(SymbolicRule("-g_0", scale=0.05), SGDRule(lr=0.05)),
-             (SymbolicRule("-mt_0", scale=3e-3), AdamRule(lr=3e-3, betas=(0.95, 0.95), eps=1e-12))]
+             (SymbolicRule("-mt_0", scale=3e-3), AdamRule(lr=3e-3, betas=(0.95, 0.95), eps=1e-12)),
+             (SymbolicRule("0.9*u_1 - g_0", scale=0.1), MomentumRule(lr=0.1, momentum=0.9))]  # recurrent: reads its own past
     for sym, hand in cases:
-        s1, s2 = sym.init(grads[0]), hand.init(grads[0])
-        with torch.no_grad():
-            for t, g in enumerate(grads, 1):
-                (u1, s1), (u2, s2) = sym.step(g, s1, t), hand.step(g, s2, t)
-                for a, b in zip(u1, u2):
-                    torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+        for grad_mode in (False, True):
+            s1, s2 = sym.init(grads[0]), hand.init(grads[0])
+            with torch.set_grad_enabled(grad_mode):
+                for t, g in enumerate(grads, 1):
+                    (u1, s1), (u2, s2) = sym.step(g, s1, t), hand.step(g, s2, t)
+                    for a, b in zip(u1, u2):
+                        torch.testing.assert_close(a.detach(), b.detach(), atol=1e-6, rtol=0)
 
 
 def test_to_sympy_returns_changed_constants_and_the_config_round_trips():
@@ -87,6 +90,48 @@ def test_symbolic_rule_constants_are_meta_trainable_and_history_uses_lags():
     assert rule.constants.grad is not None and torch.isfinite(rule.constants.grad).all()
     # step 4: -1·4 - 0.5·2 (lag 2 = step 2), times 0.1
     torch.testing.assert_close(u.detach(), torch.full((4,), -0.5))
+
+
+def test_a_recurrent_rule_meta_trains_through_its_own_past_outputs():
+    "u_t = a·u_{t−1} − g_t: with g = 1, 2, 3 and a = 0.5, u_3 = a²u_1 − a·g_2 − g_3 and ∂u_3/∂a = 2a·u_1 − g_2 = −3."
+    rule = SymbolicRule("0.5*u_1 - 1.0*g_0", scale=0.1)
+    assert rule.lags == 2 and rule.features == ("g", "u")
+    state = rule.init([torch.zeros(2)])
+    for t in range(1, 4):
+        (u,), state = rule.step([torch.full((2,), float(t))], state, t)
+    u[0].backward()
+    torch.testing.assert_close(u.detach(), torch.full((2,), 0.1 * (0.25 * -1 - 0.5 * 2 - 3)))
+    assert rule.constants.grad[rule.constants.detach().tolist().index(0.5)].item() == pytest.approx(0.1 * -3)
+
+
+def test_a_recorded_recurrent_rule_satisfies_its_own_equation():
+    "Recording a deployed recurrent equation gives rows on which that equation is exact: u is the rule's own output / scale."
+    rule = SymbolicRule("0.5*u_1 - tanh(30*g_0)", scale=0.1)
+    ds = record_trajectories(rule, make_task("digits_mlp"), steps=40, seeds=range(2), features=["g", "u"], lags=2,
+                             progress=False)
+    assert ds.meta["scale"] == 0.1 and ds.names == ["g_0", "g_1", "u_1"]
+    pred = evaluate_expression(rule.to_sympy(), ds.X, ds.names)
+    np.testing.assert_allclose(pred, ds.y, atol=1e-6)
+
+
+def test_recording_with_a_teacher_labels_the_rule_s_states_with_the_teacher_s_outputs():
+    "Momentum drives (its outputs are u, its trajectory the states); plain SGD labels: y = −g_t, u_1 = 0.6·u_2 − g_1."
+    ds = record_trajectories(MomentumRule(lr=0.1, momentum=0.6), make_task("digits_mlp"), steps=40, seeds=range(2),
+                             features=["g", "u"], lags=3, progress=False, teacher=SGDRule(lr=0.5))
+    col = lambda n: ds.X[:, ds.names.index(n)]
+    np.testing.assert_allclose(ds.y, -col("g_0"), atol=1e-7)
+    np.testing.assert_allclose(col("u_1"), 0.6 * col("u_2") - col("g_1"), atol=1e-6)
+    assert ds.meta["teacher"]["class"] == "SGDRule" and ds.meta["scale"] == 0.1
+
+
+def test_to_rule_clips_a_recurrent_equation_to_its_fitted_target_range():
+    X = np.random.default_rng(0).normal(size=(200, 2))
+    y = 0.5 * X[:, 1] - X[:, 0]
+    fit = fit_rule(X, y, ["g_0", "u_1"], generations=2)
+    assert fit.meta["target_range"] == [y.min(), y.max()]
+    assert fit.to_rule().clip == (y.min(), y.max())
+    assert fit_rule(X, y, ["g_0", "g_1"], generations=2).to_rule().clip is None  # nothing fed back: nothing to bound
+    with pytest.raises(ValueError, match="clip"): SymbolicRule("g_0", clip=(1.0, -1.0))
 
 
 def test_symbolic_rule_deploys_through_rule_optimizer():

@@ -27,8 +27,11 @@ RULES = {
 }
 # learned rules as users deploy them: the pretrained zoo
 LEARNED = {name: (lambda name=name: load_pretrained(name)) for name in ZOO}
-# equations as deployed by 04_finetune_resnet (one reads a lag, so its history is exercised)
+# equations as deployed by 04_finetune_resnet (one reads a lag, so its history is exercised), and a recurrent one
+# (it reads its own past outputs u_k, as distilled LSTMs do)
 SYMBOLIC = {"symbolic": lambda: SymbolicRule("-1.5*mt_0 - 0.3*tanh(gt_1)", scale=0.03),
+            "symbolic_recurrent": lambda: SymbolicRule("0.6*u_1 + 0.2*u_3 - 0.5*tanh(2*mt_0 + 0.1*u_2)", scale=0.03,
+                                                       clip=(-0.4, 0.4)),
             "tanh_basis": lambda: TanhBasisRule(("mt", "gt"), lags=1, gamma=1.0, scale=0.05, weights=[[1.0, 0.2], [0.3, -0.1]])}
 ALL = {**RULES, **LEARNED, **SYMBOLIC}
 # name -> (invalid keyword arguments, the name the error must mention)
@@ -439,11 +442,25 @@ def assert_fast_path_matches_autograd_path(rule, grads, atol):
 @pytest.mark.parametrize("expr", ["-1.57*mp3_0", "-1.57*mp3_0 + 0.01", "-3.3*tanh(0.94*mp25_1)*sqrt(abs(mp3_8)) + 0.0095",
                                   "mt_0*tanh(mt_0)", "-0.5*g_0 - 0.1*g_2", "-10*mom9_0", "-(mt_0 + gt_0)^2*0.3",
                                   "-1.2*mt_0*adam_dn_0", "-0.3*adam_up_norm_0 - 0.1*adam_up_0", "-exp(-abs(mt_0))*0.2*mt_0",
-                                  "-0.7*mt_0", "-0.2*g_0", "-0.4*mom9_0", "-0.6*adam_up_0"])  # the last four: u = c·f_0 from the feature pass
+                                  "-0.7*mt_0", "-0.2*g_0", "-0.4*mom9_0", "-0.6*adam_up_0",  # these four: u = c·f_0 from the feature pass
+                                  "-1.5*tanh(mt_0) + 0.2*gt_1", "-0.3*adam_up_norm_0 + 0.1*adam_up_norm_2",  # lag-0 temporaries that also enter the history
+                                  "0.9*u_1 - g_0", "0.8*u_1 + 0.1*u_4 - tanh(8*g_1 - 0.2*u_2)", "u_1*tanh(mt_0) - gt_0"])
 def test_symbolic_rule_fast_path_matches_autograd_path_and_keeps_grads(expr):
     g = torch.Generator().manual_seed(0)
     grads = [[torch.randn(6, 5, generator=g) * 0.01, torch.randn(7, generator=g) * 0.01] for _ in range(12)]
     assert_fast_path_matches_autograd_path(SymbolicRule(expr, scale=0.03), grads, atol=1e-9)
+
+
+def test_clipped_recurrent_rule_fast_path_matches_autograd_path():
+    "The clamp binds (a feedback gain of 1.5 diverges unclipped) and both paths clamp the same value, fed back as u."
+    g = torch.Generator().manual_seed(0)
+    grads = [[torch.randn(6, 5, generator=g) * 0.01, torch.randn(7, generator=g) * 0.01] for _ in range(12)]
+    rule = SymbolicRule("1.5*u_1 - 30*g_0", scale=0.03, clip=(-0.5, 0.5))
+    assert_fast_path_matches_autograd_path(rule, grads, atol=1e-9)
+    state = rule.init(grads[0])
+    with torch.no_grad():
+        for t, gr in enumerate(grads, 1): u, state = rule.step(gr, state, t)
+    assert torch.cat([x.reshape(-1) for x in u]).abs().max().item() == pytest.approx(0.5 * 0.03)
 
 
 @pytest.mark.parametrize("kw", [dict(), dict(lags=3, gamma=0.5), dict(features=("g", "mom9"), lags=2, gamma=0.01),
