@@ -351,8 +351,8 @@ def distill(rule, task, name: str = "rule", steps: int = 200, record_seeds: int 
     `rule` on `validation_seeds` problems (`select_closed_loop`; 0: the most accurate), and score it on held-out runs
     (R²) and closed-loop on `eval_seeds` other problems. `recurrent`: two families compete, equations of the window of
     input features (the paper's) and equations that also read the rule's own past outputs `u_1`, `u_2`, ...,
-    refitted `dagger_rounds` times on the rows of the training problems as the equation itself drives them, labelled
-    by `rule` (DAgger); False: the window alone."""
+    refitted up to `dagger_rounds` times (until one is faithful) on the rows of the training problems as the equation
+    itself drives them, labelled by `rule` (DAgger); False: the window alone."""
     if dagger_rounds < 0: raise ValueError(f"invalid dagger_rounds={dagger_rounds}: expected >= 0")
     from symbolic_l2o.meta_train import VALIDATION_SEED_BASE, evaluate
     from symbolic_l2o.srgen import default_features, record_trajectories
@@ -375,6 +375,7 @@ def distill(rule, task, name: str = "rule", steps: int = 200, record_seeds: int 
             if validation_seeds:
                 fit = select_closed_loop(fit, rule, task, steps, range(VALIDATION_SEED_BASE, VALIDATION_SEED_BASE + validation_seeds),
                                          tolerance=tolerance, device=device)
+                if fit.meta["closed_loop"]["faithful"]: break  # DAgger corrects an equation that drifts; this one does not
         fits.append((fit, fit.r2(part.X, part.y)))  # R² on the rule's own rows, comparable across families
 
     def rank(fit_r2):  # faithful and most accurate first; then (none faithful) the lowest closed-loop Eva loss
