@@ -345,7 +345,7 @@ def select_closed_loop(fit: FittedRule, rule, task, steps: int = 200, seeds: Seq
 
 def distill(rule, task, name: str = "rule", steps: int = 200, record_seeds: int = 20, eval_seeds: int = 10,
             lags: int = 20, coords_per_tensor: int = 20, time_limit: float = 300.0, max_rows: int = 20_000,
-            validation_seeds: int = 3, tolerance: float = 0.15, recurrent: bool = True, dagger_rounds: int = 1,
+            validation_seeds: int = 3, tolerance: float = 0.15, recurrent: bool = True, dagger_rounds: int = 3,
             seed: int = 0, device="cpu", progress: bool = True, **fit_kwargs) -> Distillation:
     """Record `rule` on `task`, fit equations on training runs, pick the most accurate one that trains as well as
     `rule` on `validation_seeds` problems (`select_closed_loop`; 0: the most accurate), and score it on held-out runs
