@@ -112,6 +112,11 @@ def _r2(y, pred):
     return float(1 - ((y - pred) ** 2).sum() / ss) if ss > 0 else float("nan")
 
 
+def _streams(expr: sp.Expr) -> set[str]:
+    "The input streams an equation reads: `mt` for `mt_3`, `u` (its own past outputs) for `u_1`."
+    return {v.name.rpartition("_")[0] for v in expr.free_symbols}
+
+
 def evaluate_expression(expr: sp.Expr, X: np.ndarray, names: Sequence[str]) -> np.ndarray:
     "Values of `expr` on the rows of `X` (columns `names`), with the vocabulary's torch meaning, in float64."
     env = {n: torch.as_tensor(np.asarray(X)[:, i], dtype=torch.float64) for i, n in enumerate(names)}
@@ -165,9 +170,8 @@ class FittedRule:
         """The equation as a `SymbolicRule` (scale from the SR dataset's metadata unless given). A recurrent equation
         (one that reads its past outputs `u_k`) is clipped to the range of the target it was fitted on."""
         betas = self.meta.get("betas", (0.95, 0.95))
-        recurrent = any(s.name.rpartition("_")[0] == OUTPUT_FEATURE for s in self.expr.free_symbols)
-        return SymbolicRule(self.expr, scale=scale if scale is not None else self.meta.get("scale", 1.0),
-                            beta1=betas[0], beta2=betas[1], clip=self.meta.get("target_range") if recurrent else None)
+        return SymbolicRule(self.expr, scale=scale if scale is not None else self.meta.get("scale", 1.0), beta1=betas[0],
+                            beta2=betas[1], clip=self.meta.get("target_range") if OUTPUT_FEATURE in _streams(self.expr) else None)
 
     def to_dict(self) -> dict:
         "A JSON-able description: expressions as text, read back by the whitelist parser."
@@ -305,8 +309,8 @@ class Distillation:
 
     def summary(self) -> dict:
         "Headline figures (JSON-able)."
-        recurrent = any(v.name.rpartition("_")[0] == OUTPUT_FEATURE for v in self.fit.expr.free_symbols)
-        return {"rule": self.name, "equation": str(self.fit.expr), "family": "recurrent" if recurrent else "window",
+        family = "recurrent" if OUTPUT_FEATURE in _streams(self.fit.expr) else "window"
+        return {"rule": self.name, "equation": str(self.fit.expr), "family": family,
                 "complexity": complexity(self.fit.expr),
                 "r2_train": self.r2_train, "r2_test": self.r2_test, "eva_loss_source": self.source_eval.eva_loss,
                 "eva_loss_equation": self.equation_eval.eva_loss, "seconds": self.fit.seconds, "selection": self.fit.selection,
@@ -324,22 +328,20 @@ def select_closed_loop(fit: FittedRule, rule, task, steps: int = 200, seeds: Seq
     if tolerance < 0: raise ValueError(f"invalid tolerance={tolerance}: expected >= 0")
     if max_screened < 1: raise ValueError(f"invalid max_screened={max_screened}: expected >= 1")
     eva = lambda r: evaluate(r, task, steps, seeds, device=device, progress=False).eva_loss[0]
-    source, screened, chosen = eva(rule), [], None
+    source, screened = eva(rule), []
     if not math.isfinite(source): raise ValueError(f"the source rule does not train on the validation problems (Eva loss {source}): nothing to be faithful to")
-    reads_gradient = lambda e: any(v.name.rpartition("_")[0] != OUTPUT_FEATURE for v in e.free_symbols)
-    ranked = [m for m in sorted(fit.pareto, key=lambda m: -m["r2"]) if reads_gradient(m["expr"])][:max_screened]
+    faithful = lambda loss: loss is not None and loss <= (1 + tolerance) * source
+    ranked = [m for m in sorted(fit.pareto, key=lambda m: -m["r2"]) if _streams(m["expr"]) - {OUTPUT_FEATURE}][:max_screened]
     if not ranked: raise ValueError("no member of the Pareto front reads a gradient feature: none can be deployed")
     for m in ranked:  # most accurate first; stop at the first faithful one
         loss = eva(replace(fit, expr=m["expr"]).to_rule())
         screened.append({"complexity": m["complexity"], "r2": m["r2"], "eva_loss": loss if math.isfinite(loss) else None})
-        if math.isfinite(loss) and loss <= (1 + tolerance) * source: chosen = m; break
-    if chosen is None:
-        finite = [(s["eva_loss"], m) for s, m in zip(screened, ranked) if s["eva_loss"] is not None]
-        chosen = min(finite, key=lambda p: p[0])[1] if finite else ranked[0]
-    loss = screened[next(i for i, m in enumerate(ranked) if m is chosen)]["eva_loss"]
+        if faithful(screened[-1]["eva_loss"]): break
+    # the lowest Eva loss: the faithful member where there is one (all before it are above the tolerance)
+    i = min((i for i, s in enumerate(screened) if s["eva_loss"] is not None), key=lambda i: screened[i]["eva_loss"], default=0)
+    chosen, loss = ranked[i], screened[i]["eva_loss"]
     meta = {**fit.meta, "closed_loop": {"seeds": list(seeds), "steps": steps, "tolerance": tolerance, "source_eva_loss": source,
-                                        "eva_loss": loss, "faithful": loss is not None and loss <= (1 + tolerance) * source,
-                                        "screened": screened}}
+                                        "eva_loss": loss, "faithful": faithful(loss), "screened": screened}}
     return replace(fit, expr=chosen["expr"], selection="closed_loop", meta=meta)
 
 

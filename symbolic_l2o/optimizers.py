@@ -620,15 +620,17 @@ class SymbolicRule(UpdateRule):
         variables = sorted((s for s in expr.free_symbols), key=lambda s: s.name)
         if not variables: raise ValueError(f"expression {expr} uses no variable")
         pairs = [_split_variable(s.name) for s in variables]
-        unknown = sorted({f for f, _ in pairs if f not in FEATURE_NAMES + (OUTPUT_FEATURE,)})
-        if unknown: raise ValueError(f"unknown feature(s) {unknown} in {expr}; known: {list(FEATURE_NAMES + (OUTPUT_FEATURE,))}")
+        known = FEATURE_NAMES + (OUTPUT_FEATURE,)
+        unknown = sorted({f for f, _ in pairs if f not in known})
+        if unknown: raise ValueError(f"unknown feature(s) {unknown} in {expr}; known: {list(known)}")
         if (OUTPUT_FEATURE, 0) in pairs:
             raise ValueError(f"{OUTPUT_FEATURE}_0 in {expr} is the rule's own current output: an equation reads only its past "
                              f"outputs {OUTPUT_FEATURE}_1, {OUTPUT_FEATURE}_2, ...")
-        self.features = tuple(f for f in FEATURE_NAMES + (OUTPUT_FEATURE,) if any(f == p for p, _ in pairs))
+        self.features = tuple(f for f in known if any(f == p for p, _ in pairs))
         if self.features == (OUTPUT_FEATURE,): raise ValueError(f"expression {expr} reads no gradient feature: an update rule must respond to the gradient")
         self.lags = 1 + max(lag for _, lag in pairs)
         self.grad_features = GradFeatures(tuple(f for f in self.features if f != OUTPUT_FEATURE), beta1=beta1, beta2=beta2)
+        self._output_column = self.features.index(OUTPUT_FEATURE) if OUTPUT_FEATURE in self.features else None
         self.beta1, self.beta2 = self.grad_features.beta1, self.grad_features.beta2
         self.scale = check_hparam("scale", scale, lambda v: v != 0, "scale != 0")
         if clip is not None and not (len(clip) == 2 and all(math.isfinite(float(c)) for c in clip) and clip[0] < clip[1]):
@@ -646,7 +648,7 @@ class SymbolicRule(UpdateRule):
         self._used_once = {n for n, (k, lag) in self._columns.items() if lag == 0 and uses.get(n) == 1}
         # a constant factor of a top-level product absorbs `scale` (one pass less per step)
         # (not when the value is clipped, or fed back: the history keeps it before `scale`)
-        self._scale_into = None if OUTPUT_FEATURE in self.features or self.clip else next(
+        self._scale_into = None if self._output_column is not None or self.clip else next(
             (a.name for a in self.template.args if isinstance(self.template, sp.Mul) and isinstance(a, sp.Symbol)
              and a.name in self._const_names and uses[a.name] == 1), None)
         # u = c·f_0 (a typical deployed rule): without autograd the feature pass itself applies c·scale
@@ -698,7 +700,7 @@ class SymbolicRule(UpdateRule):
             if not isinstance(u, Tensor) or u.dim() == 0: u, own = torch.full_like(g.reshape(-1), float(u)), True
             if self.clip: u = u.clamp_(*self.clip) if own else u.clamp(*self.clip)
             if self.lags > 1:  # lag j at this step is lag j−1 of the last one; the output u enters before `scale`
-                if OUTPUT_FEATURE in self.features: f[:, self.features.index(OUTPUT_FEATURE)] = u
+                if self._output_column is not None: f[:, self._output_column] = u
                 fs["history"] = torch.cat([f[:, None, :], s["history"][:, :-1]], dim=1)
             if not self._scale_into or torch.is_grad_enabled(): u = u.mul_(self.scale) if own else u * self.scale
             elif not own: u = u.clone() if any(u is v for v in env.values()) else u  # `scale` is in the constant

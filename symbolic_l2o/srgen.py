@@ -150,7 +150,8 @@ def record_trajectories(rule: UpdateRule, task, steps: int = 300, seeds: Sequenc
 
     evaluate(rule, task, steps, seeds, eval_every=steps, device=device, callback=callback, progress=progress)
     Xs, ys, run_ids, coord_ids, step_ids, dead = [], [], [], [], [], 0
-    keep = np.array([lag > 0 or f != OUTPUT_FEATURE for lag in range(lags) for f in features])  # columns of lagged_names
+    keep = np.ones(lags * len(features), bool)  # the lag-major columns, less u_0 (the target itself): lagged_names
+    if OUTPUT_FEATURE in features: keep[features.index(OUTPUT_FEATURE)] = False
     for run, r in runs.items():
         F = np.stack(r["f"])                      # [T, C, n_features], T = steps recorded (t = 1..T)
         U, G = np.stack(r["u"]), np.stack(r["g"])  # [T, C]
