@@ -59,9 +59,12 @@ def _validate(X, y, names):
 def _operon_fit(X, y, names, operators, max_length, generations, time_limit, seed):
     from pyoperon.sklearn import SymbolicRegressor
     symbols = ",".join(["constant", "variable"] + [ENGINE_OPERATORS["operon"][o] for o in operators])
-    reg = SymbolicRegressor(allowed_symbols=symbols, objectives=["r2", "length"], max_length=max_length,
-                            max_depth=12, population_size=1000, pool_size=1000, generations=generations,
-                            max_evaluations=10**12, optimizer_iterations=1, max_time=max(1, math.ceil(time_limit)),
+    # offspring selection, two Levenberg-Marquardt steps per candidate and deeper trees: measured in this notebook
+    # (the Adam(0.9) target, the zoo) to find more accurate equations per second than Operon's basic generator
+    reg = SymbolicRegressor(allowed_symbols=symbols, objectives=["r2", "length"], max_length=max_length, max_depth=20,
+                            initialization_max_length=min(30, max_length), initialization_max_depth=10,
+                            offspring_generator="os", population_size=1000, pool_size=1000, generations=generations,
+                            max_evaluations=10**12, optimizer_iterations=2, max_time=max(1, math.ceil(time_limit)),
                             random_state=seed, n_threads=len(os.sched_getaffinity(0)))
     reg.fit(X, y)
     return [reg.get_model_string(m["tree"], 17, names) for m in reg.pareto_front_], reg.stats_["generations"] < generations
@@ -278,9 +281,12 @@ def is_exact(found: sp.Expr, target: sp.Expr, rtol: float = 1e-3) -> bool:
         all(abs(float(c)) <= rtol * scale for k, c in a.items() if k not in b)
 
 
-def sanity_check(task=None, steps: int = 120, seeds: int = 4, lags: int = 20, generations: int = 100, time_limit: float = 30.0,
-                 max_rows: int = 5000, seed: int = 0, progress: bool = True) -> list[dict]:
-    "Recover each sanity target from gradient histories recorded with Adam on `task`: expression, R², seconds, exact."
+def sanity_check(task=None, steps: int = 120, seeds: int = 4, lags: int = 20, generations: int = 100, time_limit: float = 25.0,
+                 max_length: int = 50, max_rows: int = 5000, seed: int = 0, progress: bool = True) -> list[dict]:
+    """Recover each sanity target from gradient histories recorded with Adam on `task`: expression, R², seconds, exact.
+
+    Each target is noise-free, so the most accurate member of the front is the recovery (`selection="accuracy"`);
+    `max_length` 50 leaves room for Adam's ratio of two window sums (about 40 nodes for 8 lags)."""
     from symbolic_l2o.meta_train import make_task
     from symbolic_l2o.optimizers import AdamRule
     from symbolic_l2o.srgen import record_trajectories
@@ -290,7 +296,8 @@ def sanity_check(task=None, steps: int = 120, seeds: int = 4, lags: int = 20, ge
     for name, target in sanity_targets(lags).items():
         y = evaluate_expression(target, ds.X, ds.names)
         t0 = time.perf_counter()
-        fit = fit_rule(ds.X, y, ds.names, generations=generations, time_limit=time_limit, max_rows=max_rows, seed=seed)
+        fit = fit_rule(ds.X, y, ds.names, generations=generations, time_limit=time_limit, max_length=max_length,
+                       max_rows=max_rows, seed=seed, selection="accuracy")
         results.append({"target": name, "target_expr": str(target), "recovered": str(fit.expr), "r2": fit.r2(ds.X, y),
                         "seconds": time.perf_counter() - t0, "exact": is_exact(fit.expr, target), "fit": fit})
     return results
@@ -320,11 +327,11 @@ class Distillation:
 def select_closed_loop(fit: FittedRule, rule, task, steps: int = 200, seeds: Sequence[int] | None = None,
                        tolerance: float = 0.15, max_screened: int = 8, device="cpu") -> FittedRule:
     """The most accurate of the `max_screened` most accurate deployable members of `fit.pareto` (those that read a
-    gradient feature) whose closed-loop Eva loss on the problems `seeds` (default: the first three validation seeds,
+    gradient feature) whose closed-loop Eva loss on the problems `seeds` (default: the first ten validation seeds,
     disjoint from the reported ones) is within `tolerance` of `rule`'s own (the one with the lowest Eva loss when none is); the screening, the chosen member's Eva loss and
     whether it is `faithful` are kept in `meta["closed_loop"]`."""
     from symbolic_l2o.meta_train import VALIDATION_SEED_BASE, evaluate
-    seeds = range(VALIDATION_SEED_BASE, VALIDATION_SEED_BASE + 3) if seeds is None else seeds
+    seeds = range(VALIDATION_SEED_BASE, VALIDATION_SEED_BASE + 10) if seeds is None else seeds
     if tolerance < 0: raise ValueError(f"invalid tolerance={tolerance}: expected >= 0")
     if max_screened < 1: raise ValueError(f"invalid max_screened={max_screened}: expected >= 1")
     eva = lambda r: evaluate(r, task, steps, seeds, device=device, progress=False).eva_loss[0]
@@ -347,7 +354,7 @@ def select_closed_loop(fit: FittedRule, rule, task, steps: int = 200, seeds: Seq
 
 def distill(rule, task, name: str = "rule", steps: int = 200, record_seeds: int = 20, eval_seeds: int = 10,
             lags: int = 20, coords_per_tensor: int = 20, time_limit: float = 300.0, max_rows: int = 20_000,
-            validation_seeds: int = 3, tolerance: float = 0.15, recurrent: bool = True, dagger_rounds: int = 3,
+            validation_seeds: int = 10, tolerance: float = 0.15, recurrent: bool = True, dagger_rounds: int = 3,
             seed: int = 0, device="cpu", progress: bool = True, **fit_kwargs) -> Distillation:
     """Record `rule` on `task`, fit equations on training runs, pick the most accurate one that trains as well as
     `rule` on `validation_seeds` problems (`select_closed_loop`; 0: the most accurate), and score it on held-out runs
