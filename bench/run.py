@@ -81,7 +81,7 @@ def l2o_quality(horizon: int = 200, factor: int = 5, seeds: int = 10) -> dict:
 
 
 def sanity_recovery() -> dict:
-    "The paper's five sanity targets from recorded gradients (library defaults: 100 generations, 30 s cap): R², seconds, exact flag."
+    "The paper's five sanity targets from recorded gradients (library defaults: max_length 50, 25 s engine clock, most accurate member): R², seconds, exact flag."
     from symbolic_l2o.distill import sanity_check
     paper = {"-0.01 g_t": (1.0, 49), "sum (1-0.1i) g_t-i": (0.94, 126), "g_t^2 + g_t-1 + 2g_t-2 + exp(g_t-4)": (0.98, 256),
              "momentum(0.6)": (0.97, 90), "Adam(0.9)": (0.89, 879)}
