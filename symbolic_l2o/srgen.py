@@ -161,8 +161,9 @@ def record_trajectories(rule: UpdateRule, task, steps: int = 300, seeds: Sequenc
         live = np.any(G != 0, axis=0)
         dead += int((~live).sum())
         coords = np.concatenate([off + i.cpu().numpy() for off, i in zip(r["offsets"], r["chosen"])])
-        for t in range(lags, len(F) + 1, stride):  # row for step t: lags 0..L-1 = steps t..t-L+1
-            window = F[t - lags:t][::-1]           # [L, C, nf], lag 0 first
+        F = np.concatenate([np.zeros((lags - 1, *F.shape[1:])), F])  # steps before the first read 0, as a deployed rule's history
+        for t in range(1, len(U) + 1, stride):  # row for step t: lags 0..L-1 = steps t..t-L+1
+            window = F[t - 1:t - 1 + lags][::-1]   # [L, C, nf], lag 0 first
             Xs.append(window.transpose(1, 0, 2).reshape(len(coords), -1)[live][:, keep])
             ys.append(Y[t - 1][live])
             run_ids.append(np.full(live.sum(), run)), coord_ids.append(coords[live]), step_ids.append(np.full(live.sum(), t))

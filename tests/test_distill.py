@@ -192,3 +192,18 @@ def test_fit_rule_is_reproducible_for_a_seed_and_reports_what_stopped_it(gradien
     assert cut.meta["stopped_by_time"] is True
     for bad, message in (({"generations": 0}, "generations"), ({"search_rows": 2.5}, "search_rows"), ({"time_limit": 0}, "time_limit")):
         with pytest.raises(ValueError, match=message): fit_rule(gradients.X, y, gradients.names, **bad)
+
+
+def test_eva_ratio_is_the_ratio_of_late_mean_losses_with_a_paired_bootstrap_interval():
+    from symbolic_l2o.distill import Distillation
+    from symbolic_l2o.meta_train import Evaluation
+    rng = np.random.default_rng(0)
+    source = rng.uniform(0.5, 1.5, size=(40, 51))
+    ev = lambda loss: Evaluation(loss, [50], loss[:, -1:], list(range(40)))
+    d = Distillation("x", None, 1.0, 1.0, ev(source), ev(2 * source), None)
+    assert d.eva_ratio() == pytest.approx((2.0, 2.0, 2.0))  # every resample keeps the factor 2
+    noisy = Distillation("x", None, 1.0, 1.0, ev(source), ev(source * rng.uniform(0.5, 1.5, size=(40, 1))), None)
+    ratio, lo, hi = noisy.eva_ratio()
+    late = lambda e: e.train_loss[:, -10:].mean(axis=1)
+    assert ratio == pytest.approx(late(noisy.equation_eval).mean() / late(noisy.source_eval).mean())
+    assert lo < ratio < hi and hi - lo > 0.05
