@@ -285,8 +285,9 @@ def sanity_check(task=None, steps: int = 120, seeds: int = 4, lags: int = 20, ge
                  max_length: int = 50, max_rows: int = 5000, seed: int = 0, progress: bool = True) -> list[dict]:
     """Recover each sanity target from gradient histories recorded with Adam on `task`: expression, R², seconds, exact.
 
-    Rows from step `lags` on, so that every lag is a real gradient. Each target is noise-free, so the most accurate member of the front is the recovery (`selection="accuracy"`);
-    `max_length` 50 leaves room for Adam's ratio of two window sums (about 40 nodes for 8 lags)."""
+    Rows from step `lags` on, so that every lag is a real gradient. Each target is noise-free, so the most accurate
+    member of the front is the recovery (`selection="accuracy"`); `max_length` 50 leaves room for Adam's ratio of two
+    window sums (about 40 nodes for 8 lags)."""
     from symbolic_l2o.meta_train import make_task
     from symbolic_l2o.optimizers import AdamRule
     from symbolic_l2o.srgen import record_trajectories
@@ -318,8 +319,7 @@ class Distillation:
     def eva_ratio(self, resamples: int = 2000, seed: int = 0) -> tuple[float, float, float]:
         """The equation's Eva loss over the source rule's on the same problems, and its 95% interval from a paired
         bootstrap over the problems (how far the figure could move with other problems)."""
-        late = lambda e: e.train_loss[:, -10:].mean(axis=1)
-        a, b = late(self.source_eval), late(self.equation_eval)
+        a, b = self.source_eval.late_loss, self.equation_eval.late_loss
         idx = np.random.default_rng(seed).integers(0, len(a), size=(resamples, len(a)))
         lo, hi = np.percentile(b[idx].mean(axis=1) / a[idx].mean(axis=1), [2.5, 97.5])
         return float(b.mean() / a.mean()), float(lo), float(hi)

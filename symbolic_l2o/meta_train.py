@@ -453,10 +453,14 @@ class Evaluation:
     seeds: list[int]
 
     @property
+    def late_loss(self) -> np.ndarray:
+        "Per seed, the mean training loss over the last 10 points: what the Eva loss averages."
+        return self.train_loss[:, -10:].mean(axis=1)
+
+    @property
     def eva_loss(self) -> tuple[float, float]:
-        "The paper's Eva loss: per seed the mean training loss over the last 10 points, then (mean, std) over seeds."
-        late = self.train_loss[:, -10:].mean(axis=1)
-        return float(late.mean()), float(late.std())
+        "The paper's Eva loss: `late_loss`'s (mean, std) over seeds."
+        return float(self.late_loss.mean()), float(self.late_loss.std())
 
     @property
     def final_eval_loss(self) -> tuple[float, float]:

@@ -204,6 +204,6 @@ def test_eva_ratio_is_the_ratio_of_late_mean_losses_with_a_paired_bootstrap_inte
     assert d.eva_ratio() == pytest.approx((2.0, 2.0, 2.0))  # every resample keeps the factor 2
     noisy = Distillation("x", None, 1.0, 1.0, ev(source), ev(source * rng.uniform(0.5, 1.5, size=(40, 1))), None)
     ratio, lo, hi = noisy.eva_ratio()
-    late = lambda e: e.train_loss[:, -10:].mean(axis=1)
-    assert ratio == pytest.approx(late(noisy.equation_eval).mean() / late(noisy.source_eval).mean())
+    last10 = lambda loss: loss[:, -10:].mean()  # the Eva loss: the last ten points, averaged over problems
+    assert ratio == pytest.approx(last10(noisy.equation_eval.train_loss) / last10(source))
     assert lo < ratio < hi and hi - lo > 0.05
