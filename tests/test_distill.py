@@ -207,3 +207,25 @@ def test_eva_ratio_is_the_ratio_of_late_mean_losses_with_a_paired_bootstrap_inte
     last10 = lambda loss: loss[:, -10:].mean()  # the Eva loss: the last ten points, averaged over problems
     assert ratio == pytest.approx(last10(noisy.equation_eval.train_loss) / last10(source))
     assert lo < ratio < hi and hi - lo > 0.05
+
+
+def test_the_closed_loop_screen_drops_a_member_at_the_first_checkpoint_it_fails(monkeypatch):
+    import symbolic_l2o.distill as distill
+    from symbolic_l2o.distill import parse_expression, select_closed_loop
+    monkeypatch.setattr(distill, "_SCREEN_CHUNK", 2)  # checkpoints every 2 problems
+    names = ["g_0", "u_1"]
+    members = [{"expr": parse_expression(e, names), "complexity": 3, "loss": 0.0, "r2": r2}
+               for e, r2 in (("-1000*g_0", 0.99), ("-1*g_0", 0.9), ("-0.9*g_0", 0.8))]
+    fit = FittedRule(members[0]["expr"], names, members, meta={"scale": 0.01})
+    task, seeds = make_task("quadratic"), range(6)
+    picked = select_closed_loop(fit, SGDRule(lr=0.01), task, steps=30, seeds=seeds)
+    screened = picked.meta["closed_loop"]["screened"]
+    assert [s["problems"] for s in screened] == [2, 6]  # the diverging member stops at the first checkpoint
+    assert screened[0]["ratio"] is None or screened[0]["ratio"] > 1.15
+    assert screened[1]["faithful"] and screened[1]["ratio"] == pytest.approx(1.0)
+    assert str(picked.expr) == "-g_0" and picked.meta["closed_loop"]["faithful"]
+    source = np.ones(6)  # given per-problem losses of the source replace its evaluation
+    strict = select_closed_loop(fit, SGDRule(lr=0.01), task, steps=30, seeds=seeds, source_losses=source * 1e-30)
+    assert not strict.meta["closed_loop"]["faithful"] and all(s["problems"] == 2 for s in strict.meta["closed_loop"]["screened"])
+    with pytest.raises(ValueError, match="one loss per seed"):
+        select_closed_loop(fit, SGDRule(lr=0.01), task, steps=30, seeds=seeds, source_losses=source[:3])
