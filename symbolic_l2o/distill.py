@@ -369,7 +369,7 @@ def select_closed_loop(fit: FittedRule, rule, task, steps: int = 200, seeds: Seq
             if not ratio <= 1 + tolerance: break  # NaN (diverged) too
         finite = math.isfinite(ratio)
         screened.append({"complexity": m["complexity"], "r2": m["r2"], "problems": len(losses), "eva_loss": float(losses.mean()) if finite else None,
-                         "ratio": float(ratio) if finite else None, "faithful": len(losses) == len(seeds) and ratio <= 1 + tolerance})
+                         "ratio": float(ratio) if finite else None, "faithful": bool(len(losses) == len(seeds) and ratio <= 1 + tolerance)})
         if screened[-1]["faithful"]: break
     # the lowest ratio: the faithful member where there is one (all before it are above the tolerance)
     i = min((i for i, s in enumerate(screened) if s["ratio"] is not None), key=lambda i: screened[i]["ratio"], default=0)

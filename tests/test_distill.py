@@ -224,6 +224,7 @@ def test_the_closed_loop_screen_drops_a_member_at_the_first_checkpoint_it_fails(
     assert screened[0]["ratio"] is None or screened[0]["ratio"] > 1.15
     assert screened[1]["faithful"] and screened[1]["ratio"] == pytest.approx(1.0)
     assert str(picked.expr) == "-g_0" and picked.meta["closed_loop"]["faithful"]
+    json.dumps(picked.to_dict())  # the screening is saved with the rule
     source = np.ones(6)  # given per-problem losses of the source replace its evaluation
     strict = select_closed_loop(fit, SGDRule(lr=0.01), task, steps=30, seeds=seeds, source_losses=source * 1e-30)
     assert not strict.meta["closed_loop"]["faithful"] and all(s["problems"] == 2 for s in strict.meta["closed_loop"]["screened"])
