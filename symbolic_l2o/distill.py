@@ -352,6 +352,7 @@ def select_closed_loop(fit: FittedRule, rule, task, steps: int = 200, seeds: Seq
     `source_losses`: `rule`'s per-problem Eva losses on `seeds` (`Evaluation.late_loss`) when already known."""
     from symbolic_l2o.meta_train import VALIDATION_SEED_BASE, evaluate
     seeds = list(range(VALIDATION_SEED_BASE, VALIDATION_SEED_BASE + _VALIDATION_PROBLEMS) if seeds is None else seeds)
+    if not seeds: raise ValueError("no validation problems: `seeds` is empty")
     if tolerance < 0: raise ValueError(f"invalid tolerance={tolerance}: expected >= 0")
     if max_screened < 1: raise ValueError(f"invalid max_screened={max_screened}: expected >= 1")
     late = lambda r, s: evaluate(r, task, steps, s, device=device, progress=False).late_loss

@@ -230,3 +230,5 @@ def test_the_closed_loop_screen_drops_a_member_at_the_first_checkpoint_it_fails(
     assert not strict.meta["closed_loop"]["faithful"] and all(s["problems"] == 2 for s in strict.meta["closed_loop"]["screened"])
     with pytest.raises(ValueError, match="one loss per seed"):
         select_closed_loop(fit, SGDRule(lr=0.01), task, steps=30, seeds=seeds, source_losses=source[:3])
+    with pytest.raises(ValueError, match="seeds` is empty"):
+        select_closed_loop(fit, SGDRule(lr=0.01), task, steps=30, seeds=[], source_losses=np.ones(0))
