@@ -9,7 +9,7 @@ import torch
 from symbolic_l2o.distill import FittedRule, fit_rule, is_exact, sanity_targets, evaluate_expression
 from symbolic_l2o.meta_train import make_task
 from symbolic_l2o.optimizers import (AdamRule, MomentumRule, SGDRule, SymbolicRule, RuleOptimizer, rule_config,
-                                     rule_from_config)
+                                     rule_from_config, variable)
 from symbolic_l2o.srgen import SRDataset, record_trajectories
 
 
@@ -134,6 +134,22 @@ def test_to_rule_clips_a_recurrent_equation_to_its_fitted_target_range():
     with pytest.raises(ValueError, match="clip"): SymbolicRule("g_0", clip=(1.0, -1.0))
 
 
+def test_a_censored_fit_aims_past_the_bound_where_the_target_saturates_and_deploys_clipped():
+    X = np.random.default_rng(0).normal(size=(400, 1))
+    y = np.tanh(3 * X[:, 0])  # a tanh output: saturated (|y| > 0.99) for |g| > 0.88
+    saturated = np.abs(y) > 0.99
+    fit = fit_rule(X, y, ["g_0"], generations=20, time_limit=10, censor=0.99)
+    raw = evaluate_expression(fit.expr, X, ["g_0"])
+    assert np.abs(raw[saturated]).mean() > 1.1  # fitted to 1.2·y there, not to the bound
+    assert fit.meta["censor"] == 0.99 and fit.meta["target_range"] == [y.min(), y.max()]  # the range of the target itself
+    assert fit.to_rule().clip == (y.min(), y.max())  # censored: clipped although nothing is fed back
+    np.testing.assert_array_equal(fit.predict(X), np.clip(raw, y.min(), y.max()))  # R² is that of the deployed outputs
+    plain = fit_rule(X, y, ["g_0"], generations=20, time_limit=10)
+    assert np.abs(evaluate_expression(plain.expr, X, ["g_0"])[saturated]).mean() < 1.05 and plain.to_rule().clip is None
+    with pytest.raises(ValueError, match="invalid censor"):
+        fit_rule(X, y, ["g_0"], censor=0.0)
+
+
 def test_symbolic_rule_deploys_through_rule_optimizer():
     p = torch.nn.Parameter(torch.ones(3))
     opt = RuleOptimizer([p], SymbolicRule("-g_0", scale=0.1))
@@ -226,9 +242,28 @@ def test_the_closed_loop_screen_drops_a_member_at_the_first_checkpoint_it_fails(
     assert str(picked.expr) == "-g_0" and picked.meta["closed_loop"]["faithful"]
     json.dumps(picked.to_dict())  # the screening is saved with the rule
     source = np.ones(6)  # given per-problem losses of the source replace its evaluation
-    strict = select_closed_loop(fit, SGDRule(lr=0.01), task, steps=30, seeds=seeds, source_losses=source * 1e-30)
+    strict = select_closed_loop(fit, SGDRule(lr=0.01), task, steps=30, seeds=seeds, source_losses=source * 1e-30, tune_epochs=0)
     assert not strict.meta["closed_loop"]["faithful"] and all(s["problems"] == 2 for s in strict.meta["closed_loop"]["screened"])
     with pytest.raises(ValueError, match="one loss per seed"):
         select_closed_loop(fit, SGDRule(lr=0.01), task, steps=30, seeds=seeds, source_losses=source[:3])
     with pytest.raises(ValueError, match="seeds` is empty"):
         select_closed_loop(fit, SGDRule(lr=0.01), task, steps=30, seeds=[], source_losses=np.ones(0))
+
+
+def test_when_no_member_is_faithful_the_closest_one_s_constants_are_meta_tuned_and_its_form_kept():
+    from symbolic_l2o.distill import parse_expression, select_closed_loop
+    names = ["g_0", "u_1"]
+    members = [{"expr": parse_expression(e, names), "complexity": 3, "loss": 0.0, "r2": r2}
+               for e, r2 in (("-0.1*g_0", 0.9), ("-10000*g_0", 0.8))]  # 10× too timid; diverges
+    fit = FittedRule(members[0]["expr"], names, members, meta={"scale": 0.01})
+    task, seeds = make_task("quadratic"), range(4)
+    untuned = select_closed_loop(fit, SGDRule(lr=0.01), task, steps=40, seeds=seeds, tune_epochs=0)
+    assert str(untuned.expr) == "-0.1*g_0" and not untuned.meta["closed_loop"]["faithful"]
+    assert [s["tuned"] for s in untuned.meta["closed_loop"]["screened"]] == [False, False]
+    picked = select_closed_loop(fit, SGDRule(lr=0.01), task, steps=40, seeds=seeds, tune_epochs=20, tune_lr=0.3)
+    closed = picked.meta["closed_loop"]
+    assert [s["tuned"] for s in closed["screened"]] == [False, False, True] and closed["tuned"] and closed["faithful"]
+    c = picked.expr.coeff(variable("g_0"))  # the closest member (-0.1·g_0), its constant trained: same form
+    assert picked.expr == c * variable("g_0") and c < -0.5
+    with pytest.raises(ValueError, match="tune_epochs"):
+        select_closed_loop(fit, SGDRule(lr=0.01), task, steps=40, seeds=seeds, tune_epochs=-1)
