@@ -472,6 +472,7 @@ def _gradients(fit: FittedRule, X: np.ndarray) -> np.ndarray:
     env = {n: torch.tensor(X[:, i], dtype=torch.float64, requires_grad=True) for i, n in enumerate(fit.names)}
     out = compile_expression(fit.expr)(env)
     if not isinstance(out, torch.Tensor) or not out.requires_grad: return np.zeros_like(X)
+    if (clip := fit._clip()) is not None: out = out.clamp(*clip)  # the deployed output: flat where it is clipped
     grads = torch.autograd.grad(out.sum(), list(env.values()), allow_unused=True)
     return np.stack([np.zeros(len(X)) if g is None else g.detach().numpy() for g in grads], axis=1)
 
