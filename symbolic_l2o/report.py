@@ -109,8 +109,9 @@ def run_pipeline(run_dir: str | Path, scale: str = "cpu", device: str = "auto", 
     Each stage gets the parameters it declares among `scale`, `device` and `out_dir` (= `run_dir`), plus
     `overrides[stage]`. A stage is complete when `run_dir/<stage>.done` exists (written only after it succeeded);
     stages before the first incomplete one are kept, the rest run again, so calling this again on the same
-    directory resumes. A stage that raises stops the run with `StageFailed`. Returns the run record
-    (also in `run_dir/pipeline.json`)."""
+    directory resumes. A stage that raises stops the run with `StageFailed`. Returns the run record (also in
+    `run_dir/pipeline.json`): per stage its status, parameters, wall time, and the `inputs` and `outputs` its summary
+    records (`write_summary`), each `{"path", "sha256"}`, so the chain from stage to stage can be checked."""
     import papermill
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -149,7 +150,10 @@ def run_pipeline(run_dir: str | Path, scale: str = "cpu", device: str = "auto", 
             log(f"[{k}/{n}] {stage}: FAILED after {_duration(time.perf_counter() - t0)}")
             raise StageFailed(stage, executed, run_dir, reason) from None
         seconds = time.perf_counter() - t0
-        record["stages"][stage].update(status="done", seconds=seconds)
+        summary = run_dir / "summary" / f"{stage}.json"  # the artifacts the stage read and wrote, with their SHA-256
+        summary = json.loads(summary.read_text()) if summary.exists() else {}
+        record["stages"][stage].update(status="done", seconds=seconds, inputs=summary.get("inputs", []),
+                                       outputs=summary.get("outputs", []))
         _write_json(record_path, record)
         _write_json(run_dir / f"{stage}.done", {"seconds": seconds, "finished": datetime.now(timezone.utc).isoformat()})
         log(f"[{k}/{n}] {stage}: done in {_duration(seconds)} (this call: {_duration(time.perf_counter() - t_run)})")
@@ -226,12 +230,16 @@ def bench_markdown(bench: str | Path, depth: int = 3, figures_dir: str | Path | 
 
 
 def stage_markdown(summary: dict, heading: str = "##") -> str:
-    "One stage summary as markdown: equations (display LaTeX), tables, figures, notes."
+    "One stage summary as markdown: equations (display LaTeX), tables, figures, notes, and the artifacts it read and wrote."
     parts = [f"{heading} {summary['stage']}", ""]
     for name, tex in summary.get("equations", {}).items(): parts += [f"**{name}**", "", "$$", tex.strip(), "$$", ""]
     for title, t in summary.get("tables", {}).items(): parts += [f"**{title}**", "", markdown_table(t["columns"], t["rows"]), ""]
     for title, rel in summary.get("figures", {}).items(): parts += [f"![{title}]({rel})", "", f"*{title}*", ""]
     parts += [f"- {note}" for note in summary.get("notes", [])]
+    for role in ("inputs", "outputs"):
+        if summary.get(role):
+            parts += ["", f"*{'Read' if role == 'inputs' else 'Wrote'}:* " + ", ".join(
+                f"`{a['path']}`{' (zoo)' if a.get('zoo') else ''} sha256 `{a['sha256'][:12]}`" for a in summary[role])]
     return "\n".join(parts).rstrip() + "\n"
 
 

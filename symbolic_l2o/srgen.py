@@ -18,7 +18,8 @@ from .optimizers import OUTPUT_FEATURE, GradFeatures, RNNpropRule, UpdateRule, r
 from .meta_train import atomic_write, evaluate, make_task, resolve_rule
 
 # %% auto #0
-__all__ = ['SRDataset', 'lagged_names', 'default_features', 'target_scale', 'record_trajectories', 'srgen_cli']
+__all__ = ['RECORD_SEED_BASE', 'SRDataset', 'lagged_names', 'default_features', 'target_scale', 'record_trajectories',
+           'srgen_cli']
 
 # %% ../nbs/02_srgen.ipynb #95c112ce
 @dataclass
@@ -93,6 +94,9 @@ def lagged_names(features: Sequence[str], lags: int) -> list[str]:
     return [f"{f}_{lag}" for lag in range(lags) for f in features if lag or f != OUTPUT_FEATURE]
 
 # %% ../nbs/02_srgen.ipynb #2754dd12
+RECORD_SEED_BASE = 10_000  # recording problems: disjoint from the reported (0, 1, ...), validation and training ones
+
+
 def default_features(rule: UpdateRule) -> tuple[str, ...]:
     "The features a rule reads: RNNprop's own feature list, else the raw gradient `g`."
     return tuple(rule.features) if isinstance(rule, RNNpropRule) else ("g",)

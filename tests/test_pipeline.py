@@ -1,6 +1,7 @@
 """`make run`'s machinery on the real notebooks at scale "test": a stage that fails stops the run naming itself and
 its executed notebook, a resumed run keeps the completed stages, stages chain through the run directory, the same
 parameters give the same numbers, and the report holds the stage summaries. Also: README.md is generated."""
+import hashlib
 import json
 import shutil
 import subprocess
@@ -131,3 +132,33 @@ def test_cli_reports_a_failure_with_exit_status_1(tmp_path):
 def test_readme_is_generated_from_index_notebook():
     assert (ROOT / "README.md").read_text() == readme_markdown(NBS / "index.ipynb"), \
         "README.md differs from nbs/index.ipynb: run `make readme` (never edit README.md by hand)"
+
+
+@pytest.fixture(scope="module")
+def whole_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("runs") / "chain"
+    return run_dir, run_pipeline(run_dir, "test", nbs_path=NBS, progress=False)
+
+
+def test_the_stages_chain_link_by_link_with_hashes(whole_run):
+    run_dir, record = whole_run
+    stages = record["stages"]
+    assert [s for s in stages] == [p.stem for p in pipeline_stages(NBS)]
+    link = lambda stage, role, path: next(a for a in stages[stage][role] if a["path"] == path)
+    # every input is an earlier stage's output in this run (same bytes) or a file of the shipped zoo, marked so
+    written = {}
+    for stage, r in stages.items():
+        for a in r.get("inputs", []):
+            assert a.get("zoo") or written.get(a["path"]) == a["sha256"], f"{stage} read {a} that no earlier stage wrote"
+        written.update((a["path"], a["sha256"]) for a in r.get("outputs", []))
+    for path, digest in written.items():  # the hashes are those of the files on disk
+        assert hashlib.sha256((run_dir / path).read_bytes()).hexdigest() == digest, path
+    # 01 trains RP_si -> 02 records it -> 03 fits 02's recording of it -> 04 deploys 03's equation
+    assert link("02_srgen", "inputs", "rules/rp_si.pt") == link("01_meta_train", "outputs", "rules/rp_si.pt")
+    assert link("03_distill", "inputs", "sr_rp_si.npz") == link("02_srgen", "outputs", "sr_rp_si.npz")
+    assert link("03_distill", "inputs", "rules/rp_si.pt") == link("01_meta_train", "outputs", "rules/rp_si.pt")
+    assert link("04_finetune_resnet", "inputs", "fitted_rp_si.json") == link("03_distill", "outputs", "fitted_rp_si.json")
+    assert json.loads((run_dir / "sr_rp_si.json").read_text())["meta"]["rule"] == \
+        json.loads((run_dir / "rules" / "rp_si.json").read_text())["config"]
+    text = build_report(run_dir, bench=None)[0].read_text()
+    assert "*Read:* `rules/rp_si.pt`" in text and "`fitted_rp_si.json` sha256" in text
