@@ -191,12 +191,12 @@ def mnist_data(root: str | Path | None = None, download: bool = False, seed: int
                ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """MNIST as flat [n, 784] tensors (pixel − 0.5): (X_train, y_train, X_test, y_test).
 
-    As in the original code, the 60k training images are shuffled with `seed` and halved: `split="meta"` trains on the
+    As in the original code, the 60k training images are shuffled by `np.random.RandomState(seed)` and halved: `split="meta"` trains on the
     first half (meta-training), `split="eval"` on the second (evaluation and SR recording). The held-out set is the
     10k test images. `root` defaults to `find_data_root()`; the files are checked against their MD5s."""
     if split not in MNIST_SPLITS: raise ValueError(f"invalid split={split!r}: expected one of {MNIST_SPLITS}")
     X, y, X_test, y_test = _mnist_arrays(str(find_data_root() if root is None else root), download)
-    perm = torch.randperm(len(X), generator=torch.Generator().manual_seed(seed))
+    perm = torch.from_numpy(np.random.RandomState(seed).permutation(len(X)))  # the original's halves, exactly
     half = perm[:len(X) // 2] if split == "meta" else perm[len(X) // 2:]
     return X[half], y[half], X_test, y_test
 

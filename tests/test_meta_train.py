@@ -1,6 +1,6 @@
 "Meta-training behaviour that is not a notebook lesson: resume equivalence, failure handling, data loaders, the CLI."
 import json
-import struct
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -8,9 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torchvision
 
-from symbolic_l2o.meta_train import (LogStepRule, atomic_write, QuadraticTask, evaluate, load_pretrained, load_rule, make_task,
-                                     meta_train, mnist_data, pretrained_card, save_rule, ZOO)
+from symbolic_l2o.meta_train import (MNIST_FILES, LogStepRule, atomic_write, check_mnist, find_data_root, install_mnist,
+                                     QuadraticTask, evaluate, load_pretrained, load_rule, make_task, meta_train, mnist_data,
+                                     pretrained_card, save_rule, ZOO)
 from symbolic_l2o.optimizers import SGDRule, make_rule
 
 
@@ -64,37 +66,41 @@ def test_bad_arguments_are_named():
         make_task("digits_mlp", arch="resnet")
 
 
-def write_idx(path: Path, array: np.ndarray):
-    "An IDX file as MNIST ships it (big-endian header, uint8 data)."
-    dims = array.shape
-    with open(path, "wb") as f:
-        f.write(struct.pack(">BBBB", 0, 0, 0x08, len(dims)))
-        f.write(struct.pack(">" + "I" * len(dims), *dims))
-        f.write(array.astype(np.uint8).tobytes())
+def test_mnist_is_the_real_one_halved_as_the_paper_with_the_test_images_held_out():
+    root = find_data_root()
+    check_mnist(root)  # the four files of `make data`, MD5-checked
+    X_meta, y_meta, X_test, y_test = mnist_data(root)
+    X_eval, y_eval, X_test2, _ = mnist_data(root, split="eval")
+    assert X_meta.shape == X_eval.shape == (30_000, 784) and X_test.shape == (10_000, 784)
+    assert torch.equal(X_test, X_test2)
+    full = torchvision.datasets.MNIST(str(root), train=True)
+    perm = np.random.RandomState(10).permutation(60_000)  # reference §1.3: np.random.RandomState(10) shuffles the indices
+    assert torch.equal(y_meta, full.targets[perm[:30_000]]) and torch.equal(y_eval, full.targets[perm[30_000:]])
+    assert torch.bincount(y_test).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]  # MNIST's test labels
+    assert abs(float(X_meta.mean()) - (float(full.data.float().mean()) / 255 - 0.5)) < 0.01  # pixel − 0.5
+    task = make_task("mnist_mlp", split="eval")
+    problem = task.problem(0)
+    assert task.n_params == 24_380 and abs(problem.eval_loss(problem.params).item() - np.log(10)) < 0.01
+    assert 0.0 <= problem.eval_accuracy(problem.params).item() <= 1.0
 
 
-def test_mnist_loader_reads_idx_files(tmp_path):
+def test_a_corrupt_or_missing_mnist_file_names_make_data(tmp_path):
     raw = tmp_path / "MNIST" / "raw"
     raw.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    images, labels = rng.integers(0, 256, (20, 28, 28)), rng.integers(0, 10, 20)
-    for split, n in (("train", 20), ("t10k", 4)):
-        write_idx(raw / f"{split}-images-idx3-ubyte", images[:n])
-        write_idx(raw / f"{split}-labels-idx1-ubyte", labels[:n])
-    Xt, yt, Xe, ye = mnist_data(tmp_path)
-    assert Xt.shape == (10, 784) and Xe.shape == (10, 784)
-    assert sorted(torch.cat([yt, ye]).tolist()) == sorted(labels.tolist())
-    assert Xt.min() >= -0.5 and Xt.max() <= 0.5
-    pixels = sorted((torch.cat([Xt, Xe]) + 0.5).mul(255).round().flatten().tolist())
-    assert pixels == sorted(images.flatten().astype(float).tolist())  # every pixel, once
-    task = make_task("mnist_mlp", root=tmp_path, batch_size=4)
-    prob = task.problem(0)
-    assert torch.isfinite(prob.train_loss(prob.params))
-
-
-def test_missing_mnist_says_how_to_get_it(tmp_path):
-    with pytest.raises(FileNotFoundError, match="download=True"):
-        mnist_data(tmp_path / "nowhere")
+    with pytest.raises(FileNotFoundError, match="make data"):
+        mnist_data(tmp_path)
+    for name in MNIST_FILES: shutil.copyfile(find_data_root() / "MNIST" / "raw" / name, raw / name)
+    check_mnist(tmp_path)
+    with open(raw / "t10k-labels-idx1-ubyte", "r+b") as f:  # one flipped byte
+        f.seek(100)
+        byte = f.read(1)
+        f.seek(100)
+        f.write(bytes([byte[0] ^ 1]))
+    with pytest.raises(ValueError, match=r"t10k-labels-idx1-ubyte is corrupt .*make data"):
+        mnist_data(tmp_path)
+    with pytest.raises(ValueError, match="MD5"):
+        install_mnist(raw, tmp_path / "copy")  # nothing corrupt is installed
+    assert not (tmp_path / "copy" / "MNIST" / "raw" / "t10k-labels-idx1-ubyte").exists()
 
 
 def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
