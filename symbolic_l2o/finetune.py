@@ -23,10 +23,10 @@ from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 from tqdm.auto import tqdm
 
 import symbolic_l2o
-from .optimizers import (GradFeatures, LionRule, RuleOptimizer, SymbolicRule, UpdateRule, check_hparam,
+from .optimizers import (OUTPUT_FEATURE, GradFeatures, LionRule, RuleOptimizer, SymbolicRule, UpdateRule, check_hparam,
                                      complexity, parse_expression, variable)
 from .meta_train import (ZOO_DIR, Task, atomic_write, evaluate, meta_train, resolve_device)
-from .distill import FittedRule
+from .distill import FittedRule, _streams
 
 # %% auto #0
 __all__ = ['ARCHS', 'CIFAR', 'SCHEDULES', 'BASELINES', 'state_per_param', 'deployable', 'TanhBasisRule',
@@ -45,7 +45,8 @@ def state_per_param(rule: UpdateRule, n: int = 1000) -> float:
 def deployable(fit: FittedRule, max_state: float = 2.0, drop_offset: bool = True, strict: bool = True) -> sp.Expr:
     """The most accurate equation of `fit`'s Pareto front whose `SymbolicRule` keeps at most `max_state` values per parameter.
 
-    `drop_offset` removes an additive constant (a term without any variable): it moves every weight by the same
+    Only members that read a gradient feature are candidates (a recurrence of the rule's own outputs alone is no update
+    rule). `drop_offset` removes an additive constant (a term without any variable): it moves every weight by the same
     amount at every step whatever its gradient, a drift the small distillation problem tolerates and a ResNet does not.
     When no member fits the budget: an error if `strict`, else the lightest member."""
     def prepare(expr):
@@ -54,8 +55,8 @@ def deployable(fit: FittedRule, max_state: float = 2.0, drop_offset: bool = True
             expr = sp.Add(*kept) if kept else expr
         return expr
     members = [(m["loss"], prepare(m["expr"])) for m in fit.pareto]
-    members = [(loss, e, state_per_param(SymbolicRule(e))) for loss, e in members if e.free_symbols]
-    if not members: raise ValueError("the Pareto front has no equation that reads any variable")
+    members = [(loss, e, state_per_param(SymbolicRule(e))) for loss, e in members if _streams(e) - {OUTPUT_FEATURE}]
+    if not members: raise ValueError("the Pareto front has no equation that reads a gradient feature")
     within = [m for m in members if m[2] <= max_state]
     if within: return min(within, key=lambda m: m[0])[1]
     lightest = min(members, key=lambda m: (m[2], m[0]))

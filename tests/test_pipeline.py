@@ -69,7 +69,7 @@ def test_stages_chain_through_the_run_directory(failed_then_resumed):
     assert (run_dir / "sr_rp_si.npz").exists() and (run_dir / "sr_rp_si.json").exists()  # 02's artifact for 03
     summary = json.loads((run_dir / "summary" / f"{STAGE}.json").read_text())
     rows = dict((r[0], r[1]) for r in next(iter(summary["tables"].values()))["rows"])
-    assert rows["lags L"] == 20 and rows["features"] and rows["runs (fresh problems)"] == 4
+    assert rows["lags L"] == 20 and rows["features of RP_si"] and rows["runs (fresh problems)"] == 4
 
 
 def test_same_parameters_give_the_same_numbers(failed_then_resumed, tmp_path):
