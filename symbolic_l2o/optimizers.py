@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import copy
+import importlib
 import inspect
 import math
 import numbers
@@ -19,11 +20,11 @@ from torch import Tensor, nn
 # %% auto #0
 __all__ = ['RuleState', 'P_MEAN_FEATURES', 'MOMENTUM_FEATURES', 'ADAM_FEATURES', 'FEATURE_NAMES', 'OUTPUT_FEATURE', 'SIGN_DECAYS',
            'HAND_RULES', 'RNNPROP_PRESETS', 'LOG_EPS', 'OPERATORS', 'RULE_CLASSES', 'ema', 'ema_sq', 'decay_add',
-           'normalize', 'check_hparam', 'UpdateRule', 'state_per_param', 'ElementwiseRule', 'GradFeatures', 'SGDRule',
-           'MomentumRule', 'NesterovRule', 'AdamRule', 'RMSpropRule', 'LionRule', 'sign_decay', 'SignAgreementRule',
-           'PowerSignRule', 'AddSignRule', 'LearnedRule', 'DMRule', 'RNNpropRule', 'variable', 'parse_expression',
-           'compile_expression', 'complexity', 'SymbolicRule', 'make_rule', 'rule_config', 'rule_from_config',
-           'RuleOptimizer']
+           'normalize', 'check_hparam', 'optional_import', 'UpdateRule', 'state_per_param', 'ElementwiseRule',
+           'GradFeatures', 'SGDRule', 'MomentumRule', 'NesterovRule', 'AdamRule', 'RMSpropRule', 'LionRule',
+           'sign_decay', 'SignAgreementRule', 'PowerSignRule', 'AddSignRule', 'LearnedRule', 'DMRule', 'RNNpropRule',
+           'variable', 'parse_expression', 'compile_expression', 'complexity', 'SymbolicRule', 'make_rule',
+           'rule_config', 'rule_from_config', 'RuleOptimizer']
 
 # %% ../nbs/00_optimizers.ipynb #06cd958f
 def ema(buf: Tensor, x: Tensor, beta: float) -> Tensor:
@@ -62,6 +63,14 @@ def _betas(betas):
     if not isinstance(betas, (tuple, list)) or len(betas) != 2:
         raise ValueError(f"invalid betas={betas!r}: expected a pair (beta1, beta2)")
     return _beta("betas[0]", betas[0]), _beta("betas[1]", betas[1])
+
+# %% ../nbs/00_optimizers.ipynb #a1c0e006
+def optional_import(module: str, extra: str, purpose: str):
+    "Import `module` (a package of an extra), or raise a `ModuleNotFoundError` naming `purpose` and the extra that brings it."
+    try: return importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        raise ModuleNotFoundError(f"{purpose} needs {module.split('.')[0]}, which is not installed: "
+                                  f"pip install 'symbolic_l2o[{extra}]'") from e
 
 # %% ../nbs/00_optimizers.ipynb #f82b97bb
 RuleState = list  # one dict[str, Tensor] per parameter tensor
