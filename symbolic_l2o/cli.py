@@ -71,6 +71,17 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+class _CommandsHelp(argparse.HelpFormatter):
+    "argparse's help with each subcommand and its summary on one line (argparse counts a subcommand's name without its indent)."
+    def __init__(self, prog): super().__init__(prog, max_help_position=24, width=160)
+
+    def add_argument(self, action):
+        super().add_argument(action)
+        if isinstance(action, argparse._SubParsersAction) and action.choices:
+            longest = max(map(len, action.choices)) + self._current_indent + self._indent_increment
+            self._action_max_length = max(self._action_max_length, longest)
+
+
 def command_summary(target: str) -> str:
     "The first line of the docstring of `module:function`, read from the module's source without importing it."
     module, name = target.split(":")
@@ -127,7 +138,7 @@ def add_options(parser: argparse.ArgumentParser, func: Callable) -> None:
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     "The `symbolic-l2o` parser: every subcommand listed with a line of help; the options of `command` only (its module is imported)."
     parser = _Parser(prog="symbolic-l2o", description="Learned optimizers turned into equations, and shipped as torch optimizers.",
-                     formatter_class=lambda prog: argparse.HelpFormatter(prog, max_help_position=14, width=160))
+                     formatter_class=_CommandsHelp)
     parser.add_argument("--version", action="version", version=f"symbolic-l2o {symbolic_l2o.__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
     for name, target in COMMANDS.items():

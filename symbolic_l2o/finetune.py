@@ -20,23 +20,22 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 from tqdm.auto import tqdm
-try:  # the ResNets of this module are torchvision's
-    from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
-except ModuleNotFoundError as e:
-    raise ModuleNotFoundError("symbolic_l2o.finetune needs torchvision: pip install 'symbolic_l2o[vision]'") from e
 
 import symbolic_l2o
 from .optimizers import (GradFeatures, LionRule, RuleOptimizer, SymbolicRule, UpdateRule, check_hparam,
-                                     complexity, parse_expression, state_per_param, variable)
+                                     complexity, optional_import, parse_expression, state_per_param, variable)
 from .meta_train import (ZOO_DIR, Task, atomic_write, evaluate, meta_train, resolve_device)
 from .distill import FittedRule
 
+_resnet = optional_import("torchvision.models.resnet", "vision", "symbolic_l2o.finetune (its ResNets are torchvision's)")
+BasicBlock, Bottleneck, ResNet = _resnet.BasicBlock, _resnet.Bottleneck, _resnet.ResNet
+
 # %% auto #0
-__all__ = ['ARCHS', 'CIFAR', 'SCHEDULES', 'BASELINES', 'deployable', 'TanhBasisRule', 'tanh_basis_from_teacher', 'save_tuned',
-           'load_tuned', 'meta_tune', 'CifarResNet', 'make_model', 'ImageData', 'digits32', 'cifar', 'load_data',
-           'distributed', 'top1_accuracy', 'train', 'rule_optimizer_factory', 'search_scale', 'rule_source_fit',
-           'prepare_symbolic', 'OnlineTuner', 'compare', 'accuracy_table', 'plot_accuracy', 'state_bytes_per_param',
-           'scalability', 'finetune_cli']
+__all__ = ['BasicBlock', 'Bottleneck', 'ResNet', 'ARCHS', 'CIFAR', 'SCHEDULES', 'BASELINES', 'deployable', 'TanhBasisRule',
+           'tanh_basis_from_teacher', 'save_tuned', 'load_tuned', 'meta_tune', 'CifarResNet', 'make_model', 'ImageData',
+           'digits32', 'cifar', 'load_data', 'distributed', 'top1_accuracy', 'train', 'rule_optimizer_factory',
+           'search_scale', 'rule_source_fit', 'prepare_symbolic', 'OnlineTuner', 'compare', 'accuracy_table',
+           'plot_accuracy', 'state_bytes_per_param', 'scalability', 'finetune_cli']
 
 # %% ../nbs/04_finetune_resnet.ipynb #f6441e18
 def deployable(fit: FittedRule, max_state: float = 2.0, drop_offset: bool = True, strict: bool = True) -> sp.Expr:
