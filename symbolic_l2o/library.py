@@ -27,12 +27,32 @@ _all_ = ["RuleOptimizer", "UpdateRule", "SGDRule", "MomentumRule", "NesterovRule
          "evaluate", "record_trajectories", "fit_rule", "FittedRule", "distill"]
 
 # %% auto #0
-__all__ = ['without_offset', 'load_pretrained', 'create_optimizer', 'OptimizerInfo', 'list_optimizers', 'RuleOptimizer',
+__all__ = ['create_optimizer', 'without_offset', 'load_pretrained', 'OptimizerInfo', 'list_optimizers', 'RuleOptimizer',
            'UpdateRule', 'SGDRule', 'MomentumRule', 'NesterovRule', 'AdamRule', 'RMSpropRule', 'LionRule',
            'PowerSignRule', 'AddSignRule', 'DMRule', 'RNNpropRule', 'SymbolicRule', 'make_rule', 'make_task',
            'meta_train', 'evaluate', 'record_trajectories', 'fit_rule', 'FittedRule', 'distill']
 
 # %% ../nbs/library.ipynb #b7a10008
+def create_optimizer(name: str, params, **hyperparameters) -> RuleOptimizer:
+    """A `RuleOptimizer` over `params` (tensors, param groups, or a module) with the rule `name` (see `list_optimizers`).
+
+    `hyperparameters`: a hand rule's (`lr`, `betas`, `momentum`, ..., its step size and defaults as in `torch.optim`),
+    for a learned or distilled rule `lr` (a factor on its update, 1.0: the rule as trained) and `zero_offset`
+    (`load_pretrained`), and for any rule `RuleOptimizer`'s `weight_decay`, `decoupled_weight_decay`, `on_nonfinite`."""
+    if isinstance(params, nn.Module): params = params.parameters()
+    options = {k: hyperparameters.pop(k) for k in ("weight_decay", "decoupled_weight_decay", "on_nonfinite") if k in hyperparameters}
+    zoo = _zoo_files()
+    if name in HAND_RULES: accepted = [n for n in inspect.signature(HAND_RULES[name]).parameters]
+    elif name in zoo: accepted = ["lr"] + (["zero_offset"] if zoo[name][0] == "distilled" else [])
+    else: raise ValueError(f"unknown optimizer {name!r}; available: {[*HAND_RULES, *zoo]}")
+    unknown = sorted(set(hyperparameters) - set(accepted))
+    if unknown: raise ValueError(f"optimizer {name!r} has no hyperparameter(s) {unknown}; it takes {accepted} and "
+                                 "weight_decay, decoupled_weight_decay, on_nonfinite")
+    if name in HAND_RULES: return RuleOptimizer(params, HAND_RULES[name](**hyperparameters), **options)
+    lr = hyperparameters.pop("lr", None)
+    return RuleOptimizer(params, load_pretrained(name, **hyperparameters), lr=lr, **options)
+
+# %% ../nbs/library.ipynb #b7a10014
 def _zoo_files(zoo: Path = ZOO_DIR) -> dict[str, tuple[str, Path]]:
     "name → (kind, file) of the rules shipped in `zoo`: learned (`<name>.pt` and its card) and distilled (a `FittedRule` JSON)."
     found = {}
@@ -65,26 +85,6 @@ def load_pretrained(name: str, zero_offset: bool = True) -> UpdateRule:
     if kind == "learned": return load_rule(path)[0]
     fit = FittedRule.load(path)
     return (without_offset(fit) if zero_offset else fit).to_rule()
-
-
-def create_optimizer(name: str, params, **hyperparameters) -> RuleOptimizer:
-    """A `RuleOptimizer` over `params` (tensors, param groups, or a module) with the rule `name` (see `list_optimizers`).
-
-    `hyperparameters`: a hand rule's (`lr`, `betas`, `momentum`, ..., its step size and defaults as in `torch.optim`),
-    for a learned or distilled rule `lr` (a factor on its update, 1.0: the rule as trained) and `zero_offset`
-    (`load_pretrained`), and for any rule `RuleOptimizer`'s `weight_decay`, `decoupled_weight_decay`, `on_nonfinite`."""
-    if isinstance(params, nn.Module): params = params.parameters()
-    options = {k: hyperparameters.pop(k) for k in ("weight_decay", "decoupled_weight_decay", "on_nonfinite") if k in hyperparameters}
-    zoo = _zoo_files()
-    if name in HAND_RULES: accepted = [n for n in inspect.signature(HAND_RULES[name]).parameters]
-    elif name in zoo: accepted = ["lr"] + (["zero_offset"] if zoo[name][0] == "distilled" else [])
-    else: raise ValueError(f"unknown optimizer {name!r}; available: {[*HAND_RULES, *zoo]}")
-    unknown = sorted(set(hyperparameters) - set(accepted))
-    if unknown: raise ValueError(f"optimizer {name!r} has no hyperparameter(s) {unknown}; it takes {accepted} and "
-                                 "weight_decay, decoupled_weight_decay, on_nonfinite")
-    if name in HAND_RULES: return RuleOptimizer(params, HAND_RULES[name](**hyperparameters), **options)
-    lr = hyperparameters.pop("lr", None)
-    return RuleOptimizer(params, load_pretrained(name, **hyperparameters), lr=lr, **options)
 
 # %% ../nbs/library.ipynb #b7a1000d
 @dataclass(frozen=True)
