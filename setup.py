@@ -22,6 +22,10 @@ min_python = cfg['min_python']
 
 def reqs(key): return shlex.split(cfg.get(key, '') or '')
 
+# [dev] is everything a contributor runs (notebooks, docs, tests); PySR stays apart (it needs Julia)
+extras = {k: reqs(f'{k}_requirements') for k in ('vision', 'notebooks', 'docs', 'pysr')}
+extras['dev'] = sorted(set(extras['notebooks'] + extras['docs'] + reqs('dev_requirements')))
+
 package_data = {cfg['lib_name']: cfg['package_data'].split()} if cfg.get('package_data') else {}
 
 setuptools.setup(
@@ -40,8 +44,7 @@ setuptools.setup(
     include_package_data=True,
     package_data=package_data,
     install_requires=reqs('requirements'),
-    extras_require={'dev': reqs('dev_requirements'), 'docs': reqs('docs_requirements'),
-                    'pysr': reqs('pysr_requirements')},
+    extras_require=extras,
     python_requires='>=' + min_python,
     long_description=open('README.md', encoding='utf-8').read(),
     long_description_content_type='text/markdown',

@@ -19,29 +19,26 @@ import sympy as sp
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
-from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 from tqdm.auto import tqdm
 
 import symbolic_l2o
-from .optimizers import (OUTPUT_FEATURE, GradFeatures, LionRule, RuleOptimizer, SymbolicRule, UpdateRule, check_hparam,
-                                     complexity, parse_expression, variable)
+from .optimizers import (OUTPUT_FEATURE, GradFeatures, LionRule, RuleOptimizer, SymbolicRule, UpdateRule,
+                                     check_hparam, complexity, optional_import, parse_expression, state_per_param,
+                                     variable)
 from .meta_train import (ZOO_DIR, Task, atomic_write, evaluate, meta_train, resolve_device)
 from .distill import FittedRule, _streams
 
+_resnet = optional_import("torchvision.models.resnet", "vision", "symbolic_l2o.finetune (its ResNets are torchvision's)")
+BasicBlock, Bottleneck, ResNet = _resnet.BasicBlock, _resnet.Bottleneck, _resnet.ResNet
+
 # %% auto #0
-__all__ = ['ARCHS', 'CIFAR', 'SCHEDULES', 'BASELINES', 'state_per_param', 'deployable', 'TanhBasisRule',
+__all__ = ['BasicBlock', 'Bottleneck', 'ResNet', 'ARCHS', 'CIFAR', 'SCHEDULES', 'BASELINES', 'deployable', 'TanhBasisRule',
            'tanh_basis_from_teacher', 'save_tuned', 'load_tuned', 'meta_tune', 'CifarResNet', 'make_model', 'ImageData',
            'digits32', 'cifar', 'load_data', 'distributed', 'top1_accuracy', 'train', 'rule_optimizer_factory',
            'search_scale', 'rule_source_fit', 'prepare_symbolic', 'OnlineTuner', 'compare', 'accuracy_table',
            'plot_accuracy', 'state_bytes_per_param', 'scalability', 'finetune_cli']
 
 # %% ../nbs/04_finetune_resnet.ipynb #f6441e18
-def state_per_param(rule: UpdateRule, n: int = 1000) -> float:
-    "Number of state values a rule keeps per parameter coordinate (its buffers, histories and recurrent states)."
-    state = rule.init_tensor(torch.zeros(n))
-    return sum(v.numel() for v in state.values() if isinstance(v, Tensor)) / n
-
-
 def deployable(fit: FittedRule, max_state: float = 2.0, drop_offset: bool = True, strict: bool = True) -> sp.Expr:
     """The most accurate equation of `fit`'s Pareto front whose `SymbolicRule` keeps at most `max_state` values per parameter.
 
@@ -513,7 +510,7 @@ BASELINES = {
     "sgd": ("SGD", _sgd(0.0), "constant"),
     "nesterov_cosine": ("SGD+cos+nest", _sgd(0.9, nesterov=True), "cosine"),
     "adam_cosine": ("Adam+cos", lambda model: torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=5e-4), "cosine"),
-    "lion_cosine": ("Lion+cos", lambda model: RuleOptimizer(model.parameters(), LionRule(lr=3e-4), weight_decay=3e-4,
+    "lion_cosine": ("Lion+cos", lambda model: RuleOptimizer(model.parameters(), LionRule(lr=3e-4), weight_decay=1.0,
                                                             decoupled_weight_decay=True), "cosine"),
 }
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import inspect
 import json
 import math
 import os
@@ -20,26 +19,24 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from fastcore.script import anno_parser, bool_arg
 from torch import Tensor, nn
 from torch.func import functional_call
 from tqdm.auto import tqdm
-import matplotlib.pyplot as plt
 
 import symbolic_l2o
-from .optimizers import (AdamRule, LionRule, MomentumRule, NesterovRule, RMSpropRule, SGDRule, UpdateRule, make_rule,
+from .optimizers import (AdamRule, LionRule, MomentumRule, NesterovRule, RMSpropRule, SGDRule, UpdateRule,
+                                     make_rule, optional_import,
                                      rule_config, rule_from_config)
 
 # %% auto #0
 __all__ = ['MNIST_FILES', 'MNIST_HOWTO', 'MNIST_SPLITS', 'ACTIVATIONS', 'MLP_ARCHS', 'TASKS', 'TRAIN_SEED_BASE',
-           'VALIDATION_SEED_BASE', 'TUNING_SEED_BASE', 'LR_GRID', 'BASELINES', 'ZOO_DIR', 'ZOO', 'COMMANDS',
-           'ZOO_RECIPES', 'resolve_device', 'Problem', 'Task', 'digits_data', 'find_data_root', 'check_mnist',
-           'install_mnist', 'mnist_data', 'mlp', 'DigitsCNN', 'QuadraticTask', 'make_task', 'mlp_family',
-           'atomic_write', 'meta_window', 'sha256', 'artifact', 'write_summary', 'LogStepRule', 'Curriculum',
-           'validate', 'meta_train', 'Evaluation', 'evaluate', 'Tuning', 'tune_baseline', 'paired_interval',
-           'plot_evaluations', 'save_rule', 'load_rule', 'load_pretrained', 'rule_path', 'pretrained_card',
-           'resolve_rule', 'meta_train_cli', 'tune_cli', 'evaluate_cli', 'main', 'zoo_tasks', 'held_out_family',
-           'train_zoo']
+           'VALIDATION_SEED_BASE', 'TUNING_SEED_BASE', 'LR_GRID', 'BASELINES', 'ZOO_DIR', 'ZOO', 'ZOO_RECIPES',
+           'resolve_device', 'Problem', 'Task', 'digits_data', 'find_data_root', 'check_mnist', 'install_mnist',
+           'mnist_data', 'mlp', 'DigitsCNN', 'QuadraticTask', 'make_task', 'mlp_family', 'atomic_write', 'meta_window',
+           'sha256', 'artifact', 'write_summary', 'LogStepRule', 'Curriculum', 'validate', 'meta_train', 'Evaluation',
+           'evaluate', 'Tuning', 'tune_baseline', 'paired_interval', 'plot_evaluations', 'save_rule', 'load_rule',
+           'load_pretrained', 'rule_path', 'pretrained_card', 'resolve_rule', 'meta_train_cli', 'tune_cli',
+           'evaluate_cli', 'zoo_tasks', 'held_out_family', 'train_zoo']
 
 # %% ../nbs/01_meta_train.ipynb #2a961f3c
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -119,8 +116,7 @@ class Task:
 # %% ../nbs/01_meta_train.ipynb #715af2b4
 def digits_data(seed: int = 0, n_eval: int = 450) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     "scikit-learn's digits as flat [n, 64] float tensors in [−0.5, 0.5]: (X_train, y_train, X_eval, y_eval), split with `seed`."
-    from sklearn.datasets import load_digits
-    d = load_digits()
+    d = optional_import("sklearn.datasets", "vision", "the digits tasks").load_digits()
     X = torch.tensor(d.data, dtype=torch.float32) / 16 - 0.5
     y = torch.tensor(d.target, dtype=torch.long)
     perm = torch.randperm(len(X), generator=torch.Generator().manual_seed(seed))
@@ -177,7 +173,7 @@ def install_mnist(source: str | Path, root: str | Path = "data") -> Path:
 
 @functools.lru_cache(maxsize=2)
 def _mnist_arrays(root: str, download: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    import torchvision
+    torchvision = optional_import("torchvision", "vision", "the MNIST tasks")
     if not download: check_mnist(root)
     train, test = (torchvision.datasets.MNIST(root, train=t, download=download) for t in (True, False))
     flat = lambda ds: ds.data.reshape(len(ds.data), -1).float() / 255 - 0.5
@@ -679,7 +675,7 @@ def paired_interval(a: np.ndarray, b: np.ndarray, statistic: str = "difference",
 
 def plot_evaluations(evaluations: dict[str, Evaluation], ax=None, held_out: bool = False, title: str = ""):
     "Mean ± std bands of training (or held-out) loss curves, one per label, on a log scale."
-    ax = ax or plt.subplots(figsize=(7, 4))[1]
+    ax = ax or optional_import("matplotlib.pyplot", "notebooks", "plotting").subplots(figsize=(7, 4))[1]
     for label, ev in evaluations.items():
         x, y = (ev.eval_steps, ev.eval_loss) if held_out else (np.arange(ev.train_loss.shape[1]), ev.train_loss)
         m, s = np.nanmean(y, 0), np.nanstd(y, 0)
@@ -773,14 +769,14 @@ def meta_train_cli(rule: str = "rp_si",  # learned rule to meta-train: dm, rp, r
                    features: str = None,  # RNNprop input features, '+'-joined (e.g. mt+gt+mom5)
                    init: str = "normal",  # optimizee initialisation: normal (N(0, 0.01²)) or default
                    imitation_ratio: float = 0.0,  # probability of an imitation epoch (Adam teacher)
-                   curriculum: bool_arg = False,  # grow the horizon with the curriculum schedule
+                   curriculum: bool = False,  # grow the horizon with the curriculum schedule
                    device: str = "auto",  # auto, cpu, cuda, cuda:1, ...
                    seed: int = 0,  # seed of the rule's initial weights and of every epoch
                    out: str = "runs/meta_train",  # output directory (checkpoint, metrics.jsonl, rule.pt/.json)
                    checkpoint_every: int = 10,  # epochs between checkpoints
-                   resume: bool_arg = False,  # continue from out/checkpoint.pt
+                   resume: bool = False,  # continue from out/checkpoint.pt
                    data_root: str = "data",  # where MNIST lives (mnist_mlp)
-                   download: bool_arg = False):  # download MNIST if missing (needs internet)
+                   download: bool = False):  # download MNIST if missing (needs internet)
     "Meta-train a learned update rule from scratch and save it with its card."
     torch.manual_seed(seed)
     r = make_rule(rule, **({"features": features.split("+")} if features else {}))
@@ -792,9 +788,9 @@ def tune_cli(rule: str = "rp_si",  # zoo name or path of a saved rule to continu
              task: str = "digits_cnn",  # task to tune on
              epochs: int = 50, epoch_len: int = 200, unroll: int = 20, batch_size: int = 128,
              meta_lr: float = 1e-4,  # meta learning rate (smaller than from scratch)
-             init: str = "normal", imitation_ratio: float = 0.0, curriculum: bool_arg = False,
+             init: str = "normal", imitation_ratio: float = 0.0, curriculum: bool = False,
              device: str = "auto", seed: int = 0, out: str = "runs/tune", checkpoint_every: int = 10,
-             resume: bool_arg = False, data_root: str = "data", download: bool_arg = False):
+             resume: bool = False, data_root: str = "data", download: bool = False):
     "Continue meta-training a pretrained or saved rule on another task."
     _train_and_save(resolve_rule(rule), _task_from_args(task, batch_size, init, data_root, download), out, epochs,
                     epoch_len, unroll, meta_lr, device, seed, checkpoint_every, resume, imitation_ratio, curriculum,
@@ -805,7 +801,7 @@ def evaluate_cli(rule: str = "rp_si",  # zoo name, saved rule path, or hand rule
                  task: str = "digits_mlp", steps: int = 200, seeds: int = 10,  # number of held-out problems
                  lr: float = None,  # learning rate of a hand rule
                  batch_size: int = 128, init: str = "normal", device: str = "auto", out: str = "runs/evaluate",
-                 data_root: str = "data", download: bool_arg = False):
+                 data_root: str = "data", download: bool = False):
     "Evaluate a rule on held-out problems; print and save the Eva loss and held-out loss."
     ev = evaluate(resolve_rule(rule, lr), _task_from_args(task, batch_size, init, data_root, download), steps,
                   range(seeds), device=device)
@@ -814,25 +810,6 @@ def evaluate_cli(rule: str = "rp_si",  # zoo name, saved rule path, or hand rule
                         "eval_loss": ev.eval_loss.tolist()}, Path(out) / "evaluation.json")
     print(json.dumps(summary, indent=2))
 
-
-# subcommand -> "module:function"; later stages register theirs here and are imported only when used
-COMMANDS = {"meta-train": "symbolic_l2o.meta_train:meta_train_cli", "tune": "symbolic_l2o.meta_train:tune_cli",
-            "evaluate": "symbolic_l2o.meta_train:evaluate_cli", "srgen": "symbolic_l2o.srgen:srgen_cli",
-            "finetune": "symbolic_l2o.finetune:finetune_cli"}
-
-
-def main(argv: Sequence[str] | None = None):
-    "Entry point of the `symbolic-l2o` console script: `symbolic-l2o COMMAND [options]` (options from the command's signature)."
-    import sys
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] not in COMMANDS:
-        print(f"usage: symbolic-l2o {{{','.join(COMMANDS)}}} [--help | options]", file=sys.stderr)
-        raise SystemExit(2)
-    import importlib
-    module, name = COMMANDS[argv[0]].split(":")
-    func = getattr(importlib.import_module(module), name)
-    args = vars(anno_parser(func, prog=f"symbolic-l2o {argv[0]}").parse_args(argv[1:]))
-    func(**{k: v for k, v in args.items() if k in inspect.signature(func).parameters})  # drop fastcore's --pdb/--xtra
 
 # %% ../nbs/01_meta_train.ipynb #8f604a8a
 # name -> (rule arguments, meta_train arguments) that differ from the defaults; see the notebook for why

@@ -5,6 +5,8 @@
 # %% ../nbs/00_optimizers.ipynb #359a6c28
 from __future__ import annotations
 
+import copy
+import importlib
 import inspect
 import math
 import numbers
@@ -18,10 +20,11 @@ from torch import Tensor, nn
 # %% auto #0
 __all__ = ['RuleState', 'P_MEAN_FEATURES', 'MOMENTUM_FEATURES', 'ADAM_FEATURES', 'FEATURE_NAMES', 'OUTPUT_FEATURE', 'SIGN_DECAYS',
            'HAND_RULES', 'RNNPROP_PRESETS', 'LOG_EPS', 'OPERATORS', 'RULE_CLASSES', 'ema', 'ema_sq', 'decay_add',
-           'normalize', 'check_hparam', 'UpdateRule', 'ElementwiseRule', 'GradFeatures', 'SGDRule', 'MomentumRule',
-           'NesterovRule', 'AdamRule', 'RMSpropRule', 'LionRule', 'sign_decay', 'SignAgreementRule', 'PowerSignRule',
-           'AddSignRule', 'LearnedRule', 'DMRule', 'RNNpropRule', 'variable', 'parse_expression', 'compile_expression',
-           'complexity', 'SymbolicRule', 'make_rule', 'rule_config', 'rule_from_config', 'RuleOptimizer']
+           'normalize', 'check_hparam', 'optional_import', 'UpdateRule', 'state_per_param', 'ElementwiseRule',
+           'GradFeatures', 'SGDRule', 'MomentumRule', 'NesterovRule', 'AdamRule', 'RMSpropRule', 'LionRule',
+           'sign_decay', 'SignAgreementRule', 'PowerSignRule', 'AddSignRule', 'LearnedRule', 'DMRule', 'RNNpropRule',
+           'variable', 'parse_expression', 'compile_expression', 'complexity', 'SymbolicRule', 'make_rule',
+           'rule_config', 'rule_from_config', 'RuleOptimizer']
 
 # %% ../nbs/00_optimizers.ipynb #06cd958f
 def ema(buf: Tensor, x: Tensor, beta: float) -> Tensor:
@@ -61,6 +64,14 @@ def _betas(betas):
         raise ValueError(f"invalid betas={betas!r}: expected a pair (beta1, beta2)")
     return _beta("betas[0]", betas[0]), _beta("betas[1]", betas[1])
 
+# %% ../nbs/00_optimizers.ipynb #a1c0e006
+def optional_import(module: str, extra: str, purpose: str):
+    "Import `module` (a package of an extra), or raise a `ModuleNotFoundError` naming `purpose` and the extra that brings it."
+    try: return importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        raise ModuleNotFoundError(f"{purpose} needs {module.split('.')[0]}, which is not installed: "
+                                  f"pip install 'symbolic_l2o[{extra}]'") from e
+
 # %% ../nbs/00_optimizers.ipynb #f82b97bb
 RuleState = list  # one dict[str, Tensor] per parameter tensor
 
@@ -69,7 +80,21 @@ class UpdateRule(nn.Module):
     """Base class of all update rules: `init(params)` → state, `step(grads, state, t)` → (updates, state).
 
     Updates are added to the parameters (θ ← θ + u). `t` is the 1-based step number. With autograd
-    recording, `step` is pure; under `torch.no_grad()` it may update the state's tensors in place."""
+    recording, `step` is pure; under `torch.no_grad()` it may update the state's tensors in place.
+
+    `hyperparameters` names the constructor arguments that `RuleOptimizer` keeps in each param group (so that
+    schedulers can change them and `state_dict` saves them)."""
+
+    hyperparameters: tuple[str, ...] = ()
+
+    def with_hyperparameters(self, values: dict) -> UpdateRule:
+        """This rule with its `hyperparameters` taken from `values` (e.g. a param group): itself when none differs,
+        else a shallow copy that shares the rule's weights."""
+        changed = {k: values[k] for k in self.hyperparameters if k in values and values[k] != getattr(self, k)}
+        if not changed: return self
+        rule = copy.copy(self)
+        for k, v in changed.items(): setattr(rule, k, tuple(v) if isinstance(v, list) else v)
+        return rule
 
     def init(self, params: Sequence[Tensor]) -> RuleState:
         "The initial state: one dict of tensors per parameter tensor in `params`."
@@ -86,6 +111,12 @@ class UpdateRule(nn.Module):
     def extra_repr(self) -> str:
         names = [n for n in inspect.signature(type(self).__init__).parameters if n != "self"]
         return ", ".join(f"{n}={getattr(self, n)!r}" for n in names if hasattr(self, n))
+
+
+def state_per_param(rule: UpdateRule, n: int = 1000) -> float:
+    "Number of state values a rule keeps per parameter coordinate (its buffers, histories and recurrent states)."
+    state = rule.init_tensor(torch.zeros(n))
+    return sum(v.numel() for v in state.values() if isinstance(v, Tensor)) / n
 
 
 class ElementwiseRule(UpdateRule):
@@ -200,6 +231,7 @@ class GradFeatures:
 # %% ../nbs/00_optimizers.ipynb #73374055
 class SGDRule(ElementwiseRule):
     "Plain gradient descent: u = −lr·g."
+    hyperparameters = ("lr",)
     def __init__(self, lr: float = 1e-3):
         super().__init__()
         self.lr = _lr(lr)
@@ -209,6 +241,7 @@ class SGDRule(ElementwiseRule):
 
 class MomentumRule(ElementwiseRule):
     "Heavy-ball momentum as `torch.optim.SGD(momentum=...)`: b ← μ·b + g, u = −lr·b."
+    hyperparameters = ("lr", "momentum")
     def __init__(self, lr: float = 0.1, momentum: float = 0.9):
         super().__init__()
         self.lr, self.momentum = _lr(lr), _beta("momentum", momentum)
@@ -229,6 +262,7 @@ class NesterovRule(MomentumRule):
 
 class AdamRule(ElementwiseRule):
     "Adam (Kingma & Ba) as `torch.optim.Adam`: u = −lr·m̂/(√v̂ + eps) with bias-corrected moments."
+    hyperparameters = ("lr", "betas", "eps")
     def __init__(self, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
         super().__init__()
         self.lr, self.betas, self.eps = _lr(lr), _betas(betas), _eps(eps)
@@ -246,6 +280,7 @@ class AdamRule(ElementwiseRule):
 
 class RMSpropRule(ElementwiseRule):
     "RMSprop as `torch.optim.RMSprop`: v ← α·v + (1−α)·g², u = −lr·g/(√v + eps)."
+    hyperparameters = ("lr", "alpha", "eps")
     def __init__(self, lr: float = 1e-2, alpha: float = 0.99, eps: float = 1e-8):
         super().__init__()
         self.lr, self.alpha, self.eps = _lr(lr), _beta("alpha", alpha), _eps(eps)
@@ -259,6 +294,7 @@ class RMSpropRule(ElementwiseRule):
 
 class LionRule(ElementwiseRule):
     "Lion (Chen et al. 2023): u = −lr·sign(β1·m + (1−β1)·g), then m ← β2·m + (1−β2)·g."
+    hyperparameters = ("lr", "betas")
     def __init__(self, lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.99)):
         super().__init__()
         self.lr, self.betas = _lr(lr), _betas(betas)
@@ -285,6 +321,7 @@ def sign_decay(t: int, decay: str | None, decay_steps: int | None = None, num_cy
 
 class SignAgreementRule(ElementwiseRule):
     "Base of PowerSign and AddSign: tracks m ← β·m + (1−β)·g and the decayed agreement d(t)·sign(g)·sign(m)."
+    hyperparameters = ("lr", "beta")
     def __init__(self, lr: float, beta: float = 0.9, decay: str | None = None, decay_steps: int | None = None,
                  num_cycles: int = 1):
         super().__init__()
@@ -307,6 +344,7 @@ class SignAgreementRule(ElementwiseRule):
 
 class PowerSignRule(SignAgreementRule):
     "PowerSign: u = −lr · base^(d(t)·sign(g)·sign(m)) · g (Bello et al., 2017; base e by default)."
+    hyperparameters = ("lr", "beta", "base")
     def __init__(self, lr: float = 1e-3, base: float = math.e, beta: float = 0.9, decay: str | None = None,
                  decay_steps: int | None = None, num_cycles: int = 1):
         super().__init__(lr, beta, decay, decay_steps, num_cycles)
@@ -319,6 +357,7 @@ class PowerSignRule(SignAgreementRule):
 
 class AddSignRule(SignAgreementRule):
     "AddSign: u = −lr · (alpha + d(t)·sign(g)·sign(m)) · g (Bello et al., 2017)."
+    hyperparameters = ("lr", "beta", "alpha")
     def __init__(self, lr: float = 1e-3, alpha: float = 1.0, beta: float = 0.9, decay: str | None = None,
                  decay_steps: int | None = None, num_cycles: int = 1):
         super().__init__(lr, beta, decay, decay_steps, num_cycles)
@@ -746,25 +785,32 @@ def _finite(grads: list[Tensor]) -> bool:
 
 
 class RuleOptimizer(torch.optim.Optimizer):
-    """Deploy any `UpdateRule` as a `torch.optim.Optimizer`: θ ← θ + lr·u for each param group's `lr`.
+    """Deploy any `UpdateRule` as a `torch.optim.Optimizer`, with the rule's `hyperparameters` in each param group.
 
-    `weight_decay` (per group): coupled (L2, the default, as `torch.optim.SGD`/`Adam`) adds wd·θ to the
+    `lr`: a hand rule's step size, exactly as in `torch.optim` (default: the rule's own); for a learned or
+    symbolic rule, which has no `lr` of its own, a factor on its update: θ ← θ + lr·u (default 1.0, the rule as
+    it is). `weight_decay` (per group): coupled (L2, the default, as `torch.optim.SGD`/`Adam`) adds wd·θ to the
     gradient the rule sees; `decoupled_weight_decay=True` (as `AdamW`) shrinks θ ← θ·(1 − lr·wd) beside the update."""
 
-    def __init__(self, params, rule: UpdateRule, lr: float = 1.0, on_nonfinite: str = "error",
+    def __init__(self, params, rule: UpdateRule, lr: float | None = None, on_nonfinite: str = "error",
                  weight_decay: float = 0.0, decoupled_weight_decay: bool = False):
         if not isinstance(rule, UpdateRule):
             raise TypeError(f"rule must be an UpdateRule (e.g. AdamRule()), got {type(rule).__name__}")
         if on_nonfinite not in ("error", "skip"):
             raise ValueError(f"invalid on_nonfinite={on_nonfinite!r}: expected 'error' or 'skip'")
-        super().__init__(params, {"lr": _lr(lr), "weight_decay": weight_decay, "decoupled_weight_decay": decoupled_weight_decay})
         self.rule, self.on_nonfinite, self.nonfinite_skips = rule, on_nonfinite, 0
+        hyper = {k: getattr(rule, k) for k in rule.hyperparameters}
+        lr = hyper.get("lr", 1.0) if lr is None else lr
+        super().__init__(params, {**hyper, "lr": _lr(lr), "weight_decay": weight_decay,
+                                  "decoupled_weight_decay": decoupled_weight_decay})
 
     def add_param_group(self, param_group: dict) -> None:
-        "Add a param group (as `torch.optim`), validating its `lr`, `weight_decay` and `decoupled_weight_decay`."
+        "Add a param group (as `torch.optim`), validating its `lr`, the rule's hyperparameters, `weight_decay` and `decoupled_weight_decay`."
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         _lr(group["lr"])
+        if self.rule.hyperparameters:  # the rule's own checks, on the group's values
+            type(self.rule)(**{**rule_config(self.rule)["args"], **{k: group[k] for k in self.rule.hyperparameters}})
         check_hparam("weight_decay", group["weight_decay"], lambda v: v >= 0, "weight_decay >= 0")
         if not isinstance(group["decoupled_weight_decay"], bool):
             raise ValueError(f"invalid decoupled_weight_decay={group['decoupled_weight_decay']!r}: expected True or False")
@@ -797,6 +843,8 @@ class RuleOptimizer(torch.optim.Optimizer):
             raise FloatingPointError(f"non-finite gradient in {self._describe(gi, p)}; no parameter or optimizer "
                                      "state was changed (on_nonfinite='skip' skips such steps instead)")
         for gi, group, ps in work:
+            rule = self.rule.with_hyperparameters(group)
+            scale = 1.0 if "lr" in rule.hyperparameters else group["lr"]  # a hand rule's lr is inside its update
             by_step = {}  # params that missed steps (no grad) are at another step count: one rule call per count
             for p in ps:
                 if not self.state[p]: self.state[p] = {"step": torch.tensor(0.0), **self.rule.init_tensor(p)}
@@ -806,16 +854,16 @@ class RuleOptimizer(torch.optim.Optimizer):
                 wd, decoupled = group.get("weight_decay", 0.0), group.get("decoupled_weight_decay", False)
                 grads = [p.grad for p in qs]
                 if wd and not decoupled: grads = torch._foreach_add(grads, qs, alpha=wd)  # new tensors: .grad is kept
-                updates, states = self.rule.step(grads, states, t + 1)
+                updates, states = rule.step(grads, states, t + 1)
                 for p, s in zip(qs, states):
                     self.state[p].update(s)
                     self.state[p]["step"] += 1
                 if wd and decoupled: torch._foreach_mul_(qs, 1 - group["lr"] * wd)
-                torch._foreach_add_(qs, updates, alpha=group["lr"])
+                torch._foreach_add_(qs, updates, alpha=scale)
         return loss
 
     def state_dict(self) -> dict:
-        "`torch.optim`'s state dict plus the count of skipped non-finite steps."
+        "`torch.optim`'s state dict (the param groups carry the rule's hyperparameters) plus the count of skipped non-finite steps."
         return {**super().state_dict(), "nonfinite_skips": self.nonfinite_skips}
 
     def load_state_dict(self, state_dict: dict) -> None:

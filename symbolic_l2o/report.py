@@ -19,20 +19,21 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .meta_train import atomic_write
+from .optimizers import optional_import
 
 # %% auto #0
 __all__ = ['RESULTS_START', 'RESULTS_END', 'pipeline_stages', 'tag_parameters_cell', 'tag_parameters_cells',
            'notebook_parameters', 'StageFailed', 'run_pipeline', 'load_summaries', 'format_value', 'markdown_table',
            'bench_markdown', 'stage_markdown', 'report_markdown', 'find_mathjax', 'markdown_to_html', 'build_report',
-           'export_outputs', 'readme_markdown', 'latest_run', 'results_markdown', 'update_results', 'write_readme',
-           'main']
+           'relative_paths', 'relative_outputs', 'export_outputs', 'readme_markdown', 'latest_run', 'results_markdown',
+           'update_results', 'write_readme', 'main']
 
 # %% ../nbs/05_report.ipynb #5f88a77c
 _PARAMETERS_DIRECTIVE = re.compile(r"^#\|\s*tags\s*:\s*\[?[^\n]*\bparameters\b", re.M)
 
 
 def _read_nb(path: str | Path):
-    import nbformat
+    nbformat = optional_import("nbformat", "notebooks", "reading notebooks")
     return nbformat.read(str(path), as_version=4)
 
 
@@ -61,8 +62,8 @@ def tag_parameters_cell(nb):
 def tag_parameters_cells(nbs_path: str | Path = "nbs") -> list[Path]:
     """Store the `parameters` metadata tag in each stage notebook's parameters cell (settings.ini keeps `tags` through
     `nbdev_clean`), so that plain `papermill nb.ipynb out.ipynb -p scale paper` works too; returns the notebooks changed."""
-    import nbformat
-    from nbdev.clean import nbdev_clean
+    nbformat = optional_import("nbformat", "notebooks", "copying outputs into the notebooks")
+    nbdev_clean = optional_import("nbdev.clean", "dev", "copying outputs into the notebooks").nbdev_clean
     changed = []
     for path in pipeline_stages(nbs_path):
         nb = _read_nb(path)
@@ -112,7 +113,7 @@ def run_pipeline(run_dir: str | Path, scale: str = "cpu", device: str = "auto", 
     directory resumes. A stage that raises stops the run with `StageFailed`. Returns the run record (also in
     `run_dir/pipeline.json`): per stage its status, parameters, wall time, and the `inputs` and `outputs` its summary
     records (`write_summary`), each `{"path", "sha256"}`, so the chain from stage to stage can be checked."""
-    import papermill
+    papermill = optional_import("papermill", "notebooks", "running the pipeline")
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     nbs_path = Path(nbs_path).resolve()
@@ -215,9 +216,8 @@ def bench_markdown(bench: str | Path, depth: int = 3, figures_dir: str | Path | 
     for name, figures in res.get("benchmarks", {}).items():
         parts += [f"**{name}**", "", markdown_table(["figure", "value"], _flatten(figures, depth=depth)), ""]
         for key, curve in (_curves(figures) if figures_dir is not None else []):
-            import matplotlib
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
+            optional_import("matplotlib", "notebooks", "plotting the benchmarks").use("Agg")
+            plt = optional_import("matplotlib.pyplot", "notebooks", "plotting the benchmarks")
             fig, ax = plt.subplots(figsize=(5, 3.2))
             xs = sorted(curve)
             ax.plot(xs, [curve[x] for x in xs], "o-")
@@ -281,8 +281,8 @@ def markdown_to_html(text: str, title: str = "report", base_dir: str | Path | No
     """A self-contained HTML page from markdown: tables, `$…$`/`$$…$$` math, images under `base_dir` inlined as data URIs.
 
     Math is typeset by the MathJax file `mathjax` (inlined, so the page makes no request), else left as LaTeX text."""
-    from markdown_it import MarkdownIt
-    from mdit_py_plugins.dollarmath import dollarmath_plugin
+    MarkdownIt = optional_import("markdown_it", "notebooks", "the run report").MarkdownIt
+    dollarmath_plugin = optional_import("mdit_py_plugins.dollarmath", "notebooks", "the run report").dollarmath_plugin
     def math(content: str, config: dict) -> str:
         tex = html.escape(content.strip())
         return f'<div class="math block">\\[{tex}\\]</div>' if config.get("display_mode") else f'<span class="math">\\({tex}\\)</span>'
@@ -313,13 +313,31 @@ def build_report(run_dir: str | Path, bench: str | Path | None = "bench/results.
     return md, atomic_write(run_dir / "report.html", lambda tmp: Path(tmp).write_text(page, encoding="utf-8"))
 
 # %% ../nbs/05_report.ipynb #a0fb141f
+_SITE_PACKAGES = re.compile(r"(?:/[^\s/'\"]+)+/site-packages/")
+
+
+def relative_paths(text: str, root: str | Path) -> str:
+    "`text` without this machine's absolute paths: those under `root` made relative to it, those of installed packages from the package on."
+    return _SITE_PACKAGES.sub("", text).replace(str(Path(root).resolve()) + "/", "")
+
+
+def relative_outputs(nb, root: str | Path):
+    "`nb` (nbformat) with `relative_paths` applied to the text of every output: what the docs and the repository show."
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            if "text" in out: out["text"] = relative_paths(out["text"], root)
+            for mime, value in out.get("data", {}).items():
+                if mime.startswith("text/"): out["data"][mime] = relative_paths(value, root)
+    return nb
+
+
 def export_outputs(run_dir: str | Path, nbs_path: str | Path = "nbs") -> dict[Path, int]:
     """Copy the outputs of each executed notebook of `run_dir` into its source in `nbs_path` (cells matched by id;
     a code cell whose source changed since the run gets none), then `nbdev_clean` it: notebooks committed this way
-    show real results in the docs. Returns, per notebook written, the number of code cells left without outputs
+    show real results in the docs, without the absolute paths of the machine that ran them (`relative_outputs`). Returns, per notebook written, the number of code cells left without outputs
     because they changed."""
-    import nbformat
-    from nbdev.clean import nbdev_clean
+    nbformat = optional_import("nbformat", "notebooks", "copying outputs into the notebooks")
+    nbdev_clean = optional_import("nbdev.clean", "dev", "copying outputs into the notebooks").nbdev_clean
     written = {}
     for src in pipeline_stages(nbs_path):
         executed = Path(run_dir) / src.name
@@ -332,6 +350,7 @@ def export_outputs(run_dir: str | Path, nbs_path: str | Path = "nbs") -> dict[Pa
             fresh = r is not None and r.source == c.source
             c.outputs, c.execution_count = (r.outputs, r.execution_count) if fresh else ([], None)
             stale += not fresh
+        relative_outputs(nb, Path(nbs_path).resolve().parent)
         written[atomic_write(src, lambda tmp: nbformat.write(nb, tmp))] = stale
         nbdev_clean(fname=str(src))
     return written
@@ -394,7 +413,8 @@ def update_results(index: str | Path = "nbs/index.ipynb", run_dir: str | Path | 
                    bench: str | Path | None = "bench/results.json") -> bool:
     """Rewrite the part of `index`'s markdown between `RESULTS_START` and `RESULTS_END` with `results_markdown`;
     leaves the notebook alone (returns False) when there is nothing to show."""
-    from execnb.nbio import read_nb, write_nb
+    nbio = optional_import("execnb.nbio", "dev", "updating the README's results")
+    read_nb, write_nb = nbio.read_nb, nbio.write_nb
     text = results_markdown(run_dir, bench)
     if text is None: return False
     nb = read_nb(index)

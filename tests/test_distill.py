@@ -1,5 +1,6 @@
 "Recording and distillation behaviour that is not a notebook lesson: exact recoveries, safe files, symbolic rules, engines."
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -224,9 +225,9 @@ def test_eva_ratio_is_the_ratio_of_late_mean_losses_with_a_paired_bootstrap_inte
 
 
 def test_the_closed_loop_screen_drops_a_member_at_the_first_checkpoint_it_fails(monkeypatch):
-    import symbolic_l2o.distill as distill
     from symbolic_l2o.distill import parse_expression, select_closed_loop
-    monkeypatch.setattr(distill, "_SCREEN_CHUNK", 2)  # checkpoints every 2 problems
+    # the module (the package's attribute `symbolic_l2o.distill` is the re-exported function)
+    monkeypatch.setattr(sys.modules["symbolic_l2o.distill"], "_SCREEN_CHUNK", 2)  # checkpoints every 2 problems
     names = ["g_0", "u_1"]
     members = [{"expr": parse_expression(e, names), "complexity": 3, "loss": 0.0, "r2": r2}
                for e, r2 in (("-1000*g_0", 0.99), ("-1*g_0", 0.9), ("-0.9*g_0", 0.8))]

@@ -1,11 +1,13 @@
 """The docs site (`make docs` -> `_docs/`) in headless Chromium: every page loads, math is typeset by the local
-MathJax, every image loads, and no request leaves 127.0.0.1. Saves `_docs/screenshot-home.png`.
+MathJax, every image loads, no request leaves 127.0.0.1, the API page opens with what users call, signatures wrap,
+papermill's parameters cells and this machine's paths are nowhere. Saves `_docs/screenshot-home.png`.
 
 Skips (saying why) where Chromium or the built site is missing, except under CI=true, where it fails."""
 import functools
 import http.server
 import json
 import os
+import re
 import shutil
 import threading
 from pathlib import Path
@@ -20,6 +22,7 @@ IN_CI = os.environ.get("CI", "").lower() == "true"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--disable-default-apps", "--disable-extensions"]
 DISTILL_PAGE = "03_distill.html"
+API_PAGE = "library.html"
 
 
 def skip_or_fail(reason: str):
@@ -57,6 +60,11 @@ PAGE_STATE = """() => {
     rawDisplayMath: text(document.body).includes('$$'),
     images: Array.from(document.images).map(i => ({src: i.src, ok: i.complete && i.naturalWidth > 0})),
     ids: Array.from(document.querySelectorAll('[id]')).map(e => e.id),
+    headings: Array.from(document.querySelectorAll('main h3, main h4')).map(h => h.textContent.replace(/[#¶]/g, '').trim()),
+    signatures: Array.from(document.querySelectorAll('.cell_output .highlight-python pre'))
+      .map(p => ({text: p.textContent.slice(0, 60), overflows: p.scrollWidth > p.clientWidth + 1})),
+    code: Array.from(document.querySelectorAll('pre')).map(p => p.textContent).join('\\n'),
+    outputs: Array.from(document.querySelectorAll('.cell_output')).map(e => e.innerText).join('\\n'),
     anchors: Array.from(document.links).filter(a => a.origin === location.origin && a.hash)
       .map(a => ({page: a.pathname.split('/').pop() || 'index.html', id: decodeURIComponent(a.hash.slice(1))})),
   };
@@ -149,3 +157,56 @@ def test_home_page_screenshot(visits):
     shot = DOCS / "screenshot-home.png"
     assert shot.exists() and shot.stat().st_size > 10_000
     assert "symbolic_l2o" in visits["pages"]["index.html"]["title"]
+
+
+def test_api_page_opens_with_what_users_call(visits):
+    page = visits["pages"][API_PAGE]
+    assert page["headings"][:4] == ["RuleOptimizer", "create_optimizer", "fit_rule", "distill"], page["headings"][:8]
+
+
+def test_signatures_wrap_instead_of_scrolling(visits):
+    assert len(visits["pages"][API_PAGE]["signatures"]) >= 4
+    cut = {n: [s["text"] for s in p["signatures"] if s["overflows"]] for n, p in visits["pages"].items()}
+    cut = {n: c for n, c in cut.items() if c}
+    assert not cut, f"signatures in a scroll box, cut at the page's width: {cut}"
+
+
+def parameters_cells() -> dict[str, list[str]]:
+    "page -> the code lines of its notebook's papermill parameters cell(s)."
+    found = {}
+    for nb in sorted((ROOT / "nbs").glob("*.ipynb")):
+        for c in json.loads(nb.read_text())["cells"]:
+            source = "".join(c["source"])
+            if c["cell_type"] == "code" and ("parameters" in c.get("metadata", {}).get("tags", []) or
+                                             re.search(r"^#\|\s*tags:.*parameters", source, re.M)):
+                found.setdefault(f"{nb.stem}.html", []).extend(l for l in source.splitlines() if l.strip() and not l.startswith("#|"))
+    return found
+
+
+def test_parameters_cells_are_hidden(visits):
+    cells = parameters_cells()
+    assert cells, "no notebook has a papermill parameters cell: nothing to check"
+    shown = {page: [l for l in lines if l.strip() in visits["pages"][page]["code"]] for page, lines in cells.items()}
+    shown = {p: l for p, l in shown.items() if l}
+    assert not shown, f"parameters cells on the pages: {shown}"
+
+
+ABSOLUTE_PATH = re.compile(r"(?<![\w.])/(?:work|home|root|Users|tmp|var|opt|srv)/[\w.-]+|site-packages/")
+
+
+def test_no_absolute_paths_of_the_machine_that_ran_the_notebooks(visits):
+    found = {n: sorted(set(ABSOLUTE_PATH.findall(p["outputs"]))) for n, p in visits["pages"].items()}
+    found = {n: f for n, f in found.items() if f}
+    assert not found, f"pages showing this machine's paths: {found}"
+
+
+def test_stored_outputs_hold_no_absolute_paths():
+    "Outputs come into nbs/ from a run (`make outputs`, which makes paths relative): none names the machine's folders."
+    found = {}
+    for nb in sorted((ROOT / "nbs").glob("*.ipynb")):
+        for c in json.loads(nb.read_text())["cells"]:
+            for out in c.get("outputs", []):
+                texts = [out.get("text", "")] + [v for k, v in out.get("data", {}).items() if k.startswith("text/")]
+                hits = ABSOLUTE_PATH.findall("".join("".join(t) if isinstance(t, list) else t for t in texts))
+                if hits: found.setdefault(nb.name, set()).update(hits)
+    assert not found, f"stored outputs with absolute paths: {found}"

@@ -150,12 +150,12 @@ def cli(*args, cwd):
 
 
 def test_cli_meta_trains_tunes_and_evaluates_end_to_end(tmp_path):
-    r = cli("meta-train", "--rule", "rp_s", "--task", "quadratic", "--epochs", "2", "--epoch_len", "20", "--unroll", "10",
+    r = cli("meta-train", "--rule", "rp_s", "--task", "quadratic", "--epochs", "2", "--epoch-len", "20", "--unroll", "10",
             "--out", "mt", "--device", "cpu", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "mt" / "rule.pt").exists() and (tmp_path / "mt" / "checkpoint.pt").exists()
     assert len((tmp_path / "mt" / "metrics.jsonl").read_text().splitlines()) == 2
-    r = cli("tune", "--rule", "mt/rule.pt", "--task", "digits_mlp", "--epochs", "1", "--epoch_len", "20", "--unroll", "10",
+    r = cli("tune", "--rule", "mt/rule.pt", "--task", "digits_mlp", "--epochs", "1", "--epoch-len", "20", "--unroll", "10",
             "--out", "tuned", "--device", "cpu", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert json.loads((tmp_path / "tuned" / "rule.json").read_text())["tuned_from"] == "mt/rule.pt"
@@ -172,4 +172,4 @@ def test_cli_meta_trains_tunes_and_evaluates_end_to_end(tmp_path):
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "sr" / "data.npz").exists() and json.loads(r.stdout)["columns"] == 10  # mt, gt × 5 lags
     r = cli("frobnicate", cwd=tmp_path)
-    assert r.returncode == 2 and "usage" in r.stderr
+    assert r.returncode == 2 and "invalid choice: 'frobnicate'" in r.stderr

@@ -99,8 +99,9 @@ def test_sigmoid_mlp_loss_falls_on_every_step(name):
     torch.manual_seed(3)
     model = nn.Sequential(nn.Linear(2, 3), nn.Sigmoid(), nn.Linear(3, 1))
     X, y = data(seed=4, n=16, d=2)
-    # a small step (RuleOptimizer's lr multiplies every rule's update): the loss must then fall at every step
-    opt = RuleOptimizer(model.parameters(), ALL[name](), lr=1 / 30)
+    # a small step (1/30 of the rule's own): the loss must then fall at every step
+    opt = RuleOptimizer(model.parameters(), ALL[name]())
+    opt.param_groups[0]["lr"] /= 30
     losses = []
     for _ in range(21):
         opt.zero_grad()
@@ -158,11 +159,12 @@ def test_state_survives_a_dtype_cast(name):
 
 
 def fixed_grad_run(rule_factory, lrs, steps, scheduler=None):
-    "Two identical parameters stepped with the same fixed gradient sequence, one per group with its own lr."
+    "Identical parameters stepped with the same fixed gradient sequence, one per group, its lr the rule's default × `lrs[i]`."
     g = torch.Generator().manual_seed(7)
     grads = [torch.randn(5, generator=g) for _ in range(steps)]
     params = [nn.Parameter(torch.zeros(5)) for _ in lrs]
-    opt = RuleOptimizer([{"params": [p], "lr": lr} for p, lr in zip(params, lrs)], rule_factory())
+    opt = RuleOptimizer([{"params": [p]} for p in params], rule_factory())
+    for group, factor in zip(opt.param_groups, lrs): group["lr"] *= factor
     sched = scheduler(opt) if scheduler else None
     for gr in grads:
         for p in params: p.grad = gr.clone()
@@ -375,8 +377,8 @@ WEIGHT_DECAY_PARITY = [
      lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9, weight_decay=5e-2)),
     ("adam_coupled", lambda ps: RuleOptimizer(ps, AdamRule(lr=1e-2), weight_decay=1e-1),
      lambda ps: torch.optim.Adam(ps, lr=1e-2, weight_decay=1e-1)),
-    # decoupled: the group lr multiplies the decay, as AdamW's lr does
-    ("adamw_decoupled", lambda ps: RuleOptimizer(ps, AdamRule(lr=1.0), lr=1e-2, weight_decay=0.5, decoupled_weight_decay=True),
+    # decoupled: the group lr (Adam's step size) multiplies the decay, as AdamW's lr does
+    ("adamw_decoupled", lambda ps: RuleOptimizer(ps, AdamRule(), lr=1e-2, weight_decay=0.5, decoupled_weight_decay=True),
      lambda ps: torch.optim.AdamW(ps, lr=1e-2, weight_decay=0.5)),
 ]
 

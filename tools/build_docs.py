@@ -7,9 +7,11 @@
 2. `nbdev.serve.proc_nbs` writes the processed notebooks to `_proc/` (show_doc output, `#| hide` cells
    removed, front matter).
 3. Adapt them to Jupyter Book: front matter -> page title and summary, `#| echo: false` -> `remove-input`,
-   remaining `#|` lines dropped, links into the nbdev site pointed at the local pages.
+   papermill's parameters cells removed (they are knobs for `make run`, not content), this checkout's paths
+   in show_doc's signatures made relative, remaining `#|` lines dropped, links into the nbdev site pointed at
+   the local pages; the API page (`library`) comes right after the home page.
 4. Jupyter Book 1 renders them without executing anything (`execute_notebooks: off`), math by the local
-   MathJax 3 copied into a static folder `mathjax/` (not `_static`), into `_docs/`.
+   MathJax 3 copied into a static folder `mathjax/` (not `_static`), into `_docs/`; signatures wrap (`site-css/`).
 """
 import argparse
 import ast
@@ -22,6 +24,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 DIRECTIVE = re.compile(r"^\s*#\|\s*([\w-]+)\s*:?\s*(.*?)\s*$")
+# show_doc's signature is a python code block in the cell's output: wrapped, not a scroll box cut at the page's width
+SIGNATURES_CSS = ".cell_output .highlight-python pre { white-space: pre-wrap; overflow-wrap: anywhere; overflow-x: visible; }\n"
 
 
 def _mixes_imports(source: str) -> bool:
@@ -61,6 +65,7 @@ def _page_links(text: str, pages: dict[str, str], site: str) -> str:
 
 def adapt(proc: Path, site: str) -> list[str]:
     "Turn nbdev's processed notebooks into Jupyter Book pages; returns the page names (index first)."
+    from symbolic_l2o.report import relative_paths
     pages, notebooks = {}, sorted(proc.glob("*.ipynb"))
     for path in notebooks:
         nb = json.loads(path.read_text())
@@ -88,6 +93,8 @@ def adapt(proc: Path, site: str) -> list[str]:
                     if not m: kept.append(line); continue
                     if m.group(1) == "echo" and m.group(2).lower() == "false": tags.add("remove-input")
                     if m.group(1) == "output" and m.group(2).lower() == "false": tags.add("remove-output")
+                    if m.group(1) == "tags" and "parameters" in m.group(2): tags.add("parameters")
+                if "parameters" in tags: tags.add("remove-cell")
                 cell["source"] = "\n".join(kept).strip("\n")
                 if tags: cell.setdefault("metadata", {})["tags"] = sorted(tags)
                 for out in cell.get("outputs", []):
@@ -96,14 +103,14 @@ def adapt(proc: Path, site: str) -> list[str]:
                         md = "".join(md)
                         md = re.sub(r"\{target=\"_blank\"[^}]*\}", "", md)  # Quarto link attributes of show_doc
                         md = re.sub(r"^---\s*$", "", md, flags=re.M)  # show_doc's rule: docutils allows none inside an output
-                        out["data"]["text/markdown"] = _page_links(md, pages, site)
+                        # show_doc renders defaults such as the zoo's folder: this checkout's path, not the reader's
+                        out["data"]["text/markdown"] = relative_paths(_page_links(md, pages, site), ROOT)
             elif cell["cell_type"] == "markdown":  # links to notebooks -> their pages (all links are plain hrefs)
                 cell["source"] = re.sub(r"\]\((?!https?://)([\w.-]+)\.ipynb", r"](\1.html", _page_links(source, pages, site))
             cells.append(cell)
         nb["cells"] = cells
         path.write_text(json.dumps(nb, indent=1, ensure_ascii=False))
-    stems = [p.stem for p in notebooks]
-    return ["index"] + [s for s in stems if s != "index"]
+    return sorted((p.stem for p in notebooks), key=lambda s: (s != "index", s != "library", s))
 
 
 def write_book_config(proc: Path, pages: list[str], title: str, author: str) -> None:
@@ -122,6 +129,7 @@ def write_book_config(proc: Path, pages: list[str], title: str, author: str) -> 
                            "sphinx_design", "sphinx_book_theme"],
             # MathJax from this site: Sphinx puts a relative mathjax_path under _static/, hence the "../"
             "mathjax_path": "../mathjax/tex-svg-full.js", "html_extra_path": ["site-static"],
+            "html_static_path": ["site-css"], "html_css_files": ["signatures.css"],
             "nb_render_markdown_format": "myst", "html_show_sourcelink": False, "myst_all_links_external": True,
             "nb_output_stderr": "remove",  # progress bars and warnings of the stored runs
             "suppress_warnings": ["myst.header", "misc.highlighting_failure", "mystnb.unknown_mime_type"]}},
@@ -146,6 +154,8 @@ def main():
     proc = Path(proc_nbs(path=str(staged), n_workers=args.workers, force=True))
     pages = adapt(proc, f"{cfg.doc_host}{cfg.doc_baseurl}")
     write_book_config(proc, pages, cfg.title, cfg.author)
+    (proc / "site-css").mkdir(exist_ok=True)
+    (proc / "site-css" / "signatures.css").write_text(SIGNATURES_CSS)
     mathjax_dir = proc / "site-static" / "mathjax"
     mathjax_dir.mkdir(parents=True, exist_ok=True)
     shutil.copy(args.mathjax, mathjax_dir / "tex-svg-full.js")
