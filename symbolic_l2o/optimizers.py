@@ -21,7 +21,8 @@ __all__ = ['RuleState', 'P_MEAN_FEATURES', 'MOMENTUM_FEATURES', 'ADAM_FEATURES',
            'normalize', 'check_hparam', 'UpdateRule', 'ElementwiseRule', 'GradFeatures', 'SGDRule', 'MomentumRule',
            'NesterovRule', 'AdamRule', 'RMSpropRule', 'LionRule', 'sign_decay', 'SignAgreementRule', 'PowerSignRule',
            'AddSignRule', 'LearnedRule', 'DMRule', 'RNNpropRule', 'variable', 'parse_expression', 'compile_expression',
-           'complexity', 'SymbolicRule', 'make_rule', 'rule_config', 'rule_from_config', 'RuleOptimizer']
+           'complexity', 'SymbolicRule', 'make_rule', 'rule_config', 'rule_from_config', 'compute_dtype',
+           'RuleOptimizer']
 
 # %% ../nbs/00_optimizers.ipynb #06cd958f
 def ema(buf: Tensor, x: Tensor, beta: float) -> Tensor:
@@ -745,11 +746,22 @@ def _finite(grads: list[Tensor]) -> bool:
     return bool(torch.isfinite(torch.cat([torch.stack(torch.aminmax(g)).to(torch.float64) for g in grads])).all())
 
 
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype `RuleOptimizer` runs a rule in for parameters of `dtype`: float32 for float16 and bfloat16 (whose
+    range and resolution lose g², |g|^p and epsilons such as 1e-8), else `dtype` itself."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
 class RuleOptimizer(torch.optim.Optimizer):
     """Deploy any `UpdateRule` as a `torch.optim.Optimizer`: θ ← θ + lr·u for each param group's `lr`.
 
     `weight_decay` (per group): coupled (L2, the default, as `torch.optim.SGD`/`Adam`) adds wd·θ to the
-    gradient the rule sees; `decoupled_weight_decay=True` (as `AdamW`) shrinks θ ← θ·(1 − lr·wd) beside the update."""
+    gradient the rule sees; `decoupled_weight_decay=True` (as `AdamW`) shrinks θ ← θ·(1 − lr·wd) beside the update.
+
+    `on_nonfinite` is the policy for a step whose gradients, updates or new rule state hold NaN or ±inf: `"error"`
+    raises `FloatingPointError`, `"skip"` skips the step and counts it in `nonfinite_skips`; either way no parameter
+    and no state is changed. float16/bfloat16 parameters are stepped in float32 (`compute_dtype`), their state kept
+    in float32, and their updates rounded to the parameter's dtype."""
 
     def __init__(self, params, rule: UpdateRule, lr: float = 1.0, on_nonfinite: str = "error",
                  weight_decay: float = 0.0, decoupled_weight_decay: bool = False):
@@ -761,13 +773,13 @@ class RuleOptimizer(torch.optim.Optimizer):
         self.rule, self.on_nonfinite, self.nonfinite_skips = rule, on_nonfinite, 0
 
     def add_param_group(self, param_group: dict) -> None:
-        "Add a param group (as `torch.optim`), validating its `lr`, `weight_decay` and `decoupled_weight_decay`."
-        super().add_param_group(param_group)
-        group = self.param_groups[-1]
+        "Add a param group (as `torch.optim`), validating its `lr`, `weight_decay` and `decoupled_weight_decay` first: an invalid group is not added."
+        group = {**self.defaults, **param_group}
         _lr(group["lr"])
         check_hparam("weight_decay", group["weight_decay"], lambda v: v >= 0, "weight_decay >= 0")
         if not isinstance(group["decoupled_weight_decay"], bool):
             raise ValueError(f"invalid decoupled_weight_decay={group['decoupled_weight_decay']!r}: expected True or False")
+        super().add_param_group(param_group)
 
     def _describe(self, gi: int, p: Tensor) -> str:
         group = self.param_groups[gi]
@@ -796,22 +808,38 @@ class RuleOptimizer(torch.optim.Optimizer):
             gi, p = next((gi, p) for gi, _, ps in work for p in ps if not _finite([p.grad]))
             raise FloatingPointError(f"non-finite gradient in {self._describe(gi, p)}; no parameter or optimizer "
                                      "state was changed (on_nonfinite='skip' skips such steps instead)")
+        steps = []  # (group index, params, updates, new states) of every rule call, all computed before anything is written
         for gi, group, ps in work:
             by_step = {}  # params that missed steps (no grad) are at another step count: one rule call per count
             for p in ps:
-                if not self.state[p]: self.state[p] = {"step": torch.tensor(0.0), **self.rule.init_tensor(p)}
+                if not self.state[p]:
+                    self.state[p] = {"step": torch.tensor(0.0), **self.rule.init_tensor(p.detach().to(compute_dtype(p.dtype)))}
                 by_step.setdefault(int(self.state[p]["step"]), []).append(p)
             for t, qs in by_step.items():
-                states = [{k: v for k, v in self.state[p].items() if k != "step"} for p in qs]
+                # rules update their state in place: they work on copies, kept only if every result is finite
+                states = [{k: v.clone() for k, v in self.state[p].items() if k != "step"} for p in qs]
                 wd, decoupled = group.get("weight_decay", 0.0), group.get("decoupled_weight_decay", False)
                 grads = [p.grad for p in qs]
                 if wd and not decoupled: grads = torch._foreach_add(grads, qs, alpha=wd)  # new tensors: .grad is kept
-                updates, states = self.rule.step(grads, states, t + 1)
-                for p, s in zip(qs, states):
-                    self.state[p].update(s)
-                    self.state[p]["step"] += 1
-                if wd and decoupled: torch._foreach_mul_(qs, 1 - group["lr"] * wd)
-                torch._foreach_add_(qs, updates, alpha=group["lr"])
+                updates, states = self.rule.step([g.to(compute_dtype(g.dtype)) for g in grads], states, t + 1)
+                steps.append((gi, qs, [u.to(p.dtype) for u, p in zip(updates, qs)], states))
+        if not _finite([x for _, qs, us, ss in steps for x in (*us, *(v for s in ss for v in s.values()))]):
+            if self.on_nonfinite == "skip":
+                self.nonfinite_skips += 1
+                return loss
+            gi, p, what = next((gi, p, "update" if not _finite([u]) else "state") for gi, qs, us, ss in steps
+                               for p, u, s in zip(qs, us, ss) if not _finite([u, *s.values()]))
+            raise FloatingPointError(f"non-finite {what} of {self._describe(gi, p)} from finite gradients (an overflow in "
+                                     f"{type(self.rule).__name__}, e.g. a gradient spike); no parameter or optimizer state "
+                                     "was changed (on_nonfinite='skip' skips such steps instead)")
+        for gi, qs, updates, states in steps:
+            group = self.param_groups[gi]
+            for p, s in zip(qs, states):
+                self.state[p].update(s)
+                self.state[p]["step"] += 1
+            wd = group.get("weight_decay", 0.0)
+            if wd and group.get("decoupled_weight_decay", False): torch._foreach_mul_(qs, 1 - group["lr"] * wd)
+            torch._foreach_add_(qs, updates, alpha=group["lr"])
         return loss
 
     def state_dict(self) -> dict:
@@ -826,3 +854,9 @@ class RuleOptimizer(torch.optim.Optimizer):
         state_dict["state"] = {k: {n: v.clone() if isinstance(v, Tensor) else v for n, v in s.items()}
                                for k, s in state_dict["state"].items()}
         super().load_state_dict(state_dict)
+        # torch.optim casts state to each parameter's dtype: a float16/bfloat16 parameter's state stays in compute_dtype
+        ids = [i for g in state_dict["param_groups"] for i in g["params"]]
+        for i, p in zip(ids, (p for g in self.param_groups for p in g["params"])):
+            if compute_dtype(p.dtype) != p.dtype and i in state_dict["state"]:
+                self.state[p].update({k: v.to(device=p.device, dtype=compute_dtype(p.dtype)) for k, v in state_dict["state"][i].items()
+                                      if k != "step" and isinstance(v, Tensor) and v.is_floating_point()})
