@@ -9,6 +9,7 @@ import inspect
 import math
 import numbers
 import re
+import sys
 from collections.abc import Callable, Sequence
 
 import sympy as sp
@@ -17,12 +18,12 @@ from torch import Tensor, nn
 
 # %% auto #0
 __all__ = ['RuleState', 'P_MEAN_FEATURES', 'MOMENTUM_FEATURES', 'ADAM_FEATURES', 'FEATURE_NAMES', 'OUTPUT_FEATURE', 'SIGN_DECAYS',
-           'HAND_RULES', 'RNNPROP_PRESETS', 'LOG_EPS', 'OPERATORS', 'RULE_CLASSES', 'ema', 'ema_sq', 'decay_add',
-           'normalize', 'check_hparam', 'UpdateRule', 'ElementwiseRule', 'GradFeatures', 'SGDRule', 'MomentumRule',
-           'NesterovRule', 'AdamRule', 'RMSpropRule', 'LionRule', 'sign_decay', 'SignAgreementRule', 'PowerSignRule',
-           'AddSignRule', 'LearnedRule', 'DMRule', 'RNNpropRule', 'variable', 'parse_expression', 'compile_expression',
-           'complexity', 'SymbolicRule', 'make_rule', 'rule_config', 'rule_from_config', 'compute_dtype',
-           'RuleOptimizer']
+           'HAND_RULES', 'RNNPROP_PRESETS', 'LOG_EPS', 'OPERATORS', 'MAX_EXPRESSION_CHARS', 'MAX_EXPRESSION_DEPTH',
+           'MAX_EXPONENT', 'MAX_LAG', 'RULE_CLASSES', 'ema', 'ema_sq', 'decay_add', 'normalize', 'check_hparam',
+           'UpdateRule', 'ElementwiseRule', 'GradFeatures', 'SGDRule', 'MomentumRule', 'NesterovRule', 'AdamRule',
+           'RMSpropRule', 'LionRule', 'sign_decay', 'SignAgreementRule', 'PowerSignRule', 'AddSignRule', 'LearnedRule',
+           'DMRule', 'RNNpropRule', 'variable', 'parse_expression', 'compile_expression', 'complexity', 'SymbolicRule',
+           'make_rule', 'rule_config', 'rule_from_config', 'compute_dtype', 'RuleOptimizer']
 
 # %% ../nbs/00_optimizers.ipynb #06cd958f
 def ema(buf: Tensor, x: Tensor, beta: float) -> Tensor:
@@ -448,13 +449,36 @@ _FUNCTIONS = {  # name in text -> (arity, builder of the sympy expression)
     "square": (1, lambda x: x ** 2), "cube": (1, lambda x: x ** 3), "greater": (2, lambda x, y: sp.Heaviside(x - y, 0)),
     "sqrt": (1, sp.sqrt), "log": (1, sp.log), "Heaviside": (2, sp.Heaviside),
 }
+# resource limits of `parse_expression` (rule files are untrusted): a distilled equation is far inside every one
+MAX_EXPRESSION_CHARS = 10_000  # length of the text (a product is built pairwise, in time quadratic in its factors)
+MAX_EXPRESSION_DEPTH = 64      # nesting of parentheses, function calls, signs and powers
+MAX_EXPONENT = 64              # |a numeric exponent|: 9**9**9 would otherwise build a number of 10^8 digits
+MAX_LAG = 100                  # the k of a variable <feature>_<k>: a rule keeps k steps of history per coordinate
 _TOKEN = re.compile(r"\s*(?:(?P<num>\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?)|(?P<name>[A-Za-z_][A-Za-z_0-9]*)"
                     r"|(?P<op>\*\*|[-+*/^(),]))")
 
 
+def _finite_number(value, text: str) -> None:
+    "Refuse (`ValueError`) a number, literal text or sympy, that is not a finite float64 or is nonzero but rounds to 0."
+    try: x = float(value)
+    except (OverflowError, TypeError): x = math.inf
+    nonzero = any(c in "123456789" for c in re.split("[eE]", value)[0]) if isinstance(value, str) else value != 0
+    if not math.isfinite(x) or (x == 0 and nonzero):
+        shown = str(value) if len(str(value)) < 40 else f"{str(value)[:20]}... ({len(str(value))} characters)"
+        raise ValueError(f"number {shown} in expression {text[:80]!r} is outside float64's range "
+                         f"(0, or 5e-324 <= |x| <= {sys.float_info.max:.3g})")
+
+
 def parse_expression(text: str, variables: Sequence[str]) -> sp.Expr:
-    "Parse `text` into a sympy expression with a whitelist grammar: numbers, `variables`, + − * / ^ **, the vocabulary's functions."
-    tokens, pos, text = [], 0, str(text)
+    """Parse `text` into a sympy expression with a whitelist grammar: numbers, `variables`, + − * / ^ **, the vocabulary's functions.
+
+    Untrusted text is bounded: at most `MAX_EXPRESSION_CHARS` characters, nesting `MAX_EXPRESSION_DEPTH`, numeric
+    exponents `MAX_EXPONENT`, every number a finite float64; each refusal is a `ValueError` naming its limit."""
+    text = str(text)
+    if len(text) > MAX_EXPRESSION_CHARS:
+        raise ValueError(f"expression of {len(text)} characters exceeds MAX_EXPRESSION_CHARS = {MAX_EXPRESSION_CHARS} "
+                         f"(a distilled equation is a few hundred): {text[:80]!r}...")
+    tokens, pos, depth = [], 0, 0
     while pos < len(text):
         m = _TOKEN.match(text, pos)
         if not m or m.end() == pos:
@@ -475,30 +499,46 @@ def parse_expression(text: str, variables: Sequence[str]) -> sp.Expr:
         i += 1
         return tok
 
-    def expr():
-        node = term()
-        while peek() in ("+", "-"): node = node + term() if take()[1] == "+" else node - term()
-        return node
+    def expr():  # a sum is built in one pass: adding term by term costs quadratic time in the number of terms
+        terms = [term()]
+        while peek() in ("+", "-"): terms.append(term() if take()[1] == "+" else -term())
+        return sp.Add(*terms)
 
-    def term():
+    def term():  # pairwise, as sympy distributes a number over a sum only in a product of two
         node = unary()
         while peek() in ("*", "/"): node = node * unary() if take()[1] == "*" else node / unary()
         return node
 
     def unary():
-        if peek() in ("+", "-"): return unary() if take()[1] == "+" else -unary()
-        return power()
+        nonlocal depth
+        depth += 1
+        if depth > MAX_EXPRESSION_DEPTH:
+            raise ValueError(f"expression nests deeper than MAX_EXPRESSION_DEPTH = {MAX_EXPRESSION_DEPTH} "
+                             f"(parentheses, functions, signs, powers): {text[:80]!r}")
+        node = (unary() if take()[1] == "+" else -unary()) if peek() in ("+", "-") else power()
+        depth -= 1
+        return node
 
     def power():
         node = primary()
         if peek() in ("^", "**"):
             take()
-            return node ** unary()  # right-associative, binds tighter than unary minus on its left
+            ex = unary()  # right-associative, binds tighter than unary minus on its left
+            if ex.is_Number and abs(ex) > MAX_EXPONENT:
+                _finite_number(ex, text)
+                raise ValueError(f"exponent {ex} exceeds MAX_EXPONENT = {MAX_EXPONENT} in magnitude in {text[:80]!r}")
+            if node.is_Number and ex.is_Number and node != 0:  # evaluated by sympy only when it is a float64
+                _finite_number(node, text)
+                if abs(float(ex) * math.log10(abs(float(node)))) > 308:
+                    raise ValueError(f"{node}**{ex} in {text[:80]!r} is outside float64's range (|x| <= 1e308)")
+            return node ** ex
         return node
 
     def primary():
         kind, value = take()
-        if kind == "num": return sp.Float(value) if any(c in value for c in ".eE") else sp.Integer(value)
+        if kind == "num":
+            _finite_number(value, text)  # before sympy reads it: sympy takes minutes to read 1e999999
+            return sp.Float(value) if any(c in value for c in ".eE") else sp.Integer(value)
         if value == "(":
             node = expr()
             take(")")
@@ -521,6 +561,8 @@ def parse_expression(text: str, variables: Sequence[str]) -> sp.Expr:
 
     node = expr()
     if i != len(tokens): raise ValueError(f"unexpected {tokens[i][1]!r} after a complete expression in {text[:80]!r}")
+    if node.has(sp.zoo, sp.nan, sp.oo, -sp.oo): raise ValueError(f"expression {text[:80]!r} holds an infinite or undefined number")
+    for a in node.atoms(sp.Number): _finite_number(a, text)  # products and powers of numbers
     return node
 
 # %% ../nbs/00_optimizers.ipynb #76140a6d
@@ -567,6 +609,8 @@ def complexity(expr: sp.Expr) -> int:
 def _split_variable(name: str) -> tuple[str, int]:
     feature, _, lag = name.rpartition("_")
     if not feature or not lag.isdigit(): raise ValueError(f"variable {name!r} is not <feature>_<lag>")
+    if int(lag) > MAX_LAG:
+        raise ValueError(f"variable {name!r}: lag {int(lag)} exceeds MAX_LAG = {MAX_LAG} (each lag is a step of history kept per coordinate)")
     return feature, int(lag)
 
 
@@ -638,6 +682,7 @@ class SymbolicRule(UpdateRule):
             raise ValueError(f"invalid clip={clip}: expected (lo, hi) with finite lo < hi")
         self.clip = None if clip is None else (float(clip[0]), float(clip[1]))
         floats = sorted({a for a in expr.atoms(sp.Float)}, key=lambda a: (abs(float(a)), float(a)))
+        if not all(math.isfinite(float(a)) for a in floats): raise ValueError(f"expression {expr} has a constant outside float64's range")
         self._const_names = [f"c{i}" for i in range(len(floats))]
         self.template = expr.xreplace({a: sp.Symbol(n) for a, n in zip(floats, self._const_names)})
         self.constants = nn.Parameter(torch.tensor([float(a) for a in floats], dtype=torch.float64))
