@@ -19,10 +19,10 @@ from torch import Tensor, nn
 # %% auto #0
 __all__ = ['RuleState', 'P_MEAN_FEATURES', 'MOMENTUM_FEATURES', 'ADAM_FEATURES', 'FEATURE_NAMES', 'OUTPUT_FEATURE', 'SIGN_DECAYS',
            'HAND_RULES', 'RNNPROP_PRESETS', 'LOG_EPS', 'OPERATORS', 'MAX_EXPRESSION_CHARS', 'MAX_EXPRESSION_DEPTH',
-           'MAX_EXPONENT', 'MAX_LAG', 'RULE_CLASSES', 'ema', 'ema_sq', 'decay_add', 'normalize', 'check_hparam',
-           'UpdateRule', 'ElementwiseRule', 'GradFeatures', 'SGDRule', 'MomentumRule', 'NesterovRule', 'AdamRule',
-           'RMSpropRule', 'LionRule', 'sign_decay', 'SignAgreementRule', 'PowerSignRule', 'AddSignRule', 'LearnedRule',
-           'DMRule', 'RNNpropRule', 'variable', 'parse_expression', 'compile_expression', 'complexity', 'SymbolicRule',
+           'MAX_LAG', 'RULE_CLASSES', 'ema', 'ema_sq', 'decay_add', 'normalize', 'check_hparam', 'UpdateRule',
+           'ElementwiseRule', 'GradFeatures', 'SGDRule', 'MomentumRule', 'NesterovRule', 'AdamRule', 'RMSpropRule',
+           'LionRule', 'sign_decay', 'SignAgreementRule', 'PowerSignRule', 'AddSignRule', 'LearnedRule', 'DMRule',
+           'RNNpropRule', 'variable', 'parse_expression', 'compile_expression', 'complexity', 'SymbolicRule',
            'make_rule', 'rule_config', 'rule_from_config', 'compute_dtype', 'RuleOptimizer']
 
 # %% ../nbs/00_optimizers.ipynb #06cd958f
@@ -451,8 +451,7 @@ _FUNCTIONS = {  # name in text -> (arity, builder of the sympy expression)
 }
 # resource limits of `parse_expression` (rule files are untrusted): a distilled equation is far inside every one
 MAX_EXPRESSION_CHARS = 10_000  # length of the text (a product is built pairwise, in time quadratic in its factors)
-MAX_EXPRESSION_DEPTH = 64      # nesting of parentheses, function calls, signs and powers
-MAX_EXPONENT = 64              # |a numeric exponent|: 9**9**9 would otherwise build a number of 10^8 digits
+MAX_EXPRESSION_DEPTH = 100     # nesting of parentheses, function calls, signs and powers (Operon's trees: depth <= 20)
 MAX_LAG = 100                  # the k of a variable <feature>_<k>: a rule keeps k steps of history per coordinate
 _TOKEN = re.compile(r"\s*(?:(?P<num>\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?)|(?P<name>[A-Za-z_][A-Za-z_0-9]*)"
                     r"|(?P<op>\*\*|[-+*/^(),]))")
@@ -473,7 +472,8 @@ def parse_expression(text: str, variables: Sequence[str]) -> sp.Expr:
     """Parse `text` into a sympy expression with a whitelist grammar: numbers, `variables`, + − * / ^ **, the vocabulary's functions.
 
     Untrusted text is bounded: at most `MAX_EXPRESSION_CHARS` characters, nesting `MAX_EXPRESSION_DEPTH`, numeric
-    exponents `MAX_EXPONENT`, every number a finite float64; each refusal is a `ValueError` naming its limit."""
+    literal numbers and powers of numbers within float64's range (sympy evaluates those: 9**9**9 would be a number of
+    10^8 digits); each refusal is a `ValueError` naming its limit."""
     text = str(text)
     if len(text) > MAX_EXPRESSION_CHARS:
         raise ValueError(f"expression of {len(text)} characters exceeds MAX_EXPRESSION_CHARS = {MAX_EXPRESSION_CHARS} "
@@ -524,13 +524,11 @@ def parse_expression(text: str, variables: Sequence[str]) -> sp.Expr:
         if peek() in ("^", "**"):
             take()
             ex = unary()  # right-associative, binds tighter than unary minus on its left
-            if ex.is_Number and abs(ex) > MAX_EXPONENT:
-                _finite_number(ex, text)
-                raise ValueError(f"exponent {ex} exceeds MAX_EXPONENT = {MAX_EXPONENT} in magnitude in {text[:80]!r}")
-            if node.is_Number and ex.is_Number and node != 0:  # evaluated by sympy only when it is a float64
-                _finite_number(node, text)
+            if node.is_Number and ex.is_Number and node != 0:  # sympy evaluates it: only if the result is a float64
+                _finite_number(node, text), _finite_number(ex, text)
                 if abs(float(ex) * math.log10(abs(float(node)))) > 308:
-                    raise ValueError(f"{node}**{ex} in {text[:80]!r} is outside float64's range (|x| <= 1e308)")
+                    raise ValueError(f"the power {node}**{ex} in {text[:80]!r} is outside float64's range (|x| <= 1e308): "
+                                     "its exponent is too large")
             return node ** ex
         return node
 
@@ -561,8 +559,6 @@ def parse_expression(text: str, variables: Sequence[str]) -> sp.Expr:
 
     node = expr()
     if i != len(tokens): raise ValueError(f"unexpected {tokens[i][1]!r} after a complete expression in {text[:80]!r}")
-    if node.has(sp.zoo, sp.nan, sp.oo, -sp.oo): raise ValueError(f"expression {text[:80]!r} holds an infinite or undefined number")
-    for a in node.atoms(sp.Number): _finite_number(a, text)  # products and powers of numbers
     return node
 
 # %% ../nbs/00_optimizers.ipynb #76140a6d
