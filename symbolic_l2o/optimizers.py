@@ -678,7 +678,6 @@ class SymbolicRule(UpdateRule):
             raise ValueError(f"invalid clip={clip}: expected (lo, hi) with finite lo < hi")
         self.clip = None if clip is None else (float(clip[0]), float(clip[1]))
         floats = sorted({a for a in expr.atoms(sp.Float)}, key=lambda a: (abs(float(a)), float(a)))
-        if not all(math.isfinite(float(a)) for a in floats): raise ValueError(f"expression {expr} has a constant outside float64's range")
         self._const_names = [f"c{i}" for i in range(len(floats))]
         self.template = expr.xreplace({a: sp.Symbol(n) for a, n in zip(floats, self._const_names)})
         self.constants = nn.Parameter(torch.tensor([float(a) for a in floats], dtype=torch.float64))
