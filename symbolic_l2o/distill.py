@@ -21,12 +21,12 @@ import torch
 import symbolic_l2o
 from .optimizers import (OPERATORS, OUTPUT_FEATURE, SymbolicRule, compile_expression, complexity,
                                      parse_expression, rule_config, variable)
-from .meta_train import atomic_write
+from .meta_train import atomic_write, require_keys
 
 # %% auto #0
-__all__ = ['ENGINE_OPERATORS', 'CENSOR_FACTOR', 'evaluate_expression', 'FittedRule', 'fit_rule', 'sanity_targets', 'is_exact',
-           'sanity_check', 'Distillation', 'select_closed_loop', 'distill', 'temporal_perception_field',
-           'mapping_complexity', 'plot_response']
+__all__ = ['ENGINE_OPERATORS', 'CENSOR_FACTOR', 'MAX_EQUATION_LENGTH', 'evaluate_expression', 'FittedRule', 'fit_rule',
+           'sanity_targets', 'is_exact', 'sanity_check', 'Distillation', 'select_closed_loop', 'distill',
+           'temporal_perception_field', 'mapping_complexity', 'plot_response']
 
 # %% ../nbs/03_distill.ipynb #dae475e7
 ENGINE_OPERATORS = {
@@ -189,18 +189,19 @@ class FittedRule:
                 "pareto": [{k: (str(v) if k == "expr" else v) for k, v in m.items()} for m in self.pareto]}
 
     def save(self, path: str | Path) -> Path:
-        "Write the fitted rule as JSON, atomically."
+        "Write the fitted rule as JSON to `path` with suffix `.json`, atomically."
         path = Path(path).with_suffix(".json")
         return atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(self.to_dict(), indent=2)))
 
     @classmethod
     def load(cls, path: str | Path) -> FittedRule:
-        "Read a fitted rule; every expression goes through `parse_expression` (no eval), so a file carrying code is rejected."
-        d = json.loads(Path(path).read_text())
+        "Read a fitted rule from `path` with suffix `.json`, as `save` names it; every expression goes through `parse_expression` (no eval), so a file carrying code is rejected."
+        path = Path(path).with_suffix(".json")
+        d = require_keys(json.loads(path.read_text()), ["expr", "names", "pareto", "engine", "selection", "seconds", "meta"], path)
         names = d["names"]
         for n in names:
             if not isinstance(n, str) or not n.isidentifier(): raise ValueError(f"invalid variable name {n!r} in {path}")
-        pareto = [{**m, "expr": parse_expression(m["expr"], names)} for m in d["pareto"]]
+        pareto = [{**m, "expr": parse_expression(require_keys(m, ["expr"], f"{path}: a Pareto member")["expr"], names)} for m in d["pareto"]]
         return cls(parse_expression(d["expr"], names), names, pareto, d["engine"], d["selection"], d["seconds"], d["meta"])
 
 
@@ -208,6 +209,8 @@ class FittedRule:
 # saturates (RP's took steps half the size of its LSTM's); at 1.2× past it, then clipped, RP's met its LSTM;
 # at 2× its members diverged (03, "Memory beyond the window")
 CENSOR_FACTOR = 1.2
+# the longest equation `fit_rule` searches for (nodes): the paper's rules have tens; an engine's memory and time grow with it
+MAX_EQUATION_LENGTH = 200
 
 
 def fit_rule(X, y, names: Sequence[str], *, engine: str = "operon", operators: Sequence[str] | None = None,
@@ -223,6 +226,8 @@ def fit_rule(X, y, names: Sequence[str], *, engine: str = "operon", operators: S
     if engine not in ENGINE_OPERATORS: raise ValueError(f"unknown engine {engine!r}; known: {sorted(ENGINE_OPERATORS)}")
     for name, v in (("generations", generations), ("search_rows", search_rows), ("max_rows", max_rows)):
         if int(v) != v or v < 1: raise ValueError(f"invalid {name}={v}: expected a positive integer")
+    if isinstance(max_length, bool) or not isinstance(max_length, int) or not 1 <= max_length <= MAX_EQUATION_LENGTH:
+        raise ValueError(f"invalid max_length={max_length!r}: expected an integer from 1 to MAX_EQUATION_LENGTH = {MAX_EQUATION_LENGTH} (nodes)")
     if not time_limit > 0: raise ValueError(f"invalid time_limit={time_limit}: expected > 0 seconds")
     if selection not in ("best", "accuracy", "bic"): raise ValueError(f"invalid selection={selection!r}: expected best, accuracy or bic")
     if censor is not None and not censor > 0: raise ValueError(f"invalid censor={censor}: expected a level > 0 (or None)")

@@ -5,15 +5,19 @@
 # %% ../nbs/01_meta_train.ipynb #2d3ddbe3
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
+import inspect
+import io
 import json
 import math
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,18 +29,19 @@ from tqdm.auto import tqdm
 
 import symbolic_l2o
 from .optimizers import (AdamRule, LionRule, MomentumRule, NesterovRule, RMSpropRule, SGDRule, UpdateRule,
-                                     make_rule, optional_import,
+                                     check_hparam, make_rule, optional_import,
                                      rule_config, rule_from_config)
 
 # %% auto #0
 __all__ = ['MNIST_FILES', 'MNIST_HOWTO', 'MNIST_SPLITS', 'ACTIVATIONS', 'MLP_ARCHS', 'TASKS', 'TRAIN_SEED_BASE',
            'VALIDATION_SEED_BASE', 'TUNING_SEED_BASE', 'LR_GRID', 'BASELINES', 'ZOO_DIR', 'ZOO', 'ZOO_RECIPES',
            'resolve_device', 'Problem', 'Task', 'digits_data', 'find_data_root', 'check_mnist', 'install_mnist',
-           'mnist_data', 'mlp', 'DigitsCNN', 'QuadraticTask', 'make_task', 'mlp_family', 'atomic_write', 'meta_window',
-           'sha256', 'artifact', 'write_summary', 'LogStepRule', 'Curriculum', 'validate', 'meta_train', 'Evaluation',
-           'evaluate', 'Tuning', 'tune_baseline', 'paired_interval', 'plot_evaluations', 'save_rule', 'load_rule',
-           'load_pretrained', 'rule_path', 'pretrained_card', 'resolve_rule', 'meta_train_cli', 'tune_cli',
-           'evaluate_cli', 'zoo_tasks', 'held_out_family', 'train_zoo']
+           'mnist_data', 'mlp', 'DigitsCNN', 'QuadraticTask', 'make_task', 'mlp_family', 'atomic_write', 'sha256_bytes',
+           'require_keys', 'meta_window', 'sha256', 'artifact', 'write_summary', 'LogStepRule', 'Curriculum',
+           'validate', 'read_metrics', 'run_lock', 'meta_train', 'Evaluation', 'evaluate', 'Tuning', 'tune_baseline',
+           'paired_interval', 'plot_evaluations', 'save_rule', 'load_rule', 'load_pretrained', 'rule_path',
+           'pretrained_card', 'resolve_rule', 'meta_train_cli', 'tune_cli', 'evaluate_cli', 'zoo_tasks',
+           'held_out_family', 'train_zoo']
 
 # %% ../nbs/01_meta_train.ipynb #2a961f3c
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -274,19 +279,50 @@ def _detach(state: list[dict[str, Tensor]]) -> list[dict[str, Tensor]]:
     return [{k: v.detach() for k, v in s.items()} for s in state]
 
 
+def _alive(pid: int) -> bool:
+    try: os.kill(pid, 0)
+    except ProcessLookupError: return False
+    except PermissionError: pass  # another user's process
+    return True
+
+
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
-    "Call `write(tmp)` on a temporary file beside `path`, then rename it to `path`: a crash never leaves a half-written file."
+    """Call `write(tmp)` on a temporary file beside `path`, flush it to disk, then rename it to `path`: a crash never
+    leaves a half-written file. Temporaries (`.<name>.<pid>.*.tmp`) that killed writers left beside `path` are removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    prefix = f".{path.name}."
+    for old in path.parent.glob(".*.tmp"):
+        pid = old.name[len(prefix):].split(".")[0]
+        if old.name.startswith(prefix) and pid.isdigit() and not _alive(int(pid)): old.unlink(missing_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{prefix}{os.getpid()}.", suffix=".tmp")
     os.close(fd)
     try:
         write(tmp)
         os.chmod(tmp, 0o644)
+        with open(tmp, "rb+") as f: os.fsync(f.fileno())  # the data is on disk before the name points at it
         os.replace(tmp, path)
+        fd = os.open(path.parent, os.O_RDONLY)
+        try: os.fsync(fd)  # and so is the rename
+        finally: os.close(fd)
     finally:
         if os.path.exists(tmp): os.remove(tmp)
     return path
+
+
+def sha256_bytes(data: bytes) -> str:
+    "The SHA-256 of `data` as hex: the content hash that ties an artifact's files together."
+    return hashlib.sha256(data).hexdigest()
+
+
+def require_keys(d, keys: Sequence[str], source) -> Mapping:
+    "`d` if it is a mapping holding every one of `keys`, else a `ValueError` naming `source` and what is missing."
+    if not isinstance(d, Mapping): raise ValueError(f"{source} holds a {type(d).__name__}, not a mapping with keys {list(keys)}")
+    missing = [k for k in keys if k not in d]
+    if missing:
+        raise ValueError(f"{source} lacks {missing} (it has {sorted(d)}): it was not written by this version of "
+                         "symbolic_l2o, or was damaged; write it again")
+    return d
 
 
 def _save_atomic(obj, path: Path) -> Path: return atomic_write(path, lambda tmp: torch.save(obj, tmp))
@@ -431,6 +467,46 @@ def validate(rule: UpdateRule, task, horizon: int, seeds: Sequence[int], device=
     return evaluate(rule, task, steps=horizon, seeds=seeds, eval_every=horizon, device=device, progress=False).eva_loss[0]
 
 
+def read_metrics(path: str | Path) -> list[dict]:
+    """The records of a `metrics.jsonl`; a torn last line (a write cut short by a kill) is skipped with a warning,
+    any other line that is not JSON is a `ValueError`."""
+    lines, records = Path(path).read_text().splitlines(), []
+    for n, line in enumerate(lines):
+        try: records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if n + 1 < len(lines): raise ValueError(f"{path}, line {n + 1}, is not JSON: {line[:80]!r}") from None
+            warnings.warn(f"{path}: skipped its torn last line {line[:80]!r} (a write cut short)")
+    return records
+
+
+@contextlib.contextmanager
+def run_lock(out_dir: str | Path):
+    """Hold an exclusive lock (`fcntl.flock` on `out_dir/.lock`) for the `with` block: one writer per run directory.
+    A `RuntimeError` says so when another process holds it."""
+    import fcntl  # POSIX
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / ".lock", "a") as f:
+        try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RuntimeError(f"{out_dir} is being written by another process (it holds {out_dir / '.lock'}): wait for it "
+                               "to finish, or write to another out_dir") from None
+        try: yield out_dir
+        finally: fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _locking_out_dir(fn):
+    "`fn` run under `run_lock` on its `out_dir` argument, when it has one."
+    signature = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def locked(*args, **kwargs):
+        out_dir = signature.bind(*args, **kwargs).arguments.get("out_dir")
+        with run_lock(out_dir) if out_dir is not None else contextlib.nullcontext(): return fn(*args, **kwargs)
+    return locked
+
+
+@_locking_out_dir
 def meta_train(rule: UpdateRule, tasks, epochs: int = 200, epoch_len: int = 200, unroll: int = 20,
                meta_lr: float = 1e-3, clip: float = 1.0, seed: int = 0, second_order: bool = False,
                imitation_ratio: float = 0.0, teacher: UpdateRule | None = None, curriculum: Curriculum | None = None,
@@ -439,7 +515,7 @@ def meta_train(rule: UpdateRule, tasks, epochs: int = 200, epoch_len: int = 200,
     """Meta-train `rule`'s weights in place by truncated BPTT on `tasks` (one task or a list, used in turn); returns the per-epoch metrics.
 
     Paper defaults: 200 epochs × 200 steps, unroll 20, Adam(1e-3). See the notebook for the meta-loss,
-    curriculum, imitation, checkpoints and resume."""
+    curriculum, imitation, checkpoints and resume. While it writes `out_dir`, it holds `run_lock` on it."""
     tasks = list(tasks) if isinstance(tasks, (list, tuple)) else [tasks]
     weights = [p for p in rule.parameters() if p.requires_grad]
     if not weights: raise ValueError(f"{type(rule).__name__} has no trainable weights to meta-train (hand rules are fixed)")
@@ -447,6 +523,8 @@ def meta_train(rule: UpdateRule, tasks, epochs: int = 200, epoch_len: int = 200,
     for name, v in (("epochs", epochs), ("epoch_len", epoch_len), ("unroll", unroll), ("checkpoint_every", checkpoint_every)):
         if not isinstance(v, int) or v < 1: raise ValueError(f"invalid {name}={v!r}: expected an integer >= 1")
     if not 0 <= imitation_ratio <= 1: raise ValueError(f"invalid imitation_ratio={imitation_ratio}: expected 0 <= ratio <= 1")
+    check_hparam("clip", clip, lambda v: v > 0, "a finite clip > 0 (the largest norm of a meta-gradient)")
+    check_hparam("meta_lr", meta_lr, lambda v: v > 0, "a finite meta_lr > 0")
     device = resolve_device(device)
     rule.to(device)
     teacher = teacher or AdamRule(lr=0.01)
@@ -455,26 +533,30 @@ def meta_train(rule: UpdateRule, tasks, epochs: int = 200, epoch_len: int = 200,
     out = Path(out_dir) if out_dir is not None else None
     cl = {"stage": 0, "best": None, "evals": 0, "improved": 0, "best_weights": None, "stopped": False}
     start, skipped, history = 0, 0, []
+    run = {"seed": seed, "tasks": [t.name for t in tasks], "unroll": unroll, "epoch_len": epoch_len, "meta_lr": meta_lr}
     if out is not None and resume and (out / "checkpoint.pt").exists():
         ck = torch.load(out / "checkpoint.pt", weights_only=True, map_location=device)
+        require_keys(ck, ["epoch", "rule", "meta_opt", "imitation_opt", "curriculum", "skipped", "rule_config", *run],
+                     out / "checkpoint.pt")
         if ck["rule_config"] != rule_config(rule):
             raise ValueError(f"{out / 'checkpoint.pt'} was written for {ck['rule_config']}, not {rule_config(rule)}")
+        differ = [f"{k}={ck[k]!r} there, {v!r} here" for k, v in run.items() if ck[k] != v]
+        if differ: raise ValueError(f"cannot resume {out / 'checkpoint.pt'}: it was written with other settings ({'; '.join(differ)}); "
+                                    "resume with the checkpoint's settings, or start another out_dir")
         rule.load_state_dict(ck["rule"])
         meta_opt.load_state_dict(ck["meta_opt"])
         imit_opt.load_state_dict(ck["imitation_opt"])
         start, skipped, cl = ck["epoch"], ck["skipped"], ck["curriculum"]
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        lines = (out / "metrics.jsonl").read_text().splitlines() if (out / "metrics.jsonl").exists() else []
-        history = [json.loads(l) for l in lines if json.loads(l)["epoch"] < start]
-        (out / "metrics.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
+        history = [h for h in read_metrics(out / "metrics.jsonl") if h["epoch"] < start] if (out / "metrics.jsonl").exists() else []
+        atomic_write(out / "metrics.jsonl", lambda tmp: Path(tmp).write_text("".join(json.dumps(h) + "\n" for h in history)))
 
     def checkpoint(epoch):
         if out is None: return
         _save_atomic({"epoch": epoch, "rule": rule.state_dict(), "meta_opt": meta_opt.state_dict(),
                       "imitation_opt": imit_opt.state_dict(), "curriculum": cl, "skipped": skipped,
-                      "rule_config": rule_config(rule), "seed": seed, "tasks": [t.name for t in tasks],
-                      "version": symbolic_l2o.__version__}, out / "checkpoint.pt")
+                      "rule_config": rule_config(rule), **run, "version": symbolic_l2o.__version__}, out / "checkpoint.pt")
 
     def horizon(stage): return curriculum.horizons[min(stage, len(curriculum.horizons) - 1)] if curriculum else epoch_len
 
@@ -691,22 +773,29 @@ ZOO = ("dm", "rp", "rp_s", "rp_si")
 
 
 def save_rule(rule: UpdateRule, path: str | Path, card: dict | None = None) -> Path:
-    "Write `rule`'s weights to `path` (.pt) and its card (config + `card`) beside it (.json), atomically."
+    """Write `rule`'s weights to `path` (.pt) and its card (config + `card`) beside it (.json), atomically; the card
+    holds the weights' SHA-256 (`weights_sha256`), so that `load_rule` never pairs weights with another save's card."""
     path = Path(path).with_suffix(".pt")
-    _save_atomic(rule.state_dict(), path)
-    _write_json_atomic({**(card or {}), "config": rule_config(rule), "version": symbolic_l2o.__version__},
-                       path.with_suffix(".json"))
+    buf = io.BytesIO()
+    torch.save(rule.state_dict(), buf)
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(buf.getvalue()))
+    _write_json_atomic({**(card or {}), "config": rule_config(rule), "weights_sha256": sha256_bytes(buf.getvalue()),
+                        "version": symbolic_l2o.__version__}, path.with_suffix(".json"))
     return path
 
 
 def load_rule(path: str | Path) -> tuple[UpdateRule, dict]:
-    "The rule saved by `save_rule` at `path` and its card."
+    "The rule saved by `save_rule` at `path` and its card; a `ValueError` if the weights are not those the card was written with."
     path = Path(path).with_suffix(".pt")
     if not path.exists() or not path.with_suffix(".json").exists():
         raise FileNotFoundError(f"no saved rule at {path} (expected {path.name} and {path.with_suffix('.json').name})")
-    card = json.loads(path.with_suffix(".json").read_text())
+    card = require_keys(json.loads(path.with_suffix(".json").read_text()), ["config", "weights_sha256"], path.with_suffix(".json"))
+    data = path.read_bytes()  # hashed and loaded from the same bytes
+    if sha256_bytes(data) != card["weights_sha256"]:
+        raise ValueError(f"{path} is not the file {path.with_suffix('.json').name} describes (SHA-256 {sha256_bytes(data)[:12]}..., "
+                         f"card {str(card['weights_sha256'])[:12]}...): a save was cut short or another one ran at the same time; save the rule again")
     rule = rule_from_config(card["config"])
-    rule.load_state_dict(torch.load(path, weights_only=True, map_location="cpu"))
+    rule.load_state_dict(torch.load(io.BytesIO(data), weights_only=True, map_location="cpu"))
     return rule, card
 
 

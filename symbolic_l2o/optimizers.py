@@ -11,6 +11,7 @@ import inspect
 import math
 import numbers
 import re
+import sys
 from collections.abc import Callable, Sequence
 
 import sympy as sp
@@ -19,12 +20,13 @@ from torch import Tensor, nn
 
 # %% auto #0
 __all__ = ['RuleState', 'P_MEAN_FEATURES', 'MOMENTUM_FEATURES', 'ADAM_FEATURES', 'FEATURE_NAMES', 'OUTPUT_FEATURE', 'SIGN_DECAYS',
-           'HAND_RULES', 'RNNPROP_PRESETS', 'LOG_EPS', 'OPERATORS', 'RULE_CLASSES', 'ema', 'ema_sq', 'decay_add',
-           'normalize', 'check_hparam', 'optional_import', 'UpdateRule', 'state_per_param', 'ElementwiseRule',
-           'GradFeatures', 'SGDRule', 'MomentumRule', 'NesterovRule', 'AdamRule', 'RMSpropRule', 'LionRule',
-           'sign_decay', 'SignAgreementRule', 'PowerSignRule', 'AddSignRule', 'LearnedRule', 'DMRule', 'RNNpropRule',
-           'variable', 'parse_expression', 'compile_expression', 'complexity', 'SymbolicRule', 'make_rule',
-           'rule_config', 'rule_from_config', 'RuleOptimizer']
+           'HAND_RULES', 'RNNPROP_PRESETS', 'LOG_EPS', 'OPERATORS', 'MAX_EXPRESSION_CHARS', 'MAX_EXPRESSION_DEPTH',
+           'MAX_LAG', 'RULE_CLASSES', 'ema', 'ema_sq', 'decay_add', 'normalize', 'check_hparam', 'optional_import',
+           'UpdateRule', 'state_per_param', 'ElementwiseRule', 'GradFeatures', 'SGDRule', 'MomentumRule',
+           'NesterovRule', 'AdamRule', 'RMSpropRule', 'LionRule', 'sign_decay', 'SignAgreementRule', 'PowerSignRule',
+           'AddSignRule', 'LearnedRule', 'DMRule', 'RNNpropRule', 'variable', 'parse_expression', 'compile_expression',
+           'complexity', 'SymbolicRule', 'make_rule', 'rule_config', 'rule_from_config', 'compute_dtype',
+           'RuleOptimizer']
 
 # %% ../nbs/00_optimizers.ipynb #06cd958f
 def ema(buf: Tensor, x: Tensor, beta: float) -> Tensor:
@@ -486,13 +488,36 @@ _FUNCTIONS = {  # name in text -> (arity, builder of the sympy expression)
     "square": (1, lambda x: x ** 2), "cube": (1, lambda x: x ** 3), "greater": (2, lambda x, y: sp.Heaviside(x - y, 0)),
     "sqrt": (1, sp.sqrt), "log": (1, sp.log), "Heaviside": (2, sp.Heaviside),
 }
+# resource limits of `parse_expression` (rule files are untrusted): a distilled equation is far inside every one
+MAX_EXPRESSION_CHARS = 10_000  # length of the text (a product is built pairwise, in time quadratic in its factors)
+MAX_EXPRESSION_DEPTH = 100     # nesting of parentheses, function calls, signs and powers (Operon's trees: depth <= 20)
+MAX_LAG = 100                  # the k of a variable <feature>_<k>: a rule keeps k steps of history per coordinate
 _TOKEN = re.compile(r"\s*(?:(?P<num>\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?)|(?P<name>[A-Za-z_][A-Za-z_0-9]*)"
                     r"|(?P<op>\*\*|[-+*/^(),]))")
 
 
+def _finite_number(value, text: str) -> None:
+    "Refuse (`ValueError`) a number, literal text or sympy, that is not a finite float64 or is nonzero but rounds to 0."
+    try: x = float(value)
+    except (OverflowError, TypeError): x = math.inf
+    nonzero = any(c in "123456789" for c in re.split("[eE]", value)[0]) if isinstance(value, str) else value != 0
+    if not math.isfinite(x) or (x == 0 and nonzero):
+        shown = str(value) if len(str(value)) < 40 else f"{str(value)[:20]}... ({len(str(value))} characters)"
+        raise ValueError(f"number {shown} in expression {text[:80]!r} is outside float64's range "
+                         f"(0, or 5e-324 <= |x| <= {sys.float_info.max:.3g})")
+
+
 def parse_expression(text: str, variables: Sequence[str]) -> sp.Expr:
-    "Parse `text` into a sympy expression with a whitelist grammar: numbers, `variables`, + − * / ^ **, the vocabulary's functions."
-    tokens, pos, text = [], 0, str(text)
+    """Parse `text` into a sympy expression with a whitelist grammar: numbers, `variables`, + − * / ^ **, the vocabulary's functions.
+
+    Untrusted text is bounded: at most `MAX_EXPRESSION_CHARS` characters, nesting `MAX_EXPRESSION_DEPTH`, numeric
+    literal numbers and powers of numbers within float64's range (sympy evaluates those: 9**9**9 would be a number of
+    10^8 digits); each refusal is a `ValueError` naming its limit."""
+    text = str(text)
+    if len(text) > MAX_EXPRESSION_CHARS:
+        raise ValueError(f"expression of {len(text)} characters exceeds MAX_EXPRESSION_CHARS = {MAX_EXPRESSION_CHARS} "
+                         f"(a distilled equation is a few hundred): {text[:80]!r}...")
+    tokens, pos, depth = [], 0, 0
     while pos < len(text):
         m = _TOKEN.match(text, pos)
         if not m or m.end() == pos:
@@ -513,30 +538,44 @@ def parse_expression(text: str, variables: Sequence[str]) -> sp.Expr:
         i += 1
         return tok
 
-    def expr():
-        node = term()
-        while peek() in ("+", "-"): node = node + term() if take()[1] == "+" else node - term()
-        return node
+    def expr():  # a sum is built in one pass: adding term by term costs quadratic time in the number of terms
+        terms = [term()]
+        while peek() in ("+", "-"): terms.append(term() if take()[1] == "+" else -term())
+        return sp.Add(*terms)
 
-    def term():
+    def term():  # pairwise, as sympy distributes a number over a sum only in a product of two
         node = unary()
         while peek() in ("*", "/"): node = node * unary() if take()[1] == "*" else node / unary()
         return node
 
     def unary():
-        if peek() in ("+", "-"): return unary() if take()[1] == "+" else -unary()
-        return power()
+        nonlocal depth
+        depth += 1
+        if depth > MAX_EXPRESSION_DEPTH:
+            raise ValueError(f"expression nests deeper than MAX_EXPRESSION_DEPTH = {MAX_EXPRESSION_DEPTH} "
+                             f"(parentheses, functions, signs, powers): {text[:80]!r}")
+        node = (unary() if take()[1] == "+" else -unary()) if peek() in ("+", "-") else power()
+        depth -= 1
+        return node
 
     def power():
         node = primary()
         if peek() in ("^", "**"):
             take()
-            return node ** unary()  # right-associative, binds tighter than unary minus on its left
+            ex = unary()  # right-associative, binds tighter than unary minus on its left
+            if node.is_Number and ex.is_Number and node != 0:  # sympy evaluates it: only if the result is a float64
+                _finite_number(node, text), _finite_number(ex, text)
+                if abs(float(ex) * math.log10(abs(float(node)))) > 308:
+                    raise ValueError(f"the power {node}**{ex} in {text[:80]!r} is outside float64's range (|x| <= 1e308): "
+                                     "its exponent is too large")
+            return node ** ex
         return node
 
     def primary():
         kind, value = take()
-        if kind == "num": return sp.Float(value) if any(c in value for c in ".eE") else sp.Integer(value)
+        if kind == "num":
+            _finite_number(value, text)  # before sympy reads it: sympy takes minutes to read 1e999999
+            return sp.Float(value) if any(c in value for c in ".eE") else sp.Integer(value)
         if value == "(":
             node = expr()
             take(")")
@@ -605,6 +644,8 @@ def complexity(expr: sp.Expr) -> int:
 def _split_variable(name: str) -> tuple[str, int]:
     feature, _, lag = name.rpartition("_")
     if not feature or not lag.isdigit(): raise ValueError(f"variable {name!r} is not <feature>_<lag>")
+    if int(lag) > MAX_LAG:
+        raise ValueError(f"variable {name!r}: lag {int(lag)} exceeds MAX_LAG = {MAX_LAG} (each lag is a step of history kept per coordinate)")
     return feature, int(lag)
 
 
@@ -784,13 +825,24 @@ def _finite(grads: list[Tensor]) -> bool:
     return bool(torch.isfinite(torch.cat([torch.stack(torch.aminmax(g)).to(torch.float64) for g in grads])).all())
 
 
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype `RuleOptimizer` runs a rule in for parameters of `dtype`: float32 for float16 and bfloat16 (whose
+    range and resolution lose g², |g|^p and epsilons such as 1e-8), else `dtype` itself."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
 class RuleOptimizer(torch.optim.Optimizer):
     """Deploy any `UpdateRule` as a `torch.optim.Optimizer`, with the rule's `hyperparameters` in each param group.
 
     `lr`: a hand rule's step size, exactly as in `torch.optim` (default: the rule's own); for a learned or
     symbolic rule, which has no `lr` of its own, a factor on its update: θ ← θ + lr·u (default 1.0, the rule as
     it is). `weight_decay` (per group): coupled (L2, the default, as `torch.optim.SGD`/`Adam`) adds wd·θ to the
-    gradient the rule sees; `decoupled_weight_decay=True` (as `AdamW`) shrinks θ ← θ·(1 − lr·wd) beside the update."""
+    gradient the rule sees; `decoupled_weight_decay=True` (as `AdamW`) shrinks θ ← θ·(1 − lr·wd) beside the update.
+
+    `on_nonfinite` is the policy for a step whose gradients, updates or new rule state hold NaN or ±inf: `"error"`
+    raises `FloatingPointError`, `"skip"` skips the step and counts it in `nonfinite_skips`; either way no parameter
+    and no state is changed. float16/bfloat16 parameters are stepped in float32 (`compute_dtype`), their state kept
+    in float32, and their updates rounded to the parameter's dtype."""
 
     def __init__(self, params, rule: UpdateRule, lr: float | None = None, on_nonfinite: str = "error",
                  weight_decay: float = 0.0, decoupled_weight_decay: bool = False):
@@ -805,15 +857,16 @@ class RuleOptimizer(torch.optim.Optimizer):
                                   "decoupled_weight_decay": decoupled_weight_decay})
 
     def add_param_group(self, param_group: dict) -> None:
-        "Add a param group (as `torch.optim`), validating its `lr`, the rule's hyperparameters, `weight_decay` and `decoupled_weight_decay`."
-        super().add_param_group(param_group)
-        group = self.param_groups[-1]
+        """Add a param group (as `torch.optim`), validating its `lr`, the rule's hyperparameters, `weight_decay` and
+        `decoupled_weight_decay` first: an invalid group is not added."""
+        group = {**self.defaults, **param_group}
         _lr(group["lr"])
-        if self.rule.hyperparameters:  # the rule's own checks, on the group's values
-            type(self.rule)(**{**rule_config(self.rule)["args"], **{k: group[k] for k in self.rule.hyperparameters}})
         check_hparam("weight_decay", group["weight_decay"], lambda v: v >= 0, "weight_decay >= 0")
         if not isinstance(group["decoupled_weight_decay"], bool):
             raise ValueError(f"invalid decoupled_weight_decay={group['decoupled_weight_decay']!r}: expected True or False")
+        if self.rule.hyperparameters:  # the rule's own checks, on the group's values
+            type(self.rule)(**{**rule_config(self.rule)["args"], **{k: group[k] for k in self.rule.hyperparameters}})
+        super().add_param_group(param_group)
 
     def _describe(self, gi: int, p: Tensor) -> str:
         group = self.param_groups[gi]
@@ -842,24 +895,40 @@ class RuleOptimizer(torch.optim.Optimizer):
             gi, p = next((gi, p) for gi, _, ps in work for p in ps if not _finite([p.grad]))
             raise FloatingPointError(f"non-finite gradient in {self._describe(gi, p)}; no parameter or optimizer "
                                      "state was changed (on_nonfinite='skip' skips such steps instead)")
+        steps = []  # (group index, params, updates, new states) of every rule call, all computed before anything is written
         for gi, group, ps in work:
             rule = self.rule.with_hyperparameters(group)
-            scale = 1.0 if "lr" in rule.hyperparameters else group["lr"]  # a hand rule's lr is inside its update
             by_step = {}  # params that missed steps (no grad) are at another step count: one rule call per count
             for p in ps:
-                if not self.state[p]: self.state[p] = {"step": torch.tensor(0.0), **self.rule.init_tensor(p)}
+                if not self.state[p]:
+                    self.state[p] = {"step": torch.tensor(0.0), **self.rule.init_tensor(p.detach().to(compute_dtype(p.dtype)))}
                 by_step.setdefault(int(self.state[p]["step"]), []).append(p)
             for t, qs in by_step.items():
-                states = [{k: v for k, v in self.state[p].items() if k != "step"} for p in qs]
+                # rules update their state in place: they work on copies, kept only if every result is finite
+                states = [{k: v.clone() for k, v in self.state[p].items() if k != "step"} for p in qs]
                 wd, decoupled = group.get("weight_decay", 0.0), group.get("decoupled_weight_decay", False)
                 grads = [p.grad for p in qs]
                 if wd and not decoupled: grads = torch._foreach_add(grads, qs, alpha=wd)  # new tensors: .grad is kept
-                updates, states = rule.step(grads, states, t + 1)
-                for p, s in zip(qs, states):
-                    self.state[p].update(s)
-                    self.state[p]["step"] += 1
-                if wd and decoupled: torch._foreach_mul_(qs, 1 - group["lr"] * wd)
-                torch._foreach_add_(qs, updates, alpha=scale)
+                updates, states = rule.step([g.to(compute_dtype(g.dtype)) for g in grads], states, t + 1)
+                steps.append((gi, qs, [u.to(p.dtype) for u, p in zip(updates, qs)], states))
+        if not _finite([x for _, qs, us, ss in steps for x in (*us, *(v for s in ss for v in s.values()))]):
+            if self.on_nonfinite == "skip":
+                self.nonfinite_skips += 1
+                return loss
+            gi, p, what = next((gi, p, "update" if not _finite([u]) else "state") for gi, qs, us, ss in steps
+                               for p, u, s in zip(qs, us, ss) if not _finite([u, *s.values()]))
+            raise FloatingPointError(f"non-finite {what} of {self._describe(gi, p)} from finite gradients (an overflow in "
+                                     f"{type(self.rule).__name__}, e.g. a gradient spike); no parameter or optimizer state "
+                                     "was changed (on_nonfinite='skip' skips such steps instead)")
+        for gi, qs, updates, states in steps:
+            group = self.param_groups[gi]
+            for p, s in zip(qs, states):
+                self.state[p].update(s)
+                self.state[p]["step"] += 1
+            wd = group.get("weight_decay", 0.0)
+            if wd and group.get("decoupled_weight_decay", False): torch._foreach_mul_(qs, 1 - group["lr"] * wd)
+            scale = 1.0 if "lr" in self.rule.hyperparameters else group["lr"]  # a hand rule's lr is inside its update
+            torch._foreach_add_(qs, updates, alpha=scale)
         return loss
 
     def state_dict(self) -> dict:
@@ -874,3 +943,9 @@ class RuleOptimizer(torch.optim.Optimizer):
         state_dict["state"] = {k: {n: v.clone() if isinstance(v, Tensor) else v for n, v in s.items()}
                                for k, s in state_dict["state"].items()}
         super().load_state_dict(state_dict)
+        # torch.optim casts state to each parameter's dtype: a float16/bfloat16 parameter's state stays in compute_dtype
+        ids = [i for g in state_dict["param_groups"] for i in g["params"]]
+        for i, p in zip(ids, (p for g in self.param_groups for p in g["params"])):
+            if compute_dtype(p.dtype) != p.dtype and i in state_dict["state"]:
+                self.state[p].update({k: v.to(device=p.device, dtype=compute_dtype(p.dtype)) for k, v in state_dict["state"][i].items()
+                                      if k != "step" and isinstance(v, Tensor) and v.is_floating_point()})

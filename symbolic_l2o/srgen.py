@@ -5,6 +5,7 @@
 # %% ../nbs/02_srgen.ipynb #94fb7789
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +16,7 @@ import torch
 
 import symbolic_l2o
 from .optimizers import OUTPUT_FEATURE, GradFeatures, RNNpropRule, UpdateRule, rule_config
-from .meta_train import atomic_write, evaluate, make_task, resolve_rule
+from .meta_train import atomic_write, evaluate, make_task, require_keys, resolve_rule, sha256_bytes
 
 # %% auto #0
 __all__ = ['RECORD_SEED_BASE', 'SRDataset', 'lagged_names', 'default_features', 'target_scale', 'record_trajectories',
@@ -68,24 +69,28 @@ class SRDataset:
         return self.take(~mask), self.take(mask)
 
     def save(self, path: str | Path) -> Path:
-        "Write `path`.npz (arrays) and `path`.json (names and metadata), each atomically."
-        path = Path(path).with_suffix(".npz")
-        def write_npz(tmp):
-            with open(tmp, "wb") as f:
-                np.savez_compressed(f, X=self.X, y=self.y, run_ids=self.run_ids, coord_ids=self.coord_ids, steps=self.steps)
-        atomic_write(path, write_npz)
+        """Write `path`.npz (arrays) and `path`.json (names, metadata and the arrays' SHA-256), each atomically: `load`
+        refuses an .npz that is not the one its .json was written with."""
+        path, buf = Path(path).with_suffix(".npz"), io.BytesIO()
+        np.savez_compressed(buf, X=self.X, y=self.y, run_ids=self.run_ids, coord_ids=self.coord_ids, steps=self.steps)
+        atomic_write(path, lambda tmp: Path(tmp).write_bytes(buf.getvalue()))
         atomic_write(path.with_suffix(".json"), lambda tmp: Path(tmp).write_text(
-            json.dumps({"names": self.names, "meta": self.meta}, indent=2)))
+            json.dumps({"names": self.names, "meta": self.meta, "npz_sha256": sha256_bytes(buf.getvalue())}, indent=2)))
         return path
 
     @classmethod
     def load(cls, path: str | Path) -> SRDataset:
-        "Read a dataset written by `save`."
+        "Read a dataset written by `save`; a `ValueError` if its two files are not from the same save."
         path = Path(path).with_suffix(".npz")
         if not path.exists() or not path.with_suffix(".json").exists():
             raise FileNotFoundError(f"no SR dataset at {path} (expected {path.name} and {path.with_suffix('.json').name})")
-        info = json.loads(path.with_suffix(".json").read_text())
-        with np.load(path, allow_pickle=False) as z:
+        info = require_keys(json.loads(path.with_suffix(".json").read_text()), ["names", "meta", "npz_sha256"], path.with_suffix(".json"))
+        data = path.read_bytes()  # hashed and read from the same bytes
+        if sha256_bytes(data) != info["npz_sha256"]:
+            raise ValueError(f"{path} is not the file {path.with_suffix('.json').name} describes (SHA-256 {sha256_bytes(data)[:12]}..., "
+                             f"recorded {str(info['npz_sha256'])[:12]}...): a save was cut short or another one ran at the same time; save it again")
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            require_keys(z, ["X", "y", "run_ids", "coord_ids", "steps"], path)
             return cls(z["X"], z["y"], info["names"], z["run_ids"], z["coord_ids"], z["steps"], info["meta"])
 
 
@@ -121,6 +126,11 @@ def record_trajectories(rule: UpdateRule, task, steps: int = 300, seeds: Sequenc
     if not grad_names: raise ValueError(f"features {list(features)} name no gradient feature")
     if lags < 1 or steps < lags: raise ValueError(f"need 1 <= lags <= steps, got lags={lags}, steps={steps}")
     if stride < 1: raise ValueError(f"invalid stride={stride}: expected >= 1")
+    if coords_per_tensor is not None and (isinstance(coords_per_tensor, bool) or not isinstance(coords_per_tensor, int)
+                                          or coords_per_tensor < 1):
+        raise ValueError(f"invalid coords_per_tensor={coords_per_tensor!r}: expected an integer >= 1, or None for every coordinate")
+    repeated = sorted({s for s in seeds if list(seeds).count(s) > 1})
+    if repeated: raise ValueError(f"seeds {repeated} repeat in seeds={list(seeds)}: each seed is one run, expected distinct seeds")
     betas = (rule.beta1, rule.beta2) if isinstance(rule, RNNpropRule) else (0.95, 0.95)
     grad_features, scale = GradFeatures(grad_names, *betas), target_scale(rule)
     teacher_scale = None if teacher is None else target_scale(teacher)
