@@ -22,6 +22,7 @@ import symbolic_l2o
 from .optimizers import (OPERATORS, OUTPUT_FEATURE, SymbolicRule, compile_expression, complexity,
                                      parse_expression, rule_config, variable)
 from .meta_train import atomic_write, require_keys
+from .srgen import SRDataset
 
 # %% auto #0
 __all__ = ['ENGINE_OPERATORS', 'CENSOR_FACTOR', 'MAX_EQUATION_LENGTH', 'evaluate_expression', 'FittedRule', 'fit_rule',
