@@ -131,8 +131,8 @@ def test_saved_rule_round_trips_with_weights_only(tmp_path):
 @pytest.mark.parametrize("name", ZOO)
 def test_zoo_rules_load_and_beat_their_untrained_selves(name):
     rule, card = load_pretrained(name), pretrained_card(name)
-    assert card["task"].startswith("digits_mlp") and "eva_loss" in card["evaluation"]
-    task = make_task("digits_mlp")
+    assert card["task"].startswith(("mnist_mlp", "digits_mlp")) and "eva_loss" in card["evaluation"]
+    task = make_task("mnist_mlp", split="eval") if card["task"].startswith("mnist") else make_task("digits_mlp")
     trained = evaluate(rule, task, steps=100, seeds=range(3), progress=False).eva_loss[0]
     torch.manual_seed(0)
     untrained = evaluate(make_rule(name), task, steps=100, seeds=range(3), progress=False).eva_loss[0]
