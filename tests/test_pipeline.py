@@ -88,11 +88,11 @@ def test_report_holds_every_summary(failed_then_resumed, tmp_path):
     text = md.read_text()
     assert "](figures/bench-meta_train_scaling-seconds_per_window.png)" in text  # the scalability plot
     assert (run_dir / "figures" / "bench-meta_train_scaling-seconds_per_window.png").stat().st_size > 0
-    assert f"## {STAGE}" in text and "SR dataset recorded" in text and "| lags L | 20 |" in text
+    assert f"## {STAGE}" in text and "SR datasets recorded" in text and "| lags L | 20 |" in text
     assert "**optimizer_step**" in text and "| ratio | 1.19 |" in text
     assert "| 02_srgen | done |" in text
     html = page.read_text()
-    assert "<table>" in html and "SR dataset recorded" in html
+    assert "<table>" in html and "SR datasets recorded" in html
 
 
 def test_outputs_go_back_into_the_notebooks_clean(failed_then_resumed, tmp_path):

@@ -20,13 +20,16 @@ import sympy as sp
 import torch
 from torch import nn
 
-import symbolic_l2o.meta_train as meta_train_module
-import symbolic_l2o.srgen as srgen_module
+import symbolic_l2o.meta_train  # noqa: F401  (the package re-exports a function of the same name: read the module from sys.modules)
+import symbolic_l2o.srgen  # noqa: F401
 from symbolic_l2o.distill import MAX_EQUATION_LENGTH, FittedRule, fit_rule
 from symbolic_l2o.meta_train import (atomic_write, load_pretrained, load_rule, make_task, meta_train, run_lock, save_rule)
+
 from symbolic_l2o.optimizers import (AdamRule, RuleOptimizer, SGDRule, SymbolicRule, make_rule, parse_expression,
                                      variable)
 from symbolic_l2o.srgen import SRDataset, record_trajectories
+
+meta_train_module, srgen_module = sys.modules["symbolic_l2o.meta_train"], sys.modules["symbolic_l2o.srgen"]
 
 
 def small_dataset(rows=30, seed=0):
