@@ -35,12 +35,12 @@ from .optimizers import (AdamRule, LionRule, MomentumRule, NesterovRule, RMSprop
 # %% auto #0
 __all__ = ['MNIST_FILES', 'MNIST_HOWTO', 'MNIST_SPLITS', 'ACTIVATIONS', 'MLP_ARCHS', 'TASKS', 'TRAIN_SEED_BASE',
            'VALIDATION_SEED_BASE', 'TUNING_SEED_BASE', 'LR_GRID', 'BASELINES', 'ZOO_DIR', 'ZOO', 'ZOO_RECIPES',
-           'resolve_device', 'Problem', 'Task', 'digits_data', 'find_data_root', 'check_mnist', 'install_mnist',
-           'mnist_data', 'mlp', 'DigitsCNN', 'QuadraticTask', 'make_task', 'mlp_family', 'atomic_write', 'sha256_bytes',
-           'require_keys', 'meta_window', 'sha256', 'artifact', 'write_summary', 'LogStepRule', 'Curriculum',
-           'validate', 'read_metrics', 'run_lock', 'meta_train', 'Evaluation', 'evaluate', 'Tuning', 'tune_baseline',
-           'paired_interval', 'plot_evaluations', 'save_rule', 'load_rule', 'load_pretrained', 'rule_path',
-           'pretrained_card', 'resolve_rule', 'meta_train_cli', 'tune_cli', 'evaluate_cli', 'zoo_tasks',
+           'resolve_device', 'Problem', 'Task', 'digits_data', 'find_data_root', 'file_digest', 'check_mnist',
+           'install_mnist', 'mnist_data', 'mlp', 'DigitsCNN', 'QuadraticTask', 'make_task', 'mlp_family',
+           'atomic_write', 'sha256_bytes', 'require_keys', 'meta_window', 'artifact', 'write_summary', 'LogStepRule',
+           'Curriculum', 'validate', 'read_metrics', 'run_lock', 'meta_train', 'Evaluation', 'evaluate', 'Tuning',
+           'tune_baseline', 'paired_interval', 'plot_evaluations', 'save_rule', 'load_rule', 'load_pretrained',
+           'rule_path', 'pretrained_card', 'resolve_rule', 'meta_train_cli', 'tune_cli', 'evaluate_cli', 'zoo_tasks',
            'held_out_family', 'train_zoo']
 
 # %% ../nbs/01_meta_train.ipynb #2a961f3c
@@ -147,8 +147,9 @@ def find_data_root(start: str | Path = ".") -> Path:
     return start / "data"
 
 
-def _md5(path: Path) -> str:
-    h = hashlib.md5()
+def file_digest(path: str | Path, algorithm: str = "sha256") -> str:
+    "The hex digest of a file's bytes (read in 1 MiB blocks) by `hashlib`'s `algorithm`."
+    h = hashlib.new(algorithm)
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""): h.update(block)
     return h.hexdigest()
@@ -160,8 +161,8 @@ def check_mnist(root: str | Path) -> Path:
     for name, (size, md5) in MNIST_FILES.items():
         path = raw / name
         if not path.exists(): raise FileNotFoundError(f"MNIST file {path} is missing: {MNIST_HOWTO}")
-        if path.stat().st_size != size or _md5(path) != md5:
-            raise ValueError(f"MNIST file {path} is corrupt ({path.stat().st_size:,} bytes, MD5 {_md5(path)}; expected "
+        if path.stat().st_size != size or file_digest(path, "md5") != md5:
+            raise ValueError(f"MNIST file {path} is corrupt ({path.stat().st_size:,} bytes, MD5 {file_digest(path, 'md5')}; expected "
                              f"{size:,} bytes, MD5 {md5}): delete it and {MNIST_HOWTO}")
     return raw
 
@@ -171,7 +172,7 @@ def install_mnist(source: str | Path, root: str | Path = "data") -> Path:
     source, raw = Path(source), Path(root) / "MNIST" / "raw"
     for name, (size, md5) in MNIST_FILES.items():
         if not (source / name).exists(): raise FileNotFoundError(f"{source / name} is missing: is {source} mnist-data's data folder?")
-        if _md5(source / name) != md5: raise ValueError(f"{source / name} has MD5 {_md5(source / name)}, expected {md5}")
+        if (got := file_digest(source / name, "md5")) != md5: raise ValueError(f"{source / name} has MD5 {got}, expected {md5}")
         atomic_write(raw / name, lambda tmp: shutil.copyfile(source / name, tmp))
     return check_mnist(root)
 
@@ -357,22 +358,14 @@ def meta_window(rule: UpdateRule, problem: Problem, params: list[Tensor], state,
     return torch.stack(losses), objective, params, state, t
 
 # %% ../nbs/01_meta_train.ipynb #5a6ae21f
-def sha256(path: str | Path) -> str:
-    "The SHA-256 of a file's bytes, as hex."
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""): h.update(block)
-    return h.hexdigest()
-
-
 def artifact(path: str | Path, out_dir: str | Path) -> dict:
     """A provenance record of the file at `path`: `{"path", "sha256"}`, the path relative to the run directory `out_dir`
     when inside it, or `zoo/<file>` with `"zoo": True` for a file of the shipped zoo."""
     path, run = Path(path).resolve(), Path(out_dir).resolve()
     if not path.is_file(): raise FileNotFoundError(f"no artifact at {path}")
-    if path.is_relative_to(run): return {"path": path.relative_to(run).as_posix(), "sha256": sha256(path)}
-    if path.is_relative_to(ZOO_DIR.resolve()): return {"path": f"zoo/{path.name}", "sha256": sha256(path), "zoo": True}
-    return {"path": path.as_posix(), "sha256": sha256(path)}
+    if path.is_relative_to(run): return {"path": path.relative_to(run).as_posix(), "sha256": file_digest(path)}
+    if path.is_relative_to(ZOO_DIR.resolve()): return {"path": f"zoo/{path.name}", "sha256": file_digest(path), "zoo": True}
+    return {"path": path.as_posix(), "sha256": file_digest(path)}
 
 
 def write_summary(out_dir: str | Path, stage: str, tables: dict | None = None, equations: dict | None = None,
