@@ -12,7 +12,7 @@ STAMP := $(VENV)/.stamp-$(ENV_HASH)
 RESUME ?=
 RUN ?=
 RUN_DIR := $(or $(RESUME),$(RUN),runs/$(shell date +%Y%m%d-%H%M%S))
-SCALE ?= cpu
+SCALE ?= quick
 # MathJax 3 from npm, for the docs site and the run report (served from the site itself, never a CDN)
 MATHJAX_VERSION := 3.2.2
 MATHJAX := build/node/node_modules/mathjax/es5/tex-svg-full.js

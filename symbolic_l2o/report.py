@@ -10,6 +10,7 @@ import base64
 import html
 import json
 import math
+import os
 import re
 import shutil
 import sys
@@ -102,7 +103,7 @@ def _write_json(path: Path, obj) -> Path:
     return atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2, default=str)))
 
 
-def run_pipeline(run_dir: str | Path, scale: str = "cpu", device: str = "auto", nbs_path: str | Path = "nbs",
+def run_pipeline(run_dir: str | Path, scale: str = "quick", device: str = "auto", nbs_path: str | Path = "nbs",
                  stages: Sequence[str] | None = None, overrides: dict[str, dict] | None = None,
                  kernel_name: str = "python3", progress: bool = True, log: Callable[[str], None] = print) -> dict:
     """Execute the pipeline's notebooks in order with papermill into `run_dir`, chaining them through it.
@@ -121,7 +122,7 @@ def run_pipeline(run_dir: str | Path, scale: str = "cpu", device: str = "auto", 
     missing = [p.name for p in paths if not p.exists()]
     if missing: raise FileNotFoundError(f"no such stage notebook in {nbs_path}: {missing}")
     record_path = run_dir / "pipeline.json"
-    record = json.loads(record_path.read_text()) if record_path.exists() else {"scale": scale, "device": device, "stages": {}}
+    record = json.loads(record_path.read_text()) if record_path.exists() else {"scale": scale, "device": device, "cpus": os.cpu_count(), "stages": {}}
     if record.get("scale") != scale:
         raise ValueError(f"{run_dir} was run at scale={record.get('scale')!r}; resume it with that scale, not {scale!r}")
     done = [(run_dir / f"{p.stem}.done").exists() for p in paths]
@@ -253,7 +254,8 @@ def report_markdown(run_dir: str | Path, bench: str | Path | None = "bench/resul
         rows = [[s, r.get("status"), _duration(r["seconds"]) if "seconds" in r else "—", r.get("error", "")]
                 for s, r in record["stages"].items()]
         total = sum(r.get("seconds", 0) for r in record["stages"].values())
-        parts += [f"Scale `{record.get('scale')}`, device `{record.get('device')}`; stages took {_duration(total)} in all.", "",
+        cores = f" with {record['cpus']} CPU cores" if record.get("cpus") else ""
+        parts += [f"Scale `{record.get('scale')}`, device `{record.get('device')}`{cores}; stages took {_duration(total)} in all.", "",
                   markdown_table(["stage", "status", "time", "error"], rows), ""]
     summaries = load_summaries(run_dir)
     if not summaries: parts += ["No stage wrote a summary in this run.", ""]
@@ -437,7 +439,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m symbolic_l2o.report", description="the pipeline runner and its report")
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="execute the pipeline's notebooks into a run directory, then write its report")
-    r.add_argument("run_dir"), r.add_argument("--scale", default="cpu"), r.add_argument("--device", default="auto")
+    r.add_argument("run_dir"), r.add_argument("--scale", default="quick"), r.add_argument("--device", default="auto")
     r.add_argument("--nbs", default="nbs"), r.add_argument("--bench", default="bench/results.json")
     r.add_argument("--no-progress", action="store_true")
     rep = sub.add_parser("report", help="(re)write report.md and report.html of a run directory")
