@@ -32,29 +32,32 @@ def distill_cli(rule: str = "rp_si",  # zoo name, saved rule path, or hand rule 
                 task: str = "digits_mlp",  # task on which the rule is recorded and its equation judged
                 steps: int = 200,  # optimizee steps per run
                 record_seeds: int = 20,  # runs recorded for the fit
-                eval_seeds: int = 100,  # held-out problems of the closed-loop evaluation
-                validation_seeds: int = 200,  # problems of the closed-loop selection (0: the most accurate equation)
                 lags: int = 20,  # window length L of the recorded features
-                max_length: int = 50,  # longest equation of the search
+                search_seeds: int = 3,  # independent searches (seeds 0, 1, ...): how many give a faithful equation
+                max_length: int = 30,  # longest equation of the search (nodes)
                 generations: int = 200,  # generations of each search
-                time_limit: float = 300.0,  # seconds of each search at most
-                tune_epochs: int = 200,  # meta-tuning epochs when no equation is faithful (0: none)
+                time_limit: float = 120.0,  # seconds of each search at most
+                validation_seeds: int = 50,  # problems of the closed-loop selection
+                eval_seeds: int = 100,  # reported problems of the closed-loop evaluation
+                tune_epochs: int = 100,  # stage 3: closed-loop tuning epochs of the chosen equation's constants (0: none)
                 recurrent: bool = True,  # let equations read the rule's own past outputs too
+                zero_drift: bool = True,  # zero gradients from a fresh state move nothing
                 lr: float = None,  # learning rate of a hand rule
-                seed: int = 0,  # seed of the recording and of the search
                 device: str = "auto",  # auto, cpu, cuda, cuda:1, ...
                 out: str = "runs/distill"):  # output directory (fitted_rule.json, summary.json)
-    "Distill a rule into an equation: record it, fit equations, select one closed-loop; write the fitted rule."
-    from symbolic_l2o.distill import distill
+    "Distill a rule into an equation: record it, search, score, screen the simplest faithful one; write the fitted rule."
+    from symbolic_l2o.distill import DistillSettings, distill
+    settings = DistillSettings(steps=steps, record_seeds=record_seeds, lags=lags, search_seeds=tuple(range(search_seeds)),
+                               max_length=max_length, generations=generations, time_limit=time_limit,
+                               validation_seeds=validation_seeds, eval_seeds=eval_seeds, tune_epochs=tune_epochs,
+                               recurrent=recurrent, zero_drift=zero_drift)
     name = Path(rule).stem
-    d = distill(resolve_rule(rule, lr), make_task(task), name, steps=steps, record_seeds=record_seeds,
-                eval_seeds=eval_seeds, validation_seeds=validation_seeds, lags=lags, max_length=max_length,
-                generations=generations, time_limit=time_limit, tune_epochs=tune_epochs, recurrent=recurrent,
-                seed=seed, device=device, progress=False)
+    d = distill(resolve_rule(rule, lr), make_task(task), name, settings, device=device)
     path = d.fit.save(Path(out) / "fitted_rule.json")
     summary = json.loads(json.dumps({"fitted_rule": str(path), **d.summary()}, default=float))
     (Path(out) / "summary.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2))
+
 
 # %% ../nbs/cli.ipynb #c11a0007
 # subcommand -> "module:function"; a module is imported only when its command runs

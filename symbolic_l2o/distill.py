@@ -10,7 +10,7 @@ import os
 import keyword
 import math
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from collections.abc import Sequence
 
@@ -26,8 +26,10 @@ from .srgen import SRDataset
 
 # %% auto #0
 __all__ = ['ENGINE_OPERATORS', 'CENSOR_FACTOR', 'MAX_EQUATION_LENGTH', 'evaluate_expression', 'FittedRule', 'fit_rule',
-           'sanity_targets', 'is_exact', 'sanity_check', 'Distillation', 'select_closed_loop', 'distill',
-           'temporal_perception_field', 'mapping_complexity', 'plot_response']
+           'sanity_targets', 'is_exact', 'sanity_check', 'temporal_perception_field', 'mapping_complexity',
+           'DistillSettings', 'record', 'free_running', 'persistence', 'canonical_form', 'recurrence', 'search',
+           'fidelity', 'eva_ratio', 'faithful', 'verdict', 'screen', 'tune', 'Distillation', 'distill', 'plot_front',
+           'plot_response']
 
 # %% ../nbs/03_distill.ipynb #dae475e7
 ENGINE_OPERATORS = {
@@ -326,162 +328,6 @@ def sanity_check(task=None, steps: int = 120, seeds: int = 4, lags: int = 20, ge
                         "seconds": time.perf_counter() - t0, "exact": is_exact(fit.expr, target), "fit": fit})
     return results
 
-# %% ../nbs/03_distill.ipynb #2b03a312
-@dataclass
-class Distillation:
-    "A distilled rule: the fit, its held-out R², and the closed-loop evaluations of the source rule and of its equation."
-    name: str
-    fit: FittedRule
-    r2_train: float
-    r2_test: float
-    source_eval: object
-    equation_eval: object
-    test: object  # the held-out SRDataset
-
-    def eva_ratio(self, resamples: int = 2000, seed: int = 0) -> tuple[float, float, float]:
-        """The equation's Eva loss over the source rule's on the same problems, and its 95% interval from a paired
-        bootstrap over the problems (how far the figure could move with other problems)."""
-        a, b = self.source_eval.late_loss, self.equation_eval.late_loss
-        idx = np.random.default_rng(seed).integers(0, len(a), size=(resamples, len(a)))
-        lo, hi = np.percentile(b[idx].mean(axis=1) / a[idx].mean(axis=1), [2.5, 97.5])
-        return float(b.mean() / a.mean()), float(lo), float(hi)
-
-    def summary(self) -> dict:
-        "Headline figures (JSON-able)."
-        family = "recurrent" if OUTPUT_FEATURE in _streams(self.fit.expr) else "window"
-        return {"rule": self.name, "equation": str(self.fit.expr), "family": family,
-                "complexity": complexity(self.fit.expr),
-                "r2_train": self.r2_train, "r2_test": self.r2_test, "eva_loss_source": self.source_eval.eva_loss,
-                "eva_loss_equation": self.equation_eval.eva_loss, "eva_ratio": self.eva_ratio(), "seconds": self.fit.seconds, "selection": self.fit.selection,
-                "tpf": temporal_perception_field(self.fit, self.test.X), "mapping_complexity": mapping_complexity(self.fit, self.test.X)}
-
-
-# RP's Eva loss varies 0.87× its mean from problem to problem (the last ten minibatch losses of a nearly fitted net):
-# the mean over 10 problems moves ±26% between sets of problems for the same rule, over 50 ±12%, over 100 ±9%.
-# An equation of RP_si within 6% of its LSTM on 100 validation problems blew up on 8 of the next 200: the screen
-# runs up to 200 problems, in chunks of 50, and drops a member as soon as it is out of tolerance
-_VALIDATION_PROBLEMS, _EVAL_PROBLEMS, _SCREEN_CHUNK = 200, 100, 50
-
-
-def select_closed_loop(fit: FittedRule, rule, task, steps: int = 200, seeds: Sequence[int] | None = None,
-                       tolerance: float = 0.15, max_screened: int = 8, source_losses: np.ndarray | None = None,
-                       tune_epochs: int = 200, tune_lr: float = 1e-4, device="cpu") -> FittedRule:
-    """The most accurate of the `max_screened` most accurate deployable members of `fit.pareto` (those that read a
-    gradient feature) whose closed-loop Eva loss on the problems `seeds` (default: the first 200 validation seeds,
-    disjoint from the reported ones) is within `tolerance` of `rule`'s own on the same problems, at every checkpoint
-    of 50 problems (a member is dropped at the first it fails). When none is, the constants of the one closest to
-    faithful (the lowest ratio) are meta-tuned closed-loop, its form kept (`meta_train` for `tune_epochs` epochs of
-    `steps` steps at Adam(`tune_lr`), on training problems, disjoint from `seeds`; 0: no tuning), and the tuned
-    equation is screened too; the one with the lowest ratio is returned when none is faithful. The screening, the
-    chosen member's Eva loss, whether it is `faithful` and `tuned` are kept in `meta["closed_loop"]`.
-    `source_losses`: `rule`'s per-problem Eva losses on `seeds` (`Evaluation.late_loss`) when already known."""
-    from symbolic_l2o.meta_train import VALIDATION_SEED_BASE, evaluate, meta_train
-    seeds = list(range(VALIDATION_SEED_BASE, VALIDATION_SEED_BASE + _VALIDATION_PROBLEMS) if seeds is None else seeds)
-    if not seeds: raise ValueError("no validation problems: `seeds` is empty")
-    if tolerance < 0: raise ValueError(f"invalid tolerance={tolerance}: expected >= 0")
-    if max_screened < 1: raise ValueError(f"invalid max_screened={max_screened}: expected >= 1")
-    if int(tune_epochs) != tune_epochs or tune_epochs < 0: raise ValueError(f"invalid tune_epochs={tune_epochs}: expected an integer >= 0")
-    late = lambda r, s: evaluate(r, task, steps, s, device=device, progress=False).late_loss
-    source = late(rule, seeds) if source_losses is None else np.asarray(source_losses, dtype=float)
-    if source.shape != (len(seeds),): raise ValueError(f"source_losses has shape {source.shape}: expected one loss per seed ({len(seeds)})")
-    if not np.isfinite(source).all(): raise ValueError(f"the source rule does not train on the validation problems (Eva loss {source.mean()}): nothing to be faithful to")
-    ranked = [m for m in sorted(fit.pareto, key=lambda m: -m["r2"]) if _streams(m["expr"]) - {OUTPUT_FEATURE}][:max_screened]
-    if not ranked: raise ValueError("no member of the Pareto front reads a gradient feature: none can be deployed")
-    def screen(member: SymbolicRule) -> dict:
-        losses = np.empty(0)
-        for start in range(0, len(seeds), _SCREEN_CHUNK):
-            losses = np.r_[losses, late(member, seeds[start:start + _SCREEN_CHUNK])]
-            ratio = losses.mean() / source[:len(losses)].mean()
-            if not ratio <= 1 + tolerance: break  # NaN (diverged) too
-        finite = math.isfinite(ratio)
-        return {"problems": len(losses), "eva_loss": float(losses.mean()) if finite else None, "ratio": float(ratio) if finite else None,
-                "faithful": bool(len(losses) == len(seeds) and ratio <= 1 + tolerance)}
-
-    lowest = lambda: min((i for i, s in enumerate(screened) if s["ratio"] is not None), key=lambda i: screened[i]["ratio"], default=None)
-    screened, exprs = [], []
-    for m in ranked:  # most accurate first; stop at the first faithful one
-        screened.append({"complexity": m["complexity"], "r2": m["r2"], "tuned": False, **screen(replace(fit, expr=m["expr"]).to_rule())})
-        exprs.append(m["expr"])
-        if screened[-1]["faithful"]: break
-    closest = lowest()
-    if tune_epochs and not screened[-1]["faithful"] and closest is not None:
-        member = replace(fit, expr=exprs[closest]).to_rule()
-        if len(member.constants):  # its form from the search, its constants from training with it
-            meta_train(member, task, epochs=int(tune_epochs), epoch_len=steps, meta_lr=tune_lr, device=device, progress=False)
-            if torch.isfinite(member.constants).all():
-                exprs.append(member.to_sympy())
-                screened.append({"complexity": screened[closest]["complexity"], "r2": None, "tuned": True, **screen(member)})
-    # the lowest ratio: the faithful member where there is one (all before it are above the tolerance)
-    i = lowest() or 0
-    chosen = screened[i]
-    meta = {**fit.meta, "closed_loop": {"seeds": seeds, "steps": steps, "tolerance": tolerance, "tune_epochs": int(tune_epochs), "tune_lr": tune_lr,
-                                        "source_eva_loss": float(source.mean()), **{k: chosen[k] for k in ("eva_loss", "ratio", "faithful", "tuned")},
-                                        "screened": screened}}
-    return replace(fit, expr=exprs[i], selection="closed_loop", meta=meta)
-
-
-def distill(rule, task, name: str = "rule", steps: int = 200, record_seeds: int = 20, eval_seeds: int = _EVAL_PROBLEMS,
-            lags: int = 20, coords_per_tensor: int = 20, max_length: int = 50, generations: int = 200, time_limit: float = 300.0, max_rows: int = 20_000,
-            validation_seeds: int = _VALIDATION_PROBLEMS, tolerance: float = 0.15, tune_epochs: int = 200, recurrent: bool = True,
-            dagger_rounds: int = 3, seed: int = 0, data: SRDataset | None = None, device="cpu", progress: bool = True,
-            **fit_kwargs) -> Distillation:
-    """Record `rule` on `task`, fit equations on training runs, pick the most accurate one that trains as well as
-    `rule` on `validation_seeds` problems (`select_closed_loop`, its constants meta-tuned for `tune_epochs` epochs if
-    none does; 0: the most accurate), and score it on held-out runs (R²) and closed-loop on `eval_seeds` other problems.
-    `recurrent`: two families compete, equations of the window of input features (the paper's) and equations that also
-    read the rule's own past outputs `u_1`, `u_2`, ..., refitted up to `dagger_rounds` times (until one is faithful)
-    on the rows of the training problems as the equation itself drives them, labelled by `rule` (DAgger); False: the
-    window alone. A recurrent equation of a rule with a tanh output is fitted to a censored target (`fit_rule`'s
-    `censor`): where the rule saturates, past its bound. `max_length`, `generations`, `time_limit`: each search
-    (`fit_rule`); equations of RP's recurrent family reach held-out R² 0.95 only past 30 in length.
-    `data`: `rule`'s recording on `task` (02's `SRDataset`, with the features and lags asked for here) instead of a new
-    one of `record_seeds` problems."""
-    if dagger_rounds < 0: raise ValueError(f"invalid dagger_rounds={dagger_rounds}: expected >= 0")
-    from symbolic_l2o.meta_train import VALIDATION_SEED_BASE, evaluate
-    from symbolic_l2o.srgen import RECORD_SEED_BASE, default_features, record_trajectories
-    features = (*default_features(rule), OUTPUT_FEATURE) if recurrent else default_features(rule)
-    saturates = 0.99 if getattr(rule, "squash", False) else None  # the target is the output over its scale: |y| <= 1
-    if data is None:
-        data = record_trajectories(rule, task, steps, range(RECORD_SEED_BASE, RECORD_SEED_BASE + record_seeds), features,
-                                   lags=lags, coords_per_tensor=coords_per_tensor, seed=seed, device=device, progress=progress)
-    recorded = {k: data.meta.get(k) for k in ("rule", "features", "lags", "task")}
-    if recorded != {"rule": rule_config(rule), "features": list(features), "lags": lags, "task": task.name}:
-        raise ValueError(f"`data` is not a recording of this rule on this task with features {list(features)} and "
-                         f"{lags} lags: it records {recorded}; record it with srgen.record_trajectories(rule, task, "
-                         f"features={list(features)}, lags={lags})")
-    train, test = data.split_by_run(seed=seed)
-    window = [n for n in data.names if n.rpartition("_")[0] != OUTPUT_FEATURE]
-    fits, train_seeds = [], sorted(set(train.run_ids.tolist()))
-    validation = range(VALIDATION_SEED_BASE, VALIDATION_SEED_BASE + validation_seeds)
-    source_losses = evaluate(rule, task, steps, validation, device=device, progress=False).late_loss if validation_seeds else None
-    for names, rounds in ([(window, 0), (data.names, dagger_rounds)] if recurrent else [(window, 0)]):
-        part = train.select(names)
-        X, y = part.X, part.y
-        for k in range(rounds + 1):
-            if k:  # DAgger: where the equation takes training, what the rule would have done there
-                visited = record_trajectories(fit.to_rule(), task, steps, train_seeds, features, lags=lags, seed=seed,
-                                              coords_per_tensor=coords_per_tensor, device=device, progress=False, teacher=rule)
-                X, y = np.concatenate([X, visited.select(names).X]), np.concatenate([y, visited.y])
-            fit = fit_rule(X, y, part.names, max_length=max_length, generations=generations, time_limit=time_limit, max_rows=max_rows,
-                           seed=seed, censor=None if names is window else saturates,
-                           meta={**data.meta, "source": name, "dagger_round": k}, **fit_kwargs)
-            if validation_seeds:
-                fit = select_closed_loop(fit, rule, task, steps, validation, tolerance=tolerance, source_losses=source_losses,
-                                         tune_epochs=tune_epochs, device=device)
-                if fit.meta["closed_loop"]["faithful"]: break  # DAgger corrects an equation that drifts; this one does not
-        fits.append((fit, fit.r2(part.X, part.y)))  # R² on the rule's own rows, comparable across families
-
-    def rank(fit_r2):  # faithful and most accurate first; then (none faithful) the lowest closed-loop Eva loss ratio
-        closed = fit_r2[0].meta.get("closed_loop")
-        if closed is None or closed["faithful"]: return (0, -fit_r2[1])
-        return (1, math.inf if closed["ratio"] is None else closed["ratio"])
-    fit, r2_train = min(fits, key=rank)
-    test, seeds = test.select(fit.names), range(eval_seeds)
-    return Distillation(name, fit, r2_train, fit.r2(test.X, test.y),
-                        evaluate(rule, task, steps, seeds, device=device, progress=False),
-                        evaluate(fit.to_rule(), task, steps, seeds, device=device, progress=False), test)
-
-
 # %% ../nbs/03_distill.ipynb #d5a69a2c
 def _gradients(fit: FittedRule, X: np.ndarray) -> np.ndarray:
     env = {n: torch.tensor(X[:, i], dtype=torch.float64, requires_grad=True) for i, n in enumerate(fit.names)}
@@ -524,6 +370,407 @@ def mapping_complexity(fit: FittedRule, X: np.ndarray, points: int = 201) -> flo
         slope = np.gradient(fit.predict(grid), grid[:, i])
         if np.abs(slope).mean() > 0: total += float(np.abs(np.diff(slope)).sum() / np.abs(slope).mean())
     return total
+
+# %% ../nbs/03_distill.ipynb #2956e05d
+@dataclass
+class DistillSettings:
+    """Every setting of `distill` in one object; the defaults are the `cpu` scale's. Recording: `steps` per run on
+    `record_seeds` problems, `lags` lags of the rule's features (and of its own output `u` when `recurrent`) for
+    `coords_per_tensor` coordinates per tensor, a row every `stride` steps. Search: one `fit_rule` per family (the window of features; with
+    `recurrent`, also the window plus `u`) and per seed of `search_seeds`, each of at most `max_length` nodes,
+    `generations` generations and `time_limit` seconds. Selection: the fewest nodes among the members whose free-running
+    R² is within `r2_tolerance` of the best and whose closed-loop Eva loss on `validation_seeds` problems is within
+    `tolerance` of the rule's own (at most `max_screened` screened per seed); `zero_drift`: the deployed equation moves
+    nothing under zero gradients. Reporting: `eval_seeds` problems. Stage 3: `tune_epochs` epochs of closed-loop
+    tuning of the constants at Adam(`tune_lr`) (0: none)."""
+    steps: int = 200
+    record_seeds: int = 20
+    lags: int = 20
+    stride: int = 5
+    coords_per_tensor: int = 20
+    recurrent: bool = True
+    search_seeds: tuple = (0, 1, 2)
+    max_length: int = 30
+    generations: int = 200
+    time_limit: float = 120.0
+    max_rows: int = 20_000
+    r2_tolerance: float = 0.05
+    tolerance: float = 0.15
+    max_screened: int = 6
+    validation_seeds: int = 50
+    eval_seeds: int = 100
+    zero_drift: bool = True
+    tune_epochs: int = 100
+    tune_lr: float = 1e-4
+
+    def __post_init__(self):
+        self.search_seeds = tuple(self.search_seeds)
+        for name in ("steps", "record_seeds", "lags", "stride", "coords_per_tensor", "max_length", "generations", "max_rows",
+                     "max_screened", "validation_seeds", "eval_seeds"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or int(v) != v or v < 1: raise ValueError(f"invalid {name}={v!r}: expected a positive integer")
+        if isinstance(self.tune_epochs, bool) or int(self.tune_epochs) != self.tune_epochs or self.tune_epochs < 0:
+            raise ValueError(f"invalid tune_epochs={self.tune_epochs!r}: expected an integer >= 0 (0: no stage 3)")
+        if not self.search_seeds: raise ValueError("search_seeds is empty: give at least one seed, e.g. (0, 1, 2)")
+        if self.lags > self.steps: raise ValueError(f"lags={self.lags} exceeds steps={self.steps}")
+        if self.stride > self.lags:
+            raise ValueError(f"stride={self.stride} exceeds lags={self.lags}: rows that far apart leave steps unrecorded, "
+                             "and the free-running fidelity needs every step")
+        for name in ("tolerance", "r2_tolerance", "time_limit", "tune_lr"):
+            if not getattr(self, name) >= 0: raise ValueError(f"invalid {name}={getattr(self, name)!r}: expected >= 0")
+
+
+def record(rule, task, settings: DistillSettings = DistillSettings(), device="cpu", progress: bool = False) -> SRDataset:
+    """Step 1 of `distill`: `rule` recorded on `settings.record_seeds` fresh problems of `task` (from
+    `RECORD_SEED_BASE`), with its own features and, when `settings.recurrent`, its own past outputs `u`."""
+    from symbolic_l2o.srgen import RECORD_SEED_BASE, record_trajectories
+    return record_trajectories(rule, task, settings.steps, range(RECORD_SEED_BASE, RECORD_SEED_BASE + settings.record_seeds),
+                               _features(rule, settings), lags=settings.lags, stride=settings.stride, coords_per_tensor=settings.coords_per_tensor,
+                               device=device, progress=progress)
+
+
+def _features(rule, settings):
+    from symbolic_l2o.srgen import default_features
+    return (*default_features(rule), OUTPUT_FEATURE) if settings.recurrent else tuple(default_features(rule))
+
+# %% ../nbs/03_distill.ipynb #da88d3b2
+def _sequences(data: SRDataset):
+    """The recording as per-coordinate sequences: features F [n, T+1, n_features] and outputs U [n, T+1] at steps
+    0..T (step 0 and unrecorded steps read 0, as a fresh rule's history), and each row's (sequence, step)."""
+    features, lags = data.meta["features"], data.meta["lags"]
+    if data.meta.get("stride", 1) > lags:
+        raise ValueError(f"rows every {data.meta['stride']} steps with {lags} lags leave steps unrecorded: record with stride <= lags")
+    keys, seq = np.unique(np.c_[data.run_ids, data.coord_ids], axis=0, return_inverse=True)
+    seq, T = seq.reshape(-1), int(data.steps.max())
+    F, U = np.zeros((len(keys), T + 1, len(features))), np.zeros((len(keys), T + 1))
+    for col, name in enumerate(data.names):
+        feature, _, lag = name.rpartition("_")
+        t = data.steps - int(lag)
+        ok = t >= 1
+        if feature == OUTPUT_FEATURE: U[seq[ok], t[ok]] = data.X[ok, col]
+        else: F[seq[ok], t[ok], features.index(feature)] = data.X[ok, col]
+    U[seq, data.steps] = data.y
+    return F, U, seq, data.steps
+
+
+def free_running(fit: FittedRule, data: SRDataset) -> np.ndarray:
+    """The equation's outputs on the rows of `data` when it runs on its own: driven by the recorded input features,
+    fed back its *own* past outputs (clipped as deployed) wherever it reads `u_k`, from a fresh (zero) history. For an
+    equation without `u`, the same as `fit.predict` on the rows."""
+    F, U, seq, steps = _sequences(data)
+    features, own = data.meta["features"], np.zeros_like(U)
+    read = {s.name for s in fit.expr.free_symbols}
+    fit = replace(fit, names=[n for n in fit.names if n in read])  # the columns it reads, no others
+    cols = [(name.rpartition("_")[0], int(name.rpartition("_")[2])) for name in fit.names]
+    def column(feature, lag, t):  # the history before step 1 reads 0
+        if t - lag < 0: return np.zeros(len(F))
+        return own[:, t - lag] if feature == OUTPUT_FEATURE else F[:, t - lag, features.index(feature)]
+    for t in range(1, U.shape[1]):
+        own[:, t] = fit.predict(np.stack([column(f, lag, t) for f, lag in cols], axis=1) if cols else np.zeros((len(F), 0)))
+    return own[seq, steps]
+
+
+def persistence(train: SRDataset, test: SRDataset) -> dict:
+    """The baseline that only carries the last output forward, u_t = a·u_{t−1} + b, fitted by least squares on `train`:
+    its (a, b) and its R² on `test` teacher-forced (fed the recorded u_{t−1}) and free-running (fed its own)."""
+    col = lambda d: d.X[:, d.names.index(f"{OUTPUT_FEATURE}_1")]
+    a, b = (float(c) for c in np.polyfit(col(train), train.y, 1))
+    fit = FittedRule(parse_expression(f"{a!r}*u_1 + {b!r}", ["u_1"]), ["u_1"], [], meta={})
+    part = test.select(["u_1"])
+    return {"a": a, "b": b, "r2_teacher_forced": fit.r2(part.X, part.y),
+            "r2_free_running": _r2(test.y, free_running(fit, test))}
+
+# %% ../nbs/03_distill.ipynb #79c13b04
+def _env_values(expr, X, names):  # the values of a sub-expression on the rows (the variables it reads are columns of X)
+    return evaluate_expression(expr, X, names) * np.ones(len(X))
+
+
+def _sign_pass(expr, X, names, level: float = 2.5, share: float = 0.95):
+    "tanh(a) → sign(a) where |a| ≥ `level` (tanh ≥ 0.987) on `share` of the rows: a soft sign is a sign."
+    swaps = {node: sp.sign(node.args[0]) for node in expr.atoms(sp.tanh)
+             if (np.abs(_env_values(node.args[0], X, names)) >= level).mean() >= share}
+    return expr.xreplace(swaps)
+
+
+def _merge_pass(expr, X, names, correlation: float = 0.98, negligible: float = 0.01):
+    """Terms c·x of the top-level sum whose variables are collinear on the rows (|ρ| ≥ `correlation`) merge into one
+    (on the variable that carries most, its coefficient by least squares); terms whose spread is below `negligible`
+    of the whole's go."""
+    terms, total = sp.Add.make_args(expr), _env_values(expr, X, names).std()
+    keep = [t for t in terms if _env_values(t, X, names).std() >= negligible * total or not t.free_symbols]
+    linear = [t for t in keep if len(t.free_symbols) == 1 and t.as_coeff_Mul()[1].is_Symbol]
+    col = lambda t: X[:, names.index(t.as_coeff_Mul()[1].name)]
+    merged, rest = [], [t for t in keep if t not in linear]
+    while linear:
+        lead = max(linear, key=lambda t: _env_values(t, X, names).std())
+        group = [t for t in linear if abs(np.corrcoef(col(t), col(lead))[0, 1]) >= correlation]
+        linear = [t for t in linear if t not in group]
+        x, s = col(lead), sum(_env_values(t, X, names) for t in group)
+        merged.append(sp.Float(np.cov(s, x)[0, 1] / x.var()) * lead.as_coeff_Mul()[1] if len(group) > 1 else lead)
+    return sp.Add(*rest, *merged)
+
+
+def _round_pass(expr, digits: int = 3):
+    "Every constant to `digits` significant digits."
+    rounded = {a: float(f"{float(a):.{digits}g}") for a in expr.atoms(sp.Float)}
+    return expr.xreplace({a: sp.Integer(int(v)) if v == int(v) else sp.Float(v) for a, v in rounded.items()})
+
+
+def _zero_drift_pass(expr):
+    "Less its value at zero inputs (and zero history): zero gradients from a fresh state move nothing."
+    offset = expr.xreplace({v: sp.Integer(0) for v in expr.free_symbols})
+    return expr - offset if offset.is_finite and offset != 0 else expr
+
+
+def canonical_form(fit: FittedRule, data: SRDataset, zero_drift: bool = True, digits: int = 3,
+                   tolerance: float = 0.01) -> FittedRule:
+    """The readable form of `fit.expr` that is deployed: soft signs made signs (`tanh(k·x)` with `|k·x|` large on the
+    recorded rows), collinear linear terms merged and negligible ones dropped, constants to `digits` significant digits,
+    and (`zero_drift`) its zero-input value subtracted. Each of the first three passes is kept only if the free-running
+    R² on `data` falls by at most `tolerance` (constants keep up to two more digits where three do not hold); the passes
+    kept are listed in `meta["canonical"]`."""
+    part = data.select(fit.names)
+    score = lambda e: _r2(part.y, free_running(replace(fit, expr=e), part))
+    expr, best, kept = fit.expr, score(fit.expr), []
+    passes = [("sign", lambda e: _sign_pass(e, part.X, fit.names)), ("merge", lambda e: _merge_pass(e, part.X, fit.names)),
+              *[(f"round to {d} digits", lambda e, d=d: _round_pass(e, d)) for d in range(digits, digits + 3)]]
+    for name, step in passes:
+        if name.startswith("round") and any(k.startswith("round") for k in kept): continue  # the fewest digits that hold
+        candidate = step(expr)
+        if candidate == expr or not np.isfinite(r2 := score(candidate)) or r2 < best - tolerance: continue
+        expr, kept = candidate, kept + [name]
+    if zero_drift and (candidate := _zero_drift_pass(expr)) != expr: expr, kept = candidate, kept + ["zero_drift"]
+    return replace(fit, expr=expr, meta={**fit.meta, "canonical": kept})
+
+
+def recurrence(fit: FittedRule, data: SRDataset, horizon: int = 1000) -> dict | None:
+    """For an equation that reads its own past outputs (`None` otherwise): its feedback gain Σ_k ∂u_t/∂u_{t−k} (mean
+    over the recorded rows); under zero gradients from a fresh state, the output it settles to within `horizon` steps
+    (`fixed_point`; `None` if it does not settle) and whether it settles (`stable`)."""
+    u_cols = [i for i, n in enumerate(fit.names) if n.rpartition("_")[0] == OUTPUT_FEATURE]
+    if not u_cols or OUTPUT_FEATURE not in _streams(fit.expr): return None
+    part = data.select(fit.names)
+    history = np.zeros(max(int(fit.names[i].rpartition("_")[2]) for i in u_cols))
+    for _ in range(horizon):  # zero gradients: only its own outputs move it
+        x = np.zeros((1, len(fit.names)))
+        for i in u_cols: x[0, i] = history[int(fit.names[i].rpartition("_")[2]) - 1]
+        previous, history = history[0], np.r_[fit.predict(x), history[:-1]]
+    settled = bool(np.isfinite(history[0]) and abs(history[0] - previous) <= 1e-9 * max(1.0, abs(history[0])))
+    return {"feedback_gain": float(_gradients(fit, part.X)[:, u_cols].sum(1).mean()),
+            "fixed_point": float(history[0]) if settled else None, "stable": settled}
+
+# %% ../nbs/03_distill.ipynb #a48ab537
+def search(data: SRDataset, settings: DistillSettings = DistillSettings(), seed: int = 0,
+           censor: float | None = None) -> list[FittedRule]:
+    """Step 2: one `fit_rule` per family on `data`'s rows: the window of input features (the paper's equations) and,
+    when the recording has `u`, the window plus the rule's own past outputs (a recurrent equation; fitted to a target
+    censored at `censor`, where the rule saturates). Each fit carries the recording's metadata."""
+    window = [n for n in data.names if n.rpartition("_")[0] != OUTPUT_FEATURE]
+    families = {"window": window, **({"recurrent": data.names} if len(window) < len(data.names) else {})}
+    fits = []
+    for family, names in families.items():
+        part = data.select(names)
+        fits.append(fit_rule(part.X, part.y, part.names, max_length=settings.max_length, generations=settings.generations,
+                             time_limit=settings.time_limit, max_rows=settings.max_rows, seed=seed,
+                             censor=censor if family == "recurrent" else None,
+                             meta={**data.meta, "family": family, "search_seed": seed}))
+    return fits
+
+
+def fidelity(fits: Sequence[FittedRule], data: SRDataset, zero_drift: bool = True) -> list[dict]:
+    """Every member of the fronts of `fits`, in canonical form (`canonical_form`), with its nodes, its family, its
+    teacher-forced R² (fed the recorded past outputs) and its free-running R² (fed its own) on `data`'s rows."""
+    members, seen = [], set()
+    for fit in fits:
+        for m in fit.pareto:
+            if not _streams(m["expr"]) - {OUTPUT_FEATURE}: continue  # reads no gradient: cannot be deployed
+            canon = canonical_form(replace(fit, expr=m["expr"]), data, zero_drift=zero_drift)
+            if str(canon.expr) in seen: continue
+            seen.add(str(canon.expr))
+            part = data.select(canon.names)
+            members.append({"fit": canon, "expr": canon.expr, "nodes": complexity(canon.expr), "family": fit.meta["family"],
+                            "r2_teacher_forced": canon.r2(part.X, part.y), "r2_free_running": _r2(part.y, free_running(canon, part))})
+    return members
+
+
+def eva_ratio(source, equation, resamples: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """The equation's Eva loss over the source rule's on the same problems (their `Evaluation.late_loss`), and its 95%
+    interval from a paired bootstrap over the problems."""
+    a, b = np.asarray(source, dtype=float), np.asarray(equation, dtype=float)
+    idx = np.random.default_rng(seed).integers(0, len(a), size=(resamples, len(a)))
+    lo, hi = np.percentile(b[idx].mean(axis=1) / a[idx].mean(axis=1), [2.5, 97.5])
+    return float(b.mean() / a.mean()), float(lo), float(hi)
+
+
+def faithful(ratio: tuple[float, float, float], tolerance: float = 0.15) -> bool:
+    "Two-sided: the ratio's whole 95% interval inside [1 − `tolerance`, 1 + `tolerance`]."
+    return bool(1 - tolerance <= ratio[1] and ratio[2] <= 1 + tolerance)
+
+
+def _validation_seeds(settings):
+    from symbolic_l2o.meta_train import VALIDATION_SEED_BASE
+    return range(VALIDATION_SEED_BASE, VALIDATION_SEED_BASE + settings.validation_seeds)
+
+
+def verdict(ratio: tuple[float, float, float], tolerance: float = 0.15) -> str:
+    "In words, what the Eva loss ratio's interval says: faithful, better or worse than the rule, or not resolved."
+    if faithful(ratio, tolerance): return "faithful"
+    if ratio[2] < 1: return "trains better than its rule"
+    if ratio[1] > 1: return "trains worse than its rule"
+    return "not resolved: the interval is wider than the band"
+
+
+def screen(members: Sequence[dict], rule, task, settings: DistillSettings = DistillSettings(), source_losses=None,
+           device="cpu") -> dict:
+    """Step 3: the simplest faithful member. Members whose free-running R² is within `settings.r2_tolerance` of the
+    best are run closed-loop, fewest nodes first (at most `max_screened`), on the validation problems (disjoint from
+    the reported ones) in chunks of 10, a member dropped at the first chunk where its Eva loss ratio to `rule`'s
+    leaves twice the tolerance; the first whose ratio on all of them is within `settings.tolerance` is chosen. If none
+    is, the screened member with the ratio nearest 1 (in log). Returns {"chosen": index into `members`, "faithful":
+    bool, "screened": [{"index", "problems", "ratio"}]}."""
+    from symbolic_l2o.meta_train import evaluate
+    seeds = list(_validation_seeds(settings))
+    late = lambda r, s: evaluate(r, task, settings.steps, s, device=device, progress=False).late_loss
+    source = late(rule, seeds) if source_losses is None else np.asarray(source_losses, dtype=float)
+    if not np.isfinite(source).all(): raise ValueError("the rule does not train on the validation problems: nothing to be faithful to")
+    if not members: raise ValueError("no member reads a gradient feature: none can be deployed")
+    best = max(m["r2_free_running"] for m in members)
+    eligible = sorted((i for i, m in enumerate(members) if m["r2_free_running"] >= best - settings.r2_tolerance),
+                      key=lambda i: (members[i]["nodes"], -members[i]["r2_free_running"]))[:settings.max_screened]
+    screened = []
+    for i in eligible:
+        rule_i, losses = members[i]["fit"].to_rule(), np.empty(0)
+        for start in range(0, len(seeds), 10):
+            losses = np.r_[losses, late(rule_i, seeds[start:start + 10])]
+            ratio = losses.mean() / source[:len(losses)].mean()
+            if not abs(ratio - 1) <= 2 * settings.tolerance: break  # NaN (diverged) too
+        screened.append({"index": i, "problems": len(losses), "ratio": float(ratio) if np.isfinite(ratio) else None})
+        if len(losses) == len(seeds) and abs(ratio - 1) <= settings.tolerance:
+            return {"chosen": i, "faithful": True, "screened": screened}
+    finite = [s for s in screened if s["ratio"] is not None]
+    nearest = min(finite, key=lambda s: abs(math.log(s["ratio"])), default=screened[0] if screened else None)
+    return {"chosen": nearest["index"] if nearest else None, "faithful": False, "screened": screened}
+
+
+def tune(fit: FittedRule, task, settings: DistillSettings = DistillSettings(), device="cpu") -> SymbolicRule | None:
+    """Stage 3 (the paper's meta-tuning): the equation's form kept, its constants trained closed-loop with it
+    (`meta_train`, `settings.tune_epochs` epochs of `settings.steps` steps at Adam(`settings.tune_lr`), on training
+    problems). `None` when there is nothing to tune (no constants, or `tune_epochs` 0) or the tuning diverged."""
+    from symbolic_l2o.meta_train import meta_train
+    rule = fit.to_rule()
+    if not settings.tune_epochs or not len(rule.constants): return None
+    meta_train(rule, task, epochs=int(settings.tune_epochs), epoch_len=settings.steps, meta_lr=settings.tune_lr,
+               device=device, progress=False)
+    return rule if torch.isfinite(rule.constants).all() else None
+
+# %% ../nbs/03_distill.ipynb #bf558c6e
+@dataclass
+class Distillation:
+    """What `distill` found for one rule: per search seed its scored members and its choice; the deployed equation
+    (`fit`, the simplest faithful choice over the seeds, chosen on validation problems); the rule's and the equation's
+    closed-loop evaluations on the reported problems; stage 3 (`tuned`, its evaluation) apart; the persistence baseline."""
+    name: str
+    settings: DistillSettings
+    seeds: list[dict]
+    fit: FittedRule
+    source_eval: object
+    equation_eval: object
+    tuned: SymbolicRule | None
+    tuned_eval: object
+    persistence: dict
+    test: SRDataset  # the held-out runs of the recording
+
+    def summary(self) -> dict:
+        "The headline figures (JSON-able): the deployed equation as found, its three fidelity measures, stage 3 apart."
+        ratio = eva_ratio(self.source_eval.late_loss, self.equation_eval.late_loss)
+        tuned = eva_ratio(self.source_eval.late_loss, self.tuned_eval.late_loss) if self.tuned is not None else None
+        part = self.test.select(self.fit.names)
+        return {"rule": self.name, "equation": str(self.fit.expr), "family": self.fit.meta["family"],
+                "nodes": complexity(self.fit.expr), "scale": self.fit.meta.get("scale", 1.0),
+                "r2_teacher_forced": self.fit.r2(part.X, part.y), "r2_free_running": _r2(part.y, free_running(self.fit, part)),
+                "eva_loss_source": self.source_eval.eva_loss, "eva_loss_equation": self.equation_eval.eva_loss,
+                "eva_ratio": ratio[0], "eva_ratio_ci": list(ratio[1:]), "faithful": faithful(ratio, self.settings.tolerance),
+                "verdict": verdict(ratio, self.settings.tolerance),
+                "eva_ratio_tuned": None if tuned is None else tuned[0], "eva_ratio_tuned_ci": None if tuned is None else list(tuned[1:]),
+                "tuned_equation": None if self.tuned is None else str(self.tuned.to_sympy()),
+                "faithful_seeds": [sum(s["faithful"] for s in self.seeds), len(self.seeds)],
+                "persistence": self.persistence, "recurrence": recurrence(self.fit, self.test),
+                "tpf": temporal_perception_field(self.fit, part.X), "mapping_complexity": mapping_complexity(self.fit, part.X)}
+
+
+def distill(rule, task, name: str = "rule", settings: DistillSettings | None = None, data: SRDataset | None = None,
+            device="cpu", progress: bool = False) -> Distillation:
+    """Distil `rule` into an equation in the four steps of this page: `record` it on `task` (or take `data`, 02's
+    recording, checked against the settings), and per seed of `settings.search_seeds`: `search` equations on the
+    training runs, score every member's `fidelity` on the validation runs, `screen` the simplest faithful one
+    closed-loop. Each seed's choice is then run on the reported problems (is it faithful, two-sided?); the deployed
+    equation is the simplest faithful choice on the validation problems (else the nearest to faithful). Stage 3 (`tune`)
+    is kept apart: it never replaces the equation as found."""
+    from symbolic_l2o.meta_train import evaluate
+    settings = settings or DistillSettings()
+    features = _features(rule, settings)
+    data = record(rule, task, settings, device, progress) if data is None else data
+    recorded = {k: data.meta.get(k) for k in ("rule", "features", "lags", "task")}
+    if recorded != {"rule": rule_config(rule), "features": list(features), "lags": settings.lags, "task": task.name}:
+        raise ValueError(f"`data` is not a recording of this rule on this task with features {list(features)} and "
+                         f"{settings.lags} lags: it records {recorded}; record it with distill.record(rule, task, settings)")
+    train, rest = data.split_by_run(test_fraction=0.4)
+    validation, test = rest.split_by_run(test_fraction=0.5)
+    censor = 0.99 if getattr(rule, "squash", False) else None  # the target is the output over its scale: |y| <= 1
+    source_val = evaluate(rule, task, settings.steps, _validation_seeds(settings), device=device, progress=False).late_loss
+    reported = range(settings.eval_seeds)
+    source_eval = evaluate(rule, task, settings.steps, reported, device=device, progress=False)
+    seeds = []
+    for seed in settings.search_seeds:
+        members = fidelity(search(train, settings, seed, censor), validation, settings.zero_drift)
+        picked = screen(members, rule, task, settings, source_val, device)
+        chosen = members[picked["chosen"]]
+        ev = evaluate(chosen["fit"].to_rule(), task, settings.steps, reported, device=device, progress=False)
+        ratio = eva_ratio(source_eval.late_loss, ev.late_loss)
+        seeds.append({"seed": seed, "members": members, **picked, "validation_faithful": picked["faithful"],
+                      "eva_ratio": ratio, "faithful": faithful(ratio, settings.tolerance), "evaluation": ev})
+    # chosen on the validation problems: faithful there first, then the fewest nodes, then the nearest ratio
+    val_ratio = lambda s: next(x["ratio"] for x in s["screened"] if x["index"] == s["chosen"]) or math.inf
+    k = min(range(len(seeds)), key=lambda k: (not seeds[k]["validation_faithful"], seeds[k]["members"][seeds[k]["chosen"]]["nodes"],
+                                                abs(math.log(val_ratio(seeds[k])))))
+    best = seeds[k]
+    fit = best["members"][best["chosen"]]["fit"]
+    fit = replace(fit, selection="closed_loop", meta={**fit.meta, "source": name, "search_seed_index": k, "member_index": best["chosen"],
+                                                      "validation": {"problems": settings.validation_seeds,
+                                                                     "ratio": val_ratio(best), "faithful": best["validation_faithful"]}})
+    tuned = tune(fit, task, settings, device)
+    tuned_eval = evaluate(tuned, task, settings.steps, reported, device=device, progress=False) if tuned is not None else None
+    return Distillation(name, settings, seeds, fit, source_eval, best["evaluation"], tuned, tuned_eval,
+                        persistence(train, test) if OUTPUT_FEATURE in features else None, test)
+
+
+
+def plot_front(d: Distillation, axes=None):
+    """Every scored member of every search seed: nodes against R² teacher-forced (hollow) and free-running (filled),
+    window family as circles, recurrent as squares, the persistence baseline's R² as lines (left); the screened
+    members' closed-loop Eva loss ratio on the validation problems, the tolerance band shaded (right)."""
+    import matplotlib.pyplot as plt
+    axes = axes if axes is not None else plt.subplots(1, 2, figsize=(11, 3.5))[1]
+    for s in d.seeds:
+        for family, marker in (("window", "o"), ("recurrent", "s")):
+            ms = [m for m in s["members"] if m["family"] == family]
+            axes[0].scatter([m["nodes"] for m in ms], [m["r2_teacher_forced"] for m in ms], marker=marker, s=20,
+                            facecolors="none", edgecolors="C0")
+            axes[0].scatter([m["nodes"] for m in ms], [m["r2_free_running"] for m in ms], marker=marker, s=12, color="C1")
+        shown = [x for x in s["screened"] if x["ratio"] is not None]
+        axes[1].scatter([s["members"][x["index"]]["nodes"] for x in shown], [x["ratio"] for x in shown], label=f"search seed {s['seed']}")
+    if d.persistence:
+        axes[0].axhline(d.persistence["r2_teacher_forced"], color="C0", ls=":", lw=1, label="persistence, teacher-forced")
+        axes[0].axhline(d.persistence["r2_free_running"], color="C1", ls=":", lw=1, label="persistence, free-running")
+    axes[0].scatter([], [], facecolors="none", edgecolors="C0", label="teacher-forced R²")
+    axes[0].scatter([], [], color="C1", label="free-running R²")
+    top = max(m["r2_teacher_forced"] for s in d.seeds for m in s["members"])
+    axes[0].set(xlabel="nodes", ylabel="R² on validation runs", ylim=(max(-0.2, top - 1), 1.02), title=f"{d.name}: the fronts")
+    tol = d.settings.tolerance
+    axes[1].axhspan(1 - tol, 1 + tol, color="0.9")
+    axes[1].set(xlabel="nodes", ylabel="Eva loss / LSTM's", yscale="log", title=f"{d.name}: closed loop (validation)")
+    for ax in axes: ax.legend(fontsize=7)
+    return axes
 
 # %% ../nbs/03_distill.ipynb #b4eb2da6
 def plot_response(d: Distillation, ax=None, bins: int = 25):

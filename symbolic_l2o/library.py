@@ -19,18 +19,18 @@ from .optimizers import (HAND_RULES, AddSignRule, AdamRule, DMRule, LionRule, Mo
                                      UpdateRule, complexity, make_rule, state_per_param)
 from .meta_train import ZOO_DIR, evaluate, load_rule, make_task, meta_train
 from .srgen import record_trajectories
-from .distill import FittedRule, distill, fit_rule
+from .distill import DistillSettings, FittedRule, distill, fit_rule
 
 # re-exported by `symbolic_l2o` itself
 _all_ = ["RuleOptimizer", "UpdateRule", "SGDRule", "MomentumRule", "NesterovRule", "AdamRule", "RMSpropRule", "LionRule",
          "PowerSignRule", "AddSignRule", "DMRule", "RNNpropRule", "SymbolicRule", "make_rule", "make_task", "meta_train",
-         "evaluate", "record_trajectories", "fit_rule", "FittedRule", "distill"]
+         "evaluate", "record_trajectories", "fit_rule", "FittedRule", "DistillSettings", "distill"]
 
 # %% auto #0
 __all__ = ['create_optimizer', 'without_offset', 'load_pretrained', 'OptimizerInfo', 'list_optimizers', 'RuleOptimizer',
            'UpdateRule', 'SGDRule', 'MomentumRule', 'NesterovRule', 'AdamRule', 'RMSpropRule', 'LionRule',
            'PowerSignRule', 'AddSignRule', 'DMRule', 'RNNpropRule', 'SymbolicRule', 'make_rule', 'make_task',
-           'meta_train', 'evaluate', 'record_trajectories', 'fit_rule', 'FittedRule', 'distill']
+           'meta_train', 'evaluate', 'record_trajectories', 'fit_rule', 'FittedRule', 'DistillSettings', 'distill']
 
 # %% ../nbs/library.ipynb #b7a10008
 def create_optimizer(name: str, params, **hyperparameters) -> RuleOptimizer:

@@ -163,8 +163,9 @@ def run_pipeline(run_dir: str | Path, scale: str = "quick", device: str = "auto"
 
 # %% ../nbs/05_report.ipynb #d355ddcf
 def load_summaries(run_dir: str | Path) -> list[dict]:
-    "The stage summaries of a run (`run_dir/summary/*.json`, written by `write_summary`), in stage order."
-    return [json.loads(p.read_text()) for p in sorted((Path(run_dir) / "summary").glob("*.json"))]
+    """The stage summaries of a run (`run_dir/summary/<stage>.json`, written by `write_summary`), in stage order; a stage's
+    other records there (such as 03's `distill.json`) are not summaries."""
+    return [json.loads(p.read_text()) for p in sorted((Path(run_dir) / "summary").glob("[0-9]*.json"))]
 
 
 def format_value(v) -> str:

@@ -210,59 +210,83 @@ def test_fit_rule_is_reproducible_for_a_seed_and_reports_what_stopped_it(gradien
 
 
 def test_eva_ratio_is_the_ratio_of_late_mean_losses_with_a_paired_bootstrap_interval():
-    from symbolic_l2o.distill import Distillation
-    from symbolic_l2o.meta_train import Evaluation
+    from symbolic_l2o.distill import eva_ratio, faithful, verdict
     rng = np.random.default_rng(0)
-    source = rng.uniform(0.5, 1.5, size=(40, 51))
-    ev = lambda loss: Evaluation(loss, [50], loss[:, -1:], list(range(40)))
-    d = Distillation("x", None, 1.0, 1.0, ev(source), ev(2 * source), None)
-    assert d.eva_ratio() == pytest.approx((2.0, 2.0, 2.0))  # every resample keeps the factor 2
-    noisy = Distillation("x", None, 1.0, 1.0, ev(source), ev(source * rng.uniform(0.5, 1.5, size=(40, 1))), None)
-    ratio, lo, hi = noisy.eva_ratio()
-    last10 = lambda loss: loss[:, -10:].mean()  # the Eva loss: the last ten points, averaged over problems
-    assert ratio == pytest.approx(last10(noisy.equation_eval.train_loss) / last10(source))
-    assert lo < ratio < hi and hi - lo > 0.05
+    source = rng.uniform(0.5, 1.5, size=40)
+    assert eva_ratio(source, 2 * source) == pytest.approx((2.0, 2.0, 2.0))  # every resample keeps the factor 2
+    noisy = source * rng.uniform(0.5, 1.5, size=40)
+    ratio, lo, hi = eva_ratio(source, noisy)
+    assert ratio == pytest.approx(noisy.mean() / source.mean()) and lo < ratio < hi and hi - lo > 0.05
+    assert faithful((1.0, 0.86, 1.14)) and not faithful((1.0, 0.84, 1.1)) and not faithful((0.8, 0.7, 0.9))  # two-sided
+    assert verdict((0.8, 0.7, 0.9)) == "trains better than its rule" and verdict((1.5, 1.2, 1.8)) == "trains worse than its rule"
 
 
-def test_the_closed_loop_screen_drops_a_member_at_the_first_checkpoint_it_fails(monkeypatch):
-    from symbolic_l2o.distill import parse_expression, select_closed_loop
-    # the module (the package's attribute `symbolic_l2o.distill` is the re-exported function)
-    monkeypatch.setattr(sys.modules["symbolic_l2o.distill"], "_SCREEN_CHUNK", 2)  # checkpoints every 2 problems
-    names = ["g_0", "u_1"]
-    members = [{"expr": parse_expression(e, names), "complexity": 3, "loss": 0.0, "r2": r2}
-               for e, r2 in (("-1000*g_0", 0.99), ("-1*g_0", 0.9), ("-0.9*g_0", 0.8))]
-    fit = FittedRule(members[0]["expr"], names, members, meta={"scale": 0.01})
-    task, seeds = make_task("quadratic"), range(6)
-    picked = select_closed_loop(fit, SGDRule(lr=0.01), task, steps=30, seeds=seeds)
-    screened = picked.meta["closed_loop"]["screened"]
-    assert [s["problems"] for s in screened] == [2, 6]  # the diverging member stops at the first checkpoint
-    assert screened[0]["ratio"] is None or screened[0]["ratio"] > 1.15
-    assert screened[1]["faithful"] and screened[1]["ratio"] == pytest.approx(1.0)
-    assert str(picked.expr) == "-g_0" and picked.meta["closed_loop"]["faithful"]
-    json.dumps(picked.to_dict())  # the screening is saved with the rule
-    source = np.ones(6)  # given per-problem losses of the source replace its evaluation
-    strict = select_closed_loop(fit, SGDRule(lr=0.01), task, steps=30, seeds=seeds, source_losses=source * 1e-30, tune_epochs=0)
-    assert not strict.meta["closed_loop"]["faithful"] and all(s["problems"] == 2 for s in strict.meta["closed_loop"]["screened"])
-    with pytest.raises(ValueError, match="one loss per seed"):
-        select_closed_loop(fit, SGDRule(lr=0.01), task, steps=30, seeds=seeds, source_losses=source[:3])
-    with pytest.raises(ValueError, match="seeds` is empty"):
-        select_closed_loop(fit, SGDRule(lr=0.01), task, steps=30, seeds=[], source_losses=np.ones(0))
+SMALL = dict(steps=40, record_seeds=4, lags=5, coords_per_tensor=5, generations=10, time_limit=5, validation_seeds=4,
+             eval_seeds=4, tune_epochs=0)
 
 
-def test_when_no_member_is_faithful_the_closest_one_s_constants_are_meta_tuned_and_its_form_kept():
-    from symbolic_l2o.distill import parse_expression, select_closed_loop
-    names = ["g_0", "u_1"]
-    members = [{"expr": parse_expression(e, names), "complexity": 3, "loss": 0.0, "r2": r2}
-               for e, r2 in (("-0.1*g_0", 0.9), ("-10000*g_0", 0.8))]  # 10× too timid; diverges
-    fit = FittedRule(members[0]["expr"], names, members, meta={"scale": 0.01})
-    task, seeds = make_task("quadratic"), range(4)
-    untuned = select_closed_loop(fit, SGDRule(lr=0.01), task, steps=40, seeds=seeds, tune_epochs=0)
-    assert str(untuned.expr) == "-0.1*g_0" and not untuned.meta["closed_loop"]["faithful"]
-    assert [s["tuned"] for s in untuned.meta["closed_loop"]["screened"]] == [False, False]
-    picked = select_closed_loop(fit, SGDRule(lr=0.01), task, steps=40, seeds=seeds, tune_epochs=20, tune_lr=0.3)
-    closed = picked.meta["closed_loop"]
-    assert [s["tuned"] for s in closed["screened"]] == [False, False, True] and closed["tuned"] and closed["faithful"]
-    c = picked.expr.coeff(variable("g_0"))  # the closest member (-0.1·g_0), its constant trained: same form
-    assert picked.expr == c * variable("g_0") and c < -0.5
-    with pytest.raises(ValueError, match="tune_epochs"):
-        select_closed_loop(fit, SGDRule(lr=0.01), task, steps=40, seeds=seeds, tune_epochs=-1)
+def test_free_running_feeds_the_equation_its_own_outputs_step_by_step():
+    from symbolic_l2o.distill import DistillSettings, free_running, record
+    data = record(MomentumRule(lr=0.01, momentum=0.9), make_task("quadratic"), DistillSettings(**{**SMALL, "stride": 2}))
+    half = FittedRule(sp.sympify("0.5*u_1 - g_0", locals={"u_1": variable("u_1"), "g_0": variable("g_0")}), data.names, [])
+    out = free_running(half, data)
+    for run, coord in [(data.run_ids[0], data.coord_ids[0]), (data.run_ids[-1], data.coord_ids[-1])]:
+        rows = np.flatnonzero((data.run_ids == run) & (data.coord_ids == coord))
+        g = {int(t) - 1: x for t, x in zip(data.steps[rows], data.X[rows, data.names.index("g_1")])}  # g_{t-1}: with stride 2, every step
+        g.update({int(t): x for t, x in zip(data.steps[rows], data.X[rows, data.names.index("g_0")])})
+        u, expected = 0.0, {}
+        for t in range(1, int(data.steps[rows].max()) + 1):  # the recursion by hand, from a zero history
+            u = 0.5 * u - g[t]
+            expected[t] = u
+        assert np.allclose(out[rows], [expected[int(t)] for t in data.steps[rows]])
+    exact = FittedRule(sp.sympify("0.9*u_1 - g_0", locals={"u_1": variable("u_1"), "g_0": variable("g_0")}), data.names, [])
+    assert np.allclose(free_running(exact, data), data.y, rtol=1e-4, atol=1e-5 * np.abs(data.y).max())  # momentum: its own equation (recorded in float32)
+    with pytest.raises(ValueError, match="stride=5 exceeds lags=3"): DistillSettings(lags=3)
+
+
+def test_the_canonical_form_is_the_deployed_rule_and_zero_gradients_move_nothing(tmp_path):
+    from symbolic_l2o.distill import DistillSettings, canonical_form, parse_expression, record
+    data = record(MomentumRule(lr=0.01, momentum=0.9), make_task("quadratic"), DistillSettings(**SMALL))
+    found = FittedRule(parse_expression("0.0123456*tanh(300*g_0) + 0.5*tanh(0.01*g_1) + 0.002", data.names), data.names, [],
+                       meta={"scale": 0.01})
+    canon = canonical_form(found, data)
+    assert str(canon.expr) == "0.5*tanh(0.01*g_1) + 0.0123*sign(g_0)"  # the unsaturated tanh stays a tanh
+    assert canon.meta["canonical"][-1] == "zero_drift"
+    assert str(FittedRule.load(canon.save(tmp_path / "c")).expr) == str(canon.expr)  # what is printed is what runs
+    p = torch.zeros(4, requires_grad=True)
+    opt = RuleOptimizer([p], canon.to_rule())
+    for _ in range(3):
+        p.grad = torch.zeros(4)
+        opt.step()
+    assert torch.equal(p.detach(), torch.zeros(4))
+    kept = canonical_form(found, data, zero_drift=False)
+    assert "0.002" in str(kept.expr) and "zero_drift" not in kept.meta["canonical"]
+
+
+def test_the_screen_runs_the_simplest_eligible_member_first_and_drops_one_at_the_first_chunk_it_fails():
+    from symbolic_l2o.distill import DistillSettings, parse_expression, screen
+    fit = lambda e: FittedRule(parse_expression(e, ["g_0"]), ["g_0"], [], meta={"scale": 0.01})
+    members = [{"fit": fit("-1000*g_0"), "nodes": 3, "r2_free_running": 0.95},  # diverges
+               {"fit": fit("-g_0"), "nodes": 4, "r2_free_running": 0.94},
+               {"fit": fit("-g_0 + 0.001*sign(g_0)"), "nodes": 9, "r2_free_running": 0.99},  # longer: never run
+               {"fit": fit("-0.9*g_0"), "nodes": 2, "r2_free_running": 0.5}]  # outside the R² tolerance
+    settings, task = DistillSettings(**{**SMALL, "validation_seeds": 30}), make_task("quadratic")
+    picked = screen(members, SGDRule(lr=0.01), task, settings)
+    assert picked["chosen"] == 1 and picked["faithful"]
+    assert [(s["index"], s["problems"]) for s in picked["screened"]] == [(0, 10), (1, 30)]
+    strict = screen(members, SGDRule(lr=0.01), task, settings, source_losses=np.full(30, 1e-30))
+    assert not strict["faithful"] and len(strict["screened"]) == 3  # none within tolerance: all eligible ran
+    with pytest.raises(ValueError, match="none can be deployed"): screen([], SGDRule(lr=0.01), task, settings)
+
+
+def test_distill_reports_the_equation_as_found_with_stage_three_apart():
+    from symbolic_l2o.distill import DistillSettings, distill
+    d = distill(MomentumRule(lr=0.01, momentum=0.9), make_task("quadratic"), "momentum",
+                DistillSettings(**{**SMALL, "tune_epochs": 2, "tune_lr": 0.05}))
+    s = d.summary()
+    assert s["equation"] == "-g_0 + 0.9*u_1" and s["nodes"] == 7 and s["faithful_seeds"] == [3, 3]
+    assert s["r2_teacher_forced"] == pytest.approx(1) and s["r2_free_running"] == pytest.approx(1)
+    assert s["persistence"]["r2_free_running"] < s["persistence"]["r2_teacher_forced"]
+    assert s["tuned_equation"] is not None and s["tuned_equation"] != s["equation"]  # tuned apart: the found one is kept
+    assert str(d.fit.expr) == s["equation"] and s["recurrence"]["stable"] and s["recurrence"]["fixed_point"] == 0
+    json.dumps(s, default=float)
