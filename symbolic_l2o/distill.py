@@ -10,6 +10,7 @@ import os
 import keyword
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from collections.abc import Sequence
@@ -19,17 +20,17 @@ import sympy as sp
 import torch
 
 import symbolic_l2o
-from .optimizers import (OPERATORS, OUTPUT_FEATURE, SymbolicRule, compile_expression, complexity,
-                                     parse_expression, rule_config, variable)
+from .optimizers import (FEATURE_NAMES, MAX_LAG, OPERATORS, OUTPUT_FEATURE, SymbolicRule, compile_expression,
+                                     complexity, parse_expression, rule_config, variable)
 from .meta_train import atomic_write, require_keys
 from .srgen import SRDataset
 
 # %% auto #0
-__all__ = ['ENGINE_OPERATORS', 'CENSOR_FACTOR', 'MAX_EQUATION_LENGTH', 'evaluate_expression', 'FittedRule', 'fit_rule',
-           'sanity_targets', 'is_exact', 'sanity_check', 'temporal_perception_field', 'mapping_complexity',
-           'DistillSettings', 'record', 'free_running', 'persistence', 'canonical_form', 'recurrence', 'search',
-           'fidelity', 'eva_ratio', 'faithful', 'verdict', 'screen', 'tune', 'Distillation', 'distill', 'plot_front',
-           'plot_response']
+__all__ = ['ENGINE_OPERATORS', 'SELECTION_LOSS_FACTOR', 'CENSOR_FACTOR', 'MAX_EQUATION_LENGTH', 'evaluate_expression',
+           'ParetoTable', 'FittedRule', 'fit_rule', 'sanity_targets', 'is_exact', 'sanity_check',
+           'temporal_perception_field', 'mapping_complexity', 'DistillSettings', 'record', 'free_running',
+           'persistence', 'canonical_form', 'recurrence', 'search', 'fidelity', 'eva_ratio', 'faithful', 'verdict',
+           'screen', 'tune', 'Distillation', 'distill', 'plot_front', 'plot_response']
 
 # %% ../nbs/03_distill.ipynb #dae475e7
 ENGINE_OPERATORS = {
@@ -51,29 +52,76 @@ def _validate(X, y, names):
     if X.shape[1] != len(names): raise ValueError(f"X has {X.shape[1]} columns but {len(names)} names were given")
     if len(set(names)) != len(names): raise ValueError("variable names must be distinct")
     for n in names:
-        if not n.isidentifier() or keyword.iskeyword(n): raise ValueError(f"invalid variable name {n!r}")
+        if not isinstance(n, str) or not n.isidentifier() or keyword.iskeyword(n): raise ValueError(f"invalid variable name {n!r}")
     ok = np.isfinite(X).all(axis=1) & np.isfinite(y)
+    if not ok.all():
+        warnings.warn(f"fit_rule dropped {int((~ok).sum())} of {len(y)} rows: they hold a non-finite value (NaN or inf) "
+                      f"in X or y", stacklevel=3)
     X, y = X[ok], y[ok]
     if len(y) < 10: raise ValueError(f"only {len(y)} finite rows: need at least 10")
     if np.ptp(y) == 0: raise ValueError(f"the target is constant ({y[0]}): nothing to regress")
     return X, y, int((~ok).sum())
 
 
-def _operon_fit(X, y, names, operators, max_length, generations, time_limit, seed):
+def _check_feature_names(names):
+    "Every column must be `<feature>_<lag>` with a known feature, as `to_rule` compiles them: else a `ValueError` listing them."
+    known = FEATURE_NAMES + (OUTPUT_FEATURE,)
+    bad = []
+    for n in names:
+        feature, _, lag = n.rpartition("_")
+        if feature not in known or not lag.isdigit() or int(lag) > MAX_LAG or (feature == OUTPUT_FEATURE and int(lag) == 0): bad.append(n)
+    if bad:
+        raise ValueError(f"column name(s) {bad[:8]}{' ...' if len(bad) > 8 else ''} are not <feature>_<lag>: a column is a "
+                         f"feature at a lag from 0 to MAX_LAG = {MAX_LAG} (g_0, mt_3, ...; the rule's own past outputs from "
+                         f"{OUTPUT_FEATURE}_1 on), as the deployed rule computes them; the valid feature names are {list(known)}")
+
+
+# Operon's convergence check: its front is read every `_CHUNK` generations; a search loss (MSE over the variance of y,
+# computed in float32) below `_ENGINE_FLOOR` is an exact fit, and a relative change under `_IMPROVEMENT` is no change
+_CHUNK, _ENGINE_FLOOR, _IMPROVEMENT = 5, 1e-10, 1e-6
+
+
+def _front_summary(front: list[dict], max_length: int, variance: float) -> tuple[float, float]:
+    """(best loss, hypervolume) of an Operon front: loss = MSE / var(y); the hypervolume is the area the front
+    dominates in (length / max_length, loss) up to the reference point (1, 1) (a constant model has loss 1)."""
+    points = sorted((min(m["length"] / max_length, 1.0), min(m["mean_squared_error"] / variance, 1.0)) for m in front)
+    area, last = 0.0, 1.0
+    for c, loss in points:
+        if loss < last: area, last = area + (1 - c) * (last - loss), loss
+    return min(p[1] for p in points), area
+
+
+def _operon_fit(X, y, names, operators, max_length, generations, time_limit, seed, patience):
+    """Operon's front as text, the generations it ran and what stopped it ("converged", "time" or "generations").
+
+    The search runs in chunks of `_CHUNK` generations (pyoperon's `warm_start` carries the population over; chunk k
+    draws from seed (`seed`, k), so a fit is reproducible for a seed) until the front has converged: an exact fit, or
+    neither its best loss nor its hypervolume improved by a relative `_IMPROVEMENT` in `patience` generations."""
     from pyoperon.sklearn import SymbolicRegressor
     symbols = ",".join(["constant", "variable"] + [ENGINE_OPERATORS["operon"][o] for o in operators])
     # offspring selection, two Levenberg-Marquardt steps per candidate, deeper and larger initial trees: on the
     # Adam(0.9) sanity target (below) more accurate equations in the same seconds than Operon's basic generator
     reg = SymbolicRegressor(allowed_symbols=symbols, objectives=["r2", "length"], max_length=max_length, max_depth=20,
                             initialization_max_length=min(30, max_length), initialization_max_depth=10,
-                            offspring_generator="os", population_size=1000, pool_size=1000, generations=generations,
-                            max_evaluations=10**12, optimizer_iterations=2, max_time=max(1, math.ceil(time_limit)),
-                            random_state=seed, n_threads=len(os.sched_getaffinity(0)))
-    reg.fit(X, y)
-    return [reg.get_model_string(m["tree"], 17, names) for m in reg.pareto_front_], reg.stats_["generations"] < generations
+                            offspring_generator="os", population_size=1000, pool_size=1000, max_evaluations=10**12,
+                            optimizer_iterations=2, n_threads=len(os.sched_getaffinity(0)), warm_start=True)
+    t0, run, stalled, best, variance, stopped_by = time.perf_counter(), 0, 0, None, float(np.var(y)), "generations"
+    while run < generations:
+        chunk, left = min(_CHUNK, generations - run), time_limit - (time.perf_counter() - t0)
+        reg.set_params(generations=chunk, max_time=max(1, math.ceil(left)),
+                       random_state=int(np.random.SeedSequence([seed, run // _CHUNK]).generate_state(1)[0]))
+        reg.fit(X, y)
+        run += reg.stats_["generations"]
+        loss, area = _front_summary(reg.pareto_front_, max_length, variance)
+        improved = best is None or loss < best[0] * (1 - _IMPROVEMENT) or area > best[1] * (1 + _IMPROVEMENT)
+        stalled = 0 if improved else stalled + reg.stats_["generations"]
+        best = (loss, area) if best is None else (min(loss, best[0]), max(area, best[1]))
+        if loss <= _ENGINE_FLOOR or stalled >= patience: stopped_by = "converged"; break
+        if reg.stats_["generations"] < chunk or time.perf_counter() - t0 >= time_limit: stopped_by = "time"; break
+    return [reg.get_model_string(m["tree"], 17, names) for m in reg.pareto_front_], run, stopped_by
 
 
-def _pysr_fit(X, y, names, operators, max_length, generations, time_limit, seed):
+def _pysr_fit(X, y, names, operators, max_length, generations, time_limit, seed, patience):
     try:
         from pysr import PySRRegressor
         model = PySRRegressor(
@@ -89,7 +137,7 @@ def _pysr_fit(X, y, names, operators, max_length, generations, time_limit, seed)
     except Exception as e:  # juliapkg raises URLError and others, not only ImportError
         raise RuntimeError(f"the PySR engine could not run: it needs `pip install symbolic_l2o[pysr]` and a Julia "
                            f"installation it can reach ({type(e).__name__}: {e}); use engine='operon'") from e
-    return [str(e) for e in model.equations_["sympy_format"]], None  # PySR does not say whether its clock stopped it
+    return [str(e) for e in model.equations_["sympy_format"]], None, None  # PySR does not say what stopped it
 
 
 def _linear_path(X, y, names, max_terms):
@@ -130,15 +178,44 @@ def evaluate_expression(expr: sp.Expr, X: np.ndarray, names: Sequence[str]) -> n
     return out.numpy() if isinstance(out, torch.Tensor) else np.full(len(X), float(out))
 
 
+def _rounded(expr: sp.Expr, digits: int) -> sp.Expr:
+    "`expr` with every constant rounded (not truncated) to `digits` significant digits."
+    return expr.xreplace({a: sp.Float(float(f"{float(a):.{digits}g}"), digits) for a in expr.atoms(sp.Float)})
+
+
+# "best" looks among the members within this factor of the lowest loss. PySR's 1.5 gave up too much on recordings:
+# on RP_si's (digits MLP, 10 runs, default search) it chose 29 nodes at R² 0.928 over 75 at 0.949; 1.1 chose 65 at 0.947
+SELECTION_LOSS_FACTOR = 1.1
+
+
 def _select(front: list[dict], selection: str) -> dict:
     if selection == "accuracy": return min(front, key=lambda m: m["loss"])
     if selection == "bic": return min(front, key=lambda m: m["bic"])
     best_loss, chosen, best_score = min(m["loss"] for m in front), front[0], -math.inf
     for prev, m in zip(front, front[1:]):
-        if m["loss"] > 1.5 * best_loss: continue
+        if m["loss"] > SELECTION_LOSS_FACTOR * best_loss: continue
         score = -(math.log(max(m["loss"], 1e-300)) - math.log(max(prev["loss"], 1e-300))) / max(m["complexity"] - prev["complexity"], 1)
         if score > best_score: chosen, best_score = m, score
     return chosen if best_score > -math.inf else min(front, key=lambda m: m["loss"])
+
+
+class ParetoTable(list):
+    "The rows of `FittedRule.table` (dicts): a list that prints as an aligned table and shows as Markdown in a notebook."
+    _columns = ("index", "nodes", "loss", "r2", "equation")
+
+    def _cells(self):
+        fmt = lambda v, k: "" if v is None else f"{v:.3g}" if k == "loss" else f"{v:.4f}" if k == "r2" else str(v)
+        return [[fmt(r[k], k) + (" *" if k == "index" and r["selected"] else "") for k in self._columns] for r in self]
+
+    def __str__(self):
+        cells = [list(self._columns)] + self._cells()
+        width = [max(len(row[j]) for row in cells) for j in range(len(self._columns) - 1)]
+        return "\n".join("  ".join([c.rjust(w) for c, w in zip(row, width)] + [row[-1]]) for row in cells) + \
+            ("\n(* the selected equation)" if any(r["selected"] for r in self) else "")
+
+    def _repr_markdown_(self):
+        head = "| " + " | ".join(self._columns) + " |\n|" + "---:|" * (len(self._columns) - 1) + ":---|\n"
+        return head + "".join("| " + " | ".join(row[:-1] + [f"`{row[-1]}`"]) + " |\n" for row in self._cells())
 
 
 @dataclass
@@ -155,6 +232,25 @@ class FittedRule:
     def __repr__(self):
         return f"FittedRule({self.expr}, complexity={complexity(self.expr)}, engine={self.engine!r}, front of {len(self.pareto)})"
 
+    def table(self, digits: int = 3) -> ParetoTable:
+        """The Pareto front as rows, simplest first: `index` (for `member`), `nodes` (complexity), `loss` (MSE on the
+        fitting rows), `r2`, the `equation` with its constants rounded to `digits` significant digits, and whether it
+        is the `selected` one (`expr`). `print` it for an aligned table; a notebook shows it as Markdown."""
+        rows = ParetoTable()
+        for i, m in enumerate(self.pareto):
+            rows.append({"index": i, "nodes": m.get("complexity", complexity(m["expr"])), "loss": m.get("loss"), "r2": m.get("r2"),
+                         "equation": str(_rounded(m["expr"], digits)), "selected": m["expr"] == self.expr})
+        return rows
+
+    def member(self, i: int) -> FittedRule:
+        """Member `i` of the Pareto front (as in `table`; negative from the most complex end, as a list indexes) as a
+        `FittedRule` with the same names, front and metadata: `fit.member(-1).to_rule()` deploys the most accurate."""
+        n = len(self.pareto)
+        if isinstance(i, bool) or not isinstance(i, (int, np.integer)) or not -n <= i < n:
+            raise ValueError(f"no member {i!r}: the Pareto front has {n} member(s), indices 0 to {n - 1} (or -{n} to -1)")
+        i = int(i) % n
+        return replace(self, expr=self.pareto[i]["expr"], selection=f"member {i}", meta=dict(self.meta))
+
     def _clip(self):  # what the deployed rule clamps to: the target's range, for a recurrent or censored fit
         return self.meta.get("target_range") if OUTPUT_FEATURE in _streams(self.expr) or self.meta.get("censor") else None
 
@@ -170,7 +266,7 @@ class FittedRule:
 
     def latex(self, digits: int = 3) -> str:
         "LaTeX of the equation with every constant rounded (not truncated) to `digits` significant digits."
-        rounded = self.expr.xreplace({a: sp.Float(float(f"{float(a):.{digits}g}"), digits) for a in self.expr.atoms(sp.Float)})
+        rounded = _rounded(self.expr, digits)
         names = {}
         for s in rounded.free_symbols:  # feature_lag → \mathrm{feature}_{lag} (sympy would read "mp3_1" as mp_{3 1})
             feature, _, lag = s.name.rpartition("_")
@@ -216,18 +312,32 @@ CENSOR_FACTOR = 1.2
 MAX_EQUATION_LENGTH = 200
 
 
-def fit_rule(X, y, names: Sequence[str], *, engine: str = "operon", operators: Sequence[str] | None = None,
-             max_length: int = 30, generations: int = 100, time_limit: float = 60.0, seed: int = 0,
+def fit_rule(X, y=None, names: Sequence[str] | None = None, *, engine: str = "operon", operators: Sequence[str] | None = None,
+             max_length: int = 50, generations: int = 100, time_limit: float = 60.0, patience: int = 20, seed: int = 0,
              selection: str = "best", search_rows: int = 2000, max_rows: int = 20_000, linear_terms: int = 20,
              censor: float | None = None, meta: dict | None = None) -> FittedRule:
     """Symbolic regression of `y` on the columns `names` of `X`: the selected equation and the Pareto front, as a `FittedRule`.
 
-    The engine evolves `generations` generations (reproducible for a `seed`) on `search_rows` rows, unless
-    `time_limit` seconds pass first (then `meta["stopped_by_time"]` is true); every candidate is then scored on up
-    to `max_rows` rows. `censor`: for a bounded target (a tanh output), the level above which |y| is saturated; those
-    rows are fitted to `CENSOR_FACTOR`·y, past the bound, and the deployed rule clips at the target's range."""
+    `X` may be an `SRDataset` (02's recording), alone: its rows, target, column names and metadata (the rule's output
+    `scale` and `betas`, which `to_rule` deploys with) are used, `meta` updating the latter. Every column name is
+    `<feature>_<lag>` with a feature the deployed rule computes (`FEATURE_NAMES`, or `u` for its own past outputs).
+    Rows with a non-finite value are dropped, with a warning. The engine evolves up to `generations` generations
+    (reproducible for a `seed`) on `search_rows` rows; it stops early when its front has converged (an exact fit, or
+    no relative improvement above 1e-6 of the best loss or of the front's hypervolume in `patience` generations), or
+    when `time_limit` seconds have passed; `meta["stopped_by"]` says which ("converged", "time", "generations") and
+    `meta["generations_run"]` how many ran. Every candidate is then scored on up to `max_rows` rows. `censor`: for a
+    bounded target (a tanh output), the level above which |y| is saturated; those rows are fitted to
+    `CENSOR_FACTOR`·y, past the bound, and the deployed rule clips at the target's range."""
+    if isinstance(X, SRDataset):
+        if y is not None or names is not None:
+            raise ValueError("fit_rule(dataset) takes the target and the column names from the SRDataset: pass y and names "
+                             "only with an array X, as fit_rule(X, y, names)")
+        meta, X, y, names = {**X.meta, **(meta or {})}, X.X, X.y, X.names
+    elif y is None or names is None:
+        raise ValueError("fit_rule needs the target and the column names with an array X: fit_rule(X, y, names), or a "
+                         "recording (srgen.SRDataset) alone: fit_rule(dataset)")
     if engine not in ENGINE_OPERATORS: raise ValueError(f"unknown engine {engine!r}; known: {sorted(ENGINE_OPERATORS)}")
-    for name, v in (("generations", generations), ("search_rows", search_rows), ("max_rows", max_rows)):
+    for name, v in (("generations", generations), ("patience", patience), ("search_rows", search_rows), ("max_rows", max_rows)):
         if int(v) != v or v < 1: raise ValueError(f"invalid {name}={v}: expected a positive integer")
     if isinstance(max_length, bool) or not isinstance(max_length, int) or not 1 <= max_length <= MAX_EQUATION_LENGTH:
         raise ValueError(f"invalid max_length={max_length!r}: expected an integer from 1 to MAX_EQUATION_LENGTH = {MAX_EQUATION_LENGTH} (nodes)")
@@ -241,6 +351,7 @@ def fit_rule(X, y, names: Sequence[str], *, engine: str = "operon", operators: S
     if missing: raise ValueError(f"operator(s) {missing} are not available in the {engine} engine (it has {list(ENGINE_OPERATORS[engine])})")
     names = list(names)
     X, y, dropped = _validate(X, y, names)
+    _check_feature_names(names)
     y_range = [float(y.min()), float(y.max())]
     if censor is not None: y = np.where(np.abs(y) > censor, CENSOR_FACTOR * y, y)
     rng = np.random.default_rng(seed)
@@ -253,9 +364,9 @@ def fit_rule(X, y, names: Sequence[str], *, engine: str = "operon", operators: S
     unscale = {variable(n): variable(n) / sp.Float(s) for n, s in zip(names, sigma)}
     search = rng.choice(len(y), search_rows, replace=False) if len(y) > search_rows else slice(None)
     linear, exact = _linear_path(X, y, names, linear_terms)
-    texts, stopped = ([], False) if exact else \
+    texts, run, stopped_by = ([], 0, "converged") if exact else \
         (_operon_fit if engine == "operon" else _pysr_fit)((X / sigma)[search], y[search], names, operators,
-                                                           max_length, generations, time_limit, seed)
+                                                           max_length, generations, time_limit, seed, patience)
     exprs = [parse_expression(t, names).xreplace(unscale) for t in texts] + [parse_expression(t, names) for t in linear]
     candidates, floor = {}, 1e-12 * float(y.var())  # losses below the floor are rounding: they tie
     for expr in exprs:
@@ -270,7 +381,8 @@ def fit_rule(X, y, names: Sequence[str], *, engine: str = "operon", operators: S
         if not front or m["loss"] < front[-1]["loss"]: front.append(m)
     chosen = _select(front, selection)
     info = {**(meta or {}), "target_range": y_range, "censor": censor, "engine_skipped": exact, "rows": len(y), "dropped_rows": dropped, "search_rows": min(search_rows, len(y)),
-            "generations": generations, "stopped_by_time": stopped}
+            "generations": generations, "generations_run": run, "patience": patience, "stopped_by": stopped_by,
+            "stopped_by_time": None if stopped_by is None else stopped_by == "time"}
     return FittedRule(chosen["expr"], names, front, engine, selection, time.perf_counter() - t0, info)
 
 # %% ../nbs/03_distill.ipynb #0b3e5be2
