@@ -203,7 +203,8 @@ def test_fit_rule_is_reproducible_for_a_seed_and_reports_what_stopped_it(gradien
     assert fits[0].meta["engine_skipped"] is False
     linear = fit_rule(gradients.X, 3 * gradients.X[:, 0] - gradients.X[:, 2], gradients.names, generations=10**6, time_limit=60)
     assert linear.meta["engine_skipped"] is True and linear.seconds < 5 and linear.r2(gradients.X, 3 * gradients.X[:, 0] - gradients.X[:, 2]) == pytest.approx(1)
-    cut = fit_rule(gradients.X, y, gradients.names, generations=10**6, time_limit=1, seed=3, patience=10**6)  # only the clock stops it
+    noisy = y + np.random.default_rng(0).normal(size=len(y))  # no exact fit to converge to, no patience stop: the clock
+    cut = fit_rule(gradients.X, noisy, gradients.names, generations=10**6, time_limit=1, seed=3, patience=10**6)
     assert cut.meta["stopped_by_time"] is True
     for bad, message in (({"generations": 0}, "generations"), ({"search_rows": 2.5}, "search_rows"), ({"time_limit": 0}, "time_limit")):
         with pytest.raises(ValueError, match=message): fit_rule(gradients.X, y, gradients.names, **bad)
