@@ -724,8 +724,14 @@ def _validation_seeds(settings):
     return range(VALIDATION_SEED_BASE, VALIDATION_SEED_BASE + settings.validation_seeds)
 
 
-def verdict(ratio: tuple[float, float, float], tolerance: float = 0.15) -> str:
-    "In words, what the Eva loss ratio's interval says: faithful, better or worse than the rule, or not resolved."
+def _trains(evaluation) -> bool:  # the rule brings its Eva loss below 90% of the initial loss
+    return bool(evaluation.late_loss.mean() < 0.9 * evaluation.train_loss[:, 0].mean())
+
+
+def verdict(ratio: tuple[float, float, float], tolerance: float = 0.15, trains: bool = True) -> str:
+    """In words, what the Eva loss ratio's interval says: faithful, better or worse than the rule, or not resolved; and
+    nothing at all when the rule does not train (`trains` False)."""
+    if not trains: return "the rule does not train here: nothing to be faithful to"
     if faithful(ratio, tolerance): return "faithful"
     if ratio[2] < 1: return "trains better than its rule"
     if ratio[1] > 1: return "trains worse than its rule"
@@ -801,8 +807,8 @@ class Distillation:
                 "nodes": complexity(self.fit.expr), "scale": self.fit.meta.get("scale", 1.0),
                 "r2_teacher_forced": self.fit.r2(part.X, part.y), "r2_free_running": _r2(part.y, free_running(self.fit, part)),
                 "eva_loss_source": self.source_eval.eva_loss, "eva_loss_equation": self.equation_eval.eva_loss,
-                "eva_ratio": ratio[0], "eva_ratio_ci": list(ratio[1:]), "faithful": faithful(ratio, self.settings.tolerance),
-                "verdict": verdict(ratio, self.settings.tolerance),
+                "eva_ratio": ratio[0], "eva_ratio_ci": list(ratio[1:]), "source_trains": (trains := _trains(self.source_eval)),
+                "faithful": trains and faithful(ratio, self.settings.tolerance), "verdict": verdict(ratio, self.settings.tolerance, trains),
                 "eva_ratio_tuned": None if tuned is None else tuned[0], "eva_ratio_tuned_ci": None if tuned is None else list(tuned[1:]),
                 "tuned_equation": None if self.tuned is None else str(self.tuned.to_sympy()),
                 "faithful_seeds": [sum(s["faithful"] for s in self.seeds), len(self.seeds)],
@@ -832,6 +838,9 @@ def distill(rule, task, name: str = "rule", settings: DistillSettings | None = N
     source_val = evaluate(rule, task, settings.steps, _validation_seeds(settings), device=device, progress=False).late_loss
     reported = range(settings.eval_seeds)
     source_eval = evaluate(rule, task, settings.steps, reported, device=device, progress=False)
+    if not (trains := _trains(source_eval)):
+        warnings.warn(f"{name} does not train {task.name} (Eva loss {source_eval.eva_loss[0]:.4g}, at least 90% of the initial "
+                      "loss): an equation can copy it without saying anything about optimization; no equation is called faithful")
     seeds = []
     for seed in settings.search_seeds:
         members = fidelity(search(train, settings, seed, censor), validation, settings.zero_drift)
@@ -840,7 +849,7 @@ def distill(rule, task, name: str = "rule", settings: DistillSettings | None = N
         ev = evaluate(chosen["fit"].to_rule(), task, settings.steps, reported, device=device, progress=False)
         ratio = eva_ratio(source_eval.late_loss, ev.late_loss)
         seeds.append({"seed": seed, "members": members, **picked, "validation_faithful": picked["faithful"],
-                      "eva_ratio": ratio, "faithful": faithful(ratio, settings.tolerance), "evaluation": ev})
+                      "eva_ratio": ratio, "faithful": trains and faithful(ratio, settings.tolerance), "evaluation": ev})
     # chosen on the validation problems: faithful there first, then the fewest nodes, then the nearest ratio
     val_ratio = lambda s: next(x["ratio"] for x in s["screened"] if x["index"] == s["chosen"]) or math.inf
     k = min(range(len(seeds)), key=lambda k: (not seeds[k]["validation_faithful"], seeds[k]["members"][seeds[k]["chosen"]]["nodes"],

@@ -908,11 +908,11 @@ def zoo_tasks(root: str | Path | None = None) -> list[Task]:
     return [t for member in family for t in (paper, member)]
 
 
-def held_out_family(root: str | Path | None = None) -> list[Task]:
+def held_out_family(activations: Sequence[str] = ("relu", "tanh", "elu")) -> list[Task]:
     """MNIST MLPs no zoo rule trained on (width 40, depth 3, and the ELU activation it never saw), with both inits, on the
     evaluation half of MNIST: where `01` measures how the rules travel."""
-    return mlp_family(widths=(40,), depths=(3,), activations=("relu", "tanh", "elu"), inits=("normal", "default"),
-                      data="mnist", split="eval")
+    return mlp_family(widths=(40,), depths=(3,), activations=activations, inits=("normal", "default"), data="mnist",
+                      split="eval")
 
 
 def train_zoo(names: Sequence[str] = ZOO, out: str | Path = ZOO_DIR, epochs: int = 200, epoch_len: int = 200,

@@ -291,3 +291,13 @@ def test_distill_reports_the_equation_as_found_with_stage_three_apart():
     assert s["tuned_equation"] is not None and s["tuned_equation"] != s["equation"]  # tuned apart: the found one is kept
     assert str(d.fit.expr) == s["equation"] and s["recurrence"]["stable"] and s["recurrence"]["fixed_point"] == 0
     json.dumps(s, default=float)
+
+
+def test_a_rule_that_does_not_train_gets_no_faithful_equation():
+    from symbolic_l2o.distill import DistillSettings, distill
+    with pytest.warns(UserWarning, match="does not train"):
+        d = distill(SGDRule(lr=1e-9), make_task("quadratic"), "frozen", DistillSettings(**{**SMALL, "search_seeds": (0,)}))
+    s = d.summary()
+    assert s["eva_ratio"] == pytest.approx(1, abs=1e-3)  # the equation copies it exactly...
+    assert not s["source_trains"] and not s["faithful"] and s["faithful_seeds"] == [0, 1]  # ...and that says nothing
+    assert s["verdict"].startswith("the rule does not train")
