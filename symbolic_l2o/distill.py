@@ -251,8 +251,10 @@ class FittedRule:
         i = int(i) % n
         return replace(self, expr=self.pareto[i]["expr"], selection=f"member {i}", meta=dict(self.meta))
 
-    def _clip(self):  # what the deployed rule clamps to: the target's range, for a recurrent or censored fit
-        return self.meta.get("target_range") if OUTPUT_FEATURE in _streams(self.expr) or self.meta.get("censor") else None
+    def _clip(self):  # what the deployed rule clamps to: the target's range and 0 (a rule at rest), for a recurrent or censored fit
+        if not (OUTPUT_FEATURE in _streams(self.expr) or self.meta.get("censor")) or "target_range" not in self.meta: return None
+        lo, hi = self.meta["target_range"]
+        return [min(lo, 0.0), max(hi, 0.0)]
 
     def predict(self, X) -> np.ndarray:
         """The equation's values on the rows of `X` (columns in the order of `names`), clipped as `to_rule` clips

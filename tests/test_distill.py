@@ -132,6 +132,8 @@ def test_to_rule_clips_a_recurrent_equation_to_its_fitted_target_range():
     assert fit.meta["target_range"] == [y.min(), y.max()]
     assert fit.to_rule().clip == (y.min(), y.max())
     assert fit_rule(X, y, ["g_0", "g_1"], generations=2).to_rule().clip is None  # nothing fed back: nothing to bound
+    drifting = fit_rule(X, 0.05 + 0.01 * X[:, 0] + 0.01 * X[:, 1], ["g_0", "u_1"], generations=2)  # outputs all positive
+    assert drifting.to_rule().clip[0] == 0.0  # rest (0) stays inside the clip: it cannot force a drift
     with pytest.raises(ValueError, match="clip"): SymbolicRule("g_0", clip=(1.0, -1.0))
 
 
