@@ -1,4 +1,5 @@
-"""04_finetune_resnet: DDP equivalence with real torchrun processes, tuned-rule files, CIFAR files, and the notebook end to end."""
+"""04_finetune_resnet: DDP equivalence with real torchrun processes, tuned-rule files, CIFAR files, the protocol's search, and the
+notebook end to end (chained to a 03 equation, writing summary/finetune.json)."""
 import importlib.util
 import json
 import os
@@ -11,8 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from symbolic_l2o.finetune import (TanhBasisRule, cifar, load_tuned, meta_tune, save_tuned)
-from symbolic_l2o.meta_train import make_task
+import symbolic_l2o.finetune as finetune
+from symbolic_l2o.finetune import (TanhBasisRule, cifar, digits32, load_tuned, lr_search, meta_tune, rule_source_fit, save_tuned)
+from symbolic_l2o.meta_train import ZOO_DIR, file_digest, make_task
 from symbolic_l2o.optimizers import SymbolicRule
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -134,20 +136,62 @@ def test_missing_cifar_says_how_to_get_it(tmp_path):
         cifar("cifar100", root=tmp_path)
 
 
-def test_notebook_runs_under_papermill_at_test_scale(tmp_path):
+def test_lr_search_extends_the_grid_past_the_edge_that_holds_the_best(monkeypatch):
+    "The validation accuracy peaks at lr 1e-3, two grid steps below the grid around 0.1: the search must walk down to it."
+    def fake_train(model, factory, epochs, data, schedule, batch_size, device, seed, out, label, eval_every_epoch, progress):
+        lr = factory(model).param_groups[0]["lr"]
+        return {"final_test_acc": 100 - abs(np.log10(lr) + 3), "epochs": [{"train_loss": 1.0}]}
+    monkeypatch.setattr(finetune, "train", fake_train)
+    make = lambda ps, lr: torch.optim.SGD(ps, lr=lr)
+    data = digits32().subset(64, 16)
+    found = lr_search(make, 0.1, "resnet10_w4", data, 1, points=3, max_extensions=6)
+    np.testing.assert_allclose(found["best_lr"], 1e-3)
+    np.testing.assert_allclose(found["lr_grid"], [10 ** (-3.5), 1e-3, 10 ** (-2.5), 1e-2, 10 ** (-1.5), 0.1, 10 ** (-0.5)])
+    assert np.isclose(found["val_metric"], 100.0) and len(found["val_acc"]) == len(found["lr_grid"])
+    capped = lr_search(make, 0.1, "resnet10_w4", data, 1, points=3, max_extensions=1)
+    np.testing.assert_allclose(capped["lr_grid"], [1e-2, 10 ** (-1.5), 0.1, 10 ** (-0.5)])
+    np.testing.assert_allclose(capped["best_lr"], 1e-2)  # the budget ran out at the edge: the best seen, not the true optimum
+
+
+def test_rule_source_takes_a_run_directory_a_file_or_a_zoo_name(tmp_path):
+    zoo = ZOO_DIR / "rp_si_distilled.json"
+    (tmp_path / "fitted_rp_si.json").write_bytes(zoo.read_bytes())
+    for source in (tmp_path, tmp_path / "fitted_rp_si.json", "rp_si_distilled", None):
+        fit, path = rule_source_fit(source)
+        assert file_digest(path) == file_digest(zoo) and fit.expr is not None
+    assert rule_source_fit(tmp_path)[1] == str(tmp_path / "fitted_rp_si.json")
+    with pytest.raises(ValueError, match="distilled rules"):
+        rule_source_fit("dm")
+
+
+def test_notebook_runs_under_papermill_at_test_scale_chained_to_03(tmp_path):
     out = tmp_path / "run"
+    out.mkdir()
+    (out / "fitted_rp_si.json").write_bytes((ZOO_DIR / "rp_si_distilled.json").read_bytes())  # as 03 leaves it in a run
     cmd = [str(Path(sys.executable).parent / "papermill"), "--cwd", str(ROOT / "nbs"), str(ROOT / "nbs" / "04_finetune_resnet.ipynb"),
            str(tmp_path / "04.ipynb"), "-p", "scale", "test", "-p", "out_dir", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = json.loads((out / "summary" / "04_finetune_resnet.json").read_text())
-    (title, table), = [(t, v) for t, v in summary["tables"].items() if t.startswith("Test accuracy")]
+    assert summary["inputs"][0]["path"] == "fitted_rp_si.json"  # 03's equation of this run, not the zoo's
+    (title, table), = [(t, v) for t, v in summary["tables"].items() if t.startswith("One protocol")]
     labels = [r[0] for r in table["rows"]]
-    assert {"Symbolic L2O", "Symbolic L2O (online)", "SGD+cos", "Adam+cos", "Lion+cos"} <= set(labels)
-    assert all(0 <= float(r[1].split()[0]) <= 100 for r in table["rows"])
+    assert {"Symbolic L2O (meta-tuned)", "ψ γ·tanh (meta-trained)", "SGD+cos", "SGD+mom+cos", "Nesterov+cos", "Adam+cos",
+            "AdamW+cos", "Lion+cos"} == set(labels)
+    assert not any("best" in c for c in table["columns"])  # nothing picked on the test set
     assert any(t.startswith("Scalability") for t in summary["tables"])
-    assert any("mp" in e or "mathrm" in e for e in summary["equations"].values())
     assert all((out / f).exists() for f in summary["figures"].values())
+    ft = json.loads((out / "summary" / "finetune.json").read_text())
+    assert ft["source"] == {"path": "fitted_rp_si.json", "sha256": file_digest(out / "fitted_rp_si.json")}
+    assert {"summary/finetune.json", "tuned_symbolic.json", "tuned_tanh_basis.json"} <= {a["path"] for a in summary["outputs"]}
+    assert len(ft["optimizers"]) == 8
+    for name, o in ft["optimizers"].items():
+        assert o["best_lr"] in o["lr_grid"] and len(o["lr_grid"]) >= 3 and o["val_metric"] == max(o["val_acc"]), name
+        assert len(o["seeds"]) >= 3 and o["test_acc_ci"][0] <= o["test_acc_mean"] <= o["test_acc_ci"][1], name
+        assert o["step_ms"] > 0 and o["state_bytes_per_param"] >= 0, name
+    assert ft["optimizers"]["adam_cosine"]["state_bytes_per_param"] >= 8  # two float32 moments
     tuned, card = load_tuned(out / "tuned_symbolic.json")
     assert isinstance(tuned, SymbolicRule) and card["multiplier"] in card["multiplier_scores"] or \
         str(card["multiplier"]) in card["multiplier_scores"]
+    psi, psi_card = load_tuned(out / "tuned_tanh_basis.json")
+    assert isinstance(psi, TanhBasisRule) and psi_card["before"] != psi_card["after"]  # ψ was meta-trained
