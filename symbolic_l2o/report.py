@@ -317,11 +317,14 @@ def build_report(run_dir: str | Path, bench: str | Path | None = "bench/results.
 
 # %% ../nbs/05_report.ipynb #a0fb141f
 _SITE_PACKAGES = re.compile(r"(?:/[^\s/'\"]+)+/site-packages/")
+_KERNEL_CELL = re.compile(r"(?:/[^\s/'\"]+)+/ipykernel_\d+/\d+\.py")
 
 
 def relative_paths(text: str, root: str | Path) -> str:
-    "`text` without this machine's absolute paths: those under `root` made relative to it, those of installed packages from the package on."
-    return _SITE_PACKAGES.sub("", text).replace(str(Path(root).resolve()) + "/", "")
+    """`text` without this machine's absolute paths: those under `root` made relative to it, those of installed packages
+    from the package on, and the kernel's temporary file of a cell (a warning raised in a notebook) as `<cell>`."""
+    text = _KERNEL_CELL.sub("<cell>", _SITE_PACKAGES.sub("", text))
+    return text.replace(str(Path(root).resolve()) + "/", "")
 
 
 def relative_outputs(nb, root: str | Path):
