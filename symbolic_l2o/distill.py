@@ -22,7 +22,7 @@ import torch
 import symbolic_l2o
 from .optimizers import (FEATURE_NAMES, MAX_LAG, OPERATORS, OUTPUT_FEATURE, SymbolicRule, compile_expression,
                                      complexity, parse_expression, rule_config, variable)
-from .meta_train import atomic_write, require_keys
+from .meta_train import atomic_write, paired_interval, require_keys
 from .srgen import SRDataset
 
 # %% auto #0
@@ -710,10 +710,7 @@ def fidelity(fits: Sequence[FittedRule], data: SRDataset, zero_drift: bool = Tru
 def eva_ratio(source, equation, resamples: int = 2000, seed: int = 0) -> tuple[float, float, float]:
     """The equation's Eva loss over the source rule's on the same problems (their `Evaluation.late_loss`), and its 95%
     interval from a paired bootstrap over the problems."""
-    a, b = np.asarray(source, dtype=float), np.asarray(equation, dtype=float)
-    idx = np.random.default_rng(seed).integers(0, len(a), size=(resamples, len(a)))
-    lo, hi = np.percentile(b[idx].mean(axis=1) / a[idx].mean(axis=1), [2.5, 97.5])
-    return float(b.mean() / a.mean()), float(lo), float(hi)
+    return paired_interval(source, equation, "ratio", resamples, seed)
 
 
 def faithful(ratio: tuple[float, float, float], tolerance: float = 0.15) -> bool:

@@ -24,7 +24,7 @@ import symbolic_l2o
 from .optimizers import (OUTPUT_FEATURE, GradFeatures, LionRule, RuleOptimizer, SymbolicRule, UpdateRule,
                                      check_hparam, complexity, optional_import, parse_expression, state_per_param,
                                      variable)
-from .meta_train import (TUNING_SEED_BASE, ZOO_DIR, Task, atomic_write, check_mnist, evaluate, find_data_root,
+from .meta_train import (TUNING_SEED_BASE, ZOO_DIR, extended_grid, Task, atomic_write, check_mnist, evaluate, find_data_root,
                                      meta_train, resolve_device)
 from .distill import FittedRule, _streams
 
@@ -612,18 +612,11 @@ def lr_search(make: Callable, lr: float, arch: str, data: ImageData, epochs: int
     scored by the final accuracy on `data`'s held-out images; past an edge that holds the best the grid grows by `step`,
     up to `max_extensions` times. Returns `lr_grid` (sorted), `val_acc` (per value), `best_lr` and `val_metric` (its accuracy)."""
     if points < 2: raise ValueError(f"points={points}: a grid needs at least 2 values")
-    centre = lr
-    scores = {}
-    score = lambda lr: protocol_run(make, lr, arch, data, epochs, seed, batch_size, device)["final_test_acc"]
-    for k in range(points): scores[centre * step ** (k - (points - 1) // 2)] = None
-    for v in scores: scores[v] = score(v)
-    best = lambda: max(scores, key=lambda v: (scores[v], -abs(math.log(v / centre))))
-    for _ in range(max_extensions):
-        b = best()
-        if b == min(scores): scores[b / step] = score(b / step)
-        elif b == max(scores): scores[b * step] = score(b * step)
-        else: break
-    b, grid = best(), sorted(scores)
+    accuracy = lambda v: protocol_run(make, v, arch, data, epochs, seed, batch_size, device)["final_test_acc"]
+    scores = extended_grid(lambda v: -accuracy(v), [lr * step ** (k - (points - 1) // 2) for k in range(points)], max_extensions)
+    scores = {v: -s for v, s in scores.items()}
+    b = max(scores, key=lambda v: (scores[v], -abs(math.log(v / lr))))  # ties: the value nearest the usual one
+    grid = sorted(scores)
     return {"lr_grid": grid, "val_acc": [scores[v] for v in grid], "best_lr": b, "val_metric": scores[b]}
 
 

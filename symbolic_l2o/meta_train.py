@@ -39,9 +39,9 @@ __all__ = ['MNIST_FILES', 'MNIST_HOWTO', 'MNIST_SPLITS', 'ACTIVATIONS', 'MLP_ARC
            'install_mnist', 'mnist_data', 'mlp', 'DigitsCNN', 'QuadraticTask', 'make_task', 'mlp_family',
            'atomic_write', 'sha256_bytes', 'require_keys', 'meta_window', 'artifact', 'write_summary', 'LogStepRule',
            'Curriculum', 'validate', 'read_metrics', 'run_lock', 'meta_train', 'Evaluation', 'evaluate', 'Tuning',
-           'tune_baseline', 'paired_interval', 'plot_evaluations', 'save_rule', 'load_rule', 'load_pretrained',
-           'rule_path', 'pretrained_card', 'resolve_rule', 'meta_train_cli', 'tune_cli', 'evaluate_cli', 'zoo_tasks',
-           'held_out_family', 'train_zoo']
+           'extended_grid', 'tune_baseline', 'paired_interval', 'plot_evaluations', 'save_rule', 'load_rule',
+           'load_pretrained', 'rule_path', 'pretrained_card', 'resolve_rule', 'meta_train_cli', 'tune_cli',
+           'evaluate_cli', 'zoo_tasks', 'held_out_family', 'train_zoo']
 
 # %% ../nbs/01_meta_train.ipynb #2a961f3c
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -706,6 +706,21 @@ class Tuning:
         return self.best_lr in (min(self.lrs), max(self.lrs))
 
 
+def extended_grid(score: Callable[[float], float], grid: Sequence[float], max_extensions: int = 8) -> dict[float, float]:
+    """`score` (lower is better) of every value of the log-spaced `grid`, the grid extended by its own step past
+    whichever edge holds the best, up to `max_extensions` times: value → score, for every value tried."""
+    grid = sorted(grid)
+    step = grid[1] / grid[0]
+    scores = {v: score(v) for v in grid}
+    for _ in range(max_extensions):
+        best = min(scores, key=scores.get)
+        if best == min(scores): v = best / step
+        elif best == max(scores): v = best * step
+        else: break
+        scores[v] = score(v)
+    return scores
+
+
 def tune_baseline(name: str, task, steps: int = 200, lrs: Sequence[float] = LR_GRID, tune_seeds: int = 3,
                   seeds: Sequence[int] = range(10), max_extensions: int = 8, device="cpu") -> Tuning:
     """Search baseline `name`'s learning rate by Eva loss on `tune_seeds` tuning problems (disjoint from `seeds`), extending
@@ -719,15 +734,7 @@ def tune_baseline(name: str, task, steps: int = 200, lrs: Sequence[float] = LR_G
         eva = evaluate(BASELINES[name](lr=lr), task, steps, tuning, eval_every=steps, device=device, progress=False).eva_loss[0]
         return eva if math.isfinite(eva) else math.inf
 
-    grid = sorted(lrs)
-    step = grid[1] / grid[0]
-    scores = {lr: score(lr) for lr in grid}
-    for _ in range(max_extensions):
-        best = min(scores, key=scores.get)
-        if best == min(scores): lr = min(scores) / step
-        elif best == max(scores): lr = max(scores) * step
-        else: break
-        scores[lr] = score(lr)
+    scores = extended_grid(score, lrs, max_extensions)
     best = min(scores, key=scores.get)
     tried = sorted(scores)
     return Tuning(name, tried, [scores[lr] for lr in tried], best,
