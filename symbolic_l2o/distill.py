@@ -702,7 +702,7 @@ def fidelity(fits: Sequence[FittedRule], data: SRDataset, zero_drift: bool = Tru
             if str(canon.expr) in seen: continue
             seen.add(str(canon.expr))
             part = data.select(canon.names)
-            members.append({"fit": canon, "expr": canon.expr, "nodes": complexity(canon.expr), "family": fit.meta["family"],
+            members.append({"fit": canon, "nodes": complexity(canon.expr), "family": fit.meta["family"],
                             "r2_teacher_forced": canon.r2(part.X, part.y), "r2_free_running": _r2(part.y, free_running(canon, part))})
     return members
 
