@@ -2,6 +2,7 @@
 
 Each benchmark returns a dict of figures; timings are ratios against a baseline measured alternately in
 the same process (machines are noisy), with the absolute times beside them."""
+
 import argparse
 import json
 import os
@@ -14,14 +15,30 @@ import torch
 import torchvision
 
 import symbolic_l2o
-from symbolic_l2o.meta_train import BASELINES, atomic_write, ZOO, evaluate, load_pretrained, make_task, meta_train, tune_baseline
+from symbolic_l2o.meta_train import (
+    BASELINES,
+    atomic_write,
+    ZOO,
+    evaluate,
+    load_pretrained,
+    make_task,
+    meta_train,
+    tune_baseline,
+)
 from symbolic_l2o.optimizers import AdamRule, RuleOptimizer, make_rule
 
 
 def state_bytes_per_param(opt: torch.optim.Optimizer, n_params: int) -> float:
     "Bytes of optimizer state (every tensor, step counters included) per parameter."
-    return sum(v.numel() * v.element_size() for s in opt.state.values() for v in s.values()
-               if isinstance(v, torch.Tensor)) / n_params
+    return (
+        sum(
+            v.numel() * v.element_size()
+            for s in opt.state.values()
+            for v in s.values()
+            if isinstance(v, torch.Tensor)
+        )
+        / n_params
+    )
 
 
 def optimizer_step(repeats: int = 30, warmup: int = 3) -> dict:
@@ -41,24 +58,38 @@ def optimizer_step(repeats: int = 30, warmup: int = 3) -> dict:
         for name, opt in (("rule", rule_opt), ("adam", adam)):
             t0 = time.perf_counter()
             opt.step()
-            if i >= warmup: times[name].append(time.perf_counter() - t0)
+            if i >= warmup:
+                times[name].append(time.perf_counter() - t0)
     rule_ms, adam_ms = (1e3 * statistics.median(times[k]) for k in ("rule", "adam"))
-    return {"ratio": rule_ms / adam_ms, "rule_ms": rule_ms, "adam_ms": adam_ms,
-            "state_bytes_per_param": state_bytes_per_param(rule_opt, n),
-            "adam_state_bytes_per_param": state_bytes_per_param(adam, n),
-            "params": n, "repeats": repeats, "threads": torch.get_num_threads()}
+    return {
+        "ratio": rule_ms / adam_ms,
+        "rule_ms": rule_ms,
+        "adam_ms": adam_ms,
+        "state_bytes_per_param": state_bytes_per_param(rule_opt, n),
+        "adam_state_bytes_per_param": state_bytes_per_param(adam, n),
+        "params": n,
+        "repeats": repeats,
+        "threads": torch.get_num_threads(),
+    }
 
 
 def meta_train_scaling(unrolls=(5, 10, 20, 40), windows: int = 4, epochs: int = 3) -> dict:
     "Seconds per meta-training window of RP on digits_mlp for each unroll K (median over epochs of `windows` windows)."
     task, out = make_task("digits_mlp"), {}
-    meta_train(make_rule("rp"), task, epochs=1, epoch_len=unrolls[0], unroll=unrolls[0], progress=False)  # warm-up
+    meta_train(
+        make_rule("rp"), task, epochs=1, epoch_len=unrolls[0], unroll=unrolls[0], progress=False
+    )  # warm-up
     for k in unrolls:
         torch.manual_seed(0)
-        history = meta_train(make_rule("rp"), task, epochs=epochs, epoch_len=windows * k, unroll=k, progress=False)
+        history = meta_train(
+            make_rule("rp"), task, epochs=epochs, epoch_len=windows * k, unroll=k, progress=False
+        )
         out[str(k)] = statistics.median(h["seconds"] for h in history) / windows
-    return {"seconds_per_window": out, "ratio_40_over_10": out["40"] / out["10"],
-            "note": "linear cost in K gives a ratio of about 4, quadratic about 16"}
+    return {
+        "seconds_per_window": out,
+        "ratio_40_over_10": out["40"] / out["10"],
+        "note": "linear cost in K gives a ratio of about 4, quadratic about 16",
+    }
 
 
 def l2o_quality(horizon: int = 200, factor: int = 5, seeds: int = 10) -> dict:
@@ -83,17 +114,33 @@ def l2o_quality(horizon: int = 200, factor: int = 5, seeds: int = 10) -> dict:
 def sanity_recovery() -> dict:
     "The paper's five sanity targets from recorded gradients (library defaults: max_length 50, 25 s engine clock, most accurate member): R², seconds, exact flag."
     from symbolic_l2o.distill import sanity_check
-    paper = {"-0.01 g_t": (1.0, 49), "sum (1-0.1i) g_t-i": (0.94, 126), "g_t^2 + g_t-1 + 2g_t-2 + exp(g_t-4)": (0.98, 256),
-             "momentum(0.6)": (0.97, 90), "Adam(0.9)": (0.89, 879)}
-    return {r["target"]: {"r2": r["r2"], "seconds": r["seconds"], "exact": r["exact"], "recovered": r["recovered"], "stopped_by_time": r["fit"].meta["stopped_by_time"],
-                          "paper_r2": paper[r["target"]][0], "paper_seconds": paper[r["target"]][1]}
-            for r in sanity_check(progress=False)}
+
+    paper = {
+        "-0.01 g_t": (1.0, 49),
+        "sum (1-0.1i) g_t-i": (0.94, 126),
+        "g_t^2 + g_t-1 + 2g_t-2 + exp(g_t-4)": (0.98, 256),
+        "momentum(0.6)": (0.97, 90),
+        "Adam(0.9)": (0.89, 879),
+    }
+    return {
+        r["target"]: {
+            "r2": r["r2"],
+            "seconds": r["seconds"],
+            "exact": r["exact"],
+            "recovered": r["recovered"],
+            "stopped_by_time": r["fit"].meta["stopped_by_time"],
+            "paper_r2": paper[r["target"]][0],
+            "paper_seconds": paper[r["target"]][1],
+        }
+        for r in sanity_check(progress=False)
+    }
 
 
 def distill_fidelity() -> dict:
     """Per zoo rule, at the library's settings (three search seeds): the deployed equation, its nodes, R² teacher-forced
     and free-running, Eva loss ratio to its LSTM with its interval, faithful seeds, TPF, mapping complexity."""
     from symbolic_l2o.distill import distill
+
     task = make_task("digits_mlp")
     return {name: distill(load_pretrained(name), task, name, progress=False).summary() for name in ZOO}
 
@@ -102,6 +149,7 @@ def _deployed_symbolic():
     "The zoo's distilled RP_si equation reduced to its deployable member (as 04_finetune_resnet deploys it)."
     from symbolic_l2o.finetune import deployable, rule_source_fit
     from symbolic_l2o.optimizers import SymbolicRule
+
     fit, _ = rule_source_fit()
     return fit, SymbolicRule(deployable(fit), scale=float(fit.meta.get("scale", 1.0)))
 
@@ -109,8 +157,12 @@ def _deployed_symbolic():
 def scalability(repeats: int = 10) -> dict:
     "ResNet-18 (CIFAR) parameters on CPU: state bytes/param and median step time of the symbolic, γ·tanh, Adam and RNNprop LSTM rules."
     from symbolic_l2o.finetune import scalability as measure
+
     result = measure(_deployed_symbolic()[1], "resnet18", repeats=repeats)
-    result["targets"] = {"symbolic_over_adam_time": "<= 1.3", "symbolic_state_bytes_per_param": "<= adam_state_bytes_per_param"}
+    result["targets"] = {
+        "symbolic_over_adam_time": "<= 1.3",
+        "symbolic_state_bytes_per_param": "<= adam_state_bytes_per_param",
+    }
     return result
 
 
@@ -118,27 +170,60 @@ def resnet_digits32(seeds=(0, 1, 2)) -> dict:
     """04's protocol on digits32 (resnet10_w8, 8 epochs): the proxy-tuned symbolic rule and every baseline, each with a
     3-point LR grid chosen on 300 validation images, then 3 seeds; test accuracy mean and 95% interval."""
     from symbolic_l2o.finetune import BASELINES, digits32, prepare_symbolic, rule_spec, run_protocol
+
     torch.set_num_threads(min(2, torch.get_num_threads()))
     fit, _ = _deployed_symbolic()
     data = digits32()
     t0 = time.perf_counter()
     fit_part, _ = data.holdout(300)
-    sym, card = prepare_symbolic(fit, fit_part.task("resnet10_w4", batch_size=32, n=512), tune=dict(epochs=3, epoch_len=30, unroll=10),
-                                 search=dict(steps=30, multipliers=(3.0, 1.0, 0.3, 0.1, 0.03)))
+    sym, card = prepare_symbolic(
+        fit,
+        fit_part.task("resnet10_w4", batch_size=32, n=512),
+        tune=dict(epochs=3, epoch_len=30, unroll=10),
+        search=dict(steps=30, multipliers=(3.0, 1.0, 0.3, 0.1, 0.03)),
+    )
     prep = time.perf_counter() - t0
-    results = run_protocol({"symbolic": rule_spec("Symbolic L2O", sym), **BASELINES}, "resnet10_w8", data, epochs=8, seeds=seeds,
-                           n_val=300, points=3, max_extensions=2, progress=False)
-    summary = {n: {k: r[k] for k in ("best_lr", "val_metric", "test_acc", "test_acc_mean", "test_acc_ci")} for n, r in results.items()}
+    results = run_protocol(
+        {"symbolic": rule_spec("Symbolic L2O", sym), **BASELINES},
+        "resnet10_w8",
+        data,
+        epochs=8,
+        seeds=seeds,
+        n_val=300,
+        points=3,
+        max_extensions=2,
+        progress=False,
+    )
+    summary = {
+        n: {k: r[k] for k in ("best_lr", "val_metric", "test_acc", "test_acc_mean", "test_acc_ci")}
+        for n, r in results.items()
+    }
     best = max(BASELINES, key=lambda n: summary[n]["test_acc_mean"])
-    return {"arch": "resnet10_w8", "dataset": "digits32", "epochs": 8, "seeds": list(seeds), "optimizers": summary,
-            "best_baseline": best, "symbolic_minus_best_baseline": summary["symbolic"]["test_acc_mean"] - summary[best]["test_acc_mean"],
-            "target": "symbolic test_acc_mean >= the best baseline's 95% interval's low end", "rule": f"{sym.scale:g} * ({sym.to_sympy()})",
-            "multiplier": card["multiplier"], "prepare_seconds": prep, "seconds": time.perf_counter() - t0}
+    return {
+        "arch": "resnet10_w8",
+        "dataset": "digits32",
+        "epochs": 8,
+        "seeds": list(seeds),
+        "optimizers": summary,
+        "best_baseline": best,
+        "symbolic_minus_best_baseline": summary["symbolic"]["test_acc_mean"] - summary[best]["test_acc_mean"],
+        "target": "symbolic test_acc_mean >= the best baseline's 95% interval's low end",
+        "rule": f"{sym.scale:g} * ({sym.to_sympy()})",
+        "multiplier": card["multiplier"],
+        "prepare_seconds": prep,
+        "seconds": time.perf_counter() - t0,
+    }
 
 
-BENCHMARKS = {"optimizer_step": optimizer_step, "meta_train_scaling": meta_train_scaling, "l2o_quality": l2o_quality,
-              "sanity_recovery": sanity_recovery, "distill_fidelity": distill_fidelity, "scalability": scalability,
-              "resnet_digits32": resnet_digits32}
+BENCHMARKS = {
+    "optimizer_step": optimizer_step,
+    "meta_train_scaling": meta_train_scaling,
+    "l2o_quality": l2o_quality,
+    "sanity_recovery": sanity_recovery,
+    "distill_fidelity": distill_fidelity,
+    "scalability": scalability,
+    "resnet_digits32": resnet_digits32,
+}
 
 
 def main():
@@ -146,12 +231,23 @@ def main():
     parser.add_argument("--out", type=Path, default=Path("bench/results.json"))
     parser.add_argument("--only", nargs="*", choices=sorted(BENCHMARKS), help="run only these benchmarks")
     args = parser.parse_args()
-    results = {"machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                           "cpus": os.cpu_count()},
-               "versions": {"symbolic_l2o": symbolic_l2o.__version__, "torch": torch.__version__,
-                            "torchvision": torchvision.__version__, "python": platform.python_version()},
-               "benchmarks": {}}
-    if args.only and args.out.exists():  # a partial run updates those benchmarks and keeps the others' last results
+    results = {
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(),
+        },
+        "versions": {
+            "symbolic_l2o": symbolic_l2o.__version__,
+            "torch": torch.__version__,
+            "torchvision": torchvision.__version__,
+            "python": platform.python_version(),
+        },
+        "benchmarks": {},
+    }
+    if (
+        args.only and args.out.exists()
+    ):  # a partial run updates those benchmarks and keeps the others' last results
         results["benchmarks"] = json.loads(args.out.read_text()).get("benchmarks", {})
     for name in args.only or BENCHMARKS:
         print(f"== {name}", flush=True)

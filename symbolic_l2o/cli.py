@@ -28,29 +28,42 @@ __all__ = ['COMMANDS', 'OPTION_TYPES', 'distill_cli', 'command_summary', 'option
            'build_parser', 'main']
 
 # %% ../nbs/cli.ipynb #c11a0006
-def distill_cli(rule: str = "rp_si",  # zoo name, saved rule path, or hand rule name (with --lr) to distill
-                task: str = "digits_mlp",  # task on which the rule is recorded and its equation judged
-                steps: int = 200,  # optimizee steps per run
-                record_seeds: int = 20,  # runs recorded for the fit
-                lags: int = 20,  # window length L of the recorded features
-                search_seeds: int = 3,  # independent searches (seeds 0, 1, ...): how many give a faithful equation
-                max_length: int = 30,  # longest equation of the search (nodes)
-                generations: int = 200,  # generations of each search
-                time_limit: float = 120.0,  # seconds of each search at most
-                validation_seeds: int = 50,  # problems of the closed-loop selection
-                eval_seeds: int = 100,  # reported problems of the closed-loop evaluation
-                tune_epochs: int = 100,  # stage 3: closed-loop tuning epochs of the chosen equation's constants (0: none)
-                recurrent: bool = True,  # let equations read the rule's own past outputs too
-                zero_drift: bool = True,  # zero gradients from a fresh state move nothing
-                lr: float = None,  # learning rate of a hand rule
-                device: str = "auto",  # auto, cpu, cuda, cuda:1, ...
-                out: str = "runs/distill"):  # output directory (fitted_rule.json, summary.json)
+def distill_cli(
+    rule: str = "rp_si",  # zoo name, saved rule path, or hand rule name (with --lr) to distill
+    task: str = "digits_mlp",  # task on which the rule is recorded and its equation judged
+    steps: int = 200,  # optimizee steps per run
+    record_seeds: int = 20,  # runs recorded for the fit
+    lags: int = 20,  # window length L of the recorded features
+    search_seeds: int = 3,  # independent searches (seeds 0, 1, ...): how many give a faithful equation
+    max_length: int = 30,  # longest equation of the search (nodes)
+    generations: int = 200,  # generations of each search
+    time_limit: float = 120.0,  # seconds of each search at most
+    validation_seeds: int = 50,  # problems of the closed-loop selection
+    eval_seeds: int = 100,  # reported problems of the closed-loop evaluation
+    tune_epochs: int = 100,  # stage 3: closed-loop tuning epochs of the chosen equation's constants (0: none)
+    recurrent: bool = True,  # let equations read the rule's own past outputs too
+    zero_drift: bool = True,  # zero gradients from a fresh state move nothing
+    lr: float = None,  # learning rate of a hand rule
+    device: str = "auto",  # auto, cpu, cuda, cuda:1, ...
+    out: str = "runs/distill",
+):  # output directory (fitted_rule.json, summary.json)
     "Distill a rule into an equation: record it, search, score, screen the simplest faithful one; write the fitted rule."
     from symbolic_l2o.distill import DistillSettings, distill
-    settings = DistillSettings(steps=steps, record_seeds=record_seeds, lags=lags, search_seeds=tuple(range(search_seeds)),
-                               max_length=max_length, generations=generations, time_limit=time_limit,
-                               validation_seeds=validation_seeds, eval_seeds=eval_seeds, tune_epochs=tune_epochs,
-                               recurrent=recurrent, zero_drift=zero_drift)
+
+    settings = DistillSettings(
+        steps=steps,
+        record_seeds=record_seeds,
+        lags=lags,
+        search_seeds=tuple(range(search_seeds)),
+        max_length=max_length,
+        generations=generations,
+        time_limit=time_limit,
+        validation_seeds=validation_seeds,
+        eval_seeds=eval_seeds,
+        tune_epochs=tune_epochs,
+        recurrent=recurrent,
+        zero_drift=zero_drift,
+    )
     name = Path(rule).stem
     d = distill(resolve_rule(rule, lr), make_task(task), name, settings, device=device)
     path = d.fit.save(Path(out) / "fitted_rule.json")
@@ -58,17 +71,23 @@ def distill_cli(rule: str = "rp_si",  # zoo name, saved rule path, or hand rule 
     (Path(out) / "summary.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2))
 
-
 # %% ../nbs/cli.ipynb #c11a0007
 # subcommand -> "module:function"; a module is imported only when its command runs
-COMMANDS = {"meta-train": "symbolic_l2o.meta_train:meta_train_cli", "tune": "symbolic_l2o.meta_train:tune_cli",
-            "evaluate": "symbolic_l2o.meta_train:evaluate_cli", "srgen": "symbolic_l2o.srgen:srgen_cli",
-            "distill": "symbolic_l2o.cli:distill_cli", "finetune": "symbolic_l2o.finetune:finetune_cli"}
+COMMANDS = {
+    "meta-train": "symbolic_l2o.meta_train:meta_train_cli",
+    "tune": "symbolic_l2o.meta_train:tune_cli",
+    "evaluate": "symbolic_l2o.meta_train:evaluate_cli",
+    "srgen": "symbolic_l2o.srgen:srgen_cli",
+    "distill": "symbolic_l2o.cli:distill_cli",
+    "finetune": "symbolic_l2o.finetune:finetune_cli",
+}
 
 
 class _Parser(argparse.ArgumentParser):
     "argparse without abbreviations, whose errors are one line (no usage block, no traceback), exit status 2."
-    def __init__(self, *args, **kwargs): super().__init__(*args, allow_abbrev=False, **kwargs)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, allow_abbrev=False, **kwargs)
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
@@ -76,7 +95,9 @@ class _Parser(argparse.ArgumentParser):
 
 class _CommandsHelp(argparse.HelpFormatter):
     "argparse's help with each subcommand and its summary on one line (argparse counts a subcommand's name without its indent)."
-    def __init__(self, prog): super().__init__(prog, max_help_position=24, width=160)
+
+    def __init__(self, prog):
+        super().__init__(prog, max_help_position=24, width=160)
 
     def add_argument(self, action):
         super().add_argument(action)
@@ -97,27 +118,44 @@ def option_comments(func: Callable) -> dict[str, str]:
     "The comment that follows each parameter of `func`'s signature (the last one before a comment takes it)."
     comments, depth, current, previous = {}, 0, None, None
     for tok in tokenize.generate_tokens(io.StringIO(inspect.getsource(func)).readline):
-        if tok.type == tokenize.OP and tok.string in "([{": depth += 1
-        elif tok.type == tokenize.OP and tok.string in ")]}": depth -= 1
-        elif tok.type == tokenize.NAME and depth == 1 and previous in ("(", ","): current = tok.string
-        elif tok.type == tokenize.COMMENT and current: comments.setdefault(current, tok.string.lstrip("# ").strip())
-        elif tok.type == tokenize.NEWLINE: break  # the end of the `def` line(s)
-        if tok.type not in (tokenize.NL, tokenize.COMMENT): previous = tok.string
+        if tok.type == tokenize.OP and tok.string in "([{":
+            depth += 1
+        elif tok.type == tokenize.OP and tok.string in ")]}":
+            depth -= 1
+        elif tok.type == tokenize.NAME and depth == 1 and previous in ("(", ","):
+            current = tok.string
+        elif tok.type == tokenize.COMMENT and current:
+            comments.setdefault(current, tok.string.lstrip("# ").strip())
+        elif tok.type == tokenize.NEWLINE:
+            break  # the end of the `def` line(s)
+        if tok.type not in (tokenize.NL, tokenize.COMMENT):
+            previous = tok.string
     return comments
 
 
 def device_option(value: str) -> str:
     "`--device`: `auto`, or a device this machine has (a plain message when it has not, e.g. no CUDA GPU)."
-    if value == "auto": return value
-    try: device = torch.device(value)
-    except RuntimeError: raise argparse.ArgumentTypeError(f"invalid device {value!r}: expected auto, cpu, cuda, cuda:N, mps") from None
+    if value == "auto":
+        return value
+    try:
+        device = torch.device(value)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(
+            f"invalid device {value!r}: expected auto, cpu, cuda, cuda:N, mps"
+        ) from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise argparse.ArgumentTypeError(f"device {value!r} is not available: PyTorch sees no CUDA GPU on this machine "
-                                         "(use --device cpu, or auto)")
+        raise argparse.ArgumentTypeError(
+            f"device {value!r} is not available: PyTorch sees no CUDA GPU on this machine "
+            "(use --device cpu, or auto)"
+        )
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise argparse.ArgumentTypeError(f"device {value!r} is not available: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+        raise argparse.ArgumentTypeError(
+            f"device {value!r} is not available: this machine has {torch.cuda.device_count()} CUDA GPU(s)"
+        )
     if device.type == "mps" and not torch.backends.mps.is_available():
-        raise argparse.ArgumentTypeError(f"device {value!r} is not available: this machine has no MPS device (use --device cpu)")
+        raise argparse.ArgumentTypeError(
+            f"device {value!r} is not available: this machine has no MPS device (use --device cpu)"
+        )
     return value
 
 
@@ -129,19 +167,37 @@ def add_options(parser: argparse.ArgumentParser, func: Callable) -> None:
     hints, comments = typing.get_type_hints(func), option_comments(func)
     for name, p in inspect.signature(func).parameters.items():
         kind = hints.get(name, str)
-        kind = next((a for a in typing.get_args(kind) if a is not type(None)), kind)  # `float | None` -> float
+        kind = next(
+            (a for a in typing.get_args(kind) if a is not type(None)), kind
+        )  # `float | None` -> float
         default = "" if p.default is None else f" (default: {p.default})"
         flag, help = "--" + name.replace("_", "-"), comments.get(name, "") + default
         if kind is bool:
-            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=p.default, help=comments.get(name))
+            parser.add_argument(
+                flag,
+                dest=name,
+                action=argparse.BooleanOptionalAction,
+                default=p.default,
+                help=comments.get(name),
+            )
         else:
-            parser.add_argument(flag, dest=name, type=OPTION_TYPES.get(name, kind), default=p.default, metavar=name.upper(), help=help)
+            parser.add_argument(
+                flag,
+                dest=name,
+                type=OPTION_TYPES.get(name, kind),
+                default=p.default,
+                metavar=name.upper(),
+                help=help,
+            )
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     "The `symbolic-l2o` parser: every subcommand listed with a line of help; the options of `command` only (its module is imported)."
-    parser = _Parser(prog="symbolic-l2o", description="Learned optimizers turned into equations, and shipped as torch optimizers.",
-                     formatter_class=_CommandsHelp)
+    parser = _Parser(
+        prog="symbolic-l2o",
+        description="Learned optimizers turned into equations, and shipped as torch optimizers.",
+        formatter_class=_CommandsHelp,
+    )
     parser.add_argument("--version", action="version", version=f"symbolic-l2o {symbolic_l2o.__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
     for name, target in COMMANDS.items():
@@ -159,7 +215,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     command = next((a for a in argv if not a.startswith("-")), None)
     args = vars(build_parser(command if command in COMMANDS else None).parse_args(argv))
     module, name = COMMANDS[args.pop("command")].split(":")
-    try: getattr(importlib.import_module(module), name)(**args)
+    try:
+        getattr(importlib.import_module(module), name)(**args)
     except (ValueError, FileNotFoundError, ModuleNotFoundError) as e:  # bad input, said in one line
         print(f"symbolic-l2o {command}: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -20,8 +20,8 @@ import sympy as sp
 import torch
 
 import symbolic_l2o
-from .optimizers import (FEATURE_NAMES, MAX_LAG, OPERATORS, OUTPUT_FEATURE, SymbolicRule, compile_expression,
-                                     complexity, parse_expression, rule_config, variable)
+from .optimizers import FEATURE_NAMES, MAX_LAG, OPERATORS, OUTPUT_FEATURE, SymbolicRule
+from .optimizers import compile_expression, complexity, parse_expression, rule_config, variable
 from .meta_train import atomic_write, paired_interval, require_keys
 from .srgen import SRDataset
 
@@ -34,32 +34,67 @@ __all__ = ['ENGINE_OPERATORS', 'SELECTION_LOSS_FACTOR', 'CENSOR_FACTOR', 'MAX_EQ
 
 # %% ../nbs/03_distill.ipynb #dae475e7
 ENGINE_OPERATORS = {
-    "operon": {"add": "add", "sub": "sub", "mul": "mul", "div": "div", "sqrt_abs": "sqrtabs", "tanh": "tanh",
-               "sinh": "sinh", "exp": "exp", "abs": "abs", "square": "square"},
+    "operon": {
+        "add": "add",
+        "sub": "sub",
+        "mul": "mul",
+        "div": "div",
+        "sqrt_abs": "sqrtabs",
+        "tanh": "tanh",
+        "sinh": "sinh",
+        "exp": "exp",
+        "abs": "abs",
+        "square": "square",
+    },
     "pysr": {op: op for op in OPERATORS},
 }
-_PYSR_BINARY = {"add": "+", "sub": "-", "mul": "*", "div": "/", "pow": "pow_signed(x, y) = sign(x) * abs(x)^y",
-                "greater": "greater(x, y) = x > y ? one(x) : zero(x)"}
-_PYSR_UNARY = {"sqrt_abs": "sqrt_abs(x) = sqrt(abs(x))", "log_abs": "log_abs(x) = log(abs(x) + 1f-8)", "tanh": "tanh",
-               "asinh": "asinh", "sinh": "sinh", "exp": "exp", "abs": "abs", "sign": "sign", "square": "square",
-               "cube": "cube"}
+_PYSR_BINARY = {
+    "add": "+",
+    "sub": "-",
+    "mul": "*",
+    "div": "/",
+    "pow": "pow_signed(x, y) = sign(x) * abs(x)^y",
+    "greater": "greater(x, y) = x > y ? one(x) : zero(x)",
+}
+_PYSR_UNARY = {
+    "sqrt_abs": "sqrt_abs(x) = sqrt(abs(x))",
+    "log_abs": "log_abs(x) = log(abs(x) + 1f-8)",
+    "tanh": "tanh",
+    "asinh": "asinh",
+    "sinh": "sinh",
+    "exp": "exp",
+    "abs": "abs",
+    "sign": "sign",
+    "square": "square",
+    "cube": "cube",
+}
 
 
 def _validate(X, y, names):
     X, y = np.asarray(X, dtype=np.float64), np.asarray(y, dtype=np.float64).reshape(-1)
-    if X.ndim != 2: raise ValueError(f"X must be 2-D [rows, variables], got shape {X.shape}")
-    if len(X) != len(y): raise ValueError(f"X has {len(X)} rows but y has {len(y)}")
-    if X.shape[1] != len(names): raise ValueError(f"X has {X.shape[1]} columns but {len(names)} names were given")
-    if len(set(names)) != len(names): raise ValueError("variable names must be distinct")
+    if X.ndim != 2:
+        raise ValueError(f"X must be 2-D [rows, variables], got shape {X.shape}")
+    if len(X) != len(y):
+        raise ValueError(f"X has {len(X)} rows but y has {len(y)}")
+    if X.shape[1] != len(names):
+        raise ValueError(f"X has {X.shape[1]} columns but {len(names)} names were given")
+    if len(set(names)) != len(names):
+        raise ValueError("variable names must be distinct")
     for n in names:
-        if not isinstance(n, str) or not n.isidentifier() or keyword.iskeyword(n): raise ValueError(f"invalid variable name {n!r}")
+        if not isinstance(n, str) or not n.isidentifier() or keyword.iskeyword(n):
+            raise ValueError(f"invalid variable name {n!r}")
     ok = np.isfinite(X).all(axis=1) & np.isfinite(y)
     if not ok.all():
-        warnings.warn(f"fit_rule dropped {int((~ok).sum())} of {len(y)} rows: they hold a non-finite value (NaN or inf) "
-                      f"in X or y", stacklevel=3)
+        warnings.warn(
+            f"fit_rule dropped {int((~ok).sum())} of {len(y)} rows: they hold a non-finite value (NaN or inf) "
+            f"in X or y",
+            stacklevel=3,
+        )
     X, y = X[ok], y[ok]
-    if len(y) < 10: raise ValueError(f"only {len(y)} finite rows: need at least 10")
-    if np.ptp(y) == 0: raise ValueError(f"the target is constant ({y[0]}): nothing to regress")
+    if len(y) < 10:
+        raise ValueError(f"only {len(y)} finite rows: need at least 10")
+    if np.ptp(y) == 0:
+        raise ValueError(f"the target is constant ({y[0]}): nothing to regress")
     return X, y, int((~ok).sum())
 
 
@@ -69,11 +104,19 @@ def _check_feature_names(names):
     bad = []
     for n in names:
         feature, _, lag = n.rpartition("_")
-        if feature not in known or not lag.isdigit() or int(lag) > MAX_LAG or (feature == OUTPUT_FEATURE and int(lag) == 0): bad.append(n)
+        if (
+            feature not in known
+            or not lag.isdigit()
+            or int(lag) > MAX_LAG
+            or (feature == OUTPUT_FEATURE and int(lag) == 0)
+        ):
+            bad.append(n)
     if bad:
-        raise ValueError(f"column name(s) {bad[:8]}{' ...' if len(bad) > 8 else ''} are not <feature>_<lag>: a column is a "
-                         f"feature at a lag from 0 to MAX_LAG = {MAX_LAG} (g_0, mt_3, ...; the rule's own past outputs from "
-                         f"{OUTPUT_FEATURE}_1 on), as the deployed rule computes them; the valid feature names are {list(known)}")
+        raise ValueError(
+            f"column name(s) {bad[:8]}{' ...' if len(bad) > 8 else ''} are not <feature>_<lag>: a column is a "
+            f"feature at a lag from 0 to MAX_LAG = {MAX_LAG} (g_0, mt_3, ...; the rule's own past outputs from "
+            f"{OUTPUT_FEATURE}_1 on), as the deployed rule computes them; the valid feature names are {list(known)}"
+        )
 
 
 # Operon's convergence check: its front is read every `_CHUNK` generations; a search loss (MSE over the variance of y,
@@ -84,10 +127,13 @@ _CHUNK, _ENGINE_FLOOR, _IMPROVEMENT = 5, 1e-10, 1e-6
 def _front_summary(front: list[dict], max_length: int, variance: float) -> tuple[float, float]:
     """(best loss, hypervolume) of an Operon front: loss = MSE / var(y); the hypervolume is the area the front
     dominates in (length / max_length, loss) up to the reference point (1, 1) (a constant model has loss 1)."""
-    points = sorted((min(m["length"] / max_length, 1.0), min(m["mean_squared_error"] / variance, 1.0)) for m in front)
+    points = sorted(
+        (min(m["length"] / max_length, 1.0), min(m["mean_squared_error"] / variance, 1.0)) for m in front
+    )
     area, last = 0.0, 1.0
     for c, loss in points:
-        if loss < last: area, last = area + (1 - c) * (last - loss), loss
+        if loss < last:
+            area, last = area + (1 - c) * (last - loss), loss
     return min(p[1] for p in points), area
 
 
@@ -98,45 +144,83 @@ def _operon_fit(X, y, names, operators, max_length, generations, time_limit, see
     draws from seed (`seed`, k), so a fit is reproducible for a seed) until the front has converged: an exact fit, or
     neither its best loss nor its hypervolume improved by a relative `_IMPROVEMENT` in `patience` generations."""
     from pyoperon.sklearn import SymbolicRegressor
+
     symbols = ",".join(["constant", "variable"] + [ENGINE_OPERATORS["operon"][o] for o in operators])
     # offspring selection, two Levenberg-Marquardt steps per candidate, deeper and larger initial trees: on the
     # Adam(0.9) sanity target (below) more accurate equations in the same seconds than Operon's basic generator
-    reg = SymbolicRegressor(allowed_symbols=symbols, objectives=["r2", "length"], max_length=max_length, max_depth=20,
-                            initialization_max_length=min(30, max_length), initialization_max_depth=10,
-                            offspring_generator="os", population_size=1000, pool_size=1000, max_evaluations=10**12,
-                            optimizer_iterations=2, n_threads=len(os.sched_getaffinity(0)), warm_start=True)
-    t0, run, stalled, best, variance, stopped_by = time.perf_counter(), 0, 0, None, float(np.var(y)), "generations"
+    reg = SymbolicRegressor(
+        allowed_symbols=symbols,
+        objectives=["r2", "length"],
+        max_length=max_length,
+        max_depth=20,
+        initialization_max_length=min(30, max_length),
+        initialization_max_depth=10,
+        offspring_generator="os",
+        population_size=1000,
+        pool_size=1000,
+        max_evaluations=10**12,
+        optimizer_iterations=2,
+        n_threads=len(os.sched_getaffinity(0)),
+        warm_start=True,
+    )
+    t0, run, stalled, best, variance, stopped_by = (
+        time.perf_counter(),
+        0,
+        0,
+        None,
+        float(np.var(y)),
+        "generations",
+    )
     while run < generations:
         chunk, left = min(_CHUNK, generations - run), time_limit - (time.perf_counter() - t0)
-        reg.set_params(generations=chunk, max_time=max(1, math.ceil(left)),
-                       random_state=int(np.random.SeedSequence([seed, run // _CHUNK]).generate_state(1)[0]))
+        reg.set_params(
+            generations=chunk,
+            max_time=max(1, math.ceil(left)),
+            random_state=int(np.random.SeedSequence([seed, run // _CHUNK]).generate_state(1)[0]),
+        )
         reg.fit(X, y)
         run += reg.stats_["generations"]
         loss, area = _front_summary(reg.pareto_front_, max_length, variance)
         improved = best is None or loss < best[0] * (1 - _IMPROVEMENT) or area > best[1] * (1 + _IMPROVEMENT)
         stalled = 0 if improved else stalled + reg.stats_["generations"]
         best = (loss, area) if best is None else (min(loss, best[0]), max(area, best[1]))
-        if loss <= _ENGINE_FLOOR or stalled >= patience: stopped_by = "converged"; break
-        if reg.stats_["generations"] < chunk or time.perf_counter() - t0 >= time_limit: stopped_by = "time"; break
+        if loss <= _ENGINE_FLOOR or stalled >= patience:
+            stopped_by = "converged"
+            break
+        if reg.stats_["generations"] < chunk or time.perf_counter() - t0 >= time_limit:
+            stopped_by = "time"
+            break
     return [reg.get_model_string(m["tree"], 17, names) for m in reg.pareto_front_], run, stopped_by
 
 
 def _pysr_fit(X, y, names, operators, max_length, generations, time_limit, seed, patience):
     try:
         from pysr import PySRRegressor
+
         model = PySRRegressor(
             binary_operators=[_PYSR_BINARY[o] for o in operators if o in _PYSR_BINARY],
             unary_operators=[_PYSR_UNARY[o] for o in operators if o in _PYSR_UNARY],
-            extra_sympy_mappings={"pow_signed": lambda x, y: sp.sign(x) * sp.Abs(x) ** y,
-                                  "greater": lambda x, y: sp.Heaviside(x - y, 0),
-                                  "sqrt_abs": lambda x: sp.sqrt(sp.Abs(x)),
-                                  "log_abs": lambda x: sp.log(sp.Abs(x) + sp.Float(1e-8))},
-            maxsize=max_length, niterations=generations, timeout_in_seconds=time_limit, random_state=seed, deterministic=True,
-            parallelism="serial", progress=False, verbosity=0)
+            extra_sympy_mappings={
+                "pow_signed": lambda x, y: sp.sign(x) * sp.Abs(x) ** y,
+                "greater": lambda x, y: sp.Heaviside(x - y, 0),
+                "sqrt_abs": lambda x: sp.sqrt(sp.Abs(x)),
+                "log_abs": lambda x: sp.log(sp.Abs(x) + sp.Float(1e-8)),
+            },
+            maxsize=max_length,
+            niterations=generations,
+            timeout_in_seconds=time_limit,
+            random_state=seed,
+            deterministic=True,
+            parallelism="serial",
+            progress=False,
+            verbosity=0,
+        )
         model.fit(X, y, variable_names=list(names))
     except Exception as e:  # juliapkg raises URLError and others, not only ImportError
-        raise RuntimeError(f"the PySR engine could not run: it needs `pip install symbolic_l2o[pysr]` and a Julia "
-                           f"installation it can reach ({type(e).__name__}: {e}); use engine='operon'") from e
+        raise RuntimeError(
+            f"the PySR engine could not run: it needs `pip install symbolic_l2o[pysr]` and a Julia "
+            f"installation it can reach ({type(e).__name__}: {e}); use engine='operon'"
+        ) from e
     return [str(e) for e in model.equations_["sympy_format"]], None, None  # PySR does not say what stopped it
 
 
@@ -155,9 +239,12 @@ def _linear_path(X, y, names, max_terms):
         if abs(coef[-1]) <= 1e-9 * (np.abs(y).mean() + 1e-300):  # no intercept: refit through the origin
             coef = np.r_[np.linalg.lstsq(A[:, :-1], y, rcond=None)[0], 0.0]
         resid = y - A @ coef
-        terms = [f"({float(c)!r})*{names[j]}" for c, j in zip(coef[:-1], chosen)] + ([f"({float(coef[-1])!r})"] if coef[-1] else [])
+        terms = [f"({float(c)!r})*{names[j]}" for c, j in zip(coef[:-1], chosen)] + (
+            [f"({float(coef[-1])!r})"] if coef[-1] else []
+        )
         out.append(" + ".join(terms))
-        if (resid ** 2).mean() <= floor: return out, True
+        if (resid**2).mean() <= floor:
+            return out, True
     return out, False
 
 # %% ../nbs/03_distill.ipynb #724ae900
@@ -174,7 +261,8 @@ def _streams(expr: sp.Expr) -> set[str]:
 def evaluate_expression(expr: sp.Expr, X: np.ndarray, names: Sequence[str]) -> np.ndarray:
     "Values of `expr` on the rows of `X` (columns `names`), with the vocabulary's torch meaning, in float64."
     env = {n: torch.as_tensor(np.asarray(X)[:, i], dtype=torch.float64) for i, n in enumerate(names)}
-    with torch.no_grad(): out = compile_expression(expr)(env)
+    with torch.no_grad():
+        out = compile_expression(expr)(env)
     return out.numpy() if isinstance(out, torch.Tensor) else np.full(len(X), float(out))
 
 
@@ -189,38 +277,54 @@ SELECTION_LOSS_FACTOR = 1.1
 
 
 def _select(front: list[dict], selection: str) -> dict:
-    if selection == "accuracy": return min(front, key=lambda m: m["loss"])
-    if selection == "bic": return min(front, key=lambda m: m["bic"])
+    if selection == "accuracy":
+        return min(front, key=lambda m: m["loss"])
+    if selection == "bic":
+        return min(front, key=lambda m: m["bic"])
     best_loss, chosen, best_score = min(m["loss"] for m in front), front[0], -math.inf
     for prev, m in zip(front, front[1:]):
-        if m["loss"] > SELECTION_LOSS_FACTOR * best_loss: continue
-        score = -(math.log(max(m["loss"], 1e-300)) - math.log(max(prev["loss"], 1e-300))) / max(m["complexity"] - prev["complexity"], 1)
-        if score > best_score: chosen, best_score = m, score
+        if m["loss"] > SELECTION_LOSS_FACTOR * best_loss:
+            continue
+        score = -(math.log(max(m["loss"], 1e-300)) - math.log(max(prev["loss"], 1e-300))) / max(
+            m["complexity"] - prev["complexity"], 1
+        )
+        if score > best_score:
+            chosen, best_score = m, score
     return chosen if best_score > -math.inf else min(front, key=lambda m: m["loss"])
 
 
 class ParetoTable(list):
     "The rows of `FittedRule.table` (dicts): a list that prints as an aligned table and shows as Markdown in a notebook."
+
     _columns = ("index", "nodes", "loss", "r2", "equation")
 
     def _cells(self):
-        fmt = lambda v, k: "" if v is None else f"{v:.3g}" if k == "loss" else f"{v:.4f}" if k == "r2" else str(v)
-        return [[fmt(r[k], k) + (" *" if k == "index" and r["selected"] else "") for k in self._columns] for r in self]
+        fmt = lambda v, k: (
+            "" if v is None else f"{v:.3g}" if k == "loss" else f"{v:.4f}" if k == "r2" else str(v)
+        )
+        return [
+            [fmt(r[k], k) + (" *" if k == "index" and r["selected"] else "") for k in self._columns]
+            for r in self
+        ]
 
     def __str__(self):
         cells = [list(self._columns)] + self._cells()
         width = [max(len(row[j]) for row in cells) for j in range(len(self._columns) - 1)]
-        return "\n".join("  ".join([c.rjust(w) for c, w in zip(row, width)] + [row[-1]]) for row in cells) + \
-            ("\n(* the selected equation)" if any(r["selected"] for r in self) else "")
+        return "\n".join("  ".join([c.rjust(w) for c, w in zip(row, width)] + [row[-1]]) for row in cells) + (
+            "\n(* the selected equation)" if any(r["selected"] for r in self) else ""
+        )
 
     def _repr_markdown_(self):
         head = "| " + " | ".join(self._columns) + " |\n|" + "---:|" * (len(self._columns) - 1) + ":---|\n"
-        return head + "".join("| " + " | ".join(row[:-1] + [f"`{row[-1]}`"]) + " |\n" for row in self._cells())
+        return head + "".join(
+            "| " + " | ".join(row[:-1] + [f"`{row[-1]}`"]) + " |\n" for row in self._cells()
+        )
 
 
 @dataclass
 class FittedRule:
     "The result of `fit_rule`: the selected equation `expr`, the whole Pareto front, and how it was found."
+
     expr: sp.Expr
     names: list[str]
     pareto: list[dict]
@@ -238,8 +342,16 @@ class FittedRule:
         is the `selected` one (`expr`). `print` it for an aligned table; a notebook shows it as Markdown."""
         rows = ParetoTable()
         for i, m in enumerate(self.pareto):
-            rows.append({"index": i, "nodes": m.get("complexity", complexity(m["expr"])), "loss": m.get("loss"), "r2": m.get("r2"),
-                         "equation": str(_rounded(m["expr"], digits)), "selected": m["expr"] == self.expr})
+            rows.append(
+                {
+                    "index": i,
+                    "nodes": m.get("complexity", complexity(m["expr"])),
+                    "loss": m.get("loss"),
+                    "r2": m.get("r2"),
+                    "equation": str(_rounded(m["expr"], digits)),
+                    "selected": m["expr"] == self.expr,
+                }
+            )
         return rows
 
     def member(self, i: int) -> FittedRule:
@@ -247,12 +359,20 @@ class FittedRule:
         `FittedRule` with the same names, front and metadata: `fit.member(-1).to_rule()` deploys the most accurate."""
         n = len(self.pareto)
         if isinstance(i, bool) or not isinstance(i, (int, np.integer)) or not -n <= i < n:
-            raise ValueError(f"no member {i!r}: the Pareto front has {n} member(s), indices 0 to {n - 1} (or -{n} to -1)")
+            raise ValueError(
+                f"no member {i!r}: the Pareto front has {n} member(s), indices 0 to {n - 1} (or -{n} to -1)"
+            )
         i = int(i) % n
         return replace(self, expr=self.pareto[i]["expr"], selection=f"member {i}", meta=dict(self.meta))
 
-    def _clip(self):  # what the deployed rule clamps to: the target's range and 0 (a rule at rest), for a recurrent or censored fit
-        if not (OUTPUT_FEATURE in _streams(self.expr) or self.meta.get("censor")) or "target_range" not in self.meta: return None
+    def _clip(
+        self,
+    ):  # what the deployed rule clamps to: the target's range and 0 (a rule at rest), for a recurrent or censored fit
+        if (
+            not (OUTPUT_FEATURE in _streams(self.expr) or self.meta.get("censor"))
+            or "target_range" not in self.meta
+        ):
+            return None
         lo, hi = self.meta["target_range"]
         return [min(lo, 0.0), max(hi, 0.0)]
 
@@ -270,7 +390,9 @@ class FittedRule:
         "LaTeX of the equation with every constant rounded (not truncated) to `digits` significant digits."
         rounded = _rounded(self.expr, digits)
         names = {}
-        for s in rounded.free_symbols:  # feature_lag → \mathrm{feature}_{lag} (sympy would read "mp3_1" as mp_{3 1})
+        for s in (
+            rounded.free_symbols
+        ):  # feature_lag → \mathrm{feature}_{lag} (sympy would read "mp3_1" as mp_{3 1})
             feature, _, lag = s.name.rpartition("_")
             names[s] = rf"\mathrm{{{feature}}}_{{{lag}}}" if feature and lag.isdigit() else sp.latex(s)
         return sp.latex(rounded, symbol_names=names)
@@ -280,14 +402,26 @@ class FittedRule:
         (one that reads its past outputs `u_k`), or one fitted to a censored target, is clipped to the range of the
         target it was fitted on."""
         betas = self.meta.get("betas", (0.95, 0.95))
-        return SymbolicRule(self.expr, scale=scale if scale is not None else self.meta.get("scale", 1.0), beta1=betas[0],
-                            beta2=betas[1], clip=self._clip())
+        return SymbolicRule(
+            self.expr,
+            scale=scale if scale is not None else self.meta.get("scale", 1.0),
+            beta1=betas[0],
+            beta2=betas[1],
+            clip=self._clip(),
+        )
 
     def to_dict(self) -> dict:
         "A JSON-able description: expressions as text, read back by the whitelist parser."
-        return {"expr": str(self.expr), "names": self.names, "engine": self.engine, "selection": self.selection,
-                "seconds": self.seconds, "meta": self.meta, "version": symbolic_l2o.__version__,
-                "pareto": [{k: (str(v) if k == "expr" else v) for k, v in m.items()} for m in self.pareto]}
+        return {
+            "expr": str(self.expr),
+            "names": self.names,
+            "engine": self.engine,
+            "selection": self.selection,
+            "seconds": self.seconds,
+            "meta": self.meta,
+            "version": symbolic_l2o.__version__,
+            "pareto": [{k: (str(v) if k == "expr" else v) for k, v in m.items()} for m in self.pareto],
+        }
 
     def save(self, path: str | Path) -> Path:
         "Write the fitted rule as JSON to `path` with suffix `.json`, atomically."
@@ -298,12 +432,33 @@ class FittedRule:
     def load(cls, path: str | Path) -> FittedRule:
         "Read a fitted rule from `path` with suffix `.json`, as `save` names it; every expression goes through `parse_expression` (no eval), so a file carrying code is rejected."
         path = Path(path).with_suffix(".json")
-        d = require_keys(json.loads(path.read_text()), ["expr", "names", "pareto", "engine", "selection", "seconds", "meta"], path)
+        d = require_keys(
+            json.loads(path.read_text()),
+            ["expr", "names", "pareto", "engine", "selection", "seconds", "meta"],
+            path,
+        )
         names = d["names"]
         for n in names:
-            if not isinstance(n, str) or not n.isidentifier(): raise ValueError(f"invalid variable name {n!r} in {path}")
-        pareto = [{**m, "expr": parse_expression(require_keys(m, ["expr"], f"{path}: a Pareto member")["expr"], names)} for m in d["pareto"]]
-        return cls(parse_expression(d["expr"], names), names, pareto, d["engine"], d["selection"], d["seconds"], d["meta"])
+            if not isinstance(n, str) or not n.isidentifier():
+                raise ValueError(f"invalid variable name {n!r} in {path}")
+        pareto = [
+            {
+                **m,
+                "expr": parse_expression(
+                    require_keys(m, ["expr"], f"{path}: a Pareto member")["expr"], names
+                ),
+            }
+            for m in d["pareto"]
+        ]
+        return cls(
+            parse_expression(d["expr"], names),
+            names,
+            pareto,
+            d["engine"],
+            d["selection"],
+            d["seconds"],
+            d["meta"],
+        )
 
 
 # a saturated output says only "at least this far": fitted at the bound, the equations undershoot where the rule
@@ -314,10 +469,25 @@ CENSOR_FACTOR = 1.2
 MAX_EQUATION_LENGTH = 200
 
 
-def fit_rule(X, y=None, names: Sequence[str] | None = None, *, engine: str = "operon", operators: Sequence[str] | None = None,
-             max_length: int = 50, generations: int = 100, time_limit: float = 60.0, patience: int = 20, seed: int = 0,
-             selection: str = "best", search_rows: int = 2000, max_rows: int = 20_000, linear_terms: int = 20,
-             censor: float | None = None, meta: dict | None = None) -> FittedRule:
+def fit_rule(
+    X,
+    y=None,
+    names: Sequence[str] | None = None,
+    *,
+    engine: str = "operon",
+    operators: Sequence[str] | None = None,
+    max_length: int = 50,
+    generations: int = 100,
+    time_limit: float = 60.0,
+    patience: int = 20,
+    seed: int = 0,
+    selection: str = "best",
+    search_rows: int = 2000,
+    max_rows: int = 20_000,
+    linear_terms: int = 20,
+    censor: float | None = None,
+    meta: dict | None = None,
+) -> FittedRule:
     """Symbolic regression of `y` on the columns `names` of `X`: the selected equation and the Pareto front, as a `FittedRule`.
 
     `X` may be an `SRDataset` (02's recording), alone: its rows, target, column names and metadata (the rule's output
@@ -332,30 +502,55 @@ def fit_rule(X, y=None, names: Sequence[str] | None = None, *, engine: str = "op
     `CENSOR_FACTOR`·y, past the bound, and the deployed rule clips at the target's range."""
     if isinstance(X, SRDataset):
         if y is not None or names is not None:
-            raise ValueError("fit_rule(dataset) takes the target and the column names from the SRDataset: pass y and names "
-                             "only with an array X, as fit_rule(X, y, names)")
+            raise ValueError(
+                "fit_rule(dataset) takes the target and the column names from the SRDataset: pass y and names "
+                "only with an array X, as fit_rule(X, y, names)"
+            )
         meta, X, y, names = {**X.meta, **(meta or {})}, X.X, X.y, X.names
     elif y is None or names is None:
-        raise ValueError("fit_rule needs the target and the column names with an array X: fit_rule(X, y, names), or a "
-                         "recording (srgen.SRDataset) alone: fit_rule(dataset)")
-    if engine not in ENGINE_OPERATORS: raise ValueError(f"unknown engine {engine!r}; known: {sorted(ENGINE_OPERATORS)}")
-    for name, v in (("generations", generations), ("patience", patience), ("search_rows", search_rows), ("max_rows", max_rows)):
-        if int(v) != v or v < 1: raise ValueError(f"invalid {name}={v}: expected a positive integer")
-    if isinstance(max_length, bool) or not isinstance(max_length, int) or not 1 <= max_length <= MAX_EQUATION_LENGTH:
-        raise ValueError(f"invalid max_length={max_length!r}: expected an integer from 1 to MAX_EQUATION_LENGTH = {MAX_EQUATION_LENGTH} (nodes)")
-    if not time_limit > 0: raise ValueError(f"invalid time_limit={time_limit}: expected > 0 seconds")
-    if selection not in ("best", "accuracy", "bic"): raise ValueError(f"invalid selection={selection!r}: expected best, accuracy or bic")
-    if censor is not None and not censor > 0: raise ValueError(f"invalid censor={censor}: expected a level > 0 (or None)")
+        raise ValueError(
+            "fit_rule needs the target and the column names with an array X: fit_rule(X, y, names), or a "
+            "recording (srgen.SRDataset) alone: fit_rule(dataset)"
+        )
+    if engine not in ENGINE_OPERATORS:
+        raise ValueError(f"unknown engine {engine!r}; known: {sorted(ENGINE_OPERATORS)}")
+    for name, v in (
+        ("generations", generations),
+        ("patience", patience),
+        ("search_rows", search_rows),
+        ("max_rows", max_rows),
+    ):
+        if int(v) != v or v < 1:
+            raise ValueError(f"invalid {name}={v}: expected a positive integer")
+    if (
+        isinstance(max_length, bool)
+        or not isinstance(max_length, int)
+        or not 1 <= max_length <= MAX_EQUATION_LENGTH
+    ):
+        raise ValueError(
+            f"invalid max_length={max_length!r}: expected an integer from 1 to MAX_EQUATION_LENGTH = {MAX_EQUATION_LENGTH} (nodes)"
+        )
+    if not time_limit > 0:
+        raise ValueError(f"invalid time_limit={time_limit}: expected > 0 seconds")
+    if selection not in ("best", "accuracy", "bic"):
+        raise ValueError(f"invalid selection={selection!r}: expected best, accuracy or bic")
+    if censor is not None and not censor > 0:
+        raise ValueError(f"invalid censor={censor}: expected a level > 0 (or None)")
     operators = list(operators if operators is not None else ENGINE_OPERATORS[engine])
     unknown = [o for o in operators if o not in OPERATORS]
-    if unknown: raise ValueError(f"unknown operator(s) {unknown}; the vocabulary is {list(OPERATORS)}")
+    if unknown:
+        raise ValueError(f"unknown operator(s) {unknown}; the vocabulary is {list(OPERATORS)}")
     missing = [o for o in operators if o not in ENGINE_OPERATORS[engine]]
-    if missing: raise ValueError(f"operator(s) {missing} are not available in the {engine} engine (it has {list(ENGINE_OPERATORS[engine])})")
+    if missing:
+        raise ValueError(
+            f"operator(s) {missing} are not available in the {engine} engine (it has {list(ENGINE_OPERATORS[engine])})"
+        )
     names = list(names)
     X, y, dropped = _validate(X, y, names)
     _check_feature_names(names)
     y_range = [float(y.min()), float(y.max())]
-    if censor is not None: y = np.where(np.abs(y) > censor, CENSOR_FACTOR * y, y)
+    if censor is not None:
+        y = np.where(np.abs(y) > censor, CENSOR_FACTOR * y, y)
     rng = np.random.default_rng(seed)
     if len(y) > max_rows:
         keep = rng.choice(len(y), max_rows, replace=False)
@@ -366,25 +561,60 @@ def fit_rule(X, y=None, names: Sequence[str] | None = None, *, engine: str = "op
     unscale = {variable(n): variable(n) / sp.Float(s) for n, s in zip(names, sigma)}
     search = rng.choice(len(y), search_rows, replace=False) if len(y) > search_rows else slice(None)
     linear, exact = _linear_path(X, y, names, linear_terms)
-    texts, run, stopped_by = ([], 0, "converged") if exact else \
-        (_operon_fit if engine == "operon" else _pysr_fit)((X / sigma)[search], y[search], names, operators,
-                                                           max_length, generations, time_limit, seed, patience)
-    exprs = [parse_expression(t, names).xreplace(unscale) for t in texts] + [parse_expression(t, names) for t in linear]
+    texts, run, stopped_by = (
+        ([], 0, "converged")
+        if exact
+        else (_operon_fit if engine == "operon" else _pysr_fit)(
+            (X / sigma)[search],
+            y[search],
+            names,
+            operators,
+            max_length,
+            generations,
+            time_limit,
+            seed,
+            patience,
+        )
+    )
+    exprs = [parse_expression(t, names).xreplace(unscale) for t in texts] + [
+        parse_expression(t, names) for t in linear
+    ]
     candidates, floor = {}, 1e-12 * float(y.var())  # losses below the floor are rounding: they tie
     for expr in exprs:
         pred = evaluate_expression(expr, X, names)
-        if not np.isfinite(pred).all(): continue
+        if not np.isfinite(pred).all():
+            continue
         mse = max(float(((y - pred) ** 2).mean()), floor)
         k = len(expr.atoms(sp.Float))
-        candidates.setdefault(str(expr), {"expr": expr, "complexity": complexity(expr), "loss": mse, "r2": _r2(y, pred),
-                                          "bic": len(y) * math.log(max(mse, 1e-300)) + k * math.log(len(y))})
+        candidates.setdefault(
+            str(expr),
+            {
+                "expr": expr,
+                "complexity": complexity(expr),
+                "loss": mse,
+                "r2": _r2(y, pred),
+                "bic": len(y) * math.log(max(mse, 1e-300)) + k * math.log(len(y)),
+            },
+        )
     front = []
     for m in sorted(candidates.values(), key=lambda m: (m["complexity"], m["loss"])):
-        if not front or m["loss"] < front[-1]["loss"]: front.append(m)
+        if not front or m["loss"] < front[-1]["loss"]:
+            front.append(m)
     chosen = _select(front, selection)
-    info = {**(meta or {}), "target_range": y_range, "censor": censor, "engine_skipped": exact, "rows": len(y), "dropped_rows": dropped, "search_rows": min(search_rows, len(y)),
-            "generations": generations, "generations_run": run, "patience": patience, "stopped_by": stopped_by,
-            "stopped_by_time": None if stopped_by is None else stopped_by == "time"}
+    info = {
+        **(meta or {}),
+        "target_range": y_range,
+        "censor": censor,
+        "engine_skipped": exact,
+        "rows": len(y),
+        "dropped_rows": dropped,
+        "search_rows": min(search_rows, len(y)),
+        "generations": generations,
+        "generations_run": run,
+        "patience": patience,
+        "stopped_by": stopped_by,
+        "stopped_by_time": None if stopped_by is None else stopped_by == "time",
+    }
     return FittedRule(chosen["expr"], names, front, engine, selection, time.perf_counter() - t0, info)
 
 # %% ../nbs/03_distill.ipynb #0b3e5be2
@@ -395,12 +625,14 @@ def _window_sum(weights, power=1):
 def sanity_targets(lags: int = 20) -> dict[str, sp.Expr]:
     "The five sanity-check targets of the paper's `san.png`, as sympy expressions over g_0..g_{lags-1}."
     g = [variable(f"g_{i}") for i in range(lags)]
-    ema = [0.1 * 0.9 ** i / (1 - 0.9 ** lags) for i in range(lags)]
-    return {"-0.01 g_t": sp.Float(-0.01) * g[0],
-            "sum (1-0.1i) g_t-i": _window_sum([1 - 0.1 * i for i in range(10)]),
-            "g_t^2 + g_t-1 + 2g_t-2 + exp(g_t-4)": g[0] ** 2 + g[1] + 2 * g[2] + sp.exp(g[4]),
-            "momentum(0.6)": _window_sum([0.6 ** i for i in range(lags)]),
-            "Adam(0.9)": _window_sum(ema) / (sp.sqrt(_window_sum(ema, 2)) + sp.Float(1e-8))}
+    ema = [0.1 * 0.9**i / (1 - 0.9**lags) for i in range(lags)]
+    return {
+        "-0.01 g_t": sp.Float(-0.01) * g[0],
+        "sum (1-0.1i) g_t-i": _window_sum([1 - 0.1 * i for i in range(10)]),
+        "g_t^2 + g_t-1 + 2g_t-2 + exp(g_t-4)": g[0] ** 2 + g[1] + 2 * g[2] + sp.exp(g[4]),
+        "momentum(0.6)": _window_sum([0.6**i for i in range(lags)]),
+        "Adam(0.9)": _window_sum(ema) / (sp.sqrt(_window_sum(ema, 2)) + sp.Float(1e-8)),
+    }
 
 
 def is_exact(found: sp.Expr, target: sp.Expr, rtol: float = 1e-3) -> bool:
@@ -409,18 +641,31 @@ def is_exact(found: sp.Expr, target: sp.Expr, rtol: float = 1e-3) -> bool:
     inside a function (the 0.9999999 of exp(0.9999999·g)) is first replaced by the constant of `target` (or ±1) it
     agrees with within `rtol`, so that the two sides have the same terms to compare."""
     known = {1.0: sp.Integer(1)} | {abs(float(c)): abs(c) for c in target.atoms(sp.Number) if c}
+
     def snap(c):
         near = [k for k in known if abs(abs(float(c)) - k) <= rtol * k]
         return (known[near[0]] if c > 0 else -known[near[0]]) if near else c
+
     found = found.xreplace({c: snap(c) for c in found.atoms(sp.Float)})
     a, b = sp.expand(found).as_coefficients_dict(), sp.expand(target).as_coefficients_dict()
     scale = max(abs(float(c)) for c in b.values())
-    return all(abs(float(a.get(k, 0)) - float(c)) <= rtol * abs(float(c)) for k, c in b.items()) and \
-        all(abs(float(c)) <= rtol * scale for k, c in a.items() if k not in b)
+    return all(abs(float(a.get(k, 0)) - float(c)) <= rtol * abs(float(c)) for k, c in b.items()) and all(
+        abs(float(c)) <= rtol * scale for k, c in a.items() if k not in b
+    )
 
 
-def sanity_check(task=None, steps: int = 120, seeds: int = 4, lags: int = 20, generations: int = 100, time_limit: float = 25.0,
-                 max_length: int = 50, max_rows: int = 5000, seed: int = 0, progress: bool = True) -> list[dict]:
+def sanity_check(
+    task=None,
+    steps: int = 120,
+    seeds: int = 4,
+    lags: int = 20,
+    generations: int = 100,
+    time_limit: float = 25.0,
+    max_length: int = 50,
+    max_rows: int = 5000,
+    seed: int = 0,
+    progress: bool = True,
+) -> list[dict]:
     """Recover each sanity target from gradient histories recorded with Adam on `task`: expression, R², seconds, exact.
 
     Rows from step `lags` on, so that every lag is a real gradient. Each target is noise-free, so the most accurate
@@ -429,25 +674,54 @@ def sanity_check(task=None, steps: int = 120, seeds: int = 4, lags: int = 20, ge
     from symbolic_l2o.meta_train import make_task
     from symbolic_l2o.optimizers import AdamRule
     from symbolic_l2o.srgen import record_trajectories
-    ds = record_trajectories(AdamRule(lr=0.01), task or make_task("digits_mlp"), steps, range(seeds), ["g"], lags,
-                             seed=seed, progress=progress)
+
+    ds = record_trajectories(
+        AdamRule(lr=0.01),
+        task or make_task("digits_mlp"),
+        steps,
+        range(seeds),
+        ["g"],
+        lags,
+        seed=seed,
+        progress=progress,
+    )
     ds = ds.take(ds.steps >= lags)  # the targets are functions of a whole window of gradients, as the paper's
     results = []
     for name, target in sanity_targets(lags).items():
         y = evaluate_expression(target, ds.X, ds.names)
         t0 = time.perf_counter()
-        fit = fit_rule(ds.X, y, ds.names, generations=generations, time_limit=time_limit, max_length=max_length,
-                       max_rows=max_rows, seed=seed, selection="accuracy")
-        results.append({"target": name, "target_expr": str(target), "recovered": str(fit.expr), "r2": fit.r2(ds.X, y),
-                        "seconds": time.perf_counter() - t0, "exact": is_exact(fit.expr, target), "fit": fit})
+        fit = fit_rule(
+            ds.X,
+            y,
+            ds.names,
+            generations=generations,
+            time_limit=time_limit,
+            max_length=max_length,
+            max_rows=max_rows,
+            seed=seed,
+            selection="accuracy",
+        )
+        results.append(
+            {
+                "target": name,
+                "target_expr": str(target),
+                "recovered": str(fit.expr),
+                "r2": fit.r2(ds.X, y),
+                "seconds": time.perf_counter() - t0,
+                "exact": is_exact(fit.expr, target),
+                "fit": fit,
+            }
+        )
     return results
 
 # %% ../nbs/03_distill.ipynb #d5a69a2c
 def _gradients(fit: FittedRule, X: np.ndarray) -> np.ndarray:
     env = {n: torch.tensor(X[:, i], dtype=torch.float64, requires_grad=True) for i, n in enumerate(fit.names)}
     out = compile_expression(fit.expr)(env)
-    if not isinstance(out, torch.Tensor) or not out.requires_grad: return np.zeros_like(X)
-    if (clip := fit._clip()) is not None: out = out.clamp(*clip)  # the deployed output: flat where it is clipped
+    if not isinstance(out, torch.Tensor) or not out.requires_grad:
+        return np.zeros_like(X)
+    if (clip := fit._clip()) is not None:
+        out = out.clamp(*clip)  # the deployed output: flat where it is clipped
     grads = torch.autograd.grad(out.sum(), list(env.values()), allow_unused=True)
     return np.stack([np.zeros(len(X)) if g is None else g.detach().numpy() for g in grads], axis=1)
 
@@ -460,14 +734,19 @@ def temporal_perception_field(fit: FittedRule, X: np.ndarray, horizon: int = 200
     sensitivity, gain = {}, np.zeros(horizon + 1)
     for i, name in enumerate(fit.names):
         feature, _, lag = name.rpartition("_")
-        if int(lag) > horizon: continue
-        if feature == OUTPUT_FEATURE: gain[int(lag)] = grads[:, i].mean()  # feedback ∂y_t/∂y_{t−k}
-        else: sensitivity.setdefault(feature, np.zeros(horizon + 1))[int(lag)] += S[i]
+        if int(lag) > horizon:
+            continue
+        if feature == OUTPUT_FEATURE:
+            gain[int(lag)] = grads[:, i].mean()  # feedback ∂y_t/∂y_{t−k}
+        else:
+            sensitivity.setdefault(feature, np.zeros(horizon + 1))[int(lag)] += S[i]
     tpf = {}
     for f, h in sensitivity.items():  # impulse response through the feedback: h_τ = S_τ + Σ_k gain_k·h_{τ−k}
-        for tau in range(1, horizon + 1): h[tau] += gain[1:tau + 1] @ h[tau - 1::-1]
+        for tau in range(1, horizon + 1):
+            h[tau] += gain[1 : tau + 1] @ h[tau - 1 :: -1]
         h = np.abs(h)
-        if h.sum() > 0: tpf[f] = float(h @ np.arange(horizon + 1) / h.sum()) if np.isfinite(h.sum()) else math.inf
+        if h.sum() > 0:
+            tpf[f] = float(h @ np.arange(horizon + 1) / h.sum()) if np.isfinite(h.sum()) else math.inf
     return tpf
 
 
@@ -476,13 +755,16 @@ def mapping_complexity(fit: FittedRule, X: np.ndarray, points: int = 201) -> flo
     used = {s.name for s in fit.expr.free_symbols}
     median, total = np.median(X, axis=0), 0.0
     for i, name in enumerate(fit.names):
-        if name not in used: continue
+        if name not in used:
+            continue
         lo, hi = np.percentile(X[:, i], [1, 99])
-        if hi <= lo: continue
+        if hi <= lo:
+            continue
         grid = np.tile(median, (points, 1))
         grid[:, i] = np.linspace(lo, hi, points)
         slope = np.gradient(fit.predict(grid), grid[:, i])
-        if np.abs(slope).mean() > 0: total += float(np.abs(np.diff(slope)).sum() / np.abs(slope).mean())
+        if np.abs(slope).mean() > 0:
+            total += float(np.abs(np.diff(slope)).sum() / np.abs(slope).mean())
     return total
 
 # %% ../nbs/03_distill.ipynb #2956e05d
@@ -497,6 +779,7 @@ class DistillSettings:
     `tolerance` of the rule's own (at most `max_screened` screened per seed); `zero_drift`: the deployed equation moves
     nothing under zero gradients. Reporting: `eval_seeds` problems. Stage 3: `tune_epochs` epochs of closed-loop
     tuning of the constants at Adam(`tune_lr`) (0: none)."""
+
     steps: int = 200
     record_seeds: int = 20
     lags: int = 20
@@ -519,32 +802,68 @@ class DistillSettings:
 
     def __post_init__(self):
         self.search_seeds = tuple(self.search_seeds)
-        for name in ("steps", "record_seeds", "lags", "stride", "coords_per_tensor", "max_length", "generations", "max_rows",
-                     "max_screened", "validation_seeds", "eval_seeds"):
+        for name in (
+            "steps",
+            "record_seeds",
+            "lags",
+            "stride",
+            "coords_per_tensor",
+            "max_length",
+            "generations",
+            "max_rows",
+            "max_screened",
+            "validation_seeds",
+            "eval_seeds",
+        ):
             v = getattr(self, name)
-            if isinstance(v, bool) or int(v) != v or v < 1: raise ValueError(f"invalid {name}={v!r}: expected a positive integer")
-        if isinstance(self.tune_epochs, bool) or int(self.tune_epochs) != self.tune_epochs or self.tune_epochs < 0:
-            raise ValueError(f"invalid tune_epochs={self.tune_epochs!r}: expected an integer >= 0 (0: no stage 3)")
-        if not self.search_seeds: raise ValueError("search_seeds is empty: give at least one seed, e.g. (0, 1, 2)")
-        if self.lags > self.steps: raise ValueError(f"lags={self.lags} exceeds steps={self.steps}")
+            if isinstance(v, bool) or int(v) != v or v < 1:
+                raise ValueError(f"invalid {name}={v!r}: expected a positive integer")
+        if (
+            isinstance(self.tune_epochs, bool)
+            or int(self.tune_epochs) != self.tune_epochs
+            or self.tune_epochs < 0
+        ):
+            raise ValueError(
+                f"invalid tune_epochs={self.tune_epochs!r}: expected an integer >= 0 (0: no stage 3)"
+            )
+        if not self.search_seeds:
+            raise ValueError("search_seeds is empty: give at least one seed, e.g. (0, 1, 2)")
+        if self.lags > self.steps:
+            raise ValueError(f"lags={self.lags} exceeds steps={self.steps}")
         if self.stride > self.lags:
-            raise ValueError(f"stride={self.stride} exceeds lags={self.lags}: rows that far apart leave steps unrecorded, "
-                             "and the free-running fidelity needs every step")
+            raise ValueError(
+                f"stride={self.stride} exceeds lags={self.lags}: rows that far apart leave steps unrecorded, "
+                "and the free-running fidelity needs every step"
+            )
         for name in ("tolerance", "r2_tolerance", "time_limit", "tune_lr"):
-            if not getattr(self, name) >= 0: raise ValueError(f"invalid {name}={getattr(self, name)!r}: expected >= 0")
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"invalid {name}={getattr(self, name)!r}: expected >= 0")
 
 
-def record(rule, task, settings: DistillSettings = DistillSettings(), device="cpu", progress: bool = False) -> SRDataset:
+def record(
+    rule, task, settings: DistillSettings = DistillSettings(), device="cpu", progress: bool = False
+) -> SRDataset:
     """Step 1 of `distill`: `rule` recorded on `settings.record_seeds` fresh problems of `task` (from
     `RECORD_SEED_BASE`), with its own features and, when `settings.recurrent`, its own past outputs `u`."""
     from symbolic_l2o.srgen import RECORD_SEED_BASE, record_trajectories
-    return record_trajectories(rule, task, settings.steps, range(RECORD_SEED_BASE, RECORD_SEED_BASE + settings.record_seeds),
-                               _features(rule, settings), lags=settings.lags, stride=settings.stride, coords_per_tensor=settings.coords_per_tensor,
-                               device=device, progress=progress)
+
+    return record_trajectories(
+        rule,
+        task,
+        settings.steps,
+        range(RECORD_SEED_BASE, RECORD_SEED_BASE + settings.record_seeds),
+        _features(rule, settings),
+        lags=settings.lags,
+        stride=settings.stride,
+        coords_per_tensor=settings.coords_per_tensor,
+        device=device,
+        progress=progress,
+    )
 
 
 def _features(rule, settings):
     from symbolic_l2o.srgen import default_features
+
     return (*default_features(rule), OUTPUT_FEATURE) if settings.recurrent else tuple(default_features(rule))
 
 # %% ../nbs/03_distill.ipynb #da88d3b2
@@ -553,7 +872,9 @@ def _sequences(data: SRDataset):
     0..T (step 0 and unrecorded steps read 0, as a fresh rule's history), and each row's (sequence, step)."""
     features, lags = data.meta["features"], data.meta["lags"]
     if data.meta.get("stride", 1) > lags:
-        raise ValueError(f"rows every {data.meta['stride']} steps with {lags} lags leave steps unrecorded: record with stride <= lags")
+        raise ValueError(
+            f"rows every {data.meta['stride']} steps with {lags} lags leave steps unrecorded: record with stride <= lags"
+        )
     keys, seq = np.unique(np.c_[data.run_ids, data.coord_ids], axis=0, return_inverse=True)
     seq, T = seq.reshape(-1), int(data.steps.max())
     F, U = np.zeros((len(keys), T + 1, len(features))), np.zeros((len(keys), T + 1))
@@ -561,8 +882,10 @@ def _sequences(data: SRDataset):
         feature, _, lag = name.rpartition("_")
         t = data.steps - int(lag)
         ok = t >= 1
-        if feature == OUTPUT_FEATURE: U[seq[ok], t[ok]] = data.X[ok, col]
-        else: F[seq[ok], t[ok], features.index(feature)] = data.X[ok, col]
+        if feature == OUTPUT_FEATURE:
+            U[seq[ok], t[ok]] = data.X[ok, col]
+        else:
+            F[seq[ok], t[ok], features.index(feature)] = data.X[ok, col]
     U[seq, data.steps] = data.y
     return F, U, seq, data.steps
 
@@ -576,11 +899,16 @@ def free_running(fit: FittedRule, data: SRDataset) -> np.ndarray:
     read = {s.name for s in fit.expr.free_symbols}
     fit = replace(fit, names=[n for n in fit.names if n in read])  # the columns it reads, no others
     cols = [(name.rpartition("_")[0], int(name.rpartition("_")[2])) for name in fit.names]
+
     def column(feature, lag, t):  # the history before step 1 reads 0
-        if t - lag < 0: return np.zeros(len(F))
+        if t - lag < 0:
+            return np.zeros(len(F))
         return own[:, t - lag] if feature == OUTPUT_FEATURE else F[:, t - lag, features.index(feature)]
+
     for t in range(1, U.shape[1]):
-        own[:, t] = fit.predict(np.stack([column(f, lag, t) for f, lag in cols], axis=1) if cols else np.zeros((len(F), 0)))
+        own[:, t] = fit.predict(
+            np.stack([column(f, lag, t) for f, lag in cols], axis=1) if cols else np.zeros((len(F), 0))
+        )
     return own[seq, steps]
 
 
@@ -591,18 +919,27 @@ def persistence(train: SRDataset, test: SRDataset) -> dict:
     a, b = (float(c) for c in np.polyfit(col(train), train.y, 1))
     fit = FittedRule(parse_expression(f"{a!r}*u_1 + {b!r}", ["u_1"]), ["u_1"], [], meta={})
     part = test.select(["u_1"])
-    return {"a": a, "b": b, "r2_teacher_forced": fit.r2(part.X, part.y),
-            "r2_free_running": _r2(test.y, free_running(fit, test))}
+    return {
+        "a": a,
+        "b": b,
+        "r2_teacher_forced": fit.r2(part.X, part.y),
+        "r2_free_running": _r2(test.y, free_running(fit, test)),
+    }
 
 # %% ../nbs/03_distill.ipynb #79c13b04
-def _env_values(expr, X, names):  # the values of a sub-expression on the rows (the variables it reads are columns of X)
+def _env_values(
+    expr, X, names
+):  # the values of a sub-expression on the rows (the variables it reads are columns of X)
     return evaluate_expression(expr, X, names) * np.ones(len(X))
 
 
 def _sign_pass(expr, X, names, level: float = 2.5, share: float = 0.95):
     "tanh(a) → sign(a) where |a| ≥ `level` (tanh ≥ 0.987) on `share` of the rows: a soft sign is a sign."
-    swaps = {node: sp.sign(node.args[0]) for node in expr.atoms(sp.tanh)
-             if (np.abs(_env_values(node.args[0], X, names)) >= level).mean() >= share}
+    swaps = {
+        node: sp.sign(node.args[0])
+        for node in expr.atoms(sp.tanh)
+        if (np.abs(_env_values(node.args[0], X, names)) >= level).mean() >= share
+    }
     return expr.xreplace(swaps)
 
 
@@ -620,7 +957,9 @@ def _merge_pass(expr, X, names, correlation: float = 0.98, negligible: float = 0
         group = [t for t in linear if abs(np.corrcoef(col(t), col(lead))[0, 1]) >= correlation]
         linear = [t for t in linear if t not in group]
         x, s = col(lead), sum(_env_values(t, X, names) for t in group)
-        merged.append(sp.Float(np.cov(s, x)[0, 1] / x.var()) * lead.as_coeff_Mul()[1] if len(group) > 1 else lead)
+        merged.append(
+            sp.Float(np.cov(s, x)[0, 1] / x.var()) * lead.as_coeff_Mul()[1] if len(group) > 1 else lead
+        )
     return sp.Add(*rest, *merged)
 
 
@@ -636,8 +975,9 @@ def _zero_drift_pass(expr):
     return expr - offset if offset.is_finite and offset != 0 else expr
 
 
-def canonical_form(fit: FittedRule, data: SRDataset, zero_drift: bool = True, digits: int = 3,
-                   tolerance: float = 0.01) -> FittedRule:
+def canonical_form(
+    fit: FittedRule, data: SRDataset, zero_drift: bool = True, digits: int = 3, tolerance: float = 0.01
+) -> FittedRule:
     """The readable form of `fit.expr` that is deployed: soft signs made signs (`tanh(k·x)` with `|k·x|` large on the
     recorded rows), collinear linear terms merged and negligible ones dropped, constants to `digits` significant digits,
     and (`zero_drift`) its zero-input value subtracted. Each of the first three passes is kept only if the free-running
@@ -646,14 +986,20 @@ def canonical_form(fit: FittedRule, data: SRDataset, zero_drift: bool = True, di
     part = data.select(fit.names)
     score = lambda e: _r2(part.y, free_running(replace(fit, expr=e), part))
     expr, best, kept = fit.expr, score(fit.expr), []
-    passes = [("sign", lambda e: _sign_pass(e, part.X, fit.names)), ("merge", lambda e: _merge_pass(e, part.X, fit.names)),
-              *[(f"round to {d} digits", lambda e, d=d: _round_pass(e, d)) for d in range(digits, digits + 3)]]
+    passes = [
+        ("sign", lambda e: _sign_pass(e, part.X, fit.names)),
+        ("merge", lambda e: _merge_pass(e, part.X, fit.names)),
+        *[(f"round to {d} digits", lambda e, d=d: _round_pass(e, d)) for d in range(digits, digits + 3)],
+    ]
     for name, step in passes:
-        if name.startswith("round") and any(k.startswith("round") for k in kept): continue  # the fewest digits that hold
+        if name.startswith("round") and any(k.startswith("round") for k in kept):
+            continue  # the fewest digits that hold
         candidate = step(expr)
-        if candidate == expr or not np.isfinite(r2 := score(candidate)) or r2 < best - tolerance: continue
+        if candidate == expr or not np.isfinite(r2 := score(candidate)) or r2 < best - tolerance:
+            continue
         expr, kept = candidate, kept + [name]
-    if zero_drift and (candidate := _zero_drift_pass(expr)) != expr: expr, kept = candidate, kept + ["zero_drift"]
+    if zero_drift and (candidate := _zero_drift_pass(expr)) != expr:
+        expr, kept = candidate, kept + ["zero_drift"]
     return replace(fit, expr=expr, meta={**fit.meta, "canonical": kept})
 
 
@@ -662,20 +1008,26 @@ def recurrence(fit: FittedRule, data: SRDataset, horizon: int = 1000) -> dict | 
     over the recorded rows); under zero gradients from a fresh state, the output it settles to within `horizon` steps
     (`fixed_point`; `None` if it does not settle) and whether it settles (`stable`)."""
     u_cols = [i for i, n in enumerate(fit.names) if n.rpartition("_")[0] == OUTPUT_FEATURE]
-    if not u_cols or OUTPUT_FEATURE not in _streams(fit.expr): return None
+    if not u_cols or OUTPUT_FEATURE not in _streams(fit.expr):
+        return None
     part = data.select(fit.names)
     history = np.zeros(max(int(fit.names[i].rpartition("_")[2]) for i in u_cols))
     for _ in range(horizon):  # zero gradients: only its own outputs move it
         x = np.zeros((1, len(fit.names)))
-        for i in u_cols: x[0, i] = history[int(fit.names[i].rpartition("_")[2]) - 1]
+        for i in u_cols:
+            x[0, i] = history[int(fit.names[i].rpartition("_")[2]) - 1]
         previous, history = history[0], np.r_[fit.predict(x), history[:-1]]
     settled = bool(np.isfinite(history[0]) and abs(history[0] - previous) <= 1e-9 * max(1.0, abs(history[0])))
-    return {"feedback_gain": float(_gradients(fit, part.X)[:, u_cols].sum(1).mean()),
-            "fixed_point": float(history[0]) if settled else None, "stable": settled}
+    return {
+        "feedback_gain": float(_gradients(fit, part.X)[:, u_cols].sum(1).mean()),
+        "fixed_point": float(history[0]) if settled else None,
+        "stable": settled,
+    }
 
 # %% ../nbs/03_distill.ipynb #a48ab537
-def search(data: SRDataset, settings: DistillSettings = DistillSettings(), seed: int = 0,
-           censor: float | None = None) -> list[FittedRule]:
+def search(
+    data: SRDataset, settings: DistillSettings = DistillSettings(), seed: int = 0, censor: float | None = None
+) -> list[FittedRule]:
     """Step 2: one `fit_rule` per family on `data`'s rows: the window of input features (the paper's equations) and,
     when the recording has `u`, the window plus the rule's own past outputs (a recurrent equation; fitted to a target
     censored at `censor`, where the rule saturates). Each fit carries the recording's metadata."""
@@ -684,10 +1036,20 @@ def search(data: SRDataset, settings: DistillSettings = DistillSettings(), seed:
     fits = []
     for family, names in families.items():
         part = data.select(names)
-        fits.append(fit_rule(part.X, part.y, part.names, max_length=settings.max_length, generations=settings.generations,
-                             time_limit=settings.time_limit, max_rows=settings.max_rows, seed=seed,
-                             censor=censor if family == "recurrent" else None,
-                             meta={**data.meta, "family": family, "search_seed": seed}))
+        fits.append(
+            fit_rule(
+                part.X,
+                part.y,
+                part.names,
+                max_length=settings.max_length,
+                generations=settings.generations,
+                time_limit=settings.time_limit,
+                max_rows=settings.max_rows,
+                seed=seed,
+                censor=censor if family == "recurrent" else None,
+                meta={**data.meta, "family": family, "search_seed": seed},
+            )
+        )
     return fits
 
 
@@ -697,13 +1059,22 @@ def fidelity(fits: Sequence[FittedRule], data: SRDataset, zero_drift: bool = Tru
     members, seen = [], set()
     for fit in fits:
         for m in fit.pareto:
-            if not _streams(m["expr"]) - {OUTPUT_FEATURE}: continue  # reads no gradient: cannot be deployed
+            if not _streams(m["expr"]) - {OUTPUT_FEATURE}:
+                continue  # reads no gradient: cannot be deployed
             canon = canonical_form(replace(fit, expr=m["expr"]), data, zero_drift=zero_drift)
-            if str(canon.expr) in seen: continue
+            if str(canon.expr) in seen:
+                continue
             seen.add(str(canon.expr))
             part = data.select(canon.names)
-            members.append({"fit": canon, "nodes": complexity(canon.expr), "family": fit.meta["family"],
-                            "r2_teacher_forced": canon.r2(part.X, part.y), "r2_free_running": _r2(part.y, free_running(canon, part))})
+            members.append(
+                {
+                    "fit": canon,
+                    "nodes": complexity(canon.expr),
+                    "family": fit.meta["family"],
+                    "r2_teacher_forced": canon.r2(part.X, part.y),
+                    "r2_free_running": _r2(part.y, free_running(canon, part)),
+                }
+            )
     return members
 
 
@@ -720,6 +1091,7 @@ def faithful(ratio: tuple[float, float, float], tolerance: float = 0.15) -> bool
 
 def _validation_seeds(settings):
     from symbolic_l2o.meta_train import VALIDATION_SEED_BASE
+
     return range(VALIDATION_SEED_BASE, VALIDATION_SEED_BASE + settings.validation_seeds)
 
 
@@ -730,15 +1102,25 @@ def _trains(evaluation) -> bool:  # the rule brings its Eva loss below 90% of th
 def verdict(ratio: tuple[float, float, float], tolerance: float = 0.15, trains: bool = True) -> str:
     """In words, what the Eva loss ratio's interval says: faithful, better or worse than the rule, or not resolved; and
     nothing at all when the rule does not train (`trains` False)."""
-    if not trains: return "the rule does not train here: nothing to be faithful to"
-    if faithful(ratio, tolerance): return "faithful"
-    if ratio[2] < 1: return "trains better than its rule"
-    if ratio[1] > 1: return "trains worse than its rule"
+    if not trains:
+        return "the rule does not train here: nothing to be faithful to"
+    if faithful(ratio, tolerance):
+        return "faithful"
+    if ratio[2] < 1:
+        return "trains better than its rule"
+    if ratio[1] > 1:
+        return "trains worse than its rule"
     return "not resolved: the interval is wider than the band"
 
 
-def screen(members: Sequence[dict], rule, task, settings: DistillSettings = DistillSettings(), source_losses=None,
-           device="cpu") -> dict:
+def screen(
+    members: Sequence[dict],
+    rule,
+    task,
+    settings: DistillSettings = DistillSettings(),
+    source_losses=None,
+    device="cpu",
+) -> dict:
     """Step 3: the simplest faithful member. Members whose free-running R² is within `settings.r2_tolerance` of the
     best are run closed-loop, fewest nodes first (at most `max_screened`), on the validation problems (disjoint from
     the reported ones) in chunks of 10, a member dropped at the first chunk where its Eva loss ratio to `rule`'s
@@ -746,22 +1128,30 @@ def screen(members: Sequence[dict], rule, task, settings: DistillSettings = Dist
     is, the screened member with the ratio nearest 1 (in log). Returns {"chosen": index into `members`, "faithful":
     bool, "screened": [{"index", "problems", "ratio"}]}."""
     from symbolic_l2o.meta_train import evaluate
+
     seeds = list(_validation_seeds(settings))
     late = lambda r, s: evaluate(r, task, settings.steps, s, device=device, progress=False).late_loss
     source = late(rule, seeds) if source_losses is None else np.asarray(source_losses, dtype=float)
-    if not np.isfinite(source).all(): raise ValueError("the rule does not train on the validation problems: nothing to be faithful to")
-    if not members: raise ValueError("no member reads a gradient feature: none can be deployed")
+    if not np.isfinite(source).all():
+        raise ValueError("the rule does not train on the validation problems: nothing to be faithful to")
+    if not members:
+        raise ValueError("no member reads a gradient feature: none can be deployed")
     best = max(m["r2_free_running"] for m in members)
-    eligible = sorted((i for i, m in enumerate(members) if m["r2_free_running"] >= best - settings.r2_tolerance),
-                      key=lambda i: (members[i]["nodes"], -members[i]["r2_free_running"]))[:settings.max_screened]
+    eligible = sorted(
+        (i for i, m in enumerate(members) if m["r2_free_running"] >= best - settings.r2_tolerance),
+        key=lambda i: (members[i]["nodes"], -members[i]["r2_free_running"]),
+    )[: settings.max_screened]
     screened = []
     for i in eligible:
         rule_i, losses = members[i]["fit"].to_rule(), np.empty(0)
         for start in range(0, len(seeds), 10):
-            losses = np.r_[losses, late(rule_i, seeds[start:start + 10])]
-            ratio = losses.mean() / source[:len(losses)].mean()
-            if not abs(ratio - 1) <= 2 * settings.tolerance: break  # NaN (diverged) too
-        screened.append({"index": i, "problems": len(losses), "ratio": float(ratio) if np.isfinite(ratio) else None})
+            losses = np.r_[losses, late(rule_i, seeds[start : start + 10])]
+            ratio = losses.mean() / source[: len(losses)].mean()
+            if not abs(ratio - 1) <= 2 * settings.tolerance:
+                break  # NaN (diverged) too
+        screened.append(
+            {"index": i, "problems": len(losses), "ratio": float(ratio) if np.isfinite(ratio) else None}
+        )
         if len(losses) == len(seeds) and abs(ratio - 1) <= settings.tolerance:
             return {"chosen": i, "faithful": True, "screened": screened}
     finite = [s for s in screened if s["ratio"] is not None]
@@ -769,15 +1159,26 @@ def screen(members: Sequence[dict], rule, task, settings: DistillSettings = Dist
     return {"chosen": nearest["index"] if nearest else None, "faithful": False, "screened": screened}
 
 
-def tune(fit: FittedRule, task, settings: DistillSettings = DistillSettings(), device="cpu") -> SymbolicRule | None:
+def tune(
+    fit: FittedRule, task, settings: DistillSettings = DistillSettings(), device="cpu"
+) -> SymbolicRule | None:
     """Stage 3 (the paper's meta-tuning): the equation's form kept, its constants trained closed-loop with it
     (`meta_train`, `settings.tune_epochs` epochs of `settings.steps` steps at Adam(`settings.tune_lr`), on training
     problems). `None` when there is nothing to tune (no constants, or `tune_epochs` 0) or the tuning diverged."""
     from symbolic_l2o.meta_train import meta_train
+
     rule = fit.to_rule()
-    if not settings.tune_epochs or not len(rule.constants): return None
-    meta_train(rule, task, epochs=int(settings.tune_epochs), epoch_len=settings.steps, meta_lr=settings.tune_lr,
-               device=device, progress=False)
+    if not settings.tune_epochs or not len(rule.constants):
+        return None
+    meta_train(
+        rule,
+        task,
+        epochs=int(settings.tune_epochs),
+        epoch_len=settings.steps,
+        meta_lr=settings.tune_lr,
+        device=device,
+        progress=False,
+    )
     return rule if torch.isfinite(rule.constants).all() else None
 
 # %% ../nbs/03_distill.ipynb #bf558c6e
@@ -786,6 +1187,7 @@ class Distillation:
     """What `distill` found for one rule: per search seed its scored members and its choice; the deployed equation
     (`fit`, the simplest faithful choice over the seeds, chosen on validation problems); the rule's and the equation's
     closed-loop evaluations on the reported problems; stage 3 (`tuned`, its evaluation) apart; the persistence baseline."""
+
     name: str
     settings: DistillSettings
     seeds: list[dict]
@@ -800,23 +1202,47 @@ class Distillation:
     def summary(self) -> dict:
         "The headline figures (JSON-able): the deployed equation as found, its three fidelity measures, stage 3 apart."
         ratio = eva_ratio(self.source_eval.late_loss, self.equation_eval.late_loss)
-        tuned = eva_ratio(self.source_eval.late_loss, self.tuned_eval.late_loss) if self.tuned is not None else None
+        tuned = (
+            eva_ratio(self.source_eval.late_loss, self.tuned_eval.late_loss)
+            if self.tuned is not None
+            else None
+        )
         part = self.test.select(self.fit.names)
-        return {"rule": self.name, "equation": str(self.fit.expr), "family": self.fit.meta["family"],
-                "nodes": complexity(self.fit.expr), "scale": self.fit.meta.get("scale", 1.0),
-                "r2_teacher_forced": self.fit.r2(part.X, part.y), "r2_free_running": _r2(part.y, free_running(self.fit, part)),
-                "eva_loss_source": self.source_eval.eva_loss, "eva_loss_equation": self.equation_eval.eva_loss,
-                "eva_ratio": ratio[0], "eva_ratio_ci": list(ratio[1:]), "source_trains": (trains := _trains(self.source_eval)),
-                "faithful": trains and faithful(ratio, self.settings.tolerance), "verdict": verdict(ratio, self.settings.tolerance, trains),
-                "eva_ratio_tuned": None if tuned is None else tuned[0], "eva_ratio_tuned_ci": None if tuned is None else list(tuned[1:]),
-                "tuned_equation": None if self.tuned is None else str(self.tuned.to_sympy()),
-                "faithful_seeds": [sum(s["faithful"] for s in self.seeds), len(self.seeds)],
-                "persistence": self.persistence, "recurrence": recurrence(self.fit, self.test),
-                "tpf": temporal_perception_field(self.fit, part.X), "mapping_complexity": mapping_complexity(self.fit, part.X)}
+        return {
+            "rule": self.name,
+            "equation": str(self.fit.expr),
+            "family": self.fit.meta["family"],
+            "nodes": complexity(self.fit.expr),
+            "scale": self.fit.meta.get("scale", 1.0),
+            "r2_teacher_forced": self.fit.r2(part.X, part.y),
+            "r2_free_running": _r2(part.y, free_running(self.fit, part)),
+            "eva_loss_source": self.source_eval.eva_loss,
+            "eva_loss_equation": self.equation_eval.eva_loss,
+            "eva_ratio": ratio[0],
+            "eva_ratio_ci": list(ratio[1:]),
+            "source_trains": (trains := _trains(self.source_eval)),
+            "faithful": trains and faithful(ratio, self.settings.tolerance),
+            "verdict": verdict(ratio, self.settings.tolerance, trains),
+            "eva_ratio_tuned": None if tuned is None else tuned[0],
+            "eva_ratio_tuned_ci": None if tuned is None else list(tuned[1:]),
+            "tuned_equation": None if self.tuned is None else str(self.tuned.to_sympy()),
+            "faithful_seeds": [sum(s["faithful"] for s in self.seeds), len(self.seeds)],
+            "persistence": self.persistence,
+            "recurrence": recurrence(self.fit, self.test),
+            "tpf": temporal_perception_field(self.fit, part.X),
+            "mapping_complexity": mapping_complexity(self.fit, part.X),
+        }
 
 
-def distill(rule, task, name: str = "rule", settings: DistillSettings | None = None, data: SRDataset | None = None,
-            device="cpu", progress: bool = False) -> Distillation:
+def distill(
+    rule,
+    task,
+    name: str = "rule",
+    settings: DistillSettings | None = None,
+    data: SRDataset | None = None,
+    device="cpu",
+    progress: bool = False,
+) -> Distillation:
     """Distil `rule` into an equation in the four steps of this page: `record` it on `task` (or take `data`, 02's
     recording, checked against the settings), and per seed of `settings.search_seeds`: `search` equations on the
     training runs, score every member's `fidelity` on the validation runs, `screen` the simplest faithful one
@@ -824,22 +1250,36 @@ def distill(rule, task, name: str = "rule", settings: DistillSettings | None = N
     equation is the simplest faithful choice on the validation problems (else the nearest to faithful). Stage 3 (`tune`)
     is kept apart: it never replaces the equation as found."""
     from symbolic_l2o.meta_train import evaluate
+
     settings = settings or DistillSettings()
     features = _features(rule, settings)
     data = record(rule, task, settings, device, progress) if data is None else data
     recorded = {k: data.meta.get(k) for k in ("rule", "features", "lags", "task")}
-    if recorded != {"rule": rule_config(rule), "features": list(features), "lags": settings.lags, "task": task.name}:
-        raise ValueError(f"`data` is not a recording of this rule on this task with features {list(features)} and "
-                         f"{settings.lags} lags: it records {recorded}; record it with distill.record(rule, task, settings)")
+    if recorded != {
+        "rule": rule_config(rule),
+        "features": list(features),
+        "lags": settings.lags,
+        "task": task.name,
+    }:
+        raise ValueError(
+            f"`data` is not a recording of this rule on this task with features {list(features)} and "
+            f"{settings.lags} lags: it records {recorded}; record it with distill.record(rule, task, settings)"
+        )
     train, rest = data.split_by_run(test_fraction=0.4)
     validation, test = rest.split_by_run(test_fraction=0.5)
-    censor = 0.99 if getattr(rule, "squash", False) else None  # the target is the output over its scale: |y| <= 1
-    source_val = evaluate(rule, task, settings.steps, _validation_seeds(settings), device=device, progress=False).late_loss
+    censor = (
+        0.99 if getattr(rule, "squash", False) else None
+    )  # the target is the output over its scale: |y| <= 1
+    source_val = evaluate(
+        rule, task, settings.steps, _validation_seeds(settings), device=device, progress=False
+    ).late_loss
     reported = range(settings.eval_seeds)
     source_eval = evaluate(rule, task, settings.steps, reported, device=device, progress=False)
     if not (trains := _trains(source_eval)):
-        warnings.warn(f"{name} does not train {task.name} (Eva loss {source_eval.eva_loss[0]:.4g}, at least 90% of the initial "
-                      "loss): an equation can copy it without saying anything about optimization; no equation is called faithful")
+        warnings.warn(
+            f"{name} does not train {task.name} (Eva loss {source_eval.eva_loss[0]:.4g}, at least 90% of the initial "
+            "loss): an equation can copy it without saying anything about optimization; no equation is called faithful"
+        )
     seeds = []
     for seed in settings.search_seeds:
         members = fidelity(search(train, settings, seed, censor), validation, settings.zero_drift)
@@ -847,22 +1287,62 @@ def distill(rule, task, name: str = "rule", settings: DistillSettings | None = N
         chosen = members[picked["chosen"]]
         ev = evaluate(chosen["fit"].to_rule(), task, settings.steps, reported, device=device, progress=False)
         ratio = eva_ratio(source_eval.late_loss, ev.late_loss)
-        seeds.append({"seed": seed, "members": members, **picked, "validation_faithful": picked["faithful"],
-                      "eva_ratio": ratio, "faithful": trains and faithful(ratio, settings.tolerance), "evaluation": ev})
+        seeds.append(
+            {
+                "seed": seed,
+                "members": members,
+                **picked,
+                "validation_faithful": picked["faithful"],
+                "eva_ratio": ratio,
+                "faithful": trains and faithful(ratio, settings.tolerance),
+                "evaluation": ev,
+            }
+        )
     # chosen on the validation problems: faithful there first, then the fewest nodes, then the nearest ratio
     val_ratio = lambda s: next(x["ratio"] for x in s["screened"] if x["index"] == s["chosen"]) or math.inf
-    k = min(range(len(seeds)), key=lambda k: (not seeds[k]["validation_faithful"], seeds[k]["members"][seeds[k]["chosen"]]["nodes"],
-                                                abs(math.log(val_ratio(seeds[k])))))
+    k = min(
+        range(len(seeds)),
+        key=lambda k: (
+            not seeds[k]["validation_faithful"],
+            seeds[k]["members"][seeds[k]["chosen"]]["nodes"],
+            abs(math.log(val_ratio(seeds[k]))),
+        ),
+    )
     best = seeds[k]
     fit = best["members"][best["chosen"]]["fit"]
-    fit = replace(fit, selection="closed_loop", meta={**fit.meta, "source": name, "search_seed_index": k, "member_index": best["chosen"],
-                                                      "validation": {"problems": settings.validation_seeds,
-                                                                     "ratio": val_ratio(best), "faithful": best["validation_faithful"]}})
+    fit = replace(
+        fit,
+        selection="closed_loop",
+        meta={
+            **fit.meta,
+            "source": name,
+            "search_seed_index": k,
+            "member_index": best["chosen"],
+            "validation": {
+                "problems": settings.validation_seeds,
+                "ratio": val_ratio(best),
+                "faithful": best["validation_faithful"],
+            },
+        },
+    )
     tuned = tune(fit, task, settings, device)
-    tuned_eval = evaluate(tuned, task, settings.steps, reported, device=device, progress=False) if tuned is not None else None
-    return Distillation(name, settings, seeds, fit, source_eval, best["evaluation"], tuned, tuned_eval,
-                        persistence(train, test) if OUTPUT_FEATURE in features else None, test)
-
+    tuned_eval = (
+        evaluate(tuned, task, settings.steps, reported, device=device, progress=False)
+        if tuned is not None
+        else None
+    )
+    return Distillation(
+        name,
+        settings,
+        seeds,
+        fit,
+        source_eval,
+        best["evaluation"],
+        tuned,
+        tuned_eval,
+        persistence(train, test) if OUTPUT_FEATURE in features else None,
+        test,
+    )
 
 
 def plot_front(d: Distillation, axes=None):
@@ -870,39 +1350,67 @@ def plot_front(d: Distillation, axes=None):
     window family as circles, recurrent as squares, the persistence baseline's R² as lines (left); the screened
     members' closed-loop Eva loss ratio on the validation problems, the tolerance band shaded (right)."""
     import matplotlib.pyplot as plt
+
     axes = axes if axes is not None else plt.subplots(1, 2, figsize=(11, 3.5))[1]
     for s in d.seeds:
         for family, marker in (("window", "o"), ("recurrent", "s")):
             ms = [m for m in s["members"] if m["family"] == family]
-            axes[0].scatter([m["nodes"] for m in ms], [m["r2_teacher_forced"] for m in ms], marker=marker, s=20,
-                            facecolors="none", edgecolors="C0")
-            axes[0].scatter([m["nodes"] for m in ms], [m["r2_free_running"] for m in ms], marker=marker, s=12, color="C1")
+            axes[0].scatter(
+                [m["nodes"] for m in ms],
+                [m["r2_teacher_forced"] for m in ms],
+                marker=marker,
+                s=20,
+                facecolors="none",
+                edgecolors="C0",
+            )
+            axes[0].scatter(
+                [m["nodes"] for m in ms], [m["r2_free_running"] for m in ms], marker=marker, s=12, color="C1"
+            )
         shown = [x for x in s["screened"] if x["ratio"] is not None]
-        axes[1].scatter([s["members"][x["index"]]["nodes"] for x in shown], [x["ratio"] for x in shown], label=f"search seed {s['seed']}")
+        axes[1].scatter(
+            [s["members"][x["index"]]["nodes"] for x in shown],
+            [x["ratio"] for x in shown],
+            label=f"search seed {s['seed']}",
+        )
     if d.persistence:
-        axes[0].axhline(d.persistence["r2_teacher_forced"], color="C0", ls=":", lw=1, label="persistence, teacher-forced")
-        axes[0].axhline(d.persistence["r2_free_running"], color="C1", ls=":", lw=1, label="persistence, free-running")
+        axes[0].axhline(
+            d.persistence["r2_teacher_forced"], color="C0", ls=":", lw=1, label="persistence, teacher-forced"
+        )
+        axes[0].axhline(
+            d.persistence["r2_free_running"], color="C1", ls=":", lw=1, label="persistence, free-running"
+        )
     axes[0].scatter([], [], facecolors="none", edgecolors="C0", label="teacher-forced R²")
     axes[0].scatter([], [], color="C1", label="free-running R²")
     top = max(m["r2_teacher_forced"] for s in d.seeds for m in s["members"])
-    axes[0].set(xlabel="nodes", ylabel="R² on validation runs", ylim=(max(-0.2, top - 1), 1.02), title=f"{d.name}: the fronts")
+    axes[0].set(
+        xlabel="nodes",
+        ylabel="R² on validation runs",
+        ylim=(max(-0.2, top - 1), 1.02),
+        title=f"{d.name}: the fronts",
+    )
     tol = d.settings.tolerance
     axes[1].axhspan(1 - tol, 1 + tol, color="0.9")
-    axes[1].set(xlabel="nodes", ylabel="Eva loss / LSTM's", yscale="log", title=f"{d.name}: closed loop (validation)")
-    for ax in axes: ax.legend(fontsize=7)
+    axes[1].set(
+        xlabel="nodes", ylabel="Eva loss / LSTM's", yscale="log", title=f"{d.name}: closed loop (validation)"
+    )
+    for ax in axes:
+        ax.legend(fontsize=7)
     return axes
 
 # %% ../nbs/03_distill.ipynb #b4eb2da6
 def plot_response(d: Distillation, ax=None, bins: int = 25):
     "Response of the equation (lines) and binned recorded outputs of the source rule (markers) against each lag-0 feature."
     import matplotlib.pyplot as plt
+
     ax = ax or plt.subplots(figsize=(5, 3.5))[1]
     X, y, s = d.test.X, d.test.y, d.fit.meta.get("scale", 1.0)
     median = np.median(X, axis=0)
     for i, name in enumerate(d.fit.names):
-        if not name.endswith("_0"): continue
+        if not name.endswith("_0"):
+            continue
         lo, hi = np.percentile(X[:, i], [2, 98])
-        if hi <= lo: continue
+        if hi <= lo:
+            continue
         edges = np.linspace(lo, hi, bins + 1)
         idx = np.digitize(X[:, i], edges) - 1
         centers = [(edges[b] + edges[b + 1]) / 2 for b in range(bins) if (idx == b).sum() > 5]

@@ -14,17 +14,38 @@ from pathlib import Path
 import sympy as sp
 from torch import nn
 
-from .optimizers import (HAND_RULES, AddSignRule, AdamRule, DMRule, LionRule, MomentumRule, NesterovRule,
-                                     PowerSignRule, RMSpropRule, RNNpropRule, RuleOptimizer, SGDRule, SymbolicRule,
-                                     UpdateRule, complexity, make_rule, state_per_param)
+from .optimizers import HAND_RULES, AddSignRule, AdamRule, DMRule, LionRule, MomentumRule
+from .optimizers import NesterovRule, PowerSignRule, RMSpropRule, RNNpropRule, RuleOptimizer
+from .optimizers import SGDRule, SymbolicRule, UpdateRule, complexity, make_rule, state_per_param
 from .meta_train import ZOO_DIR, evaluate, load_rule, make_task, meta_train
 from .srgen import record_trajectories
 from .distill import DistillSettings, FittedRule, distill, fit_rule
 
 # re-exported by `symbolic_l2o` itself
-_all_ = ["RuleOptimizer", "UpdateRule", "SGDRule", "MomentumRule", "NesterovRule", "AdamRule", "RMSpropRule", "LionRule",
-         "PowerSignRule", "AddSignRule", "DMRule", "RNNpropRule", "SymbolicRule", "make_rule", "make_task", "meta_train",
-         "evaluate", "record_trajectories", "fit_rule", "FittedRule", "DistillSettings", "distill"]
+_all_ = [
+    "RuleOptimizer",
+    "UpdateRule",
+    "SGDRule",
+    "MomentumRule",
+    "NesterovRule",
+    "AdamRule",
+    "RMSpropRule",
+    "LionRule",
+    "PowerSignRule",
+    "AddSignRule",
+    "DMRule",
+    "RNNpropRule",
+    "SymbolicRule",
+    "make_rule",
+    "make_task",
+    "meta_train",
+    "evaluate",
+    "record_trajectories",
+    "fit_rule",
+    "FittedRule",
+    "DistillSettings",
+    "distill",
+]
 
 # %% auto #0
 __all__ = ['create_optimizer', 'without_offset', 'load_pretrained', 'OptimizerInfo', 'list_optimizers', 'RuleOptimizer',
@@ -39,16 +60,28 @@ def create_optimizer(name: str, params, **hyperparameters) -> RuleOptimizer:
     `hyperparameters`: a hand rule's (`lr`, `betas`, `momentum`, ..., its step size and defaults as in `torch.optim`),
     for a learned or distilled rule `lr` (a factor on its update, 1.0: the rule as trained) and `zero_offset`
     (`load_pretrained`), and for any rule `RuleOptimizer`'s `weight_decay`, `decoupled_weight_decay`, `on_nonfinite`."""
-    if isinstance(params, nn.Module): params = params.parameters()
-    options = {k: hyperparameters.pop(k) for k in ("weight_decay", "decoupled_weight_decay", "on_nonfinite") if k in hyperparameters}
+    if isinstance(params, nn.Module):
+        params = params.parameters()
+    options = {
+        k: hyperparameters.pop(k)
+        for k in ("weight_decay", "decoupled_weight_decay", "on_nonfinite")
+        if k in hyperparameters
+    }
     zoo = _zoo_files()
-    if name in HAND_RULES: accepted = [n for n in inspect.signature(HAND_RULES[name]).parameters]
-    elif name in zoo: accepted = ["lr"] + (["zero_offset"] if zoo[name][0] == "distilled" else [])
-    else: raise ValueError(f"unknown optimizer {name!r}; available: {[*HAND_RULES, *zoo]}")
+    if name in HAND_RULES:
+        accepted = [n for n in inspect.signature(HAND_RULES[name]).parameters]
+    elif name in zoo:
+        accepted = ["lr"] + (["zero_offset"] if zoo[name][0] == "distilled" else [])
+    else:
+        raise ValueError(f"unknown optimizer {name!r}; available: {[*HAND_RULES, *zoo]}")
     unknown = sorted(set(hyperparameters) - set(accepted))
-    if unknown: raise ValueError(f"optimizer {name!r} has no hyperparameter(s) {unknown}; it takes {accepted} and "
-                                 "weight_decay, decoupled_weight_decay, on_nonfinite")
-    if name in HAND_RULES: return RuleOptimizer(params, HAND_RULES[name](**hyperparameters), **options)
+    if unknown:
+        raise ValueError(
+            f"optimizer {name!r} has no hyperparameter(s) {unknown}; it takes {accepted} and "
+            "weight_decay, decoupled_weight_decay, on_nonfinite"
+        )
+    if name in HAND_RULES:
+        return RuleOptimizer(params, HAND_RULES[name](**hyperparameters), **options)
     lr = hyperparameters.pop("lr", None)
     return RuleOptimizer(params, load_pretrained(name, **hyperparameters), lr=lr, **options)
 
@@ -57,8 +90,10 @@ def _zoo_files(zoo: Path = ZOO_DIR) -> dict[str, tuple[str, Path]]:
     "name → (kind, file) of the rules shipped in `zoo`: learned (`<name>.pt` and its card) and distilled (a `FittedRule` JSON)."
     found = {}
     for path in sorted(Path(zoo).glob("*.json")):
-        if path.with_suffix(".pt").exists(): found[path.stem] = ("learned", path.with_suffix(".pt"))
-        elif "expr" in json.loads(path.read_text()): found[path.stem] = ("distilled", path)
+        if path.with_suffix(".pt").exists():
+            found[path.stem] = ("learned", path.with_suffix(".pt"))
+        elif "expr" in json.loads(path.read_text()):
+            found[path.stem] = ("distilled", path)
     return found
 
 
@@ -70,7 +105,9 @@ def without_offset(fit: FittedRule) -> FittedRule:
     at_zero = fit.expr.xreplace({s: sp.Integer(0) for s in fit.expr.free_symbols})
     value = complex(at_zero.evalf())
     if not (math.isfinite(value.real) and value.imag == 0):
-        raise ValueError(f"the equation {fit.expr} has no finite value at zero input ({at_zero}): its offset cannot be removed")
+        raise ValueError(
+            f"the equation {fit.expr} has no finite value at zero input ({at_zero}): its offset cannot be removed"
+        )
     return replace(fit, expr=fit.expr - sp.Float(value.real, 17) if value.real else fit.expr)
 
 
@@ -80,9 +117,11 @@ def load_pretrained(name: str, zero_offset: bool = True) -> UpdateRule:
     by the whitelist grammar, never evaluated). `zero_offset` (distilled rules): remove the equation's value at zero
     input (`without_offset`), so that from a fresh state a zero gradient moves nothing; False keeps the equation as fitted."""
     zoo = _zoo_files()
-    if name not in zoo: raise ValueError(f"no pretrained rule {name!r}; available: {sorted(zoo)}")
+    if name not in zoo:
+        raise ValueError(f"no pretrained rule {name!r}; available: {sorted(zoo)}")
     kind, path = zoo[name]
-    if kind == "learned": return load_rule(path)[0]
+    if kind == "learned":
+        return load_rule(path)[0]
     fit = FittedRule.load(path)
     return (without_offset(fit) if zero_offset else fit).to_rule()
 
@@ -90,6 +129,7 @@ def load_pretrained(name: str, zero_offset: bool = True) -> UpdateRule:
 @dataclass(frozen=True)
 class OptimizerInfo:
     "One optimizer of `list_optimizers`: its name, kind (`hand`, `learned`, `distilled`), a one-line description, and the bytes of float32 state it keeps per parameter."
+
     name: str
     kind: str
     description: str
@@ -97,21 +137,27 @@ class OptimizerInfo:
 
 
 def _describe(name: str, kind: str, path: Path | None) -> str:
-    if kind == "hand": return inspect.getdoc(HAND_RULES[name]).splitlines()[0]
+    if kind == "hand":
+        return inspect.getdoc(HAND_RULES[name]).splitlines()[0]
     card = json.loads(path.with_suffix(".json").read_text())
     if kind == "learned":
         return f"learned {card['config']['class']} meta-trained on {card['task']} (zoo, seed {card['seed']})"
     fit = FittedRule.load(path)
     lags = 1 + max(int(n.rpartition("_")[2]) for n in map(str, fit.expr.free_symbols))
-    return (f"equation distilled from the learned {fit.meta.get('source', '?')} on {fit.meta.get('task', '?')}: "
-            f"{complexity(fit.expr)} nodes, reads {lags} step(s) of {', '.join(fit.meta.get('features', []))}")
+    return (
+        f"equation distilled from the learned {fit.meta.get('source', '?')} on {fit.meta.get('task', '?')}: "
+        f"{complexity(fit.expr)} nodes, reads {lags} step(s) of {', '.join(fit.meta.get('features', []))}"
+    )
 
 
 def list_optimizers(with_description: bool = False) -> list[str] | list[OptimizerInfo]:
     """The names `create_optimizer` accepts: every hand rule, and every learned and distilled rule of the zoo
     (found by scanning it). `with_description`: an `OptimizerInfo` for each (building each rule to measure its state)."""
     rules = {**{n: ("hand", None) for n in HAND_RULES}, **_zoo_files()}
-    if not with_description: return list(rules)
+    if not with_description:
+        return list(rules)
     build = lambda n, kind: HAND_RULES[n]() if kind == "hand" else load_pretrained(n)
-    return [OptimizerInfo(n, kind, _describe(n, kind, path), 4 * state_per_param(build(n, kind)))
-            for n, (kind, path) in rules.items()]
+    return [
+        OptimizerInfo(n, kind, _describe(n, kind, path), 4 * state_per_param(build(n, kind)))
+        for n, (kind, path) in rules.items()
+    ]

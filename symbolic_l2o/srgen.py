@@ -16,7 +16,8 @@ import torch
 
 import symbolic_l2o
 from .optimizers import OUTPUT_FEATURE, GradFeatures, RNNpropRule, UpdateRule, rule_config
-from .meta_train import atomic_write, evaluate, make_task, require_keys, resolve_rule, sha256_bytes
+from .meta_train import atomic_write, evaluate, make_task, require_keys, resolve_rule
+from .meta_train import sha256_bytes
 
 # %% auto #0
 __all__ = ['RECORD_SEED_BASE', 'SRDataset', 'lagged_names', 'default_features', 'target_scale', 'record_trajectories',
@@ -26,6 +27,7 @@ __all__ = ['RECORD_SEED_BASE', 'SRDataset', 'lagged_names', 'default_features', 
 @dataclass
 class SRDataset:
     "Rows of lagged features `X` [N, F·L] and targets `y` [N], with column `names`, `run_ids`, `coord_ids`, `steps` and metadata."
+
     X: np.ndarray
     y: np.ndarray
     names: list[str]
@@ -37,32 +39,50 @@ class SRDataset:
     def __post_init__(self):
         n = len(self.y)
         if self.X.ndim != 2 or self.X.shape != (n, len(self.names)):
-            raise ValueError(f"X has shape {self.X.shape}, expected ({n}, {len(self.names)}) for {len(self.names)} names")
+            raise ValueError(
+                f"X has shape {self.X.shape}, expected ({n}, {len(self.names)}) for {len(self.names)} names"
+            )
         if not (len(self.run_ids) == len(self.coord_ids) == len(self.steps) == n):
             raise ValueError("run_ids, coord_ids and steps must have one entry per row")
 
-    def __len__(self): return len(self.y)
+    def __len__(self):
+        return len(self.y)
 
     def __repr__(self):
-        return (f"SRDataset({len(self)} rows, {len(self.names)} columns ({self.meta.get('features')} × "
-                f"{self.meta.get('lags')} lags), {len(np.unique(self.run_ids))} runs)")
+        return (
+            f"SRDataset({len(self)} rows, {len(self.names)} columns ({self.meta.get('features')} × "
+            f"{self.meta.get('lags')} lags), {len(np.unique(self.run_ids))} runs)"
+        )
 
     def take(self, idx) -> SRDataset:
         "The rows `idx` (indices or a boolean mask) as a new dataset with the same metadata."
-        return SRDataset(self.X[idx], self.y[idx], list(self.names), self.run_ids[idx], self.coord_ids[idx],
-                         self.steps[idx], dict(self.meta))
+        return SRDataset(
+            self.X[idx],
+            self.y[idx],
+            list(self.names),
+            self.run_ids[idx],
+            self.coord_ids[idx],
+            self.steps[idx],
+            dict(self.meta),
+        )
 
     def select(self, names: Sequence[str]) -> SRDataset:
         "The columns `names` (in that order) as a new dataset with the same rows and metadata."
         missing = [n for n in names if n not in self.names]
-        if missing: raise ValueError(f"no column(s) {missing} in this dataset (it has {len(self.names)}: {self.names[:6]}...)")
+        if missing:
+            raise ValueError(
+                f"no column(s) {missing} in this dataset (it has {len(self.names)}: {self.names[:6]}...)"
+            )
         cols = [self.names.index(n) for n in names]
-        return SRDataset(self.X[:, cols], self.y, list(names), self.run_ids, self.coord_ids, self.steps, dict(self.meta))
+        return SRDataset(
+            self.X[:, cols], self.y, list(names), self.run_ids, self.coord_ids, self.steps, dict(self.meta)
+        )
 
     def split_by_run(self, test_fraction: float = 0.25, seed: int = 0) -> tuple[SRDataset, SRDataset]:
         "(train, test) with whole runs on each side: `test_fraction` of the runs (at least one) are held out."
         runs = np.unique(self.run_ids)
-        if len(runs) < 2: raise ValueError(f"a split by run needs at least 2 runs, this dataset has {len(runs)}")
+        if len(runs) < 2:
+            raise ValueError(f"a split by run needs at least 2 runs, this dataset has {len(runs)}")
         n_test = min(len(runs) - 1, max(1, round(test_fraction * len(runs))))
         test_runs = np.random.default_rng(seed).choice(runs, n_test, replace=False)
         mask = np.isin(self.run_ids, test_runs)
@@ -72,10 +92,19 @@ class SRDataset:
         """Write `path`.npz (arrays) and `path`.json (names, metadata and the arrays' SHA-256), each atomically: `load`
         refuses an .npz that is not the one its .json was written with."""
         path, buf = Path(path).with_suffix(".npz"), io.BytesIO()
-        np.savez_compressed(buf, X=self.X, y=self.y, run_ids=self.run_ids, coord_ids=self.coord_ids, steps=self.steps)
+        np.savez_compressed(
+            buf, X=self.X, y=self.y, run_ids=self.run_ids, coord_ids=self.coord_ids, steps=self.steps
+        )
         atomic_write(path, lambda tmp: Path(tmp).write_bytes(buf.getvalue()))
-        atomic_write(path.with_suffix(".json"), lambda tmp: Path(tmp).write_text(
-            json.dumps({"names": self.names, "meta": self.meta, "npz_sha256": sha256_bytes(buf.getvalue())}, indent=2)))
+        atomic_write(
+            path.with_suffix(".json"),
+            lambda tmp: Path(tmp).write_text(
+                json.dumps(
+                    {"names": self.names, "meta": self.meta, "npz_sha256": sha256_bytes(buf.getvalue())},
+                    indent=2,
+                )
+            ),
+        )
         return path
 
     @classmethod
@@ -83,12 +112,20 @@ class SRDataset:
         "Read a dataset written by `save`; a `ValueError` if its two files are not from the same save."
         path = Path(path).with_suffix(".npz")
         if not path.exists() or not path.with_suffix(".json").exists():
-            raise FileNotFoundError(f"no SR dataset at {path} (expected {path.name} and {path.with_suffix('.json').name})")
-        info = require_keys(json.loads(path.with_suffix(".json").read_text()), ["names", "meta", "npz_sha256"], path.with_suffix(".json"))
+            raise FileNotFoundError(
+                f"no SR dataset at {path} (expected {path.name} and {path.with_suffix('.json').name})"
+            )
+        info = require_keys(
+            json.loads(path.with_suffix(".json").read_text()),
+            ["names", "meta", "npz_sha256"],
+            path.with_suffix(".json"),
+        )
         data = path.read_bytes()  # hashed and read from the same bytes
         if sha256_bytes(data) != info["npz_sha256"]:
-            raise ValueError(f"{path} is not the file {path.with_suffix('.json').name} describes (SHA-256 {sha256_bytes(data)[:12]}..., "
-                             f"recorded {str(info['npz_sha256'])[:12]}...): a save was cut short or another one ran at the same time; save it again")
+            raise ValueError(
+                f"{path} is not the file {path.with_suffix('.json').name} describes (SHA-256 {sha256_bytes(data)[:12]}..., "
+                f"recorded {str(info['npz_sha256'])[:12]}...): a save was cut short or another one ran at the same time; save it again"
+            )
         with np.load(io.BytesIO(data), allow_pickle=False) as z:
             require_keys(z, ["X", "y", "run_ids", "coord_ids", "steps"], path)
             return cls(z["X"], z["y"], info["names"], z["run_ids"], z["coord_ids"], z["steps"], info["meta"])
@@ -99,7 +136,9 @@ def lagged_names(features: Sequence[str], lags: int) -> list[str]:
     return [f"{f}_{lag}" for lag in range(lags) for f in features if lag or f != OUTPUT_FEATURE]
 
 # %% ../nbs/02_srgen.ipynb #2754dd12
-RECORD_SEED_BASE = 10_000  # recording problems: disjoint from the reported (0, 1, ...), validation and training ones
+RECORD_SEED_BASE = (
+    10_000  # recording problems: disjoint from the reported (0, 1, ...), validation and training ones
+)
 
 
 def default_features(rule: UpdateRule) -> tuple[str, ...]:
@@ -112,10 +151,20 @@ def target_scale(rule: UpdateRule) -> float:
     return float(getattr(rule, "output_scale", getattr(rule, "lr", getattr(rule, "scale", 1.0))))
 
 
-def record_trajectories(rule: UpdateRule, task, steps: int = 300, seeds: Sequence[int] = range(20),
-                        features: Sequence[str] | None = None, lags: int = 20, coords_per_tensor: int | None = 20,
-                        stride: int = 5, seed: int = 0, device="cpu", progress: bool = True,
-                        teacher: UpdateRule | None = None) -> SRDataset:
+def record_trajectories(
+    rule: UpdateRule,
+    task,
+    steps: int = 300,
+    seeds: Sequence[int] = range(20),
+    features: Sequence[str] | None = None,
+    lags: int = 20,
+    coords_per_tensor: int | None = 20,
+    stride: int = 5,
+    seed: int = 0,
+    device="cpu",
+    progress: bool = True,
+    teacher: UpdateRule | None = None,
+) -> SRDataset:
     """Record `rule` on the problems `seeds` of `task`: lagged features of the chosen coordinates → the rule's scaled output.
 
     `features` may include `u`, the rule's own output: its past values `u_1`, `u_2`, ... become inputs. With a
@@ -123,14 +172,23 @@ def record_trajectories(rule: UpdateRule, task, steps: int = 300, seeds: Sequenc
     chosen coordinates): the states `rule` visits, labelled by the teacher (DAgger's aggregation step)."""
     features = tuple(features or default_features(rule))
     grad_names = tuple(f for f in features if f != OUTPUT_FEATURE)
-    if not grad_names: raise ValueError(f"features {list(features)} name no gradient feature")
-    if lags < 1 or steps < lags: raise ValueError(f"need 1 <= lags <= steps, got lags={lags}, steps={steps}")
-    if stride < 1: raise ValueError(f"invalid stride={stride}: expected >= 1")
-    if coords_per_tensor is not None and (isinstance(coords_per_tensor, bool) or not isinstance(coords_per_tensor, int)
-                                          or coords_per_tensor < 1):
-        raise ValueError(f"invalid coords_per_tensor={coords_per_tensor!r}: expected an integer >= 1, or None for every coordinate")
+    if not grad_names:
+        raise ValueError(f"features {list(features)} name no gradient feature")
+    if lags < 1 or steps < lags:
+        raise ValueError(f"need 1 <= lags <= steps, got lags={lags}, steps={steps}")
+    if stride < 1:
+        raise ValueError(f"invalid stride={stride}: expected >= 1")
+    if coords_per_tensor is not None and (
+        isinstance(coords_per_tensor, bool) or not isinstance(coords_per_tensor, int) or coords_per_tensor < 1
+    ):
+        raise ValueError(
+            f"invalid coords_per_tensor={coords_per_tensor!r}: expected an integer >= 1, or None for every coordinate"
+        )
     repeated = sorted({s for s in seeds if list(seeds).count(s) > 1})
-    if repeated: raise ValueError(f"seeds {repeated} repeat in seeds={list(seeds)}: each seed is one run, expected distinct seeds")
+    if repeated:
+        raise ValueError(
+            f"seeds {repeated} repeat in seeds={list(seeds)}: each seed is one run, expected distinct seeds"
+        )
     betas = (rule.beta1, rule.beta2) if isinstance(rule, RNNpropRule) else (0.95, 0.95)
     grad_features, scale = GradFeatures(grad_names, *betas), target_scale(rule)
     teacher_scale = None if teacher is None else target_scale(teacher)
@@ -142,13 +200,26 @@ def record_trajectories(rule: UpdateRule, task, steps: int = 300, seeds: Sequenc
             chosen = []
             for g in grads:
                 n = g.numel()
-                idx = torch.arange(n) if coords_per_tensor is None or coords_per_tensor >= n else \
-                    torch.randperm(n, generator=gen)[:coords_per_tensor].sort().values
+                idx = (
+                    torch.arange(n)
+                    if coords_per_tensor is None or coords_per_tensor >= n
+                    else torch.randperm(n, generator=gen)[:coords_per_tensor].sort().values
+                )
                 chosen.append(idx.to(g.device))
-            runs[run_seed] = {"chosen": chosen, "offsets": np.cumsum([0] + [g.numel() for g in grads])[:-1],
-                              "fstate": [grad_features.init_tensor(torch.empty(len(i), dtype=g.dtype, device=g.device))
-                                         for i, g in zip(chosen, grads)], "f": [], "u": [], "y": [], "g": []}
-            if teacher is not None: runs[run_seed]["tstate"] = teacher.init([g.reshape(-1)[i] for g, i in zip(grads, chosen)])
+            runs[run_seed] = {
+                "chosen": chosen,
+                "offsets": np.cumsum([0] + [g.numel() for g in grads])[:-1],
+                "fstate": [
+                    grad_features.init_tensor(torch.empty(len(i), dtype=g.dtype, device=g.device))
+                    for i, g in zip(chosen, grads)
+                ],
+                "f": [],
+                "u": [],
+                "y": [],
+                "g": [],
+            }
+            if teacher is not None:
+                runs[run_seed]["tstate"] = teacher.init([g.reshape(-1)[i] for g, i in zip(grads, chosen)])
         r = runs[run_seed]
         fs, us, gs = [], [], []
         for j, (g, u, idx) in enumerate(zip(grads, updates, r["chosen"])):
@@ -159,15 +230,19 @@ def record_trajectories(rule: UpdateRule, task, steps: int = 300, seeds: Sequenc
         r["u"].append(torch.cat(us).double().cpu().numpy())
         r["g"].append(torch.cat(gs).double().cpu().numpy())
         if teacher is not None:
-            with torch.no_grad(): tu, r["tstate"] = teacher.step(gs, r["tstate"], t)
+            with torch.no_grad():
+                tu, r["tstate"] = teacher.step(gs, r["tstate"], t)
             r["y"].append(torch.cat([x / teacher_scale for x in tu]).double().cpu().numpy())
 
     evaluate(rule, task, steps, seeds, eval_every=steps, device=device, callback=callback, progress=progress)
     Xs, ys, run_ids, coord_ids, step_ids, dead = [], [], [], [], [], 0
-    keep = np.ones(lags * len(features), bool)  # the lag-major columns, less u_0 (the target itself): lagged_names
-    if OUTPUT_FEATURE in features: keep[features.index(OUTPUT_FEATURE)] = False
+    keep = np.ones(
+        lags * len(features), bool
+    )  # the lag-major columns, less u_0 (the target itself): lagged_names
+    if OUTPUT_FEATURE in features:
+        keep[features.index(OUTPUT_FEATURE)] = False
     for run, r in runs.items():
-        F = np.stack(r["f"])                      # [T, C, n_features], T = steps recorded (t = 1..T)
+        F = np.stack(r["f"])  # [T, C, n_features], T = steps recorded (t = 1..T)
         U, G = np.stack(r["u"]), np.stack(r["g"])  # [T, C]
         Y = U if teacher is None else np.stack(r["y"])
         cols = {**{n: F[..., i] for i, n in enumerate(grad_names)}, OUTPUT_FEATURE: U}
@@ -175,39 +250,87 @@ def record_trajectories(rule: UpdateRule, task, steps: int = 300, seeds: Sequenc
         live = np.any(G != 0, axis=0)
         dead += int((~live).sum())
         coords = np.concatenate([off + i.cpu().numpy() for off, i in zip(r["offsets"], r["chosen"])])
-        F = np.concatenate([np.zeros((lags - 1, *F.shape[1:])), F])  # steps before the first read 0, as a deployed rule's history
+        F = np.concatenate(
+            [np.zeros((lags - 1, *F.shape[1:])), F]
+        )  # steps before the first read 0, as a deployed rule's history
         for t in range(1, len(U) + 1, stride):  # row for step t: lags 0..L-1 = steps t..t-L+1
-            window = F[t - 1:t - 1 + lags][::-1]   # [L, C, nf], lag 0 first
+            window = F[t - 1 : t - 1 + lags][::-1]  # [L, C, nf], lag 0 first
             Xs.append(window.transpose(1, 0, 2).reshape(len(coords), -1)[live][:, keep])
             ys.append(Y[t - 1][live])
-            run_ids.append(np.full(live.sum(), run)), coord_ids.append(coords[live]), step_ids.append(np.full(live.sum(), t))
+            (
+                run_ids.append(np.full(live.sum(), run)),
+                coord_ids.append(coords[live]),
+                step_ids.append(np.full(live.sum(), t)),
+            )
     X, y = np.concatenate(Xs), np.concatenate(ys)
     ok = np.isfinite(X).all(axis=1) & np.isfinite(y)
     nonfinite = int((~ok).sum())
-    meta = {"rule": rule_config(rule), "task": task.name, "seeds": list(seeds), "steps": steps, "features": list(features),
-            "betas": list(betas), "lags": lags, "lag_order": "column = lag * n_features + feature; lag 0 = current step",
-            "target": "update / scale" if teacher is None else "teacher's update / teacher's scale", "scale": scale,
-            "teacher": None if teacher is None else rule_config(teacher), "coords_per_tensor": coords_per_tensor, "stride": stride,
-            "seed": seed, "dead_coordinates": dead, "nonfinite_rows": nonfinite, "version": symbolic_l2o.__version__}
-    return SRDataset(X[ok], y[ok], lagged_names(features, lags), np.concatenate(run_ids)[ok],
-                     np.concatenate(coord_ids)[ok], np.concatenate(step_ids)[ok], meta)
+    meta = {
+        "rule": rule_config(rule),
+        "task": task.name,
+        "seeds": list(seeds),
+        "steps": steps,
+        "features": list(features),
+        "betas": list(betas),
+        "lags": lags,
+        "lag_order": "column = lag * n_features + feature; lag 0 = current step",
+        "target": "update / scale" if teacher is None else "teacher's update / teacher's scale",
+        "scale": scale,
+        "teacher": None if teacher is None else rule_config(teacher),
+        "coords_per_tensor": coords_per_tensor,
+        "stride": stride,
+        "seed": seed,
+        "dead_coordinates": dead,
+        "nonfinite_rows": nonfinite,
+        "version": symbolic_l2o.__version__,
+    }
+    return SRDataset(
+        X[ok],
+        y[ok],
+        lagged_names(features, lags),
+        np.concatenate(run_ids)[ok],
+        np.concatenate(coord_ids)[ok],
+        np.concatenate(step_ids)[ok],
+        meta,
+    )
 
 # %% ../nbs/02_srgen.ipynb #f2fb5d8f
-def srgen_cli(rule: str = "rp_si",  # zoo name, saved rule path, or hand rule name (with --lr)
-              task: str = "digits_mlp",  # task to record on
-              steps: int = 300,  # steps per run
-              seeds: int = 20,  # number of runs (fresh problems)
-              lags: int = 20,  # window length L
-              features: str = None,  # '+'-joined features to record (default: the rule's own inputs)
-              coords_per_tensor: int = 20,  # coordinates sampled per tensor (0: all)
-              stride: int = 5,  # steps between recorded rows
-              lr: float = None,  # learning rate of a hand rule
-              seed: int = 0,  # seed of the coordinate sampling
-              device: str = "auto",
-              out: str = "runs/srgen/sr"):  # output path (.npz + .json)
+def srgen_cli(
+    rule: str = "rp_si",  # zoo name, saved rule path, or hand rule name (with --lr)
+    task: str = "digits_mlp",  # task to record on
+    steps: int = 300,  # steps per run
+    seeds: int = 20,  # number of runs (fresh problems)
+    lags: int = 20,  # window length L
+    features: str = None,  # '+'-joined features to record (default: the rule's own inputs)
+    coords_per_tensor: int = 20,  # coordinates sampled per tensor (0: all)
+    stride: int = 5,  # steps between recorded rows
+    lr: float = None,  # learning rate of a hand rule
+    seed: int = 0,  # seed of the coordinate sampling
+    device: str = "auto",
+    out: str = "runs/srgen/sr",
+):  # output path (.npz + .json)
     "Record a rule's behaviour into an SR dataset."
-    ds = record_trajectories(resolve_rule(rule, lr), make_task(task), steps, range(seeds),
-                             features.split("+") if features else None, lags, coords_per_tensor or None, stride, seed, device)
+    ds = record_trajectories(
+        resolve_rule(rule, lr),
+        make_task(task),
+        steps,
+        range(seeds),
+        features.split("+") if features else None,
+        lags,
+        coords_per_tensor or None,
+        stride,
+        seed,
+        device,
+    )
     path = ds.save(out)
-    print(json.dumps({"dataset": str(path), "rows": len(ds), "columns": len(ds.names), **{
-        k: ds.meta[k] for k in ("features", "lags", "dead_coordinates", "nonfinite_rows")}}, indent=2))
+    print(
+        json.dumps(
+            {
+                "dataset": str(path),
+                "rows": len(ds),
+                "columns": len(ds.names),
+                **{k: ds.meta[k] for k in ("features", "lags", "dead_coordinates", "nonfinite_rows")},
+            },
+            indent=2,
+        )
+    )

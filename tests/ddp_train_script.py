@@ -1,5 +1,6 @@
 """Worker of tests/test_finetune.py's DDP test: `torchrun --nproc_per_node=2 ddp_train_script.py OUT` trains a small
 network with `RuleOptimizer` and a symbolic rule through `finetune.train`, and each rank saves its final parameters."""
+
 import sys
 from pathlib import Path
 
@@ -14,13 +15,34 @@ def run(out: Path | None = None):
     "Two epochs of a BN-free CNN on 256 digits32 images, global batch 64, with a symbolic rule that reads a lag."
     torch.manual_seed(0)
     full = digits32()
-    data = ImageData("digits32-256", full.X_train[:256], full.y_train[:256], full.X_test[:64], full.y_test[:64], 10,
-                     full.mean.flatten().tolist(), full.std.flatten().tolist(), flip=True)  # flips on: exercises augmentation
-    model = nn.Sequential(nn.Conv2d(3, 4, 3, stride=2), nn.ReLU(), nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(64, 10))
+    data = ImageData(
+        "digits32-256",
+        full.X_train[:256],
+        full.y_train[:256],
+        full.X_test[:64],
+        full.y_test[:64],
+        10,
+        full.mean.flatten().tolist(),
+        full.std.flatten().tolist(),
+        flip=True,
+    )  # flips on: exercises augmentation
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, stride=2), nn.ReLU(), nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(64, 10)
+    )
     initial = {k: v.clone() for k, v in model.state_dict().items()}
     rule = SymbolicRule("-1.5*mt_0 - 0.3*gt_1", scale=0.01)
-    record = train(model, rule_optimizer_factory(rule), 2, data, "cosine", batch_size=64, device="cpu", seed=3,
-                   out=out / "run.json" if out else None, progress=False)
+    record = train(
+        model,
+        rule_optimizer_factory(rule),
+        2,
+        data,
+        "cosine",
+        batch_size=64,
+        device="cpu",
+        seed=3,
+        out=out / "run.json" if out else None,
+        progress=False,
+    )
     return initial, {k: v.detach().clone() for k, v in model.state_dict().items()}, record
 
 

@@ -3,6 +3,7 @@ MathJax, every image loads, no request leaves 127.0.0.1, the API page opens with
 papermill's parameters cells and this machine's paths are nowhere. Saves `_docs/screenshot-home.png`.
 
 Skips (saying why) where Chromium or the built site is missing, except under CI=true, where it fails."""
+
 import functools
 import http.server
 import json
@@ -19,14 +20,24 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "_docs"
 IN_CI = os.environ.get("CI", "").lower() == "true"
 # flags that keep Chromium from calling home on a closed network (and hanging on it)
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--disable-default-apps", "--disable-extensions"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-default-apps",
+    "--disable-extensions",
+]
 DISTILL_PAGE = "03_distill.html"
 API_PAGE = "library.html"
 
 
 def skip_or_fail(reason: str):
-    if IN_CI: pytest.fail(f"{reason}; under CI=true the browser test must run")
+    if IN_CI:
+        pytest.fail(f"{reason}; under CI=true the browser test must run")
     pytest.skip(reason)
 
 
@@ -35,14 +46,18 @@ def chromium_path() -> str | None:
 
 
 class QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args): pass
+    def log_message(self, *args):
+        pass
 
 
 @pytest.fixture(scope="module")
 def site():
     "`_docs/` served on 127.0.0.1 at a free port."
-    if not (DOCS / "index.html").exists(): skip_or_fail(f"{DOCS}/index.html is missing: build the site with `make docs`")
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(DOCS)))
+    if not (DOCS / "index.html").exists():
+        skip_or_fail(f"{DOCS}/index.html is missing: build the site with `make docs`")
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(DOCS))
+    )
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{server.server_port}"
     server.shutdown()
@@ -76,9 +91,13 @@ def visits(site):
     "Every HTML page of the site visited once: its state after MathJax finished, and every request it made."
     executable = chromium_path()
     if executable is None:
-        skip_or_fail("Chromium is not installed (`make test` installs Debian's chromium with apt-get when run as root)")
-    try: from playwright.sync_api import sync_playwright
-    except ImportError: skip_or_fail("the playwright package is not installed (it comes with `.[dev]`)")
+        skip_or_fail(
+            "Chromium is not installed (`make test` installs Debian's chromium with apt-get when run as root)"
+        )
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        skip_or_fail("the playwright package is not installed (it comes with `.[dev]`)")
     pages = sorted(p.name for p in DOCS.glob("*.html"))
     results, requests, outside, bad = {}, [], [], []
     with sync_playwright() as pw:
@@ -88,12 +107,16 @@ def visits(site):
         def route(r):  # every request is seen here; none that leaves 127.0.0.1 is let through
             requests.append(r.request.url)
             host = urlsplit(r.request.url).hostname
-            if r.request.url.startswith(("data:", "blob:", "about:")) or host == "127.0.0.1": r.continue_()
+            if r.request.url.startswith(("data:", "blob:", "about:")) or host == "127.0.0.1":
+                r.continue_()
             else:
                 outside.append(r.request.url)
                 r.abort()
+
         context.route("**/*", route)
-        context.on("response", lambda resp: bad.append(f"{resp.status} {resp.url}") if resp.status >= 400 else None)
+        context.on(
+            "response", lambda resp: bad.append(f"{resp.status} {resp.url}") if resp.status >= 400 else None
+        )
         page = context.new_page()
         errors = []
         page.on("pageerror", lambda e: errors.append(str(e)))
@@ -103,16 +126,24 @@ def visits(site):
             page.evaluate("() => document.querySelectorAll('img').forEach(i => i.loading = 'eager')")
             page.wait_for_function("() => Array.from(document.images).every(i => i.complete)", timeout=30_000)
             page.evaluate("() => window.MathJax && window.MathJax.startup && window.MathJax.startup.promise")
-            results[name] = {"status": response.status if response else None, "js_errors": list(errors),
-                             **page.evaluate(PAGE_STATE)}
-            if name == "index.html": page.screenshot(path=str(DOCS / "screenshot-home.png"))
+            results[name] = {
+                "status": response.status if response else None,
+                "js_errors": list(errors),
+                **page.evaluate(PAGE_STATE),
+            }
+            if name == "index.html":
+                page.screenshot(path=str(DOCS / "screenshot-home.png"))
         browser.close()
     return {"pages": results, "requests": requests, "outside": outside, "bad": bad}
 
 
 def test_every_page_loads_without_errors(visits):
     assert len(visits["pages"]) >= 6, sorted(visits["pages"])
-    problems = {n: (p["status"], p["js_errors"]) for n, p in visits["pages"].items() if p["status"] != 200 or p["js_errors"]}
+    problems = {
+        n: (p["status"], p["js_errors"])
+        for n, p in visits["pages"].items()
+        if p["status"] != 200 or p["js_errors"]
+    }
     assert not problems, f"pages that did not load cleanly: {problems}"
     assert not visits["bad"], f"requests answered with an error: {visits['bad']}"
 
@@ -139,7 +170,11 @@ def test_every_image_loads(visits):
     broken = {n: b for n, b in broken.items() if b}
     assert not broken, f"images that did not load: {broken}"
     for nb in sorted((ROOT / "nbs").glob("*.ipynb")):  # every plot stored in a notebook is on its page
-        stored = sum("image/png" in out.get("data", {}) for c in json.loads(nb.read_text())["cells"] for out in c.get("outputs", []))
+        stored = sum(
+            "image/png" in out.get("data", {})
+            for c in json.loads(nb.read_text())["cells"]
+            for out in c.get("outputs", [])
+        )
         shown = len(visits["pages"].get(f"{nb.stem}.html", {"images": []})["images"])
         assert shown >= stored, f"{nb.stem}.html shows {shown} images, the notebook stores {stored} plots"
 
@@ -149,7 +184,13 @@ def test_every_link_into_the_site_finds_its_anchor(visits):
     pages = visits["pages"]
     links = [(n, a) for n, p in pages.items() for a in p["anchors"]]
     assert any(a["page"] != n for n, a in links), "no link between pages was found"
-    missing = sorted({f"{n} -> {a['page']}#{a['id']}" for n, a in links if a["page"] in pages and a["id"] not in pages[a["page"]]["ids"]})
+    missing = sorted(
+        {
+            f"{n} -> {a['page']}#{a['id']}"
+            for n, a in links
+            if a["page"] in pages and a["id"] not in pages[a["page"]]["ids"]
+        }
+    )
     assert not missing, f"links to anchors that do not exist: {missing[:20]} ({len(missing)} in all)"
 
 
@@ -161,7 +202,9 @@ def test_home_page_screenshot(visits):
 
 def test_api_page_opens_with_what_users_call(visits):
     page = visits["pages"][API_PAGE]
-    assert page["headings"][:4] == ["RuleOptimizer", "create_optimizer", "fit_rule", "distill"], page["headings"][:8]
+    assert page["headings"][:4] == ["RuleOptimizer", "create_optimizer", "fit_rule", "distill"], page[
+        "headings"
+    ][:8]
 
 
 def test_signatures_wrap_instead_of_scrolling(visits):
@@ -177,9 +220,13 @@ def parameters_cells() -> dict[str, list[str]]:
     for nb in sorted((ROOT / "nbs").glob("*.ipynb")):
         for c in json.loads(nb.read_text())["cells"]:
             source = "".join(c["source"])
-            if c["cell_type"] == "code" and ("parameters" in c.get("metadata", {}).get("tags", []) or
-                                             re.search(r"^#\|\s*tags:.*parameters", source, re.M)):
-                found.setdefault(f"{nb.stem}.html", []).extend(l for l in source.splitlines() if l.strip() and not l.startswith("#|"))
+            if c["cell_type"] == "code" and (
+                "parameters" in c.get("metadata", {}).get("tags", [])
+                or re.search(r"^#\|\s*tags:.*parameters", source, re.M)
+            ):
+                found.setdefault(f"{nb.stem}.html", []).extend(
+                    l for l in source.splitlines() if l.strip() and not l.startswith("#|")
+                )
     return found
 
 
@@ -187,7 +234,9 @@ def test_parameters_cells_are_hidden(visits):
     cells = parameters_cells()
     assert cells, "no notebook has a papermill parameters cell: nothing to check"
     page_lines = {page: {l.strip() for l in visits["pages"][page]["code"].splitlines()} for page in cells}
-    shown = {page: [l for l in lines if l.strip() in page_lines[page]] for page, lines in cells.items()}  # whole lines
+    shown = {
+        page: [l for l in lines if l.strip() in page_lines[page]] for page, lines in cells.items()
+    }  # whole lines
     shown = {p: l for p, l in shown.items() if l}
     assert not shown, f"parameters cells on the pages: {shown}"
 
@@ -207,7 +256,10 @@ def test_stored_outputs_hold_no_absolute_paths():
     for nb in sorted((ROOT / "nbs").glob("*.ipynb")):
         for c in json.loads(nb.read_text())["cells"]:
             for out in c.get("outputs", []):
-                texts = [out.get("text", "")] + [v for k, v in out.get("data", {}).items() if k.startswith("text/")]
+                texts = [out.get("text", "")] + [
+                    v for k, v in out.get("data", {}).items() if k.startswith("text/")
+                ]
                 hits = ABSOLUTE_PATH.findall("".join("".join(t) if isinstance(t, list) else t for t in texts))
-                if hits: found.setdefault(nb.name, set()).update(hits)
+                if hits:
+                    found.setdefault(nb.name, set()).update(hits)
     assert not found, f"stored outputs with absolute paths: {found}"

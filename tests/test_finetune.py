@@ -1,5 +1,6 @@
 """04_finetune_resnet: DDP equivalence with real torchrun processes, tuned-rule files, CIFAR files, the protocol's search, and the
 notebook end to end (chained to a 03 equation, writing summary/finetune.json)."""
+
 import importlib.util
 import json
 import os
@@ -13,7 +14,16 @@ import pytest
 import torch
 
 import symbolic_l2o.finetune as finetune
-from symbolic_l2o.finetune import (TanhBasisRule, cifar, digits32, load_tuned, lr_search, meta_tune, rule_source_fit, save_tuned)
+from symbolic_l2o.finetune import (
+    TanhBasisRule,
+    cifar,
+    digits32,
+    load_tuned,
+    lr_search,
+    meta_tune,
+    rule_source_fit,
+    save_tuned,
+)
 from symbolic_l2o.meta_train import ZOO_DIR, file_digest, make_task
 from symbolic_l2o.optimizers import SymbolicRule
 
@@ -21,7 +31,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("ddp_train_script", Path(__file__).parent / "ddp_train_script.py")
+    spec = importlib.util.spec_from_file_location(
+        "ddp_train_script", Path(__file__).parent / "ddp_train_script.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -30,8 +42,15 @@ def _script():
 def test_ddp_with_two_gloo_processes_matches_one_process_on_the_combined_batch(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("WORLD_SIZE", None)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(Path(__file__).parent / "ddp_train_script.py"), str(tmp_path)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        str(Path(__file__).parent / "ddp_train_script.py"),
+        str(tmp_path),
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
@@ -41,13 +60,18 @@ def test_ddp_with_two_gloo_processes_matches_one_process_on_the_combined_batch(t
     moved = False
     for k, v in single.items():
         assert torch.equal(r0["params"][k], r1["params"][k]), f"{k} differs between the ranks"
-        torch.testing.assert_close(r0["params"][k], v, rtol=1e-4, atol=1e-6, msg=f"{k}: DDP run != single-process run")
+        torch.testing.assert_close(
+            r0["params"][k], v, rtol=1e-4, atol=1e-6, msg=f"{k}: DDP run != single-process run"
+        )
         moved |= not torch.allclose(v, initial[k], atol=1e-4)
     assert moved, "training did not move the parameters: the comparison would be vacuous"
     ddp_record = json.loads((tmp_path / "run.json").read_text())  # written by rank 0 only
     assert ddp_record["world_size"] == 2 and len(ddp_record["epochs"]) == 2
-    np.testing.assert_allclose([e["train_loss"] for e in ddp_record["epochs"]], [e["train_loss"] for e in record["epochs"]],
-                               rtol=1e-4)
+    np.testing.assert_allclose(
+        [e["train_loss"] for e in ddp_record["epochs"]],
+        [e["train_loss"] for e in record["epochs"]],
+        rtol=1e-4,
+    )
     assert [e["test_acc"] for e in ddp_record["epochs"]] == [e["test_acc"] for e in record["epochs"]]
 
 
@@ -59,12 +83,15 @@ def _same_updates(a, b, steps=6):
         for t, g in enumerate(grads, 1):
             ua, sa = a.step(g, sa, t)
             ub, sb = b.step(g, sb, t)
-            for x, y in zip(ua, ub): torch.testing.assert_close(x, y, rtol=1e-6, atol=1e-9)
+            for x, y in zip(ua, ub):
+                torch.testing.assert_close(x, y, rtol=1e-6, atol=1e-9)
 
 
 def test_tuned_rule_json_round_trips_to_the_same_updates(tmp_path):
     rule = SymbolicRule("-1.3*mt_0 + 0.2*tanh(0.7*gt_1)", scale=0.02)
-    rule, card = meta_tune(rule, make_task("digits_mlp"), epochs=2, epoch_len=10, unroll=5, meta_lr=1e-2, progress=False)
+    rule, card = meta_tune(
+        rule, make_task("digits_mlp"), epochs=2, epoch_len=10, unroll=5, meta_lr=1e-2, progress=False
+    )
     assert card["before"] != card["after"]  # the constants moved
     path = save_tuned(rule, tmp_path / "tuned", card)
     back, back_card = load_tuned(path)
@@ -96,15 +123,19 @@ def test_a_tuned_rule_file_carrying_code_is_rejected(tmp_path):
 
 
 def _write_cifar(root, name, n_train=6, n_test=4):
-    folder, files, key = (("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"], "labels")
-                          if name == "cifar10" else ("cifar-100-python", ["train", "test"], "fine_labels"))
+    folder, files, key = (
+        ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"], "labels")
+        if name == "cifar10"
+        else ("cifar-100-python", ["train", "test"], "fine_labels")
+    )
     (root / folder).mkdir(parents=True)
     rng, written = np.random.default_rng(0), {}
     for f in files:
         n = n_test if "test" in f else n_train
         data = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
         labels = rng.integers(0, 10 if name == "cifar10" else 100, n).tolist()
-        with open(root / folder / f, "wb") as fh: pickle.dump({"data": data, key: labels, "batch_label": f}, fh)
+        with open(root / folder / f, "wb") as fh:
+            pickle.dump({"data": data, key: labels, "batch_label": f}, fh)
         written[f] = (data, labels)
     return written
 
@@ -124,8 +155,11 @@ def test_cifar_file_with_code_is_refused(tmp_path):
     _write_cifar(tmp_path, "cifar10")
 
     class Evil:
-        def __reduce__(self): return (os.system, (f"touch {tmp_path / 'pwned'}",))
-    with open(tmp_path / "cifar-10-batches-py" / "test_batch", "wb") as fh: pickle.dump({"data": Evil()}, fh)
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'pwned'}",))
+
+    with open(tmp_path / "cifar-10-batches-py" / "test_batch", "wb") as fh:
+        pickle.dump({"data": Evil()}, fh)
     with pytest.raises(pickle.UnpicklingError, match="refusing"):
         cifar("cifar10", root=tmp_path)
     assert not (tmp_path / "pwned").exists()
@@ -138,19 +172,38 @@ def test_missing_cifar_says_how_to_get_it(tmp_path):
 
 def test_lr_search_extends_the_grid_past_the_edge_that_holds_the_best(monkeypatch):
     "The validation accuracy peaks at lr 1e-3, two grid steps below the grid around 0.1: the search must walk down to it."
-    def fake_train(model, factory, epochs, data, schedule, batch_size, device, seed, out, label, eval_every_epoch, progress):
+
+    def fake_train(
+        model,
+        factory,
+        epochs,
+        data,
+        schedule,
+        batch_size,
+        device,
+        seed,
+        out,
+        label,
+        eval_every_epoch,
+        progress,
+    ):
         lr = factory(model).param_groups[0]["lr"]
         return {"final_test_acc": 100 - abs(np.log10(lr) + 3), "epochs": [{"train_loss": 1.0}]}
+
     monkeypatch.setattr(finetune, "train", fake_train)
     make = lambda ps, lr: torch.optim.SGD(ps, lr=lr)
     data = digits32().subset(64, 16)
     found = lr_search(make, 0.1, "resnet10_w4", data, 1, points=3, max_extensions=6)
     np.testing.assert_allclose(found["best_lr"], 1e-3)
-    np.testing.assert_allclose(found["lr_grid"], [10 ** (-3.5), 1e-3, 10 ** (-2.5), 1e-2, 10 ** (-1.5), 0.1, 10 ** (-0.5)])
+    np.testing.assert_allclose(
+        found["lr_grid"], [10 ** (-3.5), 1e-3, 10 ** (-2.5), 1e-2, 10 ** (-1.5), 0.1, 10 ** (-0.5)]
+    )
     assert np.isclose(found["val_metric"], 100.0) and len(found["val_acc"]) == len(found["lr_grid"])
     capped = lr_search(make, 0.1, "resnet10_w4", data, 1, points=3, max_extensions=1)
     np.testing.assert_allclose(capped["lr_grid"], [1e-2, 10 ** (-1.5), 0.1, 10 ** (-0.5)])
-    np.testing.assert_allclose(capped["best_lr"], 1e-2)  # the budget ran out at the edge: the best seen, not the true optimum
+    np.testing.assert_allclose(
+        capped["best_lr"], 1e-2
+    )  # the budget ran out at the edge: the best seen, not the true optimum
 
 
 def test_rule_source_takes_a_run_directory_a_file_or_a_zoo_name(tmp_path):
@@ -167,31 +220,59 @@ def test_rule_source_takes_a_run_directory_a_file_or_a_zoo_name(tmp_path):
 def test_notebook_runs_under_papermill_at_test_scale_chained_to_03(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
-    (out / "fitted_rp_si.json").write_bytes((ZOO_DIR / "rp_si_distilled.json").read_bytes())  # as 03 leaves it in a run
-    cmd = [str(Path(sys.executable).parent / "papermill"), "--cwd", str(ROOT / "nbs"), str(ROOT / "nbs" / "04_finetune_resnet.ipynb"),
-           str(tmp_path / "04.ipynb"), "-p", "scale", "test", "-p", "out_dir", str(out)]
+    (out / "fitted_rp_si.json").write_bytes(
+        (ZOO_DIR / "rp_si_distilled.json").read_bytes()
+    )  # as 03 leaves it in a run
+    cmd = [
+        str(Path(sys.executable).parent / "papermill"),
+        "--cwd",
+        str(ROOT / "nbs"),
+        str(ROOT / "nbs" / "04_finetune_resnet.ipynb"),
+        str(tmp_path / "04.ipynb"),
+        "-p",
+        "scale",
+        "test",
+        "-p",
+        "out_dir",
+        str(out),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = json.loads((out / "summary" / "04_finetune_resnet.json").read_text())
     assert summary["inputs"][0]["path"] == "fitted_rp_si.json"  # 03's equation of this run, not the zoo's
-    (title, table), = [(t, v) for t, v in summary["tables"].items() if t.startswith("One protocol")]
+    ((title, table),) = [(t, v) for t, v in summary["tables"].items() if t.startswith("One protocol")]
     labels = [r[0] for r in table["rows"]]
-    assert {"Symbolic L2O (meta-tuned)", "ψ γ·tanh (meta-trained)", "SGD+cos", "SGD+mom+cos", "Nesterov+cos", "Adam+cos",
-            "AdamW+cos", "Lion+cos"} == set(labels)
+    assert {
+        "Symbolic L2O (meta-tuned)",
+        "ψ γ·tanh (meta-trained)",
+        "SGD+cos",
+        "SGD+mom+cos",
+        "Nesterov+cos",
+        "Adam+cos",
+        "AdamW+cos",
+        "Lion+cos",
+    } == set(labels)
     assert not any("best" in c for c in table["columns"])  # nothing picked on the test set
     assert any(t.startswith("Scalability") for t in summary["tables"])
     assert all((out / f).exists() for f in summary["figures"].values())
     ft = json.loads((out / "summary" / "finetune.json").read_text())
     assert ft["source"] == {"path": "fitted_rp_si.json", "sha256": file_digest(out / "fitted_rp_si.json")}
-    assert {"summary/finetune.json", "tuned_symbolic.json", "tuned_tanh_basis.json"} <= {a["path"] for a in summary["outputs"]}
+    assert {"summary/finetune.json", "tuned_symbolic.json", "tuned_tanh_basis.json"} <= {
+        a["path"] for a in summary["outputs"]
+    }
     assert len(ft["optimizers"]) == 8
     for name, o in ft["optimizers"].items():
-        assert o["best_lr"] in o["lr_grid"] and len(o["lr_grid"]) >= 3 and o["val_metric"] == max(o["val_acc"]), name
+        assert (
+            o["best_lr"] in o["lr_grid"] and len(o["lr_grid"]) >= 3 and o["val_metric"] == max(o["val_acc"])
+        ), name
         assert len(o["seeds"]) >= 3 and o["test_acc_ci"][0] <= o["test_acc_mean"] <= o["test_acc_ci"][1], name
         assert o["step_ms"] > 0 and o["state_bytes_per_param"] >= 0, name
     assert ft["optimizers"]["adam_cosine"]["state_bytes_per_param"] >= 8  # two float32 moments
     tuned, card = load_tuned(out / "tuned_symbolic.json")
-    assert isinstance(tuned, SymbolicRule) and card["multiplier"] in card["multiplier_scores"] or \
-        str(card["multiplier"]) in card["multiplier_scores"]
+    assert (
+        isinstance(tuned, SymbolicRule)
+        and card["multiplier"] in card["multiplier_scores"]
+        or str(card["multiplier"]) in card["multiplier_scores"]
+    )
     psi, psi_card = load_tuned(out / "tuned_tanh_basis.json")
     assert isinstance(psi, TanhBasisRule) and psi_card["before"] != psi_card["after"]  # ψ was meta-trained

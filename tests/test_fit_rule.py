@@ -1,5 +1,6 @@
 """`fit_rule` as users meet it: the front as a table, any member deployed, a search that stops when it has converged,
 dropped rows said aloud, a recording passed whole, column names checked against the features a rule can compute."""
+
 import numpy as np
 import pytest
 
@@ -28,15 +29,28 @@ def test_an_exact_target_stops_the_search_when_converged_not_at_the_cap(exact, r
 
 
 def test_the_cap_and_the_clock_are_reported_as_what_stopped_the_search(rows):
-    y = np.tanh(3 * rows[:, 0]) * np.abs(rows[:, 1]) + 0.3 * rows[:, 2] ** 3 + 0.1 * np.random.default_rng(1).normal(size=len(rows))
+    y = (
+        np.tanh(3 * rows[:, 0]) * np.abs(rows[:, 1])
+        + 0.3 * rows[:, 2] ** 3
+        + 0.1 * np.random.default_rng(1).normal(size=len(rows))
+    )
     capped = fit_rule(rows, y, NAMES, generations=2, search_rows=300)
-    assert (capped.meta["stopped_by"], capped.meta["generations_run"], capped.meta["stopped_by_time"]) == ("generations", 2, False)
-    with pytest.raises(ValueError, match="patience"): fit_rule(rows, y, NAMES, patience=0)
+    assert (capped.meta["stopped_by"], capped.meta["generations_run"], capped.meta["stopped_by_time"]) == (
+        "generations",
+        2,
+        False,
+    )
+    with pytest.raises(ValueError, match="patience"):
+        fit_rule(rows, y, NAMES, patience=0)
 
 
 def test_a_linear_target_skips_the_engine_and_counts_as_converged(rows):
     fit = fit_rule(rows, 3 * rows[:, 0] - rows[:, 2], NAMES)
-    assert fit.meta["engine_skipped"] and fit.meta["stopped_by"] == "converged" and fit.meta["generations_run"] == 0
+    assert (
+        fit.meta["engine_skipped"]
+        and fit.meta["stopped_by"] == "converged"
+        and fit.meta["generations_run"] == 0
+    )
 
 
 def test_the_front_as_a_table_and_any_member_as_a_rule(exact):
@@ -84,7 +98,9 @@ def _recording(X, y, names, **meta):
 
 
 def test_a_recording_is_fitted_whole_and_deploys_at_its_scale(rows):
-    data = _recording(rows, -0.5 * rows[:, 0] + rows[:, 2], NAMES, scale=0.1, betas=[0.9, 0.99], task="digits_mlp")
+    data = _recording(
+        rows, -0.5 * rows[:, 0] + rows[:, 2], NAMES, scale=0.1, betas=[0.9, 0.99], task="digits_mlp"
+    )
     fit = fit_rule(data, meta={"source": "test"})
     assert fit.names == NAMES and fit.meta["task"] == "digits_mlp" and fit.meta["source"] == "test"
     rule = fit.to_rule()
@@ -100,8 +116,17 @@ def test_a_recording_is_fitted_whole_and_deploys_at_its_scale(rows):
         fit_rule(rows, rows[:, 0])
 
 
-@pytest.mark.parametrize("names", [["x0", "x1", "x2"], ["g_0", "g_1", "velocity_0"], ["g_0", "g_1", "g"], ["g_0", "g_1", "u_0"],
-                                   ["g_0", "g_1", "g_101"], ["g_0", "g_1", "mt_x"]])
+@pytest.mark.parametrize(
+    "names",
+    [
+        ["x0", "x1", "x2"],
+        ["g_0", "g_1", "velocity_0"],
+        ["g_0", "g_1", "g"],
+        ["g_0", "g_1", "u_0"],
+        ["g_0", "g_1", "g_101"],
+        ["g_0", "g_1", "mt_x"],
+    ],
+)
 def test_a_column_that_is_not_a_known_feature_at_a_lag_is_refused_with_the_valid_names(rows, names):
     with pytest.raises(ValueError, match="not <feature>_<lag>") as error:
         fit_rule(rows, 3 * rows[:, 0] - rows[:, 2], names)

@@ -1,4 +1,5 @@
 """The library as a user meets it: what the package requires, one import, optimizers by name with torch.optim's semantics."""
+
 import ast
 import configparser
 import importlib.metadata
@@ -20,8 +21,10 @@ PACKAGE = ROOT / "symbolic_l2o"
 def requirements(key: str) -> set[str]:
     cfg = configparser.ConfigParser(delimiters=["="])
     cfg.read(ROOT / "settings.ini", encoding="utf-8")
-    return {shlex.split(r)[0].split(">")[0].split("<")[0].split("=")[0].split("[")[0].lower()
-            for r in shlex.split(cfg["DEFAULT"].get(key, ""))}
+    return {
+        shlex.split(r)[0].split(">")[0].split("<")[0].split("=")[0].split("[")[0].lower()
+        for r in shlex.split(cfg["DEFAULT"].get(key, ""))
+    }
 
 
 def top_level_imports(path: Path) -> set[str]:
@@ -29,9 +32,12 @@ def top_level_imports(path: Path) -> set[str]:
     names, body = set(), list(ast.parse(path.read_text(encoding="utf-8")).body)
     while body:
         node = body.pop()
-        if isinstance(node, (ast.Try, ast.If)): body += node.body + node.orelse + [s for h in getattr(node, "handlers", []) for s in h.body]
-        elif isinstance(node, ast.Import): names |= {a.name.split(".")[0] for a in node.names}
-        elif isinstance(node, ast.ImportFrom) and not node.level: names.add(node.module.split(".")[0])
+        if isinstance(node, (ast.Try, ast.If)):
+            body += node.body + node.orelse + [s for h in getattr(node, "handlers", []) for s in h.body]
+        elif isinstance(node, ast.Import):
+            names |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and not node.level:
+            names.add(node.module.split(".")[0])
     return names - {"symbolic_l2o", "__future__"}
 
 
@@ -45,14 +51,17 @@ def distribution(module: str) -> str:
 def test_every_top_level_import_is_stdlib_or_required(module):
     required = requirements("requirements")
     for name in top_level_imports(PACKAGE / module):
-        if name in sys.stdlib_module_names: continue
-        assert distribution(name) in required, \
+        if name in sys.stdlib_module_names:
+            continue
+        assert distribution(name) in required, (
             f"symbolic_l2o/{module} imports {name} at import time, but {distribution(name)} is not in settings.ini's requirements"
+        )
 
 
 def setup_arguments() -> dict:
     "The keyword arguments setup.py passes to `setuptools.setup`."
     import os, setuptools
+
     captured, cwd = {}, os.getcwd()
     real, setuptools.setup = setuptools.setup, lambda **kw: captured.update(kw)
     try:
@@ -70,13 +79,32 @@ def test_setup_py_declares_the_runtime_and_the_extras():
     assert names(args["install_requires"]) == {"torch", "numpy", "sympy", "tqdm", "pyoperon"}
     extras = {k: names(v) for k, v in args["extras_require"].items()}
     assert {"torchvision", "scikit-learn"} <= extras["vision"] <= extras["notebooks"] <= extras["dev"]
-    assert {"matplotlib", "papermill"} <= extras["notebooks"] and extras["docs"] <= extras["dev"] and "pysr" in extras["pysr"]
+    assert (
+        {"matplotlib", "papermill"} <= extras["notebooks"]
+        and extras["docs"] <= extras["dev"]
+        and "pysr" in extras["pysr"]
+    )
     assert args["entry_points"]["console_scripts"] == ["symbolic-l2o=symbolic_l2o.cli:main"]
 
 
 # the packages of the extras, hidden from a fresh interpreter (as if not installed): the core must import and run without them
-HIDDEN = ["torchvision", "sklearn", "matplotlib", "fastcore", "pandas", "papermill", "nbformat", "markdown_it",
-          "mdit_py_plugins", "pysr", "nbdev", "IPython", "ipykernel", "jupyter_book", "playwright"]
+HIDDEN = [
+    "torchvision",
+    "sklearn",
+    "matplotlib",
+    "fastcore",
+    "pandas",
+    "papermill",
+    "nbformat",
+    "markdown_it",
+    "mdit_py_plugins",
+    "pysr",
+    "nbdev",
+    "IPython",
+    "ipykernel",
+    "jupyter_book",
+    "playwright",
+]
 CORE_SCRIPT = f"""
 import importlib, sys
 for name in {HIDDEN!r}: sys.modules[name] = None  # `import name` raises ModuleNotFoundError, find_spec says None
@@ -107,9 +135,25 @@ def test_the_core_imports_and_runs_without_the_extras():
 
 def test_one_import_names_what_users_need():
     import symbolic_l2o
-    for name in ("RuleOptimizer", "create_optimizer", "list_optimizers", "load_pretrained", "fit_rule", "distill",
-                 "AdamRule", "SymbolicRule", "FittedRule", "make_task", "record_trajectories", "meta_train", "evaluate"):
-        assert name in symbolic_l2o.__all__ if hasattr(symbolic_l2o, "__all__") else hasattr(symbolic_l2o, name), name
+
+    for name in (
+        "RuleOptimizer",
+        "create_optimizer",
+        "list_optimizers",
+        "load_pretrained",
+        "fit_rule",
+        "distill",
+        "AdamRule",
+        "SymbolicRule",
+        "FittedRule",
+        "make_task",
+        "record_trajectories",
+        "meta_train",
+        "evaluate",
+    ):
+        assert (
+            name in symbolic_l2o.__all__ if hasattr(symbolic_l2o, "__all__") else hasattr(symbolic_l2o, name)
+        ), name
         assert hasattr(symbolic_l2o, name), name
 
 
@@ -118,7 +162,9 @@ def test_list_optimizers_covers_hand_learned_and_distilled_rules_with_descriptio
     assert list(infos) == list_optimizers()
     kinds = {i.kind for i in infos.values()}
     assert kinds == {"hand", "learned", "distilled"}
-    assert {"sgd", "momentum", "nesterov", "adam", "rmsprop", "dm", "rp", "rp_si", "rp_si_distilled"} <= set(infos)
+    assert {"sgd", "momentum", "nesterov", "adam", "rmsprop", "dm", "rp", "rp_si", "rp_si_distilled"} <= set(
+        infos
+    )
     assert infos["adam"].state_bytes_per_param == 8 and infos["sgd"].state_bytes_per_param == 0
     assert all(i.description and "\n" not in i.description for i in infos.values())
 
@@ -126,22 +172,30 @@ def test_list_optimizers_covers_hand_learned_and_distilled_rules_with_descriptio
 def test_distilled_rules_are_found_by_scanning_the_zoo(tmp_path, monkeypatch):
     import shutil
     from symbolic_l2o import library
+
     zoo = tmp_path / "zoo"
     zoo.mkdir()
     shutil.copy(library.ZOO_DIR / "rp_si_distilled.json", zoo / "my_distilled.json")
-    for f in ("rp_s.pt", "rp_s.json"): shutil.copy(library.ZOO_DIR / f, zoo / f)
+    for f in ("rp_s.pt", "rp_s.json"):
+        shutil.copy(library.ZOO_DIR / f, zoo / f)
     monkeypatch.setattr(library, "ZOO_DIR", zoo)
     monkeypatch.setattr(library._zoo_files, "__defaults__", (zoo,))
-    assert [n for n in list_optimizers() if n in ("my_distilled", "rp_s", "rp_si_distilled")] == ["my_distilled", "rp_s"]
+    assert [n for n in list_optimizers() if n in ("my_distilled", "rp_s", "rp_si_distilled")] == [
+        "my_distilled",
+        "rp_s",
+    ]
 
 
-@pytest.mark.parametrize("name,reference", [
-    ("sgd", lambda ps: torch.optim.SGD(ps, lr=0.05)),
-    ("momentum", lambda ps: torch.optim.SGD(ps, lr=0.02, momentum=0.9)),
-    ("nesterov", lambda ps: torch.optim.SGD(ps, lr=0.02, momentum=0.8, nesterov=True)),
-    ("adam", lambda ps: torch.optim.Adam(ps, lr=1e-3)),
-    ("rmsprop", lambda ps: torch.optim.RMSprop(ps, lr=1e-3)),
-])
+@pytest.mark.parametrize(
+    "name,reference",
+    [
+        ("sgd", lambda ps: torch.optim.SGD(ps, lr=0.05)),
+        ("momentum", lambda ps: torch.optim.SGD(ps, lr=0.02, momentum=0.9)),
+        ("nesterov", lambda ps: torch.optim.SGD(ps, lr=0.02, momentum=0.8, nesterov=True)),
+        ("adam", lambda ps: torch.optim.Adam(ps, lr=1e-3)),
+        ("rmsprop", lambda ps: torch.optim.RMSprop(ps, lr=1e-3)),
+    ],
+)
 def test_a_hand_rule_by_name_steps_as_its_torch_optim_namesake(name, reference):
     torch.manual_seed(0)
     a = nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 1))
@@ -216,15 +270,21 @@ def test_one_cycle_lr_with_its_defaults_cycles_a_hand_rules_momentum(name):
 def test_hyperparameters_round_trip_through_state_dict():
     w = nn.Parameter(torch.ones(3))
     opt = create_optimizer("adam", [w], lr=3e-3, betas=(0.8, 0.99), eps=1e-6)
-    w.grad = torch.ones(3); opt.step()
+    w.grad = torch.ones(3)
+    opt.step()
     other = create_optimizer("adam", [nn.Parameter(torch.ones(3))])
     other.load_state_dict(opt.state_dict())
-    for k in ("lr", "betas", "eps"): assert other.param_groups[0][k] == opt.param_groups[0][k], k
+    for k in ("lr", "betas", "eps"):
+        assert other.param_groups[0][k] == opt.param_groups[0][k], k
 
 
 def test_bad_names_and_hyperparameters_say_what_is_valid():
     w = [nn.Parameter(torch.ones(2))]
-    with pytest.raises(ValueError, match="available: .*'adam'"): create_optimizer("adamw", w)
-    with pytest.raises(ValueError, match="no hyperparameter"): create_optimizer("rp_si", w, betas=(0.9, 0.9))
-    with pytest.raises(ValueError, match="invalid lr"): create_optimizer("adam", w, lr=-1.0)
-    with pytest.raises(ValueError, match="available"): load_pretrained("rp_huge")
+    with pytest.raises(ValueError, match="available: .*'adam'"):
+        create_optimizer("adamw", w)
+    with pytest.raises(ValueError, match="no hyperparameter"):
+        create_optimizer("rp_si", w, betas=(0.9, 0.9))
+    with pytest.raises(ValueError, match="invalid lr"):
+        create_optimizer("adam", w, lr=-1.0)
+    with pytest.raises(ValueError, match="available"):
+        load_pretrained("rp_huge")

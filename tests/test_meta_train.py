@@ -1,4 +1,5 @@
 "Meta-training behaviour that is not a notebook lesson: resume equivalence, failure handling, data loaders, the CLI."
+
 import json
 import shutil
 import subprocess
@@ -10,17 +11,42 @@ import pytest
 import torch
 import torchvision
 
-from symbolic_l2o.meta_train import (MNIST_FILES, LogStepRule, atomic_write, check_mnist, find_data_root, install_mnist,
-                                     QuadraticTask, evaluate, load_pretrained, load_rule, make_task, meta_train, mnist_data,
-                                     pretrained_card, save_rule, ZOO)
+from symbolic_l2o.meta_train import (
+    MNIST_FILES,
+    LogStepRule,
+    atomic_write,
+    check_mnist,
+    find_data_root,
+    install_mnist,
+    QuadraticTask,
+    evaluate,
+    load_pretrained,
+    load_rule,
+    make_task,
+    meta_train,
+    mnist_data,
+    pretrained_card,
+    save_rule,
+    ZOO,
+)
 from symbolic_l2o.optimizers import SGDRule, make_rule
 
 
 def small_run(out, epochs, resume=False):
     torch.manual_seed(0)
     rule = make_rule("rp_s")
-    meta_train(rule, make_task("digits_mlp"), epochs=epochs, epoch_len=20, unroll=10, out_dir=out,
-               checkpoint_every=2, resume=resume, imitation_ratio=0.3, progress=False)
+    meta_train(
+        rule,
+        make_task("digits_mlp"),
+        epochs=epochs,
+        epoch_len=20,
+        unroll=10,
+        out_dir=out,
+        checkpoint_every=2,
+        resume=resume,
+        imitation_ratio=0.3,
+        progress=False,
+    )
     return rule
 
 
@@ -37,8 +63,16 @@ def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path):
 def test_resume_refuses_a_checkpoint_of_another_rule(tmp_path):
     small_run(tmp_path, epochs=2)
     with pytest.raises(ValueError, match="was written for"):
-        meta_train(make_rule("rp"), make_task("digits_mlp"), epochs=3, epoch_len=20, unroll=10, out_dir=tmp_path,
-                   resume=True, progress=False)
+        meta_train(
+            make_rule("rp"),
+            make_task("digits_mlp"),
+            epochs=3,
+            epoch_len=20,
+            unroll=10,
+            out_dir=tmp_path,
+            resume=True,
+            progress=False,
+        )
 
 
 def test_nonfinite_meta_loss_is_skipped_and_never_written_into_the_weights():
@@ -74,9 +108,24 @@ def test_mnist_is_the_real_one_halved_as_the_paper_with_the_test_images_held_out
     assert X_meta.shape == X_eval.shape == (30_000, 784) and X_test.shape == (10_000, 784)
     assert torch.equal(X_test, X_test2)
     full = torchvision.datasets.MNIST(str(root), train=True)
-    perm = np.random.RandomState(10).permutation(60_000)  # reference §1.3: np.random.RandomState(10) shuffles the indices
-    assert torch.equal(y_meta, full.targets[perm[:30_000]]) and torch.equal(y_eval, full.targets[perm[30_000:]])
-    assert torch.bincount(y_test).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]  # MNIST's test labels
+    perm = np.random.RandomState(10).permutation(
+        60_000
+    )  # reference §1.3: np.random.RandomState(10) shuffles the indices
+    assert torch.equal(y_meta, full.targets[perm[:30_000]]) and torch.equal(
+        y_eval, full.targets[perm[30_000:]]
+    )
+    assert torch.bincount(y_test).tolist() == [
+        980,
+        1135,
+        1032,
+        1010,
+        982,
+        892,
+        958,
+        1028,
+        974,
+        1009,
+    ]  # MNIST's test labels
     assert abs(float(X_meta.mean()) - (float(full.data.float().mean()) / 255 - 0.5)) < 0.01  # pixel − 0.5
     task = make_task("mnist_mlp", split="eval")
     problem = task.problem(0)
@@ -89,7 +138,8 @@ def test_a_corrupt_or_missing_mnist_file_names_make_data(tmp_path):
     raw.mkdir(parents=True)
     with pytest.raises(FileNotFoundError, match="make data"):
         mnist_data(tmp_path)
-    for name in MNIST_FILES: shutil.copyfile(find_data_root() / "MNIST" / "raw" / name, raw / name)
+    for name in MNIST_FILES:
+        shutil.copyfile(find_data_root() / "MNIST" / "raw" / name, raw / name)
     check_mnist(tmp_path)
     with open(raw / "t10k-labels-idx1-ubyte", "r+b") as f:  # one flipped byte
         f.seek(100)
@@ -110,6 +160,7 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
     def crash(tmp):
         Path(tmp).write_text("half")
         raise OSError("disk full")
+
     with pytest.raises(OSError, match="disk full"):
         atomic_write(path, crash)
     assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["card.json"]
@@ -132,7 +183,9 @@ def test_saved_rule_round_trips_with_weights_only(tmp_path):
 def test_zoo_rules_load_and_beat_their_untrained_selves(name):
     rule, card = load_pretrained(name), pretrained_card(name)
     assert card["task"].startswith(("mnist_mlp", "digits_mlp")) and "eva_loss" in card["evaluation"]
-    task = make_task("mnist_mlp", split="eval") if card["task"].startswith("mnist") else make_task("digits_mlp")
+    task = (
+        make_task("mnist_mlp", split="eval") if card["task"].startswith("mnist") else make_task("digits_mlp")
+    )
     trained = evaluate(rule, task, steps=100, seeds=range(3), progress=False).eva_loss[0]
     torch.manual_seed(0)
     untrained = evaluate(make_rule(name), task, steps=100, seeds=range(3), progress=False).eva_loss[0]
@@ -150,26 +203,104 @@ def cli(*args, cwd):
 
 
 def test_cli_meta_trains_tunes_and_evaluates_end_to_end(tmp_path):
-    r = cli("meta-train", "--rule", "rp_s", "--task", "quadratic", "--epochs", "2", "--epoch-len", "20", "--unroll", "10",
-            "--out", "mt", "--device", "cpu", cwd=tmp_path)
+    r = cli(
+        "meta-train",
+        "--rule",
+        "rp_s",
+        "--task",
+        "quadratic",
+        "--epochs",
+        "2",
+        "--epoch-len",
+        "20",
+        "--unroll",
+        "10",
+        "--out",
+        "mt",
+        "--device",
+        "cpu",
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "mt" / "rule.pt").exists() and (tmp_path / "mt" / "checkpoint.pt").exists()
     assert len((tmp_path / "mt" / "metrics.jsonl").read_text().splitlines()) == 2
-    r = cli("tune", "--rule", "mt/rule.pt", "--task", "digits_mlp", "--epochs", "1", "--epoch-len", "20", "--unroll", "10",
-            "--out", "tuned", "--device", "cpu", cwd=tmp_path)
+    r = cli(
+        "tune",
+        "--rule",
+        "mt/rule.pt",
+        "--task",
+        "digits_mlp",
+        "--epochs",
+        "1",
+        "--epoch-len",
+        "20",
+        "--unroll",
+        "10",
+        "--out",
+        "tuned",
+        "--device",
+        "cpu",
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr
     assert json.loads((tmp_path / "tuned" / "rule.json").read_text())["tuned_from"] == "mt/rule.pt"
-    r = cli("evaluate", "--rule", "tuned/rule.pt", "--task", "digits_mlp", "--steps", "10", "--seeds", "2",
-            "--out", "ev", "--device", "cpu", cwd=tmp_path)
+    r = cli(
+        "evaluate",
+        "--rule",
+        "tuned/rule.pt",
+        "--task",
+        "digits_mlp",
+        "--steps",
+        "10",
+        "--seeds",
+        "2",
+        "--out",
+        "ev",
+        "--device",
+        "cpu",
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr
     ev = json.loads((tmp_path / "ev" / "evaluation.json").read_text())
     assert np.array(ev["train_loss"]).shape == (2, 11)
-    r = cli("evaluate", "--rule", "adam", "--lr", "0.01", "--task", "quadratic", "--steps", "5", "--seeds", "1",
-            "--out", "ev2", cwd=tmp_path)
+    r = cli(
+        "evaluate",
+        "--rule",
+        "adam",
+        "--lr",
+        "0.01",
+        "--task",
+        "quadratic",
+        "--steps",
+        "5",
+        "--seeds",
+        "1",
+        "--out",
+        "ev2",
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr
-    r = cli("srgen", "--rule", "tuned/rule.pt", "--task", "digits_mlp", "--steps", "30", "--seeds", "2", "--lags", "5",
-            "--out", "sr/data", "--device", "cpu", cwd=tmp_path)
+    r = cli(
+        "srgen",
+        "--rule",
+        "tuned/rule.pt",
+        "--task",
+        "digits_mlp",
+        "--steps",
+        "30",
+        "--seeds",
+        "2",
+        "--lags",
+        "5",
+        "--out",
+        "sr/data",
+        "--device",
+        "cpu",
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr
-    assert (tmp_path / "sr" / "data.npz").exists() and json.loads(r.stdout)["columns"] == 10  # mt, gt × 5 lags
+    assert (tmp_path / "sr" / "data.npz").exists() and json.loads(r.stdout)[
+        "columns"
+    ] == 10  # mt, gt × 5 lags
     r = cli("frobnicate", cwd=tmp_path)
     assert r.returncode == 2 and "invalid choice: 'frobnicate'" in r.stderr

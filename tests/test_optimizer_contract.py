@@ -1,6 +1,7 @@
 """The optimizer contract: every update rule, deployed through `RuleOptimizer`, behaves like a `torch.optim` optimizer.
 
 `ALL` holds the hand rules, the pretrained learned rules of the zoo, a symbolic rule and the γ·tanh rule."""
+
 import copy
 import io
 import math
@@ -11,8 +12,21 @@ from torch import nn
 
 from symbolic_l2o.finetune import TanhBasisRule
 from symbolic_l2o.meta_train import ZOO, load_pretrained
-from symbolic_l2o.optimizers import (AddSignRule, AdamRule, DMRule, LionRule, MomentumRule, NesterovRule, PowerSignRule,
-                                     RMSpropRule, RNNpropRule, RuleOptimizer, SGDRule, SymbolicRule, make_rule)
+from symbolic_l2o.optimizers import (
+    AddSignRule,
+    AdamRule,
+    DMRule,
+    LionRule,
+    MomentumRule,
+    NesterovRule,
+    PowerSignRule,
+    RMSpropRule,
+    RNNpropRule,
+    RuleOptimizer,
+    SGDRule,
+    SymbolicRule,
+    make_rule,
+)
 
 # name -> factory of the rule with a learning rate suited to the small problems below
 RULES = {
@@ -29,26 +43,49 @@ RULES = {
 LEARNED = {name: (lambda name=name: load_pretrained(name)) for name in ZOO}
 # equations as deployed by 04_finetune_resnet (one reads a lag, so its history is exercised), and a recurrent one
 # (it reads its own past outputs u_k, as distilled LSTMs do)
-SYMBOLIC = {"symbolic": lambda: SymbolicRule("-1.5*mt_0 - 0.3*tanh(gt_1)", scale=0.03),
-            "symbolic_recurrent": lambda: SymbolicRule("0.6*u_1 + 0.2*u_3 - 0.5*tanh(2*mt_0 + 0.1*u_2)", scale=0.03,
-                                                       clip=(-0.4, 0.4)),
-            "tanh_basis": lambda: TanhBasisRule(("mt", "gt"), lags=1, gamma=1.0, scale=0.05, weights=[[1.0, 0.2], [0.3, -0.1]])}
+SYMBOLIC = {
+    "symbolic": lambda: SymbolicRule("-1.5*mt_0 - 0.3*tanh(gt_1)", scale=0.03),
+    "symbolic_recurrent": lambda: SymbolicRule(
+        "0.6*u_1 + 0.2*u_3 - 0.5*tanh(2*mt_0 + 0.1*u_2)", scale=0.03, clip=(-0.4, 0.4)
+    ),
+    "tanh_basis": lambda: TanhBasisRule(
+        ("mt", "gt"), lags=1, gamma=1.0, scale=0.05, weights=[[1.0, 0.2], [0.3, -0.1]]
+    ),
+}
 ALL = {**RULES, **LEARNED, **SYMBOLIC}
 # name -> (invalid keyword arguments, the name the error must mention)
 INVALID = {
     "sgd": [({"lr": -0.1}, "lr"), ({"lr": float("nan")}, "lr")],
     "momentum": [({"lr": -1.0}, "lr"), ({"momentum": 1.0}, "momentum"), ({"momentum": -0.1}, "momentum")],
     "nesterov": [({"momentum": 1.5}, "momentum")],
-    "adam": [({"lr": -1e-3}, "lr"), ({"betas": (1.0, 0.999)}, "betas[0]"), ({"betas": (0.9, -0.1)}, "betas[1]"),
-             ({"betas": 0.9}, "betas"), ({"eps": 0.0}, "eps")],
+    "adam": [
+        ({"lr": -1e-3}, "lr"),
+        ({"betas": (1.0, 0.999)}, "betas[0]"),
+        ({"betas": (0.9, -0.1)}, "betas[1]"),
+        ({"betas": 0.9}, "betas"),
+        ({"eps": 0.0}, "eps"),
+    ],
     "rmsprop": [({"alpha": 1.0}, "alpha"), ({"eps": -1e-8}, "eps")],
     "lion": [({"betas": (0.9, 2.0)}, "betas[1]"), ({"lr": "fast"}, "lr")],
-    "powersign": [({"base": 0.0}, "base"), ({"beta": 1.0}, "beta"), ({"decay": "exponential"}, "decay"),
-                  ({"decay": "linear"}, "decay_steps"), ({"decay": "cyclic", "decay_steps": 10, "num_cycles": 0}, "num_cycles")],
+    "powersign": [
+        ({"base": 0.0}, "base"),
+        ({"beta": 1.0}, "beta"),
+        ({"decay": "exponential"}, "decay"),
+        ({"decay": "linear"}, "decay_steps"),
+        ({"decay": "cyclic", "decay_steps": 10, "num_cycles": 0}, "num_cycles"),
+    ],
     "addsign": [({"alpha": -1.0}, "alpha"), ({"decay": "restart", "decay_steps": 2.5}, "decay_steps")],
 }
-CLS = {"sgd": SGDRule, "momentum": MomentumRule, "nesterov": NesterovRule, "adam": AdamRule, "rmsprop": RMSpropRule,
-       "lion": LionRule, "powersign": PowerSignRule, "addsign": AddSignRule}
+CLS = {
+    "sgd": SGDRule,
+    "momentum": MomentumRule,
+    "nesterov": NesterovRule,
+    "adam": AdamRule,
+    "rmsprop": RMSpropRule,
+    "lion": LionRule,
+    "powersign": PowerSignRule,
+    "addsign": AddSignRule,
+}
 names = pytest.mark.parametrize("name", list(ALL))
 
 
@@ -79,8 +116,14 @@ def snapshot(model, opt):
 
 
 def same(a, b):
-    return all(torch.equal(x, y) for x, y in zip(a[0], b[0])) and a[1].keys() == b[1].keys() and all(
-        a[1][k].keys() == b[1][k].keys() and all(torch.equal(a[1][k][n], b[1][k][n]) for n in a[1][k]) for k in a[1])
+    return (
+        all(torch.equal(x, y) for x, y in zip(a[0], b[0]))
+        and a[1].keys() == b[1].keys()
+        and all(
+            a[1][k].keys() == b[1][k].keys() and all(torch.equal(a[1][k][n], b[1][k][n]) for n in a[1][k])
+            for k in a[1]
+        )
+    )
 
 
 @names
@@ -94,7 +137,9 @@ def test_linear_model_loss_falls_over_200_steps(name):
     assert losses[-1] < 0.1 * losses[0], (losses[0], losses[-1])
 
 
-@pytest.mark.parametrize("name", list(RULES))  # hand rules: a learned rule's first steps carry its learned bias
+@pytest.mark.parametrize(
+    "name", list(RULES)
+)  # hand rules: a learned rule's first steps carry its learned bias
 def test_sigmoid_mlp_loss_falls_on_every_step(name):
     torch.manual_seed(3)
     model = nn.Sequential(nn.Linear(2, 3), nn.Sigmoid(), nn.Linear(3, 1))
@@ -164,12 +209,15 @@ def fixed_grad_run(rule_factory, lrs, steps, scheduler=None):
     grads = [torch.randn(5, generator=g) for _ in range(steps)]
     params = [nn.Parameter(torch.zeros(5)) for _ in lrs]
     opt = RuleOptimizer([{"params": [p]} for p in params], rule_factory())
-    for group, factor in zip(opt.param_groups, lrs): group["lr"] *= factor
+    for group, factor in zip(opt.param_groups, lrs):
+        group["lr"] *= factor
     sched = scheduler(opt) if scheduler else None
     for gr in grads:
-        for p in params: p.grad = gr.clone()
+        for p in params:
+            p.grad = gr.clone()
         opt.step()
-        if sched: sched.step()
+        if sched:
+            sched.step()
     return params, grads
 
 
@@ -184,11 +232,15 @@ def test_param_groups_scale_the_update_by_their_lr(name):
 @names
 @pytest.mark.parametrize("scheduler", ["step", "cosine"])
 def test_lr_schedulers_scale_each_update(name, scheduler):
-    make = {"step": lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=3, gamma=0.5),
-            "cosine": lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=8)}[scheduler]
+    make = {
+        "step": lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=3, gamma=0.5),
+        "cosine": lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=8),
+    }[scheduler]
     (p,), grads = fixed_grad_run(ALL[name], [1.0], steps=8, scheduler=make)
-    factors = {"step": [0.5 ** (t // 3) for t in range(8)],
-               "cosine": [0.5 * (1 + math.cos(math.pi * t / 8)) for t in range(8)]}[scheduler]
+    factors = {
+        "step": [0.5 ** (t // 3) for t in range(8)],
+        "cosine": [0.5 * (1 + math.cos(math.pi * t / 8)) for t in range(8)],
+    }[scheduler]
     rule = ALL[name]()
     expected, state = torch.zeros(5), rule.init([torch.zeros(5)])
     with torch.no_grad():
@@ -212,6 +264,7 @@ def test_step_with_closure_returns_its_loss(name):
         loss = nn.functional.mse_loss(model(X), y)
         loss.backward()
         return loss
+
     loss = opt.step(closure)
     assert len(calls) == 1 and loss.requires_grad is False or loss.grad_fn is not None
     torch.testing.assert_close(loss, nn.functional.mse_loss(mlp()(X), y))
@@ -244,15 +297,18 @@ def test_invalid_hyperparameters_raise_naming_the_value(name):
             CLS[name](**kwargs)
 
 
-@pytest.mark.parametrize("make,match", [
-    (lambda: DMRule(preprocessing="sign"), "invalid preprocessing"),
-    (lambda: DMRule(k=-1.0), "invalid k"),
-    (lambda: DMRule(hidden=()), "need >= 1 LSTM layer"),
-    (lambda: RNNpropRule(output_scale=0.0), "invalid output_scale"),
-    (lambda: RNNpropRule(features=("mt", "speed")), "unknown gradient feature.*speed"),
-    (lambda: RNNpropRule(beta1=1.0), "invalid beta1"),
-    (lambda: make_rule("rp_xxl"), "unknown rule"),
-])
+@pytest.mark.parametrize(
+    "make,match",
+    [
+        (lambda: DMRule(preprocessing="sign"), "invalid preprocessing"),
+        (lambda: DMRule(k=-1.0), "invalid k"),
+        (lambda: DMRule(hidden=()), "need >= 1 LSTM layer"),
+        (lambda: RNNpropRule(output_scale=0.0), "invalid output_scale"),
+        (lambda: RNNpropRule(features=("mt", "speed")), "unknown gradient feature.*speed"),
+        (lambda: RNNpropRule(beta1=1.0), "invalid beta1"),
+        (lambda: make_rule("rp_xxl"), "unknown rule"),
+    ],
+)
 def test_invalid_learned_rule_arguments(make, match):
     with pytest.raises(ValueError, match=match):
         make()
@@ -349,14 +405,27 @@ def test_step_is_pure_and_differentiable_with_autograd(name):
 
 PARITY = [
     ("sgd", lambda: SGDRule(lr=0.05), lambda ps: torch.optim.SGD(ps, lr=0.05)),
-    ("momentum", lambda: MomentumRule(lr=0.02, momentum=0.9), lambda ps: torch.optim.SGD(ps, lr=0.02, momentum=0.9)),
-    ("nesterov", lambda: NesterovRule(lr=0.02, momentum=0.8),
-     lambda ps: torch.optim.SGD(ps, lr=0.02, momentum=0.8, nesterov=True)),
-    ("adam", lambda: AdamRule(lr=3e-3, betas=(0.8, 0.99), eps=1e-7),
-     lambda ps: torch.optim.Adam(ps, lr=3e-3, betas=(0.8, 0.99), eps=1e-7)),
+    (
+        "momentum",
+        lambda: MomentumRule(lr=0.02, momentum=0.9),
+        lambda ps: torch.optim.SGD(ps, lr=0.02, momentum=0.9),
+    ),
+    (
+        "nesterov",
+        lambda: NesterovRule(lr=0.02, momentum=0.8),
+        lambda ps: torch.optim.SGD(ps, lr=0.02, momentum=0.8, nesterov=True),
+    ),
+    (
+        "adam",
+        lambda: AdamRule(lr=3e-3, betas=(0.8, 0.99), eps=1e-7),
+        lambda ps: torch.optim.Adam(ps, lr=3e-3, betas=(0.8, 0.99), eps=1e-7),
+    ),
     # lr 1e-3: at 3e-3 a coordinate whose gradient passes through zero amplifies float rounding past 1e-6
-    ("rmsprop", lambda: RMSpropRule(lr=1e-3, alpha=0.9, eps=1e-7),
-     lambda ps: torch.optim.RMSprop(ps, lr=1e-3, alpha=0.9, eps=1e-7)),
+    (
+        "rmsprop",
+        lambda: RMSpropRule(lr=1e-3, alpha=0.9, eps=1e-7),
+        lambda ps: torch.optim.RMSprop(ps, lr=1e-3, alpha=0.9, eps=1e-7),
+    ),
 ]
 
 
@@ -373,13 +442,22 @@ def test_parity_with_torch_optim_over_100_steps(name, rule, reference):
 
 
 WEIGHT_DECAY_PARITY = [
-    ("sgd_coupled", lambda ps: RuleOptimizer(ps, MomentumRule(lr=0.05, momentum=0.9), weight_decay=5e-2),
-     lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9, weight_decay=5e-2)),
-    ("adam_coupled", lambda ps: RuleOptimizer(ps, AdamRule(lr=1e-2), weight_decay=1e-1),
-     lambda ps: torch.optim.Adam(ps, lr=1e-2, weight_decay=1e-1)),
+    (
+        "sgd_coupled",
+        lambda ps: RuleOptimizer(ps, MomentumRule(lr=0.05, momentum=0.9), weight_decay=5e-2),
+        lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9, weight_decay=5e-2),
+    ),
+    (
+        "adam_coupled",
+        lambda ps: RuleOptimizer(ps, AdamRule(lr=1e-2), weight_decay=1e-1),
+        lambda ps: torch.optim.Adam(ps, lr=1e-2, weight_decay=1e-1),
+    ),
     # decoupled: the group lr (Adam's step size) multiplies the decay, as AdamW's lr does
-    ("adamw_decoupled", lambda ps: RuleOptimizer(ps, AdamRule(), lr=1e-2, weight_decay=0.5, decoupled_weight_decay=True),
-     lambda ps: torch.optim.AdamW(ps, lr=1e-2, weight_decay=0.5)),
+    (
+        "adamw_decoupled",
+        lambda ps: RuleOptimizer(ps, AdamRule(), lr=1e-2, weight_decay=0.5, decoupled_weight_decay=True),
+        lambda ps: torch.optim.AdamW(ps, lr=1e-2, weight_decay=0.5),
+    ),
 ]
 
 
@@ -390,7 +468,8 @@ def test_weight_decay_matches_torch_optim_over_100_steps(name, ours, reference):
     opt_a, opt_b = ours(a.parameters()), reference(b.parameters())
     opt_plain = RuleOptimizer(plain.parameters(), opt_a.rule, lr=opt_a.param_groups[0]["lr"])
     for _ in range(100):
-        for model, o in ((a, opt_a), (b, opt_b), (plain, opt_plain)): train(model, o, X, y, 1)
+        for model, o in ((a, opt_a), (b, opt_b), (plain, opt_plain)):
+            train(model, o, X, y, 1)
     for p, q in zip(a.parameters(), b.parameters()):
         torch.testing.assert_close(p, q, atol=1e-5, rtol=0)
     # the decay did something: without it the weights end elsewhere, with a larger norm
@@ -422,7 +501,10 @@ def test_weight_decay_survives_state_dict_round_trip():
     b = copy.deepcopy(a)
     opt_b = RuleOptimizer(b.parameters(), AdamRule(lr=1e-2))
     opt_b.load_state_dict(opt_a.state_dict())
-    assert opt_b.param_groups[0]["weight_decay"] == 0.1 and opt_b.param_groups[0]["decoupled_weight_decay"] is True
+    assert (
+        opt_b.param_groups[0]["weight_decay"] == 0.1
+        and opt_b.param_groups[0]["decoupled_weight_decay"] is True
+    )
     for _ in range(5):
         train(a, opt_a, X, y, 1)
         train(b, opt_b, X, y, 1)
@@ -434,19 +516,39 @@ def assert_fast_path_matches_autograd_path(rule, grads, atol):
     fast, slow = rule.init(grads[0]), rule.init(grads[0])
     for t, gr in enumerate(grads, 1):
         kept = [x.clone() for x in gr]
-        with torch.no_grad(): u_fast, fast = rule.step(gr, fast, t)
+        with torch.no_grad():
+            u_fast, fast = rule.step(gr, fast, t)
         assert all(torch.equal(a, b) for a, b in zip(gr, kept)), "the gradients were written"
         u_slow, slow = rule.step(kept, slow, t)
         slow = [{k: v.detach() for k, v in s.items()} for s in slow]
-        for a, b in zip(u_fast, u_slow): torch.testing.assert_close(a, b.detach(), rtol=1e-5, atol=atol)
+        for a, b in zip(u_fast, u_slow):
+            torch.testing.assert_close(a, b.detach(), rtol=1e-5, atol=atol)
 
 
-@pytest.mark.parametrize("expr", ["-1.57*mp3_0", "-1.57*mp3_0 + 0.01", "-3.3*tanh(0.94*mp25_1)*sqrt(abs(mp3_8)) + 0.0095",
-                                  "mt_0*tanh(mt_0)", "-0.5*g_0 - 0.1*g_2", "-10*mom9_0", "-(mt_0 + gt_0)^2*0.3",
-                                  "-1.2*mt_0*adam_dn_0", "-0.3*adam_up_norm_0 - 0.1*adam_up_0", "-exp(-abs(mt_0))*0.2*mt_0",
-                                  "-0.7*mt_0", "-0.2*g_0", "-0.4*mom9_0", "-0.6*adam_up_0",  # these four: u = c·f_0 from the feature pass
-                                  "-1.5*tanh(mt_0) + 0.2*gt_1", "-0.3*adam_up_norm_0 + 0.1*adam_up_norm_2",  # lag-0 temporaries that also enter the history
-                                  "0.9*u_1 - g_0", "0.8*u_1 + 0.1*u_4 - tanh(8*g_1 - 0.2*u_2)", "u_1*tanh(mt_0) - gt_0"])
+@pytest.mark.parametrize(
+    "expr",
+    [
+        "-1.57*mp3_0",
+        "-1.57*mp3_0 + 0.01",
+        "-3.3*tanh(0.94*mp25_1)*sqrt(abs(mp3_8)) + 0.0095",
+        "mt_0*tanh(mt_0)",
+        "-0.5*g_0 - 0.1*g_2",
+        "-10*mom9_0",
+        "-(mt_0 + gt_0)^2*0.3",
+        "-1.2*mt_0*adam_dn_0",
+        "-0.3*adam_up_norm_0 - 0.1*adam_up_0",
+        "-exp(-abs(mt_0))*0.2*mt_0",
+        "-0.7*mt_0",
+        "-0.2*g_0",
+        "-0.4*mom9_0",
+        "-0.6*adam_up_0",  # these four: u = c·f_0 from the feature pass
+        "-1.5*tanh(mt_0) + 0.2*gt_1",
+        "-0.3*adam_up_norm_0 + 0.1*adam_up_norm_2",  # lag-0 temporaries that also enter the history
+        "0.9*u_1 - g_0",
+        "0.8*u_1 + 0.1*u_4 - tanh(8*g_1 - 0.2*u_2)",
+        "u_1*tanh(mt_0) - gt_0",
+    ],
+)
 def test_symbolic_rule_fast_path_matches_autograd_path_and_keeps_grads(expr):
     g = torch.Generator().manual_seed(0)
     grads = [[torch.randn(6, 5, generator=g) * 0.01, torch.randn(7, generator=g) * 0.01] for _ in range(12)]
@@ -461,26 +563,42 @@ def test_clipped_recurrent_rule_fast_path_matches_autograd_path():
     assert_fast_path_matches_autograd_path(rule, grads, atol=1e-9)
     state = rule.init(grads[0])
     with torch.no_grad():
-        for t, gr in enumerate(grads, 1): u, state = rule.step(gr, state, t)
+        for t, gr in enumerate(grads, 1):
+            u, state = rule.step(gr, state, t)
     assert torch.cat([x.reshape(-1) for x in u]).abs().max().item() == pytest.approx(0.5 * 0.03)
 
 
-@pytest.mark.parametrize("kw", [dict(), dict(lags=3, gamma=0.5), dict(features=("g", "mom9"), lags=2, gamma=0.01),
-                                dict(features=("mt",), lags=0), dict(features=("mp2", "mt", "gt"), lags=1)])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(),
+        dict(lags=3, gamma=0.5),
+        dict(features=("g", "mom9"), lags=2, gamma=0.01),
+        dict(features=("mt",), lags=0),
+        dict(features=("mp2", "mt", "gt"), lags=1),
+    ],
+)
 def test_tanh_basis_fast_path_matches_autograd_path_and_keeps_grads(kw):
     G, L = len(kw.get("features", ("mt", "gt"))), kw.get("lags", 1)
-    rule = TanhBasisRule(**kw, scale=0.05, weights=torch.randn(G, L + 1, generator=torch.Generator().manual_seed(1)))
+    rule = TanhBasisRule(
+        **kw, scale=0.05, weights=torch.randn(G, L + 1, generator=torch.Generator().manual_seed(1))
+    )
     gen = torch.Generator().manual_seed(0)
-    grads = [[torch.randn(6, 5, generator=gen) * 0.01, torch.randn(7, generator=gen) * 0.01, torch.zeros(0, 3)] for _ in range(10)]
+    grads = [
+        [torch.randn(6, 5, generator=gen) * 0.01, torch.randn(7, generator=gen) * 0.01, torch.zeros(0, 3)]
+        for _ in range(10)
+    ]
     assert_fast_path_matches_autograd_path(rule, grads, atol=1e-8)
 
 
 def test_finite_check_is_exact_when_sums_overflow():
     "The cheap sum test falls back to min/max when a sum overflows: finite half-precision gradients still pass."
     from symbolic_l2o.optimizers import _finite
+
     big = torch.full((100,), 60000.0, dtype=torch.float16)  # finite values whose fp16 sum is inf
     assert _finite([big, torch.ones(3)])
     for bad in (float("nan"), float("inf"), -float("inf")):
-        g = torch.ones(5); g[2] = bad
+        g = torch.ones(5)
+        g[2] = bad
         assert not _finite([torch.ones(4), g])
         assert not _finite([big, g.half()])

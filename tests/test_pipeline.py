@@ -1,6 +1,7 @@
 """`make run`'s machinery on the real notebooks at scale "test": a stage that fails stops the run naming itself and
 its executed notebook, a resumed run keeps the completed stages, stages chain through the run directory, the same
 parameters give the same numbers, and the report holds the stage summaries. Also: README.md is generated."""
+
 import hashlib
 import json
 import shutil
@@ -10,8 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from symbolic_l2o.report import (StageFailed, build_report, export_outputs, notebook_parameters, pipeline_stages,
-                                 readme_markdown, run_pipeline, _read_nb)
+from symbolic_l2o.report import (
+    StageFailed,
+    build_report,
+    export_outputs,
+    notebook_parameters,
+    pipeline_stages,
+    readme_markdown,
+    run_pipeline,
+    _read_nb,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 NBS = ROOT / "nbs"
@@ -23,22 +32,33 @@ def test_every_stage_notebook_takes_the_pipeline_parameters_and_papermill_sees_t
     assert [p.stem for p in stages][:4] == ["00_optimizers", "01_meta_train", "02_srgen", "03_distill"]
     for path in stages:
         params = notebook_parameters(_read_nb(path))
-        if not params: continue  # a lesson without parameters (00) runs as it is
+        if not params:
+            continue  # a lesson without parameters (00) runs as it is
         assert {"scale", "device", "out_dir"} <= set(params), f"{path.name} parameters: {params}"
         nb = json.loads(path.read_text())
         tagged = [c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
-        assert len(tagged) == 1, (f"{path.name}: the parameters cell lacks papermill's metadata tag: "
-                                  "run `.venv/bin/python -m symbolic_l2o.report tag-parameters` and commit")
+        assert len(tagged) == 1, (
+            f"{path.name}: the parameters cell lacks papermill's metadata tag: "
+            "run `.venv/bin/python -m symbolic_l2o.report tag-parameters` and commit"
+        )
 
 
 @pytest.fixture(scope="module")
 def failed_then_resumed(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("runs") / "test-run"
     with pytest.raises(StageFailed) as failure:
-        run_pipeline(run_dir, "test", nbs_path=NBS, stages=[STAGE], overrides={STAGE: {"scale": "no-such-scale"}},
-                     progress=False)
+        run_pipeline(
+            run_dir,
+            "test",
+            nbs_path=NBS,
+            stages=[STAGE],
+            overrides={STAGE: {"scale": "no-such-scale"}},
+            progress=False,
+        )
     failed_record = json.loads((run_dir / "pipeline.json").read_text())
-    failed_record["executed_notebook"] = failure.value.notebook.read_text()  # before the resumed run replaces it
+    failed_record["executed_notebook"] = (
+        failure.value.notebook.read_text()
+    )  # before the resumed run replaces it
     first = []
     run_pipeline(run_dir, "test", nbs_path=NBS, stages=[STAGE], progress=False, log=first.append)
     again = []
@@ -53,7 +73,9 @@ def test_a_failing_stage_names_itself_and_the_notebook_to_open(failed_then_resum
     assert f"stage {STAGE} failed" in message and "KeyError" in message and "no-such-scale" in message
     assert str(run_dir / f"{STAGE}.ipynb") in message and f"RESUME={run_dir}" in message
     assert record["stages"][STAGE]["status"] == "failed"
-    assert "KeyError" in record["executed_notebook"] and "no-such-scale" in record["executed_notebook"]  # the failing cell
+    assert (
+        "KeyError" in record["executed_notebook"] and "no-such-scale" in record["executed_notebook"]
+    )  # the failing cell
 
 
 def test_resume_runs_the_missing_stage_then_keeps_it(failed_then_resumed):
@@ -66,7 +88,9 @@ def test_resume_runs_the_missing_stage_then_keeps_it(failed_then_resumed):
 
 def test_stages_chain_through_the_run_directory(failed_then_resumed):
     run_dir = failed_then_resumed[0]
-    assert (run_dir / "sr_rp_si.npz").exists() and (run_dir / "sr_rp_si.json").exists()  # 02's artifact for 03
+    assert (run_dir / "sr_rp_si.npz").exists() and (
+        run_dir / "sr_rp_si.json"
+    ).exists()  # 02's artifact for 03
     summary = json.loads((run_dir / "summary" / f"{STAGE}.json").read_text())
     rows = dict((r[0], r[1]) for r in next(iter(summary["tables"].values()))["rows"])
     assert rows["lags L"] == 20 and rows["features of RP_si"] and rows["runs (fresh problems)"] == 4
@@ -74,16 +98,27 @@ def test_stages_chain_through_the_run_directory(failed_then_resumed):
 
 def test_same_parameters_give_the_same_numbers(failed_then_resumed, tmp_path):
     run_pipeline(tmp_path / "again", "test", nbs_path=NBS, stages=[STAGE], progress=False)
-    a, b = (json.loads((d / "summary" / f"{STAGE}.json").read_text())["tables"] for d in (failed_then_resumed[0], tmp_path / "again"))
+    a, b = (
+        json.loads((d / "summary" / f"{STAGE}.json").read_text())["tables"]
+        for d in (failed_then_resumed[0], tmp_path / "again")
+    )
     assert a == b
 
 
 def test_report_holds_every_summary(failed_then_resumed, tmp_path):
     run_dir = failed_then_resumed[0]
     bench = tmp_path / "results.json"
-    bench.write_text(json.dumps({"machine": {"cpus": 2}, "benchmarks": {
-        "optimizer_step": {"ratio": 1.19, "rule_ms": 31.0},
-        "meta_train_scaling": {"seconds_per_window": {"5": 0.1, "10": 0.2, "20": 0.4, "40": 0.8}}}}))
+    bench.write_text(
+        json.dumps(
+            {
+                "machine": {"cpus": 2},
+                "benchmarks": {
+                    "optimizer_step": {"ratio": 1.19, "rule_ms": 31.0},
+                    "meta_train_scaling": {"seconds_per_window": {"5": 0.1, "10": 0.2, "20": 0.4, "40": 0.8}},
+                },
+            }
+        )
+    )
     md, page = build_report(run_dir, bench=bench)
     text = md.read_text()
     assert "](figures/bench-meta_train_scaling-seconds_per_window.png)" in text  # the scalability plot
@@ -97,6 +132,7 @@ def test_report_holds_every_summary(failed_then_resumed, tmp_path):
 
 def test_outputs_go_back_into_the_notebooks_clean(failed_then_resumed, tmp_path):
     from nbdev.clean import nbdev_clean
+
     nbs = tmp_path / "nbs"
     shutil.copytree(NBS, nbs)
     edited_path = nbs / f"{STAGE}.ipynb"  # a cell edited after the run: its new source stays, without outputs
@@ -108,8 +144,9 @@ def test_outputs_go_back_into_the_notebooks_clean(failed_then_resumed, tmp_path)
     assert [(p.name, stale) for p, stale in written.items()] == [(f"{STAGE}.ipynb", 1)]
     before, after = (json.loads((d / f"{STAGE}.ipynb").read_text()) for d in (NBS, nbs))
     assert len(after["cells"]) == len(before["cells"])  # no injected cell
-    assert [c["source"] for c in after["cells"] if c["id"] != edited["id"]] == \
-        [c["source"] for c in before["cells"] if c["id"] != edited["id"]]
+    assert [c["source"] for c in after["cells"] if c["id"] != edited["id"]] == [
+        c["source"] for c in before["cells"] if c["id"] != edited["id"]
+    ]
     mine = next(c for c in after["cells"] if c["id"] == edited["id"])
     assert "".join(mine["source"]).endswith("# edited while the run went on") and mine["outputs"] == []
     assert sum(bool(c.get("outputs")) for c in after["cells"]) >= 3
@@ -124,14 +161,19 @@ def test_cli_reports_a_failure_with_exit_status_1(tmp_path):
     run_dir = tmp_path / "cli-run"
     (run_dir).mkdir()
     (run_dir / "pipeline.json").write_text(json.dumps({"scale": "paper", "device": "auto", "stages": {}}))
-    out = subprocess.run([sys.executable, "-m", "symbolic_l2o.report", "run", str(run_dir), "--scale", "test"],
-                         cwd=ROOT, capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "symbolic_l2o.report", "run", str(run_dir), "--scale", "test"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 1 and "resume it with that scale" in out.stderr
 
 
 def test_readme_is_generated_from_index_notebook():
-    assert (ROOT / "README.md").read_text() == readme_markdown(NBS / "index.ipynb"), \
+    assert (ROOT / "README.md").read_text() == readme_markdown(NBS / "index.ipynb"), (
         "README.md differs from nbs/index.ipynb: run `make readme` (never edit README.md by hand)"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -149,16 +191,24 @@ def test_the_stages_chain_link_by_link_with_hashes(whole_run):
     written = {}
     for stage, r in stages.items():
         for a in r.get("inputs", []):
-            assert a.get("zoo") or written.get(a["path"]) == a["sha256"], f"{stage} read {a} that no earlier stage wrote"
+            assert a.get("zoo") or written.get(a["path"]) == a["sha256"], (
+                f"{stage} read {a} that no earlier stage wrote"
+            )
         written.update((a["path"], a["sha256"]) for a in r.get("outputs", []))
     for path, digest in written.items():  # the hashes are those of the files on disk
         assert hashlib.sha256((run_dir / path).read_bytes()).hexdigest() == digest, path
     # 01 trains RP_si -> 02 records it -> 03 fits 02's recording of it -> 04 deploys 03's equation
     assert link("02_srgen", "inputs", "rules/rp_si.pt") == link("01_meta_train", "outputs", "rules/rp_si.pt")
     assert link("03_distill", "inputs", "sr_rp_si.npz") == link("02_srgen", "outputs", "sr_rp_si.npz")
-    assert link("03_distill", "inputs", "rules/rp_si.pt") == link("01_meta_train", "outputs", "rules/rp_si.pt")
-    assert link("04_finetune_resnet", "inputs", "fitted_rp_si.json") == link("03_distill", "outputs", "fitted_rp_si.json")
-    assert json.loads((run_dir / "sr_rp_si.json").read_text())["meta"]["rule"] == \
-        json.loads((run_dir / "rules" / "rp_si.json").read_text())["config"]
+    assert link("03_distill", "inputs", "rules/rp_si.pt") == link(
+        "01_meta_train", "outputs", "rules/rp_si.pt"
+    )
+    assert link("04_finetune_resnet", "inputs", "fitted_rp_si.json") == link(
+        "03_distill", "outputs", "fitted_rp_si.json"
+    )
+    assert (
+        json.loads((run_dir / "sr_rp_si.json").read_text())["meta"]["rule"]
+        == json.loads((run_dir / "rules" / "rp_si.json").read_text())["config"]
+    )
     text = build_report(run_dir, bench=None)[0].read_text()
     assert "*Read:* `rules/rp_si.pt`" in text and "`fitted_rp_si.json` sha256" in text

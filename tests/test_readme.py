@@ -1,4 +1,5 @@
 """The README's code runs as written, and its links lead somewhere (README.md is generated from nbs/index.ipynb)."""
+
 import re
 import subprocess
 import sys
@@ -17,7 +18,9 @@ def test_every_python_block_runs_as_written(tmp_path):
     "The blocks in order, in one fresh interpreter (a reader pasting them one after another), in an empty directory."
     assert len(BLOCKS) >= 4
     script = "\n".join(f"print('--- block {i}', flush=True)\n{b}" for i, b in enumerate(BLOCKS))
-    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=900
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert proc.stdout.count("--- block") == len(BLOCKS) and "loss after 100 steps" in proc.stdout
 

@@ -2,6 +2,7 @@
 
 One test per case of the issue (what broke, now a correct result or a clear error), then the cases that already held
 and must keep holding."""
+
 import io
 import json
 import os
@@ -23,10 +24,25 @@ from torch import nn
 import symbolic_l2o.meta_train  # noqa: F401  (the package re-exports a function of the same name: read the module from sys.modules)
 import symbolic_l2o.srgen  # noqa: F401
 from symbolic_l2o.distill import MAX_EQUATION_LENGTH, FittedRule, fit_rule
-from symbolic_l2o.meta_train import (atomic_write, load_pretrained, load_rule, make_task, meta_train, run_lock, save_rule)
+from symbolic_l2o.meta_train import (
+    atomic_write,
+    load_pretrained,
+    load_rule,
+    make_task,
+    meta_train,
+    run_lock,
+    save_rule,
+)
 
-from symbolic_l2o.optimizers import (AdamRule, RuleOptimizer, SGDRule, SymbolicRule, make_rule, parse_expression,
-                                     variable)
+from symbolic_l2o.optimizers import (
+    AdamRule,
+    RuleOptimizer,
+    SGDRule,
+    SymbolicRule,
+    make_rule,
+    parse_expression,
+    variable,
+)
 from symbolic_l2o.srgen import SRDataset, record_trajectories
 
 meta_train_module, srgen_module = sys.modules["symbolic_l2o.meta_train"], sys.modules["symbolic_l2o.srgen"]
@@ -34,11 +50,19 @@ meta_train_module, srgen_module = sys.modules["symbolic_l2o.meta_train"], sys.mo
 
 def small_dataset(rows=30, seed=0):
     rng = np.random.default_rng(seed)
-    return SRDataset(rng.normal(size=(rows, 2)), rng.normal(size=rows), ["g_0", "g_1"], np.arange(rows) % 3,
-                     np.arange(rows), np.arange(rows), {"note": f"seed {seed}"})
+    return SRDataset(
+        rng.normal(size=(rows, 2)),
+        rng.normal(size=rows),
+        ["g_0", "g_1"],
+        np.arange(rows) % 3,
+        np.arange(rows),
+        np.arange(rows),
+        {"note": f"seed {seed}"},
+    )
 
 
 # 1. A finite spike poisons a rule silently --------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("policy", ["error", "skip"])
 def test_gradient_spike_changes_nothing_and_the_next_step_is_finite(policy):
@@ -52,7 +76,9 @@ def test_gradient_spike_changes_nothing_and_the_next_step_is_finite(policy):
         opt.step()
         assert opt.nonfinite_skips == 1
     assert torch.equal(w.detach(), torch.ones(2)) and opt.state[w]["step"] == 0
-    assert all(torch.equal(v, torch.zeros_like(v)) for k, v in opt.state[w].items())  # the state is still the initial one
+    assert all(
+        torch.equal(v, torch.zeros_like(v)) for k, v in opt.state[w].items()
+    )  # the state is still the initial one
     w.grad = torch.tensor([1e-3, 1e-3])
     opt.step()
     assert torch.isfinite(w).all() and (w < 1).all()
@@ -74,8 +100,12 @@ def test_a_rule_file_with_an_infinite_constant_is_refused():
 
 # 2. fp16 parameters go NaN on the first step ----------------------------------------------------------------------
 
-HALF_RULES = {"rp_si": lambda: load_pretrained("rp_si"), "rp": lambda: load_pretrained("rp"),
-              "symbolic": lambda: SymbolicRule("-1.5*mt_0 - 0.3*tanh(gt_1)", scale=0.03), "adam": lambda: AdamRule(lr=1e-2)}
+HALF_RULES = {
+    "rp_si": lambda: load_pretrained("rp_si"),
+    "rp": lambda: load_pretrained("rp"),
+    "symbolic": lambda: SymbolicRule("-1.5*mt_0 - 0.3*tanh(gt_1)", scale=0.03),
+    "adam": lambda: AdamRule(lr=1e-2),
+}
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -102,13 +132,23 @@ def test_half_precision_parameters_stay_finite_and_move(name, dtype):
 
 # 3. Untrusted expressions can exhaust the machine -----------------------------------------------------------------
 
-@pytest.mark.parametrize("text, limit", [
-    ("g_0*9**9**9", "its exponent is too large"), ("10**10**10", "its exponent is too large"), ("1e999999", "outside float64's range"),
-    ("1e-999999*g_0", "outside float64's range"), ("g_0*" + "9" * 400, "outside float64's range"),
-    ("((9**64)**64)**64*g_0", "outside float64's range"),
-    ("(" * 300 + "g_0" + ")" * 300, "MAX_EXPRESSION_DEPTH"), ("-" * 300 + "g_0", "MAX_EXPRESSION_DEPTH"),
-    ("tanh(" * 150 + "g_0" + ")" * 150, "MAX_EXPRESSION_DEPTH"), ("g_0^" * 150 + "g_0", "MAX_EXPRESSION_DEPTH"),
-    (" + ".join(["g_0"] * 5000), "MAX_EXPRESSION_CHARS")])
+
+@pytest.mark.parametrize(
+    "text, limit",
+    [
+        ("g_0*9**9**9", "its exponent is too large"),
+        ("10**10**10", "its exponent is too large"),
+        ("1e999999", "outside float64's range"),
+        ("1e-999999*g_0", "outside float64's range"),
+        ("g_0*" + "9" * 400, "outside float64's range"),
+        ("((9**64)**64)**64*g_0", "outside float64's range"),
+        ("(" * 300 + "g_0" + ")" * 300, "MAX_EXPRESSION_DEPTH"),
+        ("-" * 300 + "g_0", "MAX_EXPRESSION_DEPTH"),
+        ("tanh(" * 150 + "g_0" + ")" * 150, "MAX_EXPRESSION_DEPTH"),
+        ("g_0^" * 150 + "g_0", "MAX_EXPRESSION_DEPTH"),
+        (" + ".join(["g_0"] * 5000), "MAX_EXPRESSION_CHARS"),
+    ],
+)
 def test_parser_refuses_what_would_exhaust_the_machine_quickly(text, limit):
     t0 = time.perf_counter()
     with pytest.raises(ValueError, match=limit):
@@ -123,7 +163,9 @@ def test_nesting_up_to_the_limit_parses_without_recursion_errors():
 
 def test_a_rule_whose_constant_overflows_never_writes_its_parameters():
     w = nn.Parameter(torch.ones(2))
-    opt = RuleOptimizer([w], SymbolicRule("1e300*1e300*g_0"))  # sympy folds the product to 1e600: inf as a float
+    opt = RuleOptimizer(
+        [w], SymbolicRule("1e300*1e300*g_0")
+    )  # sympy folds the product to 1e600: inf as a float
     w.grad = torch.ones(2)
     with pytest.raises(FloatingPointError, match="non-finite update"):
         opt.step()
@@ -136,7 +178,9 @@ def test_a_huge_lag_is_refused_before_any_state_is_allocated():
 
 
 def test_long_sums_parse_in_one_pass():
-    text = " + ".join(f"{i}.5*g_{i % 20}" for i in range(700))  # 9 KB: 13 s with term-by-term sums at 2,000 terms
+    text = " + ".join(
+        f"{i}.5*g_{i % 20}" for i in range(700)
+    )  # 9 KB: 13 s with term-by-term sums at 2,000 terms
     t0 = time.perf_counter()
     expr = parse_expression(text, [f"g_{i}" for i in range(20)])
     assert time.perf_counter() - t0 < 3.0
@@ -145,17 +189,28 @@ def test_long_sums_parse_in_one_pass():
 
 def test_one_pass_sums_build_what_term_by_term_sums_built():
     g0, g1, f = variable("g_0"), variable("g_1"), sp.Float
-    built = f("0.1") * g0 + f("0.2") * g1 - f("0.3") * g0 + f("1.5") * (f("0.5") - g1) * sp.tanh(g0) ** 2 + f("0.7")
-    parsed = parse_expression("0.1*g_0 + 0.2*g_1 - 0.3*g_0 + 1.5*(0.5 - g_1)*tanh(g_0)**2 + 0.7", ["g_0", "g_1"])
+    built = (
+        f("0.1") * g0
+        + f("0.2") * g1
+        - f("0.3") * g0
+        + f("1.5") * (f("0.5") - g1) * sp.tanh(g0) ** 2
+        + f("0.7")
+    )
+    parsed = parse_expression(
+        "0.1*g_0 + 0.2*g_1 - 0.3*g_0 + 1.5*(0.5 - g_1)*tanh(g_0)**2 + 0.7", ["g_0", "g_1"]
+    )
     assert sp.srepr(parsed) == sp.srepr(built)  # the number 1.5 distributed over (0.5 - g_1) first, as before
 
 
 # 4. Two-file artifacts are not one unit ---------------------------------------------------------------------------
 
+
 def crash_on_json(real):
     def write(path, fn):
-        if Path(path).suffix == ".json": raise OSError("killed between the two files")
+        if Path(path).suffix == ".json":
+            raise OSError("killed between the two files")
         return real(path, fn)
+
     return write
 
 
@@ -170,7 +225,9 @@ def test_dataset_save_cut_between_its_files_is_refused_on_load(tmp_path, monkeyp
 
 def test_rule_save_cut_between_its_files_is_refused_on_load(tmp_path, monkeypatch):
     path = save_rule(make_rule("rp_s"), tmp_path / "r", {"note": "first"})
-    monkeypatch.setattr(meta_train_module, "_write_json_atomic", lambda obj, p: (_ for _ in ()).throw(OSError("killed")))
+    monkeypatch.setattr(
+        meta_train_module, "_write_json_atomic", lambda obj, p: (_ for _ in ()).throw(OSError("killed"))
+    )
     with pytest.raises(OSError, match="killed"):
         save_rule(make_rule("rp_s", hidden=(3,)), path, {"note": "second"})
     with pytest.raises(ValueError, match="is not the file r.json describes"):
@@ -180,7 +237,11 @@ def test_rule_save_cut_between_its_files_is_refused_on_load(tmp_path, monkeypatc
 def test_readers_never_pair_files_of_two_concurrent_saves(tmp_path):
     path = tmp_path / "sr.npz"
     small_dataset(rows=20, seed=0).save(path)
-    writer = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+    writer = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
         import numpy as np, time
         from symbolic_l2o.srgen import SRDataset
         t0 = time.time()
@@ -189,16 +250,21 @@ def test_readers_never_pair_files_of_two_concurrent_saves(tmp_path):
                 rng = np.random.default_rng(seed)
                 SRDataset(rng.normal(size=(rows, 2)), rng.normal(size=rows), ["g_0", "g_1"], np.arange(rows) % 3,
                           np.arange(rows), np.arange(rows), {{"note": f"seed {{seed}}"}}).save({str(path)!r})
-        """)])
+        """),
+        ]
+    )
     loads, refused = 0, 0
     try:
         while writer.poll() is None:
-            try: ds = SRDataset.load(path)
+            try:
+                ds = SRDataset.load(path)
             except ValueError as e:
                 assert "is not the file" in str(e)
                 refused += 1
                 continue
-            assert ds.meta["note"] == f"seed {0 if len(ds) == 20 else 1}"  # the arrays and the metadata of one save
+            assert (
+                ds.meta["note"] == f"seed {0 if len(ds) == 20 else 1}"
+            )  # the arrays and the metadata of one save
             loads += 1
     finally:
         writer.wait(timeout=60)
@@ -207,20 +273,36 @@ def test_readers_never_pair_files_of_two_concurrent_saves(tmp_path):
 
 # 5. Resume checks only the rule's config --------------------------------------------------------------------------
 
+
 def tiny_run(out_dir, **kw):
     torch.manual_seed(0)
-    args = {"epochs": 2, "epoch_len": 4, "unroll": 2, "out_dir": out_dir, "progress": False, "checkpoint_every": 1, **kw}
+    args = {
+        "epochs": 2,
+        "epoch_len": 4,
+        "unroll": 2,
+        "out_dir": out_dir,
+        "progress": False,
+        "checkpoint_every": 1,
+        **kw,
+    }
     rule = make_rule("rp_s")
     return rule, meta_train(rule, args.pop("task", make_task("quadratic")), **args)
 
 
-@pytest.mark.parametrize("changed, says", [({"seed": 1}, "seed=0 there, 1 here"), ({"unroll": 4}, "unroll=2 there, 4 here"),
-                                           ({"epoch_len": 6}, "epoch_len=4 there, 6 here"),
-                                           ({"meta_lr": 1e-4}, "meta_lr=0.001 there, 0.0001 here"),
-                                           ({"task": make_task("quadratic", dim=3)}, "tasks=")])
+@pytest.mark.parametrize(
+    "changed, says",
+    [
+        ({"seed": 1}, "seed=0 there, 1 here"),
+        ({"unroll": 4}, "unroll=2 there, 4 here"),
+        ({"epoch_len": 6}, "epoch_len=4 there, 6 here"),
+        ({"meta_lr": 1e-4}, "meta_lr=0.001 there, 0.0001 here"),
+        ({"task": make_task("quadratic", dim=3)}, "tasks="),
+    ],
+)
 def test_resume_refuses_other_settings_naming_which(tmp_path, changed, says):
     tiny_run(tmp_path)
-    if "task" in changed: changed["task"].name = "quadratic3"
+    if "task" in changed:
+        changed["task"].name = "quadratic3"
     with pytest.raises(ValueError, match=says.replace("(", r"\(")):
         tiny_run(tmp_path, resume=True, epochs=3, **changed)
     tiny_run(tmp_path, resume=True, epochs=3)  # the checkpoint's own settings still resume
@@ -228,15 +310,24 @@ def test_resume_refuses_other_settings_naming_which(tmp_path, changed, says):
 
 # 6. Run directories are not locked -------------------------------------------------------------------------------
 
+
 def test_a_second_writer_of_a_run_directory_gets_a_clear_error(tmp_path):
     # the first writer: a process holding the run directory's lock as `run_lock` takes it (flock on out_dir/.lock)
-    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
         import fcntl, time
-        with open({str(tmp_path / '.lock')!r}, "a") as f:
+        with open({str(tmp_path / ".lock")!r}, "a") as f:
             fcntl.flock(f, fcntl.LOCK_EX)
             print("locked", flush=True)
             time.sleep(300)
-        """)], stdout=subprocess.PIPE, text=True)
+        """),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     second = textwrap.dedent(f"""
         from symbolic_l2o.meta_train import make_task, meta_train
         from symbolic_l2o.optimizers import make_rule
@@ -249,7 +340,9 @@ def test_a_second_writer_of_a_run_directory_gets_a_clear_error(tmp_path):
         assert r.returncode != 0 and "is being written by another process" in r.stderr
         assert not (tmp_path / "metrics.jsonl").exists()
     finally:
-        holder.send_signal(signal.SIGKILL)  # a killed writer releases its lock: the kernel drops it with the process
+        holder.send_signal(
+            signal.SIGKILL
+        )  # a killed writer releases its lock: the kernel drops it with the process
         holder.wait()
     tiny_run(tmp_path)  # with the holder gone the directory is free
     assert [json.loads(l)["epoch"] for l in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [0, 1]
@@ -257,16 +350,30 @@ def test_a_second_writer_of_a_run_directory_gets_a_clear_error(tmp_path):
 
 # 7. Unvalidated knobs ---------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("clip", [float("nan"), -1.0, 0.0, float("inf")])
 def test_meta_train_refuses_a_bad_clip(clip):
     with pytest.raises(ValueError, match=f"invalid clip={clip}.*clip > 0"):
-        meta_train(make_rule("rp_s"), make_task("quadratic"), epochs=1, epoch_len=2, unroll=2, clip=clip, progress=False)
+        meta_train(
+            make_rule("rp_s"),
+            make_task("quadratic"),
+            epochs=1,
+            epoch_len=2,
+            unroll=2,
+            clip=clip,
+            progress=False,
+        )
 
 
-@pytest.mark.parametrize("kw, says", [({"seeds": [1, 1]}, r"seeds \[1\] repeat"),
-                                      ({"coords_per_tensor": -1}, "invalid coords_per_tensor=-1"),
-                                      ({"coords_per_tensor": 0}, "invalid coords_per_tensor=0"),
-                                      ({"coords_per_tensor": 2.5}, "invalid coords_per_tensor=2.5")])
+@pytest.mark.parametrize(
+    "kw, says",
+    [
+        ({"seeds": [1, 1]}, r"seeds \[1\] repeat"),
+        ({"coords_per_tensor": -1}, "invalid coords_per_tensor=-1"),
+        ({"coords_per_tensor": 0}, "invalid coords_per_tensor=0"),
+        ({"coords_per_tensor": 2.5}, "invalid coords_per_tensor=2.5"),
+    ],
+)
 def test_record_trajectories_refuses_bad_knobs(kw, says):
     with pytest.raises(ValueError, match=says):
         record_trajectories(SGDRule(), make_task("quadratic"), steps=10, lags=2, progress=False, **kw)
@@ -275,13 +382,22 @@ def test_record_trajectories_refuses_bad_knobs(kw, says):
 @pytest.mark.parametrize("max_length", [10**9, MAX_EQUATION_LENGTH + 1, 0, 2.5, True])
 def test_fit_rule_refuses_a_bad_max_length(max_length):
     X = np.random.default_rng(0).normal(size=(50, 2))
-    with pytest.raises(ValueError, match=f"invalid max_length={max_length!r}: expected an integer from 1 to MAX_EQUATION_LENGTH"):
+    with pytest.raises(
+        ValueError,
+        match=f"invalid max_length={max_length!r}: expected an integer from 1 to MAX_EQUATION_LENGTH",
+    ):
         fit_rule(X, X[:, 0], ["a", "b"], max_length=max_length)
 
 
-@pytest.mark.parametrize("group, says", [({"lr": -1.0}, "invalid lr=-1.0"), ({"lr": float("nan")}, "invalid lr=nan"),
-                                         ({"weight_decay": -1.0}, "invalid weight_decay"),
-                                         ({"decoupled_weight_decay": "yes"}, "invalid decoupled_weight_decay")])
+@pytest.mark.parametrize(
+    "group, says",
+    [
+        ({"lr": -1.0}, "invalid lr=-1.0"),
+        ({"lr": float("nan")}, "invalid lr=nan"),
+        ({"weight_decay": -1.0}, "invalid weight_decay"),
+        ({"decoupled_weight_decay": "yes"}, "invalid decoupled_weight_decay"),
+    ],
+)
 def test_a_refused_param_group_is_not_kept(group, says):
     opt = RuleOptimizer([nn.Parameter(torch.ones(2))], AdamRule())
     with pytest.raises(ValueError, match=says):
@@ -291,25 +407,38 @@ def test_a_refused_param_group_is_not_kept(group, says):
 
 # 8. Small --------------------------------------------------------------------------------------------------------
 
+
 def test_a_torn_last_metrics_line_is_skipped_with_a_warning(tmp_path):
     tiny_run(tmp_path)
-    with open(tmp_path / "metrics.jsonl", "a") as f: f.write('{"epoch": 2, "mode": "tr')
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"epoch": 2, "mode": "tr')
     with pytest.warns(UserWarning, match="torn last line"):
         _, history = tiny_run(tmp_path, resume=True, epochs=3)
     assert [h["epoch"] for h in history] == [0, 1, 2]
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(l)["epoch"] for l in lines] == [0, 1, 2]
-    (tmp_path / "metrics.jsonl").write_text(lines[0] + "\n{oops\n" + lines[1] + "\n")  # damage in the middle is no tear
+    (tmp_path / "metrics.jsonl").write_text(
+        lines[0] + "\n{oops\n" + lines[1] + "\n"
+    )  # damage in the middle is no tear
     with pytest.raises(ValueError, match="line 2, is not JSON"):
         tiny_run(tmp_path, resume=True, epochs=4)
 
 
-def test_temporaries_of_killed_writers_are_removed_and_data_is_synced_before_the_rename(tmp_path, monkeypatch):
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+def test_temporaries_of_killed_writers_are_removed_and_data_is_synced_before_the_rename(
+    tmp_path, monkeypatch
+):
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
     stale = tmp_path / f".card.json.{dead.stdout.strip()}.ab12cd.tmp"
-    live = tmp_path / f".card.json.{os.getpid()}.ef34gh.tmp"  # a writer still at work (this process) is left alone
-    other = tmp_path / f".other.json.{dead.stdout.strip()}.ij56kl.tmp"  # another file's temporaries are not ours
-    for p in (stale, live, other): p.write_text("half")
+    live = (
+        tmp_path / f".card.json.{os.getpid()}.ef34gh.tmp"
+    )  # a writer still at work (this process) is left alone
+    other = (
+        tmp_path / f".other.json.{dead.stdout.strip()}.ij56kl.tmp"
+    )  # another file's temporaries are not ours
+    for p in (stale, live, other):
+        p.write_text("half")
     calls, real_fsync, real_replace = [], os.fsync, os.replace
     monkeypatch.setattr(os, "fsync", lambda fd: (calls.append("fsync"), real_fsync(fd))[1])
     monkeypatch.setattr(os, "replace", lambda a, b: (calls.append("replace"), real_replace(a, b))[1])
@@ -319,8 +448,11 @@ def test_temporaries_of_killed_writers_are_removed_and_data_is_synced_before_the
 
 
 def test_fitted_rule_save_and_load_agree_on_the_name(tmp_path):
-    fit = FittedRule(parse_expression("-0.5*g_0 + 0.1*g_1", ["g_0", "g_1"]), ["g_0", "g_1"],
-                     [{"expr": parse_expression("-0.5*g_0", ["g_0", "g_1"]), "loss": 1.0}])
+    fit = FittedRule(
+        parse_expression("-0.5*g_0 + 0.1*g_1", ["g_0", "g_1"]),
+        ["g_0", "g_1"],
+        [{"expr": parse_expression("-0.5*g_0", ["g_0", "g_1"]), "loss": 1.0}],
+    )
     written = fit.save(tmp_path / "fit")
     assert written == tmp_path / "fit.json"
     for name in ("fit", "fit.json"):
@@ -338,8 +470,19 @@ def test_missing_keys_in_loaded_files_are_named(tmp_path):
     ds.with_suffix(".json").write_text(json.dumps({"meta": info["meta"]}))
     with pytest.raises(ValueError, match=r"sr.json lacks \['names', 'npz_sha256'\]"):
         SRDataset.load(ds)
-    (tmp_path / "fit.json").write_text(json.dumps({"expr": "g_0", "names": ["g_0"], "pareto": [{}], "engine": "operon",
-                                                   "selection": "best", "seconds": 0, "meta": {}}))
+    (tmp_path / "fit.json").write_text(
+        json.dumps(
+            {
+                "expr": "g_0",
+                "names": ["g_0"],
+                "pareto": [{}],
+                "engine": "operon",
+                "selection": "best",
+                "seconds": 0,
+                "meta": {},
+            }
+        )
+    )
     with pytest.raises(ValueError, match=r"a Pareto member lacks \['expr'\]"):
         FittedRule.load(tmp_path / "fit.json")
     tiny_run(tmp_path / "run")
@@ -352,15 +495,31 @@ def test_missing_keys_in_loaded_files_are_named(tmp_path):
 
 # What already held, and must keep holding ----------------------------------------------------------------------
 
-@pytest.mark.parametrize("text", ["__import__('os').system('true')", "g_0.real", "open('f')", "g_0; g_1", "lambda: 1",
-                                  "exec('1')", "g_0 if g_0 else g_1", "[g_0]", "ｇ_0", "g\u200b_0", "е*g_0"])
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "__import__('os').system('true')",
+        "g_0.real",
+        "open('f')",
+        "g_0; g_1",
+        "lambda: 1",
+        "exec('1')",
+        "g_0 if g_0 else g_1",
+        "[g_0]",
+        "ｇ_0",
+        "g\u200b_0",
+        "е*g_0",
+    ],
+)
 def test_the_parser_refuses_code(text):
     with pytest.raises(ValueError):
         parse_expression(text, ["g_0", "g_1"])
 
 
 class Payload:
-    def __reduce__(self): return (os.system, ("true",))
+    def __reduce__(self):
+        return (os.system, ("true",))
 
 
 def test_rule_weights_load_only_tensors(tmp_path):
@@ -369,7 +528,9 @@ def test_rule_weights_load_only_tensors(tmp_path):
     torch.save({"x": Payload()}, buf)
     path.write_bytes(buf.getvalue())
     card = json.loads(path.with_suffix(".json").read_text())
-    card["weights_sha256"] = meta_train_module.sha256_bytes(buf.getvalue())  # a consistent pair: the loader reaches torch.load
+    card["weights_sha256"] = meta_train_module.sha256_bytes(
+        buf.getvalue()
+    )  # a consistent pair: the loader reaches torch.load
     path.with_suffix(".json").write_text(json.dumps(card))
     with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
         load_rule(path)
@@ -378,8 +539,14 @@ def test_rule_weights_load_only_tensors(tmp_path):
 def test_datasets_refuse_pickled_arrays(tmp_path):
     path = small_dataset().save(tmp_path / "sr")
     buf = io.BytesIO()
-    np.savez(buf, X=np.array([Payload()], dtype=object), y=np.zeros(1), run_ids=np.zeros(1), coord_ids=np.zeros(1),
-             steps=np.zeros(1))
+    np.savez(
+        buf,
+        X=np.array([Payload()], dtype=object),
+        y=np.zeros(1),
+        run_ids=np.zeros(1),
+        coord_ids=np.zeros(1),
+        steps=np.zeros(1),
+    )
     path.write_bytes(buf.getvalue())
     info = json.loads(path.with_suffix(".json").read_text())
     info["npz_sha256"] = meta_train_module.sha256_bytes(buf.getvalue())
@@ -402,7 +569,9 @@ def test_nonfinite_gradients_change_nothing(policy):
     else:
         opt.step()
         assert opt.nonfinite_skips == 1
-    assert torch.equal(w.detach(), before[0]) and all(torch.equal(opt.state[w][k], v) for k, v in before[1].items())
+    assert torch.equal(w.detach(), before[0]) and all(
+        torch.equal(opt.state[w][k], v) for k, v in before[1].items()
+    )
 
 
 def test_sigkill_during_meta_train_then_resume_gives_the_uninterrupted_weights(tmp_path):
@@ -411,12 +580,16 @@ def test_sigkill_during_meta_train_then_resume_gives_the_uninterrupted_weights(t
         from symbolic_l2o.meta_train import make_task, meta_train
         from symbolic_l2o.optimizers import make_rule
         torch.manual_seed(0)
-        meta_train(make_rule("rp_s"), make_task("quadratic"), epochs=12, epoch_len=4, unroll=2, out_dir={str(tmp_path / 'killed')!r},
+        meta_train(make_rule("rp_s"), make_task("quadratic"), epochs=12, epoch_len=4, unroll=2, out_dir={str(tmp_path / "killed")!r},
                    progress=False, checkpoint_every=1, resume=True)
         """)
     child = subprocess.Popen([sys.executable, "-c", script])
     metrics, t0 = tmp_path / "killed" / "metrics.jsonl", time.time()
-    while (not metrics.exists() or len(metrics.read_text().splitlines()) < 3) and time.time() - t0 < 120 and child.poll() is None:
+    while (
+        (not metrics.exists() or len(metrics.read_text().splitlines()) < 3)
+        and time.time() - t0 < 120
+        and child.poll() is None
+    ):
         time.sleep(0.05)
     child.send_signal(signal.SIGKILL)
     child.wait()
