@@ -42,7 +42,8 @@ def state_bytes_per_param(opt: torch.optim.Optimizer, n_params: int) -> float:
 
 
 def optimizer_step(repeats: int = 30, warmup: int = 3) -> dict:
-    "Median `step()` time of RuleOptimizer(AdamRule) vs torch.optim.Adam(foreach=True) on ResNet-18's parameters (CPU)."
+    """Median `step()` time of RuleOptimizer(AdamRule) vs torch.optim.Adam(foreach=True) on ResNet-18's
+    parameters (CPU)."""
     torch.manual_seed(0)
     model = torchvision.models.resnet18()
     params = [p.detach().clone().requires_grad_() for p in model.parameters()]
@@ -74,7 +75,8 @@ def optimizer_step(repeats: int = 30, warmup: int = 3) -> dict:
 
 
 def meta_train_scaling(unrolls=(5, 10, 20, 40), windows: int = 4, epochs: int = 3) -> dict:
-    "Seconds per meta-training window of RP on digits_mlp for each unroll K (median over epochs of `windows` windows)."
+    """Seconds per meta-training window of RP on digits_mlp for each unroll K (median over epochs of `windows`
+    windows)."""
     task, out = make_task("digits_mlp"), {}
     meta_train(
         make_rule("rp"), task, epochs=1, epoch_len=unrolls[0], unroll=unrolls[0], progress=False
@@ -112,7 +114,8 @@ def l2o_quality(horizon: int = 200, factor: int = 5, seeds: int = 10) -> dict:
 
 
 def sanity_recovery() -> dict:
-    "The paper's five sanity targets from recorded gradients (library defaults: max_length 50, 25 s engine clock, most accurate member): R², seconds, exact flag."
+    """The paper's five sanity targets from recorded gradients (library defaults: max_length 50, 25 s engine
+    clock, most accurate member): R², seconds, exact flag."""
     from symbolic_l2o.distill import sanity_check
 
     paper = {
@@ -137,8 +140,9 @@ def sanity_recovery() -> dict:
 
 
 def distill_fidelity() -> dict:
-    """Per zoo rule, at the library's settings (three search seeds): the deployed equation, its nodes, R² teacher-forced
-    and free-running, Eva loss ratio to its LSTM with its interval, faithful seeds, TPF, mapping complexity."""
+    """Per zoo rule, at the library's settings (three search seeds): the deployed equation, its nodes, R²
+    teacher-forced and free-running, Eva loss ratio to its LSTM with its interval, faithful seeds, TPF,
+    mapping complexity."""
     from symbolic_l2o.distill import distill
 
     task = make_task("digits_mlp")
@@ -155,7 +159,8 @@ def _deployed_symbolic():
 
 
 def scalability(repeats: int = 10) -> dict:
-    "ResNet-18 (CIFAR) parameters on CPU: state bytes/param and median step time of the symbolic, γ·tanh, Adam and RNNprop LSTM rules."
+    """ResNet-18 (CIFAR) parameters on CPU: state bytes/param and median step time of the symbolic, γ·tanh,
+    Adam and RNNprop LSTM rules."""
     from symbolic_l2o.finetune import scalability as measure
 
     result = measure(_deployed_symbolic()[1], "resnet18", repeats=repeats)
@@ -167,8 +172,9 @@ def scalability(repeats: int = 10) -> dict:
 
 
 def resnet_digits32(seeds=(0, 1, 2)) -> dict:
-    """04's protocol on digits32 (resnet10_w8, 8 epochs): the proxy-tuned symbolic rule and every baseline, each with a
-    3-point LR grid chosen on 300 validation images, then 3 seeds; test accuracy mean and 95% interval."""
+    """04's protocol on digits32 (resnet10_w8, 8 epochs): the proxy-tuned symbolic rule and every baseline,
+    each with a 3-point LR grid chosen on 300 validation images, then 3 seeds; test accuracy mean and 95%
+    interval."""
     from symbolic_l2o.finetune import BASELINES, digits32, prepare_symbolic, rule_spec, run_protocol
 
     torch.set_num_threads(min(2, torch.get_num_threads()))

@@ -47,7 +47,8 @@ def distill_cli(
     device: str = "auto",  # auto, cpu, cuda, cuda:1, ...
     out: str = "runs/distill",
 ):  # output directory (fitted_rule.json, summary.json)
-    "Distill a rule into an equation: record it, search, score, screen the simplest faithful one; write the fitted rule."
+    """Distill a rule into an equation: record it, search, score, screen the simplest faithful one; write the
+    fitted rule."""
     from symbolic_l2o.distill import DistillSettings, distill
 
     settings = DistillSettings(
@@ -94,7 +95,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 class _CommandsHelp(argparse.HelpFormatter):
-    "argparse's help with each subcommand and its summary on one line (argparse counts a subcommand's name without its indent)."
+    """argparse's help with each subcommand and its summary on one line (argparse counts a subcommand's name
+    without its indent)."""
 
     def __init__(self, prog):
         super().__init__(prog, max_help_position=24, width=160)
@@ -107,11 +109,12 @@ class _CommandsHelp(argparse.HelpFormatter):
 
 
 def command_summary(target: str) -> str:
-    "The first line of the docstring of `module:function`, read from the module's source without importing it."
+    """The first paragraph of the docstring of `module:function` as one line (a docstring wrapped to the line
+    length reads whole), read from the module's source without importing it."""
     module, name = target.split(":")
     tree = ast.parse(Path(importlib.util.find_spec(module).origin).read_text(encoding="utf-8"))
     func = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == name)
-    return (ast.get_docstring(func) or "").splitlines()[0]
+    return " ".join((ast.get_docstring(func) or "").split("\n\n")[0].split())
 
 
 def option_comments(func: Callable) -> dict[str, str]:
@@ -163,7 +166,8 @@ OPTION_TYPES = {"device": device_option}  # options checked when parsed, by name
 
 
 def add_options(parser: argparse.ArgumentParser, func: Callable) -> None:
-    "One option per parameter of `func`: `--kebab-case`, its type and default, help from its comment; booleans as `--x/--no-x`."
+    """One option per parameter of `func`: `--kebab-case`, its type and default, help from its comment;
+    booleans as `--x/--no-x`."""
     hints, comments = typing.get_type_hints(func), option_comments(func)
     for name, p in inspect.signature(func).parameters.items():
         kind = hints.get(name, str)
@@ -192,7 +196,8 @@ def add_options(parser: argparse.ArgumentParser, func: Callable) -> None:
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
-    "The `symbolic-l2o` parser: every subcommand listed with a line of help; the options of `command` only (its module is imported)."
+    """The `symbolic-l2o` parser: every subcommand listed with a line of help; the options of `command` only
+    (its module is imported)."""
     parser = _Parser(
         prog="symbolic-l2o",
         description="Learned optimizers turned into equations, and shipped as torch optimizers.",

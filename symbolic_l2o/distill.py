@@ -86,8 +86,8 @@ def _validate(X, y, names):
     ok = np.isfinite(X).all(axis=1) & np.isfinite(y)
     if not ok.all():
         warnings.warn(
-            f"fit_rule dropped {int((~ok).sum())} of {len(y)} rows: they hold a non-finite value (NaN or inf) "
-            f"in X or y",
+            f"fit_rule dropped {int((~ok).sum())} of {len(y)} rows: they hold a non-finite value (NaN or "
+            "inf) in X or y",
             stacklevel=3,
         )
     X, y = X[ok], y[ok]
@@ -99,7 +99,8 @@ def _validate(X, y, names):
 
 
 def _check_feature_names(names):
-    "Every column must be `<feature>_<lag>` with a known feature, as `to_rule` compiles them: else a `ValueError` listing them."
+    """Every column must be `<feature>_<lag>` with a known feature, as `to_rule` compiles them: else a
+    `ValueError` listing them."""
     known = FEATURE_NAMES + (OUTPUT_FEATURE,)
     bad = []
     for n in names:
@@ -113,20 +114,23 @@ def _check_feature_names(names):
             bad.append(n)
     if bad:
         raise ValueError(
-            f"column name(s) {bad[:8]}{' ...' if len(bad) > 8 else ''} are not <feature>_<lag>: a column is a "
-            f"feature at a lag from 0 to MAX_LAG = {MAX_LAG} (g_0, mt_3, ...; the rule's own past outputs from "
-            f"{OUTPUT_FEATURE}_1 on), as the deployed rule computes them; the valid feature names are {list(known)}"
+            f"column name(s) {bad[:8]}{' ...' if len(bad) > 8 else ''} are not <feature>_<lag>: a column is "
+            f"a feature at a lag from 0 to MAX_LAG = {MAX_LAG} (g_0, mt_3, ...; the rule's own past outputs "
+            f"from {OUTPUT_FEATURE}_1 on), as the deployed rule computes them; the valid feature names are "
+            f"{list(known)}"
         )
 
 
-# Operon's convergence check: its front is read every `_CHUNK` generations; a search loss (MSE over the variance of y,
-# computed in float32) below `_ENGINE_FLOOR` is an exact fit, and a relative change under `_IMPROVEMENT` is no change
+# Operon's convergence check: its front is read every `_CHUNK` generations; a search loss (MSE over the
+# variance of y, computed in float32) below `_ENGINE_FLOOR` is an exact fit, and a relative change under
+# `_IMPROVEMENT` is no change
 _CHUNK, _ENGINE_FLOOR, _IMPROVEMENT = 5, 1e-10, 1e-6
 
 
 def _front_summary(front: list[dict], max_length: int, variance: float) -> tuple[float, float]:
     """(best loss, hypervolume) of an Operon front: loss = MSE / var(y); the hypervolume is the area the front
-    dominates in (length / max_length, loss) up to the reference point (1, 1) (a constant model has loss 1)."""
+    dominates in (length / max_length, loss) up to the reference point (1, 1) (a constant model has loss
+    1)."""
     points = sorted(
         (min(m["length"] / max_length, 1.0), min(m["mean_squared_error"] / variance, 1.0)) for m in front
     )
@@ -138,16 +142,19 @@ def _front_summary(front: list[dict], max_length: int, variance: float) -> tuple
 
 
 def _operon_fit(X, y, names, operators, max_length, generations, time_limit, seed, patience):
-    """Operon's front as text, the generations it ran and what stopped it ("converged", "time" or "generations").
+    """Operon's front as text, the generations it ran and what stopped it ("converged", "time" or
+    "generations").
 
-    The search runs in chunks of `_CHUNK` generations (pyoperon's `warm_start` carries the population over; chunk k
-    draws from seed (`seed`, k), so a fit is reproducible for a seed) until the front has converged: an exact fit, or
-    neither its best loss nor its hypervolume improved by a relative `_IMPROVEMENT` in `patience` generations."""
+    The search runs in chunks of `_CHUNK` generations (pyoperon's `warm_start` carries the population over;
+    chunk k draws from seed (`seed`, k), so a fit is reproducible for a seed) until the front has converged:
+    an exact fit, or neither its best loss nor its hypervolume improved by a relative `_IMPROVEMENT` in
+    `patience` generations."""
     from pyoperon.sklearn import SymbolicRegressor
 
     symbols = ",".join(["constant", "variable"] + [ENGINE_OPERATORS["operon"][o] for o in operators])
-    # offspring selection, two Levenberg-Marquardt steps per candidate, deeper and larger initial trees: on the
-    # Adam(0.9) sanity target (below) more accurate equations in the same seconds than Operon's basic generator
+    # offspring selection, two Levenberg-Marquardt steps per candidate, deeper and larger initial trees: on
+    # the Adam(0.9) sanity target (below) more accurate equations in the same seconds than Operon's basic
+    # generator
     reg = SymbolicRegressor(
         allowed_symbols=symbols,
         objectives=["r2", "length"],
@@ -225,8 +232,8 @@ def _pysr_fit(X, y, names, operators, max_length, generations, time_limit, seed,
 
 
 def _linear_path(X, y, names, max_terms):
-    """Forward stepwise least squares: the best 1-, 2-, ... variable linear models as equations (stops once exact),
-    and whether the last one is exact."""
+    """Forward stepwise least squares: the best 1-, 2-, ... variable linear models as equations (stops once
+    exact), and whether the last one is exact."""
     chosen, out, Xc = [], [], X - X.mean(0)
     norms, floor = np.linalg.norm(Xc, axis=0), 1e-12 * y.var()
     resid = y - y.mean()
@@ -271,8 +278,9 @@ def _rounded(expr: sp.Expr, digits: int) -> sp.Expr:
     return expr.xreplace({a: sp.Float(float(f"{float(a):.{digits}g}"), digits) for a in expr.atoms(sp.Float)})
 
 
-# "best" looks among the members within this factor of the lowest loss. PySR's 1.5 gave up too much on recordings:
-# on RP_si's (digits MLP, 10 runs, default search) it chose 29 nodes at R² 0.928 over 75 at 0.949; 1.1 chose 65 at 0.947
+# "best" looks among the members within this factor of the lowest loss. PySR's 1.5 gave up too much on
+# recordings: on RP_si's (digits MLP, 10 runs, default search) it chose 29 nodes at R² 0.928 over 75 at 0.949;
+# 1.1 chose 65 at 0.947
 SELECTION_LOSS_FACTOR = 1.1
 
 
@@ -294,7 +302,8 @@ def _select(front: list[dict], selection: str) -> dict:
 
 
 class ParetoTable(list):
-    "The rows of `FittedRule.table` (dicts): a list that prints as an aligned table and shows as Markdown in a notebook."
+    """The rows of `FittedRule.table` (dicts): a list that prints as an aligned table and shows as Markdown in
+    a notebook."""
 
     _columns = ("index", "nodes", "loss", "r2", "equation")
 
@@ -334,12 +343,16 @@ class FittedRule:
     meta: dict = field(default_factory=dict)
 
     def __repr__(self):
-        return f"FittedRule({self.expr}, complexity={complexity(self.expr)}, engine={self.engine!r}, front of {len(self.pareto)})"
+        return (
+            f"FittedRule({self.expr}, complexity={complexity(self.expr)}, engine={self.engine!r}, front "
+            f"of {len(self.pareto)})"
+        )
 
     def table(self, digits: int = 3) -> ParetoTable:
-        """The Pareto front as rows, simplest first: `index` (for `member`), `nodes` (complexity), `loss` (MSE on the
-        fitting rows), `r2`, the `equation` with its constants rounded to `digits` significant digits, and whether it
-        is the `selected` one (`expr`). `print` it for an aligned table; a notebook shows it as Markdown."""
+        """The Pareto front as rows, simplest first: `index` (for `member`), `nodes` (complexity), `loss` (MSE
+        on the fitting rows), `r2`, the `equation` with its constants rounded to `digits` significant digits,
+        and whether it is the `selected` one (`expr`). `print` it for an aligned table; a notebook shows it as
+        Markdown."""
         rows = ParetoTable()
         for i, m in enumerate(self.pareto):
             rows.append(
@@ -355,8 +368,9 @@ class FittedRule:
         return rows
 
     def member(self, i: int) -> FittedRule:
-        """Member `i` of the Pareto front (as in `table`; negative from the most complex end, as a list indexes) as a
-        `FittedRule` with the same names, front and metadata: `fit.member(-1).to_rule()` deploys the most accurate."""
+        """Member `i` of the Pareto front (as in `table`; negative from the most complex end, as a list
+        indexes) as a `FittedRule` with the same names, front and metadata: `fit.member(-1).to_rule()` deploys
+        the most accurate."""
         n = len(self.pareto)
         if isinstance(i, bool) or not isinstance(i, (int, np.integer)) or not -n <= i < n:
             raise ValueError(
@@ -365,9 +379,9 @@ class FittedRule:
         i = int(i) % n
         return replace(self, expr=self.pareto[i]["expr"], selection=f"member {i}", meta=dict(self.meta))
 
-    def _clip(
-        self,
-    ):  # what the deployed rule clamps to: the target's range and 0 (a rule at rest), for a recurrent or censored fit
+    # what the deployed rule clamps to: the target's range and 0 (a rule at rest), for a recurrent or censored
+    # fit
+    def _clip(self):
         if (
             not (OUTPUT_FEATURE in _streams(self.expr) or self.meta.get("censor"))
             or "target_range" not in self.meta
@@ -377,8 +391,8 @@ class FittedRule:
         return [min(lo, 0.0), max(hi, 0.0)]
 
     def predict(self, X) -> np.ndarray:
-        """The equation's values on the rows of `X` (columns in the order of `names`), clipped as `to_rule` clips
-        them: the outputs the deployed rule gives on those rows."""
+        """The equation's values on the rows of `X` (columns in the order of `names`), clipped as `to_rule`
+        clips them: the outputs the deployed rule gives on those rows."""
         pred, clip = evaluate_expression(self.expr, X, self.names), self._clip()
         return pred if clip is None else np.clip(pred, *clip)
 
@@ -398,9 +412,9 @@ class FittedRule:
         return sp.latex(rounded, symbol_names=names)
 
     def to_rule(self, scale: float | None = None) -> SymbolicRule:
-        """The equation as a `SymbolicRule` (scale from the SR dataset's metadata unless given). A recurrent equation
-        (one that reads its past outputs `u_k`), or one fitted to a censored target, is clipped to the range of the
-        target it was fitted on."""
+        """The equation as a `SymbolicRule` (scale from the SR dataset's metadata unless given). A recurrent
+        equation (one that reads its past outputs `u_k`), or one fitted to a censored target, is clipped to
+        the range of the target it was fitted on."""
         betas = self.meta.get("betas", (0.95, 0.95))
         return SymbolicRule(
             self.expr,
@@ -430,7 +444,8 @@ class FittedRule:
 
     @classmethod
     def load(cls, path: str | Path) -> FittedRule:
-        "Read a fitted rule from `path` with suffix `.json`, as `save` names it; every expression goes through `parse_expression` (no eval), so a file carrying code is rejected."
+        """Read a fitted rule from `path` with suffix `.json`, as `save` names it; every expression goes
+        through `parse_expression` (no eval), so a file carrying code is rejected."""
         path = Path(path).with_suffix(".json")
         d = require_keys(
             json.loads(path.read_text()),
@@ -461,11 +476,12 @@ class FittedRule:
         )
 
 
-# a saturated output says only "at least this far": fitted at the bound, the equations undershoot where the rule
-# saturates (RP's took steps half the size of its LSTM's); at 1.2× past it, then clipped, RP's met its LSTM;
-# at 2× its members diverged (03, "Memory beyond the window")
+# a saturated output says only "at least this far": fitted at the bound, the equations undershoot where the
+# rule saturates (RP's took steps half the size of its LSTM's); at 1.2× past it, then clipped, RP's met its
+# LSTM; at 2× its members diverged (03, "Memory beyond the window")
 CENSOR_FACTOR = 1.2
-# the longest equation `fit_rule` searches for (nodes): the paper's rules have tens; an engine's memory and time grow with it
+# the longest equation `fit_rule` searches for (nodes): the paper's rules have tens; an engine's memory and
+# time grow with it
 MAX_EQUATION_LENGTH = 200
 
 
@@ -488,23 +504,25 @@ def fit_rule(
     censor: float | None = None,
     meta: dict | None = None,
 ) -> FittedRule:
-    """Symbolic regression of `y` on the columns `names` of `X`: the selected equation and the Pareto front, as a `FittedRule`.
+    """Symbolic regression of `y` on the columns `names` of `X`: the selected equation and the Pareto front,
+    as a `FittedRule`.
 
-    `X` may be an `SRDataset` (02's recording), alone: its rows, target, column names and metadata (the rule's output
-    `scale` and `betas`, which `to_rule` deploys with) are used, `meta` updating the latter. Every column name is
-    `<feature>_<lag>` with a feature the deployed rule computes (`FEATURE_NAMES`, or `u` for its own past outputs).
-    Rows with a non-finite value are dropped, with a warning. The engine evolves up to `generations` generations
-    (reproducible for a `seed`) on `search_rows` rows; it stops early when its front has converged (an exact fit, or
-    no relative improvement above 1e-6 of the best loss or of the front's hypervolume in `patience` generations), or
-    when `time_limit` seconds have passed; `meta["stopped_by"]` says which ("converged", "time", "generations") and
-    `meta["generations_run"]` how many ran. Every candidate is then scored on up to `max_rows` rows. `censor`: for a
-    bounded target (a tanh output), the level above which |y| is saturated; those rows are fitted to
-    `CENSOR_FACTOR`·y, past the bound, and the deployed rule clips at the target's range."""
+    `X` may be an `SRDataset` (02's recording), alone: its rows, target, column names and metadata (the rule's
+    output `scale` and `betas`, which `to_rule` deploys with) are used, `meta` updating the latter. Every
+    column name is `<feature>_<lag>` with a feature the deployed rule computes (`FEATURE_NAMES`, or `u` for
+    its own past outputs). Rows with a non-finite value are dropped, with a warning. The engine evolves up to
+    `generations` generations (reproducible for a `seed`) on `search_rows` rows; it stops early when its front
+    has converged (an exact fit, or no relative improvement above 1e-6 of the best loss or of the front's
+    hypervolume in `patience` generations), or when `time_limit` seconds have passed; `meta["stopped_by"]`
+    says which ("converged", "time", "generations") and `meta["generations_run"]` how many ran. Every
+    candidate is then scored on up to `max_rows` rows. `censor`: for a bounded target (a tanh output), the
+    level above which |y| is saturated; those rows are fitted to `CENSOR_FACTOR`·y, past the bound, and the
+    deployed rule clips at the target's range."""
     if isinstance(X, SRDataset):
         if y is not None or names is not None:
             raise ValueError(
-                "fit_rule(dataset) takes the target and the column names from the SRDataset: pass y and names "
-                "only with an array X, as fit_rule(X, y, names)"
+                "fit_rule(dataset) takes the target and the column names from the SRDataset: pass y and "
+                "names only with an array X, as fit_rule(X, y, names)"
             )
         meta, X, y, names = {**X.meta, **(meta or {})}, X.X, X.y, X.names
     elif y is None or names is None:
@@ -528,7 +546,8 @@ def fit_rule(
         or not 1 <= max_length <= MAX_EQUATION_LENGTH
     ):
         raise ValueError(
-            f"invalid max_length={max_length!r}: expected an integer from 1 to MAX_EQUATION_LENGTH = {MAX_EQUATION_LENGTH} (nodes)"
+            f"invalid max_length={max_length!r}: expected an integer from 1 to MAX_EQUATION_LENGTH = "
+            f"{MAX_EQUATION_LENGTH} (nodes)"
         )
     if not time_limit > 0:
         raise ValueError(f"invalid time_limit={time_limit}: expected > 0 seconds")
@@ -543,7 +562,8 @@ def fit_rule(
     missing = [o for o in operators if o not in ENGINE_OPERATORS[engine]]
     if missing:
         raise ValueError(
-            f"operator(s) {missing} are not available in the {engine} engine (it has {list(ENGINE_OPERATORS[engine])})"
+            f"operator(s) {missing} are not available in the {engine} engine (it has "
+            f"{list(ENGINE_OPERATORS[engine])})"
         )
     names = list(names)
     X, y, dropped = _validate(X, y, names)
@@ -636,10 +656,11 @@ def sanity_targets(lags: int = 20) -> dict[str, sp.Expr]:
 
 
 def is_exact(found: sp.Expr, target: sp.Expr, rtol: float = 1e-3) -> bool:
-    """Whether the expanded forms of `found` and `target` have the same terms with coefficients agreeing within `rtol`
-    (terms absent from `target` count as agreeing when their coefficient is below `rtol` of its largest). A constant
-    inside a function (the 0.9999999 of exp(0.9999999·g)) is first replaced by the constant of `target` (or ±1) it
-    agrees with within `rtol`, so that the two sides have the same terms to compare."""
+    """Whether the expanded forms of `found` and `target` have the same terms with coefficients agreeing
+    within `rtol` (terms absent from `target` count as agreeing when their coefficient is below `rtol` of its
+    largest). A constant inside a function (the 0.9999999 of exp(0.9999999·g)) is first replaced by the
+    constant of `target` (or ±1) it agrees with within `rtol`, so that the two sides have the same terms to
+    compare."""
     known = {1.0: sp.Integer(1)} | {abs(float(c)): abs(c) for c in target.atoms(sp.Number) if c}
 
     def snap(c):
@@ -666,11 +687,12 @@ def sanity_check(
     seed: int = 0,
     progress: bool = True,
 ) -> list[dict]:
-    """Recover each sanity target from gradient histories recorded with Adam on `task`: expression, R², seconds, exact.
+    """Recover each sanity target from gradient histories recorded with Adam on `task`: expression, R²,
+    seconds, exact.
 
-    Rows from step `lags` on, so that every lag is a real gradient. Each target is noise-free, so the most accurate
-    member of the front is the recovery (`selection="accuracy"`); `max_length` 50 leaves room for Adam's ratio of two
-    window sums (about 40 nodes for 8 lags)."""
+    Rows from step `lags` on, so that every lag is a real gradient. Each target is noise-free, so the most
+    accurate member of the front is the recovery (`selection="accuracy"`); `max_length` 50 leaves room for
+    Adam's ratio of two window sums (about 40 nodes for 8 lags)."""
     from symbolic_l2o.meta_train import make_task
     from symbolic_l2o.optimizers import AdamRule
     from symbolic_l2o.srgen import record_trajectories
@@ -727,8 +749,8 @@ def _gradients(fit: FittedRule, X: np.ndarray) -> np.ndarray:
 
 
 def temporal_perception_field(fit: FittedRule, X: np.ndarray, horizon: int = 200) -> dict[str, float]:
-    """Sensitivity-weighted mean lag of each gradient feature the equation uses, counting the paths through its own
-    past outputs `u_k` when it reads them, up to `horizon` lags (our definition; see the notebook)."""
+    """Sensitivity-weighted mean lag of each gradient feature the equation uses, counting the paths through
+    its own past outputs `u_k` when it reads them, up to `horizon` lags (our definition; see the notebook)."""
     grads = _gradients(fit, X)
     S = np.abs(grads).mean(0) * X.std(0)
     sensitivity, gain = {}, np.zeros(horizon + 1)
@@ -770,15 +792,16 @@ def mapping_complexity(fit: FittedRule, X: np.ndarray, points: int = 201) -> flo
 # %% ../nbs/03_distill.ipynb #2956e05d
 @dataclass
 class DistillSettings:
-    """Every setting of `distill` in one object; the defaults are the `cpu` scale's. Recording: `steps` per run on
-    `record_seeds` problems, `lags` lags of the rule's features (and of its own output `u` when `recurrent`) for
-    `coords_per_tensor` coordinates per tensor, a row every `stride` steps. Search: one `fit_rule` per family (the window of features; with
-    `recurrent`, also the window plus `u`) and per seed of `search_seeds`, each of at most `max_length` nodes,
-    `generations` generations and `time_limit` seconds. Selection: the fewest nodes among the members whose free-running
-    R² is within `r2_tolerance` of the best and whose closed-loop Eva loss on `validation_seeds` problems is within
-    `tolerance` of the rule's own (at most `max_screened` screened per seed); `zero_drift`: the deployed equation moves
-    nothing under zero gradients. Reporting: `eval_seeds` problems. Stage 3: `tune_epochs` epochs of closed-loop
-    tuning of the constants at Adam(`tune_lr`) (0: none)."""
+    """Every setting of `distill` in one object; the defaults are the `cpu` scale's. Recording: `steps` per
+    run on `record_seeds` problems, `lags` lags of the rule's features (and of its own output `u` when
+    `recurrent`) for `coords_per_tensor` coordinates per tensor, a row every `stride` steps. Search: one
+    `fit_rule` per family (the window of features; with `recurrent`, also the window plus `u`) and per seed of
+    `search_seeds`, each of at most `max_length` nodes, `generations` generations and `time_limit` seconds.
+    Selection: the fewest nodes among the members whose free-running R² is within `r2_tolerance` of the best
+    and whose closed-loop Eva loss on `validation_seeds` problems is within `tolerance` of the rule's own (at
+    most `max_screened` screened per seed); `zero_drift`: the deployed equation moves nothing under zero
+    gradients. Reporting: `eval_seeds` problems. Stage 3: `tune_epochs` epochs of closed-loop tuning of the
+    constants at Adam(`tune_lr`) (0: none)."""
 
     steps: int = 200
     record_seeds: int = 20
@@ -868,12 +891,14 @@ def _features(rule, settings):
 
 # %% ../nbs/03_distill.ipynb #da88d3b2
 def _sequences(data: SRDataset):
-    """The recording as per-coordinate sequences: features F [n, T+1, n_features] and outputs U [n, T+1] at steps
-    0..T (step 0 and unrecorded steps read 0, as a fresh rule's history), and each row's (sequence, step)."""
+    """The recording as per-coordinate sequences: features F [n, T+1, n_features] and outputs U [n, T+1] at
+    steps 0..T (step 0 and unrecorded steps read 0, as a fresh rule's history), and each row's (sequence,
+    step)."""
     features, lags = data.meta["features"], data.meta["lags"]
     if data.meta.get("stride", 1) > lags:
         raise ValueError(
-            f"rows every {data.meta['stride']} steps with {lags} lags leave steps unrecorded: record with stride <= lags"
+            f"rows every {data.meta['stride']} steps with {lags} lags leave steps unrecorded: record with "
+            "stride <= lags"
         )
     keys, seq = np.unique(np.c_[data.run_ids, data.coord_ids], axis=0, return_inverse=True)
     seq, T = seq.reshape(-1), int(data.steps.max())
@@ -891,9 +916,9 @@ def _sequences(data: SRDataset):
 
 
 def free_running(fit: FittedRule, data: SRDataset) -> np.ndarray:
-    """The equation's outputs on the rows of `data` when it runs on its own: driven by the recorded input features,
-    fed back its *own* past outputs (clipped as deployed) wherever it reads `u_k`, from a fresh (zero) history. For an
-    equation without `u`, the same as `fit.predict` on the rows."""
+    """The equation's outputs on the rows of `data` when it runs on its own: driven by the recorded input
+    features, fed back its *own* past outputs (clipped as deployed) wherever it reads `u_k`, from a fresh
+    (zero) history. For an equation without `u`, the same as `fit.predict` on the rows."""
     F, U, seq, steps = _sequences(data)
     features, own = data.meta["features"], np.zeros_like(U)
     read = {s.name for s in fit.expr.free_symbols}
@@ -913,8 +938,9 @@ def free_running(fit: FittedRule, data: SRDataset) -> np.ndarray:
 
 
 def persistence(train: SRDataset, test: SRDataset) -> dict:
-    """The baseline that only carries the last output forward, u_t = a·u_{t−1} + b, fitted by least squares on `train`:
-    its (a, b) and its R² on `test` teacher-forced (fed the recorded u_{t−1}) and free-running (fed its own)."""
+    """The baseline that only carries the last output forward, u_t = a·u_{t−1} + b, fitted by least squares on
+    `train`: its (a, b) and its R² on `test` teacher-forced (fed the recorded u_{t−1}) and free-running (fed
+    its own)."""
     col = lambda d: d.X[:, d.names.index(f"{OUTPUT_FEATURE}_1")]
     a, b = (float(c) for c in np.polyfit(col(train), train.y, 1))
     fit = FittedRule(parse_expression(f"{a!r}*u_1 + {b!r}", ["u_1"]), ["u_1"], [], meta={})
@@ -944,9 +970,9 @@ def _sign_pass(expr, X, names, level: float = 2.5, share: float = 0.95):
 
 
 def _merge_pass(expr, X, names, correlation: float = 0.98, negligible: float = 0.01):
-    """Terms c·x of the top-level sum whose variables are collinear on the rows (|ρ| ≥ `correlation`) merge into one
-    (on the variable that carries most, its coefficient by least squares); terms whose spread is below `negligible`
-    of the whole's go."""
+    """Terms c·x of the top-level sum whose variables are collinear on the rows (|ρ| ≥ `correlation`) merge
+    into one (on the variable that carries most, its coefficient by least squares); terms whose spread is
+    below `negligible` of the whole's go."""
     terms, total = sp.Add.make_args(expr), _env_values(expr, X, names).std()
     keep = [t for t in terms if _env_values(t, X, names).std() >= negligible * total or not t.free_symbols]
     linear = [t for t in keep if len(t.free_symbols) == 1 and t.as_coeff_Mul()[1].is_Symbol]
@@ -978,11 +1004,11 @@ def _zero_drift_pass(expr):
 def canonical_form(
     fit: FittedRule, data: SRDataset, zero_drift: bool = True, digits: int = 3, tolerance: float = 0.01
 ) -> FittedRule:
-    """The readable form of `fit.expr` that is deployed: soft signs made signs (`tanh(k·x)` with `|k·x|` large on the
-    recorded rows), collinear linear terms merged and negligible ones dropped, constants to `digits` significant digits,
-    and (`zero_drift`) its zero-input value subtracted. Each of the first three passes is kept only if the free-running
-    R² on `data` falls by at most `tolerance` (constants keep up to two more digits where three do not hold); the passes
-    kept are listed in `meta["canonical"]`."""
+    """The readable form of `fit.expr` that is deployed: soft signs made signs (`tanh(k·x)` with `|k·x|` large
+    on the recorded rows), collinear linear terms merged and negligible ones dropped, constants to `digits`
+    significant digits, and (`zero_drift`) its zero-input value subtracted. Each of the first three passes is
+    kept only if the free-running R² on `data` falls by at most `tolerance` (constants keep up to two more
+    digits where three do not hold); the passes kept are listed in `meta["canonical"]`."""
     part = data.select(fit.names)
     score = lambda e: _r2(part.y, free_running(replace(fit, expr=e), part))
     expr, best, kept = fit.expr, score(fit.expr), []
@@ -1004,9 +1030,9 @@ def canonical_form(
 
 
 def recurrence(fit: FittedRule, data: SRDataset, horizon: int = 1000) -> dict | None:
-    """For an equation that reads its own past outputs (`None` otherwise): its feedback gain Σ_k ∂u_t/∂u_{t−k} (mean
-    over the recorded rows); under zero gradients from a fresh state, the output it settles to within `horizon` steps
-    (`fixed_point`; `None` if it does not settle) and whether it settles (`stable`)."""
+    """For an equation that reads its own past outputs (`None` otherwise): its feedback gain Σ_k ∂u_t/∂u_{t−k}
+    (mean over the recorded rows); under zero gradients from a fresh state, the output it settles to within
+    `horizon` steps (`fixed_point`; `None` if it does not settle) and whether it settles (`stable`)."""
     u_cols = [i for i, n in enumerate(fit.names) if n.rpartition("_")[0] == OUTPUT_FEATURE]
     if not u_cols or OUTPUT_FEATURE not in _streams(fit.expr):
         return None
@@ -1028,9 +1054,10 @@ def recurrence(fit: FittedRule, data: SRDataset, horizon: int = 1000) -> dict | 
 def search(
     data: SRDataset, settings: DistillSettings = DistillSettings(), seed: int = 0, censor: float | None = None
 ) -> list[FittedRule]:
-    """Step 2: one `fit_rule` per family on `data`'s rows: the window of input features (the paper's equations) and,
-    when the recording has `u`, the window plus the rule's own past outputs (a recurrent equation; fitted to a target
-    censored at `censor`, where the rule saturates). Each fit carries the recording's metadata."""
+    """Step 2: one `fit_rule` per family on `data`'s rows: the window of input features (the paper's
+    equations) and, when the recording has `u`, the window plus the rule's own past outputs (a recurrent
+    equation; fitted to a target censored at `censor`, where the rule saturates). Each fit carries the
+    recording's metadata."""
     window = [n for n in data.names if n.rpartition("_")[0] != OUTPUT_FEATURE]
     families = {"window": window, **({"recurrent": data.names} if len(window) < len(data.names) else {})}
     fits = []
@@ -1054,8 +1081,9 @@ def search(
 
 
 def fidelity(fits: Sequence[FittedRule], data: SRDataset, zero_drift: bool = True) -> list[dict]:
-    """Every member of the fronts of `fits`, in canonical form (`canonical_form`), with its nodes, its family, its
-    teacher-forced R² (fed the recorded past outputs) and its free-running R² (fed its own) on `data`'s rows."""
+    """Every member of the fronts of `fits`, in canonical form (`canonical_form`), with its nodes, its family,
+    its teacher-forced R² (fed the recorded past outputs) and its free-running R² (fed its own) on `data`'s
+    rows."""
     members, seen = [], set()
     for fit in fits:
         for m in fit.pareto:
@@ -1079,8 +1107,8 @@ def fidelity(fits: Sequence[FittedRule], data: SRDataset, zero_drift: bool = Tru
 
 
 def eva_ratio(source, equation, resamples: int = 2000, seed: int = 0) -> tuple[float, float, float]:
-    """The equation's Eva loss over the source rule's on the same problems (their `Evaluation.late_loss`), and its 95%
-    interval from a paired bootstrap over the problems."""
+    """The equation's Eva loss over the source rule's on the same problems (their `Evaluation.late_loss`), and
+    its 95% interval from a paired bootstrap over the problems."""
     return paired_interval(source, equation, "ratio", resamples, seed)
 
 
@@ -1100,8 +1128,8 @@ def _trains(evaluation) -> bool:  # the rule brings its Eva loss below 90% of th
 
 
 def verdict(ratio: tuple[float, float, float], tolerance: float = 0.15, trains: bool = True) -> str:
-    """In words, what the Eva loss ratio's interval says: faithful, better or worse than the rule, or not resolved; and
-    nothing at all when the rule does not train (`trains` False)."""
+    """In words, what the Eva loss ratio's interval says: faithful, better or worse than the rule, or not
+    resolved; and nothing at all when the rule does not train (`trains` False)."""
     if not trains:
         return "the rule does not train here: nothing to be faithful to"
     if faithful(ratio, tolerance):
@@ -1121,12 +1149,12 @@ def screen(
     source_losses=None,
     device="cpu",
 ) -> dict:
-    """Step 3: the simplest faithful member. Members whose free-running R² is within `settings.r2_tolerance` of the
-    best are run closed-loop, fewest nodes first (at most `max_screened`), on the validation problems (disjoint from
-    the reported ones) in chunks of 10, a member dropped at the first chunk where its Eva loss ratio to `rule`'s
-    leaves twice the tolerance; the first whose ratio on all of them is within `settings.tolerance` is chosen. If none
-    is, the screened member with the ratio nearest 1 (in log). Returns {"chosen": index into `members`, "faithful":
-    bool, "screened": [{"index", "problems", "ratio"}]}."""
+    """Step 3: the simplest faithful member. Members whose free-running R² is within `settings.r2_tolerance`
+    of the best are run closed-loop, fewest nodes first (at most `max_screened`), on the validation problems
+    (disjoint from the reported ones) in chunks of 10, a member dropped at the first chunk where its Eva loss
+    ratio to `rule`'s leaves twice the tolerance; the first whose ratio on all of them is within
+    `settings.tolerance` is chosen. If none is, the screened member with the ratio nearest 1 (in log). Returns
+    {"chosen": index into `members`, "faithful": bool, "screened": [{"index", "problems", "ratio"}]}."""
     from symbolic_l2o.meta_train import evaluate
 
     seeds = list(_validation_seeds(settings))
@@ -1163,8 +1191,9 @@ def tune(
     fit: FittedRule, task, settings: DistillSettings = DistillSettings(), device="cpu"
 ) -> SymbolicRule | None:
     """Stage 3 (the paper's meta-tuning): the equation's form kept, its constants trained closed-loop with it
-    (`meta_train`, `settings.tune_epochs` epochs of `settings.steps` steps at Adam(`settings.tune_lr`), on training
-    problems). `None` when there is nothing to tune (no constants, or `tune_epochs` 0) or the tuning diverged."""
+    (`meta_train`, `settings.tune_epochs` epochs of `settings.steps` steps at Adam(`settings.tune_lr`), on
+    training problems). `None` when there is nothing to tune (no constants, or `tune_epochs` 0) or the tuning
+    diverged."""
     from symbolic_l2o.meta_train import meta_train
 
     rule = fit.to_rule()
@@ -1184,9 +1213,10 @@ def tune(
 # %% ../nbs/03_distill.ipynb #bf558c6e
 @dataclass
 class Distillation:
-    """What `distill` found for one rule: per search seed its scored members and its choice; the deployed equation
-    (`fit`, the simplest faithful choice over the seeds, chosen on validation problems); the rule's and the equation's
-    closed-loop evaluations on the reported problems; stage 3 (`tuned`, its evaluation) apart; the persistence baseline."""
+    """What `distill` found for one rule: per search seed its scored members and its choice; the deployed
+    equation (`fit`, the simplest faithful choice over the seeds, chosen on validation problems); the rule's
+    and the equation's closed-loop evaluations on the reported problems; stage 3 (`tuned`, its evaluation)
+    apart; the persistence baseline."""
 
     name: str
     settings: DistillSettings
@@ -1200,7 +1230,8 @@ class Distillation:
     test: SRDataset  # the held-out runs of the recording
 
     def summary(self) -> dict:
-        "The headline figures (JSON-able): the deployed equation as found, its three fidelity measures, stage 3 apart."
+        """The headline figures (JSON-able): the deployed equation as found, its three fidelity measures,
+        stage 3 apart."""
         ratio = eva_ratio(self.source_eval.late_loss, self.equation_eval.late_loss)
         tuned = (
             eva_ratio(self.source_eval.late_loss, self.tuned_eval.late_loss)
@@ -1243,12 +1274,12 @@ def distill(
     device="cpu",
     progress: bool = False,
 ) -> Distillation:
-    """Distil `rule` into an equation in the four steps of this page: `record` it on `task` (or take `data`, 02's
-    recording, checked against the settings), and per seed of `settings.search_seeds`: `search` equations on the
-    training runs, score every member's `fidelity` on the validation runs, `screen` the simplest faithful one
-    closed-loop. Each seed's choice is then run on the reported problems (is it faithful, two-sided?); the deployed
-    equation is the simplest faithful choice on the validation problems (else the nearest to faithful). Stage 3 (`tune`)
-    is kept apart: it never replaces the equation as found."""
+    """Distil `rule` into an equation in the four steps of this page: `record` it on `task` (or take `data`,
+    02's recording, checked against the settings), and per seed of `settings.search_seeds`: `search` equations
+    on the training runs, score every member's `fidelity` on the validation runs, `screen` the simplest
+    faithful one closed-loop. Each seed's choice is then run on the reported problems (is it faithful,
+    two-sided?); the deployed equation is the simplest faithful choice on the validation problems (else the
+    nearest to faithful). Stage 3 (`tune`) is kept apart: it never replaces the equation as found."""
     from symbolic_l2o.meta_train import evaluate
 
     settings = settings or DistillSettings()
@@ -1263,7 +1294,8 @@ def distill(
     }:
         raise ValueError(
             f"`data` is not a recording of this rule on this task with features {list(features)} and "
-            f"{settings.lags} lags: it records {recorded}; record it with distill.record(rule, task, settings)"
+            f"{settings.lags} lags: it records {recorded}; record it with distill.record(rule, task, "
+            "settings)"
         )
     train, rest = data.split_by_run(test_fraction=0.4)
     validation, test = rest.split_by_run(test_fraction=0.5)
@@ -1277,8 +1309,9 @@ def distill(
     source_eval = evaluate(rule, task, settings.steps, reported, device=device, progress=False)
     if not (trains := _trains(source_eval)):
         warnings.warn(
-            f"{name} does not train {task.name} (Eva loss {source_eval.eva_loss[0]:.4g}, at least 90% of the initial "
-            "loss): an equation can copy it without saying anything about optimization; no equation is called faithful"
+            f"{name} does not train {task.name} (Eva loss {source_eval.eva_loss[0]:.4g}, at least 90% of the "
+            "initial loss): an equation can copy it without saying anything about optimization; no equation "
+            "is called faithful"
         )
     seeds = []
     for seed in settings.search_seeds:
@@ -1346,9 +1379,10 @@ def distill(
 
 
 def plot_front(d: Distillation, axes=None):
-    """Every scored member of every search seed: nodes against R² teacher-forced (hollow) and free-running (filled),
-    window family as circles, recurrent as squares, the persistence baseline's R² as lines (left); the screened
-    members' closed-loop Eva loss ratio on the validation problems, the tolerance band shaded (right)."""
+    """Every scored member of every search seed: nodes against R² teacher-forced (hollow) and free-running
+    (filled), window family as circles, recurrent as squares, the persistence baseline's R² as lines (left);
+    the screened members' closed-loop Eva loss ratio on the validation problems, the tolerance band shaded
+    (right)."""
     import matplotlib.pyplot as plt
 
     axes = axes if axes is not None else plt.subplots(1, 2, figsize=(11, 3.5))[1]
@@ -1399,7 +1433,8 @@ def plot_front(d: Distillation, axes=None):
 
 # %% ../nbs/03_distill.ipynb #b4eb2da6
 def plot_response(d: Distillation, ax=None, bins: int = 25):
-    "Response of the equation (lines) and binned recorded outputs of the source rule (markers) against each lag-0 feature."
+    """Response of the equation (lines) and binned recorded outputs of the source rule (markers) against each
+    lag-0 feature."""
     import matplotlib.pyplot as plt
 
     ax = ax or plt.subplots(figsize=(5, 3.5))[1]

@@ -55,11 +55,13 @@ __all__ = ['create_optimizer', 'without_offset', 'load_pretrained', 'OptimizerIn
 
 # %% ../nbs/library.ipynb #b7a10008
 def create_optimizer(name: str, params, **hyperparameters) -> RuleOptimizer:
-    """A `RuleOptimizer` over `params` (tensors, param groups, or a module) with the rule `name` (see `list_optimizers`).
+    """A `RuleOptimizer` over `params` (tensors, param groups, or a module) with the rule `name` (see
+    `list_optimizers`).
 
-    `hyperparameters`: a hand rule's (`lr`, `betas`, `momentum`, ..., its step size and defaults as in `torch.optim`),
-    for a learned or distilled rule `lr` (a factor on its update, 1.0: the rule as trained) and `zero_offset`
-    (`load_pretrained`), and for any rule `RuleOptimizer`'s `weight_decay`, `decoupled_weight_decay`, `on_nonfinite`."""
+    `hyperparameters`: a hand rule's (`lr`, `betas`, `momentum`, ..., its step size and defaults as in
+    `torch.optim`), for a learned or distilled rule `lr` (a factor on its update, 1.0: the rule as trained)
+    and `zero_offset` (`load_pretrained`), and for any rule `RuleOptimizer`'s `weight_decay`,
+    `decoupled_weight_decay`, `on_nonfinite`."""
     if isinstance(params, nn.Module):
         params = params.parameters()
     options = {
@@ -87,7 +89,8 @@ def create_optimizer(name: str, params, **hyperparameters) -> RuleOptimizer:
 
 # %% ../nbs/library.ipynb #b7a10014
 def _zoo_files(zoo: Path = ZOO_DIR) -> dict[str, tuple[str, Path]]:
-    "name → (kind, file) of the rules shipped in `zoo`: learned (`<name>.pt` and its card) and distilled (a `FittedRule` JSON)."
+    """name → (kind, file) of the rules shipped in `zoo`: learned (`<name>.pt` and its card) and distilled (a
+    `FittedRule` JSON)."""
     found = {}
     for path in sorted(Path(zoo).glob("*.json")):
         if path.with_suffix(".pt").exists():
@@ -98,24 +101,27 @@ def _zoo_files(zoo: Path = ZOO_DIR) -> dict[str, tuple[str, Path]]:
 
 
 def without_offset(fit: FittedRule) -> FittedRule:
-    """`fit` with its equation minus the equation's value where every variable is zero: the update of a fresh state
-    under a zero gradient (every feature, and the rule's past outputs, are then zero), which becomes exactly zero for
-    an additive constant. A fitted constant term moves every weight by the same amount at every step whatever its
-    gradient: a drift the small distillation problems tolerate and a large model does not."""
+    """`fit` with its equation minus the equation's value where every variable is zero: the update of a fresh
+    state under a zero gradient (every feature, and the rule's past outputs, are then zero), which becomes
+    exactly zero for an additive constant. A fitted constant term moves every weight by the same amount at
+    every step whatever its gradient: a drift the small distillation problems tolerate and a large model does
+    not."""
     at_zero = fit.expr.xreplace({s: sp.Integer(0) for s in fit.expr.free_symbols})
     value = complex(at_zero.evalf())
     if not (math.isfinite(value.real) and value.imag == 0):
         raise ValueError(
-            f"the equation {fit.expr} has no finite value at zero input ({at_zero}): its offset cannot be removed"
+            f"the equation {fit.expr} has no finite value at zero input ({at_zero}): its offset cannot be "
+            "removed"
         )
     return replace(fit, expr=fit.expr - sp.Float(value.real, 17) if value.real else fit.expr)
 
 
 def load_pretrained(name: str, zero_offset: bool = True) -> UpdateRule:
-    """A rule the project ships, by name: a learned rule of the zoo (`dm`, `rp`, `rp_s`, `rp_si`; weights loaded with
-    `weights_only=True`) or a distilled equation (every fitted rule file of the zoo, e.g. `rp_si_distilled`; parsed
-    by the whitelist grammar, never evaluated). `zero_offset` (distilled rules): remove the equation's value at zero
-    input (`without_offset`), so that from a fresh state a zero gradient moves nothing; False keeps the equation as fitted."""
+    """A rule the project ships, by name: a learned rule of the zoo (`dm`, `rp`, `rp_s`, `rp_si`; weights
+    loaded with `weights_only=True`) or a distilled equation (every fitted rule file of the zoo, e.g.
+    `rp_si_distilled`; parsed by the whitelist grammar, never evaluated). `zero_offset` (distilled rules):
+    remove the equation's value at zero input (`without_offset`), so that from a fresh state a zero gradient
+    moves nothing; False keeps the equation as fitted."""
     zoo = _zoo_files()
     if name not in zoo:
         raise ValueError(f"no pretrained rule {name!r}; available: {sorted(zoo)}")
@@ -128,7 +134,8 @@ def load_pretrained(name: str, zero_offset: bool = True) -> UpdateRule:
 # %% ../nbs/library.ipynb #b7a1000d
 @dataclass(frozen=True)
 class OptimizerInfo:
-    "One optimizer of `list_optimizers`: its name, kind (`hand`, `learned`, `distilled`), a one-line description, and the bytes of float32 state it keeps per parameter."
+    """One optimizer of `list_optimizers`: its name, kind (`hand`, `learned`, `distilled`), a one-line
+    description, and the bytes of float32 state it keeps per parameter."""
 
     name: str
     kind: str
@@ -138,7 +145,7 @@ class OptimizerInfo:
 
 def _describe(name: str, kind: str, path: Path | None) -> str:
     if kind == "hand":
-        return inspect.getdoc(HAND_RULES[name]).splitlines()[0]
+        return " ".join(inspect.getdoc(HAND_RULES[name]).split("\n\n")[0].split())  # its first paragraph
     card = json.loads(path.with_suffix(".json").read_text())
     if kind == "learned":
         return f"learned {card['config']['class']} meta-trained on {card['task']} (zoo, seed {card['seed']})"
@@ -152,7 +159,8 @@ def _describe(name: str, kind: str, path: Path | None) -> str:
 
 def list_optimizers(with_description: bool = False) -> list[str] | list[OptimizerInfo]:
     """The names `create_optimizer` accepts: every hand rule, and every learned and distilled rule of the zoo
-    (found by scanning it). `with_description`: an `OptimizerInfo` for each (building each rule to measure its state)."""
+    (found by scanning it). `with_description`: an `OptimizerInfo` for each (building each rule to measure its
+    state)."""
     rules = {**{n: ("hand", None) for n in HAND_RULES}, **_zoo_files()}
     if not with_description:
         return list(rules)

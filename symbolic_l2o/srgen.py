@@ -26,7 +26,8 @@ __all__ = ['RECORD_SEED_BASE', 'SRDataset', 'lagged_names', 'default_features', 
 # %% ../nbs/02_srgen.ipynb #95c112ce
 @dataclass
 class SRDataset:
-    "Rows of lagged features `X` [N, F·L] and targets `y` [N], with column `names`, `run_ids`, `coord_ids`, `steps` and metadata."
+    """Rows of lagged features `X` [N, F·L] and targets `y` [N], with column `names`, `run_ids`, `coord_ids`,
+    `steps` and metadata."""
 
     X: np.ndarray
     y: np.ndarray
@@ -89,8 +90,8 @@ class SRDataset:
         return self.take(~mask), self.take(mask)
 
     def save(self, path: str | Path) -> Path:
-        """Write `path`.npz (arrays) and `path`.json (names, metadata and the arrays' SHA-256), each atomically: `load`
-        refuses an .npz that is not the one its .json was written with."""
+        """Write `path`.npz (arrays) and `path`.json (names, metadata and the arrays' SHA-256), each
+        atomically: `load` refuses an .npz that is not the one its .json was written with."""
         path, buf = Path(path).with_suffix(".npz"), io.BytesIO()
         np.savez_compressed(
             buf, X=self.X, y=self.y, run_ids=self.run_ids, coord_ids=self.coord_ids, steps=self.steps
@@ -123,8 +124,9 @@ class SRDataset:
         data = path.read_bytes()  # hashed and read from the same bytes
         if sha256_bytes(data) != info["npz_sha256"]:
             raise ValueError(
-                f"{path} is not the file {path.with_suffix('.json').name} describes (SHA-256 {sha256_bytes(data)[:12]}..., "
-                f"recorded {str(info['npz_sha256'])[:12]}...): a save was cut short or another one ran at the same time; save it again"
+                f"{path} is not the file {path.with_suffix('.json').name} describes (SHA-256 "
+                f"{sha256_bytes(data)[:12]}..., recorded {str(info['npz_sha256'])[:12]}...): a save was cut "
+                "short or another one ran at the same time; save it again"
             )
         with np.load(io.BytesIO(data), allow_pickle=False) as z:
             require_keys(z, ["X", "y", "run_ids", "coord_ids", "steps"], path)
@@ -132,7 +134,8 @@ class SRDataset:
 
 
 def lagged_names(features: Sequence[str], lags: int) -> list[str]:
-    "Column names `<feature>_<lag>`, lag-major: [f_0 for f in features] + [f_1 ...] + ..., without `u_0` (the output is the target)."
+    """Column names `<feature>_<lag>`, lag-major: [f_0 for f in features] + [f_1 ...] + ..., without `u_0`
+    (the output is the target)."""
     return [f"{f}_{lag}" for lag in range(lags) for f in features if lag or f != OUTPUT_FEATURE]
 
 # %% ../nbs/02_srgen.ipynb #2754dd12
@@ -147,7 +150,8 @@ def default_features(rule: UpdateRule) -> tuple[str, ...]:
 
 
 def target_scale(rule: UpdateRule) -> float:
-    "The scale s of the rule's updates u = s·output: `output_scale` of learned rules, `lr` of hand rules, `scale` of symbolic ones, else 1."
+    """The scale s of the rule's updates u = s·output: `output_scale` of learned rules, `lr` of hand rules,
+    `scale` of symbolic ones, else 1."""
     return float(getattr(rule, "output_scale", getattr(rule, "lr", getattr(rule, "scale", 1.0))))
 
 
@@ -165,11 +169,12 @@ def record_trajectories(
     progress: bool = True,
     teacher: UpdateRule | None = None,
 ) -> SRDataset:
-    """Record `rule` on the problems `seeds` of `task`: lagged features of the chosen coordinates → the rule's scaled output.
+    """Record `rule` on the problems `seeds` of `task`: lagged features of the chosen coordinates → the rule's
+    scaled output.
 
     `features` may include `u`, the rule's own output: its past values `u_1`, `u_2`, ... become inputs. With a
-    `teacher`, the target is instead the teacher's scaled output on the same gradients (its own state kept for the
-    chosen coordinates): the states `rule` visits, labelled by the teacher (DAgger's aggregation step)."""
+    `teacher`, the target is instead the teacher's scaled output on the same gradients (its own state kept for
+    the chosen coordinates): the states `rule` visits, labelled by the teacher (DAgger's aggregation step)."""
     features = tuple(features or default_features(rule))
     grad_names = tuple(f for f in features if f != OUTPUT_FEATURE)
     if not grad_names:
@@ -182,7 +187,8 @@ def record_trajectories(
         isinstance(coords_per_tensor, bool) or not isinstance(coords_per_tensor, int) or coords_per_tensor < 1
     ):
         raise ValueError(
-            f"invalid coords_per_tensor={coords_per_tensor!r}: expected an integer >= 1, or None for every coordinate"
+            f"invalid coords_per_tensor={coords_per_tensor!r}: expected an integer >= 1, or None for every "
+            "coordinate"
         )
     repeated = sorted({s for s in seeds if list(seeds).count(s) > 1})
     if repeated:

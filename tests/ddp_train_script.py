@@ -1,5 +1,6 @@
-"""Worker of tests/test_finetune.py's DDP test: `torchrun --nproc_per_node=2 ddp_train_script.py OUT` trains a small
-network with `RuleOptimizer` and a symbolic rule through `finetune.train`, and each rank saves its final parameters."""
+"""Worker of tests/test_finetune.py's DDP test: `torchrun --nproc_per_node=2 ddp_train_script.py OUT` trains a
+small network with `RuleOptimizer` and a symbolic rule through `finetune.train`, and each rank saves its final
+parameters."""
 
 import sys
 from pathlib import Path
@@ -12,7 +13,8 @@ from symbolic_l2o.optimizers import SymbolicRule
 
 
 def run(out: Path | None = None):
-    "Two epochs of a BN-free CNN on 256 digits32 images, global batch 64, with a symbolic rule that reads a lag."
+    """Two epochs of a BN-free CNN on 256 digits32 images, global batch 64, with a symbolic rule that reads a
+    lag."""
     torch.manual_seed(0)
     full = digits32()
     data = ImageData(

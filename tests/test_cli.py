@@ -1,4 +1,5 @@
-"""`symbolic-l2o`, the console script, as a user runs it: help, version, conventions, errors, and `distill` end to end."""
+"""`symbolic-l2o`, the console script, as a user runs it: help, version, conventions, errors, and `distill`
+end to end."""
 
 import json
 import subprocess

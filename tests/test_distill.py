@@ -1,4 +1,5 @@
-"Recording and distillation behaviour that is not a notebook lesson: exact recoveries, safe files, symbolic rules, engines."
+"""Recording and distillation behaviour that is not a notebook lesson: exact recoveries, safe files, symbolic
+rules, engines."""
 
 import json
 import sys
@@ -142,7 +143,8 @@ def test_symbolic_rule_constants_are_meta_trainable_and_history_uses_lags():
 
 
 def test_a_recurrent_rule_meta_trains_through_its_own_past_outputs():
-    "u_t = a·u_{t−1} − g_t: with g = 1, 2, 3 and a = 0.5, u_3 = a²u_1 − a·g_2 − g_3 and ∂u_3/∂a = 2a·u_1 − g_2 = −3."
+    """u_t = a·u_{t−1} − g_t: with g = 1, 2, 3 and a = 0.5, u_3 = a²u_1 − a·g_2 − g_3 and ∂u_3/∂a = 2a·u_1 −
+    g_2 = −3."""
     rule = SymbolicRule("0.5*u_1 - 1.0*g_0", scale=0.1)
     assert rule.lags == 2 and rule.features == ("g", "u")
     state = rule.init([torch.zeros(2)])
@@ -154,7 +156,8 @@ def test_a_recurrent_rule_meta_trains_through_its_own_past_outputs():
 
 
 def test_a_recorded_recurrent_rule_satisfies_its_own_equation():
-    "Recording a deployed recurrent equation gives rows on which that equation is exact: u is the rule's own output / scale."
+    """Recording a deployed recurrent equation gives rows on which that equation is exact: u is the rule's own
+    output / scale."""
     rule = SymbolicRule("0.5*u_1 - tanh(30*g_0)", scale=0.1)
     ds = record_trajectories(
         rule, make_task("digits_mlp"), steps=40, seeds=range(2), features=["g", "u"], lags=2, progress=False
@@ -165,7 +168,8 @@ def test_a_recorded_recurrent_rule_satisfies_its_own_equation():
 
 
 def test_recording_with_a_teacher_labels_the_rule_s_states_with_the_teacher_s_outputs():
-    "Momentum drives (its outputs are u, its trajectory the states); plain SGD labels: y = −g_t, u_1 = 0.6·u_2 − g_1."
+    """Momentum drives (its outputs are u, its trajectory the states); plain SGD labels: y = −g_t, u_1 =
+    0.6·u_2 − g_1."""
     ds = record_trajectories(
         MomentumRule(lr=0.1, momentum=0.6),
         make_task("digits_mlp"),

@@ -1,6 +1,7 @@
-"""The docs site (`make docs` -> `_docs/`) in headless Chromium: every page loads, math is typeset by the local
-MathJax, every image loads, no request leaves 127.0.0.1, the API page opens with what users call, signatures wrap,
-papermill's parameters cells and this machine's paths are nowhere. Saves `_docs/screenshot-home.png`.
+"""The docs site (`make docs` -> `_docs/`) in headless Chromium: every page loads, math is typeset by the
+local MathJax, every image loads, no request leaves 127.0.0.1, the API page opens with what users call,
+signatures wrap, papermill's parameters cells and this machine's paths are nowhere. Saves
+`_docs/screenshot-home.png`.
 
 Skips (saying why) where Chromium or the built site is missing, except under CI=true, where it fails."""
 
@@ -65,8 +66,11 @@ def site():
 
 
 PAGE_STATE = """() => {
-  const text = el => { const c = el.cloneNode(true);
-    c.querySelectorAll('pre, code, script, style, mjx-container, .highlight').forEach(e => e.remove()); return c.textContent; };
+  const text = el => {
+    const c = el.cloneNode(true);
+    c.querySelectorAll('pre, code, script, style, mjx-container, .highlight').forEach(e => e.remove());
+    return c.textContent;
+  };
   const math = Array.from(document.querySelectorAll('.math'));
   return {
     title: document.title,
@@ -75,13 +79,15 @@ PAGE_STATE = """() => {
     rawDisplayMath: text(document.body).includes('$$'),
     images: Array.from(document.images).map(i => ({src: i.src, ok: i.complete && i.naturalWidth > 0})),
     ids: Array.from(document.querySelectorAll('[id]')).map(e => e.id),
-    headings: Array.from(document.querySelectorAll('main h3, main h4')).map(h => h.textContent.replace(/[#¶]/g, '').trim()),
+    headings: Array.from(document.querySelectorAll('main h3, main h4'))
+      .map(h => h.textContent.replace(/[#¶]/g, '').trim()),
     signatures: Array.from(document.querySelectorAll('.cell_output .highlight-python pre'))
       .map(p => ({text: p.textContent.slice(0, 60), overflows: p.scrollWidth > p.clientWidth + 1})),
     code: Array.from(document.querySelectorAll('pre')).map(p => p.textContent).join('\\n'),
     outputs: Array.from(document.querySelectorAll('.cell_output')).map(e => e.innerText).join('\\n'),
     anchors: Array.from(document.links).filter(a => a.origin === location.origin && a.hash)
-      .map(a => ({page: a.pathname.split('/').pop() || 'index.html', id: decodeURIComponent(a.hash.slice(1))})),
+      .map(a => ({page: a.pathname.split('/').pop() || 'index.html',
+                  id: decodeURIComponent(a.hash.slice(1))})),
   };
 }"""
 
@@ -180,7 +186,8 @@ def test_every_image_loads(visits):
 
 
 def test_every_link_into_the_site_finds_its_anchor(visits):
-    "The API reference's links (`fit_rule` in backticks becomes a link to its show_doc heading) land on an id."
+    """The API reference's links (`fit_rule` in backticks becomes a link to its show_doc heading) land on an
+    id."""
     pages = visits["pages"]
     links = [(n, a) for n, p in pages.items() for a in p["anchors"]]
     assert any(a["page"] != n for n, a in links), "no link between pages was found"
@@ -251,7 +258,8 @@ def test_no_absolute_paths_of_the_machine_that_ran_the_notebooks(visits):
 
 
 def test_stored_outputs_hold_no_absolute_paths():
-    "Outputs come into nbs/ from a run (`make outputs`, which makes paths relative): none names the machine's folders."
+    """Outputs come into nbs/ from a run (`make outputs`, which makes paths relative): none names the
+    machine's folders."""
     found = {}
     for nb in sorted((ROOT / "nbs").glob("*.ipynb")):
         for c in json.loads(nb.read_text())["cells"]:

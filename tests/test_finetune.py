@@ -1,5 +1,5 @@
-"""04_finetune_resnet: DDP equivalence with real torchrun processes, tuned-rule files, CIFAR files, the protocol's search, and the
-notebook end to end (chained to a 03 equation, writing summary/finetune.json)."""
+"""04_finetune_resnet: DDP equivalence with real torchrun processes, tuned-rule files, CIFAR files, the
+protocol's search, and the notebook end to end (chained to a 03 equation, writing summary/finetune.json)."""
 
 import importlib.util
 import json
@@ -171,7 +171,8 @@ def test_missing_cifar_says_how_to_get_it(tmp_path):
 
 
 def test_lr_search_extends_the_grid_past_the_edge_that_holds_the_best(monkeypatch):
-    "The validation accuracy peaks at lr 1e-3, two grid steps below the grid around 0.1: the search must walk down to it."
+    """The validation accuracy peaks at lr 1e-3, two grid steps below the grid around 0.1: the search must
+    walk down to it."""
 
     def fake_train(
         model,

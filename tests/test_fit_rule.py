@@ -1,5 +1,6 @@
-"""`fit_rule` as users meet it: the front as a table, any member deployed, a search that stops when it has converged,
-dropped rows said aloud, a recording passed whole, column names checked against the features a rule can compute."""
+"""`fit_rule` as users meet it: the front as a table, any member deployed, a search that stops when it has
+converged, dropped rows said aloud, a recording passed whole, column names checked against the features a rule
+can compute."""
 
 import numpy as np
 import pytest

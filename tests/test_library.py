@@ -1,4 +1,5 @@
-"""The library as a user meets it: what the package requires, one import, optimizers by name with torch.optim's semantics."""
+"""The library as a user meets it: what the package requires, one import, optimizers by name with
+torch.optim's semantics."""
 
 import ast
 import configparser
@@ -28,7 +29,8 @@ def requirements(key: str) -> set[str]:
 
 
 def top_level_imports(path: Path) -> set[str]:
-    "The top-level packages a module imports at import time (its module body, `try` blocks included; not inside functions)."
+    """The top-level packages a module imports at import time (its module body, `try` blocks included; not
+    inside functions)."""
     names, body = set(), list(ast.parse(path.read_text(encoding="utf-8")).body)
     while body:
         node = body.pop()
@@ -54,7 +56,8 @@ def test_every_top_level_import_is_stdlib_or_required(module):
         if name in sys.stdlib_module_names:
             continue
         assert distribution(name) in required, (
-            f"symbolic_l2o/{module} imports {name} at import time, but {distribution(name)} is not in settings.ini's requirements"
+            f"symbolic_l2o/{module} imports {name} at import time, but {distribution(name)} is not in "
+            "settings.ini's requirements"
         )
 
 
@@ -87,7 +90,8 @@ def test_setup_py_declares_the_runtime_and_the_extras():
     assert args["entry_points"]["console_scripts"] == ["symbolic-l2o=symbolic_l2o.cli:main"]
 
 
-# the packages of the extras, hidden from a fresh interpreter (as if not installed): the core must import and run without them
+# the packages of the extras, hidden from a fresh interpreter (as if not installed): the core must import and
+# run without them
 HIDDEN = [
     "torchvision",
     "sklearn",
@@ -107,7 +111,8 @@ HIDDEN = [
 ]
 CORE_SCRIPT = f"""
 import importlib, sys
-for name in {HIDDEN!r}: sys.modules[name] = None  # `import name` raises ModuleNotFoundError, find_spec says None
+for name in {HIDDEN!r}:
+    sys.modules[name] = None  # `import name` raises ModuleNotFoundError, find_spec says None
 import torch
 from symbolic_l2o import create_optimizer, list_optimizers, fit_rule, RuleOptimizer, distill, load_pretrained
 from symbolic_l2o.cli import main

@@ -1,4 +1,5 @@
-"Meta-training behaviour that is not a notebook lesson: resume equivalence, failure handling, data loaders, the CLI."
+"""Meta-training behaviour that is not a notebook lesson: resume equivalence, failure handling, data loaders,
+the CLI."""
 
 import json
 import shutil

@@ -1,4 +1,5 @@
-"""The optimizer contract: every update rule, deployed through `RuleOptimizer`, behaves like a `torch.optim` optimizer.
+"""The optimizer contract: every update rule, deployed through `RuleOptimizer`, behaves like a `torch.optim`
+optimizer.
 
 `ALL` holds the hand rules, the pretrained learned rules of the zoo, a symbolic rule and the γ·tanh rule."""
 
@@ -41,8 +42,8 @@ RULES = {
 }
 # learned rules as users deploy them: the pretrained zoo
 LEARNED = {name: (lambda name=name: load_pretrained(name)) for name in ZOO}
-# equations as deployed by 04_finetune_resnet (one reads a lag, so its history is exercised), and a recurrent one
-# (it reads its own past outputs u_k, as distilled LSTMs do)
+# equations as deployed by 04_finetune_resnet (one reads a lag, so its history is exercised), and a recurrent
+# one (it reads its own past outputs u_k, as distilled LSTMs do)
 SYMBOLIC = {
     "symbolic": lambda: SymbolicRule("-1.5*mt_0 - 0.3*tanh(gt_1)", scale=0.03),
     "symbolic_recurrent": lambda: SymbolicRule(
@@ -204,7 +205,8 @@ def test_state_survives_a_dtype_cast(name):
 
 
 def fixed_grad_run(rule_factory, lrs, steps, scheduler=None):
-    "Identical parameters stepped with the same fixed gradient sequence, one per group, its lr the rule's default × `lrs[i]`."
+    """Identical parameters stepped with the same fixed gradient sequence, one per group, its lr the rule's
+    default × `lrs[i]`."""
     g = torch.Generator().manual_seed(7)
     grads = [torch.randn(5, generator=g) for _ in range(steps)]
     params = [nn.Parameter(torch.zeros(5)) for _ in lrs]
@@ -512,7 +514,8 @@ def test_weight_decay_survives_state_dict_round_trip():
 
 
 def assert_fast_path_matches_autograd_path(rule, grads, atol):
-    "Without autograd a rule writes into its temporaries: it must give the autograd path's updates and touch no input."
+    """Without autograd a rule writes into its temporaries: it must give the autograd path's updates and touch
+    no input."""
     fast, slow = rule.init(grads[0]), rule.init(grads[0])
     for t, gr in enumerate(grads, 1):
         kept = [x.clone() for x in gr]
@@ -556,7 +559,8 @@ def test_symbolic_rule_fast_path_matches_autograd_path_and_keeps_grads(expr):
 
 
 def test_clipped_recurrent_rule_fast_path_matches_autograd_path():
-    "The clamp binds (a feedback gain of 1.5 diverges unclipped) and both paths clamp the same value, fed back as u."
+    """The clamp binds (a feedback gain of 1.5 diverges unclipped) and both paths clamp the same value, fed
+    back as u."""
     g = torch.Generator().manual_seed(0)
     grads = [[torch.randn(6, 5, generator=g) * 0.01, torch.randn(7, generator=g) * 0.01] for _ in range(12)]
     rule = SymbolicRule("1.5*u_1 - 30*g_0", scale=0.03, clip=(-0.5, 0.5))
@@ -592,7 +596,8 @@ def test_tanh_basis_fast_path_matches_autograd_path_and_keeps_grads(kw):
 
 
 def test_finite_check_is_exact_when_sums_overflow():
-    "The cheap sum test falls back to min/max when a sum overflows: finite half-precision gradients still pass."
+    """The cheap sum test falls back to min/max when a sum overflows: finite half-precision gradients still
+    pass."""
     from symbolic_l2o.optimizers import _finite
 
     big = torch.full((100,), 60000.0, dtype=torch.float16)  # finite values whose fp16 sum is inf

@@ -1,6 +1,7 @@
-"""`make run`'s machinery on the real notebooks at scale "test": a stage that fails stops the run naming itself and
-its executed notebook, a resumed run keeps the completed stages, stages chain through the run directory, the same
-parameters give the same numbers, and the report holds the stage summaries. Also: README.md is generated."""
+"""`make run`'s machinery on the real notebooks at scale "test": a stage that fails stops the run naming
+itself and its executed notebook, a resumed run keeps the completed stages, stages chain through the run
+directory, the same parameters give the same numbers, and the report holds the stage summaries. Also:
+README.md is generated."""
 
 import hashlib
 import json
@@ -187,7 +188,8 @@ def test_the_stages_chain_link_by_link_with_hashes(whole_run):
     stages = record["stages"]
     assert [s for s in stages] == [p.stem for p in pipeline_stages(NBS)]
     link = lambda stage, role, path: next(a for a in stages[stage][role] if a["path"] == path)
-    # every input is an earlier stage's output in this run (same bytes) or a file of the shipped zoo, marked so
+    # every input is an earlier stage's output in this run (same bytes) or a file of the shipped zoo, marked
+    # so
     written = {}
     for stage, r in stages.items():
         for a in r.get("inputs", []):

@@ -1,4 +1,5 @@
-"""The README's code runs as written, and its links lead somewhere (README.md is generated from nbs/index.ipynb)."""
+"""The README's code runs as written, and its links lead somewhere (README.md is generated from
+nbs/index.ipynb)."""
 
 import re
 import subprocess
@@ -15,7 +16,8 @@ def test_the_first_example_uses_a_distilled_rule_by_name():
 
 
 def test_every_python_block_runs_as_written(tmp_path):
-    "The blocks in order, in one fresh interpreter (a reader pasting them one after another), in an empty directory."
+    """The blocks in order, in one fresh interpreter (a reader pasting them one after another), in an empty
+    directory."""
     assert len(BLOCKS) >= 4
     script = "\n".join(f"print('--- block {i}', flush=True)\n{b}" for i, b in enumerate(BLOCKS))
     proc = subprocess.run(

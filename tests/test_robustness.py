@@ -1,7 +1,7 @@
 """Issue 22: robust under gradient spikes, low precision, untrusted files and concurrent runs.
 
-One test per case of the issue (what broke, now a correct result or a clear error), then the cases that already held
-and must keep holding."""
+One test per case of the issue (what broke, now a correct result or a clear error), then the cases that
+already held and must keep holding."""
 
 import io
 import json
@@ -61,7 +61,7 @@ def small_dataset(rows=30, seed=0):
     )
 
 
-# 1. A finite spike poisons a rule silently --------------------------------------------------------------------------
+# 1. A finite spike poisons a rule silently ------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("policy", ["error", "skip"])
@@ -98,7 +98,7 @@ def test_a_rule_file_with_an_infinite_constant_is_refused():
         SymbolicRule("1e400*g_0")
 
 
-# 2. fp16 parameters go NaN on the first step ----------------------------------------------------------------------
+# 2. fp16 parameters go NaN on the first step ----------------------------------------------------------------
 
 HALF_RULES = {
     "rp_si": lambda: load_pretrained("rp_si"),
@@ -130,7 +130,7 @@ def test_half_precision_parameters_stay_finite_and_move(name, dtype):
         assert fresh.state[w][k].dtype == v.dtype and torch.equal(fresh.state[w][k], v)
 
 
-# 3. Untrusted expressions can exhaust the machine -----------------------------------------------------------------
+# 3. Untrusted expressions can exhaust the machine -----------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -202,7 +202,7 @@ def test_one_pass_sums_build_what_term_by_term_sums_built():
     assert sp.srepr(parsed) == sp.srepr(built)  # the number 1.5 distributed over (0.5 - g_1) first, as before
 
 
-# 4. Two-file artifacts are not one unit ---------------------------------------------------------------------------
+# 4. Two-file artifacts are not one unit ---------------------------------------------------------------------
 
 
 def crash_on_json(real):
@@ -248,8 +248,9 @@ def test_readers_never_pair_files_of_two_concurrent_saves(tmp_path):
         while time.time() - t0 < 2:
             for rows, seed in ((20, 0), (40, 1)):
                 rng = np.random.default_rng(seed)
-                SRDataset(rng.normal(size=(rows, 2)), rng.normal(size=rows), ["g_0", "g_1"], np.arange(rows) % 3,
-                          np.arange(rows), np.arange(rows), {{"note": f"seed {{seed}}"}}).save({str(path)!r})
+                SRDataset(rng.normal(size=(rows, 2)), rng.normal(size=rows), ["g_0", "g_1"],
+                          np.arange(rows) % 3, np.arange(rows), np.arange(rows),
+                          {{"note": f"seed {{seed}}"}}).save({str(path)!r})
         """),
         ]
     )
@@ -271,7 +272,7 @@ def test_readers_never_pair_files_of_two_concurrent_saves(tmp_path):
     assert writer.returncode == 0 and loads > 0
 
 
-# 5. Resume checks only the rule's config --------------------------------------------------------------------------
+# 5. Resume checks only the rule's config --------------------------------------------------------------------
 
 
 def tiny_run(out_dir, **kw):
@@ -308,11 +309,12 @@ def test_resume_refuses_other_settings_naming_which(tmp_path, changed, says):
     tiny_run(tmp_path, resume=True, epochs=3)  # the checkpoint's own settings still resume
 
 
-# 6. Run directories are not locked -------------------------------------------------------------------------------
+# 6. Run directories are not locked --------------------------------------------------------------------------
 
 
 def test_a_second_writer_of_a_run_directory_gets_a_clear_error(tmp_path):
-    # the first writer: a process holding the run directory's lock as `run_lock` takes it (flock on out_dir/.lock)
+    # the first writer: a process holding the run directory's lock as `run_lock` takes it (flock on
+    # out_dir/.lock)
     holder = subprocess.Popen(
         [
             sys.executable,
@@ -331,8 +333,8 @@ def test_a_second_writer_of_a_run_directory_gets_a_clear_error(tmp_path):
     second = textwrap.dedent(f"""
         from symbolic_l2o.meta_train import make_task, meta_train
         from symbolic_l2o.optimizers import make_rule
-        meta_train(make_rule("rp_s"), make_task("quadratic"), epochs=2, epoch_len=4, unroll=2, out_dir={str(tmp_path)!r},
-                   progress=False)
+        meta_train(make_rule("rp_s"), make_task("quadratic"), epochs=2, epoch_len=4, unroll=2,
+                   out_dir={str(tmp_path)!r}, progress=False)
         """)
     try:
         assert holder.stdout.readline().strip() == "locked"
@@ -348,7 +350,7 @@ def test_a_second_writer_of_a_run_directory_gets_a_clear_error(tmp_path):
     assert [json.loads(l)["epoch"] for l in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [0, 1]
 
 
-# 7. Unvalidated knobs ---------------------------------------------------------------------------------------------
+# 7. Unvalidated knobs ---------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("clip", [float("nan"), -1.0, 0.0, float("inf")])
@@ -405,7 +407,7 @@ def test_a_refused_param_group_is_not_kept(group, says):
     assert len(opt.param_groups) == 1
 
 
-# 8. Small --------------------------------------------------------------------------------------------------------
+# 8. Small ---------------------------------------------------------------------------------------------------
 
 
 def test_a_torn_last_metrics_line_is_skipped_with_a_warning(tmp_path):
@@ -493,7 +495,7 @@ def test_missing_keys_in_loaded_files_are_named(tmp_path):
         tiny_run(tmp_path / "run", resume=True, epochs=3)
 
 
-# What already held, and must keep holding ----------------------------------------------------------------------
+# What already held, and must keep holding -------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -580,8 +582,8 @@ def test_sigkill_during_meta_train_then_resume_gives_the_uninterrupted_weights(t
         from symbolic_l2o.meta_train import make_task, meta_train
         from symbolic_l2o.optimizers import make_rule
         torch.manual_seed(0)
-        meta_train(make_rule("rp_s"), make_task("quadratic"), epochs=12, epoch_len=4, unroll=2, out_dir={str(tmp_path / "killed")!r},
-                   progress=False, checkpoint_every=1, resume=True)
+        meta_train(make_rule("rp_s"), make_task("quadratic"), epochs=12, epoch_len=4, unroll=2,
+                   out_dir={str(tmp_path / "killed")!r}, progress=False, checkpoint_every=1, resume=True)
         """)
     child = subprocess.Popen([sys.executable, "-c", script])
     metrics, t0 = tmp_path / "killed" / "metrics.jsonl", time.time()
