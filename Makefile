@@ -45,7 +45,7 @@ export: $(STAMP)
 clean-nbs: $(STAMP)
 	$(BIN)/nbdev_clean
 
-# Notebooks clean, package in sync with the notebooks, notebook lessons, then tests/.
+# Notebooks clean, package in sync with the notebooks, code formatted (ruff, lines <= 110), notebook lessons, then tests/.
 test: $(STAMP) $(MNIST)
 	$(BIN)/nbdev_clean
 	@git diff --quiet -- nbs && test -z "$$(git status --porcelain -- nbs)" || \
@@ -53,6 +53,10 @@ test: $(STAMP) $(MNIST)
 	$(BIN)/nbdev_export
 	@test -z "$$(git status --porcelain -- symbolic_l2o pyproject.toml)" || \
 	  { git status --short -- symbolic_l2o pyproject.toml; echo "FAIL: symbolic_l2o/ is out of sync with the notebooks: run nbdev_export and commit"; exit 1; }
+	@$(BIN)/ruff format --check nbs tests bench || \
+	  { echo "FAIL: code is not formatted: run \`ruff format nbs tests bench && nbdev_export\` and commit"; exit 1; }
+	@$(BIN)/ruff check --quiet --select E501 tests bench && $(PY) tools/line_length.py symbolic_l2o || \
+	  { echo "FAIL: lines over 110 characters: run \`ruff format nbs tests bench && nbdev_export\`, wrap the long strings, docstrings and comments left in the notebooks, export and commit"; exit 1; }
 	$(BIN)/nbdev_test --n_workers 2
 	@$(MAKE) --no-print-directory docs chromium
 	$(PY) -m pytest tests/
