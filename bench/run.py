@@ -78,9 +78,8 @@ def meta_train_scaling(unrolls=(5, 10, 20, 40), windows: int = 4, epochs: int = 
     """Seconds per meta-training window of RP on digits_mlp for each unroll K (median over epochs of `windows`
     windows)."""
     task, out = make_task("digits_mlp"), {}
-    meta_train(
-        make_rule("rp"), task, epochs=1, epoch_len=unrolls[0], unroll=unrolls[0], progress=False
-    )  # warm-up
+    # warm-up
+    meta_train(make_rule("rp"), task, epochs=1, epoch_len=unrolls[0], unroll=unrolls[0], progress=False)
     for k in unrolls:
         torch.manual_seed(0)
         history = meta_train(

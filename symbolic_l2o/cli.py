@@ -171,9 +171,8 @@ def add_options(parser: argparse.ArgumentParser, func: Callable) -> None:
     hints, comments = typing.get_type_hints(func), option_comments(func)
     for name, p in inspect.signature(func).parameters.items():
         kind = hints.get(name, str)
-        kind = next(
-            (a for a in typing.get_args(kind) if a is not type(None)), kind
-        )  # `float | None` -> float
+        # `float | None` -> float
+        kind = next((a for a in typing.get_args(kind) if a is not type(None)), kind)
         default = "" if p.default is None else f" (default: {p.default})"
         flag, help = "--" + name.replace("_", "-"), comments.get(name, "") + default
         if kind is bool:

@@ -1299,9 +1299,8 @@ def distill(
         )
     train, rest = data.split_by_run(test_fraction=0.4)
     validation, test = rest.split_by_run(test_fraction=0.5)
-    censor = (
-        0.99 if getattr(rule, "squash", False) else None
-    )  # the target is the output over its scale: |y| <= 1
+    # the target is the output over its scale: |y| <= 1
+    censor = 0.99 if getattr(rule, "squash", False) else None
     source_val = evaluate(
         rule, task, settings.steps, _validation_seeds(settings), device=device, progress=False
     ).late_loss

@@ -953,9 +953,8 @@ def evaluate(
     return Evaluation(train, eval_steps, held, seeds, accuracy)
 
 # %% ../nbs/01_meta_train.ipynb #e0a36939
-LR_GRID = tuple(
-    float(x) for x in np.logspace(-7, 0, 15)
-)  # half-decade steps; tune_baseline extends it past an edge
+# half-decade steps; tune_baseline extends it past an edge
+LR_GRID = tuple(float(x) for x in np.logspace(-7, 0, 15))
 BASELINES = {
     "sgd": SGDRule,
     "momentum": MomentumRule,

@@ -199,9 +199,8 @@ def run_pipeline(
             log(f"[{k}/{n}] {stage}: FAILED after {_duration(time.perf_counter() - t0)}")
             raise StageFailed(stage, executed, run_dir, reason) from None
         seconds = time.perf_counter() - t0
-        summary = (
-            run_dir / "summary" / f"{stage}.json"
-        )  # the artifacts the stage read and wrote, with their SHA-256
+        # the artifacts the stage read and wrote, with their SHA-256
+        summary = run_dir / "summary" / f"{stage}.json"
         summary = json.loads(summary.read_text()) if summary.exists() else {}
         record["stages"][stage].update(
             status="done",

@@ -242,9 +242,8 @@ def record_trajectories(
 
     evaluate(rule, task, steps, seeds, eval_every=steps, device=device, callback=callback, progress=progress)
     Xs, ys, run_ids, coord_ids, step_ids, dead = [], [], [], [], [], 0
-    keep = np.ones(
-        lags * len(features), bool
-    )  # the lag-major columns, less u_0 (the target itself): lagged_names
+    # the lag-major columns, less u_0 (the target itself): lagged_names
+    keep = np.ones(lags * len(features), bool)
     if OUTPUT_FEATURE in features:
         keep[features.index(OUTPUT_FEATURE)] = False
     for run, r in runs.items():
@@ -256,9 +255,8 @@ def record_trajectories(
         live = np.any(G != 0, axis=0)
         dead += int((~live).sum())
         coords = np.concatenate([off + i.cpu().numpy() for off, i in zip(r["offsets"], r["chosen"])])
-        F = np.concatenate(
-            [np.zeros((lags - 1, *F.shape[1:])), F]
-        )  # steps before the first read 0, as a deployed rule's history
+        # steps before the first read 0, as a deployed rule's history
+        F = np.concatenate([np.zeros((lags - 1, *F.shape[1:])), F])
         for t in range(1, len(U) + 1, stride):  # row for step t: lags 0..L-1 = steps t..t-L+1
             window = F[t - 1 : t - 1 + lags][::-1]  # [L, C, nf], lag 0 first
             Xs.append(window.transpose(1, 0, 2).reshape(len(coords), -1)[live][:, keep])

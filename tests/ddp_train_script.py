@@ -26,8 +26,8 @@ def run(out: Path | None = None):
         10,
         full.mean.flatten().tolist(),
         full.std.flatten().tolist(),
-        flip=True,
-    )  # flips on: exercises augmentation
+        flip=True,  # flips on: exercises augmentation
+    )
     model = nn.Sequential(
         nn.Conv2d(3, 4, 3, stride=2), nn.ReLU(), nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(64, 10)
     )

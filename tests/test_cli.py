@@ -119,7 +119,6 @@ def test_distill_records_fits_selects_and_writes_the_fitted_rule(tmp_path):
         and summary["family"] == "window"
         and summary["faithful_seeds"][1] == 2
     )
-    assert summary["r2_free_running"] == pytest.approx(
-        summary["r2_teacher_forced"]
-    )  # no feedback: the same rows
+    # no feedback: the same rows
+    assert summary["r2_free_running"] == pytest.approx(summary["r2_teacher_forced"])
     assert not any(n.startswith("u_") for n in fit.names)  # --no-recurrent: the window family alone

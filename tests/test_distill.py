@@ -192,12 +192,10 @@ def test_to_rule_clips_a_recurrent_equation_to_its_fitted_target_range():
     fit = fit_rule(X, y, ["g_0", "u_1"], generations=2)
     assert fit.meta["target_range"] == [y.min(), y.max()]
     assert fit.to_rule().clip == (y.min(), y.max())
-    assert (
-        fit_rule(X, y, ["g_0", "g_1"], generations=2).to_rule().clip is None
-    )  # nothing fed back: nothing to bound
-    drifting = fit_rule(
-        X, 0.05 + 0.01 * X[:, 0] + 0.01 * X[:, 1], ["g_0", "u_1"], generations=2
-    )  # outputs all positive
+    # nothing fed back: nothing to bound
+    assert fit_rule(X, y, ["g_0", "g_1"], generations=2).to_rule().clip is None
+    # outputs all positive
+    drifting = fit_rule(X, 0.05 + 0.01 * X[:, 0] + 0.01 * X[:, 1], ["g_0", "u_1"], generations=2)
     assert drifting.to_rule().clip[0] == 0.0  # rest (0) stays inside the clip: it cannot force a drift
     with pytest.raises(ValueError, match="clip"):
         SymbolicRule("g_0", clip=(1.0, -1.0))
@@ -210,14 +208,14 @@ def test_a_censored_fit_aims_past_the_bound_where_the_target_saturates_and_deplo
     fit = fit_rule(X, y, ["g_0"], generations=20, time_limit=10, censor=0.99)
     raw = evaluate_expression(fit.expr, X, ["g_0"])
     assert np.abs(raw[saturated]).mean() > 1.1  # fitted to 1.2·y there, not to the bound
+    # the range of the target itself
     assert fit.meta["censor"] == 0.99 and fit.meta["target_range"] == [
         y.min(),
         y.max(),
-    ]  # the range of the target itself
+    ]
     assert fit.to_rule().clip == (y.min(), y.max())  # censored: clipped although nothing is fed back
-    np.testing.assert_array_equal(
-        fit.predict(X), np.clip(raw, y.min(), y.max())
-    )  # R² is that of the deployed outputs
+    # R² is that of the deployed outputs
+    np.testing.assert_array_equal(fit.predict(X), np.clip(raw, y.min(), y.max()))
     plain = fit_rule(X, y, ["g_0"], generations=20, time_limit=10)
     assert (
         np.abs(evaluate_expression(plain.expr, X, ["g_0"])[saturated]).mean() < 1.05
@@ -292,9 +290,8 @@ def test_fit_rule_is_reproducible_for_a_seed_and_reports_what_stopped_it(gradien
         and linear.seconds < 5
         and linear.r2(gradients.X, 3 * gradients.X[:, 0] - gradients.X[:, 2]) == pytest.approx(1)
     )
-    noisy = y + np.random.default_rng(0).normal(
-        size=len(y)
-    )  # no exact fit to converge to, no patience stop: the clock
+    # no exact fit to converge to, no patience stop: the clock
+    noisy = y + np.random.default_rng(0).normal(size=len(y))
     cut = fit_rule(
         gradients.X, noisy, gradients.names, generations=10**6, time_limit=1, seed=3, patience=10**6
     )
@@ -313,15 +310,13 @@ def test_eva_ratio_is_the_ratio_of_late_mean_losses_with_a_paired_bootstrap_inte
 
     rng = np.random.default_rng(0)
     source = rng.uniform(0.5, 1.5, size=40)
-    assert eva_ratio(source, 2 * source) == pytest.approx(
-        (2.0, 2.0, 2.0)
-    )  # every resample keeps the factor 2
+    # every resample keeps the factor 2
+    assert eva_ratio(source, 2 * source) == pytest.approx((2.0, 2.0, 2.0))
     noisy = source * rng.uniform(0.5, 1.5, size=40)
     ratio, lo, hi = eva_ratio(source, noisy)
     assert ratio == pytest.approx(noisy.mean() / source.mean()) and lo < ratio < hi and hi - lo > 0.05
-    assert (
-        faithful((1.0, 0.86, 1.14)) and not faithful((1.0, 0.84, 1.1)) and not faithful((0.8, 0.7, 0.9))
-    )  # two-sided
+    # two-sided
+    assert faithful((1.0, 0.86, 1.14)) and not faithful((1.0, 0.84, 1.1)) and not faithful((0.8, 0.7, 0.9))
     assert (
         verdict((0.8, 0.7, 0.9)) == "trains better than its rule"
         and verdict((1.5, 1.2, 1.8)) == "trains worse than its rule"
@@ -353,9 +348,8 @@ def test_free_running_feeds_the_equation_its_own_outputs_step_by_step():
     out = free_running(half, data)
     for run, coord in [(data.run_ids[0], data.coord_ids[0]), (data.run_ids[-1], data.coord_ids[-1])]:
         rows = np.flatnonzero((data.run_ids == run) & (data.coord_ids == coord))
-        g = {
-            int(t) - 1: x for t, x in zip(data.steps[rows], data.X[rows, data.names.index("g_1")])
-        }  # g_{t-1}: with stride 2, every step
+        # g_{t-1}: with stride 2, every step
+        g = {int(t) - 1: x for t, x in zip(data.steps[rows], data.X[rows, data.names.index("g_1")])}
         g.update({int(t): x for t, x in zip(data.steps[rows], data.X[rows, data.names.index("g_0")])})
         u, expected = 0.0, {}
         for t in range(1, int(data.steps[rows].max()) + 1):  # the recursion by hand, from a zero history
@@ -365,9 +359,8 @@ def test_free_running_feeds_the_equation_its_own_outputs_step_by_step():
     exact = FittedRule(
         sp.sympify("0.9*u_1 - g_0", locals={"u_1": variable("u_1"), "g_0": variable("g_0")}), data.names, []
     )
-    assert np.allclose(
-        free_running(exact, data), data.y, rtol=1e-4, atol=1e-5 * np.abs(data.y).max()
-    )  # momentum: its own equation (recorded in float32)
+    # momentum: its own equation (recorded in float32)
+    assert np.allclose(free_running(exact, data), data.y, rtol=1e-4, atol=1e-5 * np.abs(data.y).max())
     with pytest.raises(ValueError, match="stride=5 exceeds lags=3"):
         DistillSettings(lags=3)
 
@@ -385,9 +378,8 @@ def test_the_canonical_form_is_the_deployed_rule_and_zero_gradients_move_nothing
     canon = canonical_form(found, data)
     assert str(canon.expr) == "0.5*tanh(0.01*g_1) + 0.0123*sign(g_0)"  # the unsaturated tanh stays a tanh
     assert canon.meta["canonical"][-1] == "zero_drift"
-    assert str(FittedRule.load(canon.save(tmp_path / "c")).expr) == str(
-        canon.expr
-    )  # what is printed is what runs
+    # what is printed is what runs
+    assert str(FittedRule.load(canon.save(tmp_path / "c")).expr) == str(canon.expr)
     p = torch.zeros(4, requires_grad=True)
     opt = RuleOptimizer([p], canon.to_rule())
     for _ in range(3):
@@ -431,9 +423,8 @@ def test_distill_reports_the_equation_as_found_with_stage_three_apart():
     assert s["equation"] == "-g_0 + 0.9*u_1" and s["nodes"] == 7 and s["faithful_seeds"] == [3, 3]
     assert s["r2_teacher_forced"] == pytest.approx(1) and s["r2_free_running"] == pytest.approx(1)
     assert s["persistence"]["r2_free_running"] < s["persistence"]["r2_teacher_forced"]
-    assert (
-        s["tuned_equation"] is not None and s["tuned_equation"] != s["equation"]
-    )  # tuned apart: the found one is kept
+    # tuned apart: the found one is kept
+    assert s["tuned_equation"] is not None and s["tuned_equation"] != s["equation"]
     assert (
         str(d.fit.expr) == s["equation"] and s["recurrence"]["stable"] and s["recurrence"]["fixed_point"] == 0
     )
@@ -452,7 +443,6 @@ def test_a_rule_that_does_not_train_gets_no_faithful_equation():
         )
     s = d.summary()
     assert s["eva_ratio"] == pytest.approx(1, abs=1e-3)  # the equation copies it exactly...
-    assert (
-        not s["source_trains"] and not s["faithful"] and s["faithful_seeds"] == [0, 1]
-    )  # ...and that says nothing
+    # ...and that says nothing
+    assert not s["source_trains"] and not s["faithful"] and s["faithful_seeds"] == [0, 1]
     assert s["verdict"].startswith("the rule does not train")

@@ -241,9 +241,8 @@ def test_parameters_cells_are_hidden(visits):
     cells = parameters_cells()
     assert cells, "no notebook has a papermill parameters cell: nothing to check"
     page_lines = {page: {l.strip() for l in visits["pages"][page]["code"].splitlines()} for page in cells}
-    shown = {
-        page: [l for l in lines if l.strip() in page_lines[page]] for page, lines in cells.items()
-    }  # whole lines
+    # whole lines
+    shown = {page: [l for l in lines if l.strip() in page_lines[page]] for page, lines in cells.items()}
     shown = {p: l for p, l in shown.items() if l}
     assert not shown, f"parameters cells on the pages: {shown}"
 

@@ -202,9 +202,8 @@ def test_lr_search_extends_the_grid_past_the_edge_that_holds_the_best(monkeypatc
     assert np.isclose(found["val_metric"], 100.0) and len(found["val_acc"]) == len(found["lr_grid"])
     capped = lr_search(make, 0.1, "resnet10_w4", data, 1, points=3, max_extensions=1)
     np.testing.assert_allclose(capped["lr_grid"], [1e-2, 10 ** (-1.5), 0.1, 10 ** (-0.5)])
-    np.testing.assert_allclose(
-        capped["best_lr"], 1e-2
-    )  # the budget ran out at the edge: the best seen, not the true optimum
+    # the budget ran out at the edge: the best seen, not the true optimum
+    np.testing.assert_allclose(capped["best_lr"], 1e-2)
 
 
 def test_rule_source_takes_a_run_directory_a_file_or_a_zoo_name(tmp_path):
@@ -221,9 +220,8 @@ def test_rule_source_takes_a_run_directory_a_file_or_a_zoo_name(tmp_path):
 def test_notebook_runs_under_papermill_at_test_scale_chained_to_03(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
-    (out / "fitted_rp_si.json").write_bytes(
-        (ZOO_DIR / "rp_si_distilled.json").read_bytes()
-    )  # as 03 leaves it in a run
+    # as 03 leaves it in a run
+    (out / "fitted_rp_si.json").write_bytes((ZOO_DIR / "rp_si_distilled.json").read_bytes())
     cmd = [
         str(Path(sys.executable).parent / "papermill"),
         "--cwd",

@@ -109,12 +109,12 @@ def test_mnist_is_the_real_one_halved_as_the_paper_with_the_test_images_held_out
     assert X_meta.shape == X_eval.shape == (30_000, 784) and X_test.shape == (10_000, 784)
     assert torch.equal(X_test, X_test2)
     full = torchvision.datasets.MNIST(str(root), train=True)
-    perm = np.random.RandomState(10).permutation(
-        60_000
-    )  # reference §1.3: np.random.RandomState(10) shuffles the indices
+    # reference §1.3: np.random.RandomState(10) shuffles the indices
+    perm = np.random.RandomState(10).permutation(60_000)
     assert torch.equal(y_meta, full.targets[perm[:30_000]]) and torch.equal(
         y_eval, full.targets[perm[30_000:]]
     )
+    # MNIST's test labels
     assert torch.bincount(y_test).tolist() == [
         980,
         1135,
@@ -126,7 +126,7 @@ def test_mnist_is_the_real_one_halved_as_the_paper_with_the_test_images_held_out
         1028,
         974,
         1009,
-    ]  # MNIST's test labels
+    ]
     assert abs(float(X_meta.mean()) - (float(full.data.float().mean()) / 255 - 0.5)) < 0.01  # pixel − 0.5
     task = make_task("mnist_mlp", split="eval")
     problem = task.problem(0)

@@ -138,9 +138,8 @@ def test_linear_model_loss_falls_over_200_steps(name):
     assert losses[-1] < 0.1 * losses[0], (losses[0], losses[-1])
 
 
-@pytest.mark.parametrize(
-    "name", list(RULES)
-)  # hand rules: a learned rule's first steps carry its learned bias
+# hand rules: a learned rule's first steps carry its learned bias
+@pytest.mark.parametrize("name", list(RULES))
 def test_sigmoid_mlp_loss_falls_on_every_step(name):
     torch.manual_seed(3)
     model = nn.Sequential(nn.Linear(2, 3), nn.Sigmoid(), nn.Linear(3, 1))

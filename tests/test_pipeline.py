@@ -57,9 +57,8 @@ def failed_then_resumed(tmp_path_factory):
             progress=False,
         )
     failed_record = json.loads((run_dir / "pipeline.json").read_text())
-    failed_record["executed_notebook"] = (
-        failure.value.notebook.read_text()
-    )  # before the resumed run replaces it
+    # before the resumed run replaces it
+    failed_record["executed_notebook"] = failure.value.notebook.read_text()
     first = []
     run_pipeline(run_dir, "test", nbs_path=NBS, stages=[STAGE], progress=False, log=first.append)
     again = []
@@ -74,9 +73,8 @@ def test_a_failing_stage_names_itself_and_the_notebook_to_open(failed_then_resum
     assert f"stage {STAGE} failed" in message and "KeyError" in message and "no-such-scale" in message
     assert str(run_dir / f"{STAGE}.ipynb") in message and f"RESUME={run_dir}" in message
     assert record["stages"][STAGE]["status"] == "failed"
-    assert (
-        "KeyError" in record["executed_notebook"] and "no-such-scale" in record["executed_notebook"]
-    )  # the failing cell
+    # the failing cell
+    assert "KeyError" in record["executed_notebook"] and "no-such-scale" in record["executed_notebook"]
 
 
 def test_resume_runs_the_missing_stage_then_keeps_it(failed_then_resumed):

@@ -76,9 +76,8 @@ def test_gradient_spike_changes_nothing_and_the_next_step_is_finite(policy):
         opt.step()
         assert opt.nonfinite_skips == 1
     assert torch.equal(w.detach(), torch.ones(2)) and opt.state[w]["step"] == 0
-    assert all(
-        torch.equal(v, torch.zeros_like(v)) for k, v in opt.state[w].items()
-    )  # the state is still the initial one
+    # the state is still the initial one
+    assert all(torch.equal(v, torch.zeros_like(v)) for k, v in opt.state[w].items())
     w.grad = torch.tensor([1e-3, 1e-3])
     opt.step()
     assert torch.isfinite(w).all() and (w < 1).all()
@@ -163,9 +162,8 @@ def test_nesting_up_to_the_limit_parses_without_recursion_errors():
 
 def test_a_rule_whose_constant_overflows_never_writes_its_parameters():
     w = nn.Parameter(torch.ones(2))
-    opt = RuleOptimizer(
-        [w], SymbolicRule("1e300*1e300*g_0")
-    )  # sympy folds the product to 1e600: inf as a float
+    # sympy folds the product to 1e600: inf as a float
+    opt = RuleOptimizer([w], SymbolicRule("1e300*1e300*g_0"))
     w.grad = torch.ones(2)
     with pytest.raises(FloatingPointError, match="non-finite update"):
         opt.step()
@@ -178,9 +176,8 @@ def test_a_huge_lag_is_refused_before_any_state_is_allocated():
 
 
 def test_long_sums_parse_in_one_pass():
-    text = " + ".join(
-        f"{i}.5*g_{i % 20}" for i in range(700)
-    )  # 9 KB: 13 s with term-by-term sums at 2,000 terms
+    # 9 KB: 13 s with term-by-term sums at 2,000 terms
+    text = " + ".join(f"{i}.5*g_{i % 20}" for i in range(700))
     t0 = time.perf_counter()
     expr = parse_expression(text, [f"g_{i}" for i in range(20)])
     assert time.perf_counter() - t0 < 3.0
@@ -263,9 +260,8 @@ def test_readers_never_pair_files_of_two_concurrent_saves(tmp_path):
                 assert "is not the file" in str(e)
                 refused += 1
                 continue
-            assert (
-                ds.meta["note"] == f"seed {0 if len(ds) == 20 else 1}"
-            )  # the arrays and the metadata of one save
+            # the arrays and the metadata of one save
+            assert ds.meta["note"] == f"seed {0 if len(ds) == 20 else 1}"
             loads += 1
     finally:
         writer.wait(timeout=60)
@@ -342,9 +338,8 @@ def test_a_second_writer_of_a_run_directory_gets_a_clear_error(tmp_path):
         assert r.returncode != 0 and "is being written by another process" in r.stderr
         assert not (tmp_path / "metrics.jsonl").exists()
     finally:
-        holder.send_signal(
-            signal.SIGKILL
-        )  # a killed writer releases its lock: the kernel drops it with the process
+        # a killed writer releases its lock: the kernel drops it with the process
+        holder.send_signal(signal.SIGKILL)
         holder.wait()
     tiny_run(tmp_path)  # with the holder gone the directory is free
     assert [json.loads(l)["epoch"] for l in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [0, 1]
@@ -419,9 +414,8 @@ def test_a_torn_last_metrics_line_is_skipped_with_a_warning(tmp_path):
     assert [h["epoch"] for h in history] == [0, 1, 2]
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(l)["epoch"] for l in lines] == [0, 1, 2]
-    (tmp_path / "metrics.jsonl").write_text(
-        lines[0] + "\n{oops\n" + lines[1] + "\n"
-    )  # damage in the middle is no tear
+    # damage in the middle is no tear
+    (tmp_path / "metrics.jsonl").write_text(lines[0] + "\n{oops\n" + lines[1] + "\n")
     with pytest.raises(ValueError, match="line 2, is not JSON"):
         tiny_run(tmp_path, resume=True, epochs=4)
 
@@ -433,12 +427,10 @@ def test_temporaries_of_killed_writers_are_removed_and_data_is_synced_before_the
         [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
     )
     stale = tmp_path / f".card.json.{dead.stdout.strip()}.ab12cd.tmp"
-    live = (
-        tmp_path / f".card.json.{os.getpid()}.ef34gh.tmp"
-    )  # a writer still at work (this process) is left alone
-    other = (
-        tmp_path / f".other.json.{dead.stdout.strip()}.ij56kl.tmp"
-    )  # another file's temporaries are not ours
+    # a writer still at work (this process) is left alone
+    live = tmp_path / f".card.json.{os.getpid()}.ef34gh.tmp"
+    # another file's temporaries are not ours
+    other = tmp_path / f".other.json.{dead.stdout.strip()}.ij56kl.tmp"
     for p in (stale, live, other):
         p.write_text("half")
     calls, real_fsync, real_replace = [], os.fsync, os.replace
@@ -530,9 +522,8 @@ def test_rule_weights_load_only_tensors(tmp_path):
     torch.save({"x": Payload()}, buf)
     path.write_bytes(buf.getvalue())
     card = json.loads(path.with_suffix(".json").read_text())
-    card["weights_sha256"] = meta_train_module.sha256_bytes(
-        buf.getvalue()
-    )  # a consistent pair: the loader reaches torch.load
+    # a consistent pair: the loader reaches torch.load
+    card["weights_sha256"] = meta_train_module.sha256_bytes(buf.getvalue())
     path.with_suffix(".json").write_text(json.dumps(card))
     with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
         load_rule(path)
