@@ -117,11 +117,13 @@ class TanhBasisRule(UpdateRule):
         return {**self.grad_features.init_tensor(p), **hist}
 
     def step(self, grads, state, t):
-        if not torch.is_grad_enabled(): return self._step_in_place(grads, state, t)
+        """ψ for each tensor with plain torch ops: f = tanh(features/γ) `[|G|, numel]`, u = Σ_τ W[:, τ]·f_{t−τ} (×−scale·γ);
+        without autograd `_step_fast` (the same values to rounding, in fewer passes)."""
+        if not torch.is_grad_enabled(): return self._step_fast(grads, state, t)
         updates, new = [], []
         w = self.weights.to(grads[0].dtype) * (-self.scale * self.gamma)
         for g, s in zip(grads, state, strict=True):
-            cols, fs = self.grad_features.columns(g.reshape(-1), {b: s[b] for b in self.grad_features.buffers}, t)
+            cols, fs = self.grad_features.compute(g, {b: s[b] for b in self.grad_features.buffers}, t)
             f = torch.stack([torch.tanh(cols[n] / self.gamma) for n in self.features])  # [|G|, numel], lag 0
             u = (f * w[:, :1]).sum(0)
             if self.lags:
@@ -131,28 +133,24 @@ class TanhBasisRule(UpdateRule):
             new.append(fs)
         return updates, new
 
-    def _step_in_place(self, grads, state, t):
-        "`step` without autograd: features soft-clipped in their own temporaries, one accumulator, history shifted in place."
+    def _step_fast(self, grads, state, t):
+        "`step` without autograd: the soft-clipped features written straight into the new history, one accumulator."
         w = (self.weights.detach() * (-self.scale * self.gamma)).tolist()
         updates, new = [], []
         for g, s in zip(grads, state, strict=True):
-            cols, fs = self.grad_features.columns(g.reshape(-1), {b: s[b] for b in self.grad_features.buffers}, t)
-            keep = {v.data_ptr() for v in (g, *s.values(), *fs.values())}
-            clipped = []
-            for n in self.features:
-                c = cols[n]
-                owned = c.numel() and c.data_ptr() not in keep and sum(c.data_ptr() == v.data_ptr() for v in cols.values()) == 1
-                c = (c.div_(self.gamma) if self.gamma != 1 else c) if owned else c / self.gamma
-                clipped.append(c.tanh_())
-            u = torch.mul(clipped[0], w[0][0])
-            for k in range(1, len(clipped)): u.add_(clipped[k], alpha=w[k][0])
+            cols, fs = self.grad_features.columns_no_grad(g, {b: s[b] for b in self.grad_features.buffers}, t)
+            h = s.get("history")
+            f = g.new_empty(max(self.lags, 1), len(self.features), g.numel())  # the new history: lag 0, then old lags 0..L−2
+            for k, n in enumerate(self.features):
+                if self.gamma == 1: torch.tanh(cols[n], out=f[0, k])
+                else: torch.div(cols[n], self.gamma, out=f[0, k]).tanh_()
+            u = torch.mul(f[0, 0], w[0][0])
+            for k in range(1, len(self.features)): u.add_(f[0, k], alpha=w[k][0])
+            for lag in range(self.lags):
+                for k in range(len(self.features)): u.add_(h[lag, k], alpha=w[k][lag + 1])
             if self.lags:
-                h = s["history"]
-                for lag in range(self.lags):
-                    for k in range(len(clipped)): u.add_(h[lag, k], alpha=w[k][lag + 1])
-                if self.lags > 1: h[1:] = h[:-1].clone()
-                for k, c in enumerate(clipped): h[0, k].copy_(c)
-                fs["history"] = h
+                f[1:] = h[:-1]
+                fs["history"] = f
             updates.append(u.view_as(g).to(g.dtype))
             new.append(fs)
         return updates, new

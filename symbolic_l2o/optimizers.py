@@ -19,29 +19,29 @@ import torch
 from torch import Tensor, nn
 
 # %% auto #0
-__all__ = ['RuleState', 'P_MEAN_FEATURES', 'MOMENTUM_FEATURES', 'ADAM_FEATURES', 'FEATURE_NAMES', 'OUTPUT_FEATURE', 'SIGN_DECAYS',
-           'HAND_RULES', 'RNNPROP_PRESETS', 'LOG_EPS', 'OPERATORS', 'MAX_EXPRESSION_CHARS', 'MAX_EXPRESSION_DEPTH',
-           'MAX_LAG', 'RULE_CLASSES', 'ema', 'ema_sq', 'decay_add', 'normalize', 'check_hparam', 'optional_import',
-           'UpdateRule', 'state_per_param', 'ElementwiseRule', 'GradFeatures', 'SGDRule', 'MomentumRule',
-           'NesterovRule', 'AdamRule', 'RMSpropRule', 'LionRule', 'sign_decay', 'SignAgreementRule', 'PowerSignRule',
-           'AddSignRule', 'LearnedRule', 'DMRule', 'RNNpropRule', 'variable', 'parse_expression', 'compile_expression',
-           'complexity', 'SymbolicRule', 'make_rule', 'rule_config', 'rule_from_config', 'compute_dtype',
-           'RuleOptimizer']
+__all__ = ['RuleState', 'P_MEAN_FEATURES', 'MOMENTUM_FEATURES', 'ADAM_FEATURES', 'FEATURE_NAMES', 'OUTPUT_FEATURE',
+           'STATE_COLUMNS', 'SIGN_DECAYS', 'HAND_RULES', 'RNNPROP_PRESETS', 'LOG_EPS', 'OPERATORS',
+           'MAX_EXPRESSION_CHARS', 'MAX_EXPRESSION_DEPTH', 'MAX_LAG', 'TORCH_FUNCTIONS', 'RULE_CLASSES', 'ema',
+           'ema_sq', 'decay_add', 'normalize', 'check_hparam', 'optional_import', 'UpdateRule', 'state_per_param',
+           'ElementwiseRule', 'GradFeatures', 'SGDRule', 'MomentumRule', 'NesterovRule', 'AdamRule', 'RMSpropRule',
+           'LionRule', 'sign_decay', 'SignAgreementRule', 'PowerSignRule', 'AddSignRule', 'LearnedRule', 'DMRule',
+           'RNNpropRule', 'variable', 'parse_expression', 'compile_expression', 'complexity', 'SymbolicRule',
+           'make_rule', 'rule_config', 'rule_from_config', 'compute_dtype', 'RuleOptimizer']
 
 # %% ../nbs/00_optimizers.ipynb #06cd958f
 def ema(buf: Tensor, x: Tensor, beta: float) -> Tensor:
-    "Exponential moving average β·buf + (1−β)·x; in place on `buf` unless autograd is recording."
-    return torch.lerp(buf, x, 1 - beta) if torch.is_grad_enabled() else buf.lerp_(x, 1 - beta)
+    "Exponential moving average β·buf + (1−β)·x, a new tensor (`buf` is left as it was)."
+    return torch.lerp(buf, x, 1 - beta)
 
 
 def ema_sq(buf: Tensor, x: Tensor, beta: float) -> Tensor:
-    "Exponential moving average of squares β·buf + (1−β)·x²; in place on `buf` unless autograd is recording."
-    return torch.addcmul(buf * beta, x, x, value=1 - beta) if torch.is_grad_enabled() else buf.mul_(beta).addcmul_(x, x, value=1 - beta)
+    "Exponential moving average of squares β·buf + (1−β)·x², a new tensor (`buf` is left as it was)."
+    return torch.mul(buf, beta).addcmul_(x, x, value=1 - beta)
 
 
 def decay_add(buf: Tensor, x: Tensor, beta: float) -> Tensor:
-    "Heavy-ball accumulation β·buf + x; in place on `buf` unless autograd is recording."
-    return torch.add(buf * beta, x) if torch.is_grad_enabled() else buf.mul_(beta).add_(x)
+    "Heavy-ball accumulation β·buf + x, a new tensor (`buf` is left as it was)."
+    return torch.mul(buf, beta).add_(x)
 
 
 def normalize(x: Tensor, v: Tensor, eps: float, scale: float) -> Tensor:
@@ -143,6 +143,7 @@ MOMENTUM_FEATURES = {"mom5": 0.5, "mom9": 0.9, "mom99": 0.99}
 ADAM_FEATURES = ("mt", "gt", "adam_up", "adam_up_norm", "adam_dn")
 FEATURE_NAMES = ("g",) + ADAM_FEATURES + tuple(MOMENTUM_FEATURES) + ("t",) + tuple(P_MEAN_FEATURES)
 OUTPUT_FEATURE = "u"  # a rule's own output (its update / scale): an equation may read its past values u_1, u_2, ...
+STATE_COLUMNS = ("g", "adam_up", *MOMENTUM_FEATURES)  # columns that are the gradient or a state buffer itself
 
 
 def _pow(x: Tensor, p: float, out: Tensor | None = None) -> Tensor:
@@ -156,8 +157,8 @@ def _pow(x: Tensor, p: float, out: Tensor | None = None) -> Tensor:
 class GradFeatures:
     """Named, coordinate-wise gradient features (`mt`, `gt`, `g`, `mom5`, ..., `t`, `mp2`, ...), with their history state.
 
-    `init_tensor(p)` gives the state of one parameter tensor; `step(g, s, t)` returns the features of
-    every coordinate of `g` as an `[g.numel(), len(names)]` matrix and the new state."""
+    `init_tensor(p)` gives the state of one parameter tensor; `columns(g, s, t)` the features (the table above) as a
+    dict name → `[g.numel()]` tensor and the new state; `step` the same as a `[g.numel(), len(names)]` matrix."""
 
     def __init__(self, names: Sequence[str] = ("mt", "gt"), beta1: float = 0.95, beta2: float = 0.95,
                  eps: float = 1e-12, p_mean_eps: float = 1e-8, t_scale: float = 1e-3):
@@ -179,56 +180,77 @@ class GradFeatures:
         "Zero history buffers for one parameter tensor (only those the requested features need)."
         return {b: torch.zeros(p.numel(), dtype=p.dtype, device=p.device) for b in self.buffers}
 
-    def columns(self, g: Tensor, s: dict[str, Tensor], t: int, factors: dict[str, float] | None = None
-                ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-        """The features of gradient `g` at step `t` (1-based) as a dict name → `[g.numel()]` tensor, and the new state.
-
-        A feature named in `factors` comes multiplied by its factor: for free (in its last pass) where that pass
-        takes a scale without autograd (the p-means, `mt`), by one more pass elsewhere."""
-        g, factors, absorbed = g.reshape(-1), factors or {}, set()
-        b1, b2, grad = self.beta1, self.beta2, torch.is_grad_enabled()
+    def columns(self, g: Tensor, s: dict[str, Tensor], t: int) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        "The features of gradient `g` at step `t` (1-based) as a dict name → `[g.numel()]` tensor, and the new state."
+        g, b1, b2 = g.reshape(-1), self.beta1, self.beta2
         new = {}
         if "m" in s: new["m"] = ema(s["m"], g, b1)
         if "v" in s: new["v"] = ema_sq(s["v"], g, b2)
         for n, beta in MOMENTUM_FEATURES.items():
             if n in s: new[n] = ema(s[n], g, beta)
-        scratch = {}  # without autograd, each |g|^p temporary is reused for its p-mean
         for n, p in P_MEAN_FEATURES.items():
-            if f"v_{n}" in s:
-                scratch[n] = g.abs() ** p if grad else _pow(g.abs(), p)
-                new[f"v_{n}"] = ema(s[f"v_{n}"], scratch[n], b2)
+            if f"v_{n}" in s: new[f"v_{n}"] = ema(s[f"v_{n}"], g.abs() ** p, b2)
         bc1, bc2 = 1 - b1 ** t, 1 - b2 ** t
-        lazy = not grad and not {"gt", "adam_dn", "adam_up_norm"} & set(self.names)  # mt alone: fused below
-        m_hat = new["m"] / bc1 if {"mt", "adam_up_norm"} & set(self.names) and not lazy else None
-        denom = None
-        if "v" in new and not lazy:  # without autograd: one temporary, updated in place
-            denom = (new["v"] / bc2).sqrt() + self.eps if grad else (new["v"] / bc2).sqrt_().add_(self.eps)
+        s_t = (new["v"] / bc2).sqrt() + self.eps if "v" in new else None  # Adam's denominator √v̂ + ε
 
-        def p_mean(n, p):
-            if grad: return new["m"] / ((new[f"v_{n}"] / (1 - b2 ** t)) ** (1 / p) + self.p_mean_eps)
-            # m/((v/bc2)^(1/p) + eps) = m·k/(v^(1/p) + eps·k), k = bc2^(1/p): into the |g|^p temporary
+        def feature(n):
+            if n == "g": return g
+            if n == "mt": return new["m"] / bc1 / s_t
+            if n == "gt": return g / s_t
+            if n == "adam_up": return new["m"]
+            if n == "adam_up_norm": return new["m"] / bc1
+            if n == "adam_dn": return s_t
+            if n in MOMENTUM_FEATURES: return new[n]
+            if n == "t": return torch.full_like(g, t * self.t_scale)
+            return new["m"] / ((new[f"v_{n}"] / bc2) ** (1 / P_MEAN_FEATURES[n]) + self.p_mean_eps)
+        return {n: feature(n) for n in self.names}, new
+
+    def columns_no_grad(self, g: Tensor, s: dict[str, Tensor], t: int, factor: tuple[str, float] | None = None
+                        ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """`columns` without autograd, in fewer passes and temporaries (the same values to rounding): a p-mean as
+        m·k/(v^(1/p) + ε·k), k = (1−β2^t)^(1/p), written into its |g|^p temporary; `mt`, unless `gt` or `adam_dn`
+        shares Adam's denominator, in Adam's two-pass form (`normalize`). `factor` = (name, c): that column comes
+        multiplied by c, inside its last pass where it has one (a p-mean, `mt`)."""
+        g, b1, b2 = g.reshape(-1), self.beta1, self.beta2
+        bc1, bc2 = 1 - b1 ** t, 1 - b2 ** t
+        new, cols = {}, {}
+        if "m" in s: new["m"] = ema(s["m"], g, b1)
+        if "v" in s: new["v"] = ema_sq(s["v"], g, b2)
+        for n, beta in MOMENTUM_FEATURES.items():
+            if n in s: new[n] = ema(s[n], g, beta)
+        fn, c = factor or (None, 1.0)
+        for n, p in P_MEAN_FEATURES.items():
+            if n not in self.names: continue
+            x = _pow(g.abs(), p)
+            new[f"v_{n}"] = ema(s[f"v_{n}"], x, b2)
             k = bc2 ** (1 / p)
-            d = _pow(new[f"v_{n}"], 1 / p, out=scratch[n]).add_(self.p_mean_eps * k)
-            absorbed.add(n)
-            return torch.addcdiv(d.new_zeros(()), new["m"], d, value=k * factors.get(n, 1.0), out=d)
+            d = _pow(new[f"v_{n}"], 1 / p, out=x).add_(self.p_mean_eps * k)
+            cols[n] = torch.addcdiv(d.new_zeros(()), new["m"], d, value=k * (c if n == fn else 1.0), out=d)
+        shared = bool({"gt", "adam_dn"} & set(self.names))
+        s_t = (new["v"] / bc2).sqrt_().add_(self.eps) if shared else None
+        if "mt" in self.names and not shared:  # m̂/(√v̂ + ε) = m/(√v + ε·√bc2) · √bc2/bc1
+            cols["mt"] = normalize(new["m"], new["v"], self.eps * math.sqrt(bc2), math.sqrt(bc2) / bc1 * (c if fn == "mt" else 1.0))
+        for n in self.names:
+            if n in cols: continue
+            if n == "g": cols[n] = g
+            elif n == "mt": cols[n] = new["m"] / bc1 / s_t
+            elif n == "gt": cols[n] = g / s_t
+            elif n == "adam_up": cols[n] = new["m"]
+            elif n == "adam_up_norm": cols[n] = new["m"] / bc1
+            elif n == "adam_dn": cols[n] = s_t
+            elif n in MOMENTUM_FEATURES: cols[n] = new[n]
+            elif n == "t": cols[n] = torch.full_like(g, t * self.t_scale)
+            if n == fn: cols[n] = cols[n] * c
+        return cols, new
 
-        def mt():
-            if grad or {"gt", "adam_dn"} & set(self.names): return m_hat / denom
-            absorbed.add("mt")  # Adam's 2-pass form
-            return normalize(new["m"], new["v"], self.eps * math.sqrt(bc2), math.sqrt(bc2) / bc1 * factors.get("mt", 1.0))
-        value = {"g": lambda: g, "t": lambda: torch.full_like(g, t * self.t_scale),
-                 "mt": mt, "gt": lambda: g / denom, "adam_dn": lambda: denom,
-                 "adam_up": lambda: new["m"], "adam_up_norm": lambda: m_hat,
-                 **{n: (lambda n=n: new[n]) for n in MOMENTUM_FEATURES},
-                 **{n: (lambda n=n, p=p: p_mean(n, p)) for n, p in P_MEAN_FEATURES.items()}}
-        cols = {n: value[n]() for n in self.names}
-        return {n: c if n in absorbed or n not in factors else c * factors[n] for n, c in cols.items()}, new
+    def compute(self, g: Tensor, s: dict[str, Tensor], t: int) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        "`columns` while autograd records, else `columns_no_grad`: what the rules call."
+        return self.columns(g, s, t) if torch.is_grad_enabled() else self.columns_no_grad(g, s, t)
 
     def step(self, g: Tensor, s: dict[str, Tensor], t: int) -> tuple[Tensor, dict[str, Tensor]]:
         "Features `[g.numel(), len(self.names)]` of gradient `g` at step `t` (1-based), and the new state."
-        cols, new = self.columns(g, s, t)
+        cols, new = self.compute(g, s, t)
         return torch.stack([cols[n] for n in self.names], dim=1), new
-
 
 # %% ../nbs/00_optimizers.ipynb #73374055
 class SGDRule(ElementwiseRule):
@@ -601,7 +623,12 @@ def parse_expression(text: str, variables: Sequence[str]) -> sp.Expr:
     return node
 
 # %% ../nbs/00_optimizers.ipynb #76140a6d
+TORCH_FUNCTIONS = {sp.tanh: torch.tanh, sp.sinh: torch.sinh, sp.asinh: torch.asinh, sp.exp: torch.exp, sp.log: torch.log,
+                   sp.Abs: torch.abs, sp.sign: torch.sign}  # the sympy functions of the vocabulary and their torch twins
+
+
 def _torch_node(e: sp.Basic, env: dict[str, Tensor], consts: dict[str, Tensor]):
+    "The value of sympy node `e` with plain torch ops (a Python float where no tensor is involved)."
     if isinstance(e, sp.Symbol): return consts[e.name] if e.name in consts else env[e.name]
     if e.is_Number: return float(e)
     if e is sp.pi: return math.pi
@@ -619,12 +646,10 @@ def _torch_node(e: sp.Basic, env: dict[str, Tensor], consts: dict[str, Tensor]):
         base, ex = args
         if isinstance(ex, float) and ex == 0.5: return torch.sqrt(base) if isinstance(base, Tensor) else math.sqrt(base)
         return base ** ex
-    fns = {sp.tanh: torch.tanh, sp.sinh: torch.sinh, sp.asinh: torch.asinh, sp.exp: torch.exp, sp.log: torch.log,
-           sp.Abs: torch.abs, sp.sign: torch.sign}
-    for fn, tfn in fns.items():
-        if isinstance(e, fn):
-            (a,) = args
-            return tfn(a) if isinstance(a, Tensor) else tfn(torch.tensor(a)).item()
+    if type(e) in TORCH_FUNCTIONS:
+        (a,) = args
+        fn = TORCH_FUNCTIONS[type(e)]
+        return fn(a) if isinstance(a, Tensor) else fn(torch.tensor(a)).item()
     if isinstance(e, sp.Heaviside):
         a = args[0]
         return (a > 0).to(a.dtype) if isinstance(a, Tensor) else float(a > 0)
@@ -647,42 +672,6 @@ def _split_variable(name: str) -> tuple[str, int]:
     if int(lag) > MAX_LAG:
         raise ValueError(f"variable {name!r}: lag {int(lag)} exceeds MAX_LAG = {MAX_LAG} (each lag is a step of history kept per coordinate)")
     return feature, int(lag)
-
-
-_INPLACE = {sp.tanh: torch.tanh, sp.sinh: torch.sinh, sp.asinh: torch.asinh, sp.exp: torch.exp, sp.log: torch.log,
-            sp.Abs: torch.abs, sp.sign: torch.sign}
-
-
-def _torch_node_inplace(e: sp.Basic, env: dict[str, Tensor], consts: dict[str, Tensor], owned: set[str]):
-    """`_torch_node` without autograd, writing into temporaries instead of allocating: returns (value, is a temporary?).
-
-    A variable's tensor may be overwritten only if its name is in `owned` (a fresh feature used once)."""
-    if isinstance(e, sp.Symbol):
-        if e.name in consts: return consts[e.name], False
-        return env[e.name], e.name in owned
-    if not isinstance(e, (sp.Add, sp.Mul, sp.Pow, *_INPLACE)): return _torch_node(e, env, consts), False
-    vals = [_torch_node_inplace(a, env, consts, owned) for a in e.args]
-    full = lambda v: isinstance(v, Tensor) and v.dim() > 0
-    if isinstance(e, (sp.Add, sp.Mul)):
-        add = isinstance(e, sp.Add)
-        first = next((i for i, (v, own) in enumerate(vals) if own and full(v)), 0)
-        out, fresh = vals[first]
-        fresh = fresh and full(out)
-        for i, (v, _) in enumerate(vals):
-            if i == first: continue
-            if fresh: out = out.add_(v) if add else out.mul_(v)
-            else: out, fresh = (out + v if add else out * v), full(out) or full(v)
-        return out, fresh
-    if isinstance(e, sp.Pow):
-        (base, own), (ex, _) = vals
-        half = isinstance(ex, float) and ex == 0.5
-        if own and full(base) and not full(ex): return (base.sqrt_() if half else base.pow_(ex)), True
-        if half and isinstance(base, Tensor): return torch.sqrt(base), full(base)
-        return base ** ex, full(base) or full(ex)
-    (a, own), = vals
-    fn = _INPLACE[type(e)]
-    if own and full(a): return fn(a, out=a), True
-    return (fn(a), full(a)) if isinstance(a, Tensor) else (fn(torch.tensor(a)).item(), False)
 
 
 class SymbolicRule(UpdateRule):
@@ -722,19 +711,11 @@ class SymbolicRule(UpdateRule):
         self.constants = nn.Parameter(torch.tensor([float(a) for a in floats], dtype=torch.float64))
         self._fn = compile_expression(self.template, self._const_names)
         self._columns = {s.name: (self.features.index(f), lag) for s, (f, lag) in zip(variables, pairs)}
-        uses = {}
-        for node in sp.preorder_traversal(self.template):
-            if isinstance(node, sp.Symbol): uses[node.name] = uses.get(node.name, 0) + 1
-        self._used_once = {n for n, (k, lag) in self._columns.items() if lag == 0 and uses.get(n) == 1}
-        # a constant factor of a top-level product absorbs `scale` (one pass less per step)
-        # (not when the value is clipped, or fed back: the history keeps it before `scale`)
-        self._scale_into = None if self._output_column is not None or self.clip else next(
-            (a.name for a in self.template.args if isinstance(self.template, sp.Mul) and isinstance(a, sp.Symbol)
-             and a.name in self._const_names and uses[a.name] == 1), None)
-        # u = c·f_0 (a typical deployed rule): without autograd the feature pass itself applies c·scale
-        single = self._scale_into and self.lags == 1 and len(self.template.args) == 2 and \
-            all(isinstance(a, sp.Symbol) for a in self.template.args)
-        self._single = (self._scale_into, self.features[0]) if single else None
+        # u = c·f_0, the form of a typical deployed rule: without autograd, `_step_fused` applies c·scale in f's last pass
+        args = self.template.args if isinstance(self.template, sp.Mul) else ()
+        const = [a.name for a in args if isinstance(a, sp.Symbol) and a.name in self._const_names]
+        fused = len(args) == 2 and all(isinstance(a, sp.Symbol) for a in args) and len(const) == 1 and self.lags == 1
+        self._fused = (const[0], self.features[0]) if fused and not self.clip else None
 
     @property
     def expr(self) -> str:
@@ -754,39 +735,32 @@ class SymbolicRule(UpdateRule):
         return {**self.grad_features.init_tensor(p), **hist}
 
     def step(self, grads, state, t):
-        updates, new = [], []
+        """u = scale · expr(features, their history) for each tensor, with plain torch ops; without autograd an equation
+        u = c·f_0 goes through `_step_fused` (the same values to rounding, in fewer passes)."""
+        if self._fused and not torch.is_grad_enabled(): return self._step_fused(grads, state, t)
         consts = dict(zip(self._const_names, self.constants.to(grads[0].dtype).unbind())) if self._const_names else {}
-        single = self._single and not torch.is_grad_enabled()
-        factors = {self._single[1]: float(consts[self._single[0]]) * self.scale} if single else None
+        updates, new = [], []
         for g, s in zip(grads, state, strict=True):
-            cols, fs = self.grad_features.columns(g.reshape(-1), {b: s[b] for b in self.grad_features.buffers}, t, factors)
-            if single:  # u = c·f_0 came out of the feature pass
-                updates.append(cols[self._single[1]].view_as(g).to(g.dtype))
-                new.append(fs)
-                continue
+            cols, fs = self.grad_features.compute(g, {b: s[b] for b in self.grad_features.buffers}, t)
             env = {name: cols[self.features[k]] if lag == 0 else s["history"][:, lag - 1, k]
                    for name, (k, lag) in self._columns.items()}
-            if self.lags > 1:  # the features at this step, stacked before the in-place pass below may reuse their storage
-                f = torch.stack([cols.get(n, g.reshape(-1)) for n in self.features], dim=1)  # the u column is set below
-            if torch.is_grad_enabled():
-                u, own = self._fn(env, consts), False
-            else:  # write into the features' temporaries (those that are not state, the gradient, or shared)
-                keep = {v.data_ptr() for v in (g, *s.values(), *fs.values())}  # by storage: views of g count
-                owned = {n for n in self._used_once if env[n].data_ptr() not in keep
-                         and sum(v.data_ptr() == env[n].data_ptr() for v in env.values()) == 1}
-                c = dict(consts)
-                if self._scale_into: c[self._scale_into] = c[self._scale_into] * self.scale
-                u, own = _torch_node_inplace(self.template, env, c, owned)
-            if not isinstance(u, Tensor) or u.dim() == 0: u, own = torch.full_like(g.reshape(-1), float(u)), True
-            if self.clip: u = u.clamp_(*self.clip) if own else u.clamp(*self.clip)
+            u = self._fn(env, consts)
+            if not isinstance(u, Tensor) or u.dim() == 0: u = torch.full_like(g.reshape(-1), float(u))
+            if self.clip: u = u.clamp(*self.clip)
             if self.lags > 1:  # lag j at this step is lag j−1 of the last one; the output u enters before `scale`
-                if self._output_column is not None: f[:, self._output_column] = u
+                f = torch.stack([u if n == OUTPUT_FEATURE else cols[n] for n in self.features], dim=1)
                 fs["history"] = torch.cat([f[:, None, :], s["history"][:, :-1]], dim=1)
-            if not self._scale_into or torch.is_grad_enabled(): u = u.mul_(self.scale) if own else u * self.scale
-            elif not own: u = u.clone() if any(u is v for v in env.values()) else u  # `scale` is in the constant
-            updates.append(u.view_as(g).to(g.dtype))
+            updates.append((u * self.scale).view_as(g).to(g.dtype))
             new.append(fs)
         return updates, new
+
+    def _step_fused(self, grads, state, t):
+        "`step` of u = c·f_0 without autograd: the factor c·scale is applied inside f's last pass (`columns_no_grad`)."
+        name, feature = self._fused
+        c = float(self.constants[self._const_names.index(name)].to(grads[0].dtype)) * self.scale
+        out = [self.grad_features.columns_no_grad(g, {b: s[b] for b in self.grad_features.buffers}, t, (feature, c))
+               for g, s in zip(grads, state, strict=True)]
+        return [cols[feature].view_as(g).to(g.dtype) for (cols, _), g in zip(out, grads)], [fs for _, fs in out]
 
 
 # %% ../nbs/00_optimizers.ipynb #92c2ae40
@@ -904,8 +878,8 @@ class RuleOptimizer(torch.optim.Optimizer):
                     self.state[p] = {"step": torch.tensor(0.0), **self.rule.init_tensor(p.detach().to(compute_dtype(p.dtype)))}
                 by_step.setdefault(int(self.state[p]["step"]), []).append(p)
             for t, qs in by_step.items():
-                # rules update their state in place: they work on copies, kept only if every result is finite
-                states = [{k: v.clone() for k, v in self.state[p].items() if k != "step"} for p in qs]
+                # a rule returns new state and leaves the old as it is: kept until every result is known finite
+                states = [{k: v for k, v in self.state[p].items() if k != "step"} for p in qs]
                 wd, decoupled = group.get("weight_decay", 0.0), group.get("decoupled_weight_decay", False)
                 grads = [p.grad for p in qs]
                 if wd and not decoupled: grads = torch._foreach_add(grads, qs, alpha=wd)  # new tensors: .grad is kept
@@ -939,7 +913,7 @@ class RuleOptimizer(torch.optim.Optimizer):
         "Load a `state_dict`: its tensors are copied (never shared with the source) and cast to each parameter's dtype and device."
         state_dict = dict(state_dict)
         self.nonfinite_skips = int(state_dict.pop("nonfinite_skips", 0))
-        # torch.optim's loader keeps tensors that need no cast, and rules update state in place: copy first.
+        # torch.optim's loader keeps tensors that need no cast: copy, so that the two never share a tensor.
         state_dict["state"] = {k: {n: v.clone() if isinstance(v, Tensor) else v for n, v in s.items()}
                                for k, s in state_dict["state"].items()}
         super().load_state_dict(state_dict)
