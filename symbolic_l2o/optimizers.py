@@ -19,14 +19,14 @@ import torch
 from torch import Tensor, nn
 
 # %% auto #0
-__all__ = ['RuleState', 'P_MEAN_FEATURES', 'MOMENTUM_FEATURES', 'ADAM_FEATURES', 'FEATURE_NAMES', 'OUTPUT_FEATURE',
-           'STATE_COLUMNS', 'SIGN_DECAYS', 'HAND_RULES', 'RNNPROP_PRESETS', 'LOG_EPS', 'OPERATORS',
-           'MAX_EXPRESSION_CHARS', 'MAX_EXPRESSION_DEPTH', 'MAX_LAG', 'TORCH_FUNCTIONS', 'RULE_CLASSES', 'ema',
-           'ema_sq', 'decay_add', 'normalize', 'check_hparam', 'optional_import', 'UpdateRule', 'state_per_param',
-           'ElementwiseRule', 'GradFeatures', 'SGDRule', 'MomentumRule', 'NesterovRule', 'AdamRule', 'RMSpropRule',
-           'LionRule', 'sign_decay', 'SignAgreementRule', 'PowerSignRule', 'AddSignRule', 'LearnedRule', 'DMRule',
-           'RNNpropRule', 'variable', 'parse_expression', 'compile_expression', 'complexity', 'SymbolicRule',
-           'make_rule', 'rule_config', 'rule_from_config', 'compute_dtype', 'RuleOptimizer']
+__all__ = ['RuleState', 'P_MEAN_FEATURES', 'MOMENTUM_FEATURES', 'ADAM_FEATURES', 'FEATURE_NAMES', 'OUTPUT_FEATURE', 'SIGN_DECAYS',
+           'HAND_RULES', 'RNNPROP_PRESETS', 'LOG_EPS', 'OPERATORS', 'MAX_EXPRESSION_CHARS', 'MAX_EXPRESSION_DEPTH',
+           'MAX_LAG', 'TORCH_FUNCTIONS', 'RULE_CLASSES', 'ema', 'ema_sq', 'decay_add', 'normalize', 'check_hparam',
+           'optional_import', 'UpdateRule', 'state_per_param', 'ElementwiseRule', 'GradFeatures', 'SGDRule',
+           'MomentumRule', 'NesterovRule', 'AdamRule', 'RMSpropRule', 'LionRule', 'sign_decay', 'SignAgreementRule',
+           'PowerSignRule', 'AddSignRule', 'LearnedRule', 'DMRule', 'RNNpropRule', 'variable', 'parse_expression',
+           'compile_expression', 'complexity', 'SymbolicRule', 'make_rule', 'rule_config', 'rule_from_config',
+           'compute_dtype', 'RuleOptimizer']
 
 # %% ../nbs/00_optimizers.ipynb #06cd958f
 def ema(buf: Tensor, x: Tensor, beta: float) -> Tensor:
@@ -167,7 +167,6 @@ FEATURE_NAMES = ("g",) + ADAM_FEATURES + tuple(MOMENTUM_FEATURES) + ("t",) + tup
 OUTPUT_FEATURE = (
     "u"  # a rule's own output (its update / scale): an equation may read its past values u_1, u_2, ...
 )
-STATE_COLUMNS = ("g", "adam_up", *MOMENTUM_FEATURES)  # columns that are the gradient or a state buffer itself
 
 
 def _pow(x: Tensor, p: float, out: Tensor | None = None) -> Tensor:
