@@ -74,6 +74,48 @@ def optimizer_step(repeats: int = 30, warmup: int = 3) -> dict:
     }
 
 
+def rule_step(repeats: int = 20, warmup: int = 3) -> dict:
+    """Median `step()` time of RuleOptimizer with the deployed kinds of rule (u = c·mp3_0, a two-term equation
+    with a lag, the γ·tanh rule) over torch.optim.Adam(foreach=True)'s, each stepped in turn, on ResNet-18's
+    parameters (CPU)."""
+    from symbolic_l2o.finetune import TanhBasisRule
+    from symbolic_l2o.optimizers import SymbolicRule
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18()
+
+    def params():
+        ps = [p.detach().clone().requires_grad_() for p in model.parameters()]
+        for i, p in enumerate(ps):
+            p.grad = torch.randn(p.shape, generator=torch.Generator().manual_seed(i)) * 1e-3
+        return ps
+
+    rules = {
+        "symbolic_c_mp3": SymbolicRule("-1.5703016687270164*mp3_0", scale=0.1),
+        "symbolic_two_terms_lag8": SymbolicRule("0.00349*mp2_8 - 0.0123*mp3_0", scale=0.1),
+        "tanh_basis": TanhBasisRule(weights=[[1.0, -0.1], [0.1, 0.0]]),
+    }
+    opts = {
+        "adam": torch.optim.Adam(params(), lr=1e-3, foreach=True),
+        **{k: RuleOptimizer(params(), r) for k, r in rules.items()},
+    }
+    times = {k: [] for k in opts}
+    for i in range(warmup + repeats):
+        for k, opt in opts.items():
+            t0 = time.perf_counter()
+            opt.step()
+            if i >= warmup:
+                times[k].append(time.perf_counter() - t0)
+    ms = {k: 1e3 * statistics.median(v) for k, v in times.items()}
+    return {
+        "ratio_over_adam": {k: ms[k] / ms["adam"] for k in rules},
+        "ms": ms,
+        "repeats": repeats,
+        "threads": torch.get_num_threads(),
+        "target": "<= 1.3 (issue 20)",
+    }
+
+
 def meta_train_scaling(unrolls=(5, 10, 20, 40), windows: int = 4, epochs: int = 3) -> dict:
     """Seconds per meta-training window of RP on digits_mlp for each unroll K (median over epochs of `windows`
     windows)."""
@@ -222,6 +264,7 @@ def resnet_digits32(seeds=(0, 1, 2)) -> dict:
 
 BENCHMARKS = {
     "optimizer_step": optimizer_step,
+    "rule_step": rule_step,
     "meta_train_scaling": meta_train_scaling,
     "l2o_quality": l2o_quality,
     "sanity_recovery": sanity_recovery,

@@ -21,14 +21,37 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 import symbolic_l2o
-from .optimizers import (OUTPUT_FEATURE, GradFeatures, LionRule, RuleOptimizer, SymbolicRule, UpdateRule,
-                                     check_hparam, complexity, optional_import, parse_expression, state_per_param,
-                                     variable)
-from .meta_train import (TUNING_SEED_BASE, ZOO_DIR, extended_grid, Task, atomic_write, check_mnist, evaluate, find_data_root,
-                                     meta_train, resolve_device)
+from symbolic_l2o.optimizers import (
+    OUTPUT_FEATURE,
+    GradFeatures,
+    LionRule,
+    RuleOptimizer,
+    SymbolicRule,
+    UpdateRule,
+    check_hparam,
+    complexity,
+    optional_import,
+    parse_expression,
+    state_per_param,
+    variable,
+)
+from symbolic_l2o.meta_train import (
+    TUNING_SEED_BASE,
+    ZOO_DIR,
+    extended_grid,
+    Task,
+    atomic_write,
+    check_mnist,
+    evaluate,
+    find_data_root,
+    meta_train,
+    resolve_device,
+)
 from .distill import FittedRule, _streams
 
-_resnet = optional_import("torchvision.models.resnet", "vision", "symbolic_l2o.finetune (its ResNets are torchvision's)")
+_resnet = optional_import(
+    "torchvision.models.resnet", "vision", "symbolic_l2o.finetune (its ResNets are torchvision's)"
+)
 BasicBlock, Bottleneck, ResNet = _resnet.BasicBlock, _resnet.Bottleneck, _resnet.ResNet
 
 # %% auto #0
@@ -41,8 +64,13 @@ __all__ = ['BasicBlock', 'Bottleneck', 'ResNet', 'ARCHS', 'CIFAR', 'SCHEDULES', 
            'finetune_cli']
 
 # %% ../nbs/04_finetune_resnet.ipynb #f6441e18
-def deployable(fit: FittedRule, max_state: float = 2.0, drop_offset: bool = True, strict: bool = True,
-               prefer_selected: bool = True) -> sp.Expr:
+def deployable(
+    fit: FittedRule,
+    max_state: float = 2.0,
+    drop_offset: bool = True,
+    strict: bool = True,
+    prefer_selected: bool = True,
+) -> sp.Expr:
     """The equation of `fit` to deploy: its selected equation (`fit.expr`) when `prefer_selected` and its `SymbolicRule`
     keeps at most `max_state` values per parameter, else the most accurate member of the Pareto front within that budget.
 
@@ -50,23 +78,35 @@ def deployable(fit: FittedRule, max_state: float = 2.0, drop_offset: bool = True
     rule). `drop_offset` removes an additive constant (a term without any variable): it moves every weight by the same
     amount at every step whatever its gradient, a drift the small distillation problem tolerates and a ResNet does not.
     When no member fits the budget: an error if `strict`, else the lightest member."""
+
     def prepare(expr):
         if drop_offset and isinstance(expr, sp.Add):
             kept = [a for a in expr.args if a.free_symbols]
             expr = sp.Add(*kept) if kept else expr
         return expr
+
     selected = prepare(fit.expr)
-    if prefer_selected and _streams(selected) - {OUTPUT_FEATURE} and state_per_param(SymbolicRule(selected)) <= max_state:
+    if (
+        prefer_selected
+        and _streams(selected) - {OUTPUT_FEATURE}
+        and state_per_param(SymbolicRule(selected)) <= max_state
+    ):
         return selected
     members = [(m["loss"], prepare(m["expr"])) for m in fit.pareto]
-    members = [(loss, e, state_per_param(SymbolicRule(e))) for loss, e in members if _streams(e) - {OUTPUT_FEATURE}]
-    if not members: raise ValueError("the Pareto front has no equation that reads a gradient feature")
+    members = [
+        (loss, e, state_per_param(SymbolicRule(e))) for loss, e in members if _streams(e) - {OUTPUT_FEATURE}
+    ]
+    if not members:
+        raise ValueError("the Pareto front has no equation that reads a gradient feature")
     within = [m for m in members if m[2] <= max_state]
-    if within: return min(within, key=lambda m: m[0])[1]
+    if within:
+        return min(within, key=lambda m: m[0])[1]
     lightest = min(members, key=lambda m: (m[2], m[0]))
     if strict:
-        raise ValueError(f"no equation of the Pareto front needs at most {max_state} state values per parameter "
-                         f"(the lightest needs {lightest[2]:g})")
+        raise ValueError(
+            f"no equation of the Pareto front needs at most {max_state} state values per parameter "
+            f"(the lightest needs {lightest[2]:g})"
+        )
     return lightest[1]
 
 # %% ../nbs/04_finetune_resnet.ipynb #a9617d74
@@ -75,13 +115,21 @@ def rule_source_fit(rule_source: str | Path | None = None) -> tuple[FittedRule, 
     a distilled rule of the zoo by name (e.g. `rp_si_distilled`), or (None) the zoo's `rp_si_distilled.json`."""
     source = "rp_si_distilled" if rule_source is None else rule_source
     p = Path(source)
-    if p.is_dir(): p = p / "fitted_rp_si.json"
-    elif not p.exists() and not str(source).endswith(".json"):  # a name: a distilled rule of the zoo (no .pt weights beside it)
+    if p.is_dir():
+        p = p / "fitted_rp_si.json"
+    elif not p.exists() and not str(source).endswith(
+        ".json"
+    ):  # a name: a distilled rule of the zoo (no .pt weights beside it)
         p = ZOO_DIR / f"{source}.json"
         distilled = sorted(f.stem for f in ZOO_DIR.glob("*.json") if not f.with_suffix(".pt").exists())
         if not p.exists() or p.with_suffix(".pt").exists():
-            raise ValueError(f"no distilled rule {source!r} in the zoo; distilled rules: {distilled}, or pass a path")
-    if not p.exists(): raise FileNotFoundError(f"no distilled rule at {p} (run nbs/03_distill.ipynb with out_dir, or pass a zoo name)")
+            raise ValueError(
+                f"no distilled rule {source!r} in the zoo; distilled rules: {distilled}, or pass a path"
+            )
+    if not p.exists():
+        raise FileNotFoundError(
+            f"no distilled rule at {p} (run nbs/03_distill.ipynb with out_dir, or pass a zoo name)"
+        )
     return FittedRule.load(p), str(p)
 
 # %% ../nbs/04_finetune_resnet.ipynb #da80efa2
@@ -91,8 +139,16 @@ class TanhBasisRule(UpdateRule):
     `features` (G) are named `GradFeatures`, `lags` (L) the look-back (lags 0..L), `gamma` (γ) the soft-clip
     scale; `weights` W `[|G|, L+1]` (float64 `nn.Parameter`, meta-tunable) default to zeros; see `fit_weights`."""
 
-    def __init__(self, features: Sequence[str] = ("mt", "gt"), lags: int = 1, gamma: float = 1.0, scale: float = 0.01,
-                 weights=None, beta1: float = 0.95, beta2: float = 0.95):
+    def __init__(
+        self,
+        features: Sequence[str] = ("mt", "gt"),
+        lags: int = 1,
+        gamma: float = 1.0,
+        scale: float = 0.01,
+        weights=None,
+        beta1: float = 0.95,
+        beta2: float = 0.95,
+    ):
         super().__init__()
         if isinstance(lags, bool) or not isinstance(lags, int) or lags < 0:
             raise ValueError(f"invalid lags={lags!r}: expected an integer >= 0")
@@ -102,9 +158,15 @@ class TanhBasisRule(UpdateRule):
         self.gamma = check_hparam("gamma", gamma, lambda v: v > 0, "gamma > 0")
         self.scale = check_hparam("scale", scale, lambda v: v != 0, "scale != 0")
         shape = (len(self.features), lags + 1)
-        w = torch.zeros(shape, dtype=torch.float64) if weights is None else torch.as_tensor(weights, dtype=torch.float64)
-        if tuple(w.shape) != shape: raise ValueError(f"weights have shape {tuple(w.shape)}, expected {shape} (features × lags+1)")
-        if not torch.isfinite(w).all(): raise ValueError("weights must be finite")
+        w = (
+            torch.zeros(shape, dtype=torch.float64)
+            if weights is None
+            else torch.as_tensor(weights, dtype=torch.float64)
+        )
+        if tuple(w.shape) != shape:
+            raise ValueError(f"weights have shape {tuple(w.shape)}, expected {shape} (features × lags+1)")
+        if not torch.isfinite(w).all():
+            raise ValueError("weights must be finite")
         self.weights = nn.Parameter(w.clone())
 
     def extra_repr(self):
@@ -112,16 +174,22 @@ class TanhBasisRule(UpdateRule):
 
     def init_tensor(self, p):
         "Feature buffers and, when L > 0, the soft-clipped features of the last L steps `[L, |G|, numel]`."
-        hist = {"history": torch.zeros(self.lags, len(self.features), p.numel(), dtype=p.dtype, device=p.device)} \
-            if self.lags else {}
+        hist = (
+            {"history": torch.zeros(self.lags, len(self.features), p.numel(), dtype=p.dtype, device=p.device)}
+            if self.lags
+            else {}
+        )
         return {**self.grad_features.init_tensor(p), **hist}
 
     def step(self, grads, state, t):
-        if not torch.is_grad_enabled(): return self._step_in_place(grads, state, t)
+        """ψ for each tensor with plain torch ops: f = tanh(features/γ) `[|G|, numel]`, u = Σ_τ W[:, τ]·f_{t−τ} (×−scale·γ);
+        without autograd `_step_fast` (the same values to rounding, in fewer passes)."""
+        if not torch.is_grad_enabled():
+            return self._step_fast(grads, state, t)
         updates, new = [], []
         w = self.weights.to(grads[0].dtype) * (-self.scale * self.gamma)
         for g, s in zip(grads, state, strict=True):
-            cols, fs = self.grad_features.columns(g.reshape(-1), {b: s[b] for b in self.grad_features.buffers}, t)
+            cols, fs = self.grad_features.compute(g, {b: s[b] for b in self.grad_features.buffers}, t)
             f = torch.stack([torch.tanh(cols[n] / self.gamma) for n in self.features])  # [|G|, numel], lag 0
             u = (f * w[:, :1]).sum(0)
             if self.lags:
@@ -131,28 +199,30 @@ class TanhBasisRule(UpdateRule):
             new.append(fs)
         return updates, new
 
-    def _step_in_place(self, grads, state, t):
-        "`step` without autograd: features soft-clipped in their own temporaries, one accumulator, history shifted in place."
+    def _step_fast(self, grads, state, t):
+        "`step` without autograd: the soft-clipped features written straight into the new history, one accumulator."
         w = (self.weights.detach() * (-self.scale * self.gamma)).tolist()
         updates, new = [], []
         for g, s in zip(grads, state, strict=True):
-            cols, fs = self.grad_features.columns(g.reshape(-1), {b: s[b] for b in self.grad_features.buffers}, t)
-            keep = {v.data_ptr() for v in (g, *s.values(), *fs.values())}
-            clipped = []
-            for n in self.features:
-                c = cols[n]
-                owned = c.numel() and c.data_ptr() not in keep and sum(c.data_ptr() == v.data_ptr() for v in cols.values()) == 1
-                c = (c.div_(self.gamma) if self.gamma != 1 else c) if owned else c / self.gamma
-                clipped.append(c.tanh_())
-            u = torch.mul(clipped[0], w[0][0])
-            for k in range(1, len(clipped)): u.add_(clipped[k], alpha=w[k][0])
+            cols, fs = self.grad_features.columns_no_grad(g, {b: s[b] for b in self.grad_features.buffers}, t)
+            h = s.get("history")
+            f = g.new_empty(
+                max(self.lags, 1), len(self.features), g.numel()
+            )  # the new history: lag 0, then old lags 0..L−2
+            for k, n in enumerate(self.features):
+                if self.gamma == 1:
+                    torch.tanh(cols[n], out=f[0, k])
+                else:
+                    torch.div(cols[n], self.gamma, out=f[0, k]).tanh_()
+            u = torch.mul(f[0, 0], w[0][0])
+            for k in range(1, len(self.features)):
+                u.add_(f[0, k], alpha=w[k][0])
+            for lag in range(self.lags):
+                for k in range(len(self.features)):
+                    u.add_(h[lag, k], alpha=w[k][lag + 1])
             if self.lags:
-                h = s["history"]
-                for lag in range(self.lags):
-                    for k in range(len(clipped)): u.add_(h[lag, k], alpha=w[k][lag + 1])
-                if self.lags > 1: h[1:] = h[:-1].clone()
-                for k, c in enumerate(clipped): h[0, k].copy_(c)
-                fs["history"] = h
+                f[1:] = h[:-1]
+                fs["history"] = f
             updates.append(u.view_as(g).to(g.dtype))
             new.append(fs)
         return updates, new
@@ -165,22 +235,35 @@ class TanhBasisRule(UpdateRule):
         "ψ/scale as a sympy expression over `<feature>_<lag>` variables (what `SymbolicRule` and the JSON file hold)."
         g = sp.Float(self.gamma)
         W = self.weights.detach()
-        return -sp.Add(*[sp.Float(float(W[k, lag]), 17) * g * sp.tanh(variable(f"{f}_{lag}") / g)
-                         for lag in range(self.lags + 1) for k, f in enumerate(self.features) if float(W[k, lag]) != 0])
+        return -sp.Add(
+            *[
+                sp.Float(float(W[k, lag]), 17) * g * sp.tanh(variable(f"{f}_{lag}") / g)
+                for lag in range(self.lags + 1)
+                for k, f in enumerate(self.features)
+                if float(W[k, lag]) != 0
+            ]
+        )
 
-    def fit_weights(self, X: np.ndarray, y: np.ndarray, names: Sequence[str], ridge: float = 1e-6) -> TanhBasisRule:
+    def fit_weights(
+        self, X: np.ndarray, y: np.ndarray, names: Sequence[str], ridge: float = 1e-6
+    ) -> TanhBasisRule:
         "Set W by (ridge-regularised) least squares so that ψ/scale matches targets `y` on rows `X` with columns `names`; returns self."
         X, y = np.asarray(X, dtype=np.float64), np.asarray(y, dtype=np.float64).reshape(-1)
         missing = [n for n in self.variable_names() if n not in names]
-        if missing: raise ValueError(f"the data lacks the columns {missing} (it has {list(names)[:8]}...)")
+        if missing:
+            raise ValueError(f"the data lacks the columns {missing} (it has {list(names)[:8]}...)")
         cols = [list(names).index(n) for n in self.variable_names()]
         A = -self.gamma * np.tanh(X[:, cols] / self.gamma)
         ok = np.isfinite(A).all(axis=1) & np.isfinite(y)
         A, y = A[ok], y[ok]
-        if len(y) < A.shape[1]: raise ValueError(f"only {len(y)} finite rows for {A.shape[1]} weights")
+        if len(y) < A.shape[1]:
+            raise ValueError(f"only {len(y)} finite rows for {A.shape[1]} weights")
         w = np.linalg.solve(A.T @ A + ridge * len(y) * np.eye(A.shape[1]), A.T @ y)
-        W = torch.tensor(w, dtype=torch.float64).reshape(self.lags + 1, len(self.features)).T  # lag-major → [G, L+1]
-        with torch.no_grad(): self.weights.copy_(W)
+        W = (
+            torch.tensor(w, dtype=torch.float64).reshape(self.lags + 1, len(self.features)).T
+        )  # lag-major → [G, L+1]
+        with torch.no_grad():
+            self.weights.copy_(W)
         return self
 
     def fit_linear_part(self, expr: sp.Expr) -> TanhBasisRule:
@@ -191,30 +274,51 @@ class TanhBasisRule(UpdateRule):
             f, _, lag = s.name.rpartition("_")
             if f in self.features and int(lag) <= self.lags:
                 W[self.features.index(f), int(lag)] = -float(sp.diff(expr, s).subs(zero))
-        if not W.any(): raise ValueError(f"{expr} has no linear term in the features {self.features} at lags 0..{self.lags}")
-        with torch.no_grad(): self.weights.copy_(W)
+        if not W.any():
+            raise ValueError(
+                f"{expr} has no linear term in the features {self.features} at lags 0..{self.lags}"
+            )
+        with torch.no_grad():
+            self.weights.copy_(W)
         return self
 
 
-def tanh_basis_from_teacher(teacher: UpdateRule, task, features: Sequence[str] = ("mt", "gt"), lags: int = 1,
-                            gamma: float = 1.0, scale: float | None = None, steps: int = 200, seeds: Sequence[int] = range(4),
-                            device="cpu", progress: bool = False) -> TanhBasisRule:
+def tanh_basis_from_teacher(
+    teacher: UpdateRule,
+    task,
+    features: Sequence[str] = ("mt", "gt"),
+    lags: int = 1,
+    gamma: float = 1.0,
+    scale: float | None = None,
+    steps: int = 200,
+    seeds: Sequence[int] = range(4),
+    device="cpu",
+    progress: bool = False,
+) -> TanhBasisRule:
     "A `TanhBasisRule` whose W is the least-squares fit to `teacher`'s updates recorded on `task` (srgen's `record_trajectories`)."
     from symbolic_l2o.srgen import record_trajectories, target_scale
-    data = record_trajectories(teacher, task, steps, seeds, features=features, lags=lags + 1, device=device, progress=progress)
+
+    data = record_trajectories(
+        teacher, task, steps, seeds, features=features, lags=lags + 1, device=device, progress=progress
+    )
     rule = TanhBasisRule(features, lags, gamma, scale if scale is not None else target_scale(teacher))
     return rule.fit_weights(data.X, data.y * target_scale(teacher) / rule.scale, data.names)
 
 # %% ../nbs/04_finetune_resnet.ipynb #a96cc537
-def tanh_basis_from_equation(expr: sp.Expr, scale: float = 1.0, lags: int = 1, gamma: float = 1.0) -> tuple[TanhBasisRule, str]:
+def tanh_basis_from_equation(
+    expr: sp.Expr, scale: float = 1.0, lags: int = 1, gamma: float = 1.0
+) -> tuple[TanhBasisRule, str]:
     """A `TanhBasisRule` ψ over the gradient features `expr` reads, W from `expr`'s linearisation (`fit_linear_part`), and how
     it was initialised; when `expr` has no linear term there, ψ over (m̃, g̃) with W = 1 on m̃ at lag 0 (a soft-clipped Adam)."""
     features = sorted({s.name.rpartition("_")[0] for s in expr.free_symbols} - {OUTPUT_FEATURE})
     try:
-        return TanhBasisRule(features, lags, gamma, scale).fit_linear_part(expr), "linearised from the deployed equation"
+        return TanhBasisRule(features, lags, gamma, scale).fit_linear_part(
+            expr
+        ), "linearised from the deployed equation"
     except ValueError:
-        return TanhBasisRule(("mt", "gt"), lags, gamma, scale, weights=[[1.0] + [0.0] * lags, [0.0] * (lags + 1)]), \
-            "the equation has no linear term: W = 1 on m̃ at lag 0 (a soft-clipped Adam)"
+        return TanhBasisRule(
+            ("mt", "gt"), lags, gamma, scale, weights=[[1.0] + [0.0] * lags, [0.0] * (lags + 1)]
+        ), "the equation has no linear term: W = 1 on m̃ at lag 0 (a soft-clipped Adam)"
 
 # %% ../nbs/04_finetune_resnet.ipynb #fa431521
 def _rule_json(rule: UpdateRule, card: dict) -> dict:
@@ -223,14 +327,32 @@ def _rule_json(rule: UpdateRule, card: dict) -> dict:
         meta = {"rule": "SymbolicRule", "scale": rule.scale, "betas": [rule.beta1, rule.beta2]}
     elif isinstance(rule, TanhBasisRule):
         expr, names = rule.to_sympy(), rule.variable_names()
-        meta = {"rule": "TanhBasisRule", "scale": rule.scale, "betas": [rule.beta1, rule.beta2],
-                "tanh_basis": {"features": list(rule.features), "lags": rule.lags, "gamma": rule.gamma,
-                               "weights": rule.weights.detach().tolist()}}
+        meta = {
+            "rule": "TanhBasisRule",
+            "scale": rule.scale,
+            "betas": [rule.beta1, rule.beta2],
+            "tanh_basis": {
+                "features": list(rule.features),
+                "lags": rule.lags,
+                "gamma": rule.gamma,
+                "weights": rule.weights.detach().tolist(),
+            },
+        }
     else:
-        raise TypeError(f"only SymbolicRule and TanhBasisRule are saved as equations, got {type(rule).__name__}")
+        raise TypeError(
+            f"only SymbolicRule and TanhBasisRule are saved as equations, got {type(rule).__name__}"
+        )
     entry = {"expr": str(expr), "complexity": complexity(expr)}
-    return {"expr": str(expr), "names": names, "engine": "meta_tune", "selection": "meta-tuned", "seconds": card.get("seconds", 0.0),
-            "meta": {**meta, "card": card}, "version": symbolic_l2o.__version__, "pareto": [entry]}
+    return {
+        "expr": str(expr),
+        "names": names,
+        "engine": "meta_tune",
+        "selection": "meta-tuned",
+        "seconds": card.get("seconds", 0.0),
+        "meta": {**meta, "card": card},
+        "version": symbolic_l2o.__version__,
+        "pareto": [entry],
+    }
 
 
 def save_tuned(rule: UpdateRule, path: str | Path, card: dict | None = None) -> Path:
@@ -246,16 +368,32 @@ def load_tuned(path: str | Path) -> tuple[UpdateRule, dict]:
     meta = fit.meta
     if meta.get("rule") == "TanhBasisRule":
         tb = meta["tanh_basis"]
-        rule = TanhBasisRule(tb["features"], int(tb["lags"]), float(tb["gamma"]), float(meta["scale"]), tb["weights"],
-                             *meta.get("betas", (0.95, 0.95)))
+        rule = TanhBasisRule(
+            tb["features"],
+            int(tb["lags"]),
+            float(tb["gamma"]),
+            float(meta["scale"]),
+            tb["weights"],
+            *meta.get("betas", (0.95, 0.95)),
+        )
     else:
         rule = fit.to_rule()
     return rule, meta.get("card", {})
 
 
-def meta_tune(rule: UpdateRule, task, epochs: int = 20, epoch_len: int = 100, unroll: int = 10, meta_lr: float = 3e-3,
-              seed: int = 0, out: str | Path | None = None, name: str = "tuned", device: str = "cpu",
-              progress: bool = True) -> tuple[UpdateRule, dict]:
+def meta_tune(
+    rule: UpdateRule,
+    task,
+    epochs: int = 20,
+    epoch_len: int = 100,
+    unroll: int = 10,
+    meta_lr: float = 3e-3,
+    seed: int = 0,
+    out: str | Path | None = None,
+    name: str = "tuned",
+    device: str = "cpu",
+    progress: bool = True,
+) -> tuple[UpdateRule, dict]:
     """Meta-tune the constants of a `SymbolicRule` (or the weights W of a `TanhBasisRule`) on `task` with `meta_train`, in place.
 
     Returns the rule and its card (constants before and after, the meta-training curve); with `out`, writes
@@ -263,16 +401,34 @@ def meta_tune(rule: UpdateRule, task, epochs: int = 20, epoch_len: int = 100, un
     if not isinstance(rule, (SymbolicRule, TanhBasisRule)):
         raise TypeError(f"meta_tune tunes SymbolicRule or TanhBasisRule, got {type(rule).__name__}")
     weights = rule.constants if isinstance(rule, SymbolicRule) else rule.weights
-    if weights.numel() == 0: raise ValueError(f"{rule} has no constant to tune")
+    if weights.numel() == 0:
+        raise ValueError(f"{rule} has no constant to tune")
     before, t0 = rule.to_sympy(), time.perf_counter()
-    history = meta_train(rule, task, epochs=epochs, epoch_len=epoch_len, unroll=unroll, meta_lr=meta_lr, seed=seed,
-                         device=device, progress=progress)
+    history = meta_train(
+        rule,
+        task,
+        epochs=epochs,
+        epoch_len=epoch_len,
+        unroll=unroll,
+        meta_lr=meta_lr,
+        seed=seed,
+        device=device,
+        progress=progress,
+    )
     rule.cpu()
-    card = {"name": name, "task": task.name, "seed": seed, "before": str(before), "after": str(rule.to_sympy()),
-            "training": {"epochs": epochs, "epoch_len": epoch_len, "unroll": unroll, "meta_lr": meta_lr},
-            "final_loss": [h.get("final_loss") for h in history], "skipped_windows": history[-1]["skipped"],
-            "seconds": time.perf_counter() - t0}
-    if out is not None: save_tuned(rule, Path(out) / f"{name}.json", card)
+    card = {
+        "name": name,
+        "task": task.name,
+        "seed": seed,
+        "before": str(before),
+        "after": str(rule.to_sympy()),
+        "training": {"epochs": epochs, "epoch_len": epoch_len, "unroll": unroll, "meta_lr": meta_lr},
+        "final_loss": [h.get("final_loss") for h in history],
+        "skipped_windows": history[-1]["skipped"],
+        "seconds": time.perf_counter() - t0,
+    }
+    if out is not None:
+        save_tuned(rule, Path(out) / f"{name}.json", card)
     return rule, card
 
 # %% ../nbs/04_finetune_resnet.ipynb #01129152
@@ -280,11 +436,24 @@ class CifarResNet(ResNet):
     """torchvision's `ResNet` in the CIFAR layout (kuangliu/pytorch-cifar, the paper's `resnet_meta.py`): a 3×3 stride-1 stem,
     no max-pool, four stages of `width`·(1, 2, 4, 8) channels, global average pooling, a linear head."""
 
-    def __init__(self, block: type[nn.Module], layers: Sequence[int], num_classes: int = 10, width: int = 64,
-                 in_channels: int = 3):
+    def __init__(
+        self,
+        block: type[nn.Module],
+        layers: Sequence[int],
+        num_classes: int = 10,
+        width: int = 64,
+        in_channels: int = 3,
+    ):
         nn.Module.__init__(self)
-        if len(layers) != 4 or width < 1: raise ValueError(f"need 4 stage depths and width >= 1, got {list(layers)}, {width}")
-        self._norm_layer, self.inplanes, self.dilation, self.groups, self.base_width = nn.BatchNorm2d, width, 1, 1, 64
+        if len(layers) != 4 or width < 1:
+            raise ValueError(f"need 4 stage depths and width >= 1, got {list(layers)}, {width}")
+        self._norm_layer, self.inplanes, self.dilation, self.groups, self.base_width = (
+            nn.BatchNorm2d,
+            width,
+            1,
+            1,
+            64,
+        )
         self.conv1 = nn.Conv2d(in_channels, width, 3, 1, 1, bias=False)
         self.bn1, self.relu, self.maxpool = nn.BatchNorm2d(width), nn.ReLU(inplace=True), nn.Identity()
         self.layer1 = self._make_layer(block, width, layers[0])
@@ -293,25 +462,37 @@ class CifarResNet(ResNet):
         self.layer4 = self._make_layer(block, 8 * width, layers[3], stride=2)
         self.avgpool, self.fc = nn.AdaptiveAvgPool2d(1), nn.Linear(8 * width * block.expansion, num_classes)
         for m in self.modules():  # torchvision's initialisation
-            if isinstance(m, nn.Conv2d): nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d): nn.init.ones_(m.weight), nn.init.zeros_(m.bias)
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight), nn.init.zeros_(m.bias)
 
 
-ARCHS = {"resnet18": (BasicBlock, (2, 2, 2, 2), 64), "resnet34": (BasicBlock, (3, 4, 6, 3), 64),
-         "resnet50": (Bottleneck, (3, 4, 6, 3), 64), "resnet101": (Bottleneck, (3, 4, 23, 3), 64),
-         "resnet152": (Bottleneck, (3, 8, 36, 3), 64),
-         "resnet10_w8": (BasicBlock, (1, 1, 1, 1), 8), "resnet10_w4": (BasicBlock, (1, 1, 1, 1), 4),
-         "mobilenet_v2": None}
+ARCHS = {
+    "resnet18": (BasicBlock, (2, 2, 2, 2), 64),
+    "resnet34": (BasicBlock, (3, 4, 6, 3), 64),
+    "resnet50": (Bottleneck, (3, 4, 6, 3), 64),
+    "resnet101": (Bottleneck, (3, 4, 23, 3), 64),
+    "resnet152": (Bottleneck, (3, 8, 36, 3), 64),
+    "resnet10_w8": (BasicBlock, (1, 1, 1, 1), 8),
+    "resnet10_w4": (BasicBlock, (1, 1, 1, 1), 4),
+    "mobilenet_v2": None,
+}
 
 
 def make_model(arch: str = "resnet18", num_classes: int = 10) -> nn.Module:
     """A CIFAR-style network by name: `resnet18/34/50/101/152`, the narrow `resnet10_w8`/`resnet10_w4` (one block per
     stage, width 8 or 4: the CPU scale and its proxy) or torchvision's `mobilenet_v2` (first conv at stride 1 for 32×32 inputs)."""
-    if arch not in ARCHS: raise ValueError(f"unknown arch {arch!r}; known: {sorted(ARCHS)}")
+    if arch not in ARCHS:
+        raise ValueError(f"unknown arch {arch!r}; known: {sorted(ARCHS)}")
     if arch == "mobilenet_v2":
         import torchvision
+
         model = torchvision.models.mobilenet_v2(num_classes=num_classes)
-        model.features[0][0].stride = (1, 1)  # the usual CIFAR adaptation: 32×32 inputs keep 4×4 maps at the end
+        model.features[0][0].stride = (
+            1,
+            1,
+        )  # the usual CIFAR adaptation: 32×32 inputs keep 4×4 maps at the end
         return model
     block, layers, width = ARCHS[arch]
     return CifarResNet(block, layers, num_classes, width)
@@ -322,18 +503,35 @@ def _crop_flip(X: Tensor, offsets: Tensor, flips: Tensor, flip: bool, pad: int =
     padded = nn.functional.pad(X, (pad, pad, pad, pad))
     rows = (offsets[0][:, None] + torch.arange(h, device=X.device))[:, None, :, None]
     cols = (offsets[1][:, None] + torch.arange(w, device=X.device))[:, None, None, :]
-    out = padded[torch.arange(n, device=X.device)[:, None, None, None], torch.arange(c, device=X.device)[None, :, None, None], rows, cols]
+    out = padded[
+        torch.arange(n, device=X.device)[:, None, None, None],
+        torch.arange(c, device=X.device)[None, :, None, None],
+        rows,
+        cols,
+    ]
     return torch.where(flips[:, None, None, None], out.flip(3), out) if flip else out
 
 
 class ImageData:
     "An image classification dataset held as tensors: uint8 images `[n, 3, 32, 32]` and labels, with per-channel `mean`/`std`."
 
-    def __init__(self, name: str, X_train: Tensor, y_train: Tensor, X_test: Tensor, y_test: Tensor, num_classes: int,
-                 mean: Sequence[float], std: Sequence[float], flip: bool = True):
+    def __init__(
+        self,
+        name: str,
+        X_train: Tensor,
+        y_train: Tensor,
+        X_test: Tensor,
+        y_test: Tensor,
+        num_classes: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        flip: bool = True,
+    ):
         for X, y in ((X_train, y_train), (X_test, y_test)):
             if X.dtype != torch.uint8 or X.ndim != 4 or X.shape[1] != 3 or len(X) != len(y):
-                raise ValueError(f"{name}: expected uint8 images [n, 3, H, W] with one label each, got {X.dtype} {tuple(X.shape)}")
+                raise ValueError(
+                    f"{name}: expected uint8 images [n, 3, H, W] with one label each, got {X.dtype} {tuple(X.shape)}"
+                )
         self.name, self.num_classes, self.flip = name, num_classes, flip
         self.X_train, self.y_train, self.X_test, self.y_test = X_train, y_train.long(), X_test, y_test.long()
         self.mean, self.std = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
@@ -352,32 +550,70 @@ class ImageData:
 
     def subset(self, n_train: int | None = None, n_test: int | None = None) -> ImageData:
         "The same dataset with only its first `n_train` training and `n_test` test images (None: all)."
-        return ImageData(self.name, self.X_train[:n_train], self.y_train[:n_train], self.X_test[:n_test], self.y_test[:n_test],
-                         self.num_classes, self.mean.flatten().tolist(), self.std.flatten().tolist(), self.flip)
+        return ImageData(
+            self.name,
+            self.X_train[:n_train],
+            self.y_train[:n_train],
+            self.X_test[:n_test],
+            self.y_test[:n_test],
+            self.num_classes,
+            self.mean.flatten().tolist(),
+            self.std.flatten().tolist(),
+            self.flip,
+        )
 
     def holdout(self, n: int, seed: int = 0) -> tuple[ImageData, ImageData]:
         """(fit, validation): the training images less `n` drawn at random with `seed` (test images kept), and a dataset that
         trains on the same images and scores on those `n` held-out training images. Tuning on it never reads the test set."""
-        if not 0 < n < len(self.X_train): raise ValueError(f"cannot hold out {n} of {len(self.X_train)} training images")
+        if not 0 < n < len(self.X_train):
+            raise ValueError(f"cannot hold out {n} of {len(self.X_train)} training images")
         perm = torch.randperm(len(self.X_train), generator=torch.Generator().manual_seed(seed))
         val, rest = perm[:n], perm[n:]
         stats = self.mean.flatten().tolist(), self.std.flatten().tolist()
-        fit = ImageData(self.name, self.X_train[rest], self.y_train[rest], self.X_test, self.y_test, self.num_classes, *stats, self.flip)
-        validation = ImageData(f"{self.name}-validation", self.X_train[rest], self.y_train[rest], self.X_train[val],
-                               self.y_train[val], self.num_classes, *stats, self.flip)
+        fit = ImageData(
+            self.name,
+            self.X_train[rest],
+            self.y_train[rest],
+            self.X_test,
+            self.y_test,
+            self.num_classes,
+            *stats,
+            self.flip,
+        )
+        validation = ImageData(
+            f"{self.name}-validation",
+            self.X_train[rest],
+            self.y_train[rest],
+            self.X_train[val],
+            self.y_train[val],
+            self.num_classes,
+            *stats,
+            self.flip,
+        )
         return fit, validation
 
     def task(self, arch: str, batch_size: int = 64, n: int | None = None) -> Task:
         "A `meta_train` task on (the first `n` of) the training images, normalised and not augmented, with `arch` at its default init."
         X, y = self.normalize(self.X_train[:n]), self.y_train[:n]
-        split = max(1, len(X) // 5)  # the task's held-out fifth comes from the training images too: the test set stays unseen
-        return Task(f"{self.name}[{arch}]", lambda: make_model(arch, self.num_classes), X[split:], y[split:], X[:split],
-                    y[:split], batch_size=batch_size, init="default")
+        split = max(
+            1, len(X) // 5
+        )  # the task's held-out fifth comes from the training images too: the test set stays unseen
+        return Task(
+            f"{self.name}[{arch}]",
+            lambda: make_model(arch, self.num_classes),
+            X[split:],
+            y[split:],
+            X[:split],
+            y[:split],
+            batch_size=batch_size,
+            init="default",
+        )
 
 
 def digits32(seed: int = 0, n_test: int = 450) -> ImageData:
     "scikit-learn's 1,797 handwritten digits resized to 32×32 (bilinear) and repeated over 3 channels; offline. No flips (digits are not symmetric)."
     from sklearn.datasets import load_digits
+
     d = load_digits()
     X = torch.tensor(d.images, dtype=torch.float32)[:, None] / 16
     X = nn.functional.interpolate(X, size=(32, 32), mode="bilinear", align_corners=False).clamp(0, 1)
@@ -391,39 +627,74 @@ def digits32(seed: int = 0, n_test: int = 450) -> ImageData:
 
 class _ArraysOnly(pickle.Unpickler):
     "An unpickler for the CIFAR python files that can build numpy arrays and nothing else (no code runs)."
-    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"), ("numpy", "ndarray"),
-               ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-               ("_codecs", "encode")}
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("_codecs", "encode"),
+    }
 
     def find_class(self, module, name):
-        if (module, name) not in self.ALLOWED: raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a CIFAR file")
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a CIFAR file")
         return super().find_class(module, name)
 
 
-CIFAR = {"cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], "labels", 10,
-                     (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
-         "cifar100": ("cifar-100-python", ["train"], ["test"], "fine_labels", 100,
-                      (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))}
+CIFAR = {
+    "cifar10": (
+        "cifar-10-batches-py",
+        [f"data_batch_{i}" for i in range(1, 6)],
+        ["test_batch"],
+        "labels",
+        10,
+        (0.4914, 0.4822, 0.4465),
+        (0.2023, 0.1994, 0.2010),
+    ),
+    "cifar100": (
+        "cifar-100-python",
+        ["train"],
+        ["test"],
+        "fine_labels",
+        100,
+        (0.5071, 0.4865, 0.4409),
+        (0.2673, 0.2564, 0.2762),
+    ),
+}
 
 
 def cifar(name: str = "cifar10", root: str | Path = "data", download: bool = False) -> ImageData:
     "CIFAR-10/100 from torchvision's python files under `root` (downloaded by torchvision with `download=True`), read safely."
-    if name not in CIFAR: raise ValueError(f"unknown dataset {name!r}; known: {sorted(CIFAR)}")
+    if name not in CIFAR:
+        raise ValueError(f"unknown dataset {name!r}; known: {sorted(CIFAR)}")
     folder, train_files, test_files, key, classes, mean, std = CIFAR[name]
     base = Path(root) / folder
     if download and not base.exists():
         import torchvision
-        (torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100)(str(root), download=True)
+
+        (torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100)(
+            str(root), download=True
+        )
 
     def read(files):
         Xs, ys = [], []
         for f in files:
             if not (base / f).exists():
-                raise FileNotFoundError(f"{name} not found: {base / f} is missing; pass download=True where there is "
-                                        f"internet, or unpack the python version of {name} under {root}")
-            with open(base / f, "rb") as fh: d = _ArraysOnly(fh, encoding="latin1").load()
-            Xs.append(np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)), ys.append(np.asarray(d[key]))
+                raise FileNotFoundError(
+                    f"{name} not found: {base / f} is missing; pass download=True where there is "
+                    f"internet, or unpack the python version of {name} under {root}"
+                )
+            with open(base / f, "rb") as fh:
+                d = _ArraysOnly(fh, encoding="latin1").load()
+            (
+                Xs.append(np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)),
+                ys.append(np.asarray(d[key])),
+            )
         return torch.from_numpy(np.concatenate(Xs)), torch.from_numpy(np.concatenate(ys)).long()
+
     return ImageData(name, *read(train_files), *read(test_files), classes, mean, std)
 
 
@@ -432,18 +703,22 @@ def mnist32(root: str | Path | None = None, download: bool = False) -> ImageData
     no flips. `root` (default `find_data_root()`) holds `MNIST/raw` with the four IDX files, checked against their MD5s."""
     torchvision = optional_import("torchvision", "vision", "the MNIST dataset")
     root = find_data_root() if root is None else Path(root)
-    if not download: check_mnist(root)
+    if not download:
+        check_mnist(root)
     train, test = (torchvision.datasets.MNIST(str(root), train=t, download=download) for t in (True, False))
     images = lambda ds: nn.functional.pad(ds.data, (2, 2, 2, 2))[:, None].expand(-1, 3, -1, -1).contiguous()
     X_train = images(train)
     first = X_train[:, 0].float().div_(255)
     m, s = first.mean().item(), first.std().item()
-    return ImageData("mnist", X_train, train.targets, images(test), test.targets, 10, [m] * 3, [s] * 3, flip=False)
+    return ImageData(
+        "mnist", X_train, train.targets, images(test), test.targets, 10, [m] * 3, [s] * 3, flip=False
+    )
 
 
 def load_data(dataset: str = "mnist", root: str | Path | None = None, download: bool = False) -> ImageData:
     "A dataset by name: `mnist` (the real MNIST at 32×32), `digits32` (offline), `cifar10`, `cifar100`; `root` defaults to `find_data_root()`."
-    if dataset == "digits32": return digits32()
+    if dataset == "digits32":
+        return digits32()
     root = find_data_root() if root is None else root
     return mnist32(root, download) if dataset == "mnist" else cifar(dataset, root, download)
 
@@ -451,7 +726,8 @@ def load_data(dataset: str = "mnist", root: str | Path | None = None, download: 
 def distributed() -> tuple[int, int]:
     """(rank, world size). Under `torchrun` (WORLD_SIZE > 1) the process group is created on first use: NCCL when CUDA is
     available, else gloo; otherwise (0, 1)."""
-    if dist.is_available() and dist.is_initialized(): return dist.get_rank(), dist.get_world_size()
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
         return dist.get_rank(), dist.get_world_size()
@@ -467,7 +743,8 @@ def _device(device, world: int) -> torch.device:
 
 
 def _all_sum(values: list[float], device) -> list[float]:
-    if not (dist.is_available() and dist.is_initialized()): return values
+    if not (dist.is_available() and dist.is_initialized()):
+        return values
     t = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return t.tolist()
@@ -485,16 +762,32 @@ def top1_accuracy(model: nn.Module, data: ImageData, batch_size: int = 500, devi
     correct, idx = 0, torch.arange(rank, len(data.X_test), world)
     with torch.no_grad():
         for i in range(0, len(idx), batch_size):
-            j = idx[i:i + batch_size]
-            correct += (model(data.normalize(data.X_test[j].to(device))).argmax(1) == data.y_test[j].to(device)).sum().item()
+            j = idx[i : i + batch_size]
+            correct += (
+                (model(data.normalize(data.X_test[j].to(device))).argmax(1) == data.y_test[j].to(device))
+                .sum()
+                .item()
+            )
     model.train(was)
     correct, total = _all_sum([correct, len(idx)], device)
     return 100.0 * correct / total
 
 
-def train(model: nn.Module, optimizer_factory: Callable[[nn.Module], torch.optim.Optimizer], epochs: int, data: ImageData,
-          schedule: str = "cosine", batch_size: int = 128, device="auto", amp: bool | None = None, seed: int = 0,
-          out: str | Path | None = None, label: str = "", eval_every_epoch: bool = True, progress: bool = True) -> dict:
+def train(
+    model: nn.Module,
+    optimizer_factory: Callable[[nn.Module], torch.optim.Optimizer],
+    epochs: int,
+    data: ImageData,
+    schedule: str = "cosine",
+    batch_size: int = 128,
+    device="auto",
+    amp: bool | None = None,
+    seed: int = 0,
+    out: str | Path | None = None,
+    label: str = "",
+    eval_every_epoch: bool = True,
+    progress: bool = True,
+) -> dict:
     """Train `model` on `data` for `epochs` with the optimizer `optimizer_factory(model)` and a per-step LR `schedule`.
 
     Reports per-epoch mean training loss and test accuracy (`eval_every_epoch`; else after the last epoch only, the others
@@ -504,29 +797,53 @@ def train(model: nn.Module, optimizer_factory: Callable[[nn.Module], torch.optim
     updates on any number of processes (up to float summation order; batch norm sees per-rank batches)."""
     from torch.nn.parallel import DistributedDataParallel
     from torch.utils.data.distributed import DistributedSampler
-    if schedule not in SCHEDULES: raise ValueError(f"invalid schedule={schedule!r}: expected one of {SCHEDULES}")
-    if not isinstance(epochs, int) or epochs < 1: raise ValueError(f"invalid epochs={epochs!r}: expected an integer >= 1")
+
+    if schedule not in SCHEDULES:
+        raise ValueError(f"invalid schedule={schedule!r}: expected one of {SCHEDULES}")
+    if not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"invalid epochs={epochs!r}: expected an integer >= 1")
     rank, world = distributed()
     if batch_size < world or batch_size % world:
         raise ValueError(f"batch_size={batch_size} must be a multiple of the number of processes ({world})")
     device = _device(device, world)
     n, per_rank = len(data.X_train), batch_size // world
     steps_per_epoch = n // batch_size
-    if steps_per_epoch < 1: raise ValueError(f"batch_size={batch_size} is larger than the training set ({n} images)")
+    if steps_per_epoch < 1:
+        raise ValueError(f"batch_size={batch_size} is larger than the training set ({n} images)")
     torch.manual_seed(seed)
     model.to(device).train()
-    net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else model
+    net = (
+        DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        if world > 1
+        else model
+    )
     optimizer = optimizer_factory(model)
     total = epochs * steps_per_epoch
-    factor = (lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total))) if schedule == "cosine" else (lambda s: 1.0)
+    factor = (
+        (lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+        if schedule == "cosine"
+        else (lambda s: 1.0)
+    )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     amp = device.type == "cuda" if amp is None else amp and device.type == "cuda"
     amp_dtype = torch.bfloat16 if amp and torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=amp and amp_dtype == torch.float16)
     X_train, y_train = data.X_train.to(device), data.y_train.to(device)
-    record = {"label": label, "dataset": data.name, "epochs_planned": epochs, "batch_size": batch_size, "schedule": schedule,
-              "world_size": world, "amp": bool(amp), "seed": seed, "epochs": [], "version": symbolic_l2o.__version__}
-    sampler = DistributedSampler(range(n), num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True)
+    record = {
+        "label": label,
+        "dataset": data.name,
+        "epochs_planned": epochs,
+        "batch_size": batch_size,
+        "schedule": schedule,
+        "world_size": world,
+        "amp": bool(amp),
+        "seed": seed,
+        "epochs": [],
+        "version": symbolic_l2o.__version__,
+    }
+    sampler = DistributedSampler(
+        range(n), num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True
+    )
     bar = tqdm(range(epochs), desc=label or "train", disable=not progress or rank != 0, leave=False)
     for epoch in bar:
         t0 = time.perf_counter()
@@ -534,10 +851,12 @@ def train(model: nn.Module, optimizer_factory: Callable[[nn.Module], torch.optim
         order = torch.tensor(list(sampler))
         loss_sum, nonfinite = 0.0, 0
         for k in range(steps_per_epoch):
-            gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch * 10_007 + k)  # the global batch's augmentation
+            gen = torch.Generator().manual_seed(
+                seed * 1_000_003 + epoch * 10_007 + k
+            )  # the global batch's augmentation
             offsets = torch.randint(0, 9, (2, batch_size), generator=gen)[:, rank::world]
             flips = (torch.rand(batch_size, generator=gen) < 0.5)[rank::world]
-            idx = order[k * per_rank:(k + 1) * per_rank].to(device)
+            idx = order[k * per_rank : (k + 1) * per_rank].to(device)
             X = data.normalize(_crop_flip(X_train[idx], offsets.to(device), flips.to(device), data.flip))
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
                 loss = nn.functional.cross_entropy(net(X), y_train[idx])
@@ -547,39 +866,67 @@ def train(model: nn.Module, optimizer_factory: Callable[[nn.Module], torch.optim
             scaler.update()
             scheduler.step()
             value = loss.item()
-            if math.isfinite(value): loss_sum += value
-            else: nonfinite += 1
+            if math.isfinite(value):
+                loss_sum += value
+            else:
+                nonfinite += 1
         loss_sum, nonfinite, count = _all_sum([loss_sum, nonfinite, steps_per_epoch], device)
         if world > 1:
-            for b in model.buffers(): dist.broadcast(b, 0)  # every rank scores with rank 0's batch-norm statistics
+            for b in model.buffers():
+                dist.broadcast(b, 0)  # every rank scores with rank 0's batch-norm statistics
         acc = top1_accuracy(model, data, device=device) if eval_every_epoch or epoch == epochs - 1 else None
-        record["epochs"].append({"epoch": epoch + 1, "train_loss": loss_sum / max(count - nonfinite, 1) if count > nonfinite else float("nan"),
-                                 "nonfinite_steps": int(nonfinite), "test_acc": acc, "lr_factor": factor((epoch + 1) * steps_per_epoch),
-                                 "seconds": time.perf_counter() - t0})
+        record["epochs"].append(
+            {
+                "epoch": epoch + 1,
+                "train_loss": loss_sum / max(count - nonfinite, 1) if count > nonfinite else float("nan"),
+                "nonfinite_steps": int(nonfinite),
+                "test_acc": acc,
+                "lr_factor": factor((epoch + 1) * steps_per_epoch),
+                "seconds": time.perf_counter() - t0,
+            }
+        )
         record["final_test_acc"] = acc
-        if acc is not None: bar.set_postfix(acc=f"{acc:.2f}")
+        if acc is not None:
+            bar.set_postfix(acc=f"{acc:.2f}")
         if out is not None and rank == 0:
             atomic_write(out, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=2)))
     return record
 
 # %% ../nbs/04_finetune_resnet.ipynb #9f7e797a
-WEIGHT_DECAY = 5e-4  # the paper's (run_resnet.py), coupled, for every method without a decoupled decay of its own
+WEIGHT_DECAY = (
+    5e-4  # the paper's (run_resnet.py), coupled, for every method without a decoupled decay of its own
+)
 
 # name -> (label, make(params, lr) -> optimizer, centre of the learning-rate grid); every one runs with cosine decay
 BASELINES = {
     "sgd_cosine": ("SGD+cos", lambda ps, lr: torch.optim.SGD(ps, lr=lr, weight_decay=WEIGHT_DECAY), 0.1),
-    "sgd_momentum_cosine": ("SGD+mom+cos", lambda ps, lr: torch.optim.SGD(ps, lr=lr, momentum=0.9, weight_decay=WEIGHT_DECAY), 0.1),
-    "nesterov_cosine": ("Nesterov+cos", lambda ps, lr: torch.optim.SGD(ps, lr=lr, momentum=0.9, nesterov=True,
-                                                                       weight_decay=WEIGHT_DECAY), 0.1),
+    "sgd_momentum_cosine": (
+        "SGD+mom+cos",
+        lambda ps, lr: torch.optim.SGD(ps, lr=lr, momentum=0.9, weight_decay=WEIGHT_DECAY),
+        0.1,
+    ),
+    "nesterov_cosine": (
+        "Nesterov+cos",
+        lambda ps, lr: torch.optim.SGD(ps, lr=lr, momentum=0.9, nesterov=True, weight_decay=WEIGHT_DECAY),
+        0.1,
+    ),
     "adam_cosine": ("Adam+cos", lambda ps, lr: torch.optim.Adam(ps, lr=lr, weight_decay=WEIGHT_DECAY), 1e-3),
     "adamw_cosine": ("AdamW+cos", lambda ps, lr: torch.optim.AdamW(ps, lr=lr, weight_decay=0.1), 1e-3),
-    "lion_cosine": ("Lion+cos", lambda ps, lr: RuleOptimizer(ps, LionRule(lr=lr), weight_decay=1.0, decoupled_weight_decay=True), 3e-4),
+    "lion_cosine": (
+        "Lion+cos",
+        lambda ps, lr: RuleOptimizer(ps, LionRule(lr=lr), weight_decay=1.0, decoupled_weight_decay=True),
+        3e-4,
+    ),
 }
 
 
-def rule_optimizer_factory(rule: UpdateRule, weight_decay: float = WEIGHT_DECAY, decoupled: bool = False, lr: float = 1.0) -> Callable:
+def rule_optimizer_factory(
+    rule: UpdateRule, weight_decay: float = WEIGHT_DECAY, decoupled: bool = False, lr: float = 1.0
+) -> Callable:
     "A factory `model → RuleOptimizer(model.parameters(), rule, lr, weight_decay=...)` for `train` (the rule object is shared, not copied)."
-    return lambda model: RuleOptimizer(model.parameters(), rule, lr=lr, weight_decay=weight_decay, decoupled_weight_decay=decoupled)
+    return lambda model: RuleOptimizer(
+        model.parameters(), rule, lr=lr, weight_decay=weight_decay, decoupled_weight_decay=decoupled
+    )
 
 
 def rule_spec(label: str, rule: UpdateRule) -> tuple[str, Callable, float]:
@@ -587,35 +934,79 @@ def rule_spec(label: str, rule: UpdateRule) -> tuple[str, Callable, float]:
     return label, lambda ps, lr: RuleOptimizer(ps, rule, lr=lr, weight_decay=WEIGHT_DECAY), 1.0
 
 # %% ../nbs/04_finetune_resnet.ipynb #ddbe5e05
-def protocol_run(make: Callable, lr: float, arch: str, data: ImageData, epochs: int, seed: int, batch_size: int = 128, device="auto",
-                 label: str = "", out: str | Path | None = None) -> dict:
+def protocol_run(
+    make: Callable,
+    lr: float,
+    arch: str,
+    data: ImageData,
+    epochs: int,
+    seed: int,
+    batch_size: int = 128,
+    device="auto",
+    label: str = "",
+    out: str | Path | None = None,
+) -> dict:
     """One run of the protocol: a fresh `arch` (initialised from `seed`) trained by `make(params, lr)` with cosine decay, scored on
     `data`'s test images once, at the end (`train`'s record). A run that diverges (a non-finite gradient stops a `RuleOptimizer`,
     or the loss is still non-finite in the last epoch) scores 0 and is marked `diverged`, whatever the optimizer."""
     torch.manual_seed(seed)
     model = make_model(arch, data.num_classes)
     try:
-        record = train(model, lambda m: make(m.parameters(), lr), epochs, data, "cosine", batch_size, device, seed=seed, out=out,
-                       label=label, eval_every_epoch=False, progress=False)
+        record = train(
+            model,
+            lambda m: make(m.parameters(), lr),
+            epochs,
+            data,
+            "cosine",
+            batch_size,
+            device,
+            seed=seed,
+            out=out,
+            label=label,
+            eval_every_epoch=False,
+            progress=False,
+        )
     except FloatingPointError:
-        return {"label": label, "final_test_acc": 0.0, "diverged": True, "epochs": [{"train_loss": float("nan")}] * epochs}
+        return {
+            "label": label,
+            "final_test_acc": 0.0,
+            "diverged": True,
+            "epochs": [{"train_loss": float("nan")}] * epochs,
+        }
     record["diverged"] = not math.isfinite(record["epochs"][-1]["train_loss"])
-    if record["diverged"]: record["final_test_acc"] = 0.0
+    if record["diverged"]:
+        record["final_test_acc"] = 0.0
     return record
 
 
-def lr_search(make: Callable, lr: float, arch: str, data: ImageData, epochs: int, points: int = 3, step: float = 10 ** 0.5,
-              max_extensions: int = 3, seed: int = TUNING_SEED_BASE, batch_size: int = 128, device="auto") -> dict:
+def lr_search(
+    make: Callable,
+    lr: float,
+    arch: str,
+    data: ImageData,
+    epochs: int,
+    points: int = 3,
+    step: float = 10**0.5,
+    max_extensions: int = 3,
+    seed: int = TUNING_SEED_BASE,
+    batch_size: int = 128,
+    device="auto",
+) -> dict:
     """Search the learning rate of `make(params, lr)` (or a rule's multiplier) on `data` (a `holdout` validation split).
 
     `points` values `lr`·`step`^k centred on `lr`, each training a fresh `arch` for `epochs` (cosine, tuning seed `seed`),
     scored by the final accuracy on `data`'s held-out images; past an edge that holds the best the grid grows by `step`,
     up to `max_extensions` times. Returns `lr_grid` (sorted), `val_acc` (per value), `best_lr` and `val_metric` (its accuracy)."""
-    if points < 2: raise ValueError(f"points={points}: a grid needs at least 2 values")
+    if points < 2:
+        raise ValueError(f"points={points}: a grid needs at least 2 values")
     accuracy = lambda v: protocol_run(make, v, arch, data, epochs, seed, batch_size, device)["final_test_acc"]
-    scores = extended_grid(lambda v: -accuracy(v), [lr * step ** (k - (points - 1) // 2) for k in range(points)], max_extensions)
+    scores = extended_grid(
+        lambda v: -accuracy(v), [lr * step ** (k - (points - 1) // 2) for k in range(points)], max_extensions
+    )
     scores = {v: -s for v, s in scores.items()}
-    b = max(scores, key=lambda v: (scores[v], -abs(math.log(v / lr))))  # ties: the value nearest the usual one
+    b = max(
+        scores, key=lambda v: (scores[v], -abs(math.log(v / lr)))
+    )  # ties: the value nearest the usual one
     grid = sorted(scores)
     return {"lr_grid": grid, "val_acc": [scores[v] for v in grid], "best_lr": b, "val_metric": scores[b]}
 
@@ -623,15 +1014,29 @@ def lr_search(make: Callable, lr: float, arch: str, data: ImageData, epochs: int
 def mean_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, list[float]]:
     "The mean of `values` and its `level` confidence interval [low, high] (Student t; one value: [mean, mean])."
     from scipy import stats
+
     a = np.asarray(values, dtype=np.float64)
-    if len(a) < 2: return float(a.mean()), [float(a.mean())] * 2
+    if len(a) < 2:
+        return float(a.mean()), [float(a.mean())] * 2
     half = stats.t.ppf(0.5 + level / 2, len(a) - 1) * a.std(ddof=1) / math.sqrt(len(a))
     return float(a.mean()), [float(a.mean() - half), float(a.mean() + half)]
 
 
-def run_protocol(optimizers: dict, arch: str, data: ImageData, epochs: int, seeds: Sequence[int] = (0, 1, 2), n_val: int = 5000,
-                 search_epochs: int | None = None, points: int = 3, max_extensions: int = 3, batch_size: int = 128,
-                 device="auto", out: str | Path | None = None, progress: bool = True) -> dict[str, dict]:
+def run_protocol(
+    optimizers: dict,
+    arch: str,
+    data: ImageData,
+    epochs: int,
+    seeds: Sequence[int] = (0, 1, 2),
+    n_val: int = 5000,
+    search_epochs: int | None = None,
+    points: int = 3,
+    max_extensions: int = 3,
+    batch_size: int = 128,
+    device="auto",
+    out: str | Path | None = None,
+    progress: bool = True,
+) -> dict[str, dict]:
     """Every optimizer of `optimizers` (name → (label, make(params, lr), centre lr)) through one protocol on `arch`: `lr_search`
     on a validation split of `n_val` training images (`search_epochs`, default `epochs`), then `epochs` of training at the
     chosen value on the training images less that split, once per seed, test accuracy read at the end of each run.
@@ -641,62 +1046,137 @@ def run_protocol(optimizers: dict, arch: str, data: ImageData, epochs: int, seed
     fit, validation = data.holdout(n_val)
     results = {}
     for name, (label, make, lr) in tqdm(optimizers.items(), desc="optimizers", disable=not progress):
-        search = lr_search(make, lr, arch, validation, search_epochs or epochs, points, max_extensions=max_extensions,
-                           batch_size=batch_size, device=device)
-        runs = [protocol_run(make, search["best_lr"], arch, fit, epochs, seed, batch_size, device, label,
-                             Path(out) / f"{name}-seed{seed}.json" if out is not None else None) for seed in seeds]
+        search = lr_search(
+            make,
+            lr,
+            arch,
+            validation,
+            search_epochs or epochs,
+            points,
+            max_extensions=max_extensions,
+            batch_size=batch_size,
+            device=device,
+        )
+        runs = [
+            protocol_run(
+                make,
+                search["best_lr"],
+                arch,
+                fit,
+                epochs,
+                seed,
+                batch_size,
+                device,
+                label,
+                Path(out) / f"{name}-seed{seed}.json" if out is not None else None,
+            )
+            for seed in seeds
+        ]
         acc = [r["final_test_acc"] for r in runs]
         mean, ci = mean_interval(acc)
-        results[name] = {"label": label, **search, "seeds": list(seeds), "test_acc": acc, "test_acc_mean": mean, "test_acc_ci": ci,
-                         "train_loss": [[e["train_loss"] for e in r["epochs"]] for r in runs]}
+        results[name] = {
+            "label": label,
+            **search,
+            "seeds": list(seeds),
+            "test_acc": acc,
+            "test_acc_mean": mean,
+            "test_acc_ci": ci,
+            "train_loss": [[e["train_loss"] for e in r["epochs"]] for r in runs],
+        }
     return results
 
 # %% ../nbs/04_finetune_resnet.ipynb #605feaa2
-def search_scale(rule: UpdateRule, task, multipliers: Sequence[float] = (1.0, 0.3, 0.1, 0.03, 0.01, 0.003),
-                 steps: int = 50, seeds: Sequence[int] = (TUNING_SEED_BASE,), device="cpu") -> tuple[float, dict]:
+def search_scale(
+    rule: UpdateRule,
+    task,
+    multipliers: Sequence[float] = (1.0, 0.3, 0.1, 0.03, 0.01, 0.003),
+    steps: int = 50,
+    seeds: Sequence[int] = (TUNING_SEED_BASE,),
+    device="cpu",
+) -> tuple[float, dict]:
     "The multiplier of `rule`'s update with the lowest late training loss on the proxy `task` (a few tuning seeds), and every score."
     scores = {}
     for m in multipliers:
         ev = evaluate(rule, task, steps, seeds, lr=m, eval_every=steps, device=device, progress=False)
         scores[m] = ev.eva_loss[0] if np.isfinite(ev.train_loss).all() else float("inf")
     best = min(scores, key=lambda m: (scores[m], -m))
-    if not math.isfinite(scores[best]): raise RuntimeError(f"every multiplier diverged on {task.name}: {scores}")
+    if not math.isfinite(scores[best]):
+        raise RuntimeError(f"every multiplier diverged on {task.name}: {scores}")
     return best, scores
 
 
-def proxy_tune(rule: SymbolicRule | TanhBasisRule, proxy, tune: dict | None = None, search: dict | None = None,
-               out: str | Path | None = None, name: str = "tuned", device="cpu", progress: bool = False) -> tuple[UpdateRule, dict]:
+def proxy_tune(
+    rule: SymbolicRule | TanhBasisRule,
+    proxy,
+    tune: dict | None = None,
+    search: dict | None = None,
+    out: str | Path | None = None,
+    name: str = "tuned",
+    device="cpu",
+    progress: bool = False,
+) -> tuple[UpdateRule, dict]:
     """Stage 3 on a proxy task, in place: the multiplier of `rule`'s update searched on `proxy` (`search_scale`, folded into
     its `scale`), then its constants (or W) meta-tuned there (`meta_tune`, with `tune`'s budget); with `out`, `out/<name>.json`."""
     multiplier, scores = search_scale(rule, proxy, device=device, **(search or {}))
     rule.scale *= multiplier
     rule, card = meta_tune(rule, proxy, name=name, device=device, progress=progress, **(tune or {}))
-    card.update(multiplier=multiplier, multiplier_scores=scores, scale=rule.scale, state_per_param=state_per_param(rule))
-    if out is not None: save_tuned(rule, Path(out) / f"{name}.json", card)
+    card.update(
+        multiplier=multiplier,
+        multiplier_scores=scores,
+        scale=rule.scale,
+        state_per_param=state_per_param(rule),
+    )
+    if out is not None:
+        save_tuned(rule, Path(out) / f"{name}.json", card)
     return rule, card
 
 
-def prepare_symbolic(fit: FittedRule, proxy, max_state: float = 2.0, tune: dict | None = None, search: dict | None = None,
-                     out: str | Path | None = None, device="cpu", progress: bool = False) -> tuple[SymbolicRule, dict]:
+def prepare_symbolic(
+    fit: FittedRule,
+    proxy,
+    max_state: float = 2.0,
+    tune: dict | None = None,
+    search: dict | None = None,
+    out: str | Path | None = None,
+    device="cpu",
+    progress: bool = False,
+) -> tuple[SymbolicRule, dict]:
     """The deployable symbolic rule of `fit` (`deployable`: within `max_state` state values per parameter, else the lightest),
     `proxy_tune`d; its card says which equation was distilled, which deployed, and whether it fits the budget."""
     expr = deployable(fit, max_state, strict=False)
     betas = fit.meta.get("betas", (0.95, 0.95))
     rule = SymbolicRule(expr, scale=float(fit.meta.get("scale", 1.0)), beta1=betas[0], beta2=betas[1])
     rule, card = proxy_tune(rule, proxy, tune, search, None, "tuned_symbolic", device, progress)
-    card.update(distilled=str(fit.expr), deployed=str(expr), within_budget=card["state_per_param"] <= max_state)
-    if out is not None: save_tuned(rule, Path(out) / "tuned_symbolic.json", card)
+    card.update(
+        distilled=str(fit.expr), deployed=str(expr), within_budget=card["state_per_param"] <= max_state
+    )
+    if out is not None:
+        save_tuned(rule, Path(out) / "tuned_symbolic.json", card)
     return rule, card
 
 # %% ../nbs/04_finetune_resnet.ipynb #f18ea2ee
 def state_bytes_per_param(optimizer: torch.optim.Optimizer) -> float:
     "Bytes of optimizer state (every tensor, step counters included) per parameter of `optimizer`."
     n = sum(p.numel() for g in optimizer.param_groups for p in g["params"])
-    return sum(v.numel() * v.element_size() for s in optimizer.state.values() for v in s.values() if isinstance(v, Tensor)) / n
+    return (
+        sum(
+            v.numel() * v.element_size()
+            for s in optimizer.state.values()
+            for v in s.values()
+            if isinstance(v, Tensor)
+        )
+        / n
+    )
 
 
-def step_costs(optimizers: dict[str, Callable], arch: str, repeats: int = 20, warmup: int = 3, seed: int = 0,
-               limit: int | None = None) -> dict[str, dict]:
+def step_costs(
+    optimizers: dict[str, Callable],
+    arch: str,
+    repeats: int = 20,
+    warmup: int = 3,
+    seed: int = 0,
+    limit: int | None = None,
+) -> dict[str, dict]:
     """Median `step()` time (ms) and state bytes per parameter of each `optimizers[name](params)` on `arch`'s parameters
     (CPU, fixed random gradients, stepped in turn); `limit`: only the first `limit` coordinates (a whole tensor at a time)."""
     torch.manual_seed(seed)
@@ -705,108 +1185,226 @@ def step_costs(optimizers: dict[str, Callable], arch: str, repeats: int = 20, wa
     def params():
         ps, total = [], 0
         for p in model.parameters():
-            if limit is not None and total >= limit: break
+            if limit is not None and total >= limit:
+                break
             q = p.detach().clone().requires_grad_()
             q.grad = torch.randn(q.shape, generator=torch.Generator().manual_seed(total)) * 1e-3
             ps.append(q)
             total += q.numel()
         return ps
+
     opts = {k: make(params()) for k, make in optimizers.items()}
     times = {k: [] for k in opts}
     for i in range(warmup + repeats):
         for k, opt in opts.items():
             t0 = time.perf_counter()
             opt.step()
-            if i >= warmup: times[k].append(time.perf_counter() - t0)
+            if i >= warmup:
+                times[k].append(time.perf_counter() - t0)
     n = sum(p.numel() for g in next(iter(opts.values())).param_groups for p in g["params"])
-    return {k: {"step_ms": 1e3 * float(np.median(times[k])), "state_bytes_per_param": state_bytes_per_param(opt), "params": n}
-            for k, opt in opts.items()}
+    return {
+        k: {
+            "step_ms": 1e3 * float(np.median(times[k])),
+            "state_bytes_per_param": state_bytes_per_param(opt),
+            "params": n,
+        }
+        for k, opt in opts.items()
+    }
 
 # %% ../nbs/04_finetune_resnet.ipynb #f5a004db
 def finetune_summary(results: dict[str, dict], costs: dict[str, dict], source: dict, **setting) -> dict:
     """`summary/finetune.json`: `source` ({path, sha256} of the deployed equation), the `setting` (target, scale...), and under
     `optimizers` per name: lr_grid, best_lr, val_metric, test_acc_mean, test_acc_ci, seeds, step_ms, state_bytes_per_param."""
-    keys = ("label", "lr_grid", "val_acc", "best_lr", "val_metric", "test_acc", "test_acc_mean", "test_acc_ci", "seeds")
-    return {"source": {"path": source["path"], "sha256": source["sha256"]}, **setting,
-            "optimizers": {n: {**{k: r[k] for k in keys}, "step_ms": costs[n]["step_ms"],
-                               "state_bytes_per_param": costs[n]["state_bytes_per_param"]} for n, r in results.items()}}
+    keys = (
+        "label",
+        "lr_grid",
+        "val_acc",
+        "best_lr",
+        "val_metric",
+        "test_acc",
+        "test_acc_mean",
+        "test_acc_ci",
+        "seeds",
+    )
+    return {
+        "source": {"path": source["path"], "sha256": source["sha256"]},
+        **setting,
+        "optimizers": {
+            n: {
+                **{k: r[k] for k in keys},
+                "step_ms": costs[n]["step_ms"],
+                "state_bytes_per_param": costs[n]["state_bytes_per_param"],
+            }
+            for n, r in results.items()
+        },
+    }
 
 
 def protocol_table(summary: dict) -> dict:
     "`write_summary`'s table of a `finetune_summary`: per optimizer the chosen lr, validation and test accuracy, step time, state."
-    rows = [[o["label"], f"{o['best_lr']:.3g}", f"{len(o['lr_grid'])}", f"{o['val_metric']:.2f}",
-             f"{o['test_acc_mean']:.2f} [{o['test_acc_ci'][0]:.2f}, {o['test_acc_ci'][1]:.2f}]", f"{o['step_ms']:.2f}",
-             f"{o['state_bytes_per_param']:.1f}"] for o in summary["optimizers"].values()]
-    return {"columns": ["optimizer", "lr (or multiplier)", "grid points", "val acc %", "test acc % (mean [95% CI])", "step ms",
-                        "state bytes / param"], "rows": rows}
+    rows = [
+        [
+            o["label"],
+            f"{o['best_lr']:.3g}",
+            f"{len(o['lr_grid'])}",
+            f"{o['val_metric']:.2f}",
+            f"{o['test_acc_mean']:.2f} [{o['test_acc_ci'][0]:.2f}, {o['test_acc_ci'][1]:.2f}]",
+            f"{o['step_ms']:.2f}",
+            f"{o['state_bytes_per_param']:.1f}",
+        ]
+        for o in summary["optimizers"].values()
+    ]
+    return {
+        "columns": [
+            "optimizer",
+            "lr (or multiplier)",
+            "grid points",
+            "val acc %",
+            "test acc % (mean [95% CI])",
+            "step ms",
+            "state bytes / param",
+        ],
+        "rows": rows,
+    }
 
 
 def plot_protocol(results: dict[str, dict], title: str = ""):
     "Training loss per epoch (mean over seeds) and test accuracy (mean, 95% interval) per optimizer."
     import matplotlib.pyplot as plt
+
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     for i, r in enumerate(results.values()):
         loss = np.mean(r["train_loss"], axis=0)
         ax1.plot(np.arange(1, len(loss) + 1), loss, marker="o>sx<dv^*"[i % 9], ms=4, label=r["label"])
         lo, hi = r["test_acc_ci"]
-        ax2.errorbar([r["test_acc_mean"]], [i], xerr=[[r["test_acc_mean"] - lo], [hi - r["test_acc_mean"]]], fmt="o", capsize=3)
+        ax2.errorbar(
+            [r["test_acc_mean"]],
+            [i],
+            xerr=[[r["test_acc_mean"] - lo], [hi - r["test_acc_mean"]]],
+            fmt="o",
+            capsize=3,
+        )
     ax1.set(xlabel="epoch", ylabel="training loss", yscale="log", title=title)
     ax1.legend(fontsize=8)
-    ax2.set(yticks=range(len(results)), yticklabels=[r["label"] for r in results.values()], xlabel="test accuracy % (95% CI)")
+    ax2.set(
+        yticks=range(len(results)),
+        yticklabels=[r["label"] for r in results.values()],
+        xlabel="test accuracy % (95% CI)",
+    )
     fig.tight_layout()
     return fig
 
 # %% ../nbs/04_finetune_resnet.ipynb #c2ec8c5f
-def scalability(symbolic: UpdateRule, arch: str = "resnet18", repeats: int = 10, warmup: int = 2, lstm: str = "rp",
-                lstm_params: int = 1_000_000, seed: int = 0, tanh_rule: TanhBasisRule | None = None) -> dict:
+def scalability(
+    symbolic: UpdateRule,
+    arch: str = "resnet18",
+    repeats: int = 10,
+    warmup: int = 2,
+    lstm: str = "rp",
+    lstm_params: int = 1_000_000,
+    seed: int = 0,
+    tanh_rule: TanhBasisRule | None = None,
+) -> dict:
     """State bytes per parameter and median `step()` time on `arch`'s parameters (`step_costs`) of the `symbolic` rule, a
     `TanhBasisRule` (`tanh_rule`, default a fixed one), `torch.optim.Adam` (foreach) and the zoo's LSTM rule `lstm` (timed on
     its first `lstm_params` coordinates, scaled linearly); the ratios `symbolic_over_adam_time`, `lstm_over_symbolic_memory`."""
     from symbolic_l2o.meta_train import load_pretrained
+
     tanh_rule = tanh_rule or TanhBasisRule(weights=[[1.0, -0.1], [0.1, 0.0]])
-    costs = step_costs({"symbolic": lambda ps: RuleOptimizer(ps, symbolic), "tanh_basis": lambda ps: RuleOptimizer(ps, tanh_rule),
-                        "adam": lambda ps: torch.optim.Adam(ps, lr=1e-3, foreach=True)}, arch, repeats, warmup, seed)
-    lstm_cost = step_costs({"lstm": lambda ps: RuleOptimizer(ps, load_pretrained(lstm))}, arch, max(2, repeats // 3), warmup, seed,
-                           limit=lstm_params)["lstm"]
+    costs = step_costs(
+        {
+            "symbolic": lambda ps: RuleOptimizer(ps, symbolic),
+            "tanh_basis": lambda ps: RuleOptimizer(ps, tanh_rule),
+            "adam": lambda ps: torch.optim.Adam(ps, lr=1e-3, foreach=True),
+        },
+        arch,
+        repeats,
+        warmup,
+        seed,
+    )
+    lstm_cost = step_costs(
+        {"lstm": lambda ps: RuleOptimizer(ps, load_pretrained(lstm))},
+        arch,
+        max(2, repeats // 3),
+        warmup,
+        seed,
+        limit=lstm_params,
+    )["lstm"]
     n = costs["adam"]["params"]
-    result = {"arch": arch, "params": n, "repeats": repeats, "threads": torch.get_num_threads(), "symbolic_rule": str(symbolic)}
-    for k, c in costs.items(): result.update({f"{k}_ms": c["step_ms"], f"{k}_state_bytes_per_param": c["state_bytes_per_param"]})
-    result.update(lstm=lstm, lstm_timed_params=lstm_cost["params"], lstm_ms=lstm_cost["step_ms"] * n / lstm_cost["params"],
-                  lstm_state_bytes_per_param=lstm_cost["state_bytes_per_param"])
+    result = {
+        "arch": arch,
+        "params": n,
+        "repeats": repeats,
+        "threads": torch.get_num_threads(),
+        "symbolic_rule": str(symbolic),
+    }
+    for k, c in costs.items():
+        result.update({f"{k}_ms": c["step_ms"], f"{k}_state_bytes_per_param": c["state_bytes_per_param"]})
+    result.update(
+        lstm=lstm,
+        lstm_timed_params=lstm_cost["params"],
+        lstm_ms=lstm_cost["step_ms"] * n / lstm_cost["params"],
+        lstm_state_bytes_per_param=lstm_cost["state_bytes_per_param"],
+    )
     result["symbolic_over_adam_time"] = result["symbolic_ms"] / result["adam_ms"]
     result["tanh_basis_over_adam_time"] = result["tanh_basis_ms"] / result["adam_ms"]
-    result["lstm_over_symbolic_memory"] = result["lstm_state_bytes_per_param"] / result["symbolic_state_bytes_per_param"]
+    result["lstm_over_symbolic_memory"] = (
+        result["lstm_state_bytes_per_param"] / result["symbolic_state_bytes_per_param"]
+    )
     return result
 
 # %% ../nbs/04_finetune_resnet.ipynb #ea8bb53e
-def finetune_cli(optimizer: str = "symbolic",  # symbolic, tanh_basis, or a baseline: sgd_cosine, sgd_momentum_cosine, nesterov_cosine, adam_cosine, adamw_cosine, lion_cosine
-                 lr: float = None,  # learning rate (a rule's multiplier); default: the centre of its grid (1.0 for the rules)
-                 arch: str = "resnet50",  # resnet18/34/50/101/152, resnet10_w8, resnet10_w4, mobilenet_v2
-                 dataset: str = "cifar10",  # mnist, digits32, cifar10, cifar100
-                 epochs: int = 200, batch_size: int = 128,  # global batch (split over torchrun processes)
-                 rule: str = None,  # tuned rule JSON (save_tuned) for symbolic/tanh_basis; default: tune one from rule_source on the proxy
-                 rule_source: str = None,  # 03 run directory, fitted-rule JSON or zoo name; default: the zoo's distilled rule
-                 proxy_arch: str = "resnet10_w4",  # the proxy on which the rule is tuned
-                 data_root: str = None, download: bool = False,
-                 device: str = "auto", seed: int = 0, out: str = "runs/finetune"):  # output directory
+def finetune_cli(
+    optimizer: str = "symbolic",  # symbolic, tanh_basis, or a baseline: sgd_cosine, sgd_momentum_cosine, nesterov_cosine, adam_cosine, adamw_cosine, lion_cosine
+    lr: float = None,  # learning rate (a rule's multiplier); default: the centre of its grid (1.0 for the rules)
+    arch: str = "resnet50",  # resnet18/34/50/101/152, resnet10_w8, resnet10_w4, mobilenet_v2
+    dataset: str = "cifar10",  # mnist, digits32, cifar10, cifar100
+    epochs: int = 200,
+    batch_size: int = 128,  # global batch (split over torchrun processes)
+    rule: str = None,  # tuned rule JSON (save_tuned) for symbolic/tanh_basis; default: tune one from rule_source on the proxy
+    rule_source: str = None,  # 03 run directory, fitted-rule JSON or zoo name; default: the zoo's distilled rule
+    proxy_arch: str = "resnet10_w4",  # the proxy on which the rule is tuned
+    data_root: str = None,
+    download: bool = False,
+    device: str = "auto",
+    seed: int = 0,
+    out: str = "runs/finetune",
+):  # output directory
     "Train one network with one optimizer, cosine schedule (works under torchrun): per-epoch JSON in `out`, a tuned rule beside it."
     data = load_data(dataset, data_root, download)
-    if optimizer in BASELINES: label, make, centre = BASELINES[optimizer]
+    if optimizer in BASELINES:
+        label, make, centre = BASELINES[optimizer]
     elif optimizer in ("symbolic", "tanh_basis"):
-        if rule: tuned, _ = load_tuned(rule)
+        if rule:
+            tuned, _ = load_tuned(rule)
         else:
             rank, _ = distributed()
             fit = rule_source_fit(rule_source)[0]
             proxy, where = data.task(proxy_arch, batch_size=64, n=5000), out if rank == 0 else None
             tuned, card = prepare_symbolic(fit, proxy, out=where, device=device)
             if optimizer == "tanh_basis":
-                psi = tanh_basis_from_equation(deployable(fit, strict=False), float(fit.meta.get("scale", 1.0)))[0]
+                psi = tanh_basis_from_equation(
+                    deployable(fit, strict=False), float(fit.meta.get("scale", 1.0))
+                )[0]
                 tuned, _ = proxy_tune(psi, proxy, out=where, name="tuned_tanh_basis", device=device)
         label, make, centre = rule_spec("Symbolic L2O" if optimizer == "symbolic" else "ψ γ·tanh", tuned)
     else:
-        raise ValueError(f"unknown optimizer {optimizer!r}; known: symbolic, tanh_basis, {', '.join(BASELINES)}")
+        raise ValueError(
+            f"unknown optimizer {optimizer!r}; known: symbolic, tanh_basis, {', '.join(BASELINES)}"
+        )
     lr = centre if lr is None else lr
     torch.manual_seed(seed)
-    record = train(make_model(arch, data.num_classes), lambda m: make(m.parameters(), lr), epochs, data, "cosine", batch_size, device,
-                   seed=seed, out=Path(out) / f"{optimizer}-seed{seed}.json", label=label)
-    if distributed()[0] == 0: print(json.dumps({k: record[k] for k in ("label", "final_test_acc")} | {"lr": lr}))
+    record = train(
+        make_model(arch, data.num_classes),
+        lambda m: make(m.parameters(), lr),
+        epochs,
+        data,
+        "cosine",
+        batch_size,
+        device,
+        seed=seed,
+        out=Path(out) / f"{optimizer}-seed{seed}.json",
+        label=label,
+    )
+    if distributed()[0] == 0:
+        print(json.dumps({k: record[k] for k in ("label", "final_test_acc")} | {"lr": lr}))

@@ -21,46 +21,61 @@ from torch import Tensor, nn
 # %% auto #0
 __all__ = ['RuleState', 'P_MEAN_FEATURES', 'MOMENTUM_FEATURES', 'ADAM_FEATURES', 'FEATURE_NAMES', 'OUTPUT_FEATURE', 'SIGN_DECAYS',
            'HAND_RULES', 'RNNPROP_PRESETS', 'LOG_EPS', 'OPERATORS', 'MAX_EXPRESSION_CHARS', 'MAX_EXPRESSION_DEPTH',
-           'MAX_LAG', 'RULE_CLASSES', 'ema', 'ema_sq', 'decay_add', 'normalize', 'check_hparam', 'optional_import',
-           'UpdateRule', 'state_per_param', 'ElementwiseRule', 'GradFeatures', 'SGDRule', 'MomentumRule',
-           'NesterovRule', 'AdamRule', 'RMSpropRule', 'LionRule', 'sign_decay', 'SignAgreementRule', 'PowerSignRule',
-           'AddSignRule', 'LearnedRule', 'DMRule', 'RNNpropRule', 'variable', 'parse_expression', 'compile_expression',
-           'complexity', 'SymbolicRule', 'make_rule', 'rule_config', 'rule_from_config', 'compute_dtype',
-           'RuleOptimizer']
+           'MAX_LAG', 'TORCH_FUNCTIONS', 'RULE_CLASSES', 'ema', 'ema_sq', 'decay_add', 'normalize', 'check_hparam',
+           'optional_import', 'UpdateRule', 'state_per_param', 'ElementwiseRule', 'GradFeatures', 'SGDRule',
+           'MomentumRule', 'NesterovRule', 'AdamRule', 'RMSpropRule', 'LionRule', 'sign_decay', 'SignAgreementRule',
+           'PowerSignRule', 'AddSignRule', 'LearnedRule', 'DMRule', 'RNNpropRule', 'variable', 'parse_expression',
+           'compile_expression', 'complexity', 'SymbolicRule', 'make_rule', 'rule_config', 'rule_from_config',
+           'compute_dtype', 'RuleOptimizer']
 
 # %% ../nbs/00_optimizers.ipynb #06cd958f
 def ema(buf: Tensor, x: Tensor, beta: float) -> Tensor:
-    "Exponential moving average β·buf + (1−β)·x; in place on `buf` unless autograd is recording."
-    return torch.lerp(buf, x, 1 - beta) if torch.is_grad_enabled() else buf.lerp_(x, 1 - beta)
+    "Exponential moving average β·buf + (1−β)·x, a new tensor (`buf` is left as it was)."
+    return torch.lerp(buf, x, 1 - beta)
 
 
 def ema_sq(buf: Tensor, x: Tensor, beta: float) -> Tensor:
-    "Exponential moving average of squares β·buf + (1−β)·x²; in place on `buf` unless autograd is recording."
-    return torch.addcmul(buf * beta, x, x, value=1 - beta) if torch.is_grad_enabled() else buf.mul_(beta).addcmul_(x, x, value=1 - beta)
+    "Exponential moving average of squares β·buf + (1−β)·x², a new tensor (`buf` is left as it was)."
+    return torch.mul(buf, beta).addcmul_(x, x, value=1 - beta)
 
 
 def decay_add(buf: Tensor, x: Tensor, beta: float) -> Tensor:
-    "Heavy-ball accumulation β·buf + x; in place on `buf` unless autograd is recording."
-    return torch.add(buf * beta, x) if torch.is_grad_enabled() else buf.mul_(beta).add_(x)
+    "Heavy-ball accumulation β·buf + x, a new tensor (`buf` is left as it was)."
+    return torch.mul(buf, beta).add_(x)
 
 
 def normalize(x: Tensor, v: Tensor, eps: float, scale: float) -> Tensor:
     "The Adam-style normalisation scale·x/(√v + eps): a single new tensor and two passes when autograd is off."
-    if torch.is_grad_enabled(): return x / (v.sqrt() + eps) * scale
+    if torch.is_grad_enabled():
+        return x / (v.sqrt() + eps) * scale
     d = v.sqrt().add_(eps)
     return torch.addcdiv(d.new_zeros(()), x, d, value=scale, out=d)
 
 # %% ../nbs/00_optimizers.ipynb #480377c9
 def check_hparam(name: str, value, ok: Callable[[float], bool], expected: str) -> float:
     "Return `value` as a float if it is a finite real number satisfying `ok`, else raise a `ValueError` naming `name`."
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or not ok(value):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or not math.isfinite(value)
+        or not ok(value)
+    ):
         raise ValueError(f"invalid {name}={value!r}: expected {expected}")
     return float(value)
 
 
-def _lr(lr): return check_hparam("lr", lr, lambda v: v >= 0, "lr >= 0")
-def _beta(name, beta): return check_hparam(name, beta, lambda v: 0 <= v < 1, f"0 <= {name} < 1")
-def _eps(eps): return check_hparam("eps", eps, lambda v: v > 0, "eps > 0")
+def _lr(lr):
+    return check_hparam("lr", lr, lambda v: v >= 0, "lr >= 0")
+
+
+def _beta(name, beta):
+    return check_hparam(name, beta, lambda v: 0 <= v < 1, f"0 <= {name} < 1")
+
+
+def _eps(eps):
+    return check_hparam("eps", eps, lambda v: v > 0, "eps > 0")
+
+
 def _betas(betas):
     if not isinstance(betas, (tuple, list)) or len(betas) != 2:
         raise ValueError(f"invalid betas={betas!r}: expected a pair (beta1, beta2)")
@@ -69,10 +84,13 @@ def _betas(betas):
 # %% ../nbs/00_optimizers.ipynb #a1c0e006
 def optional_import(module: str, extra: str, purpose: str):
     "Import `module` (a package of an extra), or raise a `ModuleNotFoundError` naming `purpose` and the extra that brings it."
-    try: return importlib.import_module(module)
+    try:
+        return importlib.import_module(module)
     except ModuleNotFoundError as e:
-        raise ModuleNotFoundError(f"{purpose} needs {module.split('.')[0]}, which is not installed: "
-                                  f"pip install 'symbolic_l2o[{extra}]'") from e
+        raise ModuleNotFoundError(
+            f"{purpose} needs {module.split('.')[0]}, which is not installed: "
+            f"pip install 'symbolic_l2o[{extra}]'"
+        ) from e
 
 # %% ../nbs/00_optimizers.ipynb #f82b97bb
 RuleState = list  # one dict[str, Tensor] per parameter tensor
@@ -92,10 +110,14 @@ class UpdateRule(nn.Module):
     def with_hyperparameters(self, values: dict) -> UpdateRule:
         """This rule with its `hyperparameters` taken from `values` (e.g. a param group): itself when none differs,
         else a shallow copy that shares the rule's weights."""
-        changed = {k: values[k] for k in self.hyperparameters if k in values and values[k] != getattr(self, k)}
-        if not changed: return self
+        changed = {
+            k: values[k] for k in self.hyperparameters if k in values and values[k] != getattr(self, k)
+        }
+        if not changed:
+            return self
         rule = copy.copy(self)
-        for k, v in changed.items(): setattr(rule, k, tuple(v) if isinstance(v, list) else v)
+        for k, v in changed.items():
+            setattr(rule, k, tuple(v) if isinstance(v, list) else v)
         return rule
 
     def init(self, params: Sequence[Tensor]) -> RuleState:
@@ -142,113 +164,195 @@ P_MEAN_FEATURES = {"mp2": 2.0, "mp25": 2.5, "mp3": 3.0, "mp4": 4.0}
 MOMENTUM_FEATURES = {"mom5": 0.5, "mom9": 0.9, "mom99": 0.99}
 ADAM_FEATURES = ("mt", "gt", "adam_up", "adam_up_norm", "adam_dn")
 FEATURE_NAMES = ("g",) + ADAM_FEATURES + tuple(MOMENTUM_FEATURES) + ("t",) + tuple(P_MEAN_FEATURES)
-OUTPUT_FEATURE = "u"  # a rule's own output (its update / scale): an equation may read its past values u_1, u_2, ...
+OUTPUT_FEATURE = (
+    "u"  # a rule's own output (its update / scale): an equation may read its past values u_1, u_2, ...
+)
 
 
 def _pow(x: Tensor, p: float, out: Tensor | None = None) -> Tensor:
     "x^p for x ≥ 0 written into `out` (default: into `x`): torch's `pow` with a fractional exponent costs 3× `exp(p·log x)` on CPU."
     out = x if out is None else out
-    if p == 0.5: return torch.sqrt(x, out=out)
-    if p == int(p): return torch.pow(x, int(p), out=out)
+    if p == 0.5:
+        return torch.sqrt(x, out=out)
+    if p == int(p):
+        return torch.pow(x, int(p), out=out)
     return torch.log(x, out=out).mul_(p).exp_()
 
 
 class GradFeatures:
     """Named, coordinate-wise gradient features (`mt`, `gt`, `g`, `mom5`, ..., `t`, `mp2`, ...), with their history state.
 
-    `init_tensor(p)` gives the state of one parameter tensor; `step(g, s, t)` returns the features of
-    every coordinate of `g` as an `[g.numel(), len(names)]` matrix and the new state."""
+    `init_tensor(p)` gives the state of one parameter tensor; `columns(g, s, t)` the features (the table above) as a
+    dict name → `[g.numel()]` tensor and the new state; `step` the same as a `[g.numel(), len(names)]` matrix."""
 
-    def __init__(self, names: Sequence[str] = ("mt", "gt"), beta1: float = 0.95, beta2: float = 0.95,
-                 eps: float = 1e-12, p_mean_eps: float = 1e-8, t_scale: float = 1e-3):
-        if isinstance(names, str): names = names.split("+")
+    def __init__(
+        self,
+        names: Sequence[str] = ("mt", "gt"),
+        beta1: float = 0.95,
+        beta2: float = 0.95,
+        eps: float = 1e-12,
+        p_mean_eps: float = 1e-8,
+        t_scale: float = 1e-3,
+    ):
+        if isinstance(names, str):
+            names = names.split("+")
         unknown = [n for n in names if n not in FEATURE_NAMES]
-        if unknown: raise ValueError(f"unknown gradient feature(s) {unknown}; known: {list(FEATURE_NAMES)}")
-        if not names or len(set(names)) != len(names): raise ValueError(f"feature names must be non-empty and distinct, got {list(names)}")
+        if unknown:
+            raise ValueError(f"unknown gradient feature(s) {unknown}; known: {list(FEATURE_NAMES)}")
+        if not names or len(set(names)) != len(names):
+            raise ValueError(f"feature names must be non-empty and distinct, got {list(names)}")
         self.names = tuple(names)
         self.beta1, self.beta2 = _beta("beta1", beta1), _beta("beta2", beta2)
-        self.eps, self.p_mean_eps = _eps(eps), check_hparam("p_mean_eps", p_mean_eps, lambda v: v > 0, "p_mean_eps > 0")
+        self.eps, self.p_mean_eps = (
+            _eps(eps),
+            check_hparam("p_mean_eps", p_mean_eps, lambda v: v > 0, "p_mean_eps > 0"),
+        )
         self.t_scale = check_hparam("t_scale", t_scale, lambda v: v > 0, "t_scale > 0")
         needs_m = any(n in ADAM_FEATURES or n in P_MEAN_FEATURES for n in self.names)
-        self.buffers = (["m"] if needs_m else []) + (["v"] if any(n in ("mt", "gt", "adam_dn") for n in self.names) else []) \
-            + [n for n in MOMENTUM_FEATURES if n in self.names] + [f"v_{n}" for n in P_MEAN_FEATURES if n in self.names]
+        self.buffers = (
+            (["m"] if needs_m else [])
+            + (["v"] if any(n in ("mt", "gt", "adam_dn") for n in self.names) else [])
+            + [n for n in MOMENTUM_FEATURES if n in self.names]
+            + [f"v_{n}" for n in P_MEAN_FEATURES if n in self.names]
+        )
 
-    def __repr__(self): return f"GradFeatures({'+'.join(self.names)}, beta1={self.beta1}, beta2={self.beta2})"
+    def __repr__(self):
+        return f"GradFeatures({'+'.join(self.names)}, beta1={self.beta1}, beta2={self.beta2})"
 
     def init_tensor(self, p: Tensor) -> dict[str, Tensor]:
         "Zero history buffers for one parameter tensor (only those the requested features need)."
         return {b: torch.zeros(p.numel(), dtype=p.dtype, device=p.device) for b in self.buffers}
 
-    def columns(self, g: Tensor, s: dict[str, Tensor], t: int, factors: dict[str, float] | None = None
-                ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-        """The features of gradient `g` at step `t` (1-based) as a dict name → `[g.numel()]` tensor, and the new state.
-
-        A feature named in `factors` comes multiplied by its factor: for free (in its last pass) where that pass
-        takes a scale without autograd (the p-means, `mt`), by one more pass elsewhere."""
-        g, factors, absorbed = g.reshape(-1), factors or {}, set()
-        b1, b2, grad = self.beta1, self.beta2, torch.is_grad_enabled()
+    def columns(self, g: Tensor, s: dict[str, Tensor], t: int) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        "The features of gradient `g` at step `t` (1-based) as a dict name → `[g.numel()]` tensor, and the new state."
+        g, b1, b2 = g.reshape(-1), self.beta1, self.beta2
         new = {}
-        if "m" in s: new["m"] = ema(s["m"], g, b1)
-        if "v" in s: new["v"] = ema_sq(s["v"], g, b2)
+        if "m" in s:
+            new["m"] = ema(s["m"], g, b1)
+        if "v" in s:
+            new["v"] = ema_sq(s["v"], g, b2)
         for n, beta in MOMENTUM_FEATURES.items():
-            if n in s: new[n] = ema(s[n], g, beta)
-        scratch = {}  # without autograd, each |g|^p temporary is reused for its p-mean
+            if n in s:
+                new[n] = ema(s[n], g, beta)
         for n, p in P_MEAN_FEATURES.items():
             if f"v_{n}" in s:
-                scratch[n] = g.abs() ** p if grad else _pow(g.abs(), p)
-                new[f"v_{n}"] = ema(s[f"v_{n}"], scratch[n], b2)
-        bc1, bc2 = 1 - b1 ** t, 1 - b2 ** t
-        lazy = not grad and not {"gt", "adam_dn", "adam_up_norm"} & set(self.names)  # mt alone: fused below
-        m_hat = new["m"] / bc1 if {"mt", "adam_up_norm"} & set(self.names) and not lazy else None
-        denom = None
-        if "v" in new and not lazy:  # without autograd: one temporary, updated in place
-            denom = (new["v"] / bc2).sqrt() + self.eps if grad else (new["v"] / bc2).sqrt_().add_(self.eps)
+                new[f"v_{n}"] = ema(s[f"v_{n}"], g.abs() ** p, b2)
+        bc1, bc2 = 1 - b1**t, 1 - b2**t
+        s_t = (new["v"] / bc2).sqrt() + self.eps if "v" in new else None  # Adam's denominator √v̂ + ε
 
-        def p_mean(n, p):
-            if grad: return new["m"] / ((new[f"v_{n}"] / (1 - b2 ** t)) ** (1 / p) + self.p_mean_eps)
-            # m/((v/bc2)^(1/p) + eps) = m·k/(v^(1/p) + eps·k), k = bc2^(1/p): into the |g|^p temporary
+        def feature(n):
+            if n == "g":
+                return g
+            if n == "mt":
+                return new["m"] / bc1 / s_t
+            if n == "gt":
+                return g / s_t
+            if n == "adam_up":
+                return new["m"]
+            if n == "adam_up_norm":
+                return new["m"] / bc1
+            if n == "adam_dn":
+                return s_t
+            if n in MOMENTUM_FEATURES:
+                return new[n]
+            if n == "t":
+                return torch.full_like(g, t * self.t_scale)
+            return new["m"] / ((new[f"v_{n}"] / bc2) ** (1 / P_MEAN_FEATURES[n]) + self.p_mean_eps)
+
+        return {n: feature(n) for n in self.names}, new
+
+    def columns_no_grad(
+        self, g: Tensor, s: dict[str, Tensor], t: int, factor: tuple[str, float] | None = None
+    ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """`columns` without autograd, in fewer passes and temporaries (the same values to rounding): a p-mean as
+        m·k/(v^(1/p) + ε·k), k = (1−β2^t)^(1/p), written into its |g|^p temporary; `mt`, unless `gt` or `adam_dn`
+        shares Adam's denominator, in Adam's two-pass form (`normalize`). `factor` = (name, c): that column comes
+        multiplied by c, inside its last pass where it has one (a p-mean, `mt`)."""
+        g, b1, b2 = g.reshape(-1), self.beta1, self.beta2
+        bc1, bc2 = 1 - b1**t, 1 - b2**t
+        new, cols = {}, {}
+        if "m" in s:
+            new["m"] = ema(s["m"], g, b1)
+        if "v" in s:
+            new["v"] = ema_sq(s["v"], g, b2)
+        for n, beta in MOMENTUM_FEATURES.items():
+            if n in s:
+                new[n] = ema(s[n], g, beta)
+        fn, c = factor or (None, 1.0)
+        for n, p in P_MEAN_FEATURES.items():
+            if n not in self.names:
+                continue
+            x = _pow(g.abs(), p)
+            new[f"v_{n}"] = ema(s[f"v_{n}"], x, b2)
             k = bc2 ** (1 / p)
-            d = _pow(new[f"v_{n}"], 1 / p, out=scratch[n]).add_(self.p_mean_eps * k)
-            absorbed.add(n)
-            return torch.addcdiv(d.new_zeros(()), new["m"], d, value=k * factors.get(n, 1.0), out=d)
+            d = _pow(new[f"v_{n}"], 1 / p, out=x).add_(self.p_mean_eps * k)
+            cols[n] = torch.addcdiv(d.new_zeros(()), new["m"], d, value=k * (c if n == fn else 1.0), out=d)
+        shared = bool({"gt", "adam_dn"} & set(self.names))
+        s_t = (new["v"] / bc2).sqrt_().add_(self.eps) if shared else None
+        if "mt" in self.names and not shared:  # m̂/(√v̂ + ε) = m/(√v + ε·√bc2) · √bc2/bc1
+            cols["mt"] = normalize(
+                new["m"],
+                new["v"],
+                self.eps * math.sqrt(bc2),
+                math.sqrt(bc2) / bc1 * (c if fn == "mt" else 1.0),
+            )
+        for n in self.names:
+            if n in cols:
+                continue
+            if n == "g":
+                cols[n] = g
+            elif n == "mt":
+                cols[n] = new["m"] / bc1 / s_t
+            elif n == "gt":
+                cols[n] = g / s_t
+            elif n == "adam_up":
+                cols[n] = new["m"]
+            elif n == "adam_up_norm":
+                cols[n] = new["m"] / bc1
+            elif n == "adam_dn":
+                cols[n] = s_t
+            elif n in MOMENTUM_FEATURES:
+                cols[n] = new[n]
+            elif n == "t":
+                cols[n] = torch.full_like(g, t * self.t_scale)
+            if n == fn:
+                cols[n] = cols[n] * c
+        return cols, new
 
-        def mt():
-            if grad or {"gt", "adam_dn"} & set(self.names): return m_hat / denom
-            absorbed.add("mt")  # Adam's 2-pass form
-            return normalize(new["m"], new["v"], self.eps * math.sqrt(bc2), math.sqrt(bc2) / bc1 * factors.get("mt", 1.0))
-        value = {"g": lambda: g, "t": lambda: torch.full_like(g, t * self.t_scale),
-                 "mt": mt, "gt": lambda: g / denom, "adam_dn": lambda: denom,
-                 "adam_up": lambda: new["m"], "adam_up_norm": lambda: m_hat,
-                 **{n: (lambda n=n: new[n]) for n in MOMENTUM_FEATURES},
-                 **{n: (lambda n=n, p=p: p_mean(n, p)) for n, p in P_MEAN_FEATURES.items()}}
-        cols = {n: value[n]() for n in self.names}
-        return {n: c if n in absorbed or n not in factors else c * factors[n] for n, c in cols.items()}, new
+    def compute(self, g: Tensor, s: dict[str, Tensor], t: int) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        "`columns` while autograd records, else `columns_no_grad`: what the rules call."
+        return self.columns(g, s, t) if torch.is_grad_enabled() else self.columns_no_grad(g, s, t)
 
     def step(self, g: Tensor, s: dict[str, Tensor], t: int) -> tuple[Tensor, dict[str, Tensor]]:
         "Features `[g.numel(), len(self.names)]` of gradient `g` at step `t` (1-based), and the new state."
-        cols, new = self.columns(g, s, t)
+        cols, new = self.compute(g, s, t)
         return torch.stack([cols[n] for n in self.names], dim=1), new
-
 
 # %% ../nbs/00_optimizers.ipynb #73374055
 class SGDRule(ElementwiseRule):
     "Plain gradient descent: u = −lr·g."
+
     hyperparameters = ("lr",)
+
     def __init__(self, lr: float = 1e-3):
         super().__init__()
         self.lr = _lr(lr)
 
-    def update(self, g, s, t): return g * -self.lr, s
+    def update(self, g, s, t):
+        return g * -self.lr, s
 
 
 class MomentumRule(ElementwiseRule):
     "Heavy-ball momentum as `torch.optim.SGD(momentum=...)`: b ← μ·b + g, u = −lr·b."
+
     hyperparameters = ("lr", "momentum")
+
     def __init__(self, lr: float = 0.1, momentum: float = 0.9):
         super().__init__()
         self.lr, self.momentum = _lr(lr), _beta("momentum", momentum)
 
-    def init_tensor(self, p): return {"momentum_buffer": torch.zeros_like(p)}
+    def init_tensor(self, p):
+        return {"momentum_buffer": torch.zeros_like(p)}
 
     def update(self, g, s, t):
         b = decay_add(s["momentum_buffer"], g, self.momentum)
@@ -257,6 +361,7 @@ class MomentumRule(ElementwiseRule):
 
 class NesterovRule(MomentumRule):
     "Nesterov momentum as `torch.optim.SGD(momentum=..., nesterov=True)`: b ← μ·b + g, u = −lr·(g + μ·b)."
+
     def update(self, g, s, t):
         b = decay_add(s["momentum_buffer"], g, self.momentum)
         return torch.add(g, b, alpha=self.momentum).mul_(-self.lr), {"momentum_buffer": b}
@@ -264,30 +369,36 @@ class NesterovRule(MomentumRule):
 
 class AdamRule(ElementwiseRule):
     "Adam (Kingma & Ba) as `torch.optim.Adam`: u = −lr·m̂/(√v̂ + eps) with bias-corrected moments."
+
     hyperparameters = ("lr", "betas", "eps")
+
     def __init__(self, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
         super().__init__()
         self.lr, self.betas, self.eps = _lr(lr), _betas(betas), _eps(eps)
 
-    def init_tensor(self, p): return {"exp_avg": torch.zeros_like(p), "exp_avg_sq": torch.zeros_like(p)}
+    def init_tensor(self, p):
+        return {"exp_avg": torch.zeros_like(p), "exp_avg_sq": torch.zeros_like(p)}
 
     def update(self, g, s, t):
         b1, b2 = self.betas
         m, v = ema(s["exp_avg"], g, b1), ema_sq(s["exp_avg_sq"], g, b2)
         # m̂/(√v̂ + eps) = m/(√v + eps·√bc2) · √bc2/bc1: v is never divided, which saves a pass.
-        root_bc2 = math.sqrt(1 - b2 ** t)
-        u = normalize(m, v, self.eps * root_bc2, -self.lr * root_bc2 / (1 - b1 ** t))
+        root_bc2 = math.sqrt(1 - b2**t)
+        u = normalize(m, v, self.eps * root_bc2, -self.lr * root_bc2 / (1 - b1**t))
         return u, {"exp_avg": m, "exp_avg_sq": v}
 
 
 class RMSpropRule(ElementwiseRule):
     "RMSprop as `torch.optim.RMSprop`: v ← α·v + (1−α)·g², u = −lr·g/(√v + eps)."
+
     hyperparameters = ("lr", "alpha", "eps")
+
     def __init__(self, lr: float = 1e-2, alpha: float = 0.99, eps: float = 1e-8):
         super().__init__()
         self.lr, self.alpha, self.eps = _lr(lr), _beta("alpha", alpha), _eps(eps)
 
-    def init_tensor(self, p): return {"square_avg": torch.zeros_like(p)}
+    def init_tensor(self, p):
+        return {"square_avg": torch.zeros_like(p)}
 
     def update(self, g, s, t):
         v = ema_sq(s["square_avg"], g, self.alpha)
@@ -296,12 +407,15 @@ class RMSpropRule(ElementwiseRule):
 
 class LionRule(ElementwiseRule):
     "Lion (Chen et al. 2023): u = −lr·sign(β1·m + (1−β1)·g), then m ← β2·m + (1−β2)·g."
+
     hyperparameters = ("lr", "betas")
+
     def __init__(self, lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.99)):
         super().__init__()
         self.lr, self.betas = _lr(lr), _betas(betas)
 
-    def init_tensor(self, p): return {"exp_avg": torch.zeros_like(p)}
+    def init_tensor(self, p):
+        return {"exp_avg": torch.zeros_like(p)}
 
     def update(self, g, s, t):
         b1, b2 = self.betas
@@ -314,28 +428,45 @@ SIGN_DECAYS = ("linear", "cyclic", "restart")
 
 def sign_decay(t: int, decay: str | None, decay_steps: int | None = None, num_cycles: int = 1) -> float:
     "The decay d(t) of Neural Optimizer Search applied to the sign-agreement term (1.0 when `decay` is None)."
-    if decay is None: return 1.0
+    if decay is None:
+        return 1.0
     T = decay_steps
-    if decay == "linear": return max(0.0, 1 - t / T)
-    if decay == "cyclic": return 0.5 * (1 + math.cos(2 * math.pi * num_cycles * t / T))
+    if decay == "linear":
+        return max(0.0, 1 - t / T)
+    if decay == "cyclic":
+        return 0.5 * (1 + math.cos(2 * math.pi * num_cycles * t / T))
     return 0.5 * (1 + math.cos(math.pi * (t % T) / T))
 
 
 class SignAgreementRule(ElementwiseRule):
     "Base of PowerSign and AddSign: tracks m ← β·m + (1−β)·g and the decayed agreement d(t)·sign(g)·sign(m)."
+
     hyperparameters = ("lr", "beta")
-    def __init__(self, lr: float, beta: float = 0.9, decay: str | None = None, decay_steps: int | None = None,
-                 num_cycles: int = 1):
+
+    def __init__(
+        self,
+        lr: float,
+        beta: float = 0.9,
+        decay: str | None = None,
+        decay_steps: int | None = None,
+        num_cycles: int = 1,
+    ):
         super().__init__()
         self.lr, self.beta = _lr(lr), _beta("beta", beta)
         if decay is not None and decay not in SIGN_DECAYS:
             raise ValueError(f"invalid decay={decay!r}: expected None or one of {SIGN_DECAYS}")
         if decay is not None:
-            check_hparam("decay_steps", decay_steps, lambda v: v >= 1 and v == int(v), "an integer >= 1 when decay is set")
+            check_hparam(
+                "decay_steps",
+                decay_steps,
+                lambda v: v >= 1 and v == int(v),
+                "an integer >= 1 when decay is set",
+            )
         check_hparam("num_cycles", num_cycles, lambda v: v >= 1 and v == int(v), "an integer >= 1")
         self.decay, self.decay_steps, self.num_cycles = decay, decay_steps, int(num_cycles)
 
-    def init_tensor(self, p): return {"exp_avg": torch.zeros_like(p)}
+    def init_tensor(self, p):
+        return {"exp_avg": torch.zeros_like(p)}
 
     def agreement(self, g: Tensor, s: dict[str, Tensor], t: int) -> tuple[Tensor, dict[str, Tensor]]:
         "d(t)·sign(g)·sign(m) for gradient `g`, and the new state."
@@ -346,9 +477,18 @@ class SignAgreementRule(ElementwiseRule):
 
 class PowerSignRule(SignAgreementRule):
     "PowerSign: u = −lr · base^(d(t)·sign(g)·sign(m)) · g (Bello et al., 2017; base e by default)."
+
     hyperparameters = ("lr", "beta", "base")
-    def __init__(self, lr: float = 1e-3, base: float = math.e, beta: float = 0.9, decay: str | None = None,
-                 decay_steps: int | None = None, num_cycles: int = 1):
+
+    def __init__(
+        self,
+        lr: float = 1e-3,
+        base: float = math.e,
+        beta: float = 0.9,
+        decay: str | None = None,
+        decay_steps: int | None = None,
+        num_cycles: int = 1,
+    ):
         super().__init__(lr, beta, decay, decay_steps, num_cycles)
         self.base = check_hparam("base", base, lambda v: v > 0, "base > 0")
 
@@ -359,9 +499,18 @@ class PowerSignRule(SignAgreementRule):
 
 class AddSignRule(SignAgreementRule):
     "AddSign: u = −lr · (alpha + d(t)·sign(g)·sign(m)) · g (Bello et al., 2017)."
+
     hyperparameters = ("lr", "beta", "alpha")
-    def __init__(self, lr: float = 1e-3, alpha: float = 1.0, beta: float = 0.9, decay: str | None = None,
-                 decay_steps: int | None = None, num_cycles: int = 1):
+
+    def __init__(
+        self,
+        lr: float = 1e-3,
+        alpha: float = 1.0,
+        beta: float = 0.9,
+        decay: str | None = None,
+        decay_steps: int | None = None,
+        num_cycles: int = 1,
+    ):
         super().__init__(lr, beta, decay, decay_steps, num_cycles)
         self.alpha = check_hparam("alpha", alpha, lambda v: v >= 0, "alpha >= 0")
 
@@ -370,8 +519,16 @@ class AddSignRule(SignAgreementRule):
         return g * (a + self.alpha) * -self.lr, s
 
 
-HAND_RULES = {"sgd": SGDRule, "momentum": MomentumRule, "nesterov": NesterovRule, "adam": AdamRule,
-              "rmsprop": RMSpropRule, "lion": LionRule, "powersign": PowerSignRule, "addsign": AddSignRule}
+HAND_RULES = {
+    "sgd": SGDRule,
+    "momentum": MomentumRule,
+    "nesterov": NesterovRule,
+    "adam": AdamRule,
+    "rmsprop": RMSpropRule,
+    "lion": LionRule,
+    "powersign": PowerSignRule,
+    "addsign": AddSignRule,
+}
 
 # %% ../nbs/00_optimizers.ipynb #e8018236
 class LearnedRule(UpdateRule):
@@ -380,11 +537,19 @@ class LearnedRule(UpdateRule):
     Subclasses define `input_size`, `input_state(p)` (the non-recurrent state of one tensor) and
     `inputs(g, s, t)` (the network inputs of one tensor's coordinates and its new non-recurrent state)."""
 
-    def __init__(self, input_size: int, preproc: Sequence[int], hidden: Sequence[int], output_scale: float,
-                 squash: bool):
+    def __init__(
+        self,
+        input_size: int,
+        preproc: Sequence[int],
+        hidden: Sequence[int],
+        output_scale: float,
+        squash: bool,
+    ):
         super().__init__()
         if not hidden or any(int(w) < 1 for w in list(preproc) + list(hidden)):
-            raise ValueError(f"invalid widths preproc={list(preproc)}, hidden={list(hidden)}: need >= 1 LSTM layer, widths >= 1")
+            raise ValueError(
+                f"invalid widths preproc={list(preproc)}, hidden={list(hidden)}: need >= 1 LSTM layer, widths >= 1"
+            )
         self.preproc, self.hidden = tuple(int(w) for w in preproc), tuple(int(w) for w in hidden)
         self.output_scale = check_hparam("output_scale", output_scale, lambda v: v > 0, "output_scale > 0")
         sizes = (input_size,) + self.preproc
@@ -404,7 +569,11 @@ class LearnedRule(UpdateRule):
 
     def init_tensor(self, p):
         n = p.numel()
-        rec = {f"{k}{i}": torch.zeros(n, w, dtype=p.dtype, device=p.device) for i, w in enumerate(self.hidden) for k in "hc"}
+        rec = {
+            f"{k}{i}": torch.zeros(n, w, dtype=p.dtype, device=p.device)
+            for i, w in enumerate(self.hidden)
+            for k in "hc"
+        }
         return {**self.input_state(p), **rec}
 
     def step(self, grads, state, t):
@@ -412,7 +581,8 @@ class LearnedRule(UpdateRule):
         sizes, dtype = [g.numel() for g in grads], self.head.weight.dtype  # the network runs in its own dtype
         xs, rest = zip(*[self.inputs(g.reshape(-1), s, t) for g, s in zip(grads, state, strict=True)])
         x = torch.cat(xs).to(dtype)
-        for lin in self.pre: x = nn.functional.elu(lin(x))
+        for lin in self.pre:
+            x = nn.functional.elu(lin(x))
         new = [dict(r) for r in rest]
         for i, cell in enumerate(self.cells):
             h, c = cell(x, tuple(torch.cat([s[f"{k}{i}"] for s in state]).to(dtype) for k in "hc"))
@@ -430,15 +600,21 @@ class DMRule(LearnedRule):
     `preprocessing="raw"` feeds the gradient itself (the original torch code); `"log_sign"` feeds
     [clamp(log(|g|+eps)/k, min=−1), clamp(g·e^k, −1, 1)] with k = 5 (the DM paper and the TF code)."""
 
-    def __init__(self, hidden: Sequence[int] = (20, 20), preprocessing: str = "log_sign", k: float = 5.0,
-                 output_scale: float = 0.01):
+    def __init__(
+        self,
+        hidden: Sequence[int] = (20, 20),
+        preprocessing: str = "log_sign",
+        k: float = 5.0,
+        output_scale: float = 0.01,
+    ):
         if preprocessing not in ("raw", "log_sign"):
             raise ValueError(f"invalid preprocessing={preprocessing!r}: expected 'raw' or 'log_sign'")
         super().__init__(1 if preprocessing == "raw" else 2, (), hidden, output_scale, squash=False)
         self.preprocessing, self.k = preprocessing, check_hparam("k", k, lambda v: v > 0, "k > 0")
 
     def inputs(self, g, s, t):
-        if self.preprocessing == "raw": return g[:, None], {}
+        if self.preprocessing == "raw":
+            return g[:, None], {}
         log = torch.log(g.abs() + torch.finfo(g.dtype).eps).div(self.k).clamp(min=-1.0)
         return torch.stack([log, (g * math.exp(self.k)).clamp(-1.0, 1.0)], dim=1), {}
 
@@ -449,15 +625,23 @@ class RNNpropRule(LearnedRule):
     The features come from `GradFeatures` (β1 = β2 = 0.95); the presets of `RNNPROP_PRESETS` give RP,
     RP_s and RP_si."""
 
-    def __init__(self, features: Sequence[str] = ("mt", "gt"), preproc: Sequence[int] = (20,),
-                 hidden: Sequence[int] = (20, 20), output_scale: float = 0.01, beta1: float = 0.95,
-                 beta2: float = 0.95, eps: float = 1e-12):
+    def __init__(
+        self,
+        features: Sequence[str] = ("mt", "gt"),
+        preproc: Sequence[int] = (20,),
+        hidden: Sequence[int] = (20, 20),
+        output_scale: float = 0.01,
+        beta1: float = 0.95,
+        beta2: float = 0.95,
+        eps: float = 1e-12,
+    ):
         feats = GradFeatures(features, beta1=beta1, beta2=beta2, eps=eps)
         super().__init__(len(feats.names), preproc, hidden, output_scale, squash=True)
         self.grad_features = feats
         self.features, self.beta1, self.beta2, self.eps = feats.names, feats.beta1, feats.beta2, feats.eps
 
-    def input_state(self, p): return self.grad_features.init_tensor(p)
+    def input_state(self, p):
+        return self.grad_features.init_tensor(p)
 
     def inputs(self, g, s, t):
         return self.grad_features.step(g, {b: s[b] for b in self.grad_features.buffers}, t)
@@ -479,32 +663,71 @@ def variable(name: str) -> sp.Symbol:
     return sp.Symbol(name, real=True)
 
 
-OPERATORS = ("add", "sub", "mul", "div", "pow", "sqrt_abs", "log_abs", "tanh", "asinh", "sinh", "exp", "abs", "sign",
-             "square", "cube", "greater")
+OPERATORS = (
+    "add",
+    "sub",
+    "mul",
+    "div",
+    "pow",
+    "sqrt_abs",
+    "log_abs",
+    "tanh",
+    "asinh",
+    "sinh",
+    "exp",
+    "abs",
+    "sign",
+    "square",
+    "cube",
+    "greater",
+)
 _FUNCTIONS = {  # name in text -> (arity, builder of the sympy expression)
-    "pow": (2, lambda x, y: sp.sign(x) * sp.Abs(x) ** y), "sqrt_abs": (1, lambda x: sp.sqrt(sp.Abs(x))),
-    "log_abs": (1, lambda x: sp.log(sp.Abs(x) + sp.Float(LOG_EPS))), "tanh": (1, sp.tanh), "asinh": (1, sp.asinh),
-    "sinh": (1, sp.sinh), "exp": (1, sp.exp), "abs": (1, sp.Abs), "Abs": (1, sp.Abs), "sign": (1, sp.sign),
-    "square": (1, lambda x: x ** 2), "cube": (1, lambda x: x ** 3), "greater": (2, lambda x, y: sp.Heaviside(x - y, 0)),
-    "sqrt": (1, sp.sqrt), "log": (1, sp.log), "Heaviside": (2, sp.Heaviside),
+    "pow": (2, lambda x, y: sp.sign(x) * sp.Abs(x) ** y),
+    "sqrt_abs": (1, lambda x: sp.sqrt(sp.Abs(x))),
+    "log_abs": (1, lambda x: sp.log(sp.Abs(x) + sp.Float(LOG_EPS))),
+    "tanh": (1, sp.tanh),
+    "asinh": (1, sp.asinh),
+    "sinh": (1, sp.sinh),
+    "exp": (1, sp.exp),
+    "abs": (1, sp.Abs),
+    "Abs": (1, sp.Abs),
+    "sign": (1, sp.sign),
+    "square": (1, lambda x: x**2),
+    "cube": (1, lambda x: x**3),
+    "greater": (2, lambda x, y: sp.Heaviside(x - y, 0)),
+    "sqrt": (1, sp.sqrt),
+    "log": (1, sp.log),
+    "Heaviside": (2, sp.Heaviside),
 }
 # resource limits of `parse_expression` (rule files are untrusted): a distilled equation is far inside every one
-MAX_EXPRESSION_CHARS = 10_000  # length of the text (a product is built pairwise, in time quadratic in its factors)
-MAX_EXPRESSION_DEPTH = 100     # nesting of parentheses, function calls, signs and powers (Operon's trees: depth <= 20)
-MAX_LAG = 100                  # the k of a variable <feature>_<k>: a rule keeps k steps of history per coordinate
-_TOKEN = re.compile(r"\s*(?:(?P<num>\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?)|(?P<name>[A-Za-z_][A-Za-z_0-9]*)"
-                    r"|(?P<op>\*\*|[-+*/^(),]))")
+MAX_EXPRESSION_CHARS = (
+    10_000  # length of the text (a product is built pairwise, in time quadratic in its factors)
+)
+MAX_EXPRESSION_DEPTH = (
+    100  # nesting of parentheses, function calls, signs and powers (Operon's trees: depth <= 20)
+)
+MAX_LAG = 100  # the k of a variable <feature>_<k>: a rule keeps k steps of history per coordinate
+_TOKEN = re.compile(
+    r"\s*(?:(?P<num>\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?)|(?P<name>[A-Za-z_][A-Za-z_0-9]*)"
+    r"|(?P<op>\*\*|[-+*/^(),]))"
+)
 
 
 def _finite_number(value, text: str) -> None:
     "Refuse (`ValueError`) a number, literal text or sympy, that is not a finite float64 or is nonzero but rounds to 0."
-    try: x = float(value)
-    except (OverflowError, TypeError): x = math.inf
-    nonzero = any(c in "123456789" for c in re.split("[eE]", value)[0]) if isinstance(value, str) else value != 0
+    try:
+        x = float(value)
+    except (OverflowError, TypeError):
+        x = math.inf
+    nonzero = (
+        any(c in "123456789" for c in re.split("[eE]", value)[0]) if isinstance(value, str) else value != 0
+    )
     if not math.isfinite(x) or (x == 0 and nonzero):
         shown = str(value) if len(str(value)) < 40 else f"{str(value)[:20]}... ({len(str(value))} characters)"
-        raise ValueError(f"number {shown} in expression {text[:80]!r} is outside float64's range "
-                         f"(0, or 5e-324 <= |x| <= {sys.float_info.max:.3g})")
+        raise ValueError(
+            f"number {shown} in expression {text[:80]!r} is outside float64's range "
+            f"(0, or 5e-324 <= |x| <= {sys.float_info.max:.3g})"
+        )
 
 
 def parse_expression(text: str, variables: Sequence[str]) -> sp.Expr:
@@ -515,45 +738,57 @@ def parse_expression(text: str, variables: Sequence[str]) -> sp.Expr:
     10^8 digits); each refusal is a `ValueError` naming its limit."""
     text = str(text)
     if len(text) > MAX_EXPRESSION_CHARS:
-        raise ValueError(f"expression of {len(text)} characters exceeds MAX_EXPRESSION_CHARS = {MAX_EXPRESSION_CHARS} "
-                         f"(a distilled equation is a few hundred): {text[:80]!r}...")
+        raise ValueError(
+            f"expression of {len(text)} characters exceeds MAX_EXPRESSION_CHARS = {MAX_EXPRESSION_CHARS} "
+            f"(a distilled equation is a few hundred): {text[:80]!r}..."
+        )
     tokens, pos, depth = [], 0, 0
     while pos < len(text):
         m = _TOKEN.match(text, pos)
         if not m or m.end() == pos:
-            if text[pos:].strip() == "": break
-            raise ValueError(f"unexpected character {text[pos:].strip()[:1]!r} at position {pos} in expression {text[:80]!r}")
+            if text[pos:].strip() == "":
+                break
+            raise ValueError(
+                f"unexpected character {text[pos:].strip()[:1]!r} at position {pos} in expression {text[:80]!r}"
+            )
         kind = m.lastgroup
         tokens.append((kind, m.group(kind)))
         pos = m.end()
     symbols, i = {v: variable(v) for v in variables}, 0
 
-    def peek(): return tokens[i][1] if i < len(tokens) else None
+    def peek():
+        return tokens[i][1] if i < len(tokens) else None
 
     def take(expected=None):
         nonlocal i
-        if i >= len(tokens): raise ValueError(f"unexpected end of expression {text[:80]!r}")
+        if i >= len(tokens):
+            raise ValueError(f"unexpected end of expression {text[:80]!r}")
         tok = tokens[i]
-        if expected is not None and tok[1] != expected: raise ValueError(f"expected {expected!r}, got {tok[1]!r} in {text[:80]!r}")
+        if expected is not None and tok[1] != expected:
+            raise ValueError(f"expected {expected!r}, got {tok[1]!r} in {text[:80]!r}")
         i += 1
         return tok
 
     def expr():  # a sum is built in one pass: adding term by term costs quadratic time in the number of terms
         terms = [term()]
-        while peek() in ("+", "-"): terms.append(term() if take()[1] == "+" else -term())
+        while peek() in ("+", "-"):
+            terms.append(term() if take()[1] == "+" else -term())
         return sp.Add(*terms)
 
     def term():  # pairwise, as sympy distributes a number over a sum only in a product of two
         node = unary()
-        while peek() in ("*", "/"): node = node * unary() if take()[1] == "*" else node / unary()
+        while peek() in ("*", "/"):
+            node = node * unary() if take()[1] == "*" else node / unary()
         return node
 
     def unary():
         nonlocal depth
         depth += 1
         if depth > MAX_EXPRESSION_DEPTH:
-            raise ValueError(f"expression nests deeper than MAX_EXPRESSION_DEPTH = {MAX_EXPRESSION_DEPTH} "
-                             f"(parentheses, functions, signs, powers): {text[:80]!r}")
+            raise ValueError(
+                f"expression nests deeper than MAX_EXPRESSION_DEPTH = {MAX_EXPRESSION_DEPTH} "
+                f"(parentheses, functions, signs, powers): {text[:80]!r}"
+            )
         node = (unary() if take()[1] == "+" else -unary()) if peek() in ("+", "-") else power()
         depth -= 1
         return node
@@ -563,12 +798,16 @@ def parse_expression(text: str, variables: Sequence[str]) -> sp.Expr:
         if peek() in ("^", "**"):
             take()
             ex = unary()  # right-associative, binds tighter than unary minus on its left
-            if node.is_Number and ex.is_Number and node != 0:  # sympy evaluates it: only if the result is a float64
+            if (
+                node.is_Number and ex.is_Number and node != 0
+            ):  # sympy evaluates it: only if the result is a float64
                 _finite_number(node, text), _finite_number(ex, text)
                 if abs(float(ex) * math.log10(abs(float(node)))) > 308:
-                    raise ValueError(f"the power {node}**{ex} in {text[:80]!r} is outside float64's range (|x| <= 1e308): "
-                                     "its exponent is too large")
-            return node ** ex
+                    raise ValueError(
+                        f"the power {node}**{ex} in {text[:80]!r} is outside float64's range (|x| <= 1e308): "
+                        "its exponent is too large"
+                    )
+            return node**ex
         return node
 
     def primary():
@@ -582,7 +821,10 @@ def parse_expression(text: str, variables: Sequence[str]) -> sp.Expr:
             return node
         if kind == "name":
             if peek() == "(":
-                if value not in _FUNCTIONS: raise ValueError(f"unknown function {value!r} in expression (allowed: {sorted(_FUNCTIONS)})")
+                if value not in _FUNCTIONS:
+                    raise ValueError(
+                        f"unknown function {value!r} in expression (allowed: {sorted(_FUNCTIONS)})"
+                    )
                 arity, build = _FUNCTIONS[value]
                 take("(")
                 args = [expr()]
@@ -590,50 +832,76 @@ def parse_expression(text: str, variables: Sequence[str]) -> sp.Expr:
                     take()
                     args.append(expr())
                 take(")")
-                if len(args) != arity: raise ValueError(f"{value} takes {arity} argument(s), got {len(args)}")
+                if len(args) != arity:
+                    raise ValueError(f"{value} takes {arity} argument(s), got {len(args)}")
                 return build(*args)
-            if value not in symbols: raise ValueError(f"unknown variable {value!r} in expression (known: {list(variables)[:8]}...)")
+            if value not in symbols:
+                raise ValueError(
+                    f"unknown variable {value!r} in expression (known: {list(variables)[:8]}...)"
+                )
             return symbols[value]
         raise ValueError(f"unexpected {value!r} in expression {text[:80]!r}")
 
     node = expr()
-    if i != len(tokens): raise ValueError(f"unexpected {tokens[i][1]!r} after a complete expression in {text[:80]!r}")
+    if i != len(tokens):
+        raise ValueError(f"unexpected {tokens[i][1]!r} after a complete expression in {text[:80]!r}")
     return node
 
 # %% ../nbs/00_optimizers.ipynb #76140a6d
+TORCH_FUNCTIONS = {
+    sp.tanh: torch.tanh,
+    sp.sinh: torch.sinh,
+    sp.asinh: torch.asinh,
+    sp.exp: torch.exp,
+    sp.log: torch.log,
+    sp.Abs: torch.abs,
+    sp.sign: torch.sign,
+}  # the sympy functions of the vocabulary and their torch twins
+
+
 def _torch_node(e: sp.Basic, env: dict[str, Tensor], consts: dict[str, Tensor]):
-    if isinstance(e, sp.Symbol): return consts[e.name] if e.name in consts else env[e.name]
-    if e.is_Number: return float(e)
-    if e is sp.pi: return math.pi
-    if e is sp.E: return math.e
+    "The value of sympy node `e` with plain torch ops (a Python float where no tensor is involved)."
+    if isinstance(e, sp.Symbol):
+        return consts[e.name] if e.name in consts else env[e.name]
+    if e.is_Number:
+        return float(e)
+    if e is sp.pi:
+        return math.pi
+    if e is sp.E:
+        return math.e
     args = [_torch_node(a, env, consts) for a in e.args]
     if isinstance(e, sp.Add):
         out = args[0]
-        for a in args[1:]: out = out + a
+        for a in args[1:]:
+            out = out + a
         return out
     if isinstance(e, sp.Mul):
         out = args[0]
-        for a in args[1:]: out = out * a
+        for a in args[1:]:
+            out = out * a
         return out
     if isinstance(e, sp.Pow):
         base, ex = args
-        if isinstance(ex, float) and ex == 0.5: return torch.sqrt(base) if isinstance(base, Tensor) else math.sqrt(base)
-        return base ** ex
-    fns = {sp.tanh: torch.tanh, sp.sinh: torch.sinh, sp.asinh: torch.asinh, sp.exp: torch.exp, sp.log: torch.log,
-           sp.Abs: torch.abs, sp.sign: torch.sign}
-    for fn, tfn in fns.items():
-        if isinstance(e, fn):
-            (a,) = args
-            return tfn(a) if isinstance(a, Tensor) else tfn(torch.tensor(a)).item()
+        if isinstance(ex, float) and ex == 0.5:
+            return torch.sqrt(base) if isinstance(base, Tensor) else math.sqrt(base)
+        return base**ex
+    if type(e) in TORCH_FUNCTIONS:
+        (a,) = args
+        fn = TORCH_FUNCTIONS[type(e)]
+        return fn(a) if isinstance(a, Tensor) else fn(torch.tensor(a)).item()
     if isinstance(e, sp.Heaviside):
         a = args[0]
         return (a > 0).to(a.dtype) if isinstance(a, Tensor) else float(a > 0)
     raise ValueError(f"no torch translation for {type(e).__name__} in {e}")
 
 
-def compile_expression(expr: sp.Expr, constants: Sequence[str] = ()) -> Callable[[dict[str, Tensor], dict[str, Tensor]], Tensor]:
+def compile_expression(
+    expr: sp.Expr, constants: Sequence[str] = ()
+) -> Callable[[dict[str, Tensor], dict[str, Tensor]], Tensor]:
     "A torch function `f(variables, constants)` evaluating `expr`; symbols named in `constants` are read from the second dict."
-    return lambda env, consts=None: _torch_node(expr, env, {n: consts[n] for n in constants} if constants else {})
+    return lambda env, consts=None: _torch_node(
+        expr, env, {n: consts[n] for n in constants} if constants else {}
+    )
 
 
 def complexity(expr: sp.Expr) -> int:
@@ -643,46 +911,13 @@ def complexity(expr: sp.Expr) -> int:
 # %% ../nbs/00_optimizers.ipynb #fe626770
 def _split_variable(name: str) -> tuple[str, int]:
     feature, _, lag = name.rpartition("_")
-    if not feature or not lag.isdigit(): raise ValueError(f"variable {name!r} is not <feature>_<lag>")
+    if not feature or not lag.isdigit():
+        raise ValueError(f"variable {name!r} is not <feature>_<lag>")
     if int(lag) > MAX_LAG:
-        raise ValueError(f"variable {name!r}: lag {int(lag)} exceeds MAX_LAG = {MAX_LAG} (each lag is a step of history kept per coordinate)")
+        raise ValueError(
+            f"variable {name!r}: lag {int(lag)} exceeds MAX_LAG = {MAX_LAG} (each lag is a step of history kept per coordinate)"
+        )
     return feature, int(lag)
-
-
-_INPLACE = {sp.tanh: torch.tanh, sp.sinh: torch.sinh, sp.asinh: torch.asinh, sp.exp: torch.exp, sp.log: torch.log,
-            sp.Abs: torch.abs, sp.sign: torch.sign}
-
-
-def _torch_node_inplace(e: sp.Basic, env: dict[str, Tensor], consts: dict[str, Tensor], owned: set[str]):
-    """`_torch_node` without autograd, writing into temporaries instead of allocating: returns (value, is a temporary?).
-
-    A variable's tensor may be overwritten only if its name is in `owned` (a fresh feature used once)."""
-    if isinstance(e, sp.Symbol):
-        if e.name in consts: return consts[e.name], False
-        return env[e.name], e.name in owned
-    if not isinstance(e, (sp.Add, sp.Mul, sp.Pow, *_INPLACE)): return _torch_node(e, env, consts), False
-    vals = [_torch_node_inplace(a, env, consts, owned) for a in e.args]
-    full = lambda v: isinstance(v, Tensor) and v.dim() > 0
-    if isinstance(e, (sp.Add, sp.Mul)):
-        add = isinstance(e, sp.Add)
-        first = next((i for i, (v, own) in enumerate(vals) if own and full(v)), 0)
-        out, fresh = vals[first]
-        fresh = fresh and full(out)
-        for i, (v, _) in enumerate(vals):
-            if i == first: continue
-            if fresh: out = out.add_(v) if add else out.mul_(v)
-            else: out, fresh = (out + v if add else out * v), full(out) or full(v)
-        return out, fresh
-    if isinstance(e, sp.Pow):
-        (base, own), (ex, _) = vals
-        half = isinstance(ex, float) and ex == 0.5
-        if own and full(base) and not full(ex): return (base.sqrt_() if half else base.pow_(ex)), True
-        if half and isinstance(base, Tensor): return torch.sqrt(base), full(base)
-        return base ** ex, full(base) or full(ex)
-    (a, own), = vals
-    fn = _INPLACE[type(e)]
-    if own and full(a): return fn(a, out=a), True
-    return (fn(a), full(a)) if isinstance(a, Tensor) else (fn(torch.tensor(a)).item(), False)
 
 
 class SymbolicRule(UpdateRule):
@@ -691,29 +926,46 @@ class SymbolicRule(UpdateRule):
     `expr` is a sympy expression or text (parsed by `parse_expression`); `clip` = (lo, hi) clamps the equation's
     value before `scale` (what a recurrent equation feeds back as `u` too)."""
 
-    def __init__(self, expr: sp.Expr | str, scale: float = 0.01, beta1: float = 0.95, beta2: float = 0.95,
-                 clip: Sequence[float] | None = None):
+    def __init__(
+        self,
+        expr: sp.Expr | str,
+        scale: float = 0.01,
+        beta1: float = 0.95,
+        beta2: float = 0.95,
+        clip: Sequence[float] | None = None,
+    ):
         super().__init__()
         if isinstance(expr, str):
             names = sorted(set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*_\d+", expr)))
             expr = parse_expression(expr, names)
         variables = sorted((s for s in expr.free_symbols), key=lambda s: s.name)
-        if not variables: raise ValueError(f"expression {expr} uses no variable")
+        if not variables:
+            raise ValueError(f"expression {expr} uses no variable")
         pairs = [_split_variable(s.name) for s in variables]
         known = FEATURE_NAMES + (OUTPUT_FEATURE,)
         unknown = sorted({f for f, _ in pairs if f not in known})
-        if unknown: raise ValueError(f"unknown feature(s) {unknown} in {expr}; known: {list(known)}")
+        if unknown:
+            raise ValueError(f"unknown feature(s) {unknown} in {expr}; known: {list(known)}")
         if (OUTPUT_FEATURE, 0) in pairs:
-            raise ValueError(f"{OUTPUT_FEATURE}_0 in {expr} is the rule's own current output: an equation reads only its past "
-                             f"outputs {OUTPUT_FEATURE}_1, {OUTPUT_FEATURE}_2, ...")
+            raise ValueError(
+                f"{OUTPUT_FEATURE}_0 in {expr} is the rule's own current output: an equation reads only its past "
+                f"outputs {OUTPUT_FEATURE}_1, {OUTPUT_FEATURE}_2, ..."
+            )
         self.features = tuple(f for f in known if any(f == p for p, _ in pairs))
-        if self.features == (OUTPUT_FEATURE,): raise ValueError(f"expression {expr} reads no gradient feature: an update rule must respond to the gradient")
+        if self.features == (OUTPUT_FEATURE,):
+            raise ValueError(
+                f"expression {expr} reads no gradient feature: an update rule must respond to the gradient"
+            )
         self.lags = 1 + max(lag for _, lag in pairs)
-        self.grad_features = GradFeatures(tuple(f for f in self.features if f != OUTPUT_FEATURE), beta1=beta1, beta2=beta2)
+        self.grad_features = GradFeatures(
+            tuple(f for f in self.features if f != OUTPUT_FEATURE), beta1=beta1, beta2=beta2
+        )
         self._output_column = self.features.index(OUTPUT_FEATURE) if OUTPUT_FEATURE in self.features else None
         self.beta1, self.beta2 = self.grad_features.beta1, self.grad_features.beta2
         self.scale = check_hparam("scale", scale, lambda v: v != 0, "scale != 0")
-        if clip is not None and not (len(clip) == 2 and all(math.isfinite(float(c)) for c in clip) and clip[0] < clip[1]):
+        if clip is not None and not (
+            len(clip) == 2 and all(math.isfinite(float(c)) for c in clip) and clip[0] < clip[1]
+        ):
             raise ValueError(f"invalid clip={clip}: expected (lo, hi) with finite lo < hi")
         self.clip = None if clip is None else (float(clip[0]), float(clip[1]))
         floats = sorted({a for a in expr.atoms(sp.Float)}, key=lambda a: (abs(float(a)), float(a)))
@@ -722,19 +974,16 @@ class SymbolicRule(UpdateRule):
         self.constants = nn.Parameter(torch.tensor([float(a) for a in floats], dtype=torch.float64))
         self._fn = compile_expression(self.template, self._const_names)
         self._columns = {s.name: (self.features.index(f), lag) for s, (f, lag) in zip(variables, pairs)}
-        uses = {}
-        for node in sp.preorder_traversal(self.template):
-            if isinstance(node, sp.Symbol): uses[node.name] = uses.get(node.name, 0) + 1
-        self._used_once = {n for n, (k, lag) in self._columns.items() if lag == 0 and uses.get(n) == 1}
-        # a constant factor of a top-level product absorbs `scale` (one pass less per step)
-        # (not when the value is clipped, or fed back: the history keeps it before `scale`)
-        self._scale_into = None if self._output_column is not None or self.clip else next(
-            (a.name for a in self.template.args if isinstance(self.template, sp.Mul) and isinstance(a, sp.Symbol)
-             and a.name in self._const_names and uses[a.name] == 1), None)
-        # u = c·f_0 (a typical deployed rule): without autograd the feature pass itself applies c·scale
-        single = self._scale_into and self.lags == 1 and len(self.template.args) == 2 and \
-            all(isinstance(a, sp.Symbol) for a in self.template.args)
-        self._single = (self._scale_into, self.features[0]) if single else None
+        # u = c·f_0, the form of a typical deployed rule: without autograd, `_step_fused` applies c·scale in f's last pass
+        args = self.template.args if isinstance(self.template, sp.Mul) else ()
+        const = [a.name for a in args if isinstance(a, sp.Symbol) and a.name in self._const_names]
+        fused = (
+            len(args) == 2
+            and all(isinstance(a, sp.Symbol) for a in args)
+            and len(const) == 1
+            and self.lags == 1
+        )
+        self._fused = (const[0], self.features[0]) if fused and not self.clip else None
 
     @property
     def expr(self) -> str:
@@ -743,62 +992,98 @@ class SymbolicRule(UpdateRule):
 
     def to_sympy(self) -> sp.Expr:
         "The equation with the current values of the (possibly meta-tuned) constants."
-        return self.template.xreplace({sp.Symbol(n): sp.Float(float(v), 17) for n, v in zip(self._const_names, self.constants.detach())})
+        return self.template.xreplace(
+            {sp.Symbol(n): sp.Float(float(v), 17) for n, v in zip(self._const_names, self.constants.detach())}
+        )
 
-    def extra_repr(self): return f"{self.scale} * ({self.to_sympy()})" + (f", clip={self.clip}" if self.clip else "")
+    def extra_repr(self):
+        return f"{self.scale} * ({self.to_sympy()})" + (f", clip={self.clip}" if self.clip else "")
 
     def init_tensor(self, p):
         "Feature buffers, and a history of the features at lags 1..L−1 `[numel, L−1, features]` when the equation looks back."
-        hist = {"history": torch.zeros(p.numel(), self.lags - 1, len(self.features), dtype=p.dtype, device=p.device)} \
-            if self.lags > 1 else {}
+        hist = (
+            {
+                "history": torch.zeros(
+                    p.numel(), self.lags - 1, len(self.features), dtype=p.dtype, device=p.device
+                )
+            }
+            if self.lags > 1
+            else {}
+        )
         return {**self.grad_features.init_tensor(p), **hist}
 
     def step(self, grads, state, t):
+        """u = scale · expr(features, their history) for each tensor, with plain torch ops; without autograd an equation
+        u = c·f_0 goes through `_step_fused` (the same values to rounding, in fewer passes)."""
+        if self._fused and not torch.is_grad_enabled():
+            return self._step_fused(grads, state, t)
+        consts = (
+            dict(zip(self._const_names, self.constants.to(grads[0].dtype).unbind()))
+            if self._const_names
+            else {}
+        )
         updates, new = [], []
-        consts = dict(zip(self._const_names, self.constants.to(grads[0].dtype).unbind())) if self._const_names else {}
-        single = self._single and not torch.is_grad_enabled()
-        factors = {self._single[1]: float(consts[self._single[0]]) * self.scale} if single else None
         for g, s in zip(grads, state, strict=True):
-            cols, fs = self.grad_features.columns(g.reshape(-1), {b: s[b] for b in self.grad_features.buffers}, t, factors)
-            if single:  # u = c·f_0 came out of the feature pass
-                updates.append(cols[self._single[1]].view_as(g).to(g.dtype))
-                new.append(fs)
-                continue
-            env = {name: cols[self.features[k]] if lag == 0 else s["history"][:, lag - 1, k]
-                   for name, (k, lag) in self._columns.items()}
-            if self.lags > 1:  # the features at this step, stacked before the in-place pass below may reuse their storage
-                f = torch.stack([cols.get(n, g.reshape(-1)) for n in self.features], dim=1)  # the u column is set below
-            if torch.is_grad_enabled():
-                u, own = self._fn(env, consts), False
-            else:  # write into the features' temporaries (those that are not state, the gradient, or shared)
-                keep = {v.data_ptr() for v in (g, *s.values(), *fs.values())}  # by storage: views of g count
-                owned = {n for n in self._used_once if env[n].data_ptr() not in keep
-                         and sum(v.data_ptr() == env[n].data_ptr() for v in env.values()) == 1}
-                c = dict(consts)
-                if self._scale_into: c[self._scale_into] = c[self._scale_into] * self.scale
-                u, own = _torch_node_inplace(self.template, env, c, owned)
-            if not isinstance(u, Tensor) or u.dim() == 0: u, own = torch.full_like(g.reshape(-1), float(u)), True
-            if self.clip: u = u.clamp_(*self.clip) if own else u.clamp(*self.clip)
-            if self.lags > 1:  # lag j at this step is lag j−1 of the last one; the output u enters before `scale`
-                if self._output_column is not None: f[:, self._output_column] = u
+            cols, fs = self.grad_features.compute(g, {b: s[b] for b in self.grad_features.buffers}, t)
+            env = {
+                name: cols[self.features[k]] if lag == 0 else s["history"][:, lag - 1, k]
+                for name, (k, lag) in self._columns.items()
+            }
+            u = self._fn(env, consts)
+            if not isinstance(u, Tensor) or u.dim() == 0:
+                u = torch.full_like(g.reshape(-1), float(u))
+            if self.clip:
+                u = u.clamp(*self.clip)
+            if (
+                self.lags > 1
+            ):  # lag j at this step is lag j−1 of the last one; the output u enters before `scale`
+                f = torch.stack([u if n == OUTPUT_FEATURE else cols[n] for n in self.features], dim=1)
                 fs["history"] = torch.cat([f[:, None, :], s["history"][:, :-1]], dim=1)
-            if not self._scale_into or torch.is_grad_enabled(): u = u.mul_(self.scale) if own else u * self.scale
-            elif not own: u = u.clone() if any(u is v for v in env.values()) else u  # `scale` is in the constant
-            updates.append(u.view_as(g).to(g.dtype))
+            updates.append((u * self.scale).view_as(g).to(g.dtype))
             new.append(fs)
         return updates, new
 
+    def _step_fused(self, grads, state, t):
+        "`step` of u = c·f_0 without autograd: the factor c·scale is applied inside f's last pass (`columns_no_grad`)."
+        name, feature = self._fused
+        c = float(self.constants[self._const_names.index(name)].to(grads[0].dtype)) * self.scale
+        out = [
+            self.grad_features.columns_no_grad(
+                g, {b: s[b] for b in self.grad_features.buffers}, t, (feature, c)
+            )
+            for g, s in zip(grads, state, strict=True)
+        ]
+        return [cols[feature].view_as(g).to(g.dtype) for (cols, _), g in zip(out, grads)], [
+            fs for _, fs in out
+        ]
 
 # %% ../nbs/00_optimizers.ipynb #92c2ae40
-RULE_CLASSES = {c.__name__: c for c in (SGDRule, MomentumRule, NesterovRule, AdamRule, RMSpropRule, LionRule,
-                                        PowerSignRule, AddSignRule, DMRule, RNNpropRule, SymbolicRule)}
+RULE_CLASSES = {
+    c.__name__: c
+    for c in (
+        SGDRule,
+        MomentumRule,
+        NesterovRule,
+        AdamRule,
+        RMSpropRule,
+        LionRule,
+        PowerSignRule,
+        AddSignRule,
+        DMRule,
+        RNNpropRule,
+        SymbolicRule,
+    )
+}
 
 
 def make_rule(name: str, **kwargs) -> UpdateRule:
     "A rule by short name: a hand rule (`sgd`, `adam`, ...), `dm`, or an RNNprop preset (`rp`, `rp_s`, `rp_si`, `rp_si_rich`)."
-    if name in HAND_RULES: return HAND_RULES[name](**kwargs)
-    if name == "dm": return DMRule(**kwargs)
-    if name in RNNPROP_PRESETS: return RNNpropRule(**{**RNNPROP_PRESETS[name], **kwargs})
+    if name in HAND_RULES:
+        return HAND_RULES[name](**kwargs)
+    if name == "dm":
+        return DMRule(**kwargs)
+    if name in RNNPROP_PRESETS:
+        return RNNpropRule(**{**RNNPROP_PRESETS[name], **kwargs})
     raise ValueError(f"unknown rule {name!r}; known: {sorted([*HAND_RULES, 'dm', *RNNPROP_PRESETS])}")
 
 
@@ -812,7 +1097,8 @@ def rule_config(rule: UpdateRule) -> dict:
 def rule_from_config(config: dict) -> UpdateRule:
     "Rebuild a rule (with freshly initialised weights) from `rule_config`'s description."
     cls = RULE_CLASSES.get(config.get("class"))
-    if cls is None: raise ValueError(f"unknown rule class {config.get('class')!r}; known: {sorted(RULE_CLASSES)}")
+    if cls is None:
+        raise ValueError(f"unknown rule class {config.get('class')!r}; known: {sorted(RULE_CLASSES)}")
     return cls(**config["args"])
 
 # %% ../nbs/00_optimizers.ipynb #b5fd2158
@@ -821,8 +1107,11 @@ def _finite(grads: list[Tensor]) -> bool:
     makes a sum non-finite); only when a sum is not finite (a non-finite value, or finite values whose sum
     overflows) is each tensor's min and max checked (float64 holds every float type's extremes)."""
     grads = [g for g in grads if g.numel()]
-    if not grads or bool(torch.isfinite(torch.stack([g.sum().double() for g in grads])).all()): return True
-    return bool(torch.isfinite(torch.cat([torch.stack(torch.aminmax(g)).to(torch.float64) for g in grads])).all())
+    if not grads or bool(torch.isfinite(torch.stack([g.sum().double() for g in grads])).all()):
+        return True
+    return bool(
+        torch.isfinite(torch.cat([torch.stack(torch.aminmax(g)).to(torch.float64) for g in grads])).all()
+    )
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -844,8 +1133,15 @@ class RuleOptimizer(torch.optim.Optimizer):
     and no state is changed. float16/bfloat16 parameters are stepped in float32 (`compute_dtype`), their state kept
     in float32, and their updates rounded to the parameter's dtype."""
 
-    def __init__(self, params, rule: UpdateRule, lr: float | None = None, on_nonfinite: str = "error",
-                 weight_decay: float = 0.0, decoupled_weight_decay: bool = False):
+    def __init__(
+        self,
+        params,
+        rule: UpdateRule,
+        lr: float | None = None,
+        on_nonfinite: str = "error",
+        weight_decay: float = 0.0,
+        decoupled_weight_decay: bool = False,
+    ):
         if not isinstance(rule, UpdateRule):
             raise TypeError(f"rule must be an UpdateRule (e.g. AdamRule()), got {type(rule).__name__}")
         if on_nonfinite not in ("error", "skip"):
@@ -853,8 +1149,15 @@ class RuleOptimizer(torch.optim.Optimizer):
         self.rule, self.on_nonfinite, self.nonfinite_skips = rule, on_nonfinite, 0
         hyper = {k: getattr(rule, k) for k in rule.hyperparameters}
         lr = hyper.get("lr", 1.0) if lr is None else lr
-        super().__init__(params, {**hyper, "lr": _lr(lr), "weight_decay": weight_decay,
-                                  "decoupled_weight_decay": decoupled_weight_decay})
+        super().__init__(
+            params,
+            {
+                **hyper,
+                "lr": _lr(lr),
+                "weight_decay": weight_decay,
+                "decoupled_weight_decay": decoupled_weight_decay,
+            },
+        )
 
     def add_param_group(self, param_group: dict) -> None:
         """Add a param group (as `torch.optim`), validating its `lr`, the rule's hyperparameters, `weight_decay` and
@@ -863,9 +1166,13 @@ class RuleOptimizer(torch.optim.Optimizer):
         _lr(group["lr"])
         check_hparam("weight_decay", group["weight_decay"], lambda v: v >= 0, "weight_decay >= 0")
         if not isinstance(group["decoupled_weight_decay"], bool):
-            raise ValueError(f"invalid decoupled_weight_decay={group['decoupled_weight_decay']!r}: expected True or False")
+            raise ValueError(
+                f"invalid decoupled_weight_decay={group['decoupled_weight_decay']!r}: expected True or False"
+            )
         if self.rule.hyperparameters:  # the rule's own checks, on the group's values
-            type(self.rule)(**{**rule_config(self.rule)["args"], **{k: group[k] for k in self.rule.hyperparameters}})
+            type(self.rule)(
+                **{**rule_config(self.rule)["args"], **{k: group[k] for k in self.rule.hyperparameters}}
+            )
         super().add_param_group(param_group)
 
     def _describe(self, gi: int, p: Tensor) -> str:
@@ -880,54 +1187,72 @@ class RuleOptimizer(torch.optim.Optimizer):
         "One update of every parameter that has a gradient; returns `closure()`'s loss when given one."
         loss = None
         if closure is not None:
-            with torch.enable_grad(): loss = closure()
+            with torch.enable_grad():
+                loss = closure()
         work = []
         for gi, group in enumerate(self.param_groups):
             ps = [p for p in group["params"] if p.grad is not None]
             for p in ps:
                 if p.grad.is_sparse:
-                    raise RuntimeError(f"RuleOptimizer does not support sparse gradients: {self._describe(gi, p)}")
+                    raise RuntimeError(
+                        f"RuleOptimizer does not support sparse gradients: {self._describe(gi, p)}"
+                    )
             work.append((gi, group, ps))
         if not _finite([p.grad for _, _, ps in work for p in ps]):
             if self.on_nonfinite == "skip":
                 self.nonfinite_skips += 1
                 return loss
             gi, p = next((gi, p) for gi, _, ps in work for p in ps if not _finite([p.grad]))
-            raise FloatingPointError(f"non-finite gradient in {self._describe(gi, p)}; no parameter or optimizer "
-                                     "state was changed (on_nonfinite='skip' skips such steps instead)")
+            raise FloatingPointError(
+                f"non-finite gradient in {self._describe(gi, p)}; no parameter or optimizer "
+                "state was changed (on_nonfinite='skip' skips such steps instead)"
+            )
         steps = []  # (group index, params, updates, new states) of every rule call, all computed before anything is written
         for gi, group, ps in work:
             rule = self.rule.with_hyperparameters(group)
             by_step = {}  # params that missed steps (no grad) are at another step count: one rule call per count
             for p in ps:
                 if not self.state[p]:
-                    self.state[p] = {"step": torch.tensor(0.0), **self.rule.init_tensor(p.detach().to(compute_dtype(p.dtype)))}
+                    self.state[p] = {
+                        "step": torch.tensor(0.0),
+                        **self.rule.init_tensor(p.detach().to(compute_dtype(p.dtype))),
+                    }
                 by_step.setdefault(int(self.state[p]["step"]), []).append(p)
             for t, qs in by_step.items():
-                # rules update their state in place: they work on copies, kept only if every result is finite
-                states = [{k: v.clone() for k, v in self.state[p].items() if k != "step"} for p in qs]
+                # a rule returns new state and leaves the old as it is: kept until every result is known finite
+                states = [{k: v for k, v in self.state[p].items() if k != "step"} for p in qs]
                 wd, decoupled = group.get("weight_decay", 0.0), group.get("decoupled_weight_decay", False)
                 grads = [p.grad for p in qs]
-                if wd and not decoupled: grads = torch._foreach_add(grads, qs, alpha=wd)  # new tensors: .grad is kept
+                if wd and not decoupled:
+                    grads = torch._foreach_add(grads, qs, alpha=wd)  # new tensors: .grad is kept
                 updates, states = rule.step([g.to(compute_dtype(g.dtype)) for g in grads], states, t + 1)
                 steps.append((gi, qs, [u.to(p.dtype) for u, p in zip(updates, qs)], states))
         if not _finite([x for _, qs, us, ss in steps for x in (*us, *(v for s in ss for v in s.values()))]):
             if self.on_nonfinite == "skip":
                 self.nonfinite_skips += 1
                 return loss
-            gi, p, what = next((gi, p, "update" if not _finite([u]) else "state") for gi, qs, us, ss in steps
-                               for p, u, s in zip(qs, us, ss) if not _finite([u, *s.values()]))
-            raise FloatingPointError(f"non-finite {what} of {self._describe(gi, p)} from finite gradients (an overflow in "
-                                     f"{type(self.rule).__name__}, e.g. a gradient spike); no parameter or optimizer state "
-                                     "was changed (on_nonfinite='skip' skips such steps instead)")
+            gi, p, what = next(
+                (gi, p, "update" if not _finite([u]) else "state")
+                for gi, qs, us, ss in steps
+                for p, u, s in zip(qs, us, ss)
+                if not _finite([u, *s.values()])
+            )
+            raise FloatingPointError(
+                f"non-finite {what} of {self._describe(gi, p)} from finite gradients (an overflow in "
+                f"{type(self.rule).__name__}, e.g. a gradient spike); no parameter or optimizer state "
+                "was changed (on_nonfinite='skip' skips such steps instead)"
+            )
         for gi, qs, updates, states in steps:
             group = self.param_groups[gi]
             for p, s in zip(qs, states):
                 self.state[p].update(s)
                 self.state[p]["step"] += 1
             wd = group.get("weight_decay", 0.0)
-            if wd and group.get("decoupled_weight_decay", False): torch._foreach_mul_(qs, 1 - group["lr"] * wd)
-            scale = 1.0 if "lr" in self.rule.hyperparameters else group["lr"]  # a hand rule's lr is inside its update
+            if wd and group.get("decoupled_weight_decay", False):
+                torch._foreach_mul_(qs, 1 - group["lr"] * wd)
+            scale = (
+                1.0 if "lr" in self.rule.hyperparameters else group["lr"]
+            )  # a hand rule's lr is inside its update
             torch._foreach_add_(qs, updates, alpha=scale)
         return loss
 
@@ -939,13 +1264,20 @@ class RuleOptimizer(torch.optim.Optimizer):
         "Load a `state_dict`: its tensors are copied (never shared with the source) and cast to each parameter's dtype and device."
         state_dict = dict(state_dict)
         self.nonfinite_skips = int(state_dict.pop("nonfinite_skips", 0))
-        # torch.optim's loader keeps tensors that need no cast, and rules update state in place: copy first.
-        state_dict["state"] = {k: {n: v.clone() if isinstance(v, Tensor) else v for n, v in s.items()}
-                               for k, s in state_dict["state"].items()}
+        # torch.optim's loader keeps tensors that need no cast: copy, so that the two never share a tensor.
+        state_dict["state"] = {
+            k: {n: v.clone() if isinstance(v, Tensor) else v for n, v in s.items()}
+            for k, s in state_dict["state"].items()
+        }
         super().load_state_dict(state_dict)
         # torch.optim casts state to each parameter's dtype: a float16/bfloat16 parameter's state stays in compute_dtype
         ids = [i for g in state_dict["param_groups"] for i in g["params"]]
         for i, p in zip(ids, (p for g in self.param_groups for p in g["params"])):
             if compute_dtype(p.dtype) != p.dtype and i in state_dict["state"]:
-                self.state[p].update({k: v.to(device=p.device, dtype=compute_dtype(p.dtype)) for k, v in state_dict["state"][i].items()
-                                      if k != "step" and isinstance(v, Tensor) and v.is_floating_point()})
+                self.state[p].update(
+                    {
+                        k: v.to(device=p.device, dtype=compute_dtype(p.dtype))
+                        for k, v in state_dict["state"][i].items()
+                        if k != "step" and isinstance(v, Tensor) and v.is_floating_point()
+                    }
+                )
