@@ -45,7 +45,8 @@ def decay_add(buf: Tensor, x: Tensor, beta: float) -> Tensor:
 
 
 def normalize(x: Tensor, v: Tensor, eps: float, scale: float) -> Tensor:
-    "The Adam-style normalisation scale·x/(√v + eps): a single new tensor and two passes when autograd is off."
+    """The Adam-style normalisation scale·x/(√v + eps): a single new tensor and two passes when autograd is
+    off."""
     if torch.is_grad_enabled():
         return x / (v.sqrt() + eps) * scale
     d = v.sqrt().add_(eps)
@@ -53,7 +54,8 @@ def normalize(x: Tensor, v: Tensor, eps: float, scale: float) -> Tensor:
 
 # %% ../nbs/00_optimizers.ipynb #480377c9
 def check_hparam(name: str, value, ok: Callable[[float], bool], expected: str) -> float:
-    "Return `value` as a float if it is a finite real number satisfying `ok`, else raise a `ValueError` naming `name`."
+    """Return `value` as a float if it is a finite real number satisfying `ok`, else raise a `ValueError`
+    naming `name`."""
     if (
         isinstance(value, bool)
         or not isinstance(value, numbers.Real)
@@ -83,7 +85,8 @@ def _betas(betas):
 
 # %% ../nbs/00_optimizers.ipynb #a1c0e006
 def optional_import(module: str, extra: str, purpose: str):
-    "Import `module` (a package of an extra), or raise a `ModuleNotFoundError` naming `purpose` and the extra that brings it."
+    """Import `module` (a package of an extra), or raise a `ModuleNotFoundError` naming `purpose` and the
+    extra that brings it."""
     try:
         return importlib.import_module(module)
     except ModuleNotFoundError as e:
@@ -108,8 +111,8 @@ class UpdateRule(nn.Module):
     hyperparameters: tuple[str, ...] = ()
 
     def with_hyperparameters(self, values: dict) -> UpdateRule:
-        """This rule with its `hyperparameters` taken from `values` (e.g. a param group): itself when none differs,
-        else a shallow copy that shares the rule's weights."""
+        """This rule with its `hyperparameters` taken from `values` (e.g. a param group): itself when none
+        differs, else a shallow copy that shares the rule's weights."""
         changed = {
             k: values[k] for k in self.hyperparameters if k in values and values[k] != getattr(self, k)
         }
@@ -138,13 +141,15 @@ class UpdateRule(nn.Module):
 
 
 def state_per_param(rule: UpdateRule, n: int = 1000) -> float:
-    "Number of state values a rule keeps per parameter coordinate (its buffers, histories and recurrent states)."
+    """Number of state values a rule keeps per parameter coordinate (its buffers, histories and recurrent
+    states)."""
     state = rule.init_tensor(torch.zeros(n))
     return sum(v.numel() for v in state.values() if isinstance(v, Tensor)) / n
 
 
 class ElementwiseRule(UpdateRule):
-    """A rule whose update of each coordinate is elementwise arithmetic on that coordinate's gradient and state.
+    """A rule whose update of each coordinate is elementwise arithmetic on that coordinate's gradient and
+    state.
 
     Subclasses implement `update(g, s, t)` for one tensor; `step` applies it tensor by tensor, as
     `torch.optim` does. (Concatenating all coordinates into one vector would copy every gradient and
@@ -170,7 +175,8 @@ OUTPUT_FEATURE = (
 
 
 def _pow(x: Tensor, p: float, out: Tensor | None = None) -> Tensor:
-    "x^p for x ≥ 0 written into `out` (default: into `x`): torch's `pow` with a fractional exponent costs 3× `exp(p·log x)` on CPU."
+    """x^p for x ≥ 0 written into `out` (default: into `x`): torch's `pow` with a fractional exponent costs 3×
+    `exp(p·log x)` on CPU."""
     out = x if out is None else out
     if p == 0.5:
         return torch.sqrt(x, out=out)
@@ -180,10 +186,12 @@ def _pow(x: Tensor, p: float, out: Tensor | None = None) -> Tensor:
 
 
 class GradFeatures:
-    """Named, coordinate-wise gradient features (`mt`, `gt`, `g`, `mom5`, ..., `t`, `mp2`, ...), with their history state.
+    """Named, coordinate-wise gradient features (`mt`, `gt`, `g`, `mom5`, ..., `t`, `mp2`, ...), with their
+    history state.
 
-    `init_tensor(p)` gives the state of one parameter tensor; `columns(g, s, t)` the features (the table above) as a
-    dict name → `[g.numel()]` tensor and the new state; `step` the same as a `[g.numel(), len(names)]` matrix."""
+    `init_tensor(p)` gives the state of one parameter tensor; `columns(g, s, t)` the features (the table
+    above) as a dict name → `[g.numel()]` tensor and the new state; `step` the same as a
+    `[g.numel(), len(names)]` matrix."""
 
     def __init__(
         self,
@@ -224,7 +232,8 @@ class GradFeatures:
         return {b: torch.zeros(p.numel(), dtype=p.dtype, device=p.device) for b in self.buffers}
 
     def columns(self, g: Tensor, s: dict[str, Tensor], t: int) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-        "The features of gradient `g` at step `t` (1-based) as a dict name → `[g.numel()]` tensor, and the new state."
+        """The features of gradient `g` at step `t` (1-based) as a dict name → `[g.numel()]` tensor, and the
+        new state."""
         g, b1, b2 = g.reshape(-1), self.beta1, self.beta2
         new = {}
         if "m" in s:
@@ -264,10 +273,10 @@ class GradFeatures:
     def columns_no_grad(
         self, g: Tensor, s: dict[str, Tensor], t: int, factor: tuple[str, float] | None = None
     ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-        """`columns` without autograd, in fewer passes and temporaries (the same values to rounding): a p-mean as
-        m·k/(v^(1/p) + ε·k), k = (1−β2^t)^(1/p), written into its |g|^p temporary; `mt`, unless `gt` or `adam_dn`
-        shares Adam's denominator, in Adam's two-pass form (`normalize`). `factor` = (name, c): that column comes
-        multiplied by c, inside its last pass where it has one (a p-mean, `mt`)."""
+        """`columns` without autograd, in fewer passes and temporaries (the same values to rounding): a p-mean
+        as m·k/(v^(1/p) + ε·k), k = (1−β2^t)^(1/p), written into its |g|^p temporary; `mt`, unless `gt` or
+        `adam_dn` shares Adam's denominator, in Adam's two-pass form (`normalize`). `factor` = (name, c): that
+        column comes multiplied by c, inside its last pass where it has one (a p-mean, `mt`)."""
         g, b1, b2 = g.reshape(-1), self.beta1, self.beta2
         bc1, bc2 = 1 - b1**t, 1 - b2**t
         new, cols = {}, {}
@@ -532,7 +541,8 @@ HAND_RULES = {
 
 # %% ../nbs/00_optimizers.ipynb #e8018236
 class LearnedRule(UpdateRule):
-    """Base of learned rules: inputs → [Linear+ELU]* → LSTM stack → Linear → (tanh) → ×output_scale, one batched call for all coordinates.
+    """Base of learned rules: inputs → [Linear+ELU]* → LSTM stack → Linear → (tanh) → ×output_scale, one
+    batched call for all coordinates.
 
     Subclasses define `input_size`, `input_state(p)` (the non-recurrent state of one tensor) and
     `inputs(g, s, t)` (the network inputs of one tensor's coordinates and its new non-recurrent state)."""
@@ -548,7 +558,8 @@ class LearnedRule(UpdateRule):
         super().__init__()
         if not hidden or any(int(w) < 1 for w in list(preproc) + list(hidden)):
             raise ValueError(
-                f"invalid widths preproc={list(preproc)}, hidden={list(hidden)}: need >= 1 LSTM layer, widths >= 1"
+                f"invalid widths preproc={list(preproc)}, hidden={list(hidden)}: need >= 1 LSTM layer, "
+                "widths >= 1"
             )
         self.preproc, self.hidden = tuple(int(w) for w in preproc), tuple(int(w) for w in hidden)
         self.output_scale = check_hparam("output_scale", output_scale, lambda v: v > 0, "output_scale > 0")
@@ -564,7 +575,8 @@ class LearnedRule(UpdateRule):
         return {}
 
     def inputs(self, g: Tensor, s: dict[str, Tensor], t: int) -> tuple[Tensor, dict[str, Tensor]]:
-        "Network inputs `[g.numel(), input_size]` for one tensor's flattened gradient `g`, and its new non-recurrent state."
+        """Network inputs `[g.numel(), input_size]` for one tensor's flattened gradient `g`, and its new
+        non-recurrent state."""
         raise NotImplementedError
 
     def init_tensor(self, p):
@@ -577,7 +589,8 @@ class LearnedRule(UpdateRule):
         return {**self.input_state(p), **rec}
 
     def step(self, grads, state, t):
-        "All coordinates of all tensors in one batched network call: inputs concatenated, outputs split back per tensor."
+        """All coordinates of all tensors in one batched network call: inputs concatenated, outputs split back
+        per tensor."""
         sizes, dtype = [g.numel() for g in grads], self.head.weight.dtype  # the network runs in its own dtype
         xs, rest = zip(*[self.inputs(g.reshape(-1), s, t) for g, s in zip(grads, state, strict=True)])
         x = torch.cat(xs).to(dtype)
@@ -595,7 +608,8 @@ class LearnedRule(UpdateRule):
 
 
 class DMRule(LearnedRule):
-    """The coordinate-wise LSTM optimizer of Andrychowicz et al. (2016): LSTM(20, 20) → Linear → ×0.01, unbounded output.
+    """The coordinate-wise LSTM optimizer of Andrychowicz et al. (2016): LSTM(20, 20) → Linear → ×0.01,
+    unbounded output.
 
     `preprocessing="raw"` feeds the gradient itself (the original torch code); `"log_sign"` feeds
     [clamp(log(|g|+eps)/k, min=−1), clamp(g·e^k, −1, 1)] with k = 5 (the DM paper and the TF code)."""
@@ -659,7 +673,8 @@ LOG_EPS = 1e-8
 
 
 def variable(name: str) -> sp.Symbol:
-    "The sympy symbol of variable `name`: real-valued, so that |x|², √(x²) and friends simplify as they should."
+    """The sympy symbol of variable `name`: real-valued, so that |x|², √(x²) and friends simplify as they
+    should."""
     return sp.Symbol(name, real=True)
 
 
@@ -699,7 +714,8 @@ _FUNCTIONS = {  # name in text -> (arity, builder of the sympy expression)
     "log": (1, sp.log),
     "Heaviside": (2, sp.Heaviside),
 }
-# resource limits of `parse_expression` (rule files are untrusted): a distilled equation is far inside every one
+# resource limits of `parse_expression` (rule files are untrusted):
+# a distilled equation is far inside every one
 MAX_EXPRESSION_CHARS = (
     10_000  # length of the text (a product is built pairwise, in time quadratic in its factors)
 )
@@ -714,7 +730,8 @@ _TOKEN = re.compile(
 
 
 def _finite_number(value, text: str) -> None:
-    "Refuse (`ValueError`) a number, literal text or sympy, that is not a finite float64 or is nonzero but rounds to 0."
+    """Refuse (`ValueError`) a number, literal text or sympy, that is not a finite float64 or is nonzero but
+    rounds to 0."""
     try:
         x = float(value)
     except (OverflowError, TypeError):
@@ -731,11 +748,12 @@ def _finite_number(value, text: str) -> None:
 
 
 def parse_expression(text: str, variables: Sequence[str]) -> sp.Expr:
-    """Parse `text` into a sympy expression with a whitelist grammar: numbers, `variables`, + − * / ^ **, the vocabulary's functions.
+    """Parse `text` into a sympy expression with a whitelist grammar: numbers, `variables`, + − * / ^ **, the
+    vocabulary's functions.
 
-    Untrusted text is bounded: at most `MAX_EXPRESSION_CHARS` characters, nesting `MAX_EXPRESSION_DEPTH`, numeric
-    literal numbers and powers of numbers within float64's range (sympy evaluates those: 9**9**9 would be a number of
-    10^8 digits); each refusal is a `ValueError` naming its limit."""
+    Untrusted text is bounded: at most `MAX_EXPRESSION_CHARS` characters, nesting `MAX_EXPRESSION_DEPTH`,
+    numeric literal numbers and powers of numbers within float64's range (sympy evaluates those: 9**9**9 would
+    be a number of 10^8 digits); each refusal is a `ValueError` naming its limit."""
     text = str(text)
     if len(text) > MAX_EXPRESSION_CHARS:
         raise ValueError(
@@ -749,7 +767,8 @@ def parse_expression(text: str, variables: Sequence[str]) -> sp.Expr:
             if text[pos:].strip() == "":
                 break
             raise ValueError(
-                f"unexpected character {text[pos:].strip()[:1]!r} at position {pos} in expression {text[:80]!r}"
+                f"unexpected character {text[pos:].strip()[:1]!r} at position {pos} in expression "
+                f"{text[:80]!r}"
             )
         kind = m.lastgroup
         tokens.append((kind, m.group(kind)))
@@ -848,6 +867,7 @@ def parse_expression(text: str, variables: Sequence[str]) -> sp.Expr:
     return node
 
 # %% ../nbs/00_optimizers.ipynb #76140a6d
+# the sympy functions of the vocabulary and their torch twins
 TORCH_FUNCTIONS = {
     sp.tanh: torch.tanh,
     sp.sinh: torch.sinh,
@@ -856,7 +876,7 @@ TORCH_FUNCTIONS = {
     sp.log: torch.log,
     sp.Abs: torch.abs,
     sp.sign: torch.sign,
-}  # the sympy functions of the vocabulary and their torch twins
+}
 
 
 def _torch_node(e: sp.Basic, env: dict[str, Tensor], consts: dict[str, Tensor]):
@@ -898,7 +918,8 @@ def _torch_node(e: sp.Basic, env: dict[str, Tensor], consts: dict[str, Tensor]):
 def compile_expression(
     expr: sp.Expr, constants: Sequence[str] = ()
 ) -> Callable[[dict[str, Tensor], dict[str, Tensor]], Tensor]:
-    "A torch function `f(variables, constants)` evaluating `expr`; symbols named in `constants` are read from the second dict."
+    """A torch function `f(variables, constants)` evaluating `expr`; symbols named in `constants` are read
+    from the second dict."""
     return lambda env, consts=None: _torch_node(
         expr, env, {n: consts[n] for n in constants} if constants else {}
     )
@@ -915,16 +936,18 @@ def _split_variable(name: str) -> tuple[str, int]:
         raise ValueError(f"variable {name!r} is not <feature>_<lag>")
     if int(lag) > MAX_LAG:
         raise ValueError(
-            f"variable {name!r}: lag {int(lag)} exceeds MAX_LAG = {MAX_LAG} (each lag is a step of history kept per coordinate)"
+            f"variable {name!r}: lag {int(lag)} exceeds MAX_LAG = {MAX_LAG} (each lag is a step of history "
+            "kept per coordinate)"
         )
     return feature, int(lag)
 
 
 class SymbolicRule(UpdateRule):
-    """An equation over `<feature>_<lag>` variables as an update rule: u = scale · expr, constants meta-tunable.
+    """An equation over `<feature>_<lag>` variables as an update rule: u = scale · expr, constants
+    meta-tunable.
 
-    `expr` is a sympy expression or text (parsed by `parse_expression`); `clip` = (lo, hi) clamps the equation's
-    value before `scale` (what a recurrent equation feeds back as `u` too)."""
+    `expr` is a sympy expression or text (parsed by `parse_expression`); `clip` = (lo, hi) clamps the
+    equation's value before `scale` (what a recurrent equation feeds back as `u` too)."""
 
     def __init__(
         self,
@@ -948,8 +971,8 @@ class SymbolicRule(UpdateRule):
             raise ValueError(f"unknown feature(s) {unknown} in {expr}; known: {list(known)}")
         if (OUTPUT_FEATURE, 0) in pairs:
             raise ValueError(
-                f"{OUTPUT_FEATURE}_0 in {expr} is the rule's own current output: an equation reads only its past "
-                f"outputs {OUTPUT_FEATURE}_1, {OUTPUT_FEATURE}_2, ..."
+                f"{OUTPUT_FEATURE}_0 in {expr} is the rule's own current output: an equation reads only its "
+                f"past outputs {OUTPUT_FEATURE}_1, {OUTPUT_FEATURE}_2, ..."
             )
         self.features = tuple(f for f in known if any(f == p for p, _ in pairs))
         if self.features == (OUTPUT_FEATURE,):
@@ -974,7 +997,8 @@ class SymbolicRule(UpdateRule):
         self.constants = nn.Parameter(torch.tensor([float(a) for a in floats], dtype=torch.float64))
         self._fn = compile_expression(self.template, self._const_names)
         self._columns = {s.name: (self.features.index(f), lag) for s, (f, lag) in zip(variables, pairs)}
-        # u = c·f_0, the form of a typical deployed rule: without autograd, `_step_fused` applies c·scale in f's last pass
+        # u = c·f_0, the form of a typical deployed rule:
+        # without autograd, `_step_fused` applies c·scale in f's last pass
         args = self.template.args if isinstance(self.template, sp.Mul) else ()
         const = [a.name for a in args if isinstance(a, sp.Symbol) and a.name in self._const_names]
         fused = (
@@ -1000,7 +1024,8 @@ class SymbolicRule(UpdateRule):
         return f"{self.scale} * ({self.to_sympy()})" + (f", clip={self.clip}" if self.clip else "")
 
     def init_tensor(self, p):
-        "Feature buffers, and a history of the features at lags 1..L−1 `[numel, L−1, features]` when the equation looks back."
+        """Feature buffers, and a history of the features at lags 1..L−1 `[numel, L−1, features]` when the
+        equation looks back."""
         hist = (
             {
                 "history": torch.zeros(
@@ -1013,8 +1038,8 @@ class SymbolicRule(UpdateRule):
         return {**self.grad_features.init_tensor(p), **hist}
 
     def step(self, grads, state, t):
-        """u = scale · expr(features, their history) for each tensor, with plain torch ops; without autograd an equation
-        u = c·f_0 goes through `_step_fused` (the same values to rounding, in fewer passes)."""
+        """u = scale · expr(features, their history) for each tensor, with plain torch ops; without autograd
+        an equation u = c·f_0 goes through `_step_fused` (the same values to rounding, in fewer passes)."""
         if self._fused and not torch.is_grad_enabled():
             return self._step_fused(grads, state, t)
         consts = (
@@ -1044,7 +1069,8 @@ class SymbolicRule(UpdateRule):
         return updates, new
 
     def _step_fused(self, grads, state, t):
-        "`step` of u = c·f_0 without autograd: the factor c·scale is applied inside f's last pass (`columns_no_grad`)."
+        """`step` of u = c·f_0 without autograd: the factor c·scale is applied inside f's last pass
+        (`columns_no_grad`)."""
         name, feature = self._fused
         c = float(self.constants[self._const_names.index(name)].to(grads[0].dtype)) * self.scale
         out = [
@@ -1077,7 +1103,8 @@ RULE_CLASSES = {
 
 
 def make_rule(name: str, **kwargs) -> UpdateRule:
-    "A rule by short name: a hand rule (`sgd`, `adam`, ...), `dm`, or an RNNprop preset (`rp`, `rp_s`, `rp_si`, `rp_si_rich`)."
+    """A rule by short name: a hand rule (`sgd`, `adam`, ...), `dm`, or an RNNprop preset (`rp`, `rp_s`,
+    `rp_si`, `rp_si_rich`)."""
     if name in HAND_RULES:
         return HAND_RULES[name](**kwargs)
     if name == "dm":
@@ -1088,7 +1115,8 @@ def make_rule(name: str, **kwargs) -> UpdateRule:
 
 
 def rule_config(rule: UpdateRule) -> dict:
-    "A JSON-able description of `rule` (class and constructor arguments) from which `rule_from_config` rebuilds it."
+    """A JSON-able description of `rule` (class and constructor arguments) from which `rule_from_config`
+    rebuilds it."""
     args = [n for n in inspect.signature(type(rule).__init__).parameters if n != "self"]
     conv = lambda v: list(v) if isinstance(v, tuple) else v
     return {"class": type(rule).__name__, "args": {n: conv(getattr(rule, n)) for n in args}}
@@ -1103,8 +1131,8 @@ def rule_from_config(config: dict) -> UpdateRule:
 
 # %% ../nbs/00_optimizers.ipynb #b5fd2158
 def _finite(grads: list[Tensor]) -> bool:
-    """Whether every gradient is free of NaN and ±inf. A finite sum proves it in one cheap pass (a NaN or an inf
-    makes a sum non-finite); only when a sum is not finite (a non-finite value, or finite values whose sum
+    """Whether every gradient is free of NaN and ±inf. A finite sum proves it in one cheap pass (a NaN or an
+    inf makes a sum non-finite); only when a sum is not finite (a non-finite value, or finite values whose sum
     overflows) is each tensor's min and max checked (float64 holds every float type's extremes)."""
     grads = [g for g in grads if g.numel()]
     if not grads or bool(torch.isfinite(torch.stack([g.sum().double() for g in grads])).all()):
@@ -1115,23 +1143,25 @@ def _finite(grads: list[Tensor]) -> bool:
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype `RuleOptimizer` runs a rule in for parameters of `dtype`: float32 for float16 and bfloat16 (whose
-    range and resolution lose g², |g|^p and epsilons such as 1e-8), else `dtype` itself."""
+    """The dtype `RuleOptimizer` runs a rule in for parameters of `dtype`: float32 for float16 and bfloat16
+    (whose range and resolution lose g², |g|^p and epsilons such as 1e-8), else `dtype` itself."""
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
 class RuleOptimizer(torch.optim.Optimizer):
-    """Deploy any `UpdateRule` as a `torch.optim.Optimizer`, with the rule's `hyperparameters` in each param group.
+    """Deploy any `UpdateRule` as a `torch.optim.Optimizer`, with the rule's `hyperparameters` in each param
+    group.
 
     `lr`: a hand rule's step size, exactly as in `torch.optim` (default: the rule's own); for a learned or
-    symbolic rule, which has no `lr` of its own, a factor on its update: θ ← θ + lr·u (default 1.0, the rule as
-    it is). `weight_decay` (per group): coupled (L2, the default, as `torch.optim.SGD`/`Adam`) adds wd·θ to the
-    gradient the rule sees; `decoupled_weight_decay=True` (as `AdamW`) shrinks θ ← θ·(1 − lr·wd) beside the update.
+    symbolic rule, which has no `lr` of its own, a factor on its update: θ ← θ + lr·u (default 1.0, the rule
+    as it is). `weight_decay` (per group): coupled (L2, the default, as `torch.optim.SGD`/`Adam`) adds wd·θ to
+    the gradient the rule sees; `decoupled_weight_decay=True` (as `AdamW`) shrinks θ ← θ·(1 − lr·wd) beside
+    the update.
 
-    `on_nonfinite` is the policy for a step whose gradients, updates or new rule state hold NaN or ±inf: `"error"`
-    raises `FloatingPointError`, `"skip"` skips the step and counts it in `nonfinite_skips`; either way no parameter
-    and no state is changed. float16/bfloat16 parameters are stepped in float32 (`compute_dtype`), their state kept
-    in float32, and their updates rounded to the parameter's dtype."""
+    `on_nonfinite` is the policy for a step whose gradients, updates or new rule state hold NaN or ±inf:
+    `"error"` raises `FloatingPointError`, `"skip"` skips the step and counts it in `nonfinite_skips`; either
+    way no parameter and no state is changed. float16/bfloat16 parameters are stepped in float32
+    (`compute_dtype`), their state kept in float32, and their updates rounded to the parameter's dtype."""
 
     def __init__(
         self,
@@ -1160,8 +1190,8 @@ class RuleOptimizer(torch.optim.Optimizer):
         )
 
     def add_param_group(self, param_group: dict) -> None:
-        """Add a param group (as `torch.optim`), validating its `lr`, the rule's hyperparameters, `weight_decay` and
-        `decoupled_weight_decay` first: an invalid group is not added."""
+        """Add a param group (as `torch.optim`), validating its `lr`, the rule's hyperparameters,
+        `weight_decay` and `decoupled_weight_decay` first: an invalid group is not added."""
         group = {**self.defaults, **param_group}
         _lr(group["lr"])
         check_hparam("weight_decay", group["weight_decay"], lambda v: v >= 0, "weight_decay >= 0")
@@ -1207,10 +1237,13 @@ class RuleOptimizer(torch.optim.Optimizer):
                 f"non-finite gradient in {self._describe(gi, p)}; no parameter or optimizer "
                 "state was changed (on_nonfinite='skip' skips such steps instead)"
             )
-        steps = []  # (group index, params, updates, new states) of every rule call, all computed before anything is written
+        # (group index, params, updates, new states) of every rule call,
+        # all computed before anything is written
+        steps = []
         for gi, group, ps in work:
             rule = self.rule.with_hyperparameters(group)
-            by_step = {}  # params that missed steps (no grad) are at another step count: one rule call per count
+            # params that missed steps (no grad) are at another step count: one rule call per count
+            by_step = {}
             for p in ps:
                 if not self.state[p]:
                     self.state[p] = {
@@ -1219,7 +1252,8 @@ class RuleOptimizer(torch.optim.Optimizer):
                     }
                 by_step.setdefault(int(self.state[p]["step"]), []).append(p)
             for t, qs in by_step.items():
-                # a rule returns new state and leaves the old as it is: kept until every result is known finite
+                # a rule returns new state and leaves the old as it is:
+                # kept until every result is known finite
                 states = [{k: v for k, v in self.state[p].items() if k != "step"} for p in qs]
                 wd, decoupled = group.get("weight_decay", 0.0), group.get("decoupled_weight_decay", False)
                 grads = [p.grad for p in qs]
@@ -1250,18 +1284,19 @@ class RuleOptimizer(torch.optim.Optimizer):
             wd = group.get("weight_decay", 0.0)
             if wd and group.get("decoupled_weight_decay", False):
                 torch._foreach_mul_(qs, 1 - group["lr"] * wd)
-            scale = (
-                1.0 if "lr" in self.rule.hyperparameters else group["lr"]
-            )  # a hand rule's lr is inside its update
+            # a hand rule's lr is inside its update
+            scale = 1.0 if "lr" in self.rule.hyperparameters else group["lr"]
             torch._foreach_add_(qs, updates, alpha=scale)
         return loss
 
     def state_dict(self) -> dict:
-        "`torch.optim`'s state dict (the param groups carry the rule's hyperparameters) plus the count of skipped non-finite steps."
+        """`torch.optim`'s state dict (the param groups carry the rule's hyperparameters) plus the count of
+        skipped non-finite steps."""
         return {**super().state_dict(), "nonfinite_skips": self.nonfinite_skips}
 
     def load_state_dict(self, state_dict: dict) -> None:
-        "Load a `state_dict`: its tensors are copied (never shared with the source) and cast to each parameter's dtype and device."
+        """Load a `state_dict`: its tensors are copied (never shared with the source) and cast to each
+        parameter's dtype and device."""
         state_dict = dict(state_dict)
         self.nonfinite_skips = int(state_dict.pop("nonfinite_skips", 0))
         # torch.optim's loader keeps tensors that need no cast: copy, so that the two never share a tensor.
@@ -1270,7 +1305,8 @@ class RuleOptimizer(torch.optim.Optimizer):
             for k, s in state_dict["state"].items()
         }
         super().load_state_dict(state_dict)
-        # torch.optim casts state to each parameter's dtype: a float16/bfloat16 parameter's state stays in compute_dtype
+        # torch.optim casts state to each parameter's dtype:
+        # a float16/bfloat16 parameter's state stays in compute_dtype
         ids = [i for g in state_dict["param_groups"] for i in g["params"]]
         for i, p in zip(ids, (p for g in self.param_groups for p in g["params"])):
             if compute_dtype(p.dtype) != p.dtype and i in state_dict["state"]:
