@@ -71,13 +71,15 @@ def deployable(
     strict: bool = True,
     prefer_selected: bool = True,
 ) -> sp.Expr:
-    """The equation of `fit` to deploy: its selected equation (`fit.expr`) when `prefer_selected` and its `SymbolicRule`
-    keeps at most `max_state` values per parameter, else the most accurate member of the Pareto front within that budget.
+    """The equation of `fit` to deploy: its selected equation (`fit.expr`) when `prefer_selected` and its
+    `SymbolicRule` keeps at most `max_state` values per parameter, else the most accurate member of the Pareto
+    front within that budget.
 
-    Only equations that read a gradient feature are candidates (a recurrence of the rule's own outputs alone is no update
-    rule). `drop_offset` removes an additive constant (a term without any variable): it moves every weight by the same
-    amount at every step whatever its gradient, a drift the small distillation problem tolerates and a ResNet does not.
-    When no member fits the budget: an error if `strict`, else the lightest member."""
+    Only equations that read a gradient feature are candidates (a recurrence of the rule's own outputs alone
+    is no update rule). `drop_offset` removes an additive constant (a term without any variable): it moves
+    every weight by the same amount at every step whatever its gradient, a drift the small distillation
+    problem tolerates and a ResNet does not. When no member fits the budget: an error if `strict`, else the
+    lightest member."""
 
     def prepare(expr):
         if drop_offset and isinstance(expr, sp.Add):
@@ -111,8 +113,9 @@ def deployable(
 
 # %% ../nbs/04_finetune_resnet.ipynb #a9617d74
 def rule_source_fit(rule_source: str | Path | None = None) -> tuple[FittedRule, str]:
-    """The distilled rule to start from, and its file: `fitted_rp_si.json` of a 03 run directory, a fitted-rule JSON file,
-    a distilled rule of the zoo by name (e.g. `rp_si_distilled`), or (None) the zoo's `rp_si_distilled.json`."""
+    """The distilled rule to start from, and its file: `fitted_rp_si.json` of a 03 run directory, a
+    fitted-rule JSON file, a distilled rule of the zoo by name (e.g. `rp_si_distilled`), or (None) the zoo's
+    `rp_si_distilled.json`."""
     source = "rp_si_distilled" if rule_source is None else rule_source
     p = Path(source)
     if p.is_dir():
@@ -134,10 +137,12 @@ def rule_source_fit(rule_source: str | Path | None = None) -> tuple[FittedRule, 
 
 # %% ../nbs/04_finetune_resnet.ipynb #da80efa2
 class TanhBasisRule(UpdateRule):
-    """The lightweight symbolic L2O of the paper (`rp.png`): ψ = −scale · Σ_g Σ_τ W[g, τ] · γ · tanh(g_{t−τ}/γ).
+    """The lightweight symbolic L2O of the paper (`rp.png`):
+    ψ = −scale · Σ_g Σ_τ W[g, τ] · γ · tanh(g_{t−τ}/γ).
 
     `features` (G) are named `GradFeatures`, `lags` (L) the look-back (lags 0..L), `gamma` (γ) the soft-clip
-    scale; `weights` W `[|G|, L+1]` (float64 `nn.Parameter`, meta-tunable) default to zeros; see `fit_weights`."""
+    scale; `weights` W `[|G|, L+1]` (float64 `nn.Parameter`, meta-tunable) default to zeros; see
+    `fit_weights`."""
 
     def __init__(
         self,
@@ -182,8 +187,9 @@ class TanhBasisRule(UpdateRule):
         return {**self.grad_features.init_tensor(p), **hist}
 
     def step(self, grads, state, t):
-        """ψ for each tensor with plain torch ops: f = tanh(features/γ) `[|G|, numel]`, u = Σ_τ W[:, τ]·f_{t−τ} (×−scale·γ);
-        without autograd `_step_fast` (the same values to rounding, in fewer passes)."""
+        """ψ for each tensor with plain torch ops: f = tanh(features/γ) `[|G|, numel]`,
+        u = Σ_τ W[:, τ]·f_{t−τ} (×−scale·γ); without autograd `_step_fast` (the same values to rounding, in
+        fewer passes)."""
         if not torch.is_grad_enabled():
             return self._step_fast(grads, state, t)
         updates, new = [], []
@@ -200,15 +206,15 @@ class TanhBasisRule(UpdateRule):
         return updates, new
 
     def _step_fast(self, grads, state, t):
-        "`step` without autograd: the soft-clipped features written straight into the new history, one accumulator."
+        """`step` without autograd: the soft-clipped features written straight into the new history, one
+        accumulator."""
         w = (self.weights.detach() * (-self.scale * self.gamma)).tolist()
         updates, new = [], []
         for g, s in zip(grads, state, strict=True):
             cols, fs = self.grad_features.columns_no_grad(g, {b: s[b] for b in self.grad_features.buffers}, t)
             h = s.get("history")
-            f = g.new_empty(
-                max(self.lags, 1), len(self.features), g.numel()
-            )  # the new history: lag 0, then old lags 0..L−2
+            # the new history: lag 0, then old lags 0..L−2
+            f = g.new_empty(max(self.lags, 1), len(self.features), g.numel())
             for k, n in enumerate(self.features):
                 if self.gamma == 1:
                     torch.tanh(cols[n], out=f[0, k])
@@ -232,7 +238,8 @@ class TanhBasisRule(UpdateRule):
         return [f"{f}_{lag}" for lag in range(self.lags + 1) for f in self.features]
 
     def to_sympy(self) -> sp.Expr:
-        "ψ/scale as a sympy expression over `<feature>_<lag>` variables (what `SymbolicRule` and the JSON file hold)."
+        """ψ/scale as a sympy expression over `<feature>_<lag>` variables (what `SymbolicRule` and the JSON
+        file hold)."""
         g = sp.Float(self.gamma)
         W = self.weights.detach()
         return -sp.Add(
@@ -247,7 +254,8 @@ class TanhBasisRule(UpdateRule):
     def fit_weights(
         self, X: np.ndarray, y: np.ndarray, names: Sequence[str], ridge: float = 1e-6
     ) -> TanhBasisRule:
-        "Set W by (ridge-regularised) least squares so that ψ/scale matches targets `y` on rows `X` with columns `names`; returns self."
+        """Set W by (ridge-regularised) least squares so that ψ/scale matches targets `y` on rows `X` with
+        columns `names`; returns self."""
         X, y = np.asarray(X, dtype=np.float64), np.asarray(y, dtype=np.float64).reshape(-1)
         missing = [n for n in self.variable_names() if n not in names]
         if missing:
@@ -259,15 +267,15 @@ class TanhBasisRule(UpdateRule):
         if len(y) < A.shape[1]:
             raise ValueError(f"only {len(y)} finite rows for {A.shape[1]} weights")
         w = np.linalg.solve(A.T @ A + ridge * len(y) * np.eye(A.shape[1]), A.T @ y)
-        W = (
-            torch.tensor(w, dtype=torch.float64).reshape(self.lags + 1, len(self.features)).T
-        )  # lag-major → [G, L+1]
+        # lag-major → [G, L+1]
+        W = torch.tensor(w, dtype=torch.float64).reshape(self.lags + 1, len(self.features)).T
         with torch.no_grad():
             self.weights.copy_(W)
         return self
 
     def fit_linear_part(self, expr: sp.Expr) -> TanhBasisRule:
-        "Set W from the linear part of a distilled equation (its first-order Taylor coefficients at 0, tanh being linear there); returns self."
+        """Set W from the linear part of a distilled equation (its first-order Taylor coefficients at 0, tanh
+        being linear there); returns self."""
         W = torch.zeros(len(self.features), self.lags + 1, dtype=torch.float64)
         zero = {s: 0 for s in expr.free_symbols}
         for s in expr.free_symbols:
@@ -295,7 +303,8 @@ def tanh_basis_from_teacher(
     device="cpu",
     progress: bool = False,
 ) -> TanhBasisRule:
-    "A `TanhBasisRule` whose W is the least-squares fit to `teacher`'s updates recorded on `task` (srgen's `record_trajectories`)."
+    """A `TanhBasisRule` whose W is the least-squares fit to `teacher`'s updates recorded on `task` (srgen's
+    `record_trajectories`)."""
     from symbolic_l2o.srgen import record_trajectories, target_scale
 
     data = record_trajectories(
@@ -308,8 +317,9 @@ def tanh_basis_from_teacher(
 def tanh_basis_from_equation(
     expr: sp.Expr, scale: float = 1.0, lags: int = 1, gamma: float = 1.0
 ) -> tuple[TanhBasisRule, str]:
-    """A `TanhBasisRule` ψ over the gradient features `expr` reads, W from `expr`'s linearisation (`fit_linear_part`), and how
-    it was initialised; when `expr` has no linear term there, ψ over (m̃, g̃) with W = 1 on m̃ at lag 0 (a soft-clipped Adam)."""
+    """A `TanhBasisRule` ψ over the gradient features `expr` reads, W from `expr`'s linearisation
+    (`fit_linear_part`), and how it was initialised; when `expr` has no linear term there, ψ over (m̃, g̃)
+    with W = 1 on m̃ at lag 0 (a soft-clipped Adam)."""
     features = sorted({s.name.rpartition("_")[0] for s in expr.free_symbols} - {OUTPUT_FEATURE})
     try:
         return TanhBasisRule(features, lags, gamma, scale).fit_linear_part(
@@ -356,14 +366,16 @@ def _rule_json(rule: UpdateRule, card: dict) -> dict:
 
 
 def save_tuned(rule: UpdateRule, path: str | Path, card: dict | None = None) -> Path:
-    "Write a symbolic or γ·tanh rule as `FittedRule`-style JSON (its expression with the current constants) with its `card`, atomically."
+    """Write a symbolic or γ·tanh rule as `FittedRule`-style JSON (its expression with the current constants)
+    with its `card`, atomically."""
     d = _rule_json(rule, card or {})
     path = Path(path).with_suffix(".json")
     return atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(d, indent=2)))
 
 
 def load_tuned(path: str | Path) -> tuple[UpdateRule, dict]:
-    "The rule in a JSON file of `save_tuned` or `FittedRule.save` (read by the whitelist parser, never eval), and its card."
+    """The rule in a JSON file of `save_tuned` or `FittedRule.save` (read by the whitelist parser, never
+    eval), and its card."""
     fit = FittedRule.load(path)
     meta = fit.meta
     if meta.get("rule") == "TanhBasisRule":
@@ -394,7 +406,8 @@ def meta_tune(
     device: str = "cpu",
     progress: bool = True,
 ) -> tuple[UpdateRule, dict]:
-    """Meta-tune the constants of a `SymbolicRule` (or the weights W of a `TanhBasisRule`) on `task` with `meta_train`, in place.
+    """Meta-tune the constants of a `SymbolicRule` (or the weights W of a `TanhBasisRule`) on `task` with
+    `meta_train`, in place.
 
     Returns the rule and its card (constants before and after, the meta-training curve); with `out`, writes
     `out/<name>.json` (`save_tuned`)."""
@@ -433,8 +446,9 @@ def meta_tune(
 
 # %% ../nbs/04_finetune_resnet.ipynb #01129152
 class CifarResNet(ResNet):
-    """torchvision's `ResNet` in the CIFAR layout (kuangliu/pytorch-cifar, the paper's `resnet_meta.py`): a 3×3 stride-1 stem,
-    no max-pool, four stages of `width`·(1, 2, 4, 8) channels, global average pooling, a linear head."""
+    """torchvision's `ResNet` in the CIFAR layout (kuangliu/pytorch-cifar, the paper's `resnet_meta.py`): a
+    3×3 stride-1 stem, no max-pool, four stages of `width`·(1, 2, 4, 8) channels, global average pooling, a
+    linear head."""
 
     def __init__(
         self,
@@ -481,18 +495,20 @@ ARCHS = {
 
 
 def make_model(arch: str = "resnet18", num_classes: int = 10) -> nn.Module:
-    """A CIFAR-style network by name: `resnet18/34/50/101/152`, the narrow `resnet10_w8`/`resnet10_w4` (one block per
-    stage, width 8 or 4: the CPU scale and its proxy) or torchvision's `mobilenet_v2` (first conv at stride 1 for 32×32 inputs)."""
+    """A CIFAR-style network by name: `resnet18/34/50/101/152`, the narrow `resnet10_w8`/`resnet10_w4` (one
+    block per stage, width 8 or 4: the CPU scale and its proxy) or torchvision's `mobilenet_v2` (first conv at
+    stride 1 for 32×32 inputs)."""
     if arch not in ARCHS:
         raise ValueError(f"unknown arch {arch!r}; known: {sorted(ARCHS)}")
     if arch == "mobilenet_v2":
         import torchvision
 
         model = torchvision.models.mobilenet_v2(num_classes=num_classes)
+        # the usual CIFAR adaptation: 32×32 inputs keep 4×4 maps at the end
         model.features[0][0].stride = (
             1,
             1,
-        )  # the usual CIFAR adaptation: 32×32 inputs keep 4×4 maps at the end
+        )
         return model
     block, layers, width = ARCHS[arch]
     return CifarResNet(block, layers, num_classes, width)
@@ -513,7 +529,8 @@ def _crop_flip(X: Tensor, offsets: Tensor, flips: Tensor, flip: bool, pad: int =
 
 
 class ImageData:
-    "An image classification dataset held as tensors: uint8 images `[n, 3, 32, 32]` and labels, with per-channel `mean`/`std`."
+    """An image classification dataset held as tensors: uint8 images `[n, 3, 32, 32]` and labels, with
+    per-channel `mean`/`std`."""
 
     def __init__(
         self,
@@ -530,21 +547,26 @@ class ImageData:
         for X, y in ((X_train, y_train), (X_test, y_test)):
             if X.dtype != torch.uint8 or X.ndim != 4 or X.shape[1] != 3 or len(X) != len(y):
                 raise ValueError(
-                    f"{name}: expected uint8 images [n, 3, H, W] with one label each, got {X.dtype} {tuple(X.shape)}"
+                    f"{name}: expected uint8 images [n, 3, H, W] with one label each, got {X.dtype} "
+                    f"{tuple(X.shape)}"
                 )
         self.name, self.num_classes, self.flip = name, num_classes, flip
         self.X_train, self.y_train, self.X_test, self.y_test = X_train, y_train.long(), X_test, y_test.long()
         self.mean, self.std = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
 
     def __repr__(self):
-        return f"ImageData({self.name!r}, train={tuple(self.X_train.shape)}, test={tuple(self.X_test.shape)}, classes={self.num_classes})"
+        return (
+            f"ImageData({self.name!r}, train={tuple(self.X_train.shape)}, "
+            f"test={tuple(self.X_test.shape)}, classes={self.num_classes})"
+        )
 
     def normalize(self, X: Tensor) -> Tensor:
         "uint8 images → float, normalised per channel."
         return (X.float() / 255 - self.mean.to(X.device)) / self.std.to(X.device)
 
     def augment(self, X: Tensor, generator: torch.Generator) -> Tensor:
-        "The standard CIFAR augmentation of a uint8 batch: a random 32×32 crop of the image padded by 4 zeros, a horizontal flip (if `flip`)."
+        """The standard CIFAR augmentation of a uint8 batch: a random 32×32 crop of the image padded by 4
+        zeros, a horizontal flip (if `flip`)."""
         offsets = torch.randint(0, 9, (2, len(X)), generator=generator).to(X.device)
         return _crop_flip(X, offsets, (torch.rand(len(X), generator=generator) < 0.5).to(X.device), self.flip)
 
@@ -563,8 +585,9 @@ class ImageData:
         )
 
     def holdout(self, n: int, seed: int = 0) -> tuple[ImageData, ImageData]:
-        """(fit, validation): the training images less `n` drawn at random with `seed` (test images kept), and a dataset that
-        trains on the same images and scores on those `n` held-out training images. Tuning on it never reads the test set."""
+        """(fit, validation): the training images less `n` drawn at random with `seed` (test images kept), and
+        a dataset that trains on the same images and scores on those `n` held-out training images. Tuning on
+        it never reads the test set."""
         if not 0 < n < len(self.X_train):
             raise ValueError(f"cannot hold out {n} of {len(self.X_train)} training images")
         perm = torch.randperm(len(self.X_train), generator=torch.Generator().manual_seed(seed))
@@ -593,11 +616,11 @@ class ImageData:
         return fit, validation
 
     def task(self, arch: str, batch_size: int = 64, n: int | None = None) -> Task:
-        "A `meta_train` task on (the first `n` of) the training images, normalised and not augmented, with `arch` at its default init."
+        """A `meta_train` task on (the first `n` of) the training images, normalised and not augmented, with
+        `arch` at its default init."""
         X, y = self.normalize(self.X_train[:n]), self.y_train[:n]
-        split = max(
-            1, len(X) // 5
-        )  # the task's held-out fifth comes from the training images too: the test set stays unseen
+        # the task's held-out fifth comes from the training images too: the test set stays unseen
+        split = max(1, len(X) // 5)
         return Task(
             f"{self.name}[{arch}]",
             lambda: make_model(arch, self.num_classes),
@@ -611,7 +634,8 @@ class ImageData:
 
 
 def digits32(seed: int = 0, n_test: int = 450) -> ImageData:
-    "scikit-learn's 1,797 handwritten digits resized to 32×32 (bilinear) and repeated over 3 channels; offline. No flips (digits are not symmetric)."
+    """scikit-learn's 1,797 handwritten digits resized to 32×32 (bilinear) and repeated over 3 channels;
+    offline. No flips (digits are not symmetric)."""
     from sklearn.datasets import load_digits
 
     d = load_digits()
@@ -667,7 +691,8 @@ CIFAR = {
 
 
 def cifar(name: str = "cifar10", root: str | Path = "data", download: bool = False) -> ImageData:
-    "CIFAR-10/100 from torchvision's python files under `root` (downloaded by torchvision with `download=True`), read safely."
+    """CIFAR-10/100 from torchvision's python files under `root` (downloaded by torchvision with
+    `download=True`), read safely."""
     if name not in CIFAR:
         raise ValueError(f"unknown dataset {name!r}; known: {sorted(CIFAR)}")
     folder, train_files, test_files, key, classes, mean, std = CIFAR[name]
@@ -699,8 +724,9 @@ def cifar(name: str = "cifar10", root: str | Path = "data", download: bool = Fal
 
 
 def mnist32(root: str | Path | None = None, download: bool = False) -> ImageData:
-    """The real MNIST (60,000 training, 10,000 test images) zero-padded from 28×28 to 32×32 and replicated over 3 channels;
-    no flips. `root` (default `find_data_root()`) holds `MNIST/raw` with the four IDX files, checked against their MD5s."""
+    """The real MNIST (60,000 training, 10,000 test images) zero-padded from 28×28 to 32×32 and replicated
+    over 3 channels; no flips. `root` (default `find_data_root()`) holds `MNIST/raw` with the four IDX files,
+    checked against their MD5s."""
     torchvision = optional_import("torchvision", "vision", "the MNIST dataset")
     root = find_data_root() if root is None else Path(root)
     if not download:
@@ -716,7 +742,8 @@ def mnist32(root: str | Path | None = None, download: bool = False) -> ImageData
 
 
 def load_data(dataset: str = "mnist", root: str | Path | None = None, download: bool = False) -> ImageData:
-    "A dataset by name: `mnist` (the real MNIST at 32×32), `digits32` (offline), `cifar10`, `cifar100`; `root` defaults to `find_data_root()`."
+    """A dataset by name: `mnist` (the real MNIST at 32×32), `digits32` (offline), `cifar10`, `cifar100`;
+    `root` defaults to `find_data_root()`."""
     if dataset == "digits32":
         return digits32()
     root = find_data_root() if root is None else root
@@ -724,8 +751,8 @@ def load_data(dataset: str = "mnist", root: str | Path | None = None, download: 
 
 # %% ../nbs/04_finetune_resnet.ipynb #604dc31b
 def distributed() -> tuple[int, int]:
-    """(rank, world size). Under `torchrun` (WORLD_SIZE > 1) the process group is created on first use: NCCL when CUDA is
-    available, else gloo; otherwise (0, 1)."""
+    """(rank, world size). Under `torchrun` (WORLD_SIZE > 1) the process group is created on first use: NCCL
+    when CUDA is available, else gloo; otherwise (0, 1)."""
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -788,13 +815,16 @@ def train(
     eval_every_epoch: bool = True,
     progress: bool = True,
 ) -> dict:
-    """Train `model` on `data` for `epochs` with the optimizer `optimizer_factory(model)` and a per-step LR `schedule`.
+    """Train `model` on `data` for `epochs` with the optimizer `optimizer_factory(model)` and a per-step LR
+    `schedule`.
 
-    Reports per-epoch mean training loss and test accuracy (`eval_every_epoch`; else after the last epoch only, the others
-    None), written to `out` as JSON after every epoch, atomically, by rank 0. Mixed precision (bf16, or fp16 with loss scaling) on CUDA when `amp` is None or True. Under `torchrun`
-    the model is wrapped in DDP and each rank takes its share of every global batch of `batch_size` images through a
-    `DistributedSampler`; the augmentation of each global batch is drawn from one seed, so a run gives the same
-    updates on any number of processes (up to float summation order; batch norm sees per-rank batches)."""
+    Reports per-epoch mean training loss and test accuracy (`eval_every_epoch`; else after the last epoch
+    only, the others None), written to `out` as JSON after every epoch, atomically, by rank 0. Mixed
+    precision (bf16, or fp16 with loss scaling) on CUDA when `amp` is None or True. Under `torchrun` the
+    model is wrapped in DDP and each rank takes its share of every global batch of `batch_size` images
+    through a `DistributedSampler`; the augmentation of each global batch is drawn from one seed, so a run
+    gives the same updates on any number of processes (up to float summation order; batch norm sees
+    per-rank batches)."""
     from torch.nn.parallel import DistributedDataParallel
     from torch.utils.data.distributed import DistributedSampler
 
@@ -851,9 +881,8 @@ def train(
         order = torch.tensor(list(sampler))
         loss_sum, nonfinite = 0.0, 0
         for k in range(steps_per_epoch):
-            gen = torch.Generator().manual_seed(
-                seed * 1_000_003 + epoch * 10_007 + k
-            )  # the global batch's augmentation
+            # the global batch's augmentation
+            gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch * 10_007 + k)
             offsets = torch.randint(0, 9, (2, batch_size), generator=gen)[:, rank::world]
             flips = (torch.rand(batch_size, generator=gen) < 0.5)[rank::world]
             idx = order[k * per_rank : (k + 1) * per_rank].to(device)
@@ -897,7 +926,8 @@ WEIGHT_DECAY = (
     5e-4  # the paper's (run_resnet.py), coupled, for every method without a decoupled decay of its own
 )
 
-# name -> (label, make(params, lr) -> optimizer, centre of the learning-rate grid); every one runs with cosine decay
+# name -> (label, make(params, lr) -> optimizer, centre of the learning-rate grid);
+# every one runs with cosine decay
 BASELINES = {
     "sgd_cosine": ("SGD+cos", lambda ps, lr: torch.optim.SGD(ps, lr=lr, weight_decay=WEIGHT_DECAY), 0.1),
     "sgd_momentum_cosine": (
@@ -923,14 +953,16 @@ BASELINES = {
 def rule_optimizer_factory(
     rule: UpdateRule, weight_decay: float = WEIGHT_DECAY, decoupled: bool = False, lr: float = 1.0
 ) -> Callable:
-    "A factory `model → RuleOptimizer(model.parameters(), rule, lr, weight_decay=...)` for `train` (the rule object is shared, not copied)."
+    """A factory `model → RuleOptimizer(model.parameters(), rule, lr, weight_decay=...)` for `train` (the rule
+    object is shared, not copied)."""
     return lambda model: RuleOptimizer(
         model.parameters(), rule, lr=lr, weight_decay=weight_decay, decoupled_weight_decay=decoupled
     )
 
 
 def rule_spec(label: str, rule: UpdateRule) -> tuple[str, Callable, float]:
-    "A protocol entry (label, make(params, multiplier), 1.0) for a frozen rule: `RuleOptimizer` with coupled decay `WEIGHT_DECAY`."
+    """A protocol entry (label, make(params, multiplier), 1.0) for a frozen rule: `RuleOptimizer` with coupled
+    decay `WEIGHT_DECAY`."""
     return label, lambda ps, lr: RuleOptimizer(ps, rule, lr=lr, weight_decay=WEIGHT_DECAY), 1.0
 
 # %% ../nbs/04_finetune_resnet.ipynb #ddbe5e05
@@ -946,9 +978,10 @@ def protocol_run(
     label: str = "",
     out: str | Path | None = None,
 ) -> dict:
-    """One run of the protocol: a fresh `arch` (initialised from `seed`) trained by `make(params, lr)` with cosine decay, scored on
-    `data`'s test images once, at the end (`train`'s record). A run that diverges (a non-finite gradient stops a `RuleOptimizer`,
-    or the loss is still non-finite in the last epoch) scores 0 and is marked `diverged`, whatever the optimizer."""
+    """One run of the protocol: a fresh `arch` (initialised from `seed`) trained by `make(params, lr)` with
+    cosine decay, scored on `data`'s test images once, at the end (`train`'s record). A run that diverges (a
+    non-finite gradient stops a `RuleOptimizer`, or the loss is still non-finite in the last epoch) scores 0
+    and is marked `diverged`, whatever the optimizer."""
     torch.manual_seed(seed)
     model = make_model(arch, data.num_classes)
     try:
@@ -992,11 +1025,13 @@ def lr_search(
     batch_size: int = 128,
     device="auto",
 ) -> dict:
-    """Search the learning rate of `make(params, lr)` (or a rule's multiplier) on `data` (a `holdout` validation split).
+    """Search the learning rate of `make(params, lr)` (or a rule's multiplier) on `data` (a `holdout`
+    validation split).
 
-    `points` values `lr`·`step`^k centred on `lr`, each training a fresh `arch` for `epochs` (cosine, tuning seed `seed`),
-    scored by the final accuracy on `data`'s held-out images; past an edge that holds the best the grid grows by `step`,
-    up to `max_extensions` times. Returns `lr_grid` (sorted), `val_acc` (per value), `best_lr` and `val_metric` (its accuracy)."""
+    `points` values `lr`·`step`^k centred on `lr`, each training a fresh `arch` for `epochs` (cosine, tuning
+    seed `seed`), scored by the final accuracy on `data`'s held-out images; past an edge that holds the best
+    the grid grows by `step`, up to `max_extensions` times. Returns `lr_grid` (sorted), `val_acc` (per value),
+    `best_lr` and `val_metric` (its accuracy)."""
     if points < 2:
         raise ValueError(f"points={points}: a grid needs at least 2 values")
     accuracy = lambda v: protocol_run(make, v, arch, data, epochs, seed, batch_size, device)["final_test_acc"]
@@ -1004,15 +1039,15 @@ def lr_search(
         lambda v: -accuracy(v), [lr * step ** (k - (points - 1) // 2) for k in range(points)], max_extensions
     )
     scores = {v: -s for v, s in scores.items()}
-    b = max(
-        scores, key=lambda v: (scores[v], -abs(math.log(v / lr)))
-    )  # ties: the value nearest the usual one
+    # ties: the value nearest the usual one
+    b = max(scores, key=lambda v: (scores[v], -abs(math.log(v / lr))))
     grid = sorted(scores)
     return {"lr_grid": grid, "val_acc": [scores[v] for v in grid], "best_lr": b, "val_metric": scores[b]}
 
 
 def mean_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, list[float]]:
-    "The mean of `values` and its `level` confidence interval [low, high] (Student t; one value: [mean, mean])."
+    """The mean of `values` and its `level` confidence interval [low, high] (Student t; one value: [mean,
+    mean])."""
     from scipy import stats
 
     a = np.asarray(values, dtype=np.float64)
@@ -1037,12 +1072,14 @@ def run_protocol(
     out: str | Path | None = None,
     progress: bool = True,
 ) -> dict[str, dict]:
-    """Every optimizer of `optimizers` (name → (label, make(params, lr), centre lr)) through one protocol on `arch`: `lr_search`
-    on a validation split of `n_val` training images (`search_epochs`, default `epochs`), then `epochs` of training at the
-    chosen value on the training images less that split, once per seed, test accuracy read at the end of each run.
+    """Every optimizer of `optimizers` (name → (label, make(params, lr), centre lr)) through one protocol on
+    `arch`: `lr_search` on a validation split of `n_val` training images (`search_epochs`, default `epochs`),
+    then `epochs` of training at the chosen value on the training images less that split, once per seed, test
+    accuracy read at the end of each run.
 
-    Returns name → `lr_search`'s fields, `label`, `seeds`, `test_acc` (per seed), `test_acc_mean`, `test_acc_ci` (95%)
-    and `train_loss` (per seed, per epoch); with `out`, each final run's record is written to `out/<name>-seed<k>.json`."""
+    Returns name → `lr_search`'s fields, `label`, `seeds`, `test_acc` (per seed), `test_acc_mean`,
+    `test_acc_ci` (95%) and `train_loss` (per seed, per epoch); with `out`, each final run's record is written
+    to `out/<name>-seed<k>.json`."""
     fit, validation = data.holdout(n_val)
     results = {}
     for name, (label, make, lr) in tqdm(optimizers.items(), desc="optimizers", disable=not progress):
@@ -1094,7 +1131,8 @@ def search_scale(
     seeds: Sequence[int] = (TUNING_SEED_BASE,),
     device="cpu",
 ) -> tuple[float, dict]:
-    "The multiplier of `rule`'s update with the lowest late training loss on the proxy `task` (a few tuning seeds), and every score."
+    """The multiplier of `rule`'s update with the lowest late training loss on the proxy `task` (a few tuning
+    seeds), and every score."""
     scores = {}
     for m in multipliers:
         ev = evaluate(rule, task, steps, seeds, lr=m, eval_every=steps, device=device, progress=False)
@@ -1115,8 +1153,9 @@ def proxy_tune(
     device="cpu",
     progress: bool = False,
 ) -> tuple[UpdateRule, dict]:
-    """Stage 3 on a proxy task, in place: the multiplier of `rule`'s update searched on `proxy` (`search_scale`, folded into
-    its `scale`), then its constants (or W) meta-tuned there (`meta_tune`, with `tune`'s budget); with `out`, `out/<name>.json`."""
+    """Stage 3 on a proxy task, in place: the multiplier of `rule`'s update searched on `proxy`
+    (`search_scale`, folded into its `scale`), then its constants (or W) meta-tuned there (`meta_tune`, with
+    `tune`'s budget); with `out`, `out/<name>.json`."""
     multiplier, scores = search_scale(rule, proxy, device=device, **(search or {}))
     rule.scale *= multiplier
     rule, card = meta_tune(rule, proxy, name=name, device=device, progress=progress, **(tune or {}))
@@ -1141,8 +1180,9 @@ def prepare_symbolic(
     device="cpu",
     progress: bool = False,
 ) -> tuple[SymbolicRule, dict]:
-    """The deployable symbolic rule of `fit` (`deployable`: within `max_state` state values per parameter, else the lightest),
-    `proxy_tune`d; its card says which equation was distilled, which deployed, and whether it fits the budget."""
+    """The deployable symbolic rule of `fit` (`deployable`: within `max_state` state values per parameter,
+    else the lightest), `proxy_tune`d; its card says which equation was distilled, which deployed, and whether
+    it fits the budget."""
     expr = deployable(fit, max_state, strict=False)
     betas = fit.meta.get("betas", (0.95, 0.95))
     rule = SymbolicRule(expr, scale=float(fit.meta.get("scale", 1.0)), beta1=betas[0], beta2=betas[1])
@@ -1177,8 +1217,9 @@ def step_costs(
     seed: int = 0,
     limit: int | None = None,
 ) -> dict[str, dict]:
-    """Median `step()` time (ms) and state bytes per parameter of each `optimizers[name](params)` on `arch`'s parameters
-    (CPU, fixed random gradients, stepped in turn); `limit`: only the first `limit` coordinates (a whole tensor at a time)."""
+    """Median `step()` time (ms) and state bytes per parameter of each `optimizers[name](params)` on `arch`'s
+    parameters (CPU, fixed random gradients, stepped in turn); `limit`: only the first `limit` coordinates (a
+    whole tensor at a time)."""
     torch.manual_seed(seed)
     model = make_model(arch)
 
@@ -1213,8 +1254,9 @@ def step_costs(
 
 # %% ../nbs/04_finetune_resnet.ipynb #f5a004db
 def finetune_summary(results: dict[str, dict], costs: dict[str, dict], source: dict, **setting) -> dict:
-    """`summary/finetune.json`: `source` ({path, sha256} of the deployed equation), the `setting` (target, scale...), and under
-    `optimizers` per name: lr_grid, best_lr, val_metric, test_acc_mean, test_acc_ci, seeds, step_ms, state_bytes_per_param."""
+    """`summary/finetune.json`: `source` ({path, sha256} of the deployed equation), the `setting` (target,
+    scale...), and under `optimizers` per name: lr_grid, best_lr, val_metric, test_acc_mean, test_acc_ci,
+    seeds, step_ms, state_bytes_per_param."""
     keys = (
         "label",
         "lr_grid",
@@ -1241,7 +1283,8 @@ def finetune_summary(results: dict[str, dict], costs: dict[str, dict], source: d
 
 
 def protocol_table(summary: dict) -> dict:
-    "`write_summary`'s table of a `finetune_summary`: per optimizer the chosen lr, validation and test accuracy, step time, state."
+    """`write_summary`'s table of a `finetune_summary`: per optimizer the chosen lr, validation and test
+    accuracy, step time, state."""
     rows = [
         [
             o["label"],
@@ -1305,9 +1348,10 @@ def scalability(
     seed: int = 0,
     tanh_rule: TanhBasisRule | None = None,
 ) -> dict:
-    """State bytes per parameter and median `step()` time on `arch`'s parameters (`step_costs`) of the `symbolic` rule, a
-    `TanhBasisRule` (`tanh_rule`, default a fixed one), `torch.optim.Adam` (foreach) and the zoo's LSTM rule `lstm` (timed on
-    its first `lstm_params` coordinates, scaled linearly); the ratios `symbolic_over_adam_time`, `lstm_over_symbolic_memory`."""
+    """State bytes per parameter and median `step()` time on `arch`'s parameters (`step_costs`) of the
+    `symbolic` rule, a `TanhBasisRule` (`tanh_rule`, default a fixed one), `torch.optim.Adam` (foreach) and
+    the zoo's LSTM rule `lstm` (timed on its first `lstm_params` coordinates, scaled linearly); the ratios
+    `symbolic_over_adam_time`, `lstm_over_symbolic_memory`."""
     from symbolic_l2o.meta_train import load_pretrained
 
     tanh_rule = tanh_rule or TanhBasisRule(weights=[[1.0, -0.1], [0.1, 0.0]])
@@ -1370,7 +1414,8 @@ def finetune_cli(
     seed: int = 0,
     out: str = "runs/finetune",
 ):  # output directory
-    "Train one network with one optimizer, cosine schedule (works under torchrun): per-epoch JSON in `out`, a tuned rule beside it."
+    """Train one network with one optimizer, cosine schedule (works under torchrun): per-epoch JSON in `out`,
+    a tuned rule beside it."""
     data = load_data(dataset, data_root, download)
     if optimizer in BASELINES:
         label, make, centre = BASELINES[optimizer]
