@@ -1399,14 +1399,18 @@ def scalability(
 
 # %% ../nbs/04_finetune_resnet.ipynb #ea8bb53e
 def finetune_cli(
-    optimizer: str = "symbolic",  # symbolic, tanh_basis, or a baseline: sgd_cosine, sgd_momentum_cosine, nesterov_cosine, adam_cosine, adamw_cosine, lion_cosine
-    lr: float = None,  # learning rate (a rule's multiplier); default: the centre of its grid (1.0 for the rules)
+    optimizer: str = "symbolic",  # symbolic, tanh_basis, or a baseline: sgd_cosine, sgd_momentum_cosine,
+    # nesterov_cosine, adam_cosine, adamw_cosine, lion_cosine
+    lr: float = None,  # learning rate (a rule's multiplier); default: the centre of its grid
+    # (1.0 for the rules)
     arch: str = "resnet50",  # resnet18/34/50/101/152, resnet10_w8, resnet10_w4, mobilenet_v2
     dataset: str = "cifar10",  # mnist, digits32, cifar10, cifar100
     epochs: int = 200,
     batch_size: int = 128,  # global batch (split over torchrun processes)
-    rule: str = None,  # tuned rule JSON (save_tuned) for symbolic/tanh_basis; default: tune one from rule_source on the proxy
-    rule_source: str = None,  # 03 run directory, fitted-rule JSON or zoo name; default: the zoo's distilled rule
+    rule: str = None,  # tuned rule JSON (save_tuned) for symbolic/tanh_basis;
+    # default: tune one from rule_source on the proxy
+    rule_source: str = None,  # 03 run directory, fitted-rule JSON or zoo name;
+    # default: the zoo's distilled rule
     proxy_arch: str = "resnet10_w4",  # the proxy on which the rule is tuned
     data_root: str = None,
     download: bool = False,
