@@ -1328,12 +1328,8 @@ def evaluate_cli(
     print(json.dumps(summary, indent=2))
 
 # %% ../nbs/01_meta_train.ipynb #8f604a8a
-# name -> (rule arguments, meta_train arguments) that differ from the defaults; see the notebook for why
-ZOO_RECIPES = {
-    "dm": ({}, {"imitation_ratio": 0.3}),
-    "rp": ({"output_scale": 0.1}, {}),
-    "rp_si": ({"output_scale": 0.1}, {}),
-}
+# name -> (rule arguments, meta_train arguments) that differ from the defaults: the paper's DM row is DM+IL
+ZOO_RECIPES = {"dm": ({}, {"imitation_ratio": 0.3})}
 
 
 def zoo_tasks(root: str | Path | None = None) -> list[Task]:
@@ -1375,18 +1371,28 @@ def train_zoo(
     seed: int = 0,
     tasks: Sequence | None = None,
     eval_task=None,
+    start: str | Path | None = None,
     device="cpu",
     progress: bool = True,
 ) -> dict:
     """Meta-train the zoo rules on `tasks` (default `zoo_tasks()`) with `ZOO_RECIPES`' options, evaluate each
     on `seeds` problems of `eval_task` (default: MLP_MNIST on MNIST's evaluation half) at 1× and 5×
-    `epoch_len` steps, and save it with its card (tasks, recipe, budget, Eva loss, test loss and accuracy)."""
+    `epoch_len` steps, and save it with its card (tasks, recipe, budget, Eva loss, test loss and accuracy).
+
+    `start` is a directory of saved rules (e.g. `ZOO_DIR`) to continue meta-training from, the paper's
+    "tune" mode; the card names the starting file and its SHA-256. By default each rule starts from scratch."""
     tasks = list(tasks) if tasks is not None else zoo_tasks()
     eval_task, cards = eval_task or make_task("mnist_mlp", split="eval"), {}
     for name in names:
         torch.manual_seed(seed)
         rule_args, recipe = ZOO_RECIPES.get(name, ({}, {}))
-        rule = make_rule(name, **rule_args)
+        if start is None:
+            rule, started_from = make_rule(name, **rule_args), None
+        else:
+            rule, started_from = (
+                load_rule(Path(start) / f"{name}.pt")[0],
+                artifact(Path(start) / f"{name}.pt", out),
+            )
         t0 = time.perf_counter()
         history = meta_train(
             rule,
@@ -1418,6 +1424,7 @@ def train_zoo(
                 "meta_lr": 1e-3,
                 "rule_args": rule_args,
                 **recipe,
+                "started_from": started_from,
                 "seconds": seconds,
                 "skipped_windows": history[-1]["skipped"],
             },

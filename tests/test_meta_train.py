@@ -17,6 +17,7 @@ from symbolic_l2o.meta_train import (
     LogStepRule,
     atomic_write,
     check_mnist,
+    file_digest,
     find_data_root,
     install_mnist,
     QuadraticTask,
@@ -28,7 +29,9 @@ from symbolic_l2o.meta_train import (
     mnist_data,
     pretrained_card,
     save_rule,
+    train_zoo,
     ZOO,
+    ZOO_DIR,
 )
 from symbolic_l2o.optimizers import SGDRule, make_rule
 
@@ -191,6 +194,26 @@ def test_zoo_rules_load_and_beat_their_untrained_selves(name):
     torch.manual_seed(0)
     untrained = evaluate(make_rule(name), task, steps=100, seeds=range(3), progress=False).eva_loss[0]
     assert trained < untrained
+
+
+def test_train_zoo_continues_from_a_saved_rule_and_names_it(tmp_path):
+    task = make_task("digits_mlp")
+    kw = dict(epochs=1, epoch_len=10, unroll=10, seeds=1, tasks=[task], eval_task=task, progress=False)
+    card = train_zoo(["rp_s"], out=tmp_path / "warm", start=ZOO_DIR, **kw)["rp_s"]
+    zoo_file = ZOO_DIR / "rp_s.pt"
+    assert card["training"]["started_from"] == {
+        "path": "zoo/rp_s.pt",
+        "sha256": file_digest(zoo_file),
+        "zoo": True,
+    }
+    zoo = load_pretrained("rp_s").state_dict()
+    warm = load_rule(tmp_path / "warm" / "rp_s.pt")[0].state_dict()
+    cold_card = train_zoo(["rp_s"], out=tmp_path / "cold", **kw)["rp_s"]
+    cold = load_rule(tmp_path / "cold" / "rp_s.pt")[0].state_dict()
+    assert cold_card["training"]["started_from"] is None
+    # one epoch of Adam(1e-3) moves a weight by at most 1 × 1e-3 per meta-step (one step per window here)
+    assert max((warm[k] - zoo[k]).abs().max().item() for k in zoo) <= 2e-3
+    assert max((cold[k] - zoo[k]).abs().max().item() for k in zoo) > 0.05
 
 
 def test_unknown_zoo_name_lists_what_exists():
