@@ -128,7 +128,8 @@ def option_comments(func: Callable) -> dict[str, str]:
         elif tok.type == tokenize.NAME and depth == 1 and previous in ("(", ","):
             current = tok.string
         elif tok.type == tokenize.COMMENT and current:
-            comments.setdefault(current, tok.string.lstrip("# ").strip())
+            text = tok.string.lstrip("# ").strip()  # a comment carried onto the next lines is joined to it
+            comments[current] = f"{comments[current]} {text}" if current in comments else text
         elif tok.type == tokenize.NEWLINE:
             break  # the end of the `def` line(s)
         if tok.type not in (tokenize.NL, tokenize.COMMENT):

@@ -1380,7 +1380,8 @@ def train_zoo(
     `epoch_len` steps, and save it with its card (tasks, recipe, budget, Eva loss, test loss and accuracy).
 
     `start` is a directory of saved rules (e.g. `ZOO_DIR`) to continue meta-training from, the paper's
-    "tune" mode; the card names the starting file and its SHA-256. By default each rule starts from scratch."""
+    "tune" mode; the card names the starting file and its SHA-256. By default each rule starts from
+    scratch."""
     tasks = list(tasks) if tasks is not None else zoo_tasks()
     eval_task, cards = eval_task or make_task("mnist_mlp", split="eval"), {}
     for name in names:

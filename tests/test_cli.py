@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from symbolic_l2o.distill import FittedRule
-from symbolic_l2o.cli import COMMANDS
+from symbolic_l2o.cli import COMMANDS, option_comments
 
 EXE = Path(sys.executable).parent / "symbolic-l2o"
 
@@ -122,3 +122,18 @@ def test_distill_records_fits_selects_and_writes_the_fitted_rule(tmp_path):
     # no feedback: the same rows
     assert summary["r2_free_running"] == pytest.approx(summary["r2_teacher_forced"])
     assert not any(n.startswith("u_") for n in fit.names)  # --no-recurrent: the window family alone
+
+
+def _two_line_help(
+    rule: str = "rp_si",  # the rule to use: a zoo name or the path of a saved rule,
+    # carried onto a second line
+    steps: int = 10,  # steps
+):
+    pass
+
+
+def test_an_option_comment_carried_onto_the_next_line_is_all_in_the_help():
+    assert option_comments(_two_line_help) == {
+        "rule": "the rule to use: a zoo name or the path of a saved rule, carried onto a second line",
+        "steps": "steps",
+    }
