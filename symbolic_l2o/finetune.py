@@ -1132,11 +1132,14 @@ def search_scale(
     device="cpu",
 ) -> tuple[float, dict]:
     """The multiplier of `rule`'s update with the lowest late training loss on the proxy `task` (a few tuning
-    seeds), and every score."""
-    scores = {}
-    for m in multipliers:
+    seeds), and every score; the grid is extended past an edge that holds the best (`extended_grid`), so a
+    rule that diverges at every multiplier of the grid is tried at smaller ones."""
+
+    def score(m):
         ev = evaluate(rule, task, steps, seeds, lr=m, eval_every=steps, device=device, progress=False)
-        scores[m] = ev.eva_loss[0] if np.isfinite(ev.train_loss).all() else float("inf")
+        return ev.eva_loss[0] if np.isfinite(ev.train_loss).all() else float("inf")
+
+    scores = extended_grid(score, multipliers)
     best = min(scores, key=lambda m: (scores[m], -m))
     if not math.isfinite(scores[best]):
         raise RuntimeError(f"every multiplier diverged on {task.name}: {scores}")

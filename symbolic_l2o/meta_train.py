@@ -992,7 +992,7 @@ def extended_grid(
     step = grid[1] / grid[0]
     scores = {v: score(v) for v in grid}
     for _ in range(max_extensions):
-        best = min(scores, key=scores.get)
+        best = min(scores, key=lambda v: (scores[v], v))  # on a tie (all diverged: inf) the smallest value
         if best == min(scores):
             v = best / step
         elif best == max(scores):
