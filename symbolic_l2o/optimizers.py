@@ -231,18 +231,23 @@ class GradFeatures:
         "Zero history buffers for one parameter tensor (only those the requested features need)."
         return {b: torch.zeros(p.numel(), dtype=p.dtype, device=p.device) for b in self.buffers}
 
+    def _moments(self, g: Tensor, s: dict[str, Tensor]) -> dict[str, Tensor]:
+        "The new first and second moments and momentum buffers of state `s` after gradient `g` (flat)."
+        new = {}
+        if "m" in s:
+            new["m"] = ema(s["m"], g, self.beta1)
+        if "v" in s:
+            new["v"] = ema_sq(s["v"], g, self.beta2)
+        for n, beta in MOMENTUM_FEATURES.items():
+            if n in s:
+                new[n] = ema(s[n], g, beta)
+        return new
+
     def columns(self, g: Tensor, s: dict[str, Tensor], t: int) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """The features of gradient `g` at step `t` (1-based) as a dict name → `[g.numel()]` tensor, and the
         new state."""
         g, b1, b2 = g.reshape(-1), self.beta1, self.beta2
-        new = {}
-        if "m" in s:
-            new["m"] = ema(s["m"], g, b1)
-        if "v" in s:
-            new["v"] = ema_sq(s["v"], g, b2)
-        for n, beta in MOMENTUM_FEATURES.items():
-            if n in s:
-                new[n] = ema(s[n], g, beta)
+        new = self._moments(g, s)
         for n, p in P_MEAN_FEATURES.items():
             if f"v_{n}" in s:
                 new[f"v_{n}"] = ema(s[f"v_{n}"], g.abs() ** p, b2)
@@ -279,14 +284,7 @@ class GradFeatures:
         column comes multiplied by c, inside its last pass where it has one (a p-mean, `mt`)."""
         g, b1, b2 = g.reshape(-1), self.beta1, self.beta2
         bc1, bc2 = 1 - b1**t, 1 - b2**t
-        new, cols = {}, {}
-        if "m" in s:
-            new["m"] = ema(s["m"], g, b1)
-        if "v" in s:
-            new["v"] = ema_sq(s["v"], g, b2)
-        for n, beta in MOMENTUM_FEATURES.items():
-            if n in s:
-                new[n] = ema(s[n], g, beta)
+        new, cols = self._moments(g, s), {}
         fn, c = factor or (None, 1.0)
         for n, p in P_MEAN_FEATURES.items():
             if n not in self.names:
