@@ -25,7 +25,8 @@ from symbolic_l2o.meta_train import (
     meta_train,
     tune_baseline,
 )
-from symbolic_l2o.optimizers import AdamRule, RuleOptimizer, make_rule
+from symbolic_l2o.optimizers import AdamRule, RuleOptimizer
+from symbolic_l2o.learned_rules import make_rule
 
 
 def state_bytes_per_param(opt: torch.optim.Optimizer, n_params: int) -> float:
@@ -79,7 +80,7 @@ def rule_step(repeats: int = 20, warmup: int = 3) -> dict:
     with a lag, the γ·tanh rule) over torch.optim.Adam(foreach=True)'s, each stepped in turn, on ResNet-18's
     parameters (CPU)."""
     from symbolic_l2o.finetune import TanhBasisRule
-    from symbolic_l2o.optimizers import SymbolicRule
+    from symbolic_l2o.expressions import SymbolicRule
 
     torch.manual_seed(0)
     model = torchvision.models.resnet18()
@@ -193,7 +194,7 @@ def distill_fidelity() -> dict:
 def _deployed_symbolic():
     "The zoo's distilled RP_si equation reduced to its deployable member (as 04_finetune_resnet deploys it)."
     from symbolic_l2o.finetune import deployable, rule_source_fit
-    from symbolic_l2o.optimizers import SymbolicRule
+    from symbolic_l2o.expressions import SymbolicRule
 
     fit, _ = rule_source_fit()
     return fit, SymbolicRule(deployable(fit), scale=float(fit.meta.get("scale", 1.0)))

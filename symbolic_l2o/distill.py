@@ -20,8 +20,10 @@ import sympy as sp
 import torch
 
 import symbolic_l2o
-from .optimizers import FEATURE_NAMES, MAX_LAG, OPERATORS, OUTPUT_FEATURE, SymbolicRule
-from .optimizers import compile_expression, complexity, parse_expression, rule_config, variable
+from .optimizers import rule_config
+from .features import FEATURE_NAMES, OUTPUT_FEATURE
+from .expressions import MAX_LAG, OPERATORS, SymbolicRule, compile_expression, complexity
+from .expressions import parse_expression, variable
 from .meta_train import atomic_write, paired_interval, require_keys
 from .srgen import SRDataset
 

@@ -21,20 +21,10 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 import symbolic_l2o
-from symbolic_l2o.optimizers import (
-    OUTPUT_FEATURE,
-    GradFeatures,
-    LionRule,
-    RuleOptimizer,
-    SymbolicRule,
-    UpdateRule,
-    check_hparam,
-    complexity,
-    optional_import,
-    parse_expression,
-    state_per_param,
-    variable,
-)
+from .optimizers import LionRule, RuleOptimizer, UpdateRule, check_hparam, optional_import
+from .optimizers import state_per_param
+from .features import OUTPUT_FEATURE, GradFeatures
+from .expressions import SymbolicRule, complexity, parse_expression, variable
 from symbolic_l2o.meta_train import (
     TUNING_SEED_BASE,
     ZOO_DIR,

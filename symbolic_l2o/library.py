@@ -14,9 +14,11 @@ from pathlib import Path
 import sympy as sp
 from torch import nn
 
-from .optimizers import HAND_RULES, AddSignRule, AdamRule, DMRule, LionRule, MomentumRule
-from .optimizers import NesterovRule, PowerSignRule, RMSpropRule, RNNpropRule, RuleOptimizer
-from .optimizers import SGDRule, SymbolicRule, UpdateRule, complexity, make_rule, state_per_param
+from .optimizers import HAND_RULES, AdamRule, AddSignRule, LionRule, MomentumRule, NesterovRule
+from .optimizers import PowerSignRule, RMSpropRule, RuleOptimizer, SGDRule, UpdateRule
+from .optimizers import state_per_param
+from .expressions import SymbolicRule, complexity
+from .learned_rules import DMRule, RNNpropRule, make_rule
 from .meta_train import ZOO_DIR, evaluate, load_rule, make_task, meta_train
 from .srgen import record_trajectories
 from .distill import DistillSettings, FittedRule, distill, fit_rule

@@ -29,8 +29,8 @@ from tqdm.auto import tqdm
 
 import symbolic_l2o
 from .optimizers import AdamRule, LionRule, MomentumRule, NesterovRule, RMSpropRule, SGDRule
-from .optimizers import UpdateRule, check_hparam, make_rule, optional_import, rule_config
-from .optimizers import rule_from_config
+from .optimizers import UpdateRule, check_hparam, optional_import, rule_config
+from .learned_rules import make_rule, rule_from_config
 
 # %% auto #0
 __all__ = ['MNIST_FILES', 'MNIST_HOWTO', 'MNIST_SPLITS', 'ACTIVATIONS', 'MLP_ARCHS', 'TASKS', 'TRAIN_SEED_BASE',

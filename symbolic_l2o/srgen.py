@@ -15,7 +15,9 @@ import numpy as np
 import torch
 
 import symbolic_l2o
-from .optimizers import OUTPUT_FEATURE, GradFeatures, RNNpropRule, UpdateRule, rule_config
+from .optimizers import UpdateRule, rule_config
+from .features import OUTPUT_FEATURE, GradFeatures
+from .learned_rules import RNNpropRule
 from .meta_train import atomic_write, evaluate, make_task, require_keys, resolve_rule
 from .meta_train import sha256_bytes
 

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from symbolic_l2o.finetune import ImageData, digits32, distributed, rule_optimizer_factory, train
-from symbolic_l2o.optimizers import SymbolicRule
+from symbolic_l2o.expressions import SymbolicRule
 
 
 def run(out: Path | None = None):

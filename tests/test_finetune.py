@@ -25,7 +25,7 @@ from symbolic_l2o.finetune import (
     save_tuned,
 )
 from symbolic_l2o.meta_train import ZOO_DIR, file_digest, make_task
-from symbolic_l2o.optimizers import SymbolicRule
+from symbolic_l2o.expressions import SymbolicRule
 
 ROOT = Path(__file__).resolve().parents[1]
 

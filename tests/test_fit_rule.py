@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from symbolic_l2o.distill import FittedRule, ParetoTable, fit_rule
-from symbolic_l2o.optimizers import FEATURE_NAMES, OUTPUT_FEATURE
+from symbolic_l2o.features import FEATURE_NAMES, OUTPUT_FEATURE
 from symbolic_l2o.srgen import SRDataset
 
 NAMES = ["g_0", "g_1", "g_2"]

@@ -33,7 +33,8 @@ from symbolic_l2o.meta_train import (
     ZOO,
     ZOO_DIR,
 )
-from symbolic_l2o.optimizers import SGDRule, make_rule
+from symbolic_l2o.optimizers import SGDRule
+from symbolic_l2o.learned_rules import make_rule
 
 
 def small_run(out, epochs, resume=False):

@@ -13,21 +13,10 @@ from torch import nn
 
 from symbolic_l2o.finetune import TanhBasisRule
 from symbolic_l2o.meta_train import ZOO, load_pretrained
-from symbolic_l2o.optimizers import (
-    AddSignRule,
-    AdamRule,
-    DMRule,
-    LionRule,
-    MomentumRule,
-    NesterovRule,
-    PowerSignRule,
-    RMSpropRule,
-    RNNpropRule,
-    RuleOptimizer,
-    SGDRule,
-    SymbolicRule,
-    make_rule,
-)
+from symbolic_l2o.optimizers import AdamRule, AddSignRule, LionRule, MomentumRule, NesterovRule
+from symbolic_l2o.optimizers import PowerSignRule, RMSpropRule, RuleOptimizer, SGDRule
+from symbolic_l2o.expressions import SymbolicRule
+from symbolic_l2o.learned_rules import DMRule, RNNpropRule, make_rule
 
 # name -> factory of the rule with a learning rate suited to the small problems below
 RULES = {

@@ -34,15 +34,9 @@ from symbolic_l2o.meta_train import (
     save_rule,
 )
 
-from symbolic_l2o.optimizers import (
-    AdamRule,
-    RuleOptimizer,
-    SGDRule,
-    SymbolicRule,
-    make_rule,
-    parse_expression,
-    variable,
-)
+from symbolic_l2o.optimizers import AdamRule, RuleOptimizer, SGDRule
+from symbolic_l2o.expressions import SymbolicRule, parse_expression, variable
+from symbolic_l2o.learned_rules import make_rule
 from symbolic_l2o.srgen import SRDataset, record_trajectories
 
 meta_train_module, srgen_module = sys.modules["symbolic_l2o.meta_train"], sys.modules["symbolic_l2o.srgen"]
@@ -329,7 +323,7 @@ def test_a_second_writer_of_a_run_directory_gets_a_clear_error(tmp_path):
     )
     second = textwrap.dedent(f"""
         from symbolic_l2o.meta_train import make_task, meta_train
-        from symbolic_l2o.optimizers import make_rule
+        from symbolic_l2o.learned_rules import make_rule
         meta_train(make_rule("rp_s"), make_task("quadratic"), epochs=2, epoch_len=4, unroll=2,
                    out_dir={str(tmp_path)!r}, progress=False)
         """)
@@ -572,7 +566,7 @@ def test_sigkill_during_meta_train_then_resume_gives_the_uninterrupted_weights(t
     script = textwrap.dedent(f"""
         import torch
         from symbolic_l2o.meta_train import make_task, meta_train
-        from symbolic_l2o.optimizers import make_rule
+        from symbolic_l2o.learned_rules import make_rule
         torch.manual_seed(0)
         meta_train(make_rule("rp_s"), make_task("quadratic"), epochs=12, epoch_len=4, unroll=2,
                    out_dir={str(tmp_path / "killed")!r}, progress=False, checkpoint_every=1, resume=True)
