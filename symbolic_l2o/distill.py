@@ -24,7 +24,8 @@ from .optimizers import rule_config
 from .features import FEATURE_NAMES, OUTPUT_FEATURE
 from .expressions import MAX_LAG, OPERATORS, SymbolicRule, compile_expression, complexity
 from .expressions import parse_expression, variable
-from .meta_train import atomic_write, paired_interval, require_keys
+from .files import atomic_write, require_keys
+from .meta_train import paired_interval
 from .srgen import SRDataset
 
 # %% auto #0
@@ -695,7 +696,7 @@ def sanity_check(
     Rows from step `lags` on, so that every lag is a real gradient. Each target is noise-free, so the most
     accurate member of the front is the recovery (`selection="accuracy"`); `max_length` 50 leaves room for
     Adam's ratio of two window sums (about 40 nodes for 8 lags)."""
-    from symbolic_l2o.meta_train import make_task
+    from symbolic_l2o.tasks import make_task
     from symbolic_l2o.optimizers import AdamRule
     from symbolic_l2o.srgen import record_trajectories
 

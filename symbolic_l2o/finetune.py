@@ -25,18 +25,9 @@ from .optimizers import LionRule, RuleOptimizer, UpdateRule, check_hparam, optio
 from .optimizers import state_per_param
 from .features import OUTPUT_FEATURE, GradFeatures
 from .expressions import SymbolicRule, complexity, parse_expression, variable
-from symbolic_l2o.meta_train import (
-    TUNING_SEED_BASE,
-    ZOO_DIR,
-    extended_grid,
-    Task,
-    atomic_write,
-    check_mnist,
-    evaluate,
-    find_data_root,
-    meta_train,
-    resolve_device,
-)
+from .files import atomic_write
+from .tasks import Task, check_mnist, find_data_root, resolve_device
+from .meta_train import TUNING_SEED_BASE, ZOO_DIR, evaluate, extended_grid, meta_train
 from .distill import FittedRule, _streams
 
 _resnet = optional_import(

@@ -19,7 +19,8 @@ from .optimizers import PowerSignRule, RMSpropRule, RuleOptimizer, SGDRule, Upda
 from .optimizers import state_per_param
 from .expressions import SymbolicRule, complexity
 from .learned_rules import DMRule, RNNpropRule, make_rule
-from .meta_train import ZOO_DIR, evaluate, load_rule, make_task, meta_train
+from .tasks import make_task
+from .meta_train import ZOO_DIR, evaluate, load_rule, meta_train
 from .srgen import record_trajectories
 from .distill import DistillSettings, FittedRule, distill, fit_rule
 

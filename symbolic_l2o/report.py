@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .meta_train import atomic_write
+from .files import atomic_write
 from .optimizers import optional_import
 
 # %% auto #0

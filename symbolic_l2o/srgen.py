@@ -18,8 +18,9 @@ import symbolic_l2o
 from .optimizers import UpdateRule, rule_config
 from .features import OUTPUT_FEATURE, GradFeatures
 from .learned_rules import RNNpropRule
-from .meta_train import atomic_write, evaluate, make_task, require_keys, resolve_rule
-from .meta_train import sha256_bytes
+from .files import atomic_write, require_keys, sha256_bytes
+from .tasks import make_task
+from .meta_train import evaluate, resolve_rule
 
 # %% auto #0
 __all__ = ['RECORD_SEED_BASE', 'SRDataset', 'lagged_names', 'default_features', 'target_scale', 'record_trajectories',

@@ -10,7 +10,7 @@ import sympy as sp
 import torch
 
 from symbolic_l2o.distill import FittedRule, fit_rule, is_exact, sanity_targets, evaluate_expression
-from symbolic_l2o.meta_train import make_task
+from symbolic_l2o.tasks import make_task
 from symbolic_l2o.optimizers import AdamRule, MomentumRule, RuleOptimizer, SGDRule, rule_config
 from symbolic_l2o.expressions import SymbolicRule, variable
 from symbolic_l2o.learned_rules import rule_from_config

@@ -24,7 +24,9 @@ from symbolic_l2o.finetune import (
     rule_source_fit,
     save_tuned,
 )
-from symbolic_l2o.meta_train import ZOO_DIR, file_digest, make_task
+from symbolic_l2o.files import file_digest
+from symbolic_l2o.tasks import make_task
+from symbolic_l2o.meta_train import ZOO_DIR
 from symbolic_l2o.expressions import SymbolicRule
 
 ROOT = Path(__file__).resolve().parents[1]

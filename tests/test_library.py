@@ -126,7 +126,7 @@ except SystemExit as e: assert e.code == 0
 for module, says in (("symbolic_l2o.finetune", "pip install 'symbolic_l2o[vision]'"),):
     try: importlib.import_module(module); raise AssertionError(module + " imported without torchvision")
     except ModuleNotFoundError as e: assert says in str(e), str(e)
-from symbolic_l2o.meta_train import digits_data
+from symbolic_l2o.tasks import digits_data
 try: digits_data(); raise AssertionError("digits without scikit-learn")
 except ModuleNotFoundError as e: assert "symbolic_l2o[vision]" in str(e), str(e)
 print("core ok")

@@ -12,27 +12,11 @@ import pytest
 import torch
 import torchvision
 
-from symbolic_l2o.meta_train import (
-    MNIST_FILES,
-    LogStepRule,
-    atomic_write,
-    check_mnist,
-    file_digest,
-    find_data_root,
-    install_mnist,
-    QuadraticTask,
-    evaluate,
-    load_pretrained,
-    load_rule,
-    make_task,
-    meta_train,
-    mnist_data,
-    pretrained_card,
-    save_rule,
-    train_zoo,
-    ZOO,
-    ZOO_DIR,
-)
+from symbolic_l2o.files import atomic_write, file_digest
+from symbolic_l2o.tasks import MNIST_FILES, QuadraticTask, check_mnist, find_data_root, install_mnist
+from symbolic_l2o.tasks import make_task, mnist_data
+from symbolic_l2o.meta_train import ZOO, ZOO_DIR, LogStepRule, evaluate, load_pretrained, load_rule
+from symbolic_l2o.meta_train import meta_train, pretrained_card, save_rule, train_zoo
 from symbolic_l2o.optimizers import SGDRule
 from symbolic_l2o.learned_rules import make_rule
 

@@ -24,15 +24,9 @@ from torch import nn
 import symbolic_l2o.meta_train  # noqa: F401  (the package re-exports a function of the same name: read the module from sys.modules)
 import symbolic_l2o.srgen  # noqa: F401
 from symbolic_l2o.distill import MAX_EQUATION_LENGTH, FittedRule, fit_rule
-from symbolic_l2o.meta_train import (
-    atomic_write,
-    load_pretrained,
-    load_rule,
-    make_task,
-    meta_train,
-    run_lock,
-    save_rule,
-)
+from symbolic_l2o.files import atomic_write
+from symbolic_l2o.tasks import make_task
+from symbolic_l2o.meta_train import load_pretrained, load_rule, meta_train, run_lock, save_rule
 
 from symbolic_l2o.optimizers import AdamRule, RuleOptimizer, SGDRule
 from symbolic_l2o.expressions import SymbolicRule, parse_expression, variable
@@ -322,7 +316,8 @@ def test_a_second_writer_of_a_run_directory_gets_a_clear_error(tmp_path):
         text=True,
     )
     second = textwrap.dedent(f"""
-        from symbolic_l2o.meta_train import make_task, meta_train
+        from symbolic_l2o.tasks import make_task
+        from symbolic_l2o.meta_train import meta_train
         from symbolic_l2o.learned_rules import make_rule
         meta_train(make_rule("rp_s"), make_task("quadratic"), epochs=2, epoch_len=4, unroll=2,
                    out_dir={str(tmp_path)!r}, progress=False)
@@ -565,7 +560,8 @@ def test_nonfinite_gradients_change_nothing(policy):
 def test_sigkill_during_meta_train_then_resume_gives_the_uninterrupted_weights(tmp_path):
     script = textwrap.dedent(f"""
         import torch
-        from symbolic_l2o.meta_train import make_task, meta_train
+        from symbolic_l2o.tasks import make_task
+        from symbolic_l2o.meta_train import meta_train
         from symbolic_l2o.learned_rules import make_rule
         torch.manual_seed(0)
         meta_train(make_rule("rp_s"), make_task("quadratic"), epochs=12, epoch_len=4, unroll=2,
