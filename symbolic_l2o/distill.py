@@ -25,7 +25,7 @@ from .features import FEATURE_NAMES, OUTPUT_FEATURE
 from .expressions import MAX_LAG, OPERATORS, SymbolicRule, compile_expression, complexity
 from .expressions import parse_expression, variable
 from .files import atomic_write, require_keys
-from .meta_train import paired_interval
+from .meta_train import Evaluation, paired_interval
 from .srgen import SRDataset
 
 # %% auto #0
@@ -1225,10 +1225,10 @@ class Distillation:
     settings: DistillSettings
     seeds: list[dict]
     fit: FittedRule
-    source_eval: object
-    equation_eval: object
+    source_eval: Evaluation
+    equation_eval: Evaluation
     tuned: SymbolicRule | None
-    tuned_eval: object
+    tuned_eval: Evaluation | None
     persistence: dict
     test: SRDataset  # the held-out runs of the recording
 
