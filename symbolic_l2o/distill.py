@@ -280,7 +280,7 @@ def _rounded(expr: sp.Expr, digits: int) -> sp.Expr:
     "`expr` with every constant rounded (not truncated) to `digits` significant digits."
     return expr.xreplace({a: sp.Float(float(f"{float(a):.{digits}g}"), digits) for a in expr.atoms(sp.Float)})
 
-
+# %% ../nbs/03_distill.ipynb #4cf7170a
 # "best" looks among the members within this factor of the lowest loss. PySR's 1.5 gave up too much on
 # recordings: on RP_si's (digits MLP, 10 runs, default search) it chose 29 nodes at R² 0.928 over 75 at 0.949;
 # 1.1 chose 65 at 0.947
@@ -332,7 +332,7 @@ class ParetoTable(list):
             "| " + " | ".join(row[:-1] + [f"`{row[-1]}`"]) + " |\n" for row in self._cells()
         )
 
-
+# %% ../nbs/03_distill.ipynb #ab2d9fff
 @dataclass
 class FittedRule:
     "The result of `fit_rule`: the selected equation `expr`, the whole Pareto front, and how it was found."
@@ -478,7 +478,7 @@ class FittedRule:
             d["meta"],
         )
 
-
+# %% ../nbs/03_distill.ipynb #19e3044a
 # a saturated output says only "at least this far": fitted at the bound, the equations undershoot where the
 # rule saturates (RP's took steps half the size of its LSTM's); at 1.2× past it, then clipped, RP's met its
 # LSTM; at 2× its members diverged (03, "Memory beyond the window")

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 import symbolic_l2o
-from .optimizers import AdamRule, LionRule, MomentumRule, NesterovRule, RMSpropRule, SGDRule
+from .optimizers import HAND_RULES, AdamRule
 from .optimizers import UpdateRule, check_hparam, optional_import, rule_config
 from .learned_rules import make_rule, rule_from_config
 from .files import _save_atomic, _write_json_atomic, atomic_write, file_digest, require_keys
@@ -556,14 +556,8 @@ def evaluate(
 # %% ../nbs/01_meta_train.ipynb #e0a36939
 # half-decade steps; tune_baseline extends it past an edge
 LR_GRID = tuple(float(x) for x in np.logspace(-7, 0, 15))
-BASELINES = {
-    "sgd": SGDRule,
-    "momentum": MomentumRule,
-    "nesterov": NesterovRule,
-    "adam": AdamRule,
-    "rmsprop": RMSpropRule,
-    "lion": LionRule,
-}
+# the hand rules every learned rule is compared with (PowerSign and AddSign are not baselines of the paper)
+BASELINES = {k: HAND_RULES[k] for k in ("sgd", "momentum", "nesterov", "adam", "rmsprop", "lion")}
 
 
 @dataclass
