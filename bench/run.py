@@ -210,7 +210,8 @@ def resnet_digits32(seeds=(0, 1, 2)) -> dict:
     """04's protocol on digits32 (resnet10_w8, 8 epochs): the proxy-tuned symbolic rule and every baseline,
     each with a 3-point LR grid chosen on 300 validation images, then 3 seeds; test accuracy mean and 95%
     interval."""
-    from symbolic_l2o.finetune import BASELINES, digits32, prepare_symbolic, rule_spec, run_protocol
+    from symbolic_l2o.vision import digits32
+    from symbolic_l2o.finetune import BASELINES, prepare_symbolic, rule_spec, run_protocol
 
     torch.set_num_threads(min(2, torch.get_num_threads()))
     fit, _ = _deployed_symbolic()

@@ -1,5 +1,5 @@
 """Worker of tests/test_finetune.py's DDP test: `torchrun --nproc_per_node=2 ddp_train_script.py OUT` trains a
-small network with `RuleOptimizer` and a symbolic rule through `finetune.train`, and each rank saves its final
+small network with `RuleOptimizer` and a symbolic rule through `vision.train`, and each rank saves its final
 parameters."""
 
 import sys
@@ -8,7 +8,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from symbolic_l2o.finetune import ImageData, digits32, distributed, rule_optimizer_factory, train
+from symbolic_l2o.vision import ImageData, digits32, distributed, train
+from symbolic_l2o.finetune import rule_optimizer_factory
 from symbolic_l2o.expressions import SymbolicRule
 
 

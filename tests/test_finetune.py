@@ -14,16 +14,9 @@ import pytest
 import torch
 
 import symbolic_l2o.finetune as finetune
-from symbolic_l2o.finetune import (
-    TanhBasisRule,
-    cifar,
-    digits32,
-    load_tuned,
-    lr_search,
-    meta_tune,
-    rule_source_fit,
-    save_tuned,
-)
+from symbolic_l2o.vision import cifar, digits32
+from symbolic_l2o.finetune import TanhBasisRule, load_tuned, lr_search, meta_tune, rule_source_fit
+from symbolic_l2o.finetune import save_tuned
 from symbolic_l2o.files import file_digest
 from symbolic_l2o.tasks import make_task
 from symbolic_l2o.meta_train import ZOO_DIR
