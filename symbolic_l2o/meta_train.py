@@ -269,7 +269,7 @@ def _locking_out_dir(fn):
 
     return locked
 
-
+# %% ../nbs/01_meta_train.ipynb #27016ac3
 @_locking_out_dir
 def meta_train(
     rule: UpdateRule,
@@ -757,7 +757,7 @@ def resolve_rule(rule: str, lr: float | None = None) -> UpdateRule:
         return load_pretrained(rule)
     return make_rule(rule, **({"lr": lr} if lr is not None else {}))
 
-
+# %% ../nbs/01_meta_train.ipynb #292f4507
 def _train_and_save(
     rule,
     task,
