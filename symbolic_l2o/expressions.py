@@ -67,6 +67,8 @@ _FUNCTIONS = {  # name in text -> (arity, builder of the sympy expression)
     "log": (1, sp.log),
     "Heaviside": (2, sp.Heaviside),
 }
+
+# %% ../nbs/00b_expressions.ipynb #f5ca3759
 # resource limits of `parse_expression` (rule files are untrusted):
 # a distilled equation is far inside every one
 MAX_EXPRESSION_CHARS = (

@@ -385,7 +385,7 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     (whose range and resolution lose g², |g|^p and epsilons such as 1e-8), else `dtype` itself."""
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
-
+# %% ../nbs/00_optimizers.ipynb #c28fdab5
 class RuleOptimizer(torch.optim.Optimizer):
     """Deploy any `UpdateRule` as a `torch.optim.Optimizer`, with the rule's `hyperparameters` in each param
     group.
