@@ -123,7 +123,7 @@ def _check_feature_names(names):
             f"{list(known)}"
         )
 
-
+# %% ../nbs/03_distill.ipynb #f530fb25
 # Operon's convergence check: its front is read every `_CHUNK` generations; a search loss (MSE over the
 # variance of y, computed in float32) below `_ENGINE_FLOOR` is an exact fit, and a relative change under
 # `_IMPROVEMENT` is no change
@@ -233,7 +233,7 @@ def _pysr_fit(X, y, names, operators, max_length, generations, time_limit, seed,
         ) from e
     return [str(e) for e in model.equations_["sympy_format"]], None, None  # PySR does not say what stopped it
 
-
+# %% ../nbs/03_distill.ipynb #445603d5
 def _linear_path(X, y, names, max_terms):
     """Forward stepwise least squares: the best 1-, 2-, ... variable linear models as equations (stops once
     exact), and whether the last one is exact."""
