@@ -1379,7 +1379,7 @@ def distill(
         test,
     )
 
-
+# %% ../nbs/03_distill.ipynb #bbbfb354
 def plot_front(d: Distillation, axes=None):
     """Every scored member of every search seed: nodes against R² teacher-forced (hollow) and free-running
     (filled), window family as circles, recurrent as squares, the persistence baseline's R² as lines (left);
