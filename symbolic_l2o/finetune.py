@@ -261,7 +261,7 @@ class TanhBasisRule(UpdateRule):
             self.weights.copy_(W)
         return self
 
-
+# %% ../nbs/04_finetune_resnet.ipynb #e399bd2b
 def tanh_basis_from_teacher(
     teacher: UpdateRule,
     task,
@@ -538,7 +538,7 @@ def lr_search(
     grid = sorted(scores)
     return {"lr_grid": grid, "val_acc": [scores[v] for v in grid], "best_lr": b, "val_metric": scores[b]}
 
-
+# %% ../nbs/04_finetune_resnet.ipynb #f9e8af09
 def mean_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, list[float]]:
     """The mean of `values` and its `level` confidence interval [low, high] (Student t; one value: [mean,
     mean])."""
@@ -550,7 +550,7 @@ def mean_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, 
     half = stats.t.ppf(0.5 + level / 2, len(a) - 1) * a.std(ddof=1) / math.sqrt(len(a))
     return float(a.mean()), [float(a.mean() - half), float(a.mean() + half)]
 
-
+# %% ../nbs/04_finetune_resnet.ipynb #96cb4dd8
 def run_protocol(
     optimizers: dict,
     arch: str,

@@ -30,8 +30,8 @@ _resnet = optional_import(
 BasicBlock, Bottleneck, ResNet = _resnet.BasicBlock, _resnet.Bottleneck, _resnet.ResNet
 
 # %% auto #0
-__all__ = ['BasicBlock', 'Bottleneck', 'ResNet', 'ARCHS', 'CIFAR', 'SCHEDULES', 'CifarResNet', 'make_model', 'ImageData',
-           'digits32', 'cifar', 'mnist32', 'load_data', 'distributed', 'top1_accuracy', 'train']
+__all__ = ['BasicBlock', 'Bottleneck', 'ResNet', 'ARCHS', 'CIFAR', 'DATASETS', 'SCHEDULES', 'CifarResNet', 'make_model',
+           'ImageData', 'digits32', 'cifar', 'mnist32', 'load_data', 'distributed', 'top1_accuracy', 'train']
 
 # %% ../nbs/04a_vision.ipynb #01129152
 class CifarResNet(ResNet):
@@ -221,7 +221,7 @@ class ImageData:
             init="default",
         )
 
-
+# %% ../nbs/04a_vision.ipynb #d6b7aef5
 def digits32(seed: int = 0, n_test: int = 450) -> ImageData:
     """scikit-learn's 1,797 handwritten digits resized to 32×32 (bilinear) and repeated over 3 channels;
     offline. No flips (digits are not symmetric)."""
@@ -237,7 +237,7 @@ def digits32(seed: int = 0, n_test: int = 450) -> ImageData:
     m, s = X[tr].float().div(255).mean().item(), X[tr].float().div(255).std().item()
     return ImageData("digits32", X[tr], y[tr], X[te], y[te], 10, [m] * 3, [s] * 3, flip=False)
 
-
+# %% ../nbs/04a_vision.ipynb #dd577e29
 class _ArraysOnly(pickle.Unpickler):
     "An unpickler for the CIFAR python files that can build numpy arrays and nothing else (no code runs)."
 
@@ -330,9 +330,14 @@ def mnist32(root: str | Path | None = None, download: bool = False) -> ImageData
     )
 
 
+DATASETS = ("mnist", "digits32", *CIFAR)
+
+
 def load_data(dataset: str = "mnist", root: str | Path | None = None, download: bool = False) -> ImageData:
     """A dataset by name: `mnist` (the real MNIST at 32×32), `digits32` (offline), `cifar10`, `cifar100`;
     `root` defaults to `find_data_root()`."""
+    if dataset not in DATASETS:
+        raise ValueError(f"unknown dataset {dataset!r}; known: {list(DATASETS)}")
     if dataset == "digits32":
         return digits32()
     root = find_data_root() if root is None else root
