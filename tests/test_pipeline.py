@@ -30,12 +30,14 @@ STAGE = "02_srgen"  # the quickest stage that writes an artifact and a summary
 
 def test_every_stage_notebook_takes_the_pipeline_parameters_and_papermill_sees_them():
     stages = pipeline_stages(NBS)
-    assert [p.stem for p in stages][:6] == [
+    assert [p.stem for p in stages][:8] == [
         "00_optimizers",
         "00a_features",
         "00b_expressions",
         "00c_learned_rules",
+        "00d_files",
         "01_meta_train",
+        "01a_tasks",
         "02_srgen",
     ]
     for path in stages:
