@@ -379,17 +379,12 @@ class SymbolicRule(UpdateRule):
         return f"{self.scale} * ({self.to_sympy()})" + (f", clip={self.clip}" if self.clip else "")
 
     def init_tensor(self, p):
-        """Feature buffers, and a history of the features at lags 1..L−1 `[numel, L−1, features]` when the
-        equation looks back."""
-        hist = (
-            {
-                "history": torch.zeros(
-                    p.numel(), self.lags - 1, len(self.features), dtype=p.dtype, device=p.device
-                )
-            }
-            if self.lags > 1
-            else {}
-        )
+        """Feature buffers, and the features of the last L−1 steps when the equation looks back: `history_j`
+        `[numel, features]` holds lag j (zeros before the first steps)."""
+        hist = {
+            f"history_{j}": torch.zeros(p.numel(), len(self.features), dtype=p.dtype, device=p.device)
+            for j in range(1, self.lags)
+        }
         return {**self.grad_features.init_tensor(p), **hist}
 
     def step(self, grads, state, t):
@@ -406,7 +401,7 @@ class SymbolicRule(UpdateRule):
         for g, s in zip(grads, state, strict=True):
             cols, fs = self.grad_features.compute(g, {b: s[b] for b in self.grad_features.buffers}, t)
             env = {
-                name: cols[self.features[k]] if lag == 0 else s["history"][:, lag - 1, k]
+                name: cols[self.features[k]] if lag == 0 else s[f"history_{lag}"][:, k]
                 for name, (k, lag) in self._columns.items()
             }
             u = self._fn(env, consts)
@@ -414,11 +409,13 @@ class SymbolicRule(UpdateRule):
                 u = torch.full_like(g.reshape(-1), float(u))
             if self.clip:
                 u = u.clamp(*self.clip)
-            if (
-                self.lags > 1
-            ):  # lag j at this step is lag j−1 of the last one; the output u enters before `scale`
-                f = torch.stack([u if n == OUTPUT_FEATURE else cols[n] for n in self.features], dim=1)
-                fs["history"] = torch.cat([f[:, None, :], s["history"][:, :-1]], dim=1)
+            if self.lags > 1:
+                # lag j at this step is lag j−1 of the last one: the old tensors move up a key, not a copy (no
+                # rule writes its state in place); this step's features, with u before `scale`, are lag 1
+                fs["history_1"] = torch.stack(
+                    [u if n == OUTPUT_FEATURE else cols[n] for n in self.features], dim=1
+                )
+                fs.update({f"history_{j}": s[f"history_{j - 1}"] for j in range(2, self.lags)})
             updates.append((u * self.scale).view_as(g).to(g.dtype))
             new.append(fs)
         return updates, new
