@@ -17,7 +17,8 @@ import torchvision
 import symbolic_l2o
 from symbolic_l2o.files import atomic_write
 from symbolic_l2o.tasks import make_task
-from symbolic_l2o.meta_train import BASELINES, ZOO, evaluate, load_pretrained, meta_train, tune_baseline
+from symbolic_l2o.meta_train import BASELINES, ZOO, MetaTrainSettings, evaluate, load_pretrained, meta_train
+from symbolic_l2o.meta_train import tune_baseline
 from symbolic_l2o.optimizers import AdamRule, RuleOptimizer
 from symbolic_l2o.learned_rules import make_rule
 
@@ -72,7 +73,7 @@ def rule_step(repeats: int = 20, warmup: int = 3) -> dict:
     """Median `step()` time of RuleOptimizer with the deployed kinds of rule (u = c·mp3_0, a two-term equation
     with a lag, the γ·tanh rule) over torch.optim.Adam(foreach=True)'s, each stepped in turn, on ResNet-18's
     parameters (CPU)."""
-    from symbolic_l2o.finetune import TanhBasisRule
+    from symbolic_l2o.expressions import TanhBasisRule
     from symbolic_l2o.expressions import SymbolicRule
 
     torch.manual_seed(0)
@@ -115,11 +116,19 @@ def meta_train_scaling(unrolls=(5, 10, 20, 40), windows: int = 4, epochs: int = 
     windows)."""
     task, out = make_task("digits_mlp"), {}
     # warm-up
-    meta_train(make_rule("rp"), task, epochs=1, epoch_len=unrolls[0], unroll=unrolls[0], progress=False)
+    meta_train(
+        make_rule("rp"),
+        task,
+        MetaTrainSettings(epochs=1, epoch_len=unrolls[0], unroll=unrolls[0]),
+        progress=False,
+    )
     for k in unrolls:
         torch.manual_seed(0)
         history = meta_train(
-            make_rule("rp"), task, epochs=epochs, epoch_len=windows * k, unroll=k, progress=False
+            make_rule("rp"),
+            task,
+            MetaTrainSettings(epochs=epochs, epoch_len=windows * k, unroll=k),
+            progress=False,
         )
         out[str(k)] = statistics.median(h["seconds"] for h in history) / windows
     return {

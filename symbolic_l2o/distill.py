@@ -11,7 +11,7 @@ import keyword
 import math
 import time
 import warnings
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from collections.abc import Sequence
 
@@ -1197,7 +1197,7 @@ def tune(
     (`meta_train`, `settings.tune_epochs` epochs of `settings.steps` steps at Adam(`settings.tune_lr`), on
     training problems). `None` when there is nothing to tune (no constants, or `tune_epochs` 0) or the tuning
     diverged."""
-    from symbolic_l2o.meta_train import meta_train
+    from symbolic_l2o.meta_train import MetaTrainSettings, meta_train
 
     rule = fit.to_rule()
     if not settings.tune_epochs or not len(rule.constants):
@@ -1205,9 +1205,9 @@ def tune(
     meta_train(
         rule,
         task,
-        epochs=int(settings.tune_epochs),
-        epoch_len=settings.steps,
-        meta_lr=settings.tune_lr,
+        MetaTrainSettings(
+            epochs=int(settings.tune_epochs), epoch_len=settings.steps, meta_lr=settings.tune_lr
+        ),
         device=device,
         progress=False,
     )

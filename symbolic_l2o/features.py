@@ -36,7 +36,7 @@ def _pow(x: Tensor, p: float, out: Tensor | None = None) -> Tensor:
         return torch.pow(x, int(p), out=out)
     return torch.log(x, out=out).mul_(p).exp_()
 
-
+# %% ../nbs/00a_features.ipynb #da62b16e
 class GradFeatures:
     """Named, coordinate-wise gradient features (`mt`, `gt`, `g`, `mom5`, ..., `t`, `mp2`, ...), with their
     history state.
@@ -95,6 +95,28 @@ class GradFeatures:
                 new[n] = ema(s[n], g, beta)
         return new
 
+    def _feature(
+        self, n: str, g: Tensor, new: dict, s_t: Tensor | None, bc1: float, bc2: float, t: int
+    ) -> Tensor:
+        "Feature `n` (the table above) from the gradient, the new state, Adam's denominator s_t = √v̂ + ε."
+        if n == "g":
+            return g
+        if n == "mt":
+            return new["m"] / bc1 / s_t
+        if n == "gt":
+            return g / s_t
+        if n == "adam_up":
+            return new["m"]
+        if n == "adam_up_norm":
+            return new["m"] / bc1
+        if n == "adam_dn":
+            return s_t
+        if n in MOMENTUM_FEATURES:
+            return new[n]
+        if n == "t":
+            return torch.full_like(g, t * self.t_scale)
+        return new["m"] / ((new[f"v_{n}"] / bc2) ** (1 / P_MEAN_FEATURES[n]) + self.p_mean_eps)
+
     def columns(self, g: Tensor, s: dict[str, Tensor], t: int) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """The features of gradient `g` at step `t` (1-based) as a dict name → `[g.numel()]` tensor, and the
         new state."""
@@ -106,77 +128,14 @@ class GradFeatures:
         bc1, bc2 = 1 - b1**t, 1 - b2**t
         s_t = (new["v"] / bc2).sqrt() + self.eps if "v" in new else None  # Adam's denominator √v̂ + ε
 
-        def feature(n):
-            if n == "g":
-                return g
-            if n == "mt":
-                return new["m"] / bc1 / s_t
-            if n == "gt":
-                return g / s_t
-            if n == "adam_up":
-                return new["m"]
-            if n == "adam_up_norm":
-                return new["m"] / bc1
-            if n == "adam_dn":
-                return s_t
-            if n in MOMENTUM_FEATURES:
-                return new[n]
-            if n == "t":
-                return torch.full_like(g, t * self.t_scale)
-            return new["m"] / ((new[f"v_{n}"] / bc2) ** (1 / P_MEAN_FEATURES[n]) + self.p_mean_eps)
-
-        return {n: feature(n) for n in self.names}, new
+        return {n: self._feature(n, g, new, s_t, bc1, bc2, t) for n in self.names}, new
 
     def columns_no_grad(
         self, g: Tensor, s: dict[str, Tensor], t: int, factor: tuple[str, float] | None = None
     ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-        """`columns` without autograd, in fewer passes and temporaries (the same values to rounding): a p-mean
-        as m·k/(v^(1/p) + ε·k), k = (1−β2^t)^(1/p), written into its |g|^p temporary; `mt`, unless `gt` or
-        `adam_dn` shares Adam's denominator, in Adam's two-pass form (`normalize`). `factor` = (name, c): that
-        column comes multiplied by c, inside its last pass where it has one (a p-mean, `mt`)."""
-        g, b1, b2 = g.reshape(-1), self.beta1, self.beta2
-        bc1, bc2 = 1 - b1**t, 1 - b2**t
-        new, cols = self._moments(g, s), {}
-        fn, c = factor or (None, 1.0)
-        for n, p in P_MEAN_FEATURES.items():
-            if n not in self.names:
-                continue
-            x = _pow(g.abs(), p)
-            new[f"v_{n}"] = ema(s[f"v_{n}"], x, b2)
-            k = bc2 ** (1 / p)
-            d = _pow(new[f"v_{n}"], 1 / p, out=x).add_(self.p_mean_eps * k)
-            cols[n] = torch.addcdiv(d.new_zeros(()), new["m"], d, value=k * (c if n == fn else 1.0), out=d)
-        shared = bool({"gt", "adam_dn"} & set(self.names))
-        s_t = (new["v"] / bc2).sqrt_().add_(self.eps) if shared else None
-        if "mt" in self.names and not shared:  # m̂/(√v̂ + ε) = m/(√v + ε·√bc2) · √bc2/bc1
-            cols["mt"] = normalize(
-                new["m"],
-                new["v"],
-                self.eps * math.sqrt(bc2),
-                math.sqrt(bc2) / bc1 * (c if fn == "mt" else 1.0),
-            )
-        for n in self.names:
-            if n in cols:
-                continue
-            if n == "g":
-                cols[n] = g
-            elif n == "mt":
-                cols[n] = new["m"] / bc1 / s_t
-            elif n == "gt":
-                cols[n] = g / s_t
-            elif n == "adam_up":
-                cols[n] = new["m"]
-            elif n == "adam_up_norm":
-                cols[n] = new["m"] / bc1
-            elif n == "adam_dn":
-                cols[n] = s_t
-            elif n in MOMENTUM_FEATURES:
-                cols[n] = new[n]
-            elif n == "t":
-                cols[n] = torch.full_like(g, t * self.t_scale)
-            if n == fn:
-                cols[n] = cols[n] * c
-        return cols, new
+        """The fast path: `columns` without autograd, in fewer passes and temporaries (the same values to
+        rounding; defined and tested below)."""
+        return _columns_no_grad(self, g, s, t, factor)
 
     def compute(self, g: Tensor, s: dict[str, Tensor], t: int) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         "`columns` while autograd records, else `columns_no_grad`: what the rules call."
@@ -186,3 +145,40 @@ class GradFeatures:
         "Features `[g.numel(), len(self.names)]` of gradient `g` at step `t` (1-based), and the new state."
         cols, new = self.compute(g, s, t)
         return torch.stack([cols[n] for n in self.names], dim=1), new
+
+# %% ../nbs/00a_features.ipynb #4d49a80e
+def _columns_no_grad(
+    self: GradFeatures, g: Tensor, s: dict[str, Tensor], t: int, factor: tuple[str, float] | None = None
+) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """`GradFeatures.columns_no_grad`: the features without autograd, in fewer passes and temporaries (the
+    same values as the reference `columns`, to rounding). A p-mean as m·k/(v^(1/p) + ε·k), k = (1−β2^t)^(1/p),
+    written into its |g|^p temporary; `mt`, unless `gt` or `adam_dn` shares Adam's denominator, in Adam's
+    two-pass form (`normalize`). `factor` = (name, c): that column comes multiplied by c, inside its last pass
+    where it has one (a p-mean, `mt`)."""
+    g, b1, b2 = g.reshape(-1), self.beta1, self.beta2
+    bc1, bc2 = 1 - b1**t, 1 - b2**t
+    new, cols = self._moments(g, s), {}
+    fn, c = factor or (None, 1.0)
+    for n, p in P_MEAN_FEATURES.items():
+        if n not in self.names:
+            continue
+        x = _pow(g.abs(), p)
+        new[f"v_{n}"] = ema(s[f"v_{n}"], x, b2)
+        k = bc2 ** (1 / p)
+        d = _pow(new[f"v_{n}"], 1 / p, out=x).add_(self.p_mean_eps * k)
+        cols[n] = torch.addcdiv(d.new_zeros(()), new["m"], d, value=k * (c if n == fn else 1.0), out=d)
+    shared = bool({"gt", "adam_dn"} & set(self.names))
+    s_t = (new["v"] / bc2).sqrt_().add_(self.eps) if shared else None
+    if "mt" in self.names and not shared:  # m̂/(√v̂ + ε) = m/(√v + ε·√bc2) · √bc2/bc1
+        cols["mt"] = normalize(
+            new["m"],
+            new["v"],
+            self.eps * math.sqrt(bc2),
+            math.sqrt(bc2) / bc1 * (c if fn == "mt" else 1.0),
+        )
+    for n in self.names:
+        if n not in cols:
+            cols[n] = self._feature(n, g, new, s_t, bc1, bc2, t)
+            if n == fn:
+                cols[n] = cols[n] * c
+    return cols, new

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import tempfile
@@ -14,8 +15,12 @@ from pathlib import Path
 
 import torch
 
+import symbolic_l2o
+from .optimizers import UpdateRule, rule_config
+from .learned_rules import rule_from_config
+
 # %% auto #0
-__all__ = ['atomic_write', 'sha256_bytes', 'require_keys', 'file_digest']
+__all__ = ['atomic_write', 'sha256_bytes', 'require_keys', 'file_digest', 'save_rule', 'load_rule']
 
 # %% ../nbs/00d_files.ipynb #fe28d3d0
 def _alive(pid: int) -> bool:
@@ -92,3 +97,49 @@ def file_digest(path: str | Path, algorithm: str = "sha256") -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+# %% ../nbs/00d_files.ipynb #d95f4d59
+def save_rule(rule: UpdateRule, path: str | Path, card: dict | None = None) -> Path:
+    """Write any rule (hand, learned, symbolic, ψ) as one unit, atomically: its weights to `path` (.pt) and
+    its card beside it (.json): `card`, the rule's configuration (`rule_config`: class and arguments; an
+    equation as text), and the weights' SHA-256 (`weights_sha256`), so that `load_rule` never pairs weights
+    with another save's card."""
+    path = Path(path).with_suffix(".pt")
+    buf = io.BytesIO()
+    torch.save(rule.state_dict(), buf)
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(buf.getvalue()))
+    _write_json_atomic(
+        {
+            **(card or {}),
+            "config": rule_config(rule),
+            "weights_sha256": sha256_bytes(buf.getvalue()),
+            "version": symbolic_l2o.__version__,
+        },
+        path.with_suffix(".json"),
+    )
+    return path
+
+
+def load_rule(path: str | Path) -> tuple[UpdateRule, dict]:
+    """The rule saved by `save_rule` at `path` and its card; a `ValueError` if the weights are not those the
+    card was written with."""
+    path = Path(path).with_suffix(".pt")
+    if not path.exists() or not path.with_suffix(".json").exists():
+        raise FileNotFoundError(
+            f"no saved rule at {path} (expected {path.name} and {path.with_suffix('.json').name})"
+        )
+    card = require_keys(
+        json.loads(path.with_suffix(".json").read_text()),
+        ["config", "weights_sha256"],
+        path.with_suffix(".json"),
+    )
+    data = path.read_bytes()  # hashed and loaded from the same bytes
+    if sha256_bytes(data) != card["weights_sha256"]:
+        raise ValueError(
+            f"{path} is not the file {path.with_suffix('.json').name} describes (SHA-256 "
+            f"{sha256_bytes(data)[:12]}..., card {str(card['weights_sha256'])[:12]}...): a save was cut "
+            "short or another one ran at the same time; save the rule again"
+        )
+    rule = rule_from_config(card["config"])
+    rule.load_state_dict(torch.load(io.BytesIO(data), weights_only=True, map_location="cpu"))
+    return rule, card

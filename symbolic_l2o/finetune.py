@@ -14,25 +14,24 @@ from pathlib import Path
 import numpy as np
 import sympy as sp
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from tqdm.auto import tqdm
 
-import symbolic_l2o
-from .optimizers import LionRule, RuleOptimizer, UpdateRule, check_hparam
+from .optimizers import LionRule, RuleOptimizer, UpdateRule
 from .optimizers import state_per_param
-from .features import OUTPUT_FEATURE, GradFeatures
-from .expressions import SymbolicRule, complexity, variable
-from .files import atomic_write
-from .meta_train import TUNING_SEED_BASE, ZOO_DIR, evaluate, extended_grid, meta_train
+from .features import OUTPUT_FEATURE
+from .expressions import SymbolicRule, TanhBasisRule
+from .files import load_rule, save_rule
+from .meta_train import TUNING_SEED_BASE, ZOO_DIR, MetaTrainSettings, evaluate, extended_grid
+from .meta_train import meta_train
 from .distill import FittedRule, _streams
 from .vision import ImageData, distributed, load_data, make_model, train
 
 # %% auto #0
-__all__ = ['WEIGHT_DECAY', 'BASELINES', 'deployable', 'rule_source_fit', 'TanhBasisRule', 'tanh_basis_from_teacher',
-           'tanh_basis_from_equation', 'save_tuned', 'load_tuned', 'meta_tune', 'rule_optimizer_factory', 'rule_spec',
-           'protocol_run', 'lr_search', 'mean_interval', 'run_protocol', 'search_scale', 'proxy_tune',
-           'prepare_symbolic', 'state_bytes_per_param', 'step_costs', 'finetune_summary', 'protocol_table',
-           'plot_protocol', 'scalability', 'finetune_cli']
+__all__ = ['WEIGHT_DECAY', 'BASELINES', 'deployable', 'rule_source_fit', 'tanh_basis_from_teacher', 'tanh_basis_from_equation',
+           'meta_tune', 'rule_optimizer_factory', 'rule_spec', 'protocol_run', 'lr_search', 'mean_interval',
+           'run_protocol', 'search_scale', 'proxy_tune', 'prepare_symbolic', 'state_bytes_per_param', 'step_costs',
+           'finetune_summary', 'protocol_table', 'plot_protocol', 'scalability', 'finetune_cli']
 
 # %% ../nbs/04_finetune_resnet.ipynb #f6441e18
 def deployable(
@@ -106,161 +105,6 @@ def rule_source_fit(rule_source: str | Path | None = None) -> tuple[FittedRule, 
         )
     return FittedRule.load(p), str(p)
 
-# %% ../nbs/04_finetune_resnet.ipynb #da80efa2
-class TanhBasisRule(UpdateRule):
-    """The lightweight symbolic L2O of the paper (`rp.png`):
-    ψ = −scale · Σ_g Σ_τ W[g, τ] · γ · tanh(g_{t−τ}/γ).
-
-    `features` (G) are named `GradFeatures`, `lags` (L) the look-back (lags 0..L), `gamma` (γ) the soft-clip
-    scale; `weights` W `[|G|, L+1]` (float64 `nn.Parameter`, meta-tunable) default to zeros; see
-    `fit_weights`."""
-
-    def __init__(
-        self,
-        features: Sequence[str] = ("mt", "gt"),
-        lags: int = 1,
-        gamma: float = 1.0,
-        scale: float = 0.01,
-        weights=None,
-        beta1: float = 0.95,
-        beta2: float = 0.95,
-    ):
-        super().__init__()
-        if isinstance(lags, bool) or not isinstance(lags, int) or lags < 0:
-            raise ValueError(f"invalid lags={lags!r}: expected an integer >= 0")
-        self.grad_features = GradFeatures(features, beta1=beta1, beta2=beta2)
-        self.features, self.lags = self.grad_features.names, lags
-        self.beta1, self.beta2 = self.grad_features.beta1, self.grad_features.beta2
-        self.gamma = check_hparam("gamma", gamma, lambda v: v > 0, "gamma > 0")
-        self.scale = check_hparam("scale", scale, lambda v: v != 0, "scale != 0")
-        shape = (len(self.features), lags + 1)
-        w = (
-            torch.zeros(shape, dtype=torch.float64)
-            if weights is None
-            else torch.as_tensor(weights, dtype=torch.float64)
-        )
-        if tuple(w.shape) != shape:
-            raise ValueError(f"weights have shape {tuple(w.shape)}, expected {shape} (features × lags+1)")
-        if not torch.isfinite(w).all():
-            raise ValueError("weights must be finite")
-        self.weights = nn.Parameter(w.clone())
-
-    def extra_repr(self):
-        return f"features={self.features}, lags={self.lags}, gamma={self.gamma}, scale={self.scale}"
-
-    def init_tensor(self, p):
-        "Feature buffers and, when L > 0, the soft-clipped features of the last L steps `[L, |G|, numel]`."
-        hist = (
-            {"history": torch.zeros(self.lags, len(self.features), p.numel(), dtype=p.dtype, device=p.device)}
-            if self.lags
-            else {}
-        )
-        return {**self.grad_features.init_tensor(p), **hist}
-
-    def step(self, grads, state, t):
-        """ψ for each tensor with plain torch ops: f = tanh(features/γ) `[|G|, numel]`,
-        u = Σ_τ W[:, τ]·f_{t−τ} (×−scale·γ); without autograd `_step_fast` (the same values to rounding, in
-        fewer passes)."""
-        if not torch.is_grad_enabled():
-            return self._step_fast(grads, state, t)
-        updates, new = [], []
-        w = self.weights.to(grads[0].dtype) * (-self.scale * self.gamma)
-        for g, s in zip(grads, state, strict=True):
-            cols, fs = self.grad_features.compute(g, {b: s[b] for b in self.grad_features.buffers}, t)
-            f = torch.stack([torch.tanh(cols[n] / self.gamma) for n in self.features])  # [|G|, numel], lag 0
-            u = (f * w[:, :1]).sum(0)
-            if self.lags:
-                u = u + torch.einsum("lfn,fl->n", s["history"], w[:, 1:])
-                fs["history"] = torch.cat([f[None], s["history"][:-1]])
-            updates.append(u.view_as(g).to(g.dtype))
-            new.append(fs)
-        return updates, new
-
-    def _step_fast(self, grads, state, t):
-        """`step` without autograd: the soft-clipped features written straight into the new history, one
-        accumulator."""
-        w = (self.weights.detach() * (-self.scale * self.gamma)).tolist()
-        updates, new = [], []
-        for g, s in zip(grads, state, strict=True):
-            cols, fs = self.grad_features.columns_no_grad(g, {b: s[b] for b in self.grad_features.buffers}, t)
-            h = s.get("history")
-            # the new history: lag 0, then old lags 0..L−2
-            f = g.new_empty(max(self.lags, 1), len(self.features), g.numel())
-            for k, n in enumerate(self.features):
-                if self.gamma == 1:
-                    torch.tanh(cols[n], out=f[0, k])
-                else:
-                    torch.div(cols[n], self.gamma, out=f[0, k]).tanh_()
-            u = torch.mul(f[0, 0], w[0][0])
-            for k in range(1, len(self.features)):
-                u.add_(f[0, k], alpha=w[k][0])
-            for lag in range(self.lags):
-                for k in range(len(self.features)):
-                    u.add_(h[lag, k], alpha=w[k][lag + 1])
-            if self.lags:
-                f[1:] = h[:-1]
-                fs["history"] = f
-            updates.append(u.view_as(g).to(g.dtype))
-            new.append(fs)
-        return updates, new
-
-    def variable_names(self) -> list[str]:
-        "`<feature>_<lag>` names of the weights, lag-major (the column order of `srgen`'s datasets)."
-        return [f"{f}_{lag}" for lag in range(self.lags + 1) for f in self.features]
-
-    def to_sympy(self) -> sp.Expr:
-        """ψ/scale as a sympy expression over `<feature>_<lag>` variables (what `SymbolicRule` and the JSON
-        file hold)."""
-        g = sp.Float(self.gamma)
-        W = self.weights.detach()
-        return -sp.Add(
-            *[
-                sp.Float(float(W[k, lag]), 17) * g * sp.tanh(variable(f"{f}_{lag}") / g)
-                for lag in range(self.lags + 1)
-                for k, f in enumerate(self.features)
-                if float(W[k, lag]) != 0
-            ]
-        )
-
-    def fit_weights(
-        self, X: np.ndarray, y: np.ndarray, names: Sequence[str], ridge: float = 1e-6
-    ) -> TanhBasisRule:
-        """Set W by (ridge-regularised) least squares so that ψ/scale matches targets `y` on rows `X` with
-        columns `names`; returns self."""
-        X, y = np.asarray(X, dtype=np.float64), np.asarray(y, dtype=np.float64).reshape(-1)
-        missing = [n for n in self.variable_names() if n not in names]
-        if missing:
-            raise ValueError(f"the data lacks the columns {missing} (it has {list(names)[:8]}...)")
-        cols = [list(names).index(n) for n in self.variable_names()]
-        A = -self.gamma * np.tanh(X[:, cols] / self.gamma)
-        ok = np.isfinite(A).all(axis=1) & np.isfinite(y)
-        A, y = A[ok], y[ok]
-        if len(y) < A.shape[1]:
-            raise ValueError(f"only {len(y)} finite rows for {A.shape[1]} weights")
-        w = np.linalg.solve(A.T @ A + ridge * len(y) * np.eye(A.shape[1]), A.T @ y)
-        # lag-major → [G, L+1]
-        W = torch.tensor(w, dtype=torch.float64).reshape(self.lags + 1, len(self.features)).T
-        with torch.no_grad():
-            self.weights.copy_(W)
-        return self
-
-    def fit_linear_part(self, expr: sp.Expr) -> TanhBasisRule:
-        """Set W from the linear part of a distilled equation (its first-order Taylor coefficients at 0, tanh
-        being linear there); returns self."""
-        W = torch.zeros(len(self.features), self.lags + 1, dtype=torch.float64)
-        zero = {s: 0 for s in expr.free_symbols}
-        for s in expr.free_symbols:
-            f, _, lag = s.name.rpartition("_")
-            if f in self.features and int(lag) <= self.lags:
-                W[self.features.index(f), int(lag)] = -float(sp.diff(expr, s).subs(zero))
-        if not W.any():
-            raise ValueError(
-                f"{expr} has no linear term in the features {self.features} at lags 0..{self.lags}"
-            )
-        with torch.no_grad():
-            self.weights.copy_(W)
-        return self
-
 # %% ../nbs/04_finetune_resnet.ipynb #e399bd2b
 def tanh_basis_from_teacher(
     teacher: UpdateRule,
@@ -302,68 +146,6 @@ def tanh_basis_from_equation(
         ), "the equation has no linear term: W = 1 on m̃ at lag 0 (a soft-clipped Adam)"
 
 # %% ../nbs/04_finetune_resnet.ipynb #fa431521
-def _rule_json(rule: UpdateRule, card: dict) -> dict:
-    if isinstance(rule, SymbolicRule):
-        expr, names = rule.to_sympy(), sorted(s.name for s in rule.to_sympy().free_symbols)
-        meta = {"rule": "SymbolicRule", "scale": rule.scale, "betas": [rule.beta1, rule.beta2]}
-    elif isinstance(rule, TanhBasisRule):
-        expr, names = rule.to_sympy(), rule.variable_names()
-        meta = {
-            "rule": "TanhBasisRule",
-            "scale": rule.scale,
-            "betas": [rule.beta1, rule.beta2],
-            "tanh_basis": {
-                "features": list(rule.features),
-                "lags": rule.lags,
-                "gamma": rule.gamma,
-                "weights": rule.weights.detach().tolist(),
-            },
-        }
-    else:
-        raise TypeError(
-            f"only SymbolicRule and TanhBasisRule are saved as equations, got {type(rule).__name__}"
-        )
-    entry = {"expr": str(expr), "complexity": complexity(expr)}
-    return {
-        "expr": str(expr),
-        "names": names,
-        "engine": "meta_tune",
-        "selection": "meta-tuned",
-        "seconds": card.get("seconds", 0.0),
-        "meta": {**meta, "card": card},
-        "version": symbolic_l2o.__version__,
-        "pareto": [entry],
-    }
-
-
-def save_tuned(rule: UpdateRule, path: str | Path, card: dict | None = None) -> Path:
-    """Write a symbolic or γ·tanh rule as `FittedRule`-style JSON (its expression with the current constants)
-    with its `card`, atomically."""
-    d = _rule_json(rule, card or {})
-    path = Path(path).with_suffix(".json")
-    return atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(d, indent=2)))
-
-
-def load_tuned(path: str | Path) -> tuple[UpdateRule, dict]:
-    """The rule in a JSON file of `save_tuned` or `FittedRule.save` (read by the whitelist parser, never
-    eval), and its card."""
-    fit = FittedRule.load(path)
-    meta = fit.meta
-    if meta.get("rule") == "TanhBasisRule":
-        tb = meta["tanh_basis"]
-        rule = TanhBasisRule(
-            tb["features"],
-            int(tb["lags"]),
-            float(tb["gamma"]),
-            float(meta["scale"]),
-            tb["weights"],
-            *meta.get("betas", (0.95, 0.95)),
-        )
-    else:
-        rule = fit.to_rule()
-    return rule, meta.get("card", {})
-
-
 def meta_tune(
     rule: UpdateRule,
     task,
@@ -381,7 +163,7 @@ def meta_tune(
     `meta_train`, in place.
 
     Returns the rule and its card (constants before and after, the meta-training curve); with `out`, writes
-    `out/<name>.json` (`save_tuned`)."""
+    `out/<name>` (`save_rule`)."""
     if not isinstance(rule, (SymbolicRule, TanhBasisRule)):
         raise TypeError(f"meta_tune tunes SymbolicRule or TanhBasisRule, got {type(rule).__name__}")
     weights = rule.constants if isinstance(rule, SymbolicRule) else rule.weights
@@ -391,11 +173,7 @@ def meta_tune(
     history = meta_train(
         rule,
         task,
-        epochs=epochs,
-        epoch_len=epoch_len,
-        unroll=unroll,
-        meta_lr=meta_lr,
-        seed=seed,
+        MetaTrainSettings(epochs=epochs, epoch_len=epoch_len, unroll=unroll, meta_lr=meta_lr, seed=seed),
         device=device,
         progress=progress,
     )
@@ -412,7 +190,7 @@ def meta_tune(
         "seconds": time.perf_counter() - t0,
     }
     if out is not None:
-        save_tuned(rule, Path(out) / f"{name}.json", card)
+        save_rule(rule, Path(out) / name, card)
     return rule, card
 
 # %% ../nbs/04_finetune_resnet.ipynb #9f7e797a
@@ -652,7 +430,7 @@ def proxy_tune(
 ) -> tuple[UpdateRule, dict]:
     """Stage 3 on a proxy task, in place: the multiplier of `rule`'s update searched on `proxy`
     (`search_scale`, folded into its `scale`), then its constants (or W) meta-tuned there (`meta_tune`, with
-    `tune`'s budget); with `out`, `out/<name>.json`."""
+    `tune`'s budget); with `out`, `out/<name>` (`save_rule`)."""
     multiplier, scores = search_scale(rule, proxy, device=device, **(search or {}))
     rule.scale *= multiplier
     rule, card = meta_tune(rule, proxy, name=name, device=device, progress=progress, **(tune or {}))
@@ -663,7 +441,7 @@ def proxy_tune(
         state_per_param=state_per_param(rule),
     )
     if out is not None:
-        save_tuned(rule, Path(out) / f"{name}.json", card)
+        save_rule(rule, Path(out) / name, card)
     return rule, card
 
 
@@ -688,7 +466,7 @@ def prepare_symbolic(
         distilled=str(fit.expr), deployed=str(expr), within_budget=card["state_per_param"] <= max_state
     )
     if out is not None:
-        save_tuned(rule, Path(out) / "tuned_symbolic.json", card)
+        save_rule(rule, Path(out) / "tuned_symbolic", card)
     return rule, card
 
 # %% ../nbs/04_finetune_resnet.ipynb #f18ea2ee
@@ -904,7 +682,7 @@ def finetune_cli(
     dataset: str = "cifar10",  # mnist, digits32, cifar10, cifar100
     epochs: int = 200,
     batch_size: int = 128,  # global batch (split over torchrun processes)
-    rule: str = None,  # tuned rule JSON (save_tuned) for symbolic/tanh_basis;
+    rule: str = None,  # a tuned rule (save_rule) for symbolic/tanh_basis;
     # default: tune one from rule_source on the proxy
     rule_source: str = None,  # 03 run directory, fitted-rule JSON or zoo name;
     # default: the zoo's distilled rule
@@ -922,7 +700,7 @@ def finetune_cli(
         label, make, centre = BASELINES[optimizer]
     elif optimizer in ("symbolic", "tanh_basis"):
         if rule:
-            tuned, _ = load_tuned(rule)
+            tuned, _ = load_rule(rule)
         else:
             rank, _ = distributed()
             fit = rule_source_fit(rule_source)[0]

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from .optimizers import HAND_RULES, AdamRule, AddSignRule, LionRule, MomentumRule, NesterovRule
 from .optimizers import PowerSignRule, RMSpropRule, SGDRule, UpdateRule, check_hparam
 from .features import GradFeatures
-from .expressions import SymbolicRule
+from .expressions import SymbolicRule, TanhBasisRule
 
 # %% auto #0
 __all__ = ['RNNPROP_PRESETS', 'RULE_CLASSES', 'LearnedRule', 'DMRule', 'RNNpropRule', 'make_rule', 'rule_from_config']
@@ -163,6 +163,7 @@ RULE_CLASSES = {
         DMRule,
         RNNpropRule,
         SymbolicRule,
+        TanhBasisRule,
     )
 }
 

@@ -17,10 +17,11 @@ from torch import nn
 from .optimizers import HAND_RULES, AdamRule, AddSignRule, LionRule, MomentumRule, NesterovRule
 from .optimizers import PowerSignRule, RMSpropRule, RuleOptimizer, SGDRule, UpdateRule
 from .optimizers import state_per_param
-from .expressions import SymbolicRule, complexity
+from .expressions import SymbolicRule, TanhBasisRule, complexity
 from .learned_rules import DMRule, RNNpropRule, make_rule
 from .tasks import make_task
-from .meta_train import ZOO_DIR, evaluate, load_rule, meta_train
+from .files import load_rule, save_rule
+from .meta_train import ZOO_DIR, MetaTrainSettings, evaluate, meta_train
 from .srgen import record_trajectories
 from .distill import DistillSettings, FittedRule, distill, fit_rule
 
@@ -39,9 +40,13 @@ _all_ = [
     "DMRule",
     "RNNpropRule",
     "SymbolicRule",
+    "TanhBasisRule",
+    "save_rule",
+    "load_rule",
     "make_rule",
     "make_task",
     "meta_train",
+    "MetaTrainSettings",
     "evaluate",
     "record_trajectories",
     "fit_rule",
@@ -53,8 +58,9 @@ _all_ = [
 # %% auto #0
 __all__ = ['create_optimizer', 'without_offset', 'load_pretrained', 'OptimizerInfo', 'list_optimizers', 'RuleOptimizer',
            'UpdateRule', 'SGDRule', 'MomentumRule', 'NesterovRule', 'AdamRule', 'RMSpropRule', 'LionRule',
-           'PowerSignRule', 'AddSignRule', 'DMRule', 'RNNpropRule', 'SymbolicRule', 'make_rule', 'make_task',
-           'meta_train', 'evaluate', 'record_trajectories', 'fit_rule', 'FittedRule', 'DistillSettings', 'distill']
+           'PowerSignRule', 'AddSignRule', 'DMRule', 'RNNpropRule', 'SymbolicRule', 'TanhBasisRule', 'save_rule',
+           'load_rule', 'make_rule', 'make_task', 'meta_train', 'MetaTrainSettings', 'evaluate', 'record_trajectories',
+           'fit_rule', 'FittedRule', 'DistillSettings', 'distill']
 
 # %% ../nbs/library.ipynb #b7a10008
 def create_optimizer(name: str, params, **hyperparameters) -> RuleOptimizer:

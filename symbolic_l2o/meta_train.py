@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
-import io
 import json
 import math
 import time
@@ -25,18 +24,17 @@ from tqdm.auto import tqdm
 import symbolic_l2o
 from .optimizers import HAND_RULES, AdamRule
 from .optimizers import UpdateRule, check_hparam, optional_import, rule_config
-from .learned_rules import make_rule, rule_from_config
-from .files import _save_atomic, _write_json_atomic, atomic_write, file_digest, require_keys
-from .files import sha256_bytes
+from .learned_rules import make_rule
+from .files import _save_atomic, _write_json_atomic, atomic_write, file_digest, load_rule
+from .files import require_keys, save_rule
 from .tasks import Problem, Task, make_task, mlp_family, resolve_device
 
 # %% auto #0
 __all__ = ['TRAIN_SEED_BASE', 'VALIDATION_SEED_BASE', 'TUNING_SEED_BASE', 'LR_GRID', 'BASELINES', 'ZOO_DIR', 'ZOO', 'ZOO_RECIPES',
-           'meta_window', 'artifact', 'write_summary', 'LogStepRule', 'Curriculum', 'validate', 'read_metrics',
+           'meta_window', 'artifact', 'write_summary', 'Curriculum', 'MetaTrainSettings', 'validate', 'read_metrics',
            'run_lock', 'meta_train', 'Evaluation', 'evaluate', 'Tuning', 'extended_grid', 'tune_baseline',
-           'paired_interval', 'plot_evaluations', 'save_rule', 'load_rule', 'load_pretrained', 'rule_path',
-           'pretrained_card', 'resolve_rule', 'meta_train_cli', 'tune_cli', 'evaluate_cli', 'zoo_tasks',
-           'held_out_family', 'train_zoo']
+           'paired_interval', 'plot_evaluations', 'load_pretrained', 'rule_path', 'pretrained_card', 'resolve_rule',
+           'meta_train_cli', 'tune_cli', 'evaluate_cli', 'zoo_tasks', 'held_out_family', 'train_zoo']
 
 # %% ../nbs/01_meta_train.ipynb #a3a5b1cb
 def _detach(state: list[dict[str, Tensor]]) -> list[dict[str, Tensor]]:
@@ -141,17 +139,6 @@ def write_summary(
         json.loads(json.dumps(summary, default=float)), out_dir / "summary" / f"{stage}.json"
     )
 
-# %% ../nbs/01_meta_train.ipynb #c8318e5d
-class LogStepRule(UpdateRule):
-    "u = −exp(log_lr)·g: gradient descent with one meta-learnable (log) step size; the smallest learned rule."
-
-    def __init__(self, lr: float = 0.01):
-        super().__init__()
-        self.log_lr = nn.Parameter(torch.tensor(math.log(lr)))
-
-    def step(self, grads, state, t):
-        return [-self.log_lr.exp() * g for g in grads], state
-
 # %% ../nbs/01_meta_train.ipynb #f735e013
 @dataclass
 class Curriculum:
@@ -175,7 +162,7 @@ class Curriculum:
         if self.eval_every < 1 or self.eval_seeds < 1 or self.min_evals < 1:
             raise ValueError("eval_every, eval_seeds and min_evals must be >= 1")
 
-
+# %% ../nbs/01_meta_train.ipynb #44925f35
 TRAIN_SEED_BASE, VALIDATION_SEED_BASE, TUNING_SEED_BASE = 1_000_000, 900_000, 800_000
 
 
@@ -211,6 +198,40 @@ def _imitation_epoch(rule, problem, horizon, unroll, teacher, optimizer, clip) -
         optimizer.step()
         state, total = _detach(state), total + loss.item()
     return total / math.ceil(horizon / unroll)
+
+# %% ../nbs/01_meta_train.ipynb #02729dcb
+@dataclass(frozen=True)
+class MetaTrainSettings:
+    """Every setting of `meta_train` in one object; the defaults are the paper's (reference §1.6): `epochs`
+    fresh problems of `epoch_len` steps each, truncated every `unroll` steps, Adam(`meta_lr`) on the rule's
+    weights with meta-gradients clipped to norm `clip`, everything random drawn from `seed`. `second_order`
+    back-propagates through the optimizee's gradients (the paper drops that term). Imitation: an epoch
+    imitates `teacher` (default Adam(0.01)) with probability `imitation_ratio`. `curriculum` grows the
+    horizon (`Curriculum`); a checkpoint is written every `checkpoint_every` epochs."""
+
+    epochs: int = 200
+    epoch_len: int = 200
+    unroll: int = 20
+    meta_lr: float = 1e-3
+    clip: float = 1.0
+    seed: int = 0
+    second_order: bool = False
+    imitation_ratio: float = 0.0
+    teacher: UpdateRule | None = None
+    curriculum: Curriculum | None = None
+    checkpoint_every: int = 10
+
+    def __post_init__(self):
+        for name in ("epochs", "epoch_len", "unroll", "checkpoint_every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"invalid {name}={value!r}: expected an integer >= 1")
+        if not 0 <= self.imitation_ratio <= 1:
+            raise ValueError(f"invalid imitation_ratio={self.imitation_ratio}: expected 0 <= ratio <= 1")
+        check_hparam(
+            "clip", self.clip, lambda v: v > 0, "a finite clip > 0 (the largest norm of a meta-gradient)"
+        )
+        check_hparam("meta_lr", self.meta_lr, lambda v: v > 0, "a finite meta_lr > 0")
 
 # %% ../nbs/01_meta_train.ipynb #77cad64e
 def validate(rule: UpdateRule, task, horizon: int, seeds: Sequence[int], device="cpu") -> float:
@@ -274,27 +295,18 @@ def _locking_out_dir(fn):
 def meta_train(
     rule: UpdateRule,
     tasks,
-    epochs: int = 200,
-    epoch_len: int = 200,
-    unroll: int = 20,
-    meta_lr: float = 1e-3,
-    clip: float = 1.0,
-    seed: int = 0,
-    second_order: bool = False,
-    imitation_ratio: float = 0.0,
-    teacher: UpdateRule | None = None,
-    curriculum: Curriculum | None = None,
+    settings: MetaTrainSettings | None = None,
     out_dir: str | Path | None = None,
-    checkpoint_every: int = 10,
     resume: bool = False,
     device: str = "cpu",
     progress: bool = True,
 ) -> list[dict]:
-    """Meta-train `rule`'s weights in place by truncated BPTT on `tasks` (one task or a list, used in turn);
-    returns the per-epoch metrics.
+    """Meta-train `rule`'s weights in place by truncated BPTT on `tasks` (one task or a list, used in
+    turn), as `settings` say (default: the paper's); returns the per-epoch metrics.
 
-    Paper defaults: 200 epochs × 200 steps, unroll 20, Adam(1e-3). See the notebook for the meta-loss,
-    curriculum, imitation, checkpoints and resume. While it writes `out_dir`, it holds `run_lock` on it."""
+    With `out_dir`: checkpoints (every `settings.checkpoint_every` epochs and at the end), `metrics.jsonl`,
+    and `resume` from the checkpoint there. See the notebook for the meta-loss, curriculum, imitation and
+    resume. While it writes `out_dir`, it holds `run_lock` on it."""
     tasks = list(tasks) if isinstance(tasks, (list, tuple)) else [tasks]
     weights = [p for p in rule.parameters() if p.requires_grad]
     if not weights:
@@ -303,22 +315,12 @@ def meta_train(
         )
     if not tasks:
         raise ValueError("no tasks given")
-    for name, v in (
-        ("epochs", epochs),
-        ("epoch_len", epoch_len),
-        ("unroll", unroll),
-        ("checkpoint_every", checkpoint_every),
-    ):
-        if not isinstance(v, int) or v < 1:
-            raise ValueError(f"invalid {name}={v!r}: expected an integer >= 1")
-    if not 0 <= imitation_ratio <= 1:
-        raise ValueError(f"invalid imitation_ratio={imitation_ratio}: expected 0 <= ratio <= 1")
-    check_hparam("clip", clip, lambda v: v > 0, "a finite clip > 0 (the largest norm of a meta-gradient)")
-    check_hparam("meta_lr", meta_lr, lambda v: v > 0, "a finite meta_lr > 0")
+    st = settings or MetaTrainSettings()
+    epochs, epoch_len, unroll, seed, curriculum = st.epochs, st.epoch_len, st.unroll, st.seed, st.curriculum
     device = resolve_device(device)
     rule.to(device)
-    teacher = teacher or AdamRule(lr=0.01)
-    meta_opt = torch.optim.Adam(weights, lr=meta_lr)
+    teacher = st.teacher or AdamRule(lr=0.01)
+    meta_opt = torch.optim.Adam(weights, lr=st.meta_lr)
     imit_opt = torch.optim.Adam(weights, lr=1e-3)
     out = Path(out_dir) if out_dir is not None else None
     cl = {"stage": 0, "best": None, "evals": 0, "improved": 0, "best_weights": None, "stopped": False}
@@ -328,7 +330,7 @@ def meta_train(
         "tasks": [t.name for t in tasks],
         "unroll": unroll,
         "epoch_len": epoch_len,
-        "meta_lr": meta_lr,
+        "meta_lr": st.meta_lr,
     }
     if out is not None and resume and (out / "checkpoint.pt").exists():
         ck = torch.load(out / "checkpoint.pt", weights_only=True, map_location=device)
@@ -408,17 +410,17 @@ def meta_train(
         problem = task.problem(int(torch.randint(2**31 - 1, (1,), generator=gen)), device)
         T = horizon(cl["stage"])
         record = {"epoch": epoch, "task": task.name, "horizon": T}
-        if imitation_ratio > 0 and torch.rand((), generator=gen).item() < imitation_ratio:
+        if st.imitation_ratio > 0 and torch.rand((), generator=gen).item() < st.imitation_ratio:
             record.update(
                 mode="imitation",
-                imitation_loss=_imitation_epoch(rule, problem, T, unroll, teacher, imit_opt, clip),
+                imitation_loss=_imitation_epoch(rule, problem, T, unroll, teacher, imit_opt, st.clip),
             )
         else:
             params = [p.detach().clone().requires_grad_() for p in problem.params.values()]
             state, t, window_losses = rule.init(params), 1, []
             for w_start in range(0, T, unroll):
                 losses, objective, params, state, t = meta_window(
-                    rule, problem, params, state, t, min(unroll, T - w_start), second_order
+                    rule, problem, params, state, t, min(unroll, T - w_start), st.second_order
                 )
                 if not (torch.isfinite(losses).all() and torch.isfinite(objective)):
                     skipped += 1
@@ -426,7 +428,7 @@ def meta_train(
                     break
                 meta_opt.zero_grad()
                 objective.backward()
-                nn.utils.clip_grad_norm_(weights, clip)
+                nn.utils.clip_grad_norm_(weights, st.clip)
                 meta_opt.step()
                 params = [p.detach().requires_grad_() for p in params]
                 state = _detach(state)
@@ -455,7 +457,7 @@ def meta_train(
         if out is not None:
             with open(out / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
-            if (epoch + 1) % checkpoint_every == 0 or epoch + 1 == epochs or cl["stopped"]:
+            if (epoch + 1) % st.checkpoint_every == 0 or epoch + 1 == epochs or cl["stopped"]:
                 checkpoint(epoch + 1)
     return history
 
@@ -672,51 +674,6 @@ ZOO_DIR = Path(symbolic_l2o.__file__).parent / "zoo"
 ZOO = ("dm", "rp", "rp_s", "rp_si")
 
 
-def save_rule(rule: UpdateRule, path: str | Path, card: dict | None = None) -> Path:
-    """Write `rule`'s weights to `path` (.pt) and its card (config + `card`) beside it (.json), atomically;
-    the card holds the weights' SHA-256 (`weights_sha256`), so that `load_rule` never pairs weights with
-    another save's card."""
-    path = Path(path).with_suffix(".pt")
-    buf = io.BytesIO()
-    torch.save(rule.state_dict(), buf)
-    atomic_write(path, lambda tmp: Path(tmp).write_bytes(buf.getvalue()))
-    _write_json_atomic(
-        {
-            **(card or {}),
-            "config": rule_config(rule),
-            "weights_sha256": sha256_bytes(buf.getvalue()),
-            "version": symbolic_l2o.__version__,
-        },
-        path.with_suffix(".json"),
-    )
-    return path
-
-
-def load_rule(path: str | Path) -> tuple[UpdateRule, dict]:
-    """The rule saved by `save_rule` at `path` and its card; a `ValueError` if the weights are not those the
-    card was written with."""
-    path = Path(path).with_suffix(".pt")
-    if not path.exists() or not path.with_suffix(".json").exists():
-        raise FileNotFoundError(
-            f"no saved rule at {path} (expected {path.name} and {path.with_suffix('.json').name})"
-        )
-    card = require_keys(
-        json.loads(path.with_suffix(".json").read_text()),
-        ["config", "weights_sha256"],
-        path.with_suffix(".json"),
-    )
-    data = path.read_bytes()  # hashed and loaded from the same bytes
-    if sha256_bytes(data) != card["weights_sha256"]:
-        raise ValueError(
-            f"{path} is not the file {path.with_suffix('.json').name} describes (SHA-256 "
-            f"{sha256_bytes(data)[:12]}..., card {str(card['weights_sha256'])[:12]}...): a save was cut "
-            "short or another one ran at the same time; save the rule again"
-        )
-    rule = rule_from_config(card["config"])
-    rule.load_state_dict(torch.load(io.BytesIO(data), weights_only=True, map_location="cpu"))
-    return rule, card
-
-
 def load_pretrained(name: str) -> UpdateRule:
     "A rule of the pretrained zoo (`dm`, `rp`, `rp_s`, `rp_si`), loaded with `weights_only=True`."
     if not (ZOO_DIR / f"{name}.pt").exists():
@@ -758,56 +715,42 @@ def resolve_rule(rule: str, lr: float | None = None) -> UpdateRule:
     return make_rule(rule, **({"lr": lr} if lr is not None else {}))
 
 # %% ../nbs/01_meta_train.ipynb #292f4507
-def _train_and_save(
-    rule,
-    task,
-    out,
-    epochs,
-    epoch_len,
-    unroll,
-    meta_lr,
-    device,
-    seed,
-    checkpoint_every,
-    resume,
-    imitation_ratio,
-    curriculum,
-    extra_card,
-):
+def _train_and_save(rule, task, out, settings: MetaTrainSettings, device, resume, extra_card):
     out = Path(out)
     t0 = time.perf_counter()
-    history = meta_train(
-        rule,
-        task,
-        epochs=epochs,
-        epoch_len=epoch_len,
-        unroll=unroll,
-        meta_lr=meta_lr,
-        seed=seed,
-        device=device,
-        out_dir=out,
-        checkpoint_every=checkpoint_every,
-        resume=resume,
-        imitation_ratio=imitation_ratio,
-        curriculum=Curriculum() if curriculum else None,
-    )
+    history = meta_train(rule, task, settings, out_dir=out, resume=resume, device=device)
     card = {
         **extra_card,
         "task": task.name,
-        "seed": seed,
+        "seed": settings.seed,
         "training": {
-            "epochs": epochs,
-            "epoch_len": epoch_len,
-            "unroll": unroll,
-            "meta_lr": meta_lr,
-            "imitation_ratio": imitation_ratio,
-            "curriculum": curriculum,
+            "epochs": settings.epochs,
+            "epoch_len": settings.epoch_len,
+            "unroll": settings.unroll,
+            "meta_lr": settings.meta_lr,
+            "imitation_ratio": settings.imitation_ratio,
+            "curriculum": settings.curriculum is not None,
             "seconds": time.perf_counter() - t0,
             "skipped_windows": history[-1]["skipped"] if history else 0,
         },
     }
     save_rule(rule.cpu(), out / "rule.pt", card)
     print(json.dumps({"rule": str(out / "rule.pt"), **card}, indent=2))
+
+
+def _settings_from_args(
+    epochs, epoch_len, unroll, meta_lr, seed, checkpoint_every, imitation_ratio, curriculum
+):
+    return MetaTrainSettings(
+        epochs=epochs,
+        epoch_len=epoch_len,
+        unroll=unroll,
+        meta_lr=meta_lr,
+        seed=seed,
+        imitation_ratio=imitation_ratio,
+        curriculum=Curriculum() if curriculum else None,
+        checkpoint_every=checkpoint_every,
+    )
 
 
 def meta_train_cli(
@@ -837,16 +780,11 @@ def meta_train_cli(
         r,
         _task_from_args(task, batch_size, init, data_root, download),
         out,
-        epochs,
-        epoch_len,
-        unroll,
-        meta_lr,
+        _settings_from_args(
+            epochs, epoch_len, unroll, meta_lr, seed, checkpoint_every, imitation_ratio, curriculum
+        ),
         device,
-        seed,
-        checkpoint_every,
         resume,
-        imitation_ratio,
-        curriculum,
         {"name": rule},
     )
 
@@ -875,16 +813,11 @@ def tune_cli(
         resolve_rule(rule),
         _task_from_args(task, batch_size, init, data_root, download),
         out,
-        epochs,
-        epoch_len,
-        unroll,
-        meta_lr,
+        _settings_from_args(
+            epochs, epoch_len, unroll, meta_lr, seed, checkpoint_every, imitation_ratio, curriculum
+        ),
         device,
-        seed,
-        checkpoint_every,
         resume,
-        imitation_ratio,
-        curriculum,
         {"name": f"{Path(rule).stem}-tuned", "tuned_from": rule},
     )
 
@@ -990,17 +923,8 @@ def train_zoo(
                 artifact(Path(start) / f"{name}.pt", out),
             )
         t0 = time.perf_counter()
-        history = meta_train(
-            rule,
-            tasks,
-            epochs=epochs,
-            epoch_len=epoch_len,
-            unroll=unroll,
-            seed=seed,
-            device=device,
-            progress=progress,
-            **recipe,
-        )
+        settings = MetaTrainSettings(epochs=epochs, epoch_len=epoch_len, unroll=unroll, seed=seed, **recipe)
+        history = meta_train(rule, tasks, settings, device=device, progress=progress)
         seconds = time.perf_counter() - t0
         evaluation = {
             f"{k}_steps": evaluate(rule, eval_task, k, range(seeds), device=device, progress=False).summary()
@@ -1017,7 +941,7 @@ def train_zoo(
                 "epochs": epochs,
                 "epoch_len": epoch_len,
                 "unroll": unroll,
-                "meta_lr": 1e-3,
+                "meta_lr": settings.meta_lr,
                 "rule_args": rule_args,
                 **recipe,
                 "started_from": started_from,

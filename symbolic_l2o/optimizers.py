@@ -137,8 +137,11 @@ def rule_config(rule: UpdateRule) -> dict:
     """A JSON-able description of `rule` (class and constructor arguments) from which `rule_from_config`
     rebuilds it."""
     args = [n for n in inspect.signature(type(rule).__init__).parameters if n != "self"]
-    conv = lambda v: list(v) if isinstance(v, tuple) else v
-    return {"class": type(rule).__name__, "args": {n: conv(getattr(rule, n)) for n in args}}
+
+    def plain(v):  # tuples and tensors (a rule's weights given as an argument) as JSON lists
+        return v.detach().tolist() if isinstance(v, Tensor) else list(v) if isinstance(v, tuple) else v
+
+    return {"class": type(rule).__name__, "args": {n: plain(getattr(rule, n)) for n in args}}
 
 
 def state_per_param(rule: UpdateRule, n: int = 1000) -> float:
@@ -203,7 +206,7 @@ class NesterovRule(MomentumRule):
         b = decay_add(s["momentum_buffer"], g, self.momentum)
         return torch.add(g, b, alpha=self.momentum).mul_(-self.lr), {"momentum_buffer": b}
 
-
+# %% ../nbs/00_optimizers.ipynb #86efb785
 class AdamRule(ElementwiseRule):
     "Adam (Kingma & Ba) as `torch.optim.Adam`: u = −lr·m̂/(√v̂ + eps) with bias-corrected moments."
 

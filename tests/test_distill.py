@@ -2,7 +2,6 @@
 rules, engines."""
 
 import json
-import sys
 
 import numpy as np
 import pytest

@@ -15,12 +15,11 @@ import torch
 
 import symbolic_l2o.finetune as finetune
 from symbolic_l2o.vision import cifar, digits32
-from symbolic_l2o.finetune import TanhBasisRule, load_tuned, lr_search, meta_tune, rule_source_fit
-from symbolic_l2o.finetune import save_tuned
-from symbolic_l2o.files import file_digest
+from symbolic_l2o.finetune import lr_search, meta_tune, rule_source_fit
+from symbolic_l2o.files import file_digest, load_rule, save_rule
 from symbolic_l2o.tasks import make_task
 from symbolic_l2o.meta_train import ZOO_DIR
-from symbolic_l2o.expressions import SymbolicRule
+from symbolic_l2o.expressions import SymbolicRule, TanhBasisRule
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -88,32 +87,25 @@ def test_tuned_rule_json_round_trips_to_the_same_updates(tmp_path):
         rule, make_task("digits_mlp"), epochs=2, epoch_len=10, unroll=5, meta_lr=1e-2, progress=False
     )
     assert card["before"] != card["after"]  # the constants moved
-    path = save_tuned(rule, tmp_path / "tuned", card)
-    back, back_card = load_tuned(path)
+    back, back_card = load_rule(save_rule(rule, tmp_path / "tuned", card))
     assert back_card["after"] == card["after"] and back.scale == rule.scale
     torch.testing.assert_close(back.constants, rule.constants, rtol=1e-15, atol=0)
     _same_updates(rule, back)
     tanh_rule = TanhBasisRule(weights=[[0.9, -0.1], [0.2, 0.05]], gamma=0.5, scale=0.03)
-    back_tanh, _ = load_tuned(save_tuned(tanh_rule, tmp_path / "tanh"))
+    back_tanh, _ = load_rule(save_rule(tanh_rule, tmp_path / "tanh"))
     assert isinstance(back_tanh, TanhBasisRule)
     _same_updates(tanh_rule, back_tanh)
-    _same_updates(tanh_rule, load_tuned_as_symbolic(tmp_path / "tanh.json"))
-
-
-def load_tuned_as_symbolic(path):
-    "The γ·tanh rule's expression read back as a plain SymbolicRule: the JSON's equation is the rule."
-    d = json.loads(Path(path).read_text())
-    return SymbolicRule(d["expr"], scale=d["meta"]["scale"])
+    _same_updates(tanh_rule, SymbolicRule(back_tanh.to_sympy(), scale=back_tanh.scale))  # ψ is its equation
 
 
 def test_a_tuned_rule_file_carrying_code_is_rejected(tmp_path):
     rule = SymbolicRule("-1.3*mt_0", scale=0.02)
-    path = save_tuned(rule, tmp_path / "tuned", {})
-    d = json.loads(path.read_text())
-    d["expr"] = "__import__('os').system('touch " + str(tmp_path / "pwned") + "')"
-    path.write_text(json.dumps(d))
+    card = save_rule(rule, tmp_path / "tuned").with_suffix(".json")
+    d = json.loads(card.read_text())
+    d["config"]["args"]["expr"] = "__import__('os').system('touch " + str(tmp_path / "pwned") + "')"
+    card.write_text(json.dumps(d))
     with pytest.raises(ValueError):
-        load_tuned(path)
+        load_rule(card)
     assert not (tmp_path / "pwned").exists()
 
 
@@ -251,9 +243,10 @@ def test_notebook_runs_under_papermill_at_test_scale_chained_to_03(tmp_path):
     assert all((out / f).exists() for f in summary["figures"].values())
     ft = json.loads((out / "summary" / "finetune.json").read_text())
     assert ft["source"] == {"path": "fitted_rp_si.json", "sha256": file_digest(out / "fitted_rp_si.json")}
-    assert {"summary/finetune.json", "tuned_symbolic.json", "tuned_tanh_basis.json"} <= {
-        a["path"] for a in summary["outputs"]
-    }
+    assert {
+        "summary/finetune.json",
+        *(f"tuned_{r}.{x}" for r in ("symbolic", "tanh_basis") for x in ("pt", "json")),
+    } <= {a["path"] for a in summary["outputs"]}
     assert len(ft["optimizers"]) == 8
     for name, o in ft["optimizers"].items():
         assert (
@@ -262,11 +255,11 @@ def test_notebook_runs_under_papermill_at_test_scale_chained_to_03(tmp_path):
         assert len(o["seeds"]) >= 3 and o["test_acc_ci"][0] <= o["test_acc_mean"] <= o["test_acc_ci"][1], name
         assert o["step_ms"] > 0 and o["state_bytes_per_param"] >= 0, name
     assert ft["optimizers"]["adam_cosine"]["state_bytes_per_param"] >= 8  # two float32 moments
-    tuned, card = load_tuned(out / "tuned_symbolic.json")
+    tuned, card = load_rule(out / "tuned_symbolic.pt")
     assert (
         isinstance(tuned, SymbolicRule)
         and card["multiplier"] in card["multiplier_scores"]
         or str(card["multiplier"]) in card["multiplier_scores"]
     )
-    psi, psi_card = load_tuned(out / "tuned_tanh_basis.json")
+    psi, psi_card = load_rule(out / "tuned_tanh_basis.pt")
     assert isinstance(psi, TanhBasisRule) and psi_card["before"] != psi_card["after"]  # ψ was meta-trained

@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from symbolic_l2o import RuleOptimizer, create_optimizer, list_optimizers, load_pretrained
+from symbolic_l2o import create_optimizer, list_optimizers, load_pretrained
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "symbolic_l2o"

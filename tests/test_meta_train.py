@@ -2,6 +2,7 @@
 the CLI."""
 
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -11,13 +12,15 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from torch import nn
 
 from symbolic_l2o.files import atomic_write, file_digest
 from symbolic_l2o.tasks import MNIST_FILES, QuadraticTask, check_mnist, find_data_root, install_mnist
 from symbolic_l2o.tasks import make_task, mnist_data
-from symbolic_l2o.meta_train import ZOO, ZOO_DIR, LogStepRule, evaluate, load_pretrained, load_rule
-from symbolic_l2o.meta_train import meta_train, pretrained_card, save_rule, train_zoo
-from symbolic_l2o.optimizers import SGDRule
+from symbolic_l2o.files import load_rule, save_rule
+from symbolic_l2o.meta_train import ZOO, ZOO_DIR, evaluate, load_pretrained, meta_train, pretrained_card
+from symbolic_l2o.meta_train import MetaTrainSettings, train_zoo
+from symbolic_l2o.optimizers import SGDRule, UpdateRule
 from symbolic_l2o.learned_rules import make_rule
 
 
@@ -27,13 +30,9 @@ def small_run(out, epochs, resume=False):
     meta_train(
         rule,
         make_task("digits_mlp"),
-        epochs=epochs,
-        epoch_len=20,
-        unroll=10,
+        MetaTrainSettings(epochs=epochs, epoch_len=20, unroll=10, checkpoint_every=2, imitation_ratio=0.3),
         out_dir=out,
-        checkpoint_every=2,
         resume=resume,
-        imitation_ratio=0.3,
         progress=False,
     )
     return rule
@@ -55,19 +54,30 @@ def test_resume_refuses_a_checkpoint_of_another_rule(tmp_path):
         meta_train(
             make_rule("rp"),
             make_task("digits_mlp"),
-            epochs=3,
-            epoch_len=20,
-            unroll=10,
+            MetaTrainSettings(epochs=3, epoch_len=20, unroll=10),
             out_dir=tmp_path,
             resume=True,
             progress=False,
         )
 
 
+class LogStepRule(UpdateRule):
+    "u = −exp(log_lr)·g: one meta-learnable (log) step size."
+
+    def __init__(self, lr: float):
+        super().__init__()
+        self.log_lr = nn.Parameter(torch.tensor(math.log(lr)))
+
+    def step(self, grads, state, t):
+        return [-self.log_lr.exp() * g for g in grads], state
+
+
 def test_nonfinite_meta_loss_is_skipped_and_never_written_into_the_weights():
     rule = LogStepRule(lr=1e6)  # diverges at once on a quadratic: the meta-loss overflows
     before = rule.log_lr.detach().clone()
-    history = meta_train(rule, QuadraticTask(), epochs=3, epoch_len=20, unroll=10, progress=False)
+    history = meta_train(
+        rule, QuadraticTask(), MetaTrainSettings(epochs=3, epoch_len=20, unroll=10), progress=False
+    )
     assert torch.equal(rule.log_lr.detach(), before)
     assert [h["skipped"] for h in history] == [1, 2, 3]
     assert all(h["nonfinite_window"] == 0 for h in history)
@@ -76,11 +86,11 @@ def test_nonfinite_meta_loss_is_skipped_and_never_written_into_the_weights():
 def test_bad_arguments_are_named():
     task = make_task("quadratic")
     with pytest.raises(ValueError, match="no trainable weights"):
-        meta_train(SGDRule(), task, epochs=1)
+        meta_train(SGDRule(), task, MetaTrainSettings(epochs=1))
     with pytest.raises(ValueError, match="invalid unroll=0"):
-        meta_train(make_rule("rp_s"), task, epochs=1, unroll=0)
+        meta_train(make_rule("rp_s"), task, MetaTrainSettings(epochs=1, unroll=0))
     with pytest.raises(ValueError, match="imitation_ratio"):
-        meta_train(make_rule("rp_s"), task, epochs=1, imitation_ratio=2.0)
+        meta_train(make_rule("rp_s"), task, MetaTrainSettings(epochs=1, imitation_ratio=2.0))
     with pytest.raises(ValueError, match="unknown task"):
         make_task("imagenet")
     with pytest.raises(ValueError, match="invalid init"):

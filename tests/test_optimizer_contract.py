@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from symbolic_l2o.finetune import TanhBasisRule
+from symbolic_l2o.expressions import TanhBasisRule
 from symbolic_l2o.meta_train import ZOO, load_pretrained
 from symbolic_l2o.optimizers import AdamRule, AddSignRule, LionRule, MomentumRule, NesterovRule
 from symbolic_l2o.optimizers import PowerSignRule, RMSpropRule, RuleOptimizer, SGDRule

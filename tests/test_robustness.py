@@ -12,7 +12,6 @@ import subprocess
 import sys
 import textwrap
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -23,10 +22,12 @@ from torch import nn
 
 import symbolic_l2o.meta_train  # noqa: F401  (the package re-exports a function of the same name: read the module from sys.modules)
 import symbolic_l2o.srgen  # noqa: F401
+import symbolic_l2o.files as files
 from symbolic_l2o.distill import MAX_EQUATION_LENGTH, FittedRule, fit_rule
 from symbolic_l2o.files import atomic_write
 from symbolic_l2o.tasks import make_task
-from symbolic_l2o.meta_train import load_pretrained, load_rule, meta_train, run_lock, save_rule
+from symbolic_l2o.files import load_rule, save_rule
+from symbolic_l2o.meta_train import MetaTrainSettings, load_pretrained, meta_train
 
 from symbolic_l2o.optimizers import AdamRule, RuleOptimizer, SGDRule
 from symbolic_l2o.expressions import SymbolicRule, parse_expression, variable
@@ -211,9 +212,7 @@ def test_dataset_save_cut_between_its_files_is_refused_on_load(tmp_path, monkeyp
 
 def test_rule_save_cut_between_its_files_is_refused_on_load(tmp_path, monkeypatch):
     path = save_rule(make_rule("rp_s"), tmp_path / "r", {"note": "first"})
-    monkeypatch.setattr(
-        meta_train_module, "_write_json_atomic", lambda obj, p: (_ for _ in ()).throw(OSError("killed"))
-    )
+    monkeypatch.setattr(files, "_write_json_atomic", lambda obj, p: (_ for _ in ()).throw(OSError("killed")))
     with pytest.raises(OSError, match="killed"):
         save_rule(make_rule("rp_s", hidden=(3,)), path, {"note": "second"})
     with pytest.raises(ValueError, match="is not the file r.json describes"):
@@ -262,17 +261,10 @@ def test_readers_never_pair_files_of_two_concurrent_saves(tmp_path):
 
 def tiny_run(out_dir, **kw):
     torch.manual_seed(0)
-    args = {
-        "epochs": 2,
-        "epoch_len": 4,
-        "unroll": 2,
-        "out_dir": out_dir,
-        "progress": False,
-        "checkpoint_every": 1,
-        **kw,
-    }
+    task, resume = kw.pop("task", make_task("quadratic")), kw.pop("resume", False)
+    settings = MetaTrainSettings(**{"epochs": 2, "epoch_len": 4, "unroll": 2, "checkpoint_every": 1, **kw})
     rule = make_rule("rp_s")
-    return rule, meta_train(rule, args.pop("task", make_task("quadratic")), **args)
+    return rule, meta_train(rule, task, settings, out_dir=out_dir, resume=resume, progress=False)
 
 
 @pytest.mark.parametrize(
@@ -317,10 +309,11 @@ def test_a_second_writer_of_a_run_directory_gets_a_clear_error(tmp_path):
     )
     second = textwrap.dedent(f"""
         from symbolic_l2o.tasks import make_task
-        from symbolic_l2o.meta_train import meta_train
+        from symbolic_l2o.meta_train import MetaTrainSettings, meta_train
         from symbolic_l2o.learned_rules import make_rule
-        meta_train(make_rule("rp_s"), make_task("quadratic"), epochs=2, epoch_len=4, unroll=2,
-                   out_dir={str(tmp_path)!r}, progress=False)
+        settings = MetaTrainSettings(epochs=2, epoch_len=4, unroll=2)
+        out = {str(tmp_path)!r}
+        meta_train(make_rule("rp_s"), make_task("quadratic"), settings, out_dir=out, progress=False)
         """)
     try:
         assert holder.stdout.readline().strip() == "locked"
@@ -344,10 +337,7 @@ def test_meta_train_refuses_a_bad_clip(clip):
         meta_train(
             make_rule("rp_s"),
             make_task("quadratic"),
-            epochs=1,
-            epoch_len=2,
-            unroll=2,
-            clip=clip,
+            MetaTrainSettings(epochs=1, epoch_len=2, unroll=2, clip=clip),
             progress=False,
         )
 
@@ -513,7 +503,7 @@ def test_rule_weights_load_only_tensors(tmp_path):
     path.write_bytes(buf.getvalue())
     card = json.loads(path.with_suffix(".json").read_text())
     # a consistent pair: the loader reaches torch.load
-    card["weights_sha256"] = meta_train_module.sha256_bytes(buf.getvalue())
+    card["weights_sha256"] = files.sha256_bytes(buf.getvalue())
     path.with_suffix(".json").write_text(json.dumps(card))
     with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
         load_rule(path)
@@ -532,7 +522,7 @@ def test_datasets_refuse_pickled_arrays(tmp_path):
     )
     path.write_bytes(buf.getvalue())
     info = json.loads(path.with_suffix(".json").read_text())
-    info["npz_sha256"] = meta_train_module.sha256_bytes(buf.getvalue())
+    info["npz_sha256"] = files.sha256_bytes(buf.getvalue())
     path.with_suffix(".json").write_text(json.dumps(info))
     with pytest.raises(ValueError, match="allow_pickle"):
         SRDataset.load(path)
@@ -561,11 +551,12 @@ def test_sigkill_during_meta_train_then_resume_gives_the_uninterrupted_weights(t
     script = textwrap.dedent(f"""
         import torch
         from symbolic_l2o.tasks import make_task
-        from symbolic_l2o.meta_train import meta_train
+        from symbolic_l2o.meta_train import MetaTrainSettings, meta_train
         from symbolic_l2o.learned_rules import make_rule
         torch.manual_seed(0)
-        meta_train(make_rule("rp_s"), make_task("quadratic"), epochs=12, epoch_len=4, unroll=2,
-                   out_dir={str(tmp_path / "killed")!r}, progress=False, checkpoint_every=1, resume=True)
+        settings = MetaTrainSettings(epochs=12, epoch_len=4, unroll=2, checkpoint_every=1)
+        meta_train(make_rule("rp_s"), make_task("quadratic"), settings,
+                   out_dir={str(tmp_path / "killed")!r}, progress=False, resume=True)
         """)
     child = subprocess.Popen([sys.executable, "-c", script])
     metrics, t0 = tmp_path / "killed" / "metrics.jsonl", time.time()
