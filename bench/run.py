@@ -220,7 +220,7 @@ def resnet_digits32(seeds=(0, 1, 2)) -> dict:
     each with a 3-point LR grid chosen on 300 validation images, then 3 seeds; test accuracy mean and 95%
     interval."""
     from symbolic_l2o.vision import digits32
-    from symbolic_l2o.finetune import BASELINES, prepare_symbolic, rule_spec, run_protocol
+    from symbolic_l2o.finetune import COSINE_BASELINES, prepare_symbolic, rule_spec, run_protocol
 
     torch.set_num_threads(min(2, torch.get_num_threads()))
     fit, _ = _deployed_symbolic()
@@ -235,7 +235,7 @@ def resnet_digits32(seeds=(0, 1, 2)) -> dict:
     )
     prep = time.perf_counter() - t0
     results = run_protocol(
-        {"symbolic": rule_spec("Symbolic L2O", sym), **BASELINES},
+        {"symbolic": rule_spec("Symbolic L2O", sym), **COSINE_BASELINES},
         "resnet10_w8",
         data,
         epochs=8,
@@ -249,7 +249,7 @@ def resnet_digits32(seeds=(0, 1, 2)) -> dict:
         n: {k: r[k] for k in ("best_lr", "val_metric", "test_acc", "test_acc_mean", "test_acc_ci")}
         for n, r in results.items()
     }
-    best = max(BASELINES, key=lambda n: summary[n]["test_acc_mean"])
+    best = max(COSINE_BASELINES, key=lambda n: summary[n]["val_metric"])  # chosen on validation
     return {
         "arch": "resnet10_w8",
         "dataset": "digits32",

@@ -166,7 +166,7 @@ def device_option(value: str) -> str:
 
 OPTION_TYPES = {"device": device_option}  # options checked when parsed, by name
 
-
+# %% ../nbs/cli.ipynb #f6a175cc
 def add_options(parser: argparse.ArgumentParser, func: Callable) -> None:
     """One option per parameter of `func`: `--kebab-case`, its type and default, help from its comment;
     booleans as `--x/--no-x`."""

@@ -1143,7 +1143,7 @@ def verdict(ratio: tuple[float, float, float], tolerance: float = 0.15, trains: 
         return "trains worse than its rule"
     return "not resolved: the interval is wider than the band"
 
-
+# %% ../nbs/03_distill.ipynb #87a351a8
 def screen(
     members: Sequence[dict],
     rule,
@@ -1267,7 +1267,7 @@ class Distillation:
             "mapping_complexity": mapping_complexity(self.fit, part.X),
         }
 
-
+# %% ../nbs/03_distill.ipynb #26b0039b
 def distill(
     rule,
     task,

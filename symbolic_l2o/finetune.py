@@ -28,10 +28,10 @@ from .distill import FittedRule, _streams
 from .vision import ImageData, distributed, load_data, make_model, train
 
 # %% auto #0
-__all__ = ['WEIGHT_DECAY', 'BASELINES', 'deployable', 'rule_source_fit', 'tanh_basis_from_teacher', 'tanh_basis_from_equation',
-           'meta_tune', 'rule_optimizer_factory', 'rule_spec', 'protocol_run', 'lr_search', 'mean_interval',
-           'run_protocol', 'search_scale', 'proxy_tune', 'prepare_symbolic', 'state_bytes_per_param', 'step_costs',
-           'finetune_summary', 'protocol_table', 'plot_protocol', 'scalability', 'finetune_cli']
+__all__ = ['WEIGHT_DECAY', 'COSINE_BASELINES', 'deployable', 'rule_source_fit', 'tanh_basis_from_teacher',
+           'tanh_basis_from_equation', 'meta_tune', 'rule_optimizer_factory', 'rule_spec', 'protocol_run', 'lr_search',
+           'mean_interval', 'run_protocol', 'search_scale', 'proxy_tune', 'prepare_symbolic', 'state_bytes_per_param',
+           'step_costs', 'finetune_summary', 'protocol_table', 'plot_protocol', 'scalability', 'finetune_cli']
 
 # %% ../nbs/04_finetune_resnet.ipynb #f6441e18
 def deployable(
@@ -200,7 +200,7 @@ WEIGHT_DECAY = (
 
 # name -> (label, make(params, lr) -> optimizer, centre of the learning-rate grid);
 # every one runs with cosine decay
-BASELINES = {
+COSINE_BASELINES = {
     "sgd_cosine": ("SGD+cos", lambda ps, lr: torch.optim.SGD(ps, lr=lr, weight_decay=WEIGHT_DECAY), 0.1),
     "sgd_momentum_cosine": (
         "SGD+mom+cos",
@@ -696,8 +696,8 @@ def finetune_cli(
     """Train one network with one optimizer, cosine schedule (works under torchrun): per-epoch JSON in `out`,
     a tuned rule beside it."""
     data = load_data(dataset, data_root, download)
-    if optimizer in BASELINES:
-        label, make, centre = BASELINES[optimizer]
+    if optimizer in COSINE_BASELINES:
+        label, make, centre = COSINE_BASELINES[optimizer]
     elif optimizer in ("symbolic", "tanh_basis"):
         if rule:
             tuned, _ = load_rule(rule)
@@ -714,7 +714,7 @@ def finetune_cli(
         label, make, centre = rule_spec("Symbolic L2O" if optimizer == "symbolic" else "ψ γ·tanh", tuned)
     else:
         raise ValueError(
-            f"unknown optimizer {optimizer!r}; known: symbolic, tanh_basis, {', '.join(BASELINES)}"
+            f"unknown optimizer {optimizer!r}; known: symbolic, tanh_basis, {', '.join(COSINE_BASELINES)}"
         )
     lr = centre if lr is None else lr
     torch.manual_seed(seed)

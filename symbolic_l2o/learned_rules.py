@@ -86,7 +86,7 @@ class LearnedRule(UpdateRule):
         u = (torch.tanh(out) if self.squash else out) * self.output_scale
         return [uj.view_as(g).to(g.dtype) for uj, g in zip(u.split(sizes), grads)], new
 
-
+# %% ../nbs/00c_learned_rules.ipynb #ddf897ae
 class DMRule(LearnedRule):
     """The coordinate-wise LSTM optimizer of Andrychowicz et al. (2016): LSTM(20, 20) → Linear → ×0.01,
     unbounded output.
@@ -112,7 +112,7 @@ class DMRule(LearnedRule):
         log = torch.log(g.abs() + torch.finfo(g.dtype).eps).div(self.k).clamp(min=-1.0)
         return torch.stack([log, (g * math.exp(self.k)).clamp(-1.0, 1.0)], dim=1), {}
 
-
+# %% ../nbs/00c_learned_rules.ipynb #eb346d81
 class RNNpropRule(LearnedRule):
     """RNNprop (Lv et al., 2017): named gradient features → [Linear+ELU] → LSTM stack → Linear → 0.01·tanh.
 

@@ -31,10 +31,10 @@ from .tasks import Problem, Task, make_task, mlp_family, resolve_device
 
 # %% auto #0
 __all__ = ['TRAIN_SEED_BASE', 'VALIDATION_SEED_BASE', 'TUNING_SEED_BASE', 'LR_GRID', 'BASELINES', 'ZOO_DIR', 'ZOO', 'ZOO_RECIPES',
-           'meta_window', 'artifact', 'write_summary', 'Curriculum', 'MetaTrainSettings', 'validate', 'read_metrics',
-           'run_lock', 'meta_train', 'Evaluation', 'evaluate', 'Tuning', 'extended_grid', 'tune_baseline',
-           'paired_interval', 'plot_evaluations', 'load_pretrained', 'rule_path', 'pretrained_card', 'resolve_rule',
-           'meta_train_cli', 'tune_cli', 'evaluate_cli', 'zoo_tasks', 'held_out_family', 'train_zoo']
+           'meta_window', 'artifact', 'write_summary', 'Curriculum', 'CurriculumState', 'MetaTrainSettings', 'validate',
+           'read_metrics', 'run_lock', 'meta_train', 'Evaluation', 'evaluate', 'Tuning', 'extended_grid',
+           'tune_baseline', 'paired_interval', 'plot_evaluations', 'load_pretrained', 'rule_path', 'pretrained_card',
+           'resolve_rule', 'meta_train_cli', 'tune_cli', 'evaluate_cli', 'zoo_tasks', 'held_out_family', 'train_zoo']
 
 # %% ../nbs/01_meta_train.ipynb #a3a5b1cb
 def _detach(state: list[dict[str, Tensor]]) -> list[dict[str, Tensor]]:
@@ -143,7 +143,7 @@ def write_summary(
 @dataclass
 class Curriculum:
     """Horizon schedule of curriculum learning: stages of growing `horizons`, validated every `eval_every`
-    epochs."""
+    epochs on `eval_seeds` problems; a stage ends after `min_evals` validations without a new best."""
 
     horizons: Sequence[int] = (100, 200, 500, 1000, 1500, 2000, 2500, 3000)
     eval_every: int = 10
@@ -161,6 +161,35 @@ class Curriculum:
             )
         if self.eval_every < 1 or self.eval_seeds < 1 or self.min_evals < 1:
             raise ValueError("eval_every, eval_seeds and min_evals must be >= 1")
+
+
+@dataclass
+class CurriculumState:
+    """Where a curriculum run stands (saved in checkpoints): its `stage`, the best validation loss of the
+    stage (`best`) and the weights that reached it, the validations since (`evals`), the improvements this
+    stage."""
+
+    stage: int = 0
+    best: float | None = None
+    best_weights: dict | None = None
+    evals: int = 0
+    improved: int = 0
+    stopped: bool = False
+
+    def judge(self, loss: float, curriculum: Curriculum) -> str:
+        """Take a validation `loss`: `"better"` (a new best; the caller keeps the weights), `"wait"`, `"next"`
+        (the next stage: the caller restores the best weights) or `"stop"` (restore them and stop)."""
+        if loss < self.best:
+            self.best, self.evals, self.improved = loss, 0, self.improved + 1
+            return "better"
+        self.evals += 1
+        if self.evals < curriculum.min_evals:
+            return "wait"
+        if self.improved and self.stage + 1 < len(curriculum.horizons):
+            self.stage, self.evals, self.improved = self.stage + 1, 0, 0
+            return "next"
+        self.stopped = True
+        return "stop"
 
 # %% ../nbs/01_meta_train.ipynb #44925f35
 TRAIN_SEED_BASE, VALIDATION_SEED_BASE, TUNING_SEED_BASE = 1_000_000, 900_000, 800_000
@@ -323,7 +352,7 @@ def meta_train(
     meta_opt = torch.optim.Adam(weights, lr=st.meta_lr)
     imit_opt = torch.optim.Adam(weights, lr=1e-3)
     out = Path(out_dir) if out_dir is not None else None
-    cl = {"stage": 0, "best": None, "evals": 0, "improved": 0, "best_weights": None, "stopped": False}
+    cl = CurriculumState()
     start, skipped, history = 0, 0, []
     run = {
         "seed": seed,
@@ -352,7 +381,7 @@ def meta_train(
         rule.load_state_dict(ck["rule"])
         meta_opt.load_state_dict(ck["meta_opt"])
         imit_opt.load_state_dict(ck["imitation_opt"])
-        start, skipped, cl = ck["epoch"], ck["skipped"], ck["curriculum"]
+        start, skipped, cl = ck["epoch"], ck["skipped"], CurriculumState(**ck["curriculum"])
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         history = (
@@ -374,7 +403,7 @@ def meta_train(
                 "rule": rule.state_dict(),
                 "meta_opt": meta_opt.state_dict(),
                 "imitation_opt": imit_opt.state_dict(),
-                "curriculum": cl,
+                "curriculum": vars(cl),
                 "skipped": skipped,
                 "rule_config": rule_config(rule),
                 **run,
@@ -388,13 +417,13 @@ def meta_train(
 
     def validation():
         seeds = range(VALIDATION_SEED_BASE, VALIDATION_SEED_BASE + curriculum.eval_seeds)
-        return validate(rule, tasks[0], horizon(cl["stage"] + 1), seeds, device)
+        return validate(rule, tasks[0], horizon(cl.stage + 1), seeds, device)
 
     def snapshot():
         return {k: v.detach().clone() for k, v in rule.state_dict().items()}
 
-    if curriculum and cl["best"] is None and start == 0:
-        cl["best"], cl["best_weights"] = validation(), snapshot()
+    if curriculum and cl.best is None and start == 0:
+        cl.best, cl.best_weights = validation(), snapshot()
     bar = tqdm(
         range(start, epochs),
         desc=f"meta-train {type(rule).__name__}",
@@ -403,12 +432,12 @@ def meta_train(
         total=epochs,
     )
     for epoch in bar:
-        if cl["stopped"]:
+        if cl.stopped:
             break
         t0, gen = time.perf_counter(), torch.Generator().manual_seed(_problem_seed(seed, epoch))
         task = tasks[epoch % len(tasks)]
         problem = task.problem(int(torch.randint(2**31 - 1, (1,), generator=gen)), device)
-        T = horizon(cl["stage"])
+        T = horizon(cl.stage)
         record = {"epoch": epoch, "task": task.name, "horizon": T}
         if st.imitation_ratio > 0 and torch.rand((), generator=gen).item() < st.imitation_ratio:
             record.update(
@@ -436,28 +465,24 @@ def meta_train(
             done = torch.cat(window_losses) if window_losses else torch.tensor([float("nan")])
             record.update(mode="train", mean_loss=done.mean().item(), final_loss=done[-1].item())
         if curriculum and (epoch + 1) % curriculum.eval_every == 0:
-            val = validation()
-            record["validation"] = val
-            if val < cl["best"]:
-                cl.update(best=val, best_weights=snapshot(), improved=cl["improved"] + 1, evals=0)
-            else:
-                cl["evals"] += 1
-                if cl["evals"] >= curriculum.min_evals:
-                    rule.load_state_dict(cl["best_weights"])
-                    if cl["improved"] and cl["stage"] + 1 < len(curriculum.horizons):
-                        cl.update(stage=cl["stage"] + 1, evals=0, improved=0)
-                        cl["best"] = validation()
-                        record["curriculum"] = f"stage {cl['stage']} (horizon {horizon(cl['stage'])})"
-                    else:
-                        cl["stopped"] = True
-                        record["curriculum"] = "stop"
+            record["validation"] = val = validation()
+            event = cl.judge(val, curriculum)
+            if event == "better":
+                cl.best_weights = snapshot()
+            elif event in ("next", "stop"):
+                rule.load_state_dict(cl.best_weights)
+                if event == "next":
+                    cl.best = validation()
+                record["curriculum"] = (
+                    f"stage {cl.stage} (horizon {horizon(cl.stage)})" if event == "next" else "stop"
+                )
         record.update(skipped=skipped, seconds=time.perf_counter() - t0)
         history.append(record)
         bar.set_postfix(loss=f"{record.get('final_loss', record.get('imitation_loss', float('nan'))):.4f}")
         if out is not None:
             with open(out / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
-            if (epoch + 1) % st.checkpoint_every == 0 or epoch + 1 == epochs or cl["stopped"]:
+            if (epoch + 1) % st.checkpoint_every == 0 or epoch + 1 == epochs or cl.stopped:
                 checkpoint(epoch + 1)
     return history
 
@@ -788,7 +813,7 @@ def meta_train_cli(
         {"name": rule},
     )
 
-
+# %% ../nbs/01_meta_train.ipynb #89b0c3b3
 def tune_cli(
     rule: str = "rp_si",  # zoo name or path of a saved rule to continue meta-training
     task: str = "digits_cnn",  # task to tune on

@@ -157,7 +157,7 @@ def target_scale(rule: UpdateRule) -> float:
     `scale` of symbolic ones, else 1."""
     return float(getattr(rule, "output_scale", getattr(rule, "lr", getattr(rule, "scale", 1.0))))
 
-
+# %% ../nbs/02_srgen.ipynb #675cdc19
 def record_trajectories(
     rule: UpdateRule,
     task,

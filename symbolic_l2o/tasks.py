@@ -257,7 +257,7 @@ class DigitsCNN(nn.Sequential):
             nn.Linear(64, 10),
         )
 
-
+# %% ../nbs/01a_tasks.ipynb #1d4bf257
 class QuadraticTask:
     """The DM paper's quadratic: f(θ) = ‖Wθ − y‖², W (dim×dim) and y drawn from N(0, 1) per problem, θ₀ ~ N(0,
     1)."""
@@ -280,7 +280,7 @@ class QuadraticTask:
         )
         return Problem({"theta": theta}, noisy, lambda p: f(p, y))
 
-
+# %% ../nbs/01a_tasks.ipynb #503bd9e9
 MLP_ARCHS = {"dm": ([20], "sigmoid"), "original": ([30, 20], "relu")}
 
 

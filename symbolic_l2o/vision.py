@@ -393,7 +393,7 @@ def top1_accuracy(model: nn.Module, data: ImageData, batch_size: int = 500, devi
     correct, total = _all_sum([correct, len(idx)], device)
     return 100.0 * correct / total
 
-
+# %% ../nbs/04a_vision.ipynb #27f53a73
 def train(
     model: nn.Module,
     optimizer_factory: Callable[[nn.Module], torch.optim.Optimizer],

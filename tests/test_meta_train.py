@@ -19,18 +19,25 @@ from symbolic_l2o.tasks import MNIST_FILES, QuadraticTask, check_mnist, find_dat
 from symbolic_l2o.tasks import make_task, mnist_data
 from symbolic_l2o.files import load_rule, save_rule
 from symbolic_l2o.meta_train import ZOO, ZOO_DIR, evaluate, load_pretrained, meta_train, pretrained_card
-from symbolic_l2o.meta_train import MetaTrainSettings, train_zoo
+from symbolic_l2o.meta_train import Curriculum, MetaTrainSettings, train_zoo
 from symbolic_l2o.optimizers import SGDRule, UpdateRule
 from symbolic_l2o.learned_rules import make_rule
 
 
-def small_run(out, epochs, resume=False):
+def small_run(out, epochs, resume=False, curriculum=None):
     torch.manual_seed(0)
     rule = make_rule("rp_s")
     meta_train(
         rule,
         make_task("digits_mlp"),
-        MetaTrainSettings(epochs=epochs, epoch_len=20, unroll=10, checkpoint_every=2, imitation_ratio=0.3),
+        MetaTrainSettings(
+            epochs=epochs,
+            epoch_len=20,
+            unroll=10,
+            checkpoint_every=2,
+            imitation_ratio=0.3,
+            curriculum=curriculum,
+        ),
         out_dir=out,
         resume=resume,
         progress=False,
@@ -38,10 +45,13 @@ def small_run(out, epochs, resume=False):
     return rule
 
 
-def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path):
-    full = small_run(tmp_path / "full", epochs=4)
-    small_run(tmp_path / "split", epochs=2)  # "interrupted" after epoch 2 (checkpoint written)
-    resumed = small_run(tmp_path / "split", epochs=4, resume=True)
+@pytest.mark.parametrize(
+    "curriculum", [None, Curriculum(horizons=(10, 20, 40), eval_every=1, eval_seeds=2, min_evals=1)]
+)
+def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path, curriculum):
+    full = small_run(tmp_path / "full", epochs=4, curriculum=curriculum)
+    small_run(tmp_path / "split", epochs=2, curriculum=curriculum)  # "interrupted" after epoch 2 (checkpoint)
+    resumed = small_run(tmp_path / "split", epochs=4, resume=True, curriculum=curriculum)
     for (n, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), n
     lines = [json.loads(l) for l in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
