@@ -20,7 +20,7 @@ from .optimizers import UpdateRule, rule_config
 from .learned_rules import rule_from_config
 
 # %% auto #0
-__all__ = ['atomic_write', 'sha256_bytes', 'require_keys', 'file_digest', 'save_rule', 'load_rule']
+__all__ = ['atomic_write', 'sha256_bytes', 'require_keys', 'file_digest', 'save_rule', 'read_pair', 'load_rule']
 
 # %% ../nbs/00d_files.ipynb #fe28d3d0
 def _alive(pid: int) -> bool:
@@ -120,26 +120,29 @@ def save_rule(rule: UpdateRule, path: str | Path, card: dict | None = None) -> P
     return path
 
 
+def read_pair(path: Path, what: str, keys: Sequence[str], hash_key: str) -> tuple[dict, bytes]:
+    """The JSON card beside `path` (holding `keys` and `hash_key`) and `path`'s bytes, checked to be the file
+    the card describes (its SHA-256 under `hash_key`): how the two files of a saved rule or dataset are read
+    back. A `FileNotFoundError` names both files when one is missing, a `ValueError` says when they come from
+    different saves."""
+    card_path = path.with_suffix(".json")
+    if not path.exists() or not card_path.exists():
+        raise FileNotFoundError(f"no {what} at {path} (expected {path.name} and {card_path.name})")
+    card = require_keys(json.loads(card_path.read_text()), [*keys, hash_key], card_path)
+    data = path.read_bytes()  # hashed and loaded from the same bytes
+    if sha256_bytes(data) != card[hash_key]:
+        raise ValueError(
+            f"{path} is not the file {card_path.name} describes (SHA-256 {sha256_bytes(data)[:12]}..., card "
+            f"{str(card[hash_key])[:12]}...): a save was cut short or another one ran at the same time; save "
+            "it again"
+        )
+    return card, data
+
+
 def load_rule(path: str | Path) -> tuple[UpdateRule, dict]:
     """The rule saved by `save_rule` at `path` and its card; a `ValueError` if the weights are not those the
     card was written with."""
-    path = Path(path).with_suffix(".pt")
-    if not path.exists() or not path.with_suffix(".json").exists():
-        raise FileNotFoundError(
-            f"no saved rule at {path} (expected {path.name} and {path.with_suffix('.json').name})"
-        )
-    card = require_keys(
-        json.loads(path.with_suffix(".json").read_text()),
-        ["config", "weights_sha256"],
-        path.with_suffix(".json"),
-    )
-    data = path.read_bytes()  # hashed and loaded from the same bytes
-    if sha256_bytes(data) != card["weights_sha256"]:
-        raise ValueError(
-            f"{path} is not the file {path.with_suffix('.json').name} describes (SHA-256 "
-            f"{sha256_bytes(data)[:12]}..., card {str(card['weights_sha256'])[:12]}...): a save was cut "
-            "short or another one ran at the same time; save the rule again"
-        )
+    card, data = read_pair(Path(path).with_suffix(".pt"), "saved rule", ["config"], "weights_sha256")
     rule = rule_from_config(card["config"])
     rule.load_state_dict(torch.load(io.BytesIO(data), weights_only=True, map_location="cpu"))
     return rule, card

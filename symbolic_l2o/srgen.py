@@ -18,7 +18,7 @@ import symbolic_l2o
 from .optimizers import UpdateRule, rule_config
 from .features import OUTPUT_FEATURE, GradFeatures
 from .learned_rules import RNNpropRule
-from .files import atomic_write, require_keys, sha256_bytes
+from .files import atomic_write, read_pair, require_keys, sha256_bytes
 from .tasks import make_task
 from .meta_train import evaluate, resolve_rule
 
@@ -115,22 +115,7 @@ class SRDataset:
     def load(cls, path: str | Path) -> SRDataset:
         "Read a dataset written by `save`; a `ValueError` if its two files are not from the same save."
         path = Path(path).with_suffix(".npz")
-        if not path.exists() or not path.with_suffix(".json").exists():
-            raise FileNotFoundError(
-                f"no SR dataset at {path} (expected {path.name} and {path.with_suffix('.json').name})"
-            )
-        info = require_keys(
-            json.loads(path.with_suffix(".json").read_text()),
-            ["names", "meta", "npz_sha256"],
-            path.with_suffix(".json"),
-        )
-        data = path.read_bytes()  # hashed and read from the same bytes
-        if sha256_bytes(data) != info["npz_sha256"]:
-            raise ValueError(
-                f"{path} is not the file {path.with_suffix('.json').name} describes (SHA-256 "
-                f"{sha256_bytes(data)[:12]}..., recorded {str(info['npz_sha256'])[:12]}...): a save was cut "
-                "short or another one ran at the same time; save it again"
-            )
+        info, data = read_pair(path, "SR dataset", ["names", "meta"], "npz_sha256")
         with np.load(io.BytesIO(data), allow_pickle=False) as z:
             require_keys(z, ["X", "y", "run_ids", "coord_ids", "steps"], path)
             return cls(z["X"], z["y"], info["names"], z["run_ids"], z["coord_ids"], z["steps"], info["meta"])
