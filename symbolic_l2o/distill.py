@@ -30,7 +30,7 @@ from .srgen import SRDataset
 
 # %% auto #0
 __all__ = ['ENGINE_OPERATORS', 'SELECTION_LOSS_FACTOR', 'CENSOR_FACTOR', 'MAX_EQUATION_LENGTH', 'evaluate_expression',
-           'ParetoTable', 'FittedRule', 'fit_rule', 'sanity_targets', 'is_exact', 'sanity_check',
+           'ParetoTable', 'FittedRule', 'pareto_front', 'fit_rule', 'sanity_targets', 'is_exact', 'sanity_check',
            'temporal_perception_field', 'mapping_complexity', 'DistillSettings', 'record', 'free_running',
            'persistence', 'canonical_form', 'recurrence', 'search', 'fidelity', 'eva_ratio', 'faithful', 'verdict',
            'screen', 'tune', 'Distillation', 'distill', 'plot_front', 'plot_response']
@@ -478,6 +478,76 @@ class FittedRule:
             d["meta"],
         )
 
+# %% ../nbs/03_distill.ipynb #67c9dc67
+def _check_fit_args(
+    engine, operators, max_length, generations, time_limit, patience, selection, search_rows, max_rows, censor
+) -> list[str]:
+    "`fit_rule`'s settings checked, each bad one named with what it takes; returns the operators to use."
+    if engine not in ENGINE_OPERATORS:
+        raise ValueError(f"unknown engine {engine!r}; known: {sorted(ENGINE_OPERATORS)}")
+    for name, v in (
+        ("generations", generations),
+        ("patience", patience),
+        ("search_rows", search_rows),
+        ("max_rows", max_rows),
+    ):
+        if int(v) != v or v < 1:
+            raise ValueError(f"invalid {name}={v}: expected a positive integer")
+    if (
+        isinstance(max_length, bool)
+        or not isinstance(max_length, int)
+        or not 1 <= max_length <= MAX_EQUATION_LENGTH
+    ):
+        raise ValueError(
+            f"invalid max_length={max_length!r}: expected an integer from 1 to MAX_EQUATION_LENGTH = "
+            f"{MAX_EQUATION_LENGTH} (nodes)"
+        )
+    if not time_limit > 0:
+        raise ValueError(f"invalid time_limit={time_limit}: expected > 0 seconds")
+    if selection not in ("best", "accuracy", "bic"):
+        raise ValueError(f"invalid selection={selection!r}: expected best, accuracy or bic")
+    if censor is not None and not censor > 0:
+        raise ValueError(f"invalid censor={censor}: expected a level > 0 (or None)")
+    operators = list(operators if operators is not None else ENGINE_OPERATORS[engine])
+    unknown = [o for o in operators if o not in OPERATORS]
+    if unknown:
+        raise ValueError(f"unknown operator(s) {unknown}; the vocabulary is {list(OPERATORS)}")
+    missing = [o for o in operators if o not in ENGINE_OPERATORS[engine]]
+    if missing:
+        raise ValueError(
+            f"operator(s) {missing} are not available in the {engine} engine (it has "
+            f"{list(ENGINE_OPERATORS[engine])})"
+        )
+    return operators
+
+
+def pareto_front(exprs: Sequence[sp.Expr], X: np.ndarray, y: np.ndarray, names: Sequence[str]) -> list[dict]:
+    """The Pareto front of candidate equations on (`X`, `y`): each scored (nodes, MSE, R², BIC), then, by
+    growing size, those more accurate than every smaller one. Equations that are not finite on every row are
+    dropped; losses below 1e-12 of the target's variance are rounding and tie."""
+    candidates, floor = {}, 1e-12 * float(y.var())  # losses below the floor are rounding: they tie
+    for expr in exprs:
+        pred = evaluate_expression(expr, X, names)
+        if not np.isfinite(pred).all():
+            continue
+        mse = max(float(((y - pred) ** 2).mean()), floor)
+        k = len(expr.atoms(sp.Float))
+        candidates.setdefault(
+            str(expr),
+            {
+                "expr": expr,
+                "complexity": complexity(expr),
+                "loss": mse,
+                "r2": _r2(y, pred),
+                "bic": len(y) * math.log(max(mse, 1e-300)) + k * math.log(len(y)),
+            },
+        )
+    front = []
+    for m in sorted(candidates.values(), key=lambda m: (m["complexity"], m["loss"])):
+        if not front or m["loss"] < front[-1]["loss"]:
+            front.append(m)
+    return front
+
 # %% ../nbs/03_distill.ipynb #19e3044a
 # a saturated output says only "at least this far": fitted at the bound, the equations undershoot where the
 # rule saturates (RP's took steps half the size of its LSTM's); at 1.2× past it, then clipped, RP's met its
@@ -533,41 +603,18 @@ def fit_rule(
             "fit_rule needs the target and the column names with an array X: fit_rule(X, y, names), or a "
             "recording (srgen.SRDataset) alone: fit_rule(dataset)"
         )
-    if engine not in ENGINE_OPERATORS:
-        raise ValueError(f"unknown engine {engine!r}; known: {sorted(ENGINE_OPERATORS)}")
-    for name, v in (
-        ("generations", generations),
-        ("patience", patience),
-        ("search_rows", search_rows),
-        ("max_rows", max_rows),
-    ):
-        if int(v) != v or v < 1:
-            raise ValueError(f"invalid {name}={v}: expected a positive integer")
-    if (
-        isinstance(max_length, bool)
-        or not isinstance(max_length, int)
-        or not 1 <= max_length <= MAX_EQUATION_LENGTH
-    ):
-        raise ValueError(
-            f"invalid max_length={max_length!r}: expected an integer from 1 to MAX_EQUATION_LENGTH = "
-            f"{MAX_EQUATION_LENGTH} (nodes)"
-        )
-    if not time_limit > 0:
-        raise ValueError(f"invalid time_limit={time_limit}: expected > 0 seconds")
-    if selection not in ("best", "accuracy", "bic"):
-        raise ValueError(f"invalid selection={selection!r}: expected best, accuracy or bic")
-    if censor is not None and not censor > 0:
-        raise ValueError(f"invalid censor={censor}: expected a level > 0 (or None)")
-    operators = list(operators if operators is not None else ENGINE_OPERATORS[engine])
-    unknown = [o for o in operators if o not in OPERATORS]
-    if unknown:
-        raise ValueError(f"unknown operator(s) {unknown}; the vocabulary is {list(OPERATORS)}")
-    missing = [o for o in operators if o not in ENGINE_OPERATORS[engine]]
-    if missing:
-        raise ValueError(
-            f"operator(s) {missing} are not available in the {engine} engine (it has "
-            f"{list(ENGINE_OPERATORS[engine])})"
-        )
+    operators = _check_fit_args(
+        engine,
+        operators,
+        max_length,
+        generations,
+        time_limit,
+        patience,
+        selection,
+        search_rows,
+        max_rows,
+        censor,
+    )
     names = list(names)
     X, y, dropped = _validate(X, y, names)
     _check_feature_names(names)
@@ -602,27 +649,7 @@ def fit_rule(
     exprs = [parse_expression(t, names).xreplace(unscale) for t in texts] + [
         parse_expression(t, names) for t in linear
     ]
-    candidates, floor = {}, 1e-12 * float(y.var())  # losses below the floor are rounding: they tie
-    for expr in exprs:
-        pred = evaluate_expression(expr, X, names)
-        if not np.isfinite(pred).all():
-            continue
-        mse = max(float(((y - pred) ** 2).mean()), floor)
-        k = len(expr.atoms(sp.Float))
-        candidates.setdefault(
-            str(expr),
-            {
-                "expr": expr,
-                "complexity": complexity(expr),
-                "loss": mse,
-                "r2": _r2(y, pred),
-                "bic": len(y) * math.log(max(mse, 1e-300)) + k * math.log(len(y)),
-            },
-        )
-    front = []
-    for m in sorted(candidates.values(), key=lambda m: (m["complexity"], m["loss"])):
-        if not front or m["loss"] < front[-1]["loss"]:
-            front.append(m)
+    front = pareto_front(exprs, X, y, names)
     chosen = _select(front, selection)
     info = {
         **(meta or {}),
