@@ -250,7 +250,7 @@ def markdown_table(columns: Sequence[str], rows: Sequence[Sequence]) -> str:
     lines = ["| " + " | ".join(cell(c) for c in columns) + " |", "|" + "---|" * len(columns)]
     return "\n".join(lines + ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows])
 
-
+# %% ../nbs/05_report.ipynb #131bcc48
 def _flatten(d: dict, prefix: str = "", depth: int = 3) -> list[tuple[str, object]]:
     out = []
     for k, v in d.items():

@@ -116,7 +116,7 @@ def _crop_flip(X: Tensor, offsets: Tensor, flips: Tensor, flip: bool, pad: int =
     ]
     return torch.where(flips[:, None, None, None], out.flip(3), out) if flip else out
 
-
+# %% ../nbs/04a_vision.ipynb #4e4057e8
 class ImageData:
     """An image classification dataset held as tensors: uint8 images `[n, 3, 32, 32]` and labels, with
     per-channel `mean`/`std`."""
