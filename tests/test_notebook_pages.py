@@ -1,0 +1,39 @@
+"""The notebooks read as pages of the library: every exported cell is followed by its lesson, and each stage
+declares its scales right after its parameters."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+NBS = Path(__file__).resolve().parent.parent / "nbs"
+PAGES = sorted(NBS.glob("*.ipynb"))
+STAGES = ["01_meta_train", "02_srgen", "03_distill", "04_finetune_resnet"]
+
+
+def code_cells(path: Path) -> list[str]:
+    cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
+    return ["".join(c["source"]) for c in cells if c["cell_type"] == "code"]
+
+
+def is_export(source: str) -> bool:
+    return source.startswith(("#| export", "#|export"))
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.stem)
+def test_every_exported_cell_is_followed_by_a_lesson(page):
+    cells = code_cells(page)
+    alone = [
+        src.splitlines()[1][:60]
+        for src, after in zip(cells, [*cells[1:], None])
+        if is_export(src) and (after is None or is_export(after))
+    ]
+    assert not alone, f"{page.name}: exported cells with no lesson after them: {alone}"
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_scales_come_right_after_the_parameters(stage):
+    cells = code_cells(NBS / f"{stage}.ipynb")
+    at = next(i for i, src in enumerate(cells) if src.startswith("#| tags: [parameters]"))
+    assert "SCALES = {" in cells[at + 1] and "budget" in cells[at + 1], cells[at + 1][:200]
+    assert sum("SCALES = {" in src for src in cells) == 1
