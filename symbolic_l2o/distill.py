@@ -704,7 +704,7 @@ def is_exact(found: sp.Expr, target: sp.Expr, rtol: float = 1e-3) -> bool:
         abs(float(c)) <= rtol * scale for k, c in a.items() if k not in b
     )
 
-
+# %% ../nbs/03_distill.ipynb #4439c7a7
 def sanity_check(
     task=None,
     steps: int = 120,
@@ -892,7 +892,7 @@ class DistillSettings:
             if not getattr(self, name) >= 0:
                 raise ValueError(f"invalid {name}={getattr(self, name)!r}: expected >= 0")
 
-
+# %% ../nbs/03_distill.ipynb #35bc1d97
 def record(
     rule, task, settings: DistillSettings = DistillSettings(), device="cpu", progress: bool = False
 ) -> SRDataset:

@@ -530,7 +530,7 @@ class Evaluation:
             "seeds": len(self.seeds),
         }
 
-
+# %% ../nbs/01_meta_train.ipynb #3c640616
 def evaluate(
     rule: UpdateRule,
     task,
@@ -624,7 +624,7 @@ def extended_grid(
         scores[v] = score(v)
     return scores
 
-
+# %% ../nbs/01_meta_train.ipynb #3a176ab4
 def tune_baseline(
     name: str,
     task,

@@ -277,7 +277,7 @@ def sign_decay(t: int, decay: str | None, decay_steps: int | None = None, num_cy
         return 0.5 * (1 + math.cos(2 * math.pi * num_cycles * t / T))
     return 0.5 * (1 + math.cos(math.pi * (t % T) / T))
 
-
+# %% ../nbs/00_optimizers.ipynb #80036712
 class SignAgreementRule(ElementwiseRule):
     "Base of PowerSign and AddSign: tracks m ← β·m + (1−β)·g and the decayed agreement d(t)·sign(g)·sign(m)."
 

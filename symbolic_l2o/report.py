@@ -549,7 +549,7 @@ def readme_markdown(index: str | Path = "nbs/index.ipynb") -> str:
                     )
     return "\n\n".join(parts) + "\n"
 
-
+# %% ../nbs/05_report.ipynb #423ef071
 def latest_run(runs: str | Path = "runs") -> Path | None:
     "The newest run directory under `runs` that has stage summaries, if any."
     found = sorted(
