@@ -143,7 +143,7 @@ def _front_summary(front: list[dict], max_length: int, variance: float) -> tuple
             area, last = area + (1 - c) * (last - loss), loss
     return min(p[1] for p in points), area
 
-
+# %% ../nbs/03_distill.ipynb #68eefab8
 def _operon_fit(X, y, names, operators, max_length, generations, time_limit, seed, patience):
     """Operon's front as text, the generations it ran and what stopped it ("converged", "time" or
     "generations").
@@ -1030,7 +1030,7 @@ def _zero_drift_pass(expr):
     offset = expr.xreplace({v: sp.Integer(0) for v in expr.free_symbols})
     return expr - offset if offset.is_finite and offset != 0 else expr
 
-
+# %% ../nbs/03_distill.ipynb #68aa36a5
 def canonical_form(
     fit: FittedRule, data: SRDataset, zero_drift: bool = True, digits: int = 3, tolerance: float = 0.01
 ) -> FittedRule:
@@ -1058,7 +1058,7 @@ def canonical_form(
         expr, kept = candidate, kept + ["zero_drift"]
     return replace(fit, expr=expr, meta={**fit.meta, "canonical": kept})
 
-
+# %% ../nbs/03_distill.ipynb #6dd3f951
 def recurrence(fit: FittedRule, data: SRDataset, horizon: int = 1000) -> dict | None:
     """For an equation that reads its own past outputs (`None` otherwise): its feedback gain Σ_k ∂u_t/∂u_{t−k}
     (mean over the recorded rows); under zero gradients from a fresh state, the output it settles to within

@@ -62,7 +62,7 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
             os.remove(tmp)
     return path
 
-
+# %% ../nbs/00d_files.ipynb #7a21aa07
 def sha256_bytes(data: bytes) -> str:
     "The SHA-256 of `data` as hex: the content hash that ties an artifact's files together."
     return hashlib.sha256(data).hexdigest()
@@ -81,7 +81,7 @@ def require_keys(d, keys: Sequence[str], source) -> Mapping:
         )
     return d
 
-
+# %% ../nbs/00d_files.ipynb #027b5512
 def _save_atomic(obj, path: Path) -> Path:
     return atomic_write(path, lambda tmp: torch.save(obj, tmp))
 

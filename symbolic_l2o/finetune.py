@@ -585,7 +585,7 @@ def protocol_table(summary: dict) -> dict:
         "rows": rows,
     }
 
-
+# %% ../nbs/04_finetune_resnet.ipynb #6599a7a5
 def plot_protocol(results: dict[str, dict], title: str = ""):
     "Training loss per epoch (mean over seeds) and test accuracy (mean, 95% interval) per optimizer."
     import matplotlib.pyplot as plt

@@ -913,7 +913,7 @@ def held_out_family(activations: Sequence[str] = ("relu", "tanh", "elu")) -> lis
         split="eval",
     )
 
-
+# %% ../nbs/01_meta_train.ipynb #b645234a
 def train_zoo(
     names: Sequence[str] = ZOO,
     out: str | Path = ZOO_DIR,

@@ -132,7 +132,7 @@ class UpdateRule(nn.Module):
         names = [n for n in inspect.signature(type(self).__init__).parameters if n != "self"]
         return ", ".join(f"{n}={getattr(self, n)!r}" for n in names if hasattr(self, n))
 
-
+# %% ../nbs/00_optimizers.ipynb #05a0b64f
 def rule_config(rule: UpdateRule) -> dict:
     """A JSON-able description of `rule` (class and constructor arguments) from which `rule_from_config`
     rebuilds it."""
@@ -150,7 +150,7 @@ def state_per_param(rule: UpdateRule, n: int = 1000) -> float:
     state = rule.init_tensor(torch.zeros(n))
     return sum(v.numel() for v in state.values() if isinstance(v, Tensor)) / n
 
-
+# %% ../nbs/00_optimizers.ipynb #93a128da
 class ElementwiseRule(UpdateRule):
     """A rule whose update of each coordinate is elementwise arithmetic on that coordinate's gradient and
     state.

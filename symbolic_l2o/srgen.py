@@ -120,7 +120,7 @@ class SRDataset:
             require_keys(z, ["X", "y", "run_ids", "coord_ids", "steps"], path)
             return cls(z["X"], z["y"], info["names"], z["run_ids"], z["coord_ids"], z["steps"], info["meta"])
 
-
+# %% ../nbs/02_srgen.ipynb #00ebc1fc
 def lagged_names(features: Sequence[str], lags: int) -> list[str]:
     """Column names `<feature>_<lag>`, lag-major: [f_0 for f in features] + [f_1 ...] + ..., without `u_0`
     (the output is the target)."""

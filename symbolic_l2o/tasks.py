@@ -54,7 +54,7 @@ class Problem:
             eval_accuracy,
         )
 
-
+# %% ../nbs/01a_tasks.ipynb #ddb56545
 @dataclass
 class Task:
     """A supervised task: a model, training and held-out data, a batch size and an initialisation.
@@ -197,7 +197,7 @@ def install_mnist(source: str | Path, root: str | Path = "data") -> Path:
         atomic_write(raw / name, lambda tmp: shutil.copyfile(source / name, tmp))
     return check_mnist(root)
 
-
+# %% ../nbs/01a_tasks.ipynb #8831f590
 @functools.lru_cache(maxsize=2)
 def _mnist_arrays(root: str, download: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     torchvision = optional_import("torchvision", "vision", "the MNIST tasks")

@@ -311,7 +311,7 @@ def cifar(name: str = "cifar10", root: str | Path = "data", download: bool = Fal
 
     return ImageData(name, *read(train_files), *read(test_files), classes, mean, std)
 
-
+# %% ../nbs/04a_vision.ipynb #94dae797
 def mnist32(root: str | Path | None = None, download: bool = False) -> ImageData:
     """The real MNIST (60,000 training, 10,000 test images) zero-padded from 28×28 to 32×32 and replicated
     over 3 channels; no flips. `root` (default `find_data_root()`) holds `MNIST/raw` with the four IDX files,
