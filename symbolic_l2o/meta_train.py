@@ -262,6 +262,48 @@ class MetaTrainSettings:
         )
         check_hparam("meta_lr", self.meta_lr, lambda v: v > 0, "a finite meta_lr > 0")
 
+# %% ../nbs/01_meta_train.ipynb #15cc2a66
+def _bptt_epoch(rule, problem, horizon, unroll, meta_opt, settings) -> dict:
+    """One epoch of truncated BPTT: `horizon` steps of `problem` in windows of `unroll` (`meta_window`), a
+    clipped meta-step on the weights of `meta_opt` after each. A non-finite window ends the epoch (its index
+    is `nonfinite_window`). Returns the epoch's record: its mean and final training loss."""
+    weights = [w for group in meta_opt.param_groups for w in group["params"]]
+    params = [p.detach().clone().requires_grad_() for p in problem.params.values()]
+    state, t, window_losses, record = rule.init(params), 1, [], {}
+    for w_start in range(0, horizon, unroll):
+        losses, objective, params, state, t = meta_window(
+            rule, problem, params, state, t, min(unroll, horizon - w_start), settings.second_order
+        )
+        if not (torch.isfinite(losses).all() and torch.isfinite(objective)):
+            record["nonfinite_window"] = w_start // unroll
+            break
+        meta_opt.zero_grad()
+        objective.backward()
+        nn.utils.clip_grad_norm_(weights, settings.clip)
+        meta_opt.step()
+        params = [p.detach().requires_grad_() for p in params]
+        state = _detach(state)
+        window_losses.append(losses)
+    done = torch.cat(window_losses) if window_losses else torch.tensor([float("nan")])
+    return {**record, "mode": "train", "mean_loss": done.mean().item(), "final_loss": done[-1].item()}
+
+
+def _checkpoint_for(path: Path, rule, run: dict, device) -> dict:
+    "The checkpoint at `path`, checked to be of `rule`'s configuration and of the `run` settings asked for."
+    ck = torch.load(path, weights_only=True, map_location=device)
+    require_keys(
+        ck, ["epoch", "rule", "meta_opt", "imitation_opt", "curriculum", "skipped", "rule_config", *run], path
+    )
+    if ck["rule_config"] != rule_config(rule):
+        raise ValueError(f"{path} was written for {ck['rule_config']}, not {rule_config(rule)}")
+    differ = [f"{k}={ck[k]!r} there, {v!r} here" for k, v in run.items() if ck[k] != v]
+    if differ:
+        raise ValueError(
+            f"cannot resume {path}: it was written with other settings "
+            f"({'; '.join(differ)}); resume with the checkpoint's settings, or start another out_dir"
+        )
+    return ck
+
 # %% ../nbs/01_meta_train.ipynb #77cad64e
 def validate(rule: UpdateRule, task, horizon: int, seeds: Sequence[int], device="cpu") -> float:
     """Mean late-phase training loss of `rule` over problems `seeds` at `horizon` steps (used for curriculum
@@ -362,22 +404,7 @@ def meta_train(
         "meta_lr": st.meta_lr,
     }
     if out is not None and resume and (out / "checkpoint.pt").exists():
-        ck = torch.load(out / "checkpoint.pt", weights_only=True, map_location=device)
-        require_keys(
-            ck,
-            ["epoch", "rule", "meta_opt", "imitation_opt", "curriculum", "skipped", "rule_config", *run],
-            out / "checkpoint.pt",
-        )
-        if ck["rule_config"] != rule_config(rule):
-            raise ValueError(
-                f"{out / 'checkpoint.pt'} was written for {ck['rule_config']}, not {rule_config(rule)}"
-            )
-        differ = [f"{k}={ck[k]!r} there, {v!r} here" for k, v in run.items() if ck[k] != v]
-        if differ:
-            raise ValueError(
-                f"cannot resume {out / 'checkpoint.pt'}: it was written with other settings "
-                f"({'; '.join(differ)}); resume with the checkpoint's settings, or start another out_dir"
-            )
+        ck = _checkpoint_for(out / "checkpoint.pt", rule, run, device)
         rule.load_state_dict(ck["rule"])
         meta_opt.load_state_dict(ck["meta_opt"])
         imit_opt.load_state_dict(ck["imitation_opt"])
@@ -445,25 +472,8 @@ def meta_train(
                 imitation_loss=_imitation_epoch(rule, problem, T, unroll, teacher, imit_opt, st.clip),
             )
         else:
-            params = [p.detach().clone().requires_grad_() for p in problem.params.values()]
-            state, t, window_losses = rule.init(params), 1, []
-            for w_start in range(0, T, unroll):
-                losses, objective, params, state, t = meta_window(
-                    rule, problem, params, state, t, min(unroll, T - w_start), st.second_order
-                )
-                if not (torch.isfinite(losses).all() and torch.isfinite(objective)):
-                    skipped += 1
-                    record["nonfinite_window"] = w_start // unroll
-                    break
-                meta_opt.zero_grad()
-                objective.backward()
-                nn.utils.clip_grad_norm_(weights, st.clip)
-                meta_opt.step()
-                params = [p.detach().requires_grad_() for p in params]
-                state = _detach(state)
-                window_losses.append(losses)
-            done = torch.cat(window_losses) if window_losses else torch.tensor([float("nan")])
-            record.update(mode="train", mean_loss=done.mean().item(), final_loss=done[-1].item())
+            record.update(_bptt_epoch(rule, problem, T, unroll, meta_opt, st))
+            skipped += "nonfinite_window" in record
         if curriculum and (epoch + 1) % curriculum.eval_every == 0:
             record["validation"] = val = validation()
             event = cl.judge(val, curriculum)
