@@ -314,7 +314,7 @@ class SignAgreementRule(ElementwiseRule):
         d = sign_decay(t, self.decay, self.decay_steps, self.num_cycles)
         return torch.sign(g) * torch.sign(m) * d, {"exp_avg": m}
 
-
+# %% ../nbs/00_optimizers.ipynb #bc2e73a2
 class PowerSignRule(SignAgreementRule):
     "PowerSign: u = −lr · base^(d(t)·sign(g)·sign(m)) · g (Bello et al., 2017; base e by default)."
 

@@ -115,7 +115,7 @@ def _duration(seconds: float) -> str:
 def _write_json(path: Path, obj) -> Path:
     return atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2, default=str)))
 
-
+# %% ../nbs/05_report.ipynb #b5eaf3d7
 def run_pipeline(
     run_dir: str | Path,
     scale: str = "quick",
@@ -308,7 +308,7 @@ def bench_markdown(bench: str | Path, depth: int = 3, figures_dir: str | Path | 
             parts += [f"![{name}: {key}]({rel.as_posix()})", ""]
     return "\n".join(parts)
 
-
+# %% ../nbs/05_report.ipynb #2eb8c284
 def stage_markdown(summary: dict, heading: str = "##") -> str:
     """One stage summary as markdown: equations (display LaTeX), tables, figures, notes, and the artifacts it
     read and wrote."""
@@ -432,7 +432,7 @@ def markdown_to_html(
         f"<style>{_REPORT_CSS}</style>\n{script}</head>\n<body>\n{body}</body></html>\n"
     )
 
-
+# %% ../nbs/05_report.ipynb #44eb3c3f
 def build_report(
     run_dir: str | Path, bench: str | Path | None = "bench/results.json", mathjax: str | Path | None = None
 ) -> tuple[Path, Path]:
