@@ -108,7 +108,7 @@ class _CommandsHelp(argparse.HelpFormatter):
             longest = max(map(len, action.choices)) + self._current_indent + self._indent_increment
             self._action_max_length = max(self._action_max_length, longest)
 
-
+# %% ../nbs/cli.ipynb #28b4a939
 def command_summary(target: str) -> str:
     """The first paragraph of the docstring of `module:function` as one line (a docstring wrapped to the line
     length reads whole), read from the module's source without importing it."""
