@@ -72,7 +72,7 @@ _PYSR_UNARY = {
     "cube": "cube",
 }
 
-
+# %% ../nbs/03_distill.ipynb #79186de9
 def _validate(X, y, names):
     X, y = np.asarray(X, dtype=np.float64), np.asarray(y, dtype=np.float64).reshape(-1)
     if X.ndim != 2:

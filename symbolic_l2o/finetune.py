@@ -283,7 +283,7 @@ def protocol_run(
         record["final_test_acc"] = 0.0
     return record
 
-
+# %% ../nbs/04_finetune_resnet.ipynb #f35892ac
 def lr_search(
     make: Callable,
     lr: float,
