@@ -142,6 +142,43 @@ def target_scale(rule: UpdateRule) -> float:
     `scale` of symbolic ones, else 1."""
     return float(getattr(rule, "output_scale", getattr(rule, "lr", getattr(rule, "scale", 1.0))))
 
+# %% ../nbs/02_srgen.ipynb #c1076cbd
+_COORD_SEED_STRIDE = (
+    1_000_003  # a prime: each (seed, run seed) pair draws its coordinates from its own generator
+)
+
+
+def _rows(runs: dict, features: Sequence[str], lags: int, stride: int, teacher: bool) -> tuple:
+    """The SR rows of recorded `runs` (seed → the per-step features `f`, outputs `u`, gradients `g`, teacher
+    targets `y` of the chosen coordinates): one row per live coordinate (a nonzero gradient at some step)
+    every `stride` steps, its `features` at lags 0..`lags`−1 in `lagged_names`' order, less `u_0` (the target
+    itself); steps before the first read 0, as a deployed rule's history. Returns X, y, the run, coordinate
+    and step of each row, and the number of dead coordinates."""
+    grad_names = [n for n in features if n != OUTPUT_FEATURE]
+    Xs, ys, run_ids, coord_ids, step_ids, dead = [], [], [], [], [], 0
+    keep = np.ones(lags * len(features), bool)
+    if OUTPUT_FEATURE in features:
+        keep[list(features).index(OUTPUT_FEATURE)] = False
+    for run, r in runs.items():
+        F = np.stack(r["f"])  # [T, C, n_features], T = steps recorded (t = 1..T)
+        U, G = np.stack(r["u"]), np.stack(r["g"])  # [T, C]
+        Y = np.stack(r["y"]) if teacher else U
+        cols = {**{n: F[..., i] for i, n in enumerate(grad_names)}, OUTPUT_FEATURE: U}
+        F = np.stack([cols[n] for n in features], axis=-1)  # the rule's own output `u` where it was asked for
+        live = np.any(G != 0, axis=0)
+        dead += int((~live).sum())
+        coords = np.concatenate([off + i.cpu().numpy() for off, i in zip(r["offsets"], r["chosen"])])
+        F = np.concatenate([np.zeros((lags - 1, *F.shape[1:])), F])
+        for t in range(1, len(U) + 1, stride):  # row for step t: lags 0..L-1 = steps t..t-L+1
+            window = F[t - 1 : t - 1 + lags][::-1]  # [L, C, nf], lag 0 first
+            Xs.append(window.transpose(1, 0, 2).reshape(len(coords), -1)[live][:, keep])
+            ys.append(Y[t - 1][live])
+            run_ids.append(np.full(live.sum(), run))
+            coord_ids.append(coords[live])
+            step_ids.append(np.full(live.sum(), t))
+    cat = np.concatenate
+    return cat(Xs), cat(ys), cat(run_ids), cat(coord_ids), cat(step_ids), dead
+
 # %% ../nbs/02_srgen.ipynb #675cdc19
 def record_trajectories(
     rule: UpdateRule,
@@ -190,7 +227,7 @@ def record_trajectories(
 
     def callback(run_seed, t, grads, updates, state):
         if run_seed not in runs:
-            gen = torch.Generator().manual_seed(seed * 1_000_003 + run_seed)
+            gen = torch.Generator().manual_seed(seed * _COORD_SEED_STRIDE + run_seed)
             chosen = []
             for g in grads:
                 n = g.numel()
@@ -229,32 +266,7 @@ def record_trajectories(
             r["y"].append(torch.cat([x / teacher_scale for x in tu]).double().cpu().numpy())
 
     evaluate(rule, task, steps, seeds, eval_every=steps, device=device, callback=callback, progress=progress)
-    Xs, ys, run_ids, coord_ids, step_ids, dead = [], [], [], [], [], 0
-    # the lag-major columns, less u_0 (the target itself): lagged_names
-    keep = np.ones(lags * len(features), bool)
-    if OUTPUT_FEATURE in features:
-        keep[features.index(OUTPUT_FEATURE)] = False
-    for run, r in runs.items():
-        F = np.stack(r["f"])  # [T, C, n_features], T = steps recorded (t = 1..T)
-        U, G = np.stack(r["u"]), np.stack(r["g"])  # [T, C]
-        Y = U if teacher is None else np.stack(r["y"])
-        cols = {**{n: F[..., i] for i, n in enumerate(grad_names)}, OUTPUT_FEATURE: U}
-        F = np.stack([cols[n] for n in features], axis=-1)  # the rule's own output `u` where it was asked for
-        live = np.any(G != 0, axis=0)
-        dead += int((~live).sum())
-        coords = np.concatenate([off + i.cpu().numpy() for off, i in zip(r["offsets"], r["chosen"])])
-        # steps before the first read 0, as a deployed rule's history
-        F = np.concatenate([np.zeros((lags - 1, *F.shape[1:])), F])
-        for t in range(1, len(U) + 1, stride):  # row for step t: lags 0..L-1 = steps t..t-L+1
-            window = F[t - 1 : t - 1 + lags][::-1]  # [L, C, nf], lag 0 first
-            Xs.append(window.transpose(1, 0, 2).reshape(len(coords), -1)[live][:, keep])
-            ys.append(Y[t - 1][live])
-            (
-                run_ids.append(np.full(live.sum(), run)),
-                coord_ids.append(coords[live]),
-                step_ids.append(np.full(live.sum(), t)),
-            )
-    X, y = np.concatenate(Xs), np.concatenate(ys)
+    X, y, run_ids, coord_ids, step_ids, dead = _rows(runs, features, lags, stride, teacher is not None)
     ok = np.isfinite(X).all(axis=1) & np.isfinite(y)
     nonfinite = int((~ok).sum())
     meta = {
@@ -277,13 +289,7 @@ def record_trajectories(
         "version": symbolic_l2o.__version__,
     }
     return SRDataset(
-        X[ok],
-        y[ok],
-        lagged_names(features, lags),
-        np.concatenate(run_ids)[ok],
-        np.concatenate(coord_ids)[ok],
-        np.concatenate(step_ids)[ok],
-        meta,
+        X[ok], y[ok], lagged_names(features, lags), run_ids[ok], coord_ids[ok], step_ids[ok], meta
     )
 
 # %% ../nbs/02_srgen.ipynb #f2fb5d8f
