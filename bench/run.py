@@ -17,7 +17,7 @@ import torchvision
 import symbolic_l2o
 from symbolic_l2o.files import atomic_write
 from symbolic_l2o.tasks import make_task
-from symbolic_l2o.meta_train import BASELINES, ZOO, MetaTrainSettings, evaluate, load_pretrained, meta_train
+from symbolic_l2o.meta_train import BASELINES, ZOO, MetaTrainSettings, evaluate, zoo_rule, meta_train
 from symbolic_l2o.meta_train import tune_baseline
 from symbolic_l2o.optimizers import AdamRule, RuleOptimizer
 from symbolic_l2o.learned_rules import make_rule
@@ -144,7 +144,7 @@ def l2o_quality(horizon: int = 200, factor: int = 5, seeds: int = 10) -> dict:
     for steps in (horizon, factor * horizon):
         row = {}
         for name in ZOO:
-            ev = evaluate(load_pretrained(name), task, steps, range(seeds), progress=False)
+            ev = evaluate(zoo_rule(name), task, steps, range(seeds), progress=False)
             row[name] = {"eva_loss": ev.eva_loss, "final_eval_loss": ev.final_eval_loss}
         for name in BASELINES:
             lr, ev = tune_baseline(name, task, steps, seeds=range(seeds))
@@ -190,7 +190,7 @@ def distill_fidelity() -> dict:
     from symbolic_l2o.distill import distill
 
     task = make_task("digits_mlp")
-    return {name: distill(load_pretrained(name), task, name, progress=False).summary() for name in ZOO}
+    return {name: distill(zoo_rule(name), task, name, progress=False).summary() for name in ZOO}
 
 
 def _deployed_symbolic():

@@ -627,7 +627,7 @@ def scalability(
     `symbolic` rule, a `TanhBasisRule` (`tanh_rule`, default a fixed one), `torch.optim.Adam` (foreach) and
     the zoo's LSTM rule `lstm` (timed on its first `lstm_params` coordinates, scaled linearly); the ratios
     `symbolic_over_adam_time`, `lstm_over_symbolic_memory`."""
-    from symbolic_l2o.meta_train import load_pretrained
+    from symbolic_l2o.meta_train import zoo_rule
 
     tanh_rule = tanh_rule or TanhBasisRule(weights=[[1.0, -0.1], [0.1, 0.0]])
     costs = step_costs(
@@ -642,7 +642,7 @@ def scalability(
         seed,
     )
     lstm_cost = step_costs(
-        {"lstm": lambda ps: RuleOptimizer(ps, load_pretrained(lstm))},
+        {"lstm": lambda ps: RuleOptimizer(ps, zoo_rule(lstm))},
         arch,
         max(2, repeats // 3),
         warmup,

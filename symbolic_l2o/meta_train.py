@@ -33,7 +33,7 @@ from .tasks import Problem, Task, make_task, mlp_family, resolve_device
 __all__ = ['TRAIN_SEED_BASE', 'VALIDATION_SEED_BASE', 'TUNING_SEED_BASE', 'LR_GRID', 'BASELINES', 'ZOO_DIR', 'ZOO', 'ZOO_RECIPES',
            'meta_window', 'artifact', 'write_summary', 'Curriculum', 'CurriculumState', 'MetaTrainSettings', 'validate',
            'read_metrics', 'run_lock', 'meta_train', 'Evaluation', 'evaluate', 'Tuning', 'extended_grid',
-           'tune_baseline', 'paired_interval', 'plot_evaluations', 'load_pretrained', 'rule_path', 'pretrained_card',
+           'tune_baseline', 'paired_interval', 'plot_evaluations', 'zoo_rule', 'rule_path', 'pretrained_card',
            'resolve_rule', 'meta_train_cli', 'tune_cli', 'evaluate_cli', 'zoo_tasks', 'held_out_family', 'train_zoo']
 
 # %% ../nbs/01_meta_train.ipynb #a3a5b1cb
@@ -709,8 +709,9 @@ ZOO_DIR = Path(symbolic_l2o.__file__).parent / "zoo"
 ZOO = ("dm", "rp", "rp_s", "rp_si")
 
 
-def load_pretrained(name: str) -> UpdateRule:
-    "A rule of the pretrained zoo (`dm`, `rp`, `rp_s`, `rp_si`), loaded with `weights_only=True`."
+def zoo_rule(name: str) -> UpdateRule:
+    """A learned rule of the pretrained zoo (`dm`, `rp`, `rp_s`, `rp_si`), loaded with `weights_only=True`;
+    the library's `load_pretrained` also serves the zoo's distilled equations."""
     if not (ZOO_DIR / f"{name}.pt").exists():
         have = sorted(p.stem for p in ZOO_DIR.glob("*.pt"))
         raise ValueError(f"no pretrained rule {name!r} in {ZOO_DIR}; available: {have}")
@@ -723,13 +724,13 @@ def rule_path(name: str, out_dir: str | Path | None = None) -> Path:
     run = Path(out_dir) / "rules" / f"{name}.pt" if out_dir is not None else None
     if run is not None and run.exists():
         return run
-    load_pretrained(name)  # validates the name
+    zoo_rule(name)  # validates the name
     return ZOO_DIR / f"{name}.pt"
 
 
 def pretrained_card(name: str) -> dict:
     "The JSON card of zoo rule `name` (task, config, seed, budget, evaluation figures, version)."
-    load_pretrained(name)  # validates the name
+    zoo_rule(name)  # validates the name
     return json.loads((ZOO_DIR / f"{name}.json").read_text())
 
 # %% ../nbs/01_meta_train.ipynb #cc4069c9
@@ -746,7 +747,7 @@ def resolve_rule(rule: str, lr: float | None = None) -> UpdateRule:
     if Path(rule).with_suffix(".pt").exists():
         return load_rule(rule)[0]
     if (ZOO_DIR / f"{rule}.pt").exists():
-        return load_pretrained(rule)
+        return zoo_rule(rule)
     return make_rule(rule, **({"lr": lr} if lr is not None else {}))
 
 # %% ../nbs/01_meta_train.ipynb #292f4507

@@ -18,7 +18,7 @@ from symbolic_l2o.files import atomic_write, file_digest
 from symbolic_l2o.tasks import MNIST_FILES, QuadraticTask, check_mnist, find_data_root, install_mnist
 from symbolic_l2o.tasks import make_task, mnist_data
 from symbolic_l2o.files import load_rule, save_rule
-from symbolic_l2o.meta_train import ZOO, ZOO_DIR, evaluate, load_pretrained, meta_train, pretrained_card
+from symbolic_l2o.meta_train import ZOO, ZOO_DIR, evaluate, zoo_rule, meta_train, pretrained_card
 from symbolic_l2o.meta_train import Curriculum, MetaTrainSettings, train_zoo
 from symbolic_l2o.optimizers import SGDRule, UpdateRule
 from symbolic_l2o.learned_rules import make_rule
@@ -190,7 +190,7 @@ def test_saved_rule_round_trips_with_weights_only(tmp_path):
 
 @pytest.mark.parametrize("name", ZOO)
 def test_zoo_rules_load_and_beat_their_untrained_selves(name):
-    rule, card = load_pretrained(name), pretrained_card(name)
+    rule, card = zoo_rule(name), pretrained_card(name)
     assert card["task"].startswith(("mnist_mlp", "digits_mlp")) and "eva_loss" in card["evaluation"]
     task = (
         make_task("mnist_mlp", split="eval") if card["task"].startswith("mnist") else make_task("digits_mlp")
@@ -211,7 +211,7 @@ def test_train_zoo_continues_from_a_saved_rule_and_names_it(tmp_path):
         "sha256": file_digest(zoo_file),
         "zoo": True,
     }
-    zoo = load_pretrained("rp_s").state_dict()
+    zoo = zoo_rule("rp_s").state_dict()
     warm = load_rule(tmp_path / "warm" / "rp_s.pt")[0].state_dict()
     cold_card = train_zoo(["rp_s"], out=tmp_path / "cold", **kw)["rp_s"]
     cold = load_rule(tmp_path / "cold" / "rp_s.pt")[0].state_dict()
@@ -223,7 +223,7 @@ def test_train_zoo_continues_from_a_saved_rule_and_names_it(tmp_path):
 
 def test_unknown_zoo_name_lists_what_exists():
     with pytest.raises(ValueError, match="available"):
-        load_pretrained("rp_huge")
+        zoo_rule("rp_huge")
 
 
 def cli(*args, cwd):

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from symbolic_l2o.expressions import TanhBasisRule
-from symbolic_l2o.meta_train import ZOO, load_pretrained
+from symbolic_l2o.meta_train import ZOO, zoo_rule
 from symbolic_l2o.optimizers import AdamRule, AddSignRule, LionRule, MomentumRule, NesterovRule
 from symbolic_l2o.optimizers import PowerSignRule, RMSpropRule, RuleOptimizer, SGDRule
 from symbolic_l2o.expressions import SymbolicRule
@@ -30,7 +30,7 @@ RULES = {
     "addsign": lambda: AddSignRule(lr=0.02),
 }
 # learned rules as users deploy them: the pretrained zoo
-LEARNED = {name: (lambda name=name: load_pretrained(name)) for name in ZOO}
+LEARNED = {name: (lambda name=name: zoo_rule(name)) for name in ZOO}
 # equations as deployed by 04_finetune_resnet (one reads a lag, so its history is exercised), and a recurrent
 # one (it reads its own past outputs u_k, as distilled LSTMs do)
 SYMBOLIC = {

@@ -27,7 +27,7 @@ from symbolic_l2o.distill import MAX_EQUATION_LENGTH, FittedRule, fit_rule
 from symbolic_l2o.files import atomic_write
 from symbolic_l2o.tasks import make_task
 from symbolic_l2o.files import load_rule, save_rule
-from symbolic_l2o.meta_train import MetaTrainSettings, load_pretrained, meta_train
+from symbolic_l2o.meta_train import MetaTrainSettings, zoo_rule, meta_train
 
 from symbolic_l2o.optimizers import AdamRule, RuleOptimizer, SGDRule
 from symbolic_l2o.expressions import SymbolicRule, parse_expression, variable
@@ -56,7 +56,7 @@ def small_dataset(rows=30, seed=0):
 @pytest.mark.parametrize("policy", ["error", "skip"])
 def test_gradient_spike_changes_nothing_and_the_next_step_is_finite(policy):
     w = nn.Parameter(torch.ones(2))
-    opt = RuleOptimizer([w], load_pretrained("rp_si"), on_nonfinite=policy)
+    opt = RuleOptimizer([w], zoo_rule("rp_si"), on_nonfinite=policy)
     w.grad = torch.tensor([1e20, 1.0])  # |g|^3 overflows float32 in RP_si's p-means
     if policy == "error":
         with pytest.raises(FloatingPointError, match="non-finite state of parameter 0"):
@@ -90,8 +90,8 @@ def test_a_rule_file_with_an_infinite_constant_is_refused():
 # 2. fp16 parameters go NaN on the first step ----------------------------------------------------------------
 
 HALF_RULES = {
-    "rp_si": lambda: load_pretrained("rp_si"),
-    "rp": lambda: load_pretrained("rp"),
+    "rp_si": lambda: zoo_rule("rp_si"),
+    "rp": lambda: zoo_rule("rp"),
     "symbolic": lambda: SymbolicRule("-1.5*mt_0 - 0.3*tanh(gt_1)", scale=0.03),
     "adam": lambda: AdamRule(lr=1e-2),
 }
