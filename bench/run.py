@@ -23,47 +23,28 @@ from symbolic_l2o.optimizers import AdamRule, RuleOptimizer
 from symbolic_l2o.learned_rules import make_rule
 
 
-def state_bytes_per_param(opt: torch.optim.Optimizer, n_params: int) -> float:
-    "Bytes of optimizer state (every tensor, step counters included) per parameter."
-    return (
-        sum(
-            v.numel() * v.element_size()
-            for s in opt.state.values()
-            for v in s.values()
-            if isinstance(v, torch.Tensor)
-        )
-        / n_params
-    )
-
-
 def optimizer_step(repeats: int = 30, warmup: int = 3) -> dict:
-    """Median `step()` time of RuleOptimizer(AdamRule) vs torch.optim.Adam(foreach=True) on ResNet-18's
-    parameters (CPU)."""
-    torch.manual_seed(0)
-    model = torchvision.models.resnet18()
-    params = [p.detach().clone().requires_grad_() for p in model.parameters()]
-    ref_params = [p.detach().clone().requires_grad_() for p in model.parameters()]
-    for p, q in zip(params, ref_params):
-        p.grad = torch.randn_like(p) * 1e-3
-        q.grad = p.grad.clone()
-    n = sum(p.numel() for p in params)
-    rule_opt = RuleOptimizer(params, AdamRule(lr=1e-3))
-    adam = torch.optim.Adam(ref_params, lr=1e-3, foreach=True)
-    times = {"rule": [], "adam": []}
-    for i in range(warmup + repeats):
-        for name, opt in (("rule", rule_opt), ("adam", adam)):
-            t0 = time.perf_counter()
-            opt.step()
-            if i >= warmup:
-                times[name].append(time.perf_counter() - t0)
-    rule_ms, adam_ms = (1e3 * statistics.median(times[k]) for k in ("rule", "adam"))
+    """Median `step()` time of RuleOptimizer(AdamRule) vs torch.optim.Adam(foreach=True) on the CIFAR
+    ResNet-18's parameters (CPU; `finetune.step_costs`, the optimizers stepped in turn)."""
+    from symbolic_l2o.finetune import step_costs
+
+    costs = step_costs(
+        {
+            "rule": lambda ps: RuleOptimizer(ps, AdamRule(lr=1e-3)),
+            "adam": lambda ps: torch.optim.Adam(ps, lr=1e-3, foreach=True),
+        },
+        "resnet18",
+        repeats,
+        warmup,
+    )
+    rule, adam = costs["rule"], costs["adam"]
     return {
-        "ratio": rule_ms / adam_ms,
-        "rule_ms": rule_ms,
-        "adam_ms": adam_ms,
-        "state_bytes_per_param": state_bytes_per_param(rule_opt, n),
-        "adam_state_bytes_per_param": state_bytes_per_param(adam, n),
-        "params": n,
+        "ratio": rule["step_ms"] / adam["step_ms"],
+        "rule_ms": rule["step_ms"],
+        "adam_ms": adam["step_ms"],
+        "state_bytes_per_param": rule["state_bytes_per_param"],
+        "adam_state_bytes_per_param": adam["state_bytes_per_param"],
+        "params": adam["params"],
         "repeats": repeats,
         "threads": torch.get_num_threads(),
     }
@@ -71,37 +52,26 @@ def optimizer_step(repeats: int = 30, warmup: int = 3) -> dict:
 
 def rule_step(repeats: int = 20, warmup: int = 3) -> dict:
     """Median `step()` time of RuleOptimizer with the deployed kinds of rule (u = c·mp3_0, a two-term equation
-    with a lag, the γ·tanh rule) over torch.optim.Adam(foreach=True)'s, each stepped in turn, on ResNet-18's
-    parameters (CPU)."""
-    from symbolic_l2o.expressions import TanhBasisRule
-    from symbolic_l2o.expressions import SymbolicRule
-
-    torch.manual_seed(0)
-    model = torchvision.models.resnet18()
-
-    def params():
-        ps = [p.detach().clone().requires_grad_() for p in model.parameters()]
-        for i, p in enumerate(ps):
-            p.grad = torch.randn(p.shape, generator=torch.Generator().manual_seed(i)) * 1e-3
-        return ps
+    with a lag, the γ·tanh rule) over torch.optim.Adam(foreach=True)'s, each stepped in turn, on the CIFAR
+    ResNet-18's parameters (CPU; `finetune.step_costs`)."""
+    from symbolic_l2o.expressions import SymbolicRule, TanhBasisRule
+    from symbolic_l2o.finetune import step_costs
 
     rules = {
         "symbolic_c_mp3": SymbolicRule("-1.5703016687270164*mp3_0", scale=0.1),
         "symbolic_two_terms_lag8": SymbolicRule("0.00349*mp2_8 - 0.0123*mp3_0", scale=0.1),
         "tanh_basis": TanhBasisRule(weights=[[1.0, -0.1], [0.1, 0.0]]),
     }
-    opts = {
-        "adam": torch.optim.Adam(params(), lr=1e-3, foreach=True),
-        **{k: RuleOptimizer(params(), r) for k, r in rules.items()},
-    }
-    times = {k: [] for k in opts}
-    for i in range(warmup + repeats):
-        for k, opt in opts.items():
-            t0 = time.perf_counter()
-            opt.step()
-            if i >= warmup:
-                times[k].append(time.perf_counter() - t0)
-    ms = {k: 1e3 * statistics.median(v) for k, v in times.items()}
+    costs = step_costs(
+        {
+            "adam": lambda ps: torch.optim.Adam(ps, lr=1e-3, foreach=True),
+            **{k: (lambda ps, r=r: RuleOptimizer(ps, r)) for k, r in rules.items()},
+        },
+        "resnet18",
+        repeats,
+        warmup,
+    )
+    ms = {k: c["step_ms"] for k, c in costs.items()}
     return {
         "ratio_over_adam": {k: ms[k] / ms["adam"] for k in rules},
         "ms": ms,
