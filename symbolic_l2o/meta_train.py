@@ -788,7 +788,7 @@ def _settings_from_args(
         checkpoint_every=checkpoint_every,
     )
 
-
+# %% ../nbs/01_meta_train.ipynb #d81d2a07
 def meta_train_cli(
     rule: str = "rp_si",  # learned rule to meta-train: dm, rp, rp_s, rp_si, rp_si_rich
     task: str = "digits_mlp",  # quadratic, digits_mlp, digits_cnn, mnist_mlp
