@@ -712,26 +712,25 @@ ZOO = ("dm", "rp", "rp_s", "rp_si")
 def zoo_rule(name: str) -> UpdateRule:
     """A learned rule of the pretrained zoo (`dm`, `rp`, `rp_s`, `rp_si`), loaded with `weights_only=True`;
     the library's `load_pretrained` also serves the zoo's distilled equations."""
-    if not (ZOO_DIR / f"{name}.pt").exists():
-        have = sorted(p.stem for p in ZOO_DIR.glob("*.pt"))
-        raise ValueError(f"no pretrained rule {name!r} in {ZOO_DIR}; available: {have}")
-    return load_rule(ZOO_DIR / f"{name}.pt")[0]
+    return load_rule(rule_path(name))[0]
 
 
 def rule_path(name: str, out_dir: str | Path | None = None) -> Path:
     """Rule `name`'s weights file for a pipeline stage: `out_dir/rules/<name>.pt` where stage 1 of that run
-    wrote it, else the zoo's."""
+    wrote it, else the zoo's (a name the zoo lacks is a `ValueError` listing the zoo's rules)."""
     run = Path(out_dir) / "rules" / f"{name}.pt" if out_dir is not None else None
     if run is not None and run.exists():
         return run
-    zoo_rule(name)  # validates the name
-    return ZOO_DIR / f"{name}.pt"
+    zoo = ZOO_DIR / f"{name}.pt"
+    if not zoo.exists():
+        have = sorted(p.stem for p in ZOO_DIR.glob("*.pt"))
+        raise ValueError(f"no pretrained rule {name!r} in {ZOO_DIR}; available: {have}")
+    return zoo
 
 
 def pretrained_card(name: str) -> dict:
     "The JSON card of zoo rule `name` (task, config, seed, budget, evaluation figures, version)."
-    zoo_rule(name)  # validates the name
-    return json.loads((ZOO_DIR / f"{name}.json").read_text())
+    return json.loads(rule_path(name).with_suffix(".json").read_text())
 
 # %% ../nbs/01_meta_train.ipynb #cc4069c9
 def _task_from_args(task: str, batch_size: int, init: str, data_root: str, download: bool):

@@ -143,9 +143,8 @@ def target_scale(rule: UpdateRule) -> float:
     return float(getattr(rule, "output_scale", getattr(rule, "lr", getattr(rule, "scale", 1.0))))
 
 # %% ../nbs/02_srgen.ipynb #c1076cbd
-_COORD_SEED_STRIDE = (
-    1_000_003  # a prime: each (seed, run seed) pair draws its coordinates from its own generator
-)
+# a prime: each (seed, run seed) pair draws its coordinates from its own generator
+_COORD_SEED_STRIDE = 1_000_003
 
 
 def _rows(runs: dict, features: Sequence[str], lags: int, stride: int, teacher: bool) -> tuple:
