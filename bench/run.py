@@ -165,10 +165,10 @@ def distill_fidelity() -> dict:
 
 def _deployed_symbolic():
     "The zoo's distilled RP_si equation reduced to its deployable member (as 04_finetune_resnet deploys it)."
-    from symbolic_l2o.finetune import deployable, rule_source_fit
+    from symbolic_l2o.finetune import deployable, _rule_source_fit
     from symbolic_l2o.expressions import SymbolicRule
 
-    fit, _ = rule_source_fit()
+    fit, _ = _rule_source_fit()
     return fit, SymbolicRule(deployable(fit), scale=float(fit.meta.get("scale", 1.0)))
 
 
@@ -190,7 +190,7 @@ def resnet_digits32(seeds=(0, 1, 2)) -> dict:
     each with a 3-point LR grid chosen on 300 validation images, then 3 seeds; test accuracy mean and 95%
     interval."""
     from symbolic_l2o.vision import digits32
-    from symbolic_l2o.finetune import COSINE_BASELINES, prepare_symbolic, rule_spec, run_protocol
+    from symbolic_l2o.finetune import COSINE_BASELINES, prepare_symbolic, _rule_spec, run_protocol
 
     torch.set_num_threads(min(2, torch.get_num_threads()))
     fit, _ = _deployed_symbolic()
@@ -205,7 +205,7 @@ def resnet_digits32(seeds=(0, 1, 2)) -> dict:
     )
     prep = time.perf_counter() - t0
     results = run_protocol(
-        {"symbolic": rule_spec("Symbolic L2O", sym), **COSINE_BASELINES},
+        {"symbolic": _rule_spec("Symbolic L2O", sym), **COSINE_BASELINES},
         "resnet10_w8",
         data,
         epochs=8,

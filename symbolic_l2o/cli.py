@@ -25,8 +25,7 @@ from .tasks import make_task
 from .meta_train import resolve_rule
 
 # %% auto #0
-__all__ = ['COMMANDS', 'OPTION_TYPES', 'distill_cli', 'command_summary', 'option_comments', 'device_option', 'add_options',
-           'build_parser', 'main']
+__all__ = ['COMMANDS', 'distill_cli', 'build_parser', 'main']
 
 # %% ../nbs/cli.ipynb #c11a0006
 def distill_cli(
@@ -109,7 +108,7 @@ class _CommandsHelp(argparse.HelpFormatter):
             self._action_max_length = max(self._action_max_length, longest)
 
 # %% ../nbs/cli.ipynb #28b4a939
-def command_summary(target: str) -> str:
+def _command_summary(target: str) -> str:
     """The first paragraph of the docstring of `module:function` as one line (a docstring wrapped to the line
     length reads whole), read from the module's source without importing it."""
     module, name = target.split(":")
@@ -118,7 +117,7 @@ def command_summary(target: str) -> str:
     return " ".join((ast.get_docstring(func) or "").split("\n\n")[0].split())
 
 
-def option_comments(func: Callable) -> dict[str, str]:
+def _option_comments(func: Callable) -> dict[str, str]:
     "The comment that follows each parameter of `func`'s signature (the last one before a comment takes it)."
     comments, depth, current, previous = {}, 0, None, None
     for tok in tokenize.generate_tokens(io.StringIO(inspect.getsource(func)).readline):
@@ -138,7 +137,7 @@ def option_comments(func: Callable) -> dict[str, str]:
     return comments
 
 
-def device_option(value: str) -> str:
+def _device_option(value: str) -> str:
     "`--device`: `auto`, or a device this machine has (a plain message when it has not, e.g. no CUDA GPU)."
     if value == "auto":
         return value
@@ -164,13 +163,13 @@ def device_option(value: str) -> str:
     return value
 
 
-OPTION_TYPES = {"device": device_option}  # options checked when parsed, by name
+_OPTION_TYPES = {"device": _device_option}  # options checked when parsed, by name
 
 # %% ../nbs/cli.ipynb #f6a175cc
-def add_options(parser: argparse.ArgumentParser, func: Callable) -> None:
+def _add_options(parser: argparse.ArgumentParser, func: Callable) -> None:
     """One option per parameter of `func`: `--kebab-case`, its type and default, help from its comment;
     booleans as `--x/--no-x`."""
-    hints, comments = typing.get_type_hints(func), option_comments(func)
+    hints, comments = typing.get_type_hints(func), _option_comments(func)
     for name, p in inspect.signature(func).parameters.items():
         kind = hints.get(name, str)
         # `float | None` -> float
@@ -189,7 +188,7 @@ def add_options(parser: argparse.ArgumentParser, func: Callable) -> None:
             parser.add_argument(
                 flag,
                 dest=name,
-                type=OPTION_TYPES.get(name, kind),
+                type=_OPTION_TYPES.get(name, kind),
                 default=p.default,
                 metavar=name.upper(),
                 help=help,
@@ -207,11 +206,11 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"symbolic-l2o {symbolic_l2o.__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
     for name, target in COMMANDS.items():
-        summary = command_summary(target)
+        summary = _command_summary(target)
         p = sub.add_parser(name, help=summary, description=summary)
         if name == command:
             module, func = target.split(":")
-            add_options(p, getattr(importlib.import_module(module), func))
+            _add_options(p, getattr(importlib.import_module(module), func))
     return parser
 
 

@@ -30,7 +30,7 @@ from .srgen import SRDataset
 
 # %% auto #0
 __all__ = ['ENGINE_OPERATORS', 'SELECTION_LOSS_FACTOR', 'CENSOR_FACTOR', 'MAX_EQUATION_LENGTH', 'evaluate_expression',
-           'ParetoTable', 'FittedRule', 'pareto_front', 'fit_rule', 'sanity_targets', 'is_exact', 'sanity_check',
+           'ParetoTable', 'FittedRule', 'pareto_front', 'fit_rule', 'sanity_targets', 'sanity_check',
            'temporal_perception_field', 'mapping_complexity', 'DistillSettings', 'record', 'free_running',
            'persistence', 'canonical_form', 'recurrence', 'search', 'fidelity', 'eva_ratio', 'faithful', 'verdict',
            'screen', 'tune', 'Distillation', 'distill', 'plot_front', 'plot_response']
@@ -685,7 +685,7 @@ def sanity_targets(lags: int = 20) -> dict[str, sp.Expr]:
     }
 
 
-def is_exact(found: sp.Expr, target: sp.Expr, rtol: float = 1e-3) -> bool:
+def _is_exact(found: sp.Expr, target: sp.Expr, rtol: float = 1e-3) -> bool:
     """Whether the expanded forms of `found` and `target` have the same terms with coefficients agreeing
     within `rtol` (terms absent from `target` count as agreeing when their coefficient is below `rtol` of its
     largest). A constant inside a function (the 0.9999999 of exp(0.9999999·g)) is first replaced by the
@@ -760,7 +760,7 @@ def sanity_check(
                 "recovered": str(fit.expr),
                 "r2": fit.r2(ds.X, y),
                 "seconds": time.perf_counter() - t0,
-                "exact": is_exact(fit.expr, target),
+                "exact": _is_exact(fit.expr, target),
                 "fit": fit,
             }
         )

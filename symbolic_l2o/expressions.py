@@ -15,12 +15,12 @@ import sympy as sp
 import torch
 from torch import Tensor, nn
 
-from .optimizers import UpdateRule, check_hparam
+from .optimizers import UpdateRule, _check_hparam
 from .features import FEATURE_NAMES, OUTPUT_FEATURE, GradFeatures
 
 # %% auto #0
-__all__ = ['LOG_EPS', 'OPERATORS', 'MAX_EXPRESSION_CHARS', 'MAX_EXPRESSION_DEPTH', 'MAX_LAG', 'TORCH_FUNCTIONS', 'variable',
-           'parse_expression', 'compile_expression', 'complexity', 'SymbolicRule', 'TanhBasisRule']
+__all__ = ['LOG_EPS', 'OPERATORS', 'MAX_EXPRESSION_CHARS', 'MAX_EXPRESSION_DEPTH', 'MAX_LAG', 'variable', 'parse_expression',
+           'compile_expression', 'complexity', 'SymbolicRule', 'TanhBasisRule']
 
 # %% ../nbs/00b_expressions.ipynb #5f4d749c
 LOG_EPS = 1e-8
@@ -224,7 +224,7 @@ def parse_expression(text: str, variables: Sequence[str]) -> sp.Expr:
 
 # %% ../nbs/00b_expressions.ipynb #76140a6d
 # the sympy functions of the vocabulary and their torch twins
-TORCH_FUNCTIONS = {
+_TORCH_FUNCTIONS = {
     sp.tanh: torch.tanh,
     sp.sinh: torch.sinh,
     sp.asinh: torch.asinh,
@@ -261,9 +261,9 @@ def _torch_node(e: sp.Basic, env: dict[str, Tensor], consts: dict[str, Tensor]):
         if isinstance(ex, float) and ex == 0.5:
             return torch.sqrt(base) if isinstance(base, Tensor) else math.sqrt(base)
         return base**ex
-    if type(e) in TORCH_FUNCTIONS:
+    if type(e) in _TORCH_FUNCTIONS:
         (a,) = args
-        fn = TORCH_FUNCTIONS[type(e)]
+        fn = _TORCH_FUNCTIONS[type(e)]
         return fn(a) if isinstance(a, Tensor) else fn(torch.tensor(a)).item()
     if isinstance(e, sp.Heaviside):
         a = args[0]
@@ -341,7 +341,7 @@ class SymbolicRule(UpdateRule):
         )
         self._output_column = self.features.index(OUTPUT_FEATURE) if OUTPUT_FEATURE in self.features else None
         self.beta1, self.beta2 = self.grad_features.beta1, self.grad_features.beta2
-        self.scale = check_hparam("scale", scale, lambda v: v != 0, "scale != 0")
+        self.scale = _check_hparam("scale", scale, lambda v: v != 0, "scale != 0")
         if clip is not None and not (
             len(clip) == 2 and all(math.isfinite(float(c)) for c in clip) and clip[0] < clip[1]
         ):
@@ -461,8 +461,8 @@ class TanhBasisRule(UpdateRule):
         self.grad_features = GradFeatures(features, beta1=beta1, beta2=beta2)
         self.features, self.lags = self.grad_features.names, lags
         self.beta1, self.beta2 = self.grad_features.beta1, self.grad_features.beta2
-        self.gamma = check_hparam("gamma", gamma, lambda v: v > 0, "gamma > 0")
-        self.scale = check_hparam("scale", scale, lambda v: v != 0, "scale != 0")
+        self.gamma = _check_hparam("gamma", gamma, lambda v: v > 0, "gamma > 0")
+        self.scale = _check_hparam("scale", scale, lambda v: v != 0, "scale != 0")
         shape = (len(self.features), lags + 1)
         w = (
             torch.zeros(shape, dtype=torch.float64)

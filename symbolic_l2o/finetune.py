@@ -28,10 +28,10 @@ from .distill import FittedRule, _streams
 from .vision import ImageData, distributed, load_data, make_model, train
 
 # %% auto #0
-__all__ = ['WEIGHT_DECAY', 'COSINE_BASELINES', 'deployable', 'rule_source_fit', 'tanh_basis_from_teacher',
-           'tanh_basis_from_equation', 'meta_tune', 'rule_optimizer_factory', 'rule_spec', 'protocol_run', 'lr_search',
-           'mean_interval', 'run_protocol', 'search_scale', 'proxy_tune', 'prepare_symbolic', 'state_bytes_per_param',
-           'step_costs', 'finetune_summary', 'protocol_table', 'plot_protocol', 'scalability', 'finetune_cli']
+__all__ = ['WEIGHT_DECAY', 'COSINE_BASELINES', 'deployable', 'tanh_basis_from_teacher', 'tanh_basis_from_equation', 'meta_tune',
+           'protocol_run', 'lr_search', 'run_protocol', 'search_scale', 'proxy_tune', 'prepare_symbolic',
+           'state_bytes_per_param', 'step_costs', 'finetune_summary', 'protocol_table', 'plot_protocol', 'scalability',
+           'finetune_cli']
 
 # %% ../nbs/04_finetune_resnet.ipynb #f6441e18
 def deployable(
@@ -82,7 +82,7 @@ def deployable(
     return lightest[1]
 
 # %% ../nbs/04_finetune_resnet.ipynb #a9617d74
-def rule_source_fit(rule_source: str | Path | None = None) -> tuple[FittedRule, str]:
+def _rule_source_fit(rule_source: str | Path | None = None) -> tuple[FittedRule, str]:
     """The distilled rule to start from, and its file: `fitted_rp_si.json` of a 03 run directory, a
     fitted-rule JSON file, a distilled rule of the zoo by name (e.g. `rp_si_distilled`), or (None) the zoo's
     `rp_si_distilled.json`."""
@@ -222,7 +222,7 @@ COSINE_BASELINES = {
 }
 
 
-def rule_optimizer_factory(
+def _rule_optimizer_factory(
     rule: UpdateRule, weight_decay: float = WEIGHT_DECAY, decoupled: bool = False, lr: float = 1.0
 ) -> Callable:
     """A factory `model → RuleOptimizer(model.parameters(), rule, lr, weight_decay=...)` for `train` (the rule
@@ -232,7 +232,7 @@ def rule_optimizer_factory(
     )
 
 
-def rule_spec(label: str, rule: UpdateRule) -> tuple[str, Callable, float]:
+def _rule_spec(label: str, rule: UpdateRule) -> tuple[str, Callable, float]:
     """A protocol entry (label, make(params, multiplier), 1.0) for a frozen rule: `RuleOptimizer` with coupled
     decay `WEIGHT_DECAY`."""
     return label, lambda ps, lr: RuleOptimizer(ps, rule, lr=lr, weight_decay=WEIGHT_DECAY), 1.0
@@ -317,7 +317,7 @@ def lr_search(
     return {"lr_grid": grid, "val_acc": [scores[v] for v in grid], "best_lr": b, "val_metric": scores[b]}
 
 # %% ../nbs/04_finetune_resnet.ipynb #f9e8af09
-def mean_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, list[float]]:
+def _mean_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, list[float]]:
     """The mean of `values` and its `level` confidence interval [low, high] (Student t; one value: [mean,
     mean])."""
     from scipy import stats
@@ -382,7 +382,7 @@ def run_protocol(
             for seed in seeds
         ]
         acc = [r["final_test_acc"] for r in runs]
-        mean, ci = mean_interval(acc)
+        mean, ci = _mean_interval(acc)
         results[name] = {
             "label": label,
             **search,
@@ -558,7 +558,7 @@ def finetune_summary(results: dict[str, dict], costs: dict[str, dict], source: d
 
 
 def protocol_table(summary: dict) -> dict:
-    """`write_summary`'s table of a `finetune_summary`: per optimizer the chosen lr, validation and test
+    """`_write_summary`'s table of a `finetune_summary`: per optimizer the chosen lr, validation and test
     accuracy, step time, state."""
     rows = [
         [
@@ -703,7 +703,7 @@ def finetune_cli(
             tuned, _ = load_rule(rule)
         else:
             rank, _ = distributed()
-            fit = rule_source_fit(rule_source)[0]
+            fit = _rule_source_fit(rule_source)[0]
             proxy, where = data.task(proxy_arch, batch_size=64, n=5000), out if rank == 0 else None
             tuned, card = prepare_symbolic(fit, proxy, out=where, device=device)
             if optimizer == "tanh_basis":
@@ -711,7 +711,7 @@ def finetune_cli(
                     deployable(fit, strict=False), float(fit.meta.get("scale", 1.0))
                 )[0]
                 tuned, _ = proxy_tune(psi, proxy, out=where, name="tuned_tanh_basis", device=device)
-        label, make, centre = rule_spec("Symbolic L2O" if optimizer == "symbolic" else "ψ γ·tanh", tuned)
+        label, make, centre = _rule_spec("Symbolic L2O" if optimizer == "symbolic" else "ψ γ·tanh", tuned)
     else:
         raise ValueError(
             f"unknown optimizer {optimizer!r}; known: symbolic, tanh_basis, {', '.join(COSINE_BASELINES)}"

@@ -23,18 +23,18 @@ from tqdm.auto import tqdm
 
 import symbolic_l2o
 from .optimizers import HAND_RULES, AdamRule
-from .optimizers import UpdateRule, check_hparam, optional_import, rule_config
+from .optimizers import UpdateRule, _check_hparam, _optional_import, rule_config
 from .learned_rules import make_rule
 from .files import _save_atomic, _write_json_atomic, atomic_write, file_digest, load_rule
 from .files import require_keys, save_rule
-from .tasks import Problem, Task, make_task, mlp_family, resolve_device
+from .tasks import Problem, Task, make_task, mlp_family, _resolve_device
 
 # %% auto #0
 __all__ = ['TRAIN_SEED_BASE', 'VALIDATION_SEED_BASE', 'TUNING_SEED_BASE', 'LR_GRID', 'BASELINES', 'ZOO_DIR', 'ZOO', 'ZOO_RECIPES',
-           'meta_window', 'artifact', 'write_summary', 'Curriculum', 'CurriculumState', 'MetaTrainSettings', 'validate',
-           'read_metrics', 'run_lock', 'meta_train', 'Evaluation', 'evaluate', 'Tuning', 'extended_grid',
-           'tune_baseline', 'paired_interval', 'plot_evaluations', 'zoo_rule', 'rule_path', 'pretrained_card',
-           'resolve_rule', 'meta_train_cli', 'tune_cli', 'evaluate_cli', 'zoo_tasks', 'held_out_family', 'train_zoo']
+           'meta_window', 'Curriculum', 'CurriculumState', 'MetaTrainSettings', 'validate', 'meta_train', 'Evaluation',
+           'evaluate', 'Tuning', 'extended_grid', 'tune_baseline', 'paired_interval', 'plot_evaluations', 'zoo_rule',
+           'pretrained_card', 'resolve_rule', 'meta_train_cli', 'tune_cli', 'evaluate_cli', 'zoo_tasks',
+           'held_out_family', 'train_zoo']
 
 # %% ../nbs/01_meta_train.ipynb #a3a5b1cb
 def _detach(state: list[dict[str, Tensor]]) -> list[dict[str, Tensor]]:
@@ -76,7 +76,7 @@ def meta_window(
     return torch.stack(losses), objective, params, state, t
 
 # %% ../nbs/01_meta_train.ipynb #5a6ae21f
-def artifact(path: str | Path, out_dir: str | Path) -> dict:
+def _artifact(path: str | Path, out_dir: str | Path) -> dict:
     """A provenance record of the file at `path`: `{"path", "sha256"}`, the path relative to the run directory
     `out_dir` when inside it, or `zoo/<file>` with `"zoo": True` for a file of the shipped zoo."""
     path, run = Path(path).resolve(), Path(out_dir).resolve()
@@ -89,7 +89,7 @@ def artifact(path: str | Path, out_dir: str | Path) -> dict:
     return {"path": path.as_posix(), "sha256": file_digest(path)}
 
 
-def write_summary(
+def _write_summary(
     out_dir: str | Path,
     stage: str,
     tables: dict | None = None,
@@ -105,7 +105,7 @@ def write_summary(
     `tables`: title → {"columns": [...], "rows": [[...], ...]} (a "paper" column holds the paper's figure
     where one exists); `equations`: name → LaTeX; `figures`: title → matplotlib Figure, saved as
     `out_dir/figures/<stage>-<n>.png` and referenced by that relative path; `notes`: sentences for the reader;
-    `inputs` and `outputs`: the artifacts the stage read and wrote, recorded with their SHA-256 (`artifact`),
+    `inputs` and `outputs`: the artifacts the stage read and wrote, recorded with their SHA-256 (`_artifact`),
     which `make run` copies into `pipeline.json` to prove that the stages chain."""
     out_dir = Path(out_dir)
     if not stage or not all(ch.isalnum() or ch in "_-" for ch in stage):
@@ -132,8 +132,8 @@ def write_summary(
         "equations": equations or {},
         "figures": saved,
         "notes": list(notes),
-        "inputs": [artifact(p, out_dir) for p in inputs],
-        "outputs": [artifact(p, out_dir) for p in outputs],
+        "inputs": [_artifact(p, out_dir) for p in inputs],
+        "outputs": [_artifact(p, out_dir) for p in outputs],
     }
     return _write_json_atomic(
         json.loads(json.dumps(summary, default=float)), out_dir / "summary" / f"{stage}.json"
@@ -257,10 +257,10 @@ class MetaTrainSettings:
                 raise ValueError(f"invalid {name}={value!r}: expected an integer >= 1")
         if not 0 <= self.imitation_ratio <= 1:
             raise ValueError(f"invalid imitation_ratio={self.imitation_ratio}: expected 0 <= ratio <= 1")
-        check_hparam(
+        _check_hparam(
             "clip", self.clip, lambda v: v > 0, "a finite clip > 0 (the largest norm of a meta-gradient)"
         )
-        check_hparam("meta_lr", self.meta_lr, lambda v: v > 0, "a finite meta_lr > 0")
+        _check_hparam("meta_lr", self.meta_lr, lambda v: v > 0, "a finite meta_lr > 0")
 
 # %% ../nbs/01_meta_train.ipynb #15cc2a66
 def _bptt_epoch(rule, problem, horizon, unroll, meta_opt, settings) -> dict:
@@ -313,7 +313,7 @@ def validate(rule: UpdateRule, task, horizon: int, seeds: Sequence[int], device=
     ).eva_loss[0]
 
 
-def read_metrics(path: str | Path) -> list[dict]:
+def _read_metrics(path: str | Path) -> list[dict]:
     """The records of a `metrics.jsonl`; a torn last line (a write cut short by a kill) is skipped with a
     warning, any other line that is not JSON is a `ValueError`."""
     lines, records = Path(path).read_text().splitlines(), []
@@ -328,7 +328,7 @@ def read_metrics(path: str | Path) -> list[dict]:
 
 
 @contextlib.contextmanager
-def run_lock(out_dir: str | Path):
+def _run_lock(out_dir: str | Path):
     """Hold an exclusive lock (`fcntl.flock` on `out_dir/.lock`) for the `with` block: one writer per run
     directory. A `RuntimeError` says so when another process holds it."""
     import fcntl  # POSIX
@@ -350,13 +350,13 @@ def run_lock(out_dir: str | Path):
 
 
 def _locking_out_dir(fn):
-    "`fn` run under `run_lock` on its `out_dir` argument, when it has one."
+    "`fn` run under `_run_lock` on its `out_dir` argument, when it has one."
     signature = inspect.signature(fn)
 
     @functools.wraps(fn)
     def locked(*args, **kwargs):
         out_dir = signature.bind(*args, **kwargs).arguments.get("out_dir")
-        with run_lock(out_dir) if out_dir is not None else contextlib.nullcontext():
+        with _run_lock(out_dir) if out_dir is not None else contextlib.nullcontext():
             return fn(*args, **kwargs)
 
     return locked
@@ -377,7 +377,7 @@ def meta_train(
 
     With `out_dir`: checkpoints (every `settings.checkpoint_every` epochs and at the end), `metrics.jsonl`,
     and `resume` from the checkpoint there. See the notebook for the meta-loss, curriculum, imitation and
-    resume. While it writes `out_dir`, it holds `run_lock` on it."""
+    resume. While it writes `out_dir`, it holds `_run_lock` on it."""
     tasks = list(tasks) if isinstance(tasks, (list, tuple)) else [tasks]
     weights = [p for p in rule.parameters() if p.requires_grad]
     if not weights:
@@ -388,7 +388,7 @@ def meta_train(
         raise ValueError("no tasks given")
     st = settings or MetaTrainSettings()
     epochs, epoch_len, unroll, seed, curriculum = st.epochs, st.epoch_len, st.unroll, st.seed, st.curriculum
-    device = resolve_device(device)
+    device = _resolve_device(device)
     rule.to(device)
     teacher = st.teacher or AdamRule(lr=0.01)
     meta_opt = torch.optim.Adam(weights, lr=st.meta_lr)
@@ -412,7 +412,7 @@ def meta_train(
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         history = (
-            [h for h in read_metrics(out / "metrics.jsonl") if h["epoch"] < start]
+            [h for h in _read_metrics(out / "metrics.jsonl") if h["epoch"] < start]
             if (out / "metrics.jsonl").exists()
             else []
         )
@@ -554,7 +554,7 @@ def evaluate(
 ) -> Evaluation:
     """Run `rule` (scaled by `lr`) for `steps` steps on each problem of `seeds`; record training and held-out
     losses."""
-    device, seeds = resolve_device(device), list(seeds)
+    device, seeds = _resolve_device(device), list(seeds)
     rule = rule.to(device)
     eval_steps = sorted(set(range(0, steps + 1, eval_every)) | {steps})
     train = np.full((len(seeds), steps + 1), np.nan)
@@ -692,7 +692,7 @@ def paired_interval(
 
 def plot_evaluations(evaluations: dict[str, Evaluation], ax=None, held_out: bool = False, title: str = ""):
     "Mean ± std bands of training (or held-out) loss curves, one per label, on a log scale."
-    ax = ax or optional_import("matplotlib.pyplot", "notebooks", "plotting").subplots(figsize=(7, 4))[1]
+    ax = ax or _optional_import("matplotlib.pyplot", "notebooks", "plotting").subplots(figsize=(7, 4))[1]
     for label, ev in evaluations.items():
         x, y = (
             (ev.eval_steps, ev.eval_loss) if held_out else (np.arange(ev.train_loss.shape[1]), ev.train_loss)
@@ -712,10 +712,10 @@ ZOO = ("dm", "rp", "rp_s", "rp_si")
 def zoo_rule(name: str) -> UpdateRule:
     """A learned rule of the pretrained zoo (`dm`, `rp`, `rp_s`, `rp_si`), loaded with `weights_only=True`;
     the library's `load_pretrained` also serves the zoo's distilled equations."""
-    return load_rule(rule_path(name))[0]
+    return load_rule(_rule_path(name))[0]
 
 
-def rule_path(name: str, out_dir: str | Path | None = None) -> Path:
+def _rule_path(name: str, out_dir: str | Path | None = None) -> Path:
     """Rule `name`'s weights file for a pipeline stage: `out_dir/rules/<name>.pt` where stage 1 of that run
     wrote it, else the zoo's (a name the zoo lacks is a `ValueError` listing the zoo's rules)."""
     run = Path(out_dir) / "rules" / f"{name}.pt" if out_dir is not None else None
@@ -730,7 +730,7 @@ def rule_path(name: str, out_dir: str | Path | None = None) -> Path:
 
 def pretrained_card(name: str) -> dict:
     "The JSON card of zoo rule `name` (task, config, seed, budget, evaluation figures, version)."
-    return json.loads(rule_path(name).with_suffix(".json").read_text())
+    return json.loads(_rule_path(name).with_suffix(".json").read_text())
 
 # %% ../nbs/01_meta_train.ipynb #cc4069c9
 def _task_from_args(task: str, batch_size: int, init: str, data_root: str, download: bool):
@@ -955,7 +955,7 @@ def train_zoo(
         else:
             rule, started_from = (
                 load_rule(Path(start) / f"{name}.pt")[0],
-                artifact(Path(start) / f"{name}.pt", out),
+                _artifact(Path(start) / f"{name}.pt", out),
             )
         t0 = time.perf_counter()
         settings = MetaTrainSettings(epochs=epochs, epoch_len=epoch_len, unroll=unroll, seed=seed, **recipe)

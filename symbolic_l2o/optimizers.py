@@ -16,10 +16,9 @@ import torch
 from torch import Tensor, nn
 
 # %% auto #0
-__all__ = ['RuleState', 'SIGN_DECAYS', 'HAND_RULES', 'ema', 'ema_sq', 'decay_add', 'normalize', 'check_hparam', 'optional_import',
-           'UpdateRule', 'rule_config', 'state_per_param', 'ElementwiseRule', 'SGDRule', 'MomentumRule', 'NesterovRule',
-           'AdamRule', 'RMSpropRule', 'LionRule', 'sign_decay', 'SignAgreementRule', 'PowerSignRule', 'AddSignRule',
-           'compute_dtype', 'RuleOptimizer']
+__all__ = ['RuleState', 'SIGN_DECAYS', 'HAND_RULES', 'ema', 'ema_sq', 'decay_add', 'normalize', 'UpdateRule', 'rule_config',
+           'state_per_param', 'ElementwiseRule', 'SGDRule', 'MomentumRule', 'NesterovRule', 'AdamRule', 'RMSpropRule',
+           'LionRule', 'sign_decay', 'SignAgreementRule', 'PowerSignRule', 'AddSignRule', 'RuleOptimizer']
 
 # %% ../nbs/00_optimizers.ipynb #06cd958f
 def ema(buf: Tensor, x: Tensor, beta: float) -> Tensor:
@@ -46,7 +45,7 @@ def normalize(x: Tensor, v: Tensor, eps: float, scale: float) -> Tensor:
     return torch.addcdiv(d.new_zeros(()), x, d, value=scale, out=d)
 
 # %% ../nbs/00_optimizers.ipynb #480377c9
-def check_hparam(name: str, value, ok: Callable[[float], bool], expected: str) -> float:
+def _check_hparam(name: str, value, ok: Callable[[float], bool], expected: str) -> float:
     """Return `value` as a float if it is a finite real number satisfying `ok`, else raise a `ValueError`
     naming `name`."""
     if (
@@ -60,15 +59,15 @@ def check_hparam(name: str, value, ok: Callable[[float], bool], expected: str) -
 
 
 def _lr(lr):
-    return check_hparam("lr", lr, lambda v: v >= 0, "lr >= 0")
+    return _check_hparam("lr", lr, lambda v: v >= 0, "lr >= 0")
 
 
 def _beta(name, beta):
-    return check_hparam(name, beta, lambda v: 0 <= v < 1, f"0 <= {name} < 1")
+    return _check_hparam(name, beta, lambda v: 0 <= v < 1, f"0 <= {name} < 1")
 
 
 def _eps(eps):
-    return check_hparam("eps", eps, lambda v: v > 0, "eps > 0")
+    return _check_hparam("eps", eps, lambda v: v > 0, "eps > 0")
 
 
 def _betas(betas):
@@ -77,7 +76,7 @@ def _betas(betas):
     return _beta("betas[0]", betas[0]), _beta("betas[1]", betas[1])
 
 # %% ../nbs/00_optimizers.ipynb #a1c0e006
-def optional_import(module: str, extra: str, purpose: str):
+def _optional_import(module: str, extra: str, purpose: str):
     """Import `module` (a package of an extra), or raise a `ModuleNotFoundError` naming `purpose` and the
     extra that brings it."""
     try:
@@ -296,13 +295,13 @@ class SignAgreementRule(ElementwiseRule):
         if decay is not None and decay not in SIGN_DECAYS:
             raise ValueError(f"invalid decay={decay!r}: expected None or one of {SIGN_DECAYS}")
         if decay is not None:
-            check_hparam(
+            _check_hparam(
                 "decay_steps",
                 decay_steps,
                 lambda v: v >= 1 and v == int(v),
                 "an integer >= 1 when decay is set",
             )
-        check_hparam("num_cycles", num_cycles, lambda v: v >= 1 and v == int(v), "an integer >= 1")
+        _check_hparam("num_cycles", num_cycles, lambda v: v >= 1 and v == int(v), "an integer >= 1")
         self.decay, self.decay_steps, self.num_cycles = decay, decay_steps, int(num_cycles)
 
     def init_tensor(self, p):
@@ -330,7 +329,7 @@ class PowerSignRule(SignAgreementRule):
         num_cycles: int = 1,
     ):
         super().__init__(lr, beta, decay, decay_steps, num_cycles)
-        self.base = check_hparam("base", base, lambda v: v > 0, "base > 0")
+        self.base = _check_hparam("base", base, lambda v: v > 0, "base > 0")
 
     def update(self, g, s, t):
         a, s = self.agreement(g, s, t)
@@ -352,7 +351,7 @@ class AddSignRule(SignAgreementRule):
         num_cycles: int = 1,
     ):
         super().__init__(lr, beta, decay, decay_steps, num_cycles)
-        self.alpha = check_hparam("alpha", alpha, lambda v: v >= 0, "alpha >= 0")
+        self.alpha = _check_hparam("alpha", alpha, lambda v: v >= 0, "alpha >= 0")
 
     def update(self, g, s, t):
         a, s = self.agreement(g, s, t)
@@ -383,7 +382,7 @@ def _finite(grads: list[Tensor]) -> bool:
     )
 
 
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype `RuleOptimizer` runs a rule in for parameters of `dtype`: float32 for float16 and bfloat16
     (whose range and resolution lose g², |g|^p and epsilons such as 1e-8), else `dtype` itself."""
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
@@ -402,7 +401,7 @@ class RuleOptimizer(torch.optim.Optimizer):
     `on_nonfinite` is the policy for a step whose gradients, updates or new rule state hold NaN or ±inf:
     `"error"` raises `FloatingPointError`, `"skip"` skips the step and counts it in `nonfinite_skips`; either
     way no parameter and no state is changed. float16/bfloat16 parameters are stepped in float32
-    (`compute_dtype`), their state kept in float32, and their updates rounded to the parameter's dtype."""
+    (`_compute_dtype`), their state kept in float32, and their updates rounded to the parameter's dtype."""
 
     def __init__(
         self,
@@ -435,7 +434,7 @@ class RuleOptimizer(torch.optim.Optimizer):
         `weight_decay` and `decoupled_weight_decay` first: an invalid group is not added."""
         group = {**self.defaults, **param_group}
         _lr(group["lr"])
-        check_hparam("weight_decay", group["weight_decay"], lambda v: v >= 0, "weight_decay >= 0")
+        _check_hparam("weight_decay", group["weight_decay"], lambda v: v >= 0, "weight_decay >= 0")
         if not isinstance(group["decoupled_weight_decay"], bool):
             raise ValueError(
                 f"invalid decoupled_weight_decay={group['decoupled_weight_decay']!r}: expected True or False"
@@ -489,7 +488,7 @@ class RuleOptimizer(torch.optim.Optimizer):
                 if not self.state[p]:
                     self.state[p] = {
                         "step": torch.tensor(0.0),
-                        **self.rule.init_tensor(p.detach().to(compute_dtype(p.dtype))),
+                        **self.rule.init_tensor(p.detach().to(_compute_dtype(p.dtype))),
                     }
                 by_step.setdefault(int(self.state[p]["step"]), []).append(p)
             for t, qs in by_step.items():
@@ -500,7 +499,7 @@ class RuleOptimizer(torch.optim.Optimizer):
                 grads = [p.grad for p in qs]
                 if wd and not decoupled:
                     grads = torch._foreach_add(grads, qs, alpha=wd)  # new tensors: .grad is kept
-                updates, states = rule.step([g.to(compute_dtype(g.dtype)) for g in grads], states, t + 1)
+                updates, states = rule.step([g.to(_compute_dtype(g.dtype)) for g in grads], states, t + 1)
                 steps.append((gi, qs, [u.to(p.dtype) for u, p in zip(updates, qs)], states))
         if not _finite([x for _, qs, us, ss in steps for x in (*us, *(v for s in ss for v in s.values()))]):
             if self.on_nonfinite == "skip":
@@ -547,13 +546,13 @@ class RuleOptimizer(torch.optim.Optimizer):
         }
         super().load_state_dict(state_dict)
         # torch.optim casts state to each parameter's dtype:
-        # a float16/bfloat16 parameter's state stays in compute_dtype
+        # a float16/bfloat16 parameter's state stays in _compute_dtype
         ids = [i for g in state_dict["param_groups"] for i in g["params"]]
         for i, p in zip(ids, (p for g in self.param_groups for p in g["params"])):
-            if compute_dtype(p.dtype) != p.dtype and i in state_dict["state"]:
+            if _compute_dtype(p.dtype) != p.dtype and i in state_dict["state"]:
                 self.state[p].update(
                     {
-                        k: v.to(device=p.device, dtype=compute_dtype(p.dtype))
+                        k: v.to(device=p.device, dtype=_compute_dtype(p.dtype))
                         for k, v in state_dict["state"][i].items()
                         if k != "step" and isinstance(v, Tensor) and v.is_floating_point()
                     }

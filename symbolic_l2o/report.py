@@ -19,21 +19,18 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .files import atomic_write
-from .optimizers import optional_import
+from .optimizers import _optional_import
 
 # %% auto #0
-__all__ = ['RESULTS_START', 'RESULTS_END', 'pipeline_stages', 'tag_parameters_cell', 'tag_parameters_cells',
-           'notebook_parameters', 'StageFailed', 'run_pipeline', 'load_summaries', 'format_value', 'markdown_table',
-           'bench_markdown', 'stage_markdown', 'report_markdown', 'find_mathjax', 'markdown_to_html', 'build_report',
-           'relative_paths', 'relative_outputs', 'export_outputs', 'readme_markdown', 'latest_run', 'results_markdown',
-           'update_results', 'write_readme', 'main']
+__all__ = ['pipeline_stages', 'StageFailed', 'run_pipeline', 'load_summaries', 'report_markdown', 'build_report',
+           'export_outputs', 'readme_markdown', 'write_readme', 'main']
 
 # %% ../nbs/05_report.ipynb #5f88a77c
 _PARAMETERS_DIRECTIVE = re.compile(r"^#\|\s*tags\s*:\s*\[?[^\n]*\bparameters\b", re.M)
 
 
 def _read_nb(path: str | Path):
-    nbformat = optional_import("nbformat", "notebooks", "reading notebooks")
+    nbformat = _optional_import("nbformat", "notebooks", "reading notebooks")
     return nbformat.read(str(path), as_version=4)
 
 
@@ -51,7 +48,7 @@ def pipeline_stages(nbs_path: str | Path = "nbs") -> list[Path]:
     return [p for p in sorted(Path(nbs_path).glob("[0-9]*.ipynb")) if _default_exp(_read_nb(p)) != "report"]
 
 
-def tag_parameters_cell(nb):
+def _tag_parameters_cell(nb):
     """Tag the cell marked `#| tags: [parameters]` (nbdev's spelling, which `nbdev_clean` keeps) with the
     metadata tag papermill reads."""
     for cell in nb.cells:
@@ -63,28 +60,28 @@ def tag_parameters_cell(nb):
     return nb
 
 
-def tag_parameters_cells(nbs_path: str | Path = "nbs") -> list[Path]:
+def _tag_parameters_cells(nbs_path: str | Path = "nbs") -> list[Path]:
     """Store the `parameters` metadata tag in each stage notebook's parameters cell (settings.ini keeps `tags`
     through `nbdev_clean`), so that plain `papermill nb.ipynb out.ipynb -p scale paper` works too; returns the
     notebooks changed."""
-    nbformat = optional_import("nbformat", "notebooks", "copying outputs into the notebooks")
-    nbdev_clean = optional_import("nbdev.clean", "dev", "copying outputs into the notebooks").nbdev_clean
+    nbformat = _optional_import("nbformat", "notebooks", "copying outputs into the notebooks")
+    nbdev_clean = _optional_import("nbdev.clean", "dev", "copying outputs into the notebooks").nbdev_clean
     changed = []
     for path in pipeline_stages(nbs_path):
         nb = _read_nb(path)
         before = [list(c.metadata.get("tags", [])) for c in nb.cells]
-        if [list(c.metadata.get("tags", [])) for c in tag_parameters_cell(nb).cells] != before:
+        if [list(c.metadata.get("tags", [])) for c in _tag_parameters_cell(nb).cells] != before:
             nbformat.write(nb, str(path))
             nbdev_clean(fname=str(path))
             changed.append(path)
     return changed
 
 
-def notebook_parameters(nb) -> list[str]:
+def _notebook_parameters(nb) -> list[str]:
     "Names assigned in the notebook's parameters cell (empty when it has none)."
     import ast
 
-    for cell in tag_parameters_cell(nb).cells:
+    for cell in _tag_parameters_cell(nb).cells:
         if "parameters" in cell.metadata.get("tags", []):
             src = "\n".join(l for l in cell.source.splitlines() if not l.lstrip().startswith("#|"))
             return [
@@ -134,9 +131,9 @@ def run_pipeline(
     succeeded); stages before the first incomplete one are kept, the rest run again, so calling this again on
     the same directory resumes. A stage that raises stops the run with `StageFailed`. Returns the run record
     (also in `run_dir/pipeline.json`): per stage its status, parameters, wall time, and the `inputs` and
-    `outputs` its summary records (`write_summary`), each `{"path", "sha256"}`, so the chain from stage to
+    `outputs` its summary records (`_write_summary`), each `{"path", "sha256"}`, so the chain from stage to
     stage can be checked."""
-    papermill = optional_import("papermill", "notebooks", "running the pipeline")
+    papermill = _optional_import("papermill", "notebooks", "running the pipeline")
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     nbs_path = Path(nbs_path).resolve()
@@ -165,8 +162,8 @@ def run_pipeline(
             log(f"[{k}/{n}] {stage}: completed earlier, kept ({executed.name})")
             continue
         (run_dir / f"{stage}.done").unlink(missing_ok=True)
-        nb = tag_parameters_cell(_read_nb(path))
-        declared = notebook_parameters(nb)
+        nb = _tag_parameters_cell(_read_nb(path))
+        declared = _notebook_parameters(nb)
         params = {
             key: v
             for key, v in {"scale": scale, "device": device, "out_dir": str(run_dir)}.items()
@@ -220,12 +217,12 @@ def run_pipeline(
 
 # %% ../nbs/05_report.ipynb #d355ddcf
 def load_summaries(run_dir: str | Path) -> list[dict]:
-    """The stage summaries of a run (`run_dir/summary/<stage>.json`, written by `write_summary`), in stage
+    """The stage summaries of a run (`run_dir/summary/<stage>.json`, written by `_write_summary`), in stage
     order; a stage's other records there (such as 03's `distill.json`) are not summaries."""
     return [json.loads(p.read_text()) for p in sorted((Path(run_dir) / "summary").glob("[0-9]*.json"))]
 
 
-def format_value(v) -> str:
+def _format_value(v) -> str:
     "A table cell: 4 significant digits for floats, `a ± b` for a (mean, std) pair, `—` for None."
     if v is None:
         return "—"
@@ -237,16 +234,16 @@ def format_value(v) -> str:
         return "nan" if math.isnan(v) else f"{v:.4g}"
     if isinstance(v, (list, tuple)):
         if len(v) == 2 and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v):
-            return f"{format_value(v[0])} ± {format_value(v[1])}"
-        return ", ".join(format_value(x) for x in v)
+            return f"{_format_value(v[0])} ± {_format_value(v[1])}"
+        return ", ".join(_format_value(x) for x in v)
     if isinstance(v, dict):
-        return ", ".join(f"{k}: {format_value(x)}" for k, x in v.items())
+        return ", ".join(f"{k}: {_format_value(x)}" for k, x in v.items())
     return str(v)
 
 
-def markdown_table(columns: Sequence[str], rows: Sequence[Sequence]) -> str:
+def _markdown_table(columns: Sequence[str], rows: Sequence[Sequence]) -> str:
     "A GitHub-flavoured markdown table (pipes in cells escaped)."
-    cell = lambda v: format_value(v).replace("|", "\\|").replace("\n", " ")
+    cell = lambda v: _format_value(v).replace("|", "\\|").replace("\n", " ")
     lines = ["| " + " | ".join(cell(c) for c in columns) + " |", "|" + "---|" * len(columns)]
     return "\n".join(lines + ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows])
 
@@ -277,7 +274,7 @@ def _curves(d: dict, prefix: str = "") -> list[tuple[str, dict]]:
     return out
 
 
-def bench_markdown(bench: str | Path, depth: int = 3, figures_dir: str | Path | None = None) -> str:
+def _bench_markdown(bench: str | Path, depth: int = 3, figures_dir: str | Path | None = None) -> str:
     """The benchmark results of `make bench` (`bench/results.json`) as one table per benchmark; with
     `figures_dir`, every {size: figure} series in them (the scalability measurements) is also plotted there
     (log-log) and shown."""
@@ -285,10 +282,10 @@ def bench_markdown(bench: str | Path, depth: int = 3, figures_dir: str | Path | 
     machine = ", ".join(f"{k} {v}" for k, v in {**res.get("machine", {}), **res.get("versions", {})}.items())
     parts = [f"Machine: {machine}.", ""] if machine else []
     for name, figures in res.get("benchmarks", {}).items():
-        parts += [f"**{name}**", "", markdown_table(["figure", "value"], _flatten(figures, depth=depth)), ""]
+        parts += [f"**{name}**", "", _markdown_table(["figure", "value"], _flatten(figures, depth=depth)), ""]
         for key, curve in _curves(figures) if figures_dir is not None else []:
-            optional_import("matplotlib", "notebooks", "plotting the benchmarks").use("Agg")
-            plt = optional_import("matplotlib.pyplot", "notebooks", "plotting the benchmarks")
+            _optional_import("matplotlib", "notebooks", "plotting the benchmarks").use("Agg")
+            plt = _optional_import("matplotlib.pyplot", "notebooks", "plotting the benchmarks")
             fig, ax = plt.subplots(figsize=(5, 3.2))
             xs = sorted(curve)
             ax.plot(xs, [curve[x] for x in xs], "o-")
@@ -309,14 +306,14 @@ def bench_markdown(bench: str | Path, depth: int = 3, figures_dir: str | Path | 
     return "\n".join(parts)
 
 # %% ../nbs/05_report.ipynb #2eb8c284
-def stage_markdown(summary: dict, heading: str = "##") -> str:
+def _stage_markdown(summary: dict, heading: str = "##") -> str:
     """One stage summary as markdown: equations (display LaTeX), tables, figures, notes, and the artifacts it
     read and wrote."""
     parts = [f"{heading} {summary['stage']}", ""]
     for name, tex in summary.get("equations", {}).items():
         parts += [f"**{name}**", "", "$$", tex.strip(), "$$", ""]
     for title, t in summary.get("tables", {}).items():
-        parts += [f"**{title}**", "", markdown_table(t["columns"], t["rows"]), ""]
+        parts += [f"**{title}**", "", _markdown_table(t["columns"], t["rows"]), ""]
     for title, rel in summary.get("figures", {}).items():
         parts += [f"![{title}]({rel})", "", f"*{title}*", ""]
     parts += [f"- {note}" for note in summary.get("notes", [])]
@@ -351,15 +348,15 @@ def report_markdown(run_dir: str | Path, bench: str | Path | None = "bench/resul
             f"Scale `{record.get('scale')}`, device `{record.get('device')}`{cores}; stages took "
             f"{_duration(total)} in all.",
             "",
-            markdown_table(["stage", "status", "time", "error"], rows),
+            _markdown_table(["stage", "status", "time", "error"], rows),
             "",
         ]
     summaries = load_summaries(run_dir)
     if not summaries:
         parts += ["No stage wrote a summary in this run.", ""]
-    parts += [stage_markdown(s) for s in summaries]
+    parts += [_stage_markdown(s) for s in summaries]
     if bench is not None and Path(bench).exists():
-        parts += ["## Benchmarks (`make bench`)", "", bench_markdown(bench, figures_dir=run_dir / "figures")]
+        parts += ["## Benchmarks (`make bench`)", "", _bench_markdown(bench, figures_dir=run_dir / "figures")]
     return "\n".join(parts).rstrip() + "\n"
 
 # %% ../nbs/05_report.ipynb #83e0ff2b
@@ -373,7 +370,7 @@ _REPORT_CSS = (
 )
 
 
-def find_mathjax(start: str | Path = ".") -> Path | None:
+def _find_mathjax(start: str | Path = ".") -> Path | None:
     """A local MathJax 3 single-file build (`tex-svg-full.js`, installed by `make docs` from npm) under
     `start`, if any."""
     for p in [
@@ -385,7 +382,7 @@ def find_mathjax(start: str | Path = ".") -> Path | None:
     return None
 
 
-def markdown_to_html(
+def _markdown_to_html(
     text: str, title: str = "report", base_dir: str | Path | None = None, mathjax: str | Path | None = None
 ) -> str:
     """A self-contained HTML page from markdown: tables, `$…$`/`$$…$$` math, images under `base_dir` inlined
@@ -393,8 +390,8 @@ def markdown_to_html(
 
     Math is typeset by the MathJax file `mathjax` (inlined, so the page makes no request), else left as LaTeX
     text."""
-    MarkdownIt = optional_import("markdown_it", "notebooks", "the run report").MarkdownIt
-    dollarmath_plugin = optional_import(
+    MarkdownIt = _optional_import("markdown_it", "notebooks", "the run report").MarkdownIt
+    dollarmath_plugin = _optional_import(
         "mdit_py_plugins.dollarmath", "notebooks", "the run report"
     ).dollarmath_plugin
 
@@ -440,7 +437,7 @@ def build_report(
     run_dir = Path(run_dir)
     text = report_markdown(run_dir, bench)
     md = atomic_write(run_dir / "report.md", lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
-    page = markdown_to_html(text, f"symbolic_l2o run {run_dir.name}", run_dir, mathjax)
+    page = _markdown_to_html(text, f"symbolic_l2o run {run_dir.name}", run_dir, mathjax)
     return md, atomic_write(run_dir / "report.html", lambda tmp: Path(tmp).write_text(page, encoding="utf-8"))
 
 # %% ../nbs/05_report.ipynb #a0fb141f
@@ -448,7 +445,7 @@ _SITE_PACKAGES = re.compile(r"(?:/[^\s/'\"]+)+/site-packages/")
 _KERNEL_CELL = re.compile(r"(?:/[^\s/'\"]+)+/ipykernel_\d+/\d+\.py")
 
 
-def relative_paths(text: str, root: str | Path) -> str:
+def _relative_paths(text: str, root: str | Path) -> str:
     """`text` without this machine's absolute paths: those under `root` made relative to it, those of
     installed packages from the package on, and the kernel's temporary file of a cell (a warning raised in a
     notebook) as `<cell>`."""
@@ -456,16 +453,16 @@ def relative_paths(text: str, root: str | Path) -> str:
     return text.replace(str(Path(root).resolve()) + "/", "")
 
 
-def relative_outputs(nb, root: str | Path):
-    """`nb` (nbformat) with `relative_paths` applied to the text of every output: what the docs and the
+def _relative_outputs(nb, root: str | Path):
+    """`nb` (nbformat) with `_relative_paths` applied to the text of every output: what the docs and the
     repository show."""
     for cell in nb.cells:
         for out in cell.get("outputs", []):
             if "text" in out:
-                out["text"] = relative_paths(out["text"], root)
+                out["text"] = _relative_paths(out["text"], root)
             for mime, value in out.get("data", {}).items():
                 if mime.startswith("text/"):
-                    out["data"][mime] = relative_paths(value, root)
+                    out["data"][mime] = _relative_paths(value, root)
     return nb
 
 
@@ -473,10 +470,10 @@ def export_outputs(run_dir: str | Path, nbs_path: str | Path = "nbs") -> dict[Pa
     """Copy the outputs of each executed notebook of `run_dir` into its source in `nbs_path` (cells matched by
     id; a code cell whose source changed since the run gets none), then `nbdev_clean` it: notebooks committed
     this way show real results in the docs, without the absolute paths of the machine that ran them
-    (`relative_outputs`). Returns, per notebook written, the number of code cells left without outputs because
-    they changed."""
-    nbformat = optional_import("nbformat", "notebooks", "copying outputs into the notebooks")
-    nbdev_clean = optional_import("nbdev.clean", "dev", "copying outputs into the notebooks").nbdev_clean
+    (`_relative_outputs`). Returns, per notebook written, the number of code cells left without outputs
+    because they changed."""
+    nbformat = _optional_import("nbformat", "notebooks", "copying outputs into the notebooks")
+    nbdev_clean = _optional_import("nbdev.clean", "dev", "copying outputs into the notebooks").nbdev_clean
     written = {}
     for src in pipeline_stages(nbs_path):
         executed = Path(run_dir) / src.name
@@ -493,13 +490,13 @@ def export_outputs(run_dir: str | Path, nbs_path: str | Path = "nbs") -> dict[Pa
             fresh = r is not None and r.source == c.source
             c.outputs, c.execution_count = (r.outputs, r.execution_count) if fresh else ([], None)
             stale += not fresh
-        relative_outputs(nb, Path(nbs_path).resolve().parent)
+        _relative_outputs(nb, Path(nbs_path).resolve().parent)
         written[atomic_write(src, lambda tmp: nbformat.write(nb, tmp))] = stale
         nbdev_clean(fname=str(src))
     return written
 
 # %% ../nbs/05_report.ipynb #bab08f96
-RESULTS_START, RESULTS_END = "<!-- results:start -->", "<!-- results:end -->"
+_RESULTS_START, _RESULTS_END = "<!-- results:start -->", "<!-- results:end -->"
 
 
 def _directives(source: str) -> tuple[dict, str]:
@@ -550,7 +547,7 @@ def readme_markdown(index: str | Path = "nbs/index.ipynb") -> str:
     return "\n\n".join(parts) + "\n"
 
 # %% ../nbs/05_report.ipynb #423ef071
-def latest_run(runs: str | Path = "runs") -> Path | None:
+def _latest_run(runs: str | Path = "runs") -> Path | None:
     "The newest run directory under `runs` that has stage summaries, if any."
     found = sorted(
         (p.parent.parent for p in Path(runs).glob("*/summary/*.json")), key=lambda p: p.stat().st_mtime
@@ -558,7 +555,7 @@ def latest_run(runs: str | Path = "runs") -> Path | None:
     return found[-1] if found else None
 
 
-def results_markdown(
+def _results_markdown(
     run_dir: str | Path | None = None, bench: str | Path | None = "bench/results.json"
 ) -> str | None:
     """The results section of the home page: every stage summary's equations and tables of `run_dir`, then the
@@ -574,34 +571,34 @@ def results_markdown(
             )
         for s in summaries:
             s = {**s, "figures": {}, "notes": []}
-            parts.append(stage_markdown(s, heading="###"))
+            parts.append(_stage_markdown(s, heading="###"))
     if bench is not None and Path(bench).exists():
-        parts += ["### Benchmarks (`make bench`)\n", bench_markdown(bench, depth=2)]
+        parts += ["### Benchmarks (`make bench`)\n", _bench_markdown(bench, depth=2)]
     return "\n".join(parts).strip() + "\n" if parts else None
 
 
-def update_results(
+def _update_results(
     index: str | Path = "nbs/index.ipynb",
     run_dir: str | Path | None = None,
     bench: str | Path | None = "bench/results.json",
 ) -> bool:
-    """Rewrite the part of `index`'s markdown between `RESULTS_START` and `RESULTS_END` with
-    `results_markdown`; leaves the notebook alone (returns False) when there is nothing to show."""
-    nbio = optional_import("execnb.nbio", "dev", "updating the README's results")
+    """Rewrite the part of `index`'s markdown between `_RESULTS_START` and `_RESULTS_END` with
+    `_results_markdown`; leaves the notebook alone (returns False) when there is nothing to show."""
+    nbio = _optional_import("execnb.nbio", "dev", "updating the README's results")
     read_nb, write_nb = nbio.read_nb, nbio.write_nb
-    text = results_markdown(run_dir, bench)
+    text = _results_markdown(run_dir, bench)
     if text is None:
         return False
     nb = read_nb(index)
     cells = [
         c
         for c in nb.cells
-        if c.cell_type == "markdown" and RESULTS_START in c.source and RESULTS_END in c.source
+        if c.cell_type == "markdown" and _RESULTS_START in c.source and _RESULTS_END in c.source
     ]
     if len(cells) != 1:
-        raise ValueError(f"{index} needs exactly one markdown cell with {RESULTS_START} … {RESULTS_END}")
-    head, rest = cells[0].source.split(RESULTS_START, 1)
-    cells[0].source = f"{head}{RESULTS_START}\n{text}{RESULTS_END}{rest.split(RESULTS_END, 1)[1]}"
+        raise ValueError(f"{index} needs exactly one markdown cell with {_RESULTS_START} … {_RESULTS_END}")
+    head, rest = cells[0].source.split(_RESULTS_START, 1)
+    cells[0].source = f"{head}{_RESULTS_START}\n{text}{_RESULTS_END}{rest.split(_RESULTS_END, 1)[1]}"
     write_nb(nb, index)
     return True
 
@@ -651,10 +648,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (StageFailed, ValueError, FileNotFoundError) as e:
             print(f"FAIL: {e}", file=sys.stderr)
             return 1
-        md, page = build_report(a.run_dir, a.bench, find_mathjax())
+        md, page = build_report(a.run_dir, a.bench, _find_mathjax())
         print(f"Run written to {a.run_dir} in {_duration(time.perf_counter() - t0)}; report: {md} and {page}")
     elif a.command == "report":
-        md, page = build_report(a.run_dir, a.bench, find_mathjax())
+        md, page = build_report(a.run_dir, a.bench, _find_mathjax())
         print(f"written {md} and {page}")
     elif a.command == "outputs":
         for path, stale in export_outputs(a.run_dir, a.nbs).items():
@@ -663,12 +660,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 + (f" ({stale} cells changed since the run: no outputs)" if stale else "")
             )
     elif a.command == "tag-parameters":
-        for path in tag_parameters_cells(a.nbs):
+        for path in _tag_parameters_cells(a.nbs):
             print(f"tagged the parameters cell of {path}")
     elif a.command == "readme":
         if not a.no_results:
-            run_dir = a.run_dir or latest_run()
-            if update_results(a.index, run_dir, a.bench):
+            run_dir = a.run_dir or _latest_run()
+            if _update_results(a.index, run_dir, a.bench):
                 print(f"results in {a.index} filled from {run_dir} and {a.bench}")
         print(f"written {write_readme(a.index, a.out)}")
     return 0

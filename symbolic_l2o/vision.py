@@ -20,11 +20,11 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 import symbolic_l2o
-from .optimizers import optional_import
+from .optimizers import _optional_import
 from .files import atomic_write
-from .tasks import Task, check_mnist, find_data_root, resolve_device
+from .tasks import Task, check_mnist, _find_data_root, _resolve_device
 
-_resnet = optional_import(
+_resnet = _optional_import(
     "torchvision.models.resnet", "vision", "symbolic_l2o.vision (its ResNets are torchvision's)"
 )
 BasicBlock, Bottleneck, ResNet = _resnet.BasicBlock, _resnet.Bottleneck, _resnet.ResNet
@@ -314,10 +314,10 @@ def cifar(name: str = "cifar10", root: str | Path = "data", download: bool = Fal
 # %% ../nbs/04a_vision.ipynb #94dae797
 def mnist32(root: str | Path | None = None, download: bool = False) -> ImageData:
     """The real MNIST (60,000 training, 10,000 test images) zero-padded from 28×28 to 32×32 and replicated
-    over 3 channels; no flips. `root` (default `find_data_root()`) holds `MNIST/raw` with the four IDX files,
+    over 3 channels; no flips. `root` (default `_find_data_root()`) holds `MNIST/raw` with the four IDX files,
     checked against their MD5s."""
-    torchvision = optional_import("torchvision", "vision", "the MNIST dataset")
-    root = find_data_root() if root is None else Path(root)
+    torchvision = _optional_import("torchvision", "vision", "the MNIST dataset")
+    root = _find_data_root() if root is None else Path(root)
     if not download:
         check_mnist(root)
     train, test = (torchvision.datasets.MNIST(str(root), train=t, download=download) for t in (True, False))
@@ -335,12 +335,12 @@ DATASETS = ("mnist", "digits32", *CIFAR)
 
 def load_data(dataset: str = "mnist", root: str | Path | None = None, download: bool = False) -> ImageData:
     """A dataset by name: `mnist` (the real MNIST at 32×32), `digits32` (offline), `cifar10`, `cifar100`;
-    `root` defaults to `find_data_root()`."""
+    `root` defaults to `_find_data_root()`."""
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; known: {list(DATASETS)}")
     if dataset == "digits32":
         return digits32()
-    root = find_data_root() if root is None else root
+    root = _find_data_root() if root is None else root
     return mnist32(root, download) if dataset == "mnist" else cifar(dataset, root, download)
 
 # %% ../nbs/04a_vision.ipynb #604dc31b
@@ -356,7 +356,7 @@ def distributed() -> tuple[int, int]:
 
 
 def _device(device, world: int) -> torch.device:
-    device = resolve_device(device)
+    device = _resolve_device(device)
     if device.type == "cuda" and world > 1 and device.index is None:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
@@ -377,7 +377,7 @@ SCHEDULES = ("constant", "cosine")
 def top1_accuracy(model: nn.Module, data: ImageData, batch_size: int = 500, device="cpu") -> float:
     "Top-1 accuracy (%) on the test images; under DDP each rank scores its share and the counts are summed."
     rank, world = distributed()
-    device = resolve_device(device) if world == 1 else next(model.parameters()).device
+    device = _resolve_device(device) if world == 1 else next(model.parameters()).device
     was = model.training
     model.eval()
     correct, idx = 0, torch.arange(rank, len(data.X_test), world)

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from symbolic_l2o.vision import ImageData, digits32, distributed, train
-from symbolic_l2o.finetune import rule_optimizer_factory
+from symbolic_l2o.finetune import _rule_optimizer_factory
 from symbolic_l2o.expressions import SymbolicRule
 
 
@@ -36,7 +36,7 @@ def run(out: Path | None = None):
     rule = SymbolicRule("-1.5*mt_0 - 0.3*gt_1", scale=0.01)
     record = train(
         model,
-        rule_optimizer_factory(rule),
+        _rule_optimizer_factory(rule),
         2,
         data,
         "cosine",

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from symbolic_l2o.distill import FittedRule
-from symbolic_l2o.cli import COMMANDS, option_comments
+from symbolic_l2o.cli import COMMANDS, _option_comments
 
 EXE = Path(sys.executable).parent / "symbolic-l2o"
 
@@ -133,7 +133,7 @@ def _two_line_help(
 
 
 def test_an_option_comment_carried_onto_the_next_line_is_all_in_the_help():
-    assert option_comments(_two_line_help) == {
+    assert _option_comments(_two_line_help) == {
         "rule": "the rule to use: a zoo name or the path of a saved rule, carried onto a second line",
         "steps": "steps",
     }

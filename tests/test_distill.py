@@ -8,7 +8,7 @@ import pytest
 import sympy as sp
 import torch
 
-from symbolic_l2o.distill import FittedRule, fit_rule, is_exact, sanity_targets, evaluate_expression
+from symbolic_l2o.distill import FittedRule, fit_rule, _is_exact, sanity_targets, evaluate_expression
 from symbolic_l2o.tasks import make_task
 from symbolic_l2o.optimizers import AdamRule, MomentumRule, RuleOptimizer, SGDRule, rule_config
 from symbolic_l2o.expressions import SymbolicRule, variable
@@ -35,7 +35,7 @@ def test_exact_recovery_from_recorded_gradients(gradients, target):
     expr = sanity_targets()[target]
     y = evaluate_expression(expr, gradients.X, gradients.names)
     fit = fit_rule(gradients.X, y, gradients.names, time_limit=2, max_rows=3000)
-    assert is_exact(fit.expr, expr), fit.expr
+    assert _is_exact(fit.expr, expr), fit.expr
     assert fit.r2(gradients.X, y) > 0.999999
 
 

@@ -15,7 +15,7 @@ import torch
 
 import symbolic_l2o.finetune as finetune
 from symbolic_l2o.vision import cifar, digits32
-from symbolic_l2o.finetune import lr_search, meta_tune, rule_source_fit
+from symbolic_l2o.finetune import lr_search, meta_tune, _rule_source_fit
 from symbolic_l2o.files import file_digest, load_rule, save_rule
 from symbolic_l2o.tasks import make_task
 from symbolic_l2o.meta_train import ZOO_DIR
@@ -197,11 +197,11 @@ def test_rule_source_takes_a_run_directory_a_file_or_a_zoo_name(tmp_path):
     zoo = ZOO_DIR / "rp_si_distilled.json"
     (tmp_path / "fitted_rp_si.json").write_bytes(zoo.read_bytes())
     for source in (tmp_path, tmp_path / "fitted_rp_si.json", "rp_si_distilled", None):
-        fit, path = rule_source_fit(source)
+        fit, path = _rule_source_fit(source)
         assert file_digest(path) == file_digest(zoo) and fit.expr is not None
-    assert rule_source_fit(tmp_path)[1] == str(tmp_path / "fitted_rp_si.json")
+    assert _rule_source_fit(tmp_path)[1] == str(tmp_path / "fitted_rp_si.json")
     with pytest.raises(ValueError, match="distilled rules"):
-        rule_source_fit("dm")
+        _rule_source_fit("dm")
 
 
 def test_notebook_runs_under_papermill_at_test_scale_chained_to_03(tmp_path):

@@ -16,7 +16,7 @@ from symbolic_l2o.report import (
     StageFailed,
     build_report,
     export_outputs,
-    notebook_parameters,
+    _notebook_parameters,
     pipeline_stages,
     readme_markdown,
     run_pipeline,
@@ -41,7 +41,7 @@ def test_every_stage_notebook_takes_the_pipeline_parameters_and_papermill_sees_t
         "02_srgen",
     ]
     for path in stages:
-        params = notebook_parameters(_read_nb(path))
+        params = _notebook_parameters(_read_nb(path))
         if not params:
             continue  # a lesson without parameters (00) runs as it is
         assert {"scale", "device", "out_dir"} <= set(params), f"{path.name} parameters: {params}"

@@ -290,7 +290,7 @@ def test_resume_refuses_other_settings_naming_which(tmp_path, changed, says):
 
 
 def test_a_second_writer_of_a_run_directory_gets_a_clear_error(tmp_path):
-    # the first writer: a process holding the run directory's lock as `run_lock` takes it (flock on
+    # the first writer: a process holding the run directory's lock as `_run_lock` takes it (flock on
     # out_dir/.lock)
     holder = subprocess.Popen(
         [

@@ -65,7 +65,7 @@ def _page_links(text: str, pages: dict[str, str], site: str) -> str:
 
 def adapt(proc: Path, site: str) -> list[str]:
     "Turn nbdev's processed notebooks into Jupyter Book pages; returns the page names (index first)."
-    from symbolic_l2o.report import relative_paths
+    from symbolic_l2o.report import _relative_paths
     pages, notebooks = {}, sorted(proc.glob("*.ipynb"))
     for path in notebooks:
         nb = json.loads(path.read_text())
@@ -104,7 +104,7 @@ def adapt(proc: Path, site: str) -> list[str]:
                         md = re.sub(r"\{target=\"_blank\"[^}]*\}", "", md)  # Quarto link attributes of show_doc
                         md = re.sub(r"^---\s*$", "", md, flags=re.M)  # show_doc's rule: docutils allows none inside an output
                         # show_doc renders defaults such as the zoo's folder: this checkout's path, not the reader's
-                        out["data"]["text/markdown"] = relative_paths(_page_links(md, pages, site), ROOT)
+                        out["data"]["text/markdown"] = _relative_paths(_page_links(md, pages, site), ROOT)
             elif cell["cell_type"] == "markdown":  # links to notebooks -> their pages (all links are plain hrefs)
                 cell["source"] = re.sub(r"\]\((?!https?://)([\w.-]+)\.ipynb", r"](\1.html", _page_links(source, pages, site))
             cells.append(cell)
