@@ -9,6 +9,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -28,8 +29,8 @@ from .distill import FittedRule, _streams
 from .vision import ImageData, distributed, load_data, make_model, train
 
 # %% auto #0
-__all__ = ['WEIGHT_DECAY', 'COSINE_BASELINES', 'deployable', 'tanh_basis_from_teacher', 'tanh_basis_from_equation', 'meta_tune',
-           'protocol_run', 'lr_search', 'run_protocol', 'search_scale', 'proxy_tune', 'prepare_symbolic',
+__all__ = ['META_TUNE', 'WEIGHT_DECAY', 'COSINE_BASELINES', 'deployable', 'tanh_basis_from_teacher', 'tanh_basis_from_equation',
+           'meta_tune', 'protocol_run', 'lr_search', 'run_protocol', 'search_scale', 'proxy_tune', 'prepare_symbolic',
            'state_bytes_per_param', 'step_costs', 'finetune_summary', 'protocol_table', 'plot_protocol', 'scalability',
            'finetune_cli']
 
@@ -146,21 +147,20 @@ def tanh_basis_from_equation(
         ), "the equation has no linear term: W = 1 on m̃ at lag 0 (a soft-clipped Adam)"
 
 # %% ../nbs/04_finetune_resnet.ipynb #fa431521
+META_TUNE = MetaTrainSettings(epochs=20, epoch_len=100, unroll=10, meta_lr=3e-3)  # stage 3's default budget
+
+
 def meta_tune(
     rule: UpdateRule,
     task,
-    epochs: int = 20,
-    epoch_len: int = 100,
-    unroll: int = 10,
-    meta_lr: float = 3e-3,
-    seed: int = 0,
+    settings: MetaTrainSettings = META_TUNE,
     out: str | Path | None = None,
     name: str = "tuned",
     device: str = "cpu",
     progress: bool = True,
 ) -> tuple[UpdateRule, dict]:
     """Meta-tune the constants of a `SymbolicRule` (or the weights W of a `TanhBasisRule`) on `task` with
-    `meta_train`, in place.
+    `meta_train` (`settings`; by default `META_TUNE`), in place.
 
     Returns the rule and its card (constants before and after, the meta-training curve); with `out`, writes
     `out/<name>` (`save_rule`)."""
@@ -173,7 +173,7 @@ def meta_tune(
     history = meta_train(
         rule,
         task,
-        MetaTrainSettings(epochs=epochs, epoch_len=epoch_len, unroll=unroll, meta_lr=meta_lr, seed=seed),
+        settings,
         device=device,
         progress=progress,
     )
@@ -181,10 +181,10 @@ def meta_tune(
     card = {
         "name": name,
         "task": task.name,
-        "seed": seed,
+        "seed": settings.seed,
         "before": str(before),
         "after": str(rule.to_sympy()),
-        "training": {"epochs": epochs, "epoch_len": epoch_len, "unroll": unroll, "meta_lr": meta_lr},
+        "training": {k: getattr(settings, k) for k in ("epochs", "epoch_len", "unroll", "meta_lr")},
         "final_loss": [h.get("final_loss") for h in history],
         "skipped_windows": history[-1]["skipped"],
         "seconds": time.perf_counter() - t0,
@@ -430,10 +430,11 @@ def proxy_tune(
 ) -> tuple[UpdateRule, dict]:
     """Stage 3 on a proxy task, in place: the multiplier of `rule`'s update searched on `proxy`
     (`search_scale`, folded into its `scale`), then its constants (or W) meta-tuned there (`meta_tune`, with
-    `tune`'s budget); with `out`, `out/<name>` (`save_rule`)."""
+    `META_TUNE` with `tune`'s changes); with `out`, `out/<name>` (`save_rule`)."""
     multiplier, scores = search_scale(rule, proxy, device=device, **(search or {}))
     rule.scale *= multiplier
-    rule, card = meta_tune(rule, proxy, name=name, device=device, progress=progress, **(tune or {}))
+    settings = replace(META_TUNE, **(tune or {}))
+    rule, card = meta_tune(rule, proxy, settings, name=name, device=device, progress=progress)
     card.update(
         multiplier=multiplier,
         multiplier_scores=scores,

@@ -13,7 +13,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -927,28 +927,26 @@ def held_out_family(activations: Sequence[str] = ("relu", "tanh", "elu")) -> lis
 def train_zoo(
     names: Sequence[str] = ZOO,
     out: str | Path = ZOO_DIR,
-    epochs: int = 200,
-    epoch_len: int = 200,
-    unroll: int = 20,
+    settings: MetaTrainSettings = MetaTrainSettings(),
     seeds: int = 10,
-    seed: int = 0,
     tasks: Sequence | None = None,
     eval_task=None,
     start: str | Path | None = None,
     device="cpu",
     progress: bool = True,
 ) -> dict:
-    """Meta-train the zoo rules on `tasks` (default `zoo_tasks()`) with `ZOO_RECIPES`' options, evaluate each
-    on `seeds` problems of `eval_task` (default: MLP_MNIST on MNIST's evaluation half) at 1× and 5×
-    `epoch_len` steps, and save it with its card (tasks, recipe, budget, Eva loss, test loss and accuracy).
+    """Meta-train the zoo rules on `tasks` (default `zoo_tasks()`) with `settings` (the paper's by default),
+    each rule's `ZOO_RECIPES` options on top; evaluate each on `seeds` problems of `eval_task` (default:
+    MLP_MNIST on MNIST's evaluation half) at 1× and 5× `settings.epoch_len` steps, and save it with its card
+    (tasks, recipe, budget, Eva loss, test loss and accuracy).
 
     `start` is a directory of saved rules (e.g. `ZOO_DIR`) to continue meta-training from, the paper's
     "tune" mode; the card names the starting file and its SHA-256. By default each rule starts from
     scratch."""
     tasks = list(tasks) if tasks is not None else zoo_tasks()
-    eval_task, cards = eval_task or make_task("mnist_mlp", split="eval"), {}
+    eval_task, cards, steps = eval_task or make_task("mnist_mlp", split="eval"), {}, settings.epoch_len
     for name in names:
-        torch.manual_seed(seed)
+        torch.manual_seed(settings.seed)
         rule_args, recipe = ZOO_RECIPES.get(name, ({}, {}))
         if start is None:
             rule, started_from = make_rule(name, **rule_args), None
@@ -958,24 +956,23 @@ def train_zoo(
                 _artifact(Path(start) / f"{name}.pt", out),
             )
         t0 = time.perf_counter()
-        settings = MetaTrainSettings(epochs=epochs, epoch_len=epoch_len, unroll=unroll, seed=seed, **recipe)
-        history = meta_train(rule, tasks, settings, device=device, progress=progress)
+        history = meta_train(rule, tasks, replace(settings, **recipe), device=device, progress=progress)
         seconds = time.perf_counter() - t0
         evaluation = {
             f"{k}_steps": evaluate(rule, eval_task, k, range(seeds), device=device, progress=False).summary()
-            for k in (epoch_len, 5 * epoch_len)
+            for k in (steps, 5 * steps)
         }
-        evaluation["eva_loss"] = evaluation[f"{epoch_len}_steps"]["eva_loss"]
+        evaluation["eva_loss"] = evaluation[f"{steps}_steps"]["eva_loss"]
         cards[name] = {
             "name": name,
             "task": eval_task.name,
             "meta_training_tasks": sorted({t.name for t in tasks}),
-            "seed": seed,
+            "seed": settings.seed,
             "evaluation": evaluation,
             "training": {
-                "epochs": epochs,
-                "epoch_len": epoch_len,
-                "unroll": unroll,
+                "epochs": settings.epochs,
+                "epoch_len": steps,
+                "unroll": settings.unroll,
                 "meta_lr": settings.meta_lr,
                 "rule_args": rule_args,
                 **recipe,

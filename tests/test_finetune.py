@@ -18,7 +18,7 @@ from symbolic_l2o.vision import cifar, digits32
 from symbolic_l2o.finetune import lr_search, meta_tune, _rule_source_fit
 from symbolic_l2o.files import file_digest, load_rule, save_rule
 from symbolic_l2o.tasks import make_task
-from symbolic_l2o.meta_train import ZOO_DIR
+from symbolic_l2o.meta_train import ZOO_DIR, MetaTrainSettings
 from symbolic_l2o.expressions import SymbolicRule, TanhBasisRule
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,9 +83,8 @@ def _same_updates(a, b, steps=6):
 
 def test_tuned_rule_json_round_trips_to_the_same_updates(tmp_path):
     rule = SymbolicRule("-1.3*mt_0 + 0.2*tanh(0.7*gt_1)", scale=0.02)
-    rule, card = meta_tune(
-        rule, make_task("digits_mlp"), epochs=2, epoch_len=10, unroll=5, meta_lr=1e-2, progress=False
-    )
+    settings = MetaTrainSettings(epochs=2, epoch_len=10, unroll=5, meta_lr=1e-2)
+    rule, card = meta_tune(rule, make_task("digits_mlp"), settings, progress=False)
     assert card["before"] != card["after"]  # the constants moved
     back, back_card = load_rule(save_rule(rule, tmp_path / "tuned", card))
     assert back_card["after"] == card["after"] and back.scale == rule.scale

@@ -203,7 +203,8 @@ def test_zoo_rules_load_and_beat_their_untrained_selves(name):
 
 def test_train_zoo_continues_from_a_saved_rule_and_names_it(tmp_path):
     task = make_task("digits_mlp")
-    kw = dict(epochs=1, epoch_len=10, unroll=10, seeds=1, tasks=[task], eval_task=task, progress=False)
+    settings = MetaTrainSettings(epochs=1, epoch_len=10, unroll=10)
+    kw = dict(settings=settings, seeds=1, tasks=[task], eval_task=task, progress=False)
     card = train_zoo(["rp_s"], out=tmp_path / "warm", start=ZOO_DIR, **kw)["rp_s"]
     zoo_file = ZOO_DIR / "rp_s.pt"
     assert card["training"]["started_from"] == {
