@@ -559,7 +559,7 @@ def finetune_summary(results: dict[str, dict], costs: dict[str, dict], source: d
 
 
 def protocol_table(summary: dict) -> dict:
-    """`_write_summary`'s table of a `finetune_summary`: per optimizer the chosen lr, validation and test
+    """_write_summary's table of a `finetune_summary`: per optimizer the chosen lr, validation and test
     accuracy, step time, state."""
     rows = [
         [

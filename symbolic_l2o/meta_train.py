@@ -105,7 +105,7 @@ def _write_summary(
     `tables`: title → {"columns": [...], "rows": [[...], ...]} (a "paper" column holds the paper's figure
     where one exists); `equations`: name → LaTeX; `figures`: title → matplotlib Figure, saved as
     `out_dir/figures/<stage>-<n>.png` and referenced by that relative path; `notes`: sentences for the reader;
-    `inputs` and `outputs`: the artifacts the stage read and wrote, recorded with their SHA-256 (`_artifact`),
+    `inputs` and `outputs`: the artifacts the stage read and wrote, recorded with their SHA-256 (_artifact),
     which `make run` copies into `pipeline.json` to prove that the stages chain."""
     out_dir = Path(out_dir)
     if not stage or not all(ch.isalnum() or ch in "_-" for ch in stage):
@@ -350,7 +350,7 @@ def _run_lock(out_dir: str | Path):
 
 
 def _locking_out_dir(fn):
-    "`fn` run under `_run_lock` on its `out_dir` argument, when it has one."
+    "`fn` run under _run_lock on its `out_dir` argument, when it has one."
     signature = inspect.signature(fn)
 
     @functools.wraps(fn)
@@ -377,7 +377,7 @@ def meta_train(
 
     With `out_dir`: checkpoints (every `settings.checkpoint_every` epochs and at the end), `metrics.jsonl`,
     and `resume` from the checkpoint there. See the notebook for the meta-loss, curriculum, imitation and
-    resume. While it writes `out_dir`, it holds `_run_lock` on it."""
+    resume. While it writes `out_dir`, it holds _run_lock on it."""
     tasks = list(tasks) if isinstance(tasks, (list, tuple)) else [tasks]
     weights = [p for p in rule.parameters() if p.requires_grad]
     if not weights:

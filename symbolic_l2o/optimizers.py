@@ -401,7 +401,7 @@ class RuleOptimizer(torch.optim.Optimizer):
     `on_nonfinite` is the policy for a step whose gradients, updates or new rule state hold NaN or ±inf:
     `"error"` raises `FloatingPointError`, `"skip"` skips the step and counts it in `nonfinite_skips`; either
     way no parameter and no state is changed. float16/bfloat16 parameters are stepped in float32
-    (`_compute_dtype`), their state kept in float32, and their updates rounded to the parameter's dtype."""
+    (_compute_dtype), their state kept in float32, and their updates rounded to the parameter's dtype."""
 
     def __init__(
         self,

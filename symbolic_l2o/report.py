@@ -131,7 +131,7 @@ def run_pipeline(
     succeeded); stages before the first incomplete one are kept, the rest run again, so calling this again on
     the same directory resumes. A stage that raises stops the run with `StageFailed`. Returns the run record
     (also in `run_dir/pipeline.json`): per stage its status, parameters, wall time, and the `inputs` and
-    `outputs` its summary records (`_write_summary`), each `{"path", "sha256"}`, so the chain from stage to
+    `outputs` its summary records (_write_summary), each `{"path", "sha256"}`, so the chain from stage to
     stage can be checked."""
     papermill = _optional_import("papermill", "notebooks", "running the pipeline")
     run_dir = Path(run_dir).resolve()
@@ -217,7 +217,7 @@ def run_pipeline(
 
 # %% ../nbs/05_report.ipynb #d355ddcf
 def load_summaries(run_dir: str | Path) -> list[dict]:
-    """The stage summaries of a run (`run_dir/summary/<stage>.json`, written by `_write_summary`), in stage
+    """The stage summaries of a run (`run_dir/summary/<stage>.json`, written by _write_summary), in stage
     order; a stage's other records there (such as 03's `distill.json`) are not summaries."""
     return [json.loads(p.read_text()) for p in sorted((Path(run_dir) / "summary").glob("[0-9]*.json"))]
 
@@ -454,7 +454,7 @@ def _relative_paths(text: str, root: str | Path) -> str:
 
 
 def _relative_outputs(nb, root: str | Path):
-    """`nb` (nbformat) with `_relative_paths` applied to the text of every output: what the docs and the
+    """`nb` (nbformat) with _relative_paths applied to the text of every output: what the docs and the
     repository show."""
     for cell in nb.cells:
         for out in cell.get("outputs", []):
@@ -470,7 +470,7 @@ def export_outputs(run_dir: str | Path, nbs_path: str | Path = "nbs") -> dict[Pa
     """Copy the outputs of each executed notebook of `run_dir` into its source in `nbs_path` (cells matched by
     id; a code cell whose source changed since the run gets none), then `nbdev_clean` it: notebooks committed
     this way show real results in the docs, without the absolute paths of the machine that ran them
-    (`_relative_outputs`). Returns, per notebook written, the number of code cells left without outputs
+    (_relative_outputs). Returns, per notebook written, the number of code cells left without outputs
     because they changed."""
     nbformat = _optional_import("nbformat", "notebooks", "copying outputs into the notebooks")
     nbdev_clean = _optional_import("nbdev.clean", "dev", "copying outputs into the notebooks").nbdev_clean
@@ -583,7 +583,7 @@ def _update_results(
     bench: str | Path | None = "bench/results.json",
 ) -> bool:
     """Rewrite the part of `index`'s markdown between `_RESULTS_START` and `_RESULTS_END` with
-    `_results_markdown`; leaves the notebook alone (returns False) when there is nothing to show."""
+    _results_markdown; leaves the notebook alone (returns False) when there is nothing to show."""
     nbio = _optional_import("execnb.nbio", "dev", "updating the README's results")
     read_nb, write_nb = nbio.read_nb, nbio.write_nb
     text = _results_markdown(run_dir, bench)

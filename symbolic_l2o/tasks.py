@@ -217,7 +217,7 @@ def mnist_data(
 
     As in the original code, the 60k training images are shuffled by `np.random.RandomState(seed)` and halved:
     `split="meta"` trains on the first half (meta-training), `split="eval"` on the second (evaluation and SR
-    recording). The held-out set is the 10k test images. `root` defaults to `_find_data_root()`; the files are
+    recording). The held-out set is the 10k test images. `root` defaults to _find_data_root(); the files are
     checked against their MD5s."""
     if split not in MNIST_SPLITS:
         raise ValueError(f"invalid split={split!r}: expected one of {MNIST_SPLITS}")

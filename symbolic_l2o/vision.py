@@ -314,7 +314,7 @@ def cifar(name: str = "cifar10", root: str | Path = "data", download: bool = Fal
 # %% ../nbs/04a_vision.ipynb #94dae797
 def mnist32(root: str | Path | None = None, download: bool = False) -> ImageData:
     """The real MNIST (60,000 training, 10,000 test images) zero-padded from 28×28 to 32×32 and replicated
-    over 3 channels; no flips. `root` (default `_find_data_root()`) holds `MNIST/raw` with the four IDX files,
+    over 3 channels; no flips. `root` (default _find_data_root()) holds `MNIST/raw` with the four IDX files,
     checked against their MD5s."""
     torchvision = _optional_import("torchvision", "vision", "the MNIST dataset")
     root = _find_data_root() if root is None else Path(root)
@@ -335,7 +335,7 @@ DATASETS = ("mnist", "digits32", *CIFAR)
 
 def load_data(dataset: str = "mnist", root: str | Path | None = None, download: bool = False) -> ImageData:
     """A dataset by name: `mnist` (the real MNIST at 32×32), `digits32` (offline), `cifar10`, `cifar100`;
-    `root` defaults to `_find_data_root()`."""
+    `root` defaults to _find_data_root()."""
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; known: {list(DATASETS)}")
     if dataset == "digits32":
