@@ -37,3 +37,20 @@ def test_scales_come_right_after_the_parameters(stage):
     at = next(i for i, src in enumerate(cells) if src.startswith("#| tags: [parameters]"))
     assert "SCALES = {" in cells[at + 1] and "budget" in cells[at + 1], cells[at + 1][:200]
     assert sum("SCALES = {" in src for src in cells) == 1
+
+
+def test_a_page_imports_only_from_pages_before_it():
+    """Stages and their letter inserts are read in order (`00_optimizers`, `00a_features`, …, `01_meta_train`,
+    …): a module's package imports come from the notebooks before its own."""
+    package = NBS.parent / "symbolic_l2o"
+    page_of = {}
+    for module in package.glob("*.py"):
+        first = module.read_text(encoding="utf-8").split("File to edit: ../nbs/", 1)
+        if len(first) == 2:
+            page_of[module.stem] = first[1].split(".ipynb", 1)[0]
+    late = []
+    for module, page in page_of.items():
+        text = (package / f"{module}.py").read_text(encoding="utf-8")
+        imported = {line.split()[1][1:] for line in text.splitlines() if line.startswith("from .")}
+        late += [f"{page} imports {dep} ({page_of[dep]})" for dep in imported if page_of[dep] > page]
+    assert len(page_of) >= 12 and not late, late

@@ -36,8 +36,8 @@ def test_every_stage_notebook_takes_the_pipeline_parameters_and_papermill_sees_t
         "00b_expressions",
         "00c_learned_rules",
         "00d_files",
+        "00e_tasks",
         "01_meta_train",
-        "01a_tasks",
         "02_srgen",
     ]
     for path in stages:
