@@ -559,12 +559,14 @@ def finetune_summary(results: dict[str, dict], costs: dict[str, dict], source: d
 
 
 def protocol_table(summary: dict) -> dict:
-    """_write_summary's table of a `finetune_summary`: per optimizer the chosen lr, validation and test
+    """_write_summary's table of a `finetune_summary`: per optimizer the chosen lr (marked "edge" when it is
+    still the smallest or largest value of its grid once the extensions are spent), validation and test
     accuracy, step time, state."""
     rows = [
         [
             o["label"],
-            f"{o['best_lr']:.3g}",
+            f"{o['best_lr']:.3g}"
+            + (" (edge)" if o["best_lr"] in (min(o["lr_grid"]), max(o["lr_grid"])) else ""),
             f"{len(o['lr_grid'])}",
             f"{o['val_metric']:.2f}",
             f"{o['test_acc_mean']:.2f} [{o['test_acc_ci'][0]:.2f}, {o['test_acc_ci'][1]:.2f}]",
