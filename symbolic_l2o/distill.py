@@ -1261,7 +1261,7 @@ class Distillation:
 
     def summary(self) -> dict:
         """The headline figures (JSON-able): the deployed equation as found, its three fidelity measures,
-        stage 3 apart."""
+        stage 3 apart, and under `search_seeds` each seed's choice with its figures (their spread)."""
         ratio = eva_ratio(self.source_eval.late_loss, self.equation_eval.late_loss)
         tuned = (
             eva_ratio(self.source_eval.late_loss, self.tuned_eval.late_loss)
@@ -1288,6 +1288,17 @@ class Distillation:
             "eva_ratio_tuned_ci": None if tuned is None else list(tuned[1:]),
             "tuned_equation": None if self.tuned is None else str(self.tuned.to_sympy()),
             "faithful_seeds": [sum(s["faithful"] for s in self.seeds), len(self.seeds)],
+            "search_seeds": [
+                {
+                    "seed": s["seed"],
+                    "equation": str((m := s["members"][s["chosen"]])["fit"].expr),
+                    **{k: m[k] for k in ("family", "nodes", "r2_teacher_forced", "r2_free_running")},
+                    "eva_ratio": s["eva_ratio"][0],
+                    "eva_ratio_ci": list(s["eva_ratio"][1:]),
+                    "faithful": s["faithful"],
+                }
+                for s in self.seeds
+            ],
             "persistence": self.persistence,
             "recurrence": recurrence(self.fit, self.test),
             "tpf": temporal_perception_field(self.fit, part.X),
