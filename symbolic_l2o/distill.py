@@ -1268,6 +1268,14 @@ class Distillation:
             if self.tuned is not None
             else None
         )
+
+        def held_out(fit):  # both R² on the held-out runs
+            part = self.test.select(fit.names)
+            return {
+                "r2_teacher_forced": fit.r2(part.X, part.y),
+                "r2_free_running": _r2(part.y, free_running(fit, part)),
+            }
+
         part = self.test.select(self.fit.names)
         return {
             "rule": self.name,
@@ -1275,8 +1283,7 @@ class Distillation:
             "family": self.fit.meta["family"],
             "nodes": complexity(self.fit.expr),
             "scale": self.fit.meta.get("scale", 1.0),
-            "r2_teacher_forced": self.fit.r2(part.X, part.y),
-            "r2_free_running": _r2(part.y, free_running(self.fit, part)),
+            **held_out(self.fit),
             "eva_loss_source": self.source_eval.eva_loss,
             "eva_loss_equation": self.equation_eval.eva_loss,
             "eva_ratio": ratio[0],
@@ -1292,7 +1299,8 @@ class Distillation:
                 {
                     "seed": s["seed"],
                     "equation": str((m := s["members"][s["chosen"]])["fit"].expr),
-                    **{k: m[k] for k in ("family", "nodes", "r2_teacher_forced", "r2_free_running")},
+                    **{k: m[k] for k in ("family", "nodes")},
+                    **held_out(m["fit"]),
                     "eva_ratio": s["eva_ratio"][0],
                     "eva_ratio_ci": list(s["eva_ratio"][1:]),
                     "faithful": s["faithful"],
