@@ -1471,7 +1471,7 @@ def plot_front(d: Distillation, axes=None):
         title=f"{d.name}: the fronts",
     )
     tol = d.settings.tolerance
-    axes[1].axhspan(1 - tol, 1 + tol, color="0.9")
+    axes[1].axhspan(1 - tol, 1 + tol, color="0.9", zorder=0)  # under the markers: a faithful one sits in it
     axes[1].set(
         xlabel="nodes", ylabel="Eva loss / LSTM's", yscale="log", title=f"{d.name}: closed loop (validation)"
     )
