@@ -24,6 +24,7 @@ from .features import OUTPUT_FEATURE
 from .expressions import SymbolicRule, TanhBasisRule
 from .files import load_rule, save_rule
 from .meta_train import TUNING_SEED_BASE, ZOO_DIR, MetaTrainSettings, evaluate, extended_grid
+from .meta_train import _at_edge
 from .meta_train import meta_train
 from .distill import FittedRule, _streams
 from .vision import ImageData, distributed, load_data, make_model, train
@@ -565,8 +566,7 @@ def protocol_table(summary: dict) -> dict:
     rows = [
         [
             o["label"],
-            f"{o['best_lr']:.3g}"
-            + (" (edge)" if o["best_lr"] in (min(o["lr_grid"]), max(o["lr_grid"])) else ""),
+            f"{o['best_lr']:.3g}" + (" (edge)" if _at_edge(o["best_lr"], o["lr_grid"]) else ""),
             f"{len(o['lr_grid'])}",
             f"{o['val_metric']:.2f}",
             f"{o['test_acc_mean']:.2f} [{o['test_acc_ci'][0]:.2f}, {o['test_acc_ci'][1]:.2f}]",

@@ -597,6 +597,11 @@ LR_GRID = tuple(float(x) for x in np.logspace(-7, 0, 15))
 BASELINES = {k: HAND_RULES[k] for k in ("sgd", "momentum", "nesterov", "adam", "rmsprop", "lion")}
 
 
+def _at_edge(best: float, tried: Sequence[float]) -> bool:
+    # the best value is the smallest or the largest one tried: the search could not bracket it
+    return best in (min(tried), max(tried))
+
+
 @dataclass
 class Tuning:
     """A baseline's learning-rate search: every `lr` tried with its `score` (Eva loss on the tuning problems),
@@ -612,7 +617,7 @@ class Tuning:
     def at_edge(self) -> bool:
         """Whether the best learning rate is the smallest or the largest one tried (the search could not
         bracket it)."""
-        return self.best_lr in (min(self.lrs), max(self.lrs))
+        return _at_edge(self.best_lr, self.lrs)
 
 
 def extended_grid(
