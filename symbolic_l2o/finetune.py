@@ -627,9 +627,10 @@ def scalability(
     tanh_rule: TanhBasisRule | None = None,
 ) -> dict:
     """State bytes per parameter and median `step()` time on `arch`'s parameters (`step_costs`) of the
-    `symbolic` rule, a `TanhBasisRule` (`tanh_rule`, default a fixed one), `torch.optim.Adam` (foreach) and
-    the zoo's LSTM rule `lstm` (timed on its first `lstm_params` coordinates, scaled linearly); the ratios
-    `symbolic_over_adam_time`, `lstm_over_symbolic_memory`."""
+    `symbolic` rule, a `TanhBasisRule` (`tanh_rule`, default a fixed one), `torch.optim.Adam` (foreach, and
+    fused: `adam_fused`) and the zoo's LSTM rule `lstm` (timed on its first `lstm_params` coordinates, scaled
+    linearly); the ratios `symbolic_over_adam_time`, `symbolic_over_fused_adam_time`,
+    `lstm_over_symbolic_memory`."""
     from symbolic_l2o.meta_train import zoo_rule
 
     tanh_rule = tanh_rule or TanhBasisRule(weights=[[1.0, -0.1], [0.1, 0.0]])
@@ -638,6 +639,7 @@ def scalability(
             "symbolic": lambda ps: RuleOptimizer(ps, symbolic),
             "tanh_basis": lambda ps: RuleOptimizer(ps, tanh_rule),
             "adam": lambda ps: torch.optim.Adam(ps, lr=1e-3, foreach=True),
+            "adam_fused": lambda ps: torch.optim.Adam(ps, lr=1e-3, fused=True),
         },
         arch,
         repeats,
@@ -669,6 +671,7 @@ def scalability(
         lstm_state_bytes_per_param=lstm_cost["state_bytes_per_param"],
     )
     result["symbolic_over_adam_time"] = result["symbolic_ms"] / result["adam_ms"]
+    result["symbolic_over_fused_adam_time"] = result["symbolic_ms"] / result["adam_fused_ms"]
     result["tanh_basis_over_adam_time"] = result["tanh_basis_ms"] / result["adam_ms"]
     result["lstm_over_symbolic_memory"] = (
         result["lstm_state_bytes_per_param"] / result["symbolic_state_bytes_per_param"]
