@@ -1304,6 +1304,8 @@ class Distillation:
                     "eva_ratio": s["eva_ratio"][0],
                     "eva_ratio_ci": list(s["eva_ratio"][1:]),
                     "faithful": s["faithful"],
+                    # what ended the search that found it: a search ended by "time" depends on the machine
+                    **{k: m["fit"].meta[k] for k in ("stopped_by", "generations_run")},
                 }
                 for s in self.seeds
             ],
