@@ -20,7 +20,7 @@ from .features import FEATURE_NAMES, OUTPUT_FEATURE, GradFeatures
 
 # %% auto #0
 __all__ = ['LOG_EPS', 'OPERATORS', 'MAX_EXPRESSION_CHARS', 'MAX_EXPRESSION_DEPTH', 'MAX_LAG', 'variable', 'parse_expression',
-           'compile_expression', 'complexity', 'SymbolicRule', 'TanhBasisRule']
+           'compile_expression', 'complexity', 'magnitude_bound', 'SymbolicRule', 'TanhBasisRule']
 
 # %% ../nbs/00b_expressions.ipynb #5f4d749c
 LOG_EPS = 1e-8
@@ -285,6 +285,39 @@ def complexity(expr: sp.Expr) -> int:
     "The number of nodes of the expression tree (variables, numbers and operations)."
     return sum(1 for _ in sp.preorder_traversal(expr))
 
+
+def magnitude_bound(expr: sp.Expr, bounds: dict[str, float]) -> float:
+    """An upper bound of |expr| wherever each variable x has |x| ≤ `bounds[x.name]`: interval arithmetic on
+    magnitudes, node by node. `math.inf` where the vocabulary gives none (a division by a variable, a
+    logarithm) or the bound overflows a float."""
+    try:
+        value = _magnitude(expr, bounds)
+    except OverflowError:
+        return math.inf
+    return value if value == value else math.inf  # 0·inf is nan: unknown
+
+
+_MAGNITUDES = {sp.tanh: lambda b: min(b, 1.0), sp.Abs: lambda b: b, sp.asinh: math.asinh, sp.sinh: math.sinh}
+
+
+def _magnitude(e: sp.Basic, bounds: dict[str, float]) -> float:
+    if isinstance(e, sp.Symbol):
+        return bounds[e.name]
+    if e.is_Number or e in (sp.pi, sp.E):
+        return abs(float(e))
+    if isinstance(e, (sp.sign, sp.Heaviside)):
+        return 1.0
+    args = [_magnitude(a, bounds) for a in e.args]
+    if isinstance(e, sp.Add):
+        return math.fsum(args)
+    if isinstance(e, sp.Mul):
+        return math.prod(args)
+    if isinstance(e, sp.Pow):  # |x|^k grows with |x| for k > 0; a negative power (a division) has no bound
+        return args[0] ** float(e.args[1]) if e.args[1].is_Number and e.args[1] > 0 else math.inf
+    if isinstance(e, sp.exp):
+        return math.exp(args[0])
+    return _MAGNITUDES[type(e)](args[0]) if type(e) in _MAGNITUDES else math.inf
+
 # %% ../nbs/00b_expressions.ipynb #fe626770
 def _split_variable(name: str) -> tuple[str, int]:
     feature, _, lag = name.rpartition("_")
@@ -388,28 +421,30 @@ class SymbolicRule(UpdateRule):
         }
         return {**self.grad_features.init_tensor(p), **hist}
 
+    def _consts(self, dtype: torch.dtype) -> dict[str, Tensor]:
+        return dict(zip(self._const_names, self.constants.to(dtype).unbind())) if self._const_names else {}
+
+    def _evaluate(self, cols: dict[str, Tensor], s: dict[str, Tensor], consts: dict[str, Tensor]) -> Tensor:
+        "The equation's value (before `scale`, clipped) at one tensor's features `cols` and history in `s`."
+        env = {
+            name: cols[self.features[k]] if lag == 0 else s[f"history_{lag}"][:, k]
+            for name, (k, lag) in self._columns.items()
+        }
+        u = self._fn(env, consts)
+        if not isinstance(u, Tensor) or u.dim() == 0:  # an equation that folds to a constant
+            u = torch.full_like(next(iter(cols.values())), float(u))
+        return u.clamp(*self.clip) if self.clip else u
+
     def step(self, grads, state, t):
         """u = scale · expr(features, their history) for each tensor, with plain torch ops; without autograd
         an equation u = c·f_0 goes through `_step_fused` (the same values to rounding, in fewer passes)."""
         if self._fused and not torch.is_grad_enabled():
             return self._step_fused(grads, state, t)
-        consts = (
-            dict(zip(self._const_names, self.constants.to(grads[0].dtype).unbind()))
-            if self._const_names
-            else {}
-        )
+        consts = self._consts(grads[0].dtype)
         updates, new = [], []
         for g, s in zip(grads, state, strict=True):
             cols, fs = self.grad_features.compute(g, {b: s[b] for b in self.grad_features.buffers}, t)
-            env = {
-                name: cols[self.features[k]] if lag == 0 else s[f"history_{lag}"][:, k]
-                for name, (k, lag) in self._columns.items()
-            }
-            u = self._fn(env, consts)
-            if not isinstance(u, Tensor) or u.dim() == 0:
-                u = torch.full_like(g.reshape(-1), float(u))
-            if self.clip:
-                u = u.clamp(*self.clip)
+            u = self._evaluate(cols, s, consts)
             if self.lags > 1:
                 # lag j at this step is lag j−1 of the last one: the old tensors move up a key, not a copy (no
                 # rule writes its state in place); this step's features, with u before `scale`, are lag 1
@@ -420,6 +455,30 @@ class SymbolicRule(UpdateRule):
             updates.append((u * self.scale).view_as(g).to(g.dtype))
             new.append(fs)
         return updates, new
+
+    @property
+    def fusable(self) -> bool:
+        "Whether `RuleOptimizer(fused=True)` can compile the equation: one that reads no past step (lags 1)."
+        return self.lags == 1
+
+    def scalars(self, t):
+        "The constants of step `t` (`GradFeatures.scalars`)."
+        return self.grad_features.scalars(t)
+
+    def update_at(self, g, s, sc):
+        """One tensor's update and new state from the step's constants `sc`, with the reference formulas
+        (`GradFeatures.columns_at`): what `RuleOptimizer(fused=True)` compiles."""
+        cols, new = self.grad_features.columns_at(g, {b: s[b] for b in self.grad_features.buffers}, sc)
+        return (self._evaluate(cols, s, self._consts(g.dtype)) * self.scale).view_as(g), new
+
+    def bound(self, gmax, smax, t):
+        """Bounds of |u| and of the new buffers (`GradFeatures.bounds`, then `magnitude_bound` of the equation
+        with its current constants)."""
+        features, new = self.grad_features.bounds(gmax, smax, self.scalars(t))
+        box = {name: features[self.features[k]] for name, (k, _) in self._columns.items()}
+        box.update({n: abs(float(c)) for n, c in zip(self._const_names, self.constants.detach())})
+        u = magnitude_bound(self.template, box)
+        return abs(self.scale) * (min(u, max(map(abs, self.clip))) if self.clip else u), new
 
     def _step_fused(self, grads, state, t):
         """`step` of u = c·f_0 without autograd: the factor c·scale is applied inside f's last pass

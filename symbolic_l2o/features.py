@@ -36,6 +36,12 @@ def _pow(x: Tensor, p: float, out: Tensor | None = None) -> Tensor:
         return torch.pow(x, int(p), out=out)
     return torch.log(x, out=out).mul_(p).exp_()
 
+
+def _root(x: Tensor, p: float) -> Tensor:
+    """x^(1/p) for x ≥ 0, a new tensor: `x ** (1/p)` while autograd records, else exp(log(x)/p), which a
+    compiled kernel computes 2× faster than `pow` on a CPU."""
+    return x ** (1 / p) if torch.is_grad_enabled() else torch.exp(torch.log(x) * (1 / p))
+
 # %% ../nbs/00a_features.ipynb #da62b16e
 class GradFeatures:
     """Named, coordinate-wise gradient features (`mt`, `gt`, `g`, `mom5`, ..., `t`, `mp2`, ...), with their
@@ -95,10 +101,16 @@ class GradFeatures:
                 new[n] = ema(s[n], g, beta)
         return new
 
-    def _feature(
-        self, n: str, g: Tensor, new: dict, s_t: Tensor | None, bc1: float, bc2: float, t: int
-    ) -> Tensor:
-        "Feature `n` (the table above) from the gradient, the new state, Adam's denominator s_t = √v̂ + ε."
+    def scalars(self, t: int) -> dict[str, float]:
+        """The constants of step `t` (1-based) that every coordinate shares: the bias corrections `bc1` = 1 −
+        β1ᵗ, `bc2` = 1 − β2ᵗ and the value of feature `t`. Computed once per step, outside any loop over
+        coordinates (a compiled kernel given them as 0-d tensors does not recompute them per coordinate)."""
+        return {"bc1": 1 - self.beta1**t, "bc2": 1 - self.beta2**t, "t": t * self.t_scale}
+
+    def _feature(self, n: str, g: Tensor, new: dict, s_t: Tensor | None, sc: dict) -> Tensor:
+        """Feature `n` (the table above) from the gradient, the new state, Adam's denominator s_t = √v̂ + ε
+        and the step's constants `sc` (`scalars`)."""
+        bc1, bc2 = sc["bc1"], sc["bc2"]
         if n == "g":
             return g
         if n == "mt":
@@ -114,21 +126,52 @@ class GradFeatures:
         if n in MOMENTUM_FEATURES:
             return new[n]
         if n == "t":
-            return torch.full_like(g, t * self.t_scale)
-        return new["m"] / ((new[f"v_{n}"] / bc2) ** (1 / P_MEAN_FEATURES[n]) + self.p_mean_eps)
+            return torch.zeros_like(g) + sc["t"]
+        return new["m"] / (_root(new[f"v_{n}"] / bc2, P_MEAN_FEATURES[n]) + self.p_mean_eps)
 
     def columns(self, g: Tensor, s: dict[str, Tensor], t: int) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """The features of gradient `g` at step `t` (1-based) as a dict name → `[g.numel()]` tensor, and the
         new state."""
-        g, b1, b2 = g.reshape(-1), self.beta1, self.beta2
+        return self.columns_at(g, s, self.scalars(t))
+
+    def columns_at(
+        self, g: Tensor, s: dict[str, Tensor], sc: dict
+    ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """`columns` given the step's constants `sc` (`scalars(t)`, as floats or 0-d tensors) instead of `t`:
+        the reference formulas, in plain torch ops (what a compiled step fuses)."""
+        g, b2 = g.reshape(-1), self.beta2
         new = self._moments(g, s)
         for n, p in P_MEAN_FEATURES.items():
             if f"v_{n}" in s:
                 new[f"v_{n}"] = ema(s[f"v_{n}"], g.abs() ** p, b2)
-        bc1, bc2 = 1 - b1**t, 1 - b2**t
-        s_t = (new["v"] / bc2).sqrt() + self.eps if "v" in new else None  # Adam's denominator √v̂ + ε
+        s_t = (new["v"] / sc["bc2"]).sqrt() + self.eps if "v" in new else None  # Adam's denominator √v̂ + ε
+        return {n: self._feature(n, g, new, s_t, sc) for n in self.names}, new
 
-        return {n: self._feature(n, g, new, s_t, bc1, bc2, t) for n in self.names}, new
+    def bounds(
+        self, gmax: float, smax: dict[str, float], sc: dict
+    ) -> tuple[dict[str, float], dict[str, float]]:
+        """Upper bounds of |feature| and of |new buffer| over all coordinates, given |g| ≤ `gmax` and each old
+        buffer's largest |value| `smax` (what `RuleOptimizer(fused=True)` proves a step finite with). An EMA
+        stays within the largest |value| it has averaged; the p-means, `mt` and `gt` divide by at least their
+        ε."""
+        r = 1 + 1e-6  # rounding of the EMA updates
+
+        def power(x, p):
+            try:
+                return x**p
+            except OverflowError:
+                return math.inf
+
+        inputs = {"m": gmax, "v": power(gmax, 2), **{n: gmax for n in MOMENTUM_FEATURES}}
+        inputs.update({f"v_{n}": power(gmax, p) for n, p in P_MEAN_FEATURES.items()})
+        new = {b: max(smax[b], inputs[b]) * r for b in self.buffers}
+        bc1, bc2, m = sc["bc1"], sc["bc2"], new.get("m", 0.0)
+        s_t = math.sqrt(new["v"] / bc2) + self.eps if "v" in new else 0.0
+        feats = {"g": gmax, "mt": m / bc1 / self.eps, "gt": gmax / self.eps, "adam_up": m}
+        feats.update({"adam_up_norm": m / bc1, "adam_dn": s_t, "t": sc["t"]})
+        feats.update({n: new.get(n, 0.0) for n in MOMENTUM_FEATURES})
+        feats.update({n: m / self.p_mean_eps for n in P_MEAN_FEATURES})
+        return {n: feats[n] for n in self.names}, new
 
     def columns_no_grad(
         self, g: Tensor, s: dict[str, Tensor], t: int, factor: tuple[str, float] | None = None
@@ -155,8 +198,8 @@ def _columns_no_grad(
     written into its |g|^p temporary; `mt`, unless `gt` or `adam_dn` shares Adam's denominator, in Adam's
     two-pass form (`normalize`). `factor` = (name, c): that column comes multiplied by c, inside its last pass
     where it has one (a p-mean, `mt`)."""
-    g, b1, b2 = g.reshape(-1), self.beta1, self.beta2
-    bc1, bc2 = 1 - b1**t, 1 - b2**t
+    g, b2, sc = g.reshape(-1), self.beta2, self.scalars(t)
+    bc1, bc2 = sc["bc1"], sc["bc2"]
     new, cols = self._moments(g, s), {}
     fn, c = factor or (None, 1.0)
     for n, p in P_MEAN_FEATURES.items():
@@ -178,7 +221,7 @@ def _columns_no_grad(
         )
     for n in self.names:
         if n not in cols:
-            cols[n] = self._feature(n, g, new, s_t, bc1, bc2, t)
+            cols[n] = self._feature(n, g, new, s_t, sc)
             if n == fn:
                 cols[n] = cols[n] * c
     return cols, new

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import importlib
 import inspect
 import math
@@ -101,6 +102,7 @@ class UpdateRule(nn.Module):
     schedulers can change them and `state_dict` saves them)."""
 
     hyperparameters: tuple[str, ...] = ()
+    fusable: bool = False  # whether RuleOptimizer(fused=True) can compile it: see `update_at`
 
     def with_hyperparameters(self, values: dict) -> UpdateRule:
         """This rule with its `hyperparameters` taken from `values` (e.g. a param group): itself when none
@@ -126,6 +128,25 @@ class UpdateRule(nn.Module):
     def step(self, grads: Sequence[Tensor], state: RuleState, t: int) -> tuple[list[Tensor], RuleState]:
         "Updates for `grads` (one per parameter tensor) at step `t`, and the new state."
         raise NotImplementedError
+
+    def scalars(self, t: int) -> dict[str, float]:
+        """The constants of step `t` that `update_at` reads (bias corrections, ...): computed once per step,
+        on the host. A `fusable` rule implements `scalars`, `update_at` and `bound`."""
+        raise NotImplementedError(f"{type(self).__name__} has no fused step")
+
+    def update_at(
+        self, g: Tensor, s: dict[str, Tensor], sc: dict[str, Tensor]
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """The update of one tensor with gradient `g` and state `s`, and its new state, given the step's
+        constants `sc` (`scalars(t)` as 0-d tensors), in plain torch ops: what `RuleOptimizer(fused=True)`
+        compiles into one loop over each tensor's coordinates."""
+        raise NotImplementedError(f"{type(self).__name__} has no fused step")
+
+    def bound(self, gmax: float, smax: dict[str, float], t: int) -> tuple[float, dict[str, float]]:
+        """Upper bounds of |update| and of each new state buffer's largest |value| at step `t`, given |g| ≤
+        `gmax` and each old buffer's largest |value| `smax` (`math.inf` where none is known): the proof that a
+        fused step is finite before it writes."""
+        raise NotImplementedError(f"{type(self).__name__} has no fused step")
 
     def extra_repr(self) -> str:
         names = [n for n in inspect.signature(type(self).__init__).parameters if n != "self"]
@@ -382,6 +403,22 @@ def _finite(grads: list[Tensor]) -> bool:
     )
 
 
+def _apply_fused(rule: UpdateRule, params: list, grads: list, states: list, sc: dict, lr: Tensor) -> None:
+    """One step of a `fusable` rule written in place: θ ← θ + lr·u and the new state, for each parameter (what
+    `RuleOptimizer(fused=True)` compiles, one loop per tensor)."""
+    for p, g, s in zip(params, grads, states):
+        u, new = rule.update_at(g, s, sc)
+        p.add_(u.view_as(p) * lr)
+        for k, v in new.items():
+            s[k].copy_(v.view_as(s[k]))
+
+
+@functools.cache
+def _apply_compiled():
+    "`_apply_fused` compiled (once per process; shapes dynamic, so a new model recompiles rarely)."
+    return torch.compile(_apply_fused, dynamic=True)
+
+
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype `RuleOptimizer` runs a rule in for parameters of `dtype`: float32 for float16 and bfloat16
     (whose range and resolution lose g², |g|^p and epsilons such as 1e-8), else `dtype` itself."""
@@ -401,7 +438,12 @@ class RuleOptimizer(torch.optim.Optimizer):
     `on_nonfinite` is the policy for a step whose gradients, updates or new rule state hold NaN or ±inf:
     `"error"` raises `FloatingPointError`, `"skip"` skips the step and counts it in `nonfinite_skips`; either
     way no parameter and no state is changed. float16/bfloat16 parameters are stepped in float32
-    (_compute_dtype), their state kept in float32, and their updates rounded to the parameter's dtype."""
+    (_compute_dtype), their state kept in float32, and their updates rounded to the parameter's dtype.
+
+    `fused=True` (a `fusable` rule, float32/float64 parameters): each step is one compiled loop per tensor
+    (`torch.compile`, the first step compiles) that writes the parameter and its state in place, taken when
+    the rule's `bound`s prove the step finite from the gradients' largest |value|; otherwise the step takes
+    the checked path above. The same values to rounding, and the same `on_nonfinite` promise."""
 
     def __init__(
         self,
@@ -411,12 +453,21 @@ class RuleOptimizer(torch.optim.Optimizer):
         on_nonfinite: str = "error",
         weight_decay: float = 0.0,
         decoupled_weight_decay: bool = False,
+        fused: bool = False,
     ):
         if not isinstance(rule, UpdateRule):
             raise TypeError(f"rule must be an UpdateRule (e.g. AdamRule()), got {type(rule).__name__}")
         if on_nonfinite not in ("error", "skip"):
             raise ValueError(f"invalid on_nonfinite={on_nonfinite!r}: expected 'error' or 'skip'")
-        self.rule, self.on_nonfinite, self.nonfinite_skips = rule, on_nonfinite, 0
+        if fused not in (True, False):
+            raise ValueError(f"invalid fused={fused!r}: expected True or False")
+        if fused and not rule.fusable:
+            raise ValueError(
+                "fused=True needs a rule with a fused step (a SymbolicRule that reads no past step, such as "
+                f"03's deployable member); {type(rule).__name__} has none: use fused=False"
+            )
+        self.rule, self.on_nonfinite, self.nonfinite_skips, self.fused = rule, on_nonfinite, 0, fused
+        self._state_bound = None  # the largest |value| of each state buffer, known after a fused step
         hyper = {k: getattr(rule, k) for k in rule.hyperparameters}
         lr = hyper.get("lr", 1.0) if lr is None else lr
         super().__init__(
@@ -439,6 +490,14 @@ class RuleOptimizer(torch.optim.Optimizer):
             raise ValueError(
                 f"invalid decoupled_weight_decay={group['decoupled_weight_decay']!r}: expected True or False"
             )
+        if self.fused:  # (name, parameter) pairs or parameters, as torch.optim takes them
+            ps = param_group["params"]
+            param_group = {**param_group, "params": [ps] if isinstance(ps, Tensor) else list(ps)}
+            for p in (q[1] if isinstance(q, tuple) else q for q in param_group["params"]):
+                if p.dtype not in (torch.float32, torch.float64):
+                    raise ValueError(
+                        f"fused=True steps float32 and float64 parameters, got {p.dtype}: use fused=False"
+                    )
         if self.rule.hyperparameters:  # the rule's own checks, on the group's values
             type(self.rule)(
                 **{**rule_config(self.rule)["args"], **{k: group[k] for k in self.rule.hyperparameters}}
@@ -468,6 +527,8 @@ class RuleOptimizer(torch.optim.Optimizer):
                         f"RuleOptimizer does not support sparse gradients: {self._describe(gi, p)}"
                     )
             work.append((gi, group, ps))
+        if self.fused and self._step_fused(work):
+            return loss
         if not _finite([p.grad for _, _, ps in work for p in ps]):
             if self.on_nonfinite == "skip":
                 self.nonfinite_skips += 1
@@ -485,11 +546,7 @@ class RuleOptimizer(torch.optim.Optimizer):
             # params that missed steps (no grad) are at another step count: one rule call per count
             by_step = {}
             for p in ps:
-                if not self.state[p]:
-                    self.state[p] = {
-                        "step": torch.tensor(0.0),
-                        **self.rule.init_tensor(p.detach().to(_compute_dtype(p.dtype))),
-                    }
+                self._init_state(p)
                 by_step.setdefault(int(self.state[p]["step"]), []).append(p)
             for t, qs in by_step.items():
                 # a rule returns new state and leaves the old as it is:
@@ -527,7 +584,70 @@ class RuleOptimizer(torch.optim.Optimizer):
             # a hand rule's lr is inside its update
             scale = 1.0 if "lr" in self.rule.hyperparameters else group["lr"]
             torch._foreach_add_(qs, updates, alpha=scale)
+        self._state_bound = None
         return loss
+
+    def _init_state(self, p: Tensor) -> None:
+        if not self.state[p]:
+            self.state[p] = {
+                "step": torch.tensor(0.0),
+                **self.rule.init_tensor(p.detach().to(_compute_dtype(p.dtype))),
+            }
+
+    def _step_fused(self, work: list) -> bool:
+        """The fused step (`fused=True`): when the rule's `bound`s prove every update and new state value
+        finite, write each parameter and its state in place with the compiled `_apply_fused`, and return True;
+        else change nothing and return False (the checked path then steps)."""
+        calls = []  # (group, rule, step count, params, gradients the rule sees)
+        for _, group, ps in work:
+            rule = self.rule.with_hyperparameters(group)
+            by_step = {}
+            for p in ps:
+                self._init_state(p)
+                by_step.setdefault(int(self.state[p]["step"]), []).append(p)
+            wd, decoupled = group["weight_decay"], group["decoupled_weight_decay"]
+            for t, qs in by_step.items():
+                grads = [p.grad for p in qs]
+                if wd and not decoupled:
+                    grads = torch._foreach_add(grads, qs, alpha=wd)
+                calls.append((group, rule, t + 1, qs, grads))
+        gs = [g for *_, grads in calls for g in grads if g.numel()]
+        gmax = (
+            torch.stack([torch.stack(torch.aminmax(g)).abs().max().double() for g in gs]).max().item()
+            if gs
+            else 0.0
+        )
+        if not math.isfinite(gmax):
+            return False
+        if self._state_bound is None:  # after a checked step or a load: read every parameter's state once
+            self._state_bound = {}
+            for state in self.state.values():
+                for k, v in state.items():
+                    if k != "step" and v.numel():
+                        m = torch.stack(torch.aminmax(v)).abs().max().item()
+                        self._state_bound[k] = max(self._state_bound.get(k, 0.0), m)
+        new_bound = dict(self._state_bound)  # parameters without a gradient keep their state
+        for _, rule, t, qs, _ in calls:
+            limit = torch.finfo(qs[0].dtype).max / 16
+            smax = {k: self._state_bound.get(k, 0.0) for k in self.state[qs[0]] if k != "step"}
+            ubound, sbound = rule.bound(gmax, smax, t)
+            if not all(b < limit for b in (ubound, *sbound.values())):
+                self._state_bound = None
+                return False
+            for k, b in sbound.items():
+                new_bound[k] = max(new_bound.get(k, 0.0), b)
+        for group, rule, t, qs, grads in calls:
+            dtype, wd = qs[0].dtype, group["weight_decay"]
+            if wd and group["decoupled_weight_decay"]:
+                torch._foreach_mul_(qs, 1 - group["lr"] * wd)
+            scale = 1.0 if "lr" in rule.hyperparameters else group["lr"]
+            sc = {k: torch.tensor(v, dtype=dtype) for k, v in rule.scalars(t).items()}
+            states = [{k: v for k, v in self.state[p].items() if k != "step"} for p in qs]
+            _apply_compiled()(rule, qs, grads, states, sc, torch.tensor(scale, dtype=dtype))
+            for p in qs:
+                self.state[p]["step"] += 1
+        self._state_bound = new_bound
+        return True
 
     def state_dict(self) -> dict:
         """`torch.optim`'s state dict (the param groups carry the rule's hyperparameters) plus the count of
@@ -538,6 +658,7 @@ class RuleOptimizer(torch.optim.Optimizer):
         """Load a `state_dict`: its tensors are copied (never shared with the source) and cast to each
         parameter's dtype and device."""
         state_dict = dict(state_dict)
+        self._state_bound = None
         self.nonfinite_skips = int(state_dict.pop("nonfinite_skips", 0))
         # torch.optim's loader keeps tensors that need no cast: copy, so that the two never share a tensor.
         state_dict["state"] = {
