@@ -414,9 +414,25 @@ def _apply_fused(rule: UpdateRule, params: list, grads: list, states: list, sc: 
 
 
 @functools.cache
-def _apply_compiled():
-    "`_apply_fused` compiled (once per process; shapes dynamic, so a new model recompiles rarely)."
-    return torch.compile(_apply_fused, dynamic=True)
+def _apply_compiled() -> Callable:
+    """`_apply_fused` compiled, once per process. Sizes are dynamic; a new rule, dtype or number of tensors in
+    a call compiles a variant (up to 64, not dynamo's default 8; past that, dynamo runs it uncompiled)."""
+    from torch._dynamo.exc import BackendCompilerFailed
+    from torch._inductor.exc import InductorError
+
+    compiled = torch.compile(_apply_fused, dynamic=True)
+
+    def apply(*args):
+        with torch._dynamo.config.patch(recompile_limit=64):
+            try:
+                return compiled(*args)
+            except (BackendCompilerFailed, InductorError) as e:
+                raise RuntimeError(
+                    "fused=True compiles its step with torch.compile, which failed (on a CPU it needs a C++ "
+                    "compiler, on a GPU Triton); use fused=False"
+                ) from e
+
+    return apply
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
