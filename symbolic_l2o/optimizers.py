@@ -627,12 +627,8 @@ class RuleOptimizer(torch.optim.Optimizer):
                 if wd and not decoupled:
                     grads = torch._foreach_add(grads, qs, alpha=wd)
                 calls.append((group, rule, t + 1, qs, grads))
-        gs = [g for *_, grads in calls for g in grads if g.numel()]
-        gmax = (
-            torch.stack([torch.stack(torch.aminmax(g)).abs().max().double() for g in gs]).max().item()
-            if gs
-            else 0.0
-        )
+        gs = [g for *_, grads in calls for g in grads if g.numel()]  # max propagates NaN
+        gmax = torch.stack(torch._foreach_max(torch._foreach_abs(gs))).max().item() if gs else 0.0
         if not math.isfinite(gmax):
             return False
         if self._state_bound is None:  # after a checked step or a load: read every parameter's state once
@@ -653,15 +649,14 @@ class RuleOptimizer(torch.optim.Optimizer):
             for k, b in sbound.items():
                 new_bound[k] = max(new_bound.get(k, 0.0), b)
         for group, rule, t, qs, grads in calls:
-            dtype, wd = qs[0].dtype, group["weight_decay"]
+            dtype, device, wd = qs[0].dtype, qs[0].device, group["weight_decay"]
             if wd and group["decoupled_weight_decay"]:
                 torch._foreach_mul_(qs, 1 - group["lr"] * wd)
             scale = 1.0 if "lr" in rule.hyperparameters else group["lr"]
-            sc = {k: torch.tensor(v, dtype=dtype) for k, v in rule.scalars(t).items()}
+            sc = {k: torch.tensor(v, dtype=dtype, device=device) for k, v in rule.scalars(t).items()}
             states = [{k: v for k, v in self.state[p].items() if k != "step"} for p in qs]
-            _apply_compiled()(rule, qs, grads, states, sc, torch.tensor(scale, dtype=dtype))
-            for p in qs:
-                self.state[p]["step"] += 1
+            _apply_compiled()(rule, qs, grads, states, sc, torch.tensor(scale, dtype=dtype, device=device))
+            torch._foreach_add_([self.state[p]["step"] for p in qs], 1.0)
         self._state_bound = new_bound
         return True
 
