@@ -51,9 +51,9 @@ def optimizer_step(repeats: int = 30, warmup: int = 3) -> dict:
 
 
 def rule_step(repeats: int = 20, warmup: int = 3) -> dict:
-    """Median `step()` time of RuleOptimizer with the deployed kinds of rule (u = c·mp3_0, a two-term equation
-    with a lag, the γ·tanh rule) over torch.optim.Adam(foreach=True)'s, each stepped in turn, on the CIFAR
-    ResNet-18's parameters (CPU; `finetune.step_costs`)."""
+    """Median `step()` time of RuleOptimizer with the deployed kinds of rule (u = c·mp3_0, checked and fused,
+    a two-term equation with a lag, the γ·tanh rule) over torch.optim.Adam(foreach=True)'s, each stepped in
+    turn, on the CIFAR ResNet-18's parameters (CPU; `finetune.step_costs`)."""
     from symbolic_l2o.expressions import SymbolicRule, TanhBasisRule
     from symbolic_l2o.finetune import step_costs
 
@@ -66,6 +66,7 @@ def rule_step(repeats: int = 20, warmup: int = 3) -> dict:
         {
             "adam": lambda ps: torch.optim.Adam(ps, lr=1e-3, foreach=True),
             **{k: (lambda ps, r=r: RuleOptimizer(ps, r)) for k, r in rules.items()},
+            "symbolic_c_mp3_fused": lambda ps: RuleOptimizer(ps, rules["symbolic_c_mp3"], fused=True),
         },
         "resnet18",
         repeats,
@@ -73,7 +74,7 @@ def rule_step(repeats: int = 20, warmup: int = 3) -> dict:
     )
     ms = {k: c["step_ms"] for k, c in costs.items()}
     return {
-        "ratio_over_adam": {k: ms[k] / ms["adam"] for k in rules},
+        "ratio_over_adam": {k: ms[k] / ms["adam"] for k in ms if k != "adam"},
         "ms": ms,
         "repeats": repeats,
         "threads": torch.get_num_threads(),

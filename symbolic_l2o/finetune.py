@@ -227,16 +227,25 @@ def _rule_optimizer_factory(
     rule: UpdateRule, weight_decay: float = WEIGHT_DECAY, decoupled: bool = False, lr: float = 1.0
 ) -> Callable:
     """A factory `model → RuleOptimizer(model.parameters(), rule, lr, weight_decay=...)` for `train` (the rule
-    object is shared, not copied)."""
+    object is shared, not copied), fused when the rule is `fusable`."""
     return lambda model: RuleOptimizer(
-        model.parameters(), rule, lr=lr, weight_decay=weight_decay, decoupled_weight_decay=decoupled
+        model.parameters(),
+        rule,
+        lr=lr,
+        weight_decay=weight_decay,
+        decoupled_weight_decay=decoupled,
+        fused=rule.fusable,
     )
 
 
 def _rule_spec(label: str, rule: UpdateRule) -> tuple[str, Callable, float]:
     """A protocol entry (label, make(params, multiplier), 1.0) for a frozen rule: `RuleOptimizer` with coupled
-    decay `WEIGHT_DECAY`."""
-    return label, lambda ps, lr: RuleOptimizer(ps, rule, lr=lr, weight_decay=WEIGHT_DECAY), 1.0
+    decay `WEIGHT_DECAY`, fused when the rule is `fusable` (a deployed equation is: `deployable`)."""
+    return (
+        label,
+        lambda ps, lr: RuleOptimizer(ps, rule, lr=lr, weight_decay=WEIGHT_DECAY, fused=rule.fusable),
+        1.0,
+    )
 
 # %% ../nbs/04_finetune_resnet.ipynb #ddbe5e05
 def protocol_run(
@@ -627,16 +636,18 @@ def scalability(
     tanh_rule: TanhBasisRule | None = None,
 ) -> dict:
     """State bytes per parameter and median `step()` time on `arch`'s parameters (`step_costs`) of the
-    `symbolic` rule, a `TanhBasisRule` (`tanh_rule`, default a fixed one), `torch.optim.Adam` (foreach, and
-    fused: `adam_fused`) and the zoo's LSTM rule `lstm` (timed on its first `lstm_params` coordinates, scaled
-    linearly); the ratios `symbolic_over_adam_time`, `symbolic_over_fused_adam_time`,
+    `symbolic` rule as deployed (`fused=True` when it is `fusable`) and on the checked path
+    (`symbolic_checked`), a `TanhBasisRule` (`tanh_rule`, default a fixed one), `torch.optim.Adam` (foreach,
+    and fused: `adam_fused`) and the zoo's LSTM rule `lstm` (timed on its first `lstm_params` coordinates,
+    scaled linearly); the ratios `symbolic_over_adam_time`, `symbolic_over_fused_adam_time`,
     `lstm_over_symbolic_memory`."""
     from symbolic_l2o.meta_train import zoo_rule
 
     tanh_rule = tanh_rule or TanhBasisRule(weights=[[1.0, -0.1], [0.1, 0.0]])
     costs = step_costs(
         {
-            "symbolic": lambda ps: RuleOptimizer(ps, symbolic),
+            "symbolic": lambda ps: RuleOptimizer(ps, symbolic, fused=symbolic.fusable),
+            "symbolic_checked": lambda ps: RuleOptimizer(ps, symbolic),
             "tanh_basis": lambda ps: RuleOptimizer(ps, tanh_rule),
             "adam": lambda ps: torch.optim.Adam(ps, lr=1e-3, foreach=True),
             "adam_fused": lambda ps: torch.optim.Adam(ps, lr=1e-3, fused=True),

@@ -70,12 +70,12 @@ def create_optimizer(name: str, params, **hyperparameters) -> RuleOptimizer:
     `hyperparameters`: a hand rule's (`lr`, `betas`, `momentum`, ..., its step size and defaults as in
     `torch.optim`), for a learned or distilled rule `lr` (a factor on its update, 1.0: the rule as trained)
     and `zero_offset` (`load_pretrained`), and for any rule `RuleOptimizer`'s `weight_decay`,
-    `decoupled_weight_decay`, `on_nonfinite`."""
+    `decoupled_weight_decay`, `on_nonfinite` and `fused`."""
     if isinstance(params, nn.Module):
         params = params.parameters()
     options = {
         k: hyperparameters.pop(k)
-        for k in ("weight_decay", "decoupled_weight_decay", "on_nonfinite")
+        for k in ("weight_decay", "decoupled_weight_decay", "on_nonfinite", "fused")
         if k in hyperparameters
     }
     zoo = _zoo_files()
@@ -89,7 +89,7 @@ def create_optimizer(name: str, params, **hyperparameters) -> RuleOptimizer:
     if unknown:
         raise ValueError(
             f"optimizer {name!r} has no hyperparameter(s) {unknown}; it takes {accepted} and "
-            "weight_decay, decoupled_weight_decay, on_nonfinite"
+            "weight_decay, decoupled_weight_decay, on_nonfinite, fused"
         )
     if name in HAND_RULES:
         return RuleOptimizer(params, HAND_RULES[name](**hyperparameters), **options)

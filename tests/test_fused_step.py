@@ -109,8 +109,8 @@ def test_a_non_finite_gradient_changes_nothing():
 
 
 def test_an_unproven_step_takes_the_checked_path():
-    """|g|³ of a finite gradient 1e13 overflows float32: the bound cannot prove the step finite, so the checked
-    path steps, finds the overflow in the new state and changes nothing."""
+    """|g|³ of a finite gradient 1e13 overflows float32: the bound cannot prove the step finite, so the
+    checked path steps, finds the overflow in the new state and changes nothing."""
     _, b = nets()
     opt = RuleOptimizer(
         b.parameters(), SymbolicRule("-0.85*mp3_0", scale=0.05), on_nonfinite="skip", fused=True
