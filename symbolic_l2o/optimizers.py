@@ -627,8 +627,9 @@ class RuleOptimizer(torch.optim.Optimizer):
                 if wd and not decoupled:
                     grads = torch._foreach_add(grads, qs, alpha=wd)
                 calls.append((group, rule, t + 1, qs, grads))
-        gs = [g for *_, grads in calls for g in grads if g.numel()]  # max propagates NaN
-        gmax = torch.stack(torch._foreach_max(torch._foreach_abs(gs))).max().item() if gs else 0.0
+        # the largest |g| (a NaN propagates): aminmax reads each tensor once and allocates nothing
+        gs = [torch.stack(torch.aminmax(g)) for *_, grads in calls for g in grads if g.numel()]
+        gmax = torch.cat(gs).abs().max().item() if gs else 0.0
         if not math.isfinite(gmax):
             return False
         if self._state_bound is None:  # after a checked step or a load: read every parameter's state once
