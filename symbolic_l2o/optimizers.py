@@ -11,6 +11,7 @@ import importlib
 import inspect
 import math
 import numbers
+import warnings
 from collections.abc import Callable, Sequence
 
 import torch
@@ -415,22 +416,27 @@ def _apply_fused(rule: UpdateRule, params: list, grads: list, states: list, sc: 
 
 @functools.cache
 def _apply_compiled() -> Callable:
-    """`_apply_fused` compiled, once per process. Sizes are dynamic; a new rule, dtype or number of tensors in
-    a call compiles a variant (up to 64, not dynamo's default 8; past that, dynamo runs it uncompiled)."""
-    from torch._dynamo.exc import BackendCompilerFailed
+    """`_apply_fused` compiled, once per process, as one graph (`fullgraph`: a failure comes before anything
+    is written). Sizes are dynamic; a new rule, dtype or number of tensors in a call compiles a variant (up to
+    64, not dynamo's default 8). Where compiling fails (no C++ compiler on a CPU, no Triton on a GPU, too many
+    variants) it warns once and runs `_apply_fused` uncompiled from then on: the same values, slower."""
+    from torch._dynamo.exc import TorchDynamoException
     from torch._inductor.exc import InductorError
 
-    compiled = torch.compile(_apply_fused, dynamic=True)
+    compiled, failed = torch.compile(_apply_fused, dynamic=True, fullgraph=True), []
 
     def apply(*args):
-        with torch._dynamo.config.patch(recompile_limit=64):
-            try:
-                return compiled(*args)
-            except (BackendCompilerFailed, InductorError) as e:
-                raise RuntimeError(
-                    "fused=True compiles its step with torch.compile, which failed (on a CPU it needs a C++ "
-                    "compiler, on a GPU Triton); use fused=False"
-                ) from e
+        if not failed:
+            with torch._dynamo.config.patch(recompile_limit=64):
+                try:
+                    return compiled(*args)
+                except (TorchDynamoException, InductorError) as e:
+                    failed.append(e)
+                    warnings.warn(
+                        f"fused=True could not compile its step ({type(e).__name__}: on a CPU torch.compile "
+                        "needs a C++ compiler, on a GPU Triton); stepping uncompiled, at the checked path's speed"
+                    )
+        return _apply_fused(*args)
 
     return apply
 

@@ -141,3 +141,30 @@ def test_fused_refuses_what_it_cannot_step():
         RuleOptimizer(nn.Linear(2, 1).half().parameters(), SymbolicRule("-0.5*mt_0"), fused=True)
     with pytest.raises(ValueError, match="invalid fused"):
         RuleOptimizer(net.parameters(), SymbolicRule("-0.5*mt_0"), fused="yes")
+
+
+def test_a_step_that_cannot_compile_runs_uncompiled(monkeypatch):
+    """Where torch.compile fails (here its backend raises, as it does without a C++ compiler), the fused step
+    warns once and runs its function uncompiled: the checked path's values."""
+    import torch._inductor.compile_fx as compile_fx
+
+    from symbolic_l2o import optimizers
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no C++ compiler here")
+
+    monkeypatch.setattr(compile_fx, "compile_fx", broken)
+    optimizers._apply_compiled.cache_clear()
+    torch._dynamo.reset()
+    try:
+        rule = SymbolicRule("-0.85*mp3_0", scale=0.05)
+        a, b = nets()
+        oa, ob = RuleOptimizer(a.parameters(), rule), RuleOptimizer(b.parameters(), rule, fused=True)
+        train(a, oa, 3)
+        with pytest.warns(UserWarning, match="could not compile"):
+            train(b, ob, 3)
+        assert_same(a, oa, b, ob)
+        assert ob._state_bound is not None  # the fused step ran, uncompiled
+    finally:
+        optimizers._apply_compiled.cache_clear()
+        torch._dynamo.reset()
