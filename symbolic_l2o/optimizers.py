@@ -434,7 +434,7 @@ def _apply_compiled() -> Callable:
                     failed.append(e)
                     warnings.warn(
                         f"fused=True could not compile its step ({type(e).__name__}: on a CPU torch.compile "
-                        "needs a C++ compiler, on a GPU Triton); stepping uncompiled, at the checked path's speed"
+                        "needs a C++ compiler, on a GPU Triton); stepping uncompiled from now on"
                     )
         return _apply_fused(*args)
 
