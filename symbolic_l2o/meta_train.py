@@ -376,7 +376,8 @@ def meta_train(
     turn), as `settings` say (default: the paper's); returns the per-epoch metrics.
 
     With `out_dir`: checkpoints (every `settings.checkpoint_every` epochs and at the end), `metrics.jsonl`,
-    and `resume` from the checkpoint there. See the notebook for the meta-loss, curriculum, imitation and
+    and `resume` from the checkpoint there. With a curriculum the rule ends with the best validated weights of
+    its last stage. See the notebook for the meta-loss, curriculum, imitation and
     resume. While it writes `out_dir`, it holds _run_lock on it."""
     tasks = list(tasks) if isinstance(tasks, (list, tuple)) else [tasks]
     weights = [p for p in rule.parameters() if p.requires_grad]
@@ -494,6 +495,8 @@ def meta_train(
                 f.write(json.dumps(record) + "\n")
             if (epoch + 1) % st.checkpoint_every == 0 or epoch + 1 == epochs or cl.stopped:
                 checkpoint(epoch + 1)
+    if curriculum and not cl.stopped and cl.best_weights is not None:  # the run ends on its best validation
+        rule.load_state_dict(cl.best_weights)
     return history
 
 # %% ../nbs/01_meta_train.ipynb #110a1d81
@@ -896,8 +899,17 @@ def evaluate_cli(
     print(json.dumps(summary, indent=2))
 
 # %% ../nbs/01_meta_train.ipynb #8f604a8a
-# name -> (rule arguments, meta_train arguments) that differ from the defaults: the paper's DM row is DM+IL
-ZOO_RECIPES = {"dm": ({}, {"imitation_ratio": 0.3})}
+# name -> (rule arguments, meta_train arguments) that differ from the defaults: the paper's DM row is DM+IL,
+# and DM keeps its best weights on the paper's task's validation problems (every 10 epochs, never stopping)
+ZOO_RECIPES = {
+    "dm": (
+        {},
+        {
+            "imitation_ratio": 0.3,
+            "curriculum": Curriculum(horizons=(200,), eval_every=10, eval_seeds=5, min_evals=20),
+        },
+    )
+}
 
 
 def zoo_tasks(root: str | Path | None = None) -> list[Task]:
@@ -980,7 +992,7 @@ def train_zoo(
                 "unroll": settings.unroll,
                 "meta_lr": settings.meta_lr,
                 "rule_args": rule_args,
-                **recipe,
+                **{k: vars(v) if isinstance(v, Curriculum) else v for k, v in recipe.items()},
                 "started_from": started_from,
                 "seconds": seconds,
                 "skipped_windows": history[-1]["skipped"],
