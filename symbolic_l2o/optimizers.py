@@ -560,26 +560,12 @@ class RuleOptimizer(torch.optim.Optimizer):
                 f"non-finite gradient in {self._describe(gi, p)}; no parameter or optimizer "
                 "state was changed (on_nonfinite='skip' skips such steps instead)"
             )
-        # (group index, params, updates, new states) of every rule call,
-        # all computed before anything is written
+        # (group index, params, updates, new states) of every rule call, all computed before anything is
+        # written: a rule returns new state and leaves the old as it is, kept until all is known finite
         steps = []
-        for gi, group, ps in work:
-            rule = self.rule.with_hyperparameters(group)
-            # params that missed steps (no grad) are at another step count: one rule call per count
-            by_step = {}
-            for p in ps:
-                self._init_state(p)
-                by_step.setdefault(int(self.state[p]["step"]), []).append(p)
-            for t, qs in by_step.items():
-                # a rule returns new state and leaves the old as it is:
-                # kept until every result is known finite
-                states = [{k: v for k, v in self.state[p].items() if k != "step"} for p in qs]
-                wd, decoupled = group.get("weight_decay", 0.0), group.get("decoupled_weight_decay", False)
-                grads = [p.grad for p in qs]
-                if wd and not decoupled:
-                    grads = torch._foreach_add(grads, qs, alpha=wd)  # new tensors: .grad is kept
-                updates, states = rule.step([g.to(_compute_dtype(g.dtype)) for g in grads], states, t + 1)
-                steps.append((gi, qs, [u.to(p.dtype) for u, p in zip(updates, qs)], states))
+        for gi, _, rule, t, qs, grads, states in self._calls(work):
+            updates, states = rule.step([g.to(_compute_dtype(g.dtype)) for g in grads], states, t)
+            steps.append((gi, qs, [u.to(p.dtype) for u, p in zip(updates, qs)], states))
         if not _finite([x for _, qs, us, ss in steps for x in (*us, *(v for s in ss for v in s.values()))]):
             if self.on_nonfinite == "skip":
                 self.nonfinite_skips += 1
@@ -609,32 +595,37 @@ class RuleOptimizer(torch.optim.Optimizer):
         self._state_bound = None
         return loss
 
-    def _init_state(self, p: Tensor) -> None:
-        if not self.state[p]:
-            self.state[p] = {
-                "step": torch.tensor(0.0),
-                **self.rule.init_tensor(p.detach().to(_compute_dtype(p.dtype))),
-            }
-
-    def _step_fused(self, work: list) -> bool:
-        """The fused step (`fused=True`): when the rule's `bound`s prove every update and new state value
-        finite, write each parameter and its state in place with the compiled `_apply_fused`, and return True;
-        else change nothing and return False (the checked path then steps)."""
-        calls = []  # (group, rule, step count, params, gradients the rule sees)
-        for _, group, ps in work:
+    def _calls(self, work: list) -> list[tuple]:
+        """One rule call per param group and step count (params that missed steps are at another count), each
+        (group index, group, the rule with the group's hyperparameters, the 1-based step t, params, the
+        gradients the rule sees, their states without the step counter); a new parameter's state is made."""
+        calls = []
+        for gi, group, ps in work:
             rule = self.rule.with_hyperparameters(group)
             by_step = {}
             for p in ps:
-                self._init_state(p)
+                if not self.state[p]:
+                    self.state[p] = {
+                        "step": torch.tensor(0.0),
+                        **self.rule.init_tensor(p.detach().to(_compute_dtype(p.dtype))),
+                    }
                 by_step.setdefault(int(self.state[p]["step"]), []).append(p)
             wd, decoupled = group["weight_decay"], group["decoupled_weight_decay"]
             for t, qs in by_step.items():
                 grads = [p.grad for p in qs]
                 if wd and not decoupled:
-                    grads = torch._foreach_add(grads, qs, alpha=wd)
-                calls.append((group, rule, t + 1, qs, grads))
+                    grads = torch._foreach_add(grads, qs, alpha=wd)  # new tensors: .grad is kept
+                states = [{k: v for k, v in self.state[p].items() if k != "step"} for p in qs]
+                calls.append((gi, group, rule, t + 1, qs, grads, states))
+        return calls
+
+    def _step_fused(self, work: list) -> bool:
+        """The fused step (`fused=True`): when the rule's `bound`s prove every update and new state value
+        finite, write each parameter and its state in place with the compiled `_apply_fused`, and return True;
+        else change nothing and return False (the checked path then steps)."""
+        calls = self._calls(work)
         # the largest |g| (a NaN propagates): aminmax reads each tensor once and allocates nothing
-        gs = [torch.stack(torch.aminmax(g)) for *_, grads in calls for g in grads if g.numel()]
+        gs = [torch.stack(torch.aminmax(g)) for *_, grads, _ in calls for g in grads if g.numel()]
         gmax = torch.cat(gs).abs().max().item() if gs else 0.0
         if not math.isfinite(gmax):
             return False
@@ -646,7 +637,7 @@ class RuleOptimizer(torch.optim.Optimizer):
                         m = torch.stack(torch.aminmax(v)).abs().max().item()
                         self._state_bound[k] = max(self._state_bound.get(k, 0.0), m)
         new_bound = dict(self._state_bound)  # parameters without a gradient keep their state
-        for _, rule, t, qs, _ in calls:
+        for _, _, rule, t, qs, _, _ in calls:
             limit = torch.finfo(qs[0].dtype).max / 16
             smax = {k: self._state_bound.get(k, 0.0) for k in self.state[qs[0]] if k != "step"}
             ubound, sbound = rule.bound(gmax, smax, t)
@@ -655,13 +646,12 @@ class RuleOptimizer(torch.optim.Optimizer):
                 return False
             for k, b in sbound.items():
                 new_bound[k] = max(new_bound.get(k, 0.0), b)
-        for group, rule, t, qs, grads in calls:
+        for _, group, rule, t, qs, grads, states in calls:
             dtype, device, wd = qs[0].dtype, qs[0].device, group["weight_decay"]
             if wd and group["decoupled_weight_decay"]:
                 torch._foreach_mul_(qs, 1 - group["lr"] * wd)
             scale = 1.0 if "lr" in rule.hyperparameters else group["lr"]
             sc = {k: torch.tensor(v, dtype=dtype, device=device) for k, v in rule.scalars(t).items()}
-            states = [{k: v for k, v in self.state[p].items() if k != "step"} for p in qs]
             _apply_compiled()(rule, qs, grads, states, sc, torch.tensor(scale, dtype=dtype, device=device))
             torch._foreach_add_([self.state[p]["step"] for p in qs], 1.0)
         self._state_bound = new_bound
