@@ -513,8 +513,11 @@ class RuleOptimizer(torch.optim.Optimizer):
                 f"invalid decoupled_weight_decay={group['decoupled_weight_decay']!r}: expected True or False"
             )
         if self.fused:  # (name, parameter) pairs or parameters, as torch.optim takes them
-            ps = param_group["params"]
-            param_group = {**param_group, "params": [ps] if isinstance(ps, Tensor) else list(ps)}
+            ps = param_group[
+                "params"
+            ]  # a generator is read once here; a set is left for torch.optim to refuse
+            ps = [ps] if isinstance(ps, Tensor) else ps if isinstance(ps, (list, tuple, set)) else list(ps)
+            param_group = {**param_group, "params": ps}
             for p in (q[1] if isinstance(q, tuple) else q for q in param_group["params"]):
                 if p.dtype not in (torch.float32, torch.float64):
                     raise ValueError(
@@ -634,7 +637,8 @@ class RuleOptimizer(torch.optim.Optimizer):
             for state in self.state.values():
                 for k, v in state.items():
                     if k != "step" and v.numel():
-                        m = torch.stack(torch.aminmax(v)).abs().max().item()
+                        m = torch.stack(torch.aminmax(v)).abs().max().item()  # NaN: no bound
+                        m = m if math.isfinite(m) else math.inf
                         self._state_bound[k] = max(self._state_bound.get(k, 0.0), m)
         new_bound = dict(self._state_bound)  # parameters without a gradient keep their state
         for _, _, rule, t, qs, _, _ in calls:

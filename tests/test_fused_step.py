@@ -168,3 +168,28 @@ def test_a_step_that_cannot_compile_runs_uncompiled(monkeypatch):
     finally:
         optimizers._apply_compiled.cache_clear()
         torch._dynamo.reset()
+
+
+def test_a_loaded_non_finite_state_takes_the_checked_path():
+    """A state read back with a NaN in it has no bound: the fused step does not write, and the checked path
+    refuses the step."""
+    a, b = nets()
+    rule = SymbolicRule("-0.85*mp3_0", scale=0.05)
+    oa = RuleOptimizer(a.parameters(), rule)
+    train(a, oa, 2)
+    state = oa.state_dict()
+    state["state"][0]["m"][0] = math.nan
+    ob = RuleOptimizer(b.parameters(), rule, fused=True)
+    ob.load_state_dict(state)
+    before = [p.clone() for p in b.parameters()]
+    for p in b.parameters():
+        p.grad = torch.ones_like(p)
+    with pytest.raises(FloatingPointError, match="non-finite update"):  # m's NaN reaches the update
+        ob.step()
+    assert all(torch.equal(x, y) for x, y in zip(before, b.parameters()))
+
+
+def test_a_set_of_parameters_is_refused_as_torch_optim_refuses_it():
+    opt = RuleOptimizer(nn.Linear(2, 1).parameters(), SymbolicRule("-0.5*mt_0"), fused=True)
+    with pytest.raises(TypeError, match="ordered collections"):
+        opt.add_param_group({"params": set(nn.Linear(2, 1).parameters())})
