@@ -286,37 +286,60 @@ def complexity(expr: sp.Expr) -> int:
     return sum(1 for _ in sp.preorder_traversal(expr))
 
 
-def magnitude_bound(expr: sp.Expr, bounds: dict[str, float]) -> float:
+def magnitude_bound(expr: sp.Expr, bounds: dict[str, float], limit: float = math.inf) -> float:
     """An upper bound of |expr| wherever each variable x has |x| ≤ `bounds[x.name]`: interval arithmetic on
-    magnitudes, node by node. `math.inf` where the vocabulary gives none (a division by a variable, a
-    logarithm) or the bound overflows a float."""
+    magnitudes, node by node; a finite bound also proves the value is not NaN.
+
+    `math.inf` (no bound) where any node has none: a division by a variable, a logarithm, a fractional power
+    of a value that may be negative (NaN), or a node whose bound reaches `limit`, the largest magnitude the
+    computation's dtype holds (past it a value overflows to ±inf, and inf − inf or 0·inf is NaN). A function
+    bounded whatever its argument (tanh, sign) is bounded only where its argument is: tanh(0/0) is NaN."""
     try:
-        value = _magnitude(expr, bounds)
-    except OverflowError:
+        return _magnitude(expr, bounds, limit)
+    except (_Unbounded, OverflowError):
         return math.inf
-    return value if value == value else math.inf  # 0·inf is nan: unknown
 
 
-_MAGNITUDES = {sp.tanh: lambda b: min(b, 1.0), sp.Abs: lambda b: b, sp.asinh: math.asinh, sp.sinh: math.sinh}
+class _Unbounded(Exception):
+    "A node of the expression has no finite bound below the limit."
 
 
-def _magnitude(e: sp.Basic, bounds: dict[str, float]) -> float:
+_MAGNITUDES = {  # |f(x)| given |x| ≤ b, for the functions of the vocabulary that keep a finite x finite
+    sp.tanh: lambda b: min(b, 1.0),
+    sp.Abs: lambda b: b,
+    sp.asinh: math.asinh,
+    sp.sinh: math.sinh,
+    sp.exp: math.exp,
+    sp.sign: lambda b: 1.0,
+}
+
+
+def _magnitude(e: sp.Basic, bounds: dict[str, float], limit: float) -> float:
     if isinstance(e, sp.Symbol):
-        return bounds[e.name]
-    if e.is_Number or e in (sp.pi, sp.E):
-        return abs(float(e))
-    if isinstance(e, (sp.sign, sp.Heaviside)):
-        return 1.0
-    args = [_magnitude(a, bounds) for a in e.args]
-    if isinstance(e, sp.Add):
-        return math.fsum(args)
-    if isinstance(e, sp.Mul):
-        return math.prod(args)
-    if isinstance(e, sp.Pow):  # |x|^k grows with |x| for k > 0; a negative power (a division) has no bound
-        return args[0] ** float(e.args[1]) if e.args[1].is_Number and e.args[1] > 0 else math.inf
-    if isinstance(e, sp.exp):
-        return math.exp(args[0])
-    return _MAGNITUDES[type(e)](args[0]) if type(e) in _MAGNITUDES else math.inf
+        value = bounds[e.name]
+    elif e.is_Number or e in (sp.pi, sp.E):
+        value = abs(float(e))
+    else:
+        args = [_magnitude(a, bounds, limit) for a in e.args]  # each finite and below the limit
+        if isinstance(e, sp.Add):
+            value = math.fsum(args)
+        elif isinstance(e, sp.Mul):
+            value = math.prod(args)
+        elif isinstance(e, sp.Heaviside):
+            value = 1.0
+        elif isinstance(e, sp.Pow) and e.args[1].is_Number and e.args[1] > 0:
+            # |x|^k grows with |x|; a fractional power needs x ≥ 0 (a negative x gives NaN)
+            fractional = not e.args[1].is_integer
+            if fractional and not e.args[0].is_nonnegative:
+                raise _Unbounded
+            value = args[0] ** float(e.args[1])
+        elif type(e) in _MAGNITUDES:
+            value = _MAGNITUDES[type(e)](args[0])
+        else:  # a division by a variable, a logarithm, a power with a variable exponent
+            raise _Unbounded
+    if not value < limit:  # inf, nan (0·inf), or past what the dtype holds
+        raise _Unbounded
+    return value
 
 # %% ../nbs/00b_expressions.ipynb #fe626770
 def _split_variable(name: str) -> tuple[str, int]:
@@ -471,14 +494,16 @@ class SymbolicRule(UpdateRule):
         cols, new = self.grad_features.columns_at(g, {b: s[b] for b in self.grad_features.buffers}, sc)
         return (self._evaluate(cols, s, self._consts(g.dtype)) * self.scale).view_as(g), new
 
-    def bound(self, gmax, smax, t):
+    def bound(self, gmax, smax, t, limit=math.inf):
         """Bounds of |u| and of the new buffers (`GradFeatures.bounds`, then `magnitude_bound` of the equation
-        with its current constants)."""
+        with its current constants, every node below `limit`)."""
         features, new = self.grad_features.bounds(gmax, smax, self.scalars(t))
         box = {name: features[self.features[k]] for name, (k, _) in self._columns.items()}
         box.update({n: abs(float(c)) for n, c in zip(self._const_names, self.constants.detach())})
-        u = magnitude_bound(self.template, box)
-        return abs(self.scale) * (min(u, max(map(abs, self.clip))) if self.clip else u), new
+        u = magnitude_bound(self.template, box, limit)
+        if self.clip and u < math.inf:  # a clip caps a bounded value; clamping keeps a NaN
+            u = min(u, max(map(abs, self.clip)))
+        return abs(self.scale) * u, new
 
     def _step_fused(self, grads, state, t):
         """`step` of u = c·f_0 without autograd: the factor c·scale is applied inside f's last pass

@@ -143,10 +143,14 @@ class UpdateRule(nn.Module):
         compiles into one loop over each tensor's coordinates."""
         raise NotImplementedError(f"{type(self).__name__} has no fused step")
 
-    def bound(self, gmax: float, smax: dict[str, float], t: int) -> tuple[float, dict[str, float]]:
+    def bound(
+        self, gmax: float, smax: dict[str, float], t: int, limit: float = math.inf
+    ) -> tuple[float, dict[str, float]]:
         """Upper bounds of |update| and of each new state buffer's largest |value| at step `t`, given |g| ≤
         `gmax` and each old buffer's largest |value| `smax` (`math.inf` where none is known): the proof that a
-        fused step is finite before it writes."""
+        fused step is finite before it writes. `limit` is the largest magnitude the step's dtype holds: a bound
+        is finite only where every intermediate value of the step stays below it (none overflows, none is
+        NaN)."""
         raise NotImplementedError(f"{type(self).__name__} has no fused step")
 
     def extra_repr(self) -> str:
@@ -644,7 +648,7 @@ class RuleOptimizer(torch.optim.Optimizer):
         for _, _, rule, t, qs, _, _ in calls:
             limit = torch.finfo(qs[0].dtype).max / 16
             smax = {k: self._state_bound.get(k, 0.0) for k in self.state[qs[0]] if k != "step"}
-            ubound, sbound = rule.bound(gmax, smax, t)
+            ubound, sbound = rule.bound(gmax, smax, t, limit)
             if not all(b < limit for b in (ubound, *sbound.values())):
                 self._state_bound = None
                 return False
