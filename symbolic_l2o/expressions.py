@@ -19,8 +19,8 @@ from .optimizers import UpdateRule, _check_hparam
 from .features import FEATURE_NAMES, OUTPUT_FEATURE, GradFeatures
 
 # %% auto #0
-__all__ = ['LOG_EPS', 'OPERATORS', 'MAX_EXPRESSION_CHARS', 'MAX_EXPRESSION_DEPTH', 'MAX_LAG', 'variable', 'parse_expression',
-           'compile_expression', 'complexity', 'magnitude_bound', 'SymbolicRule', 'TanhBasisRule']
+__all__ = ['LOG_EPS', 'OPERATORS', 'MAX_EXPRESSION_CHARS', 'MAX_EXPRESSION_DEPTH', 'MAX_LAG', 'MAX_EXPONENT', 'variable',
+           'parse_expression', 'compile_expression', 'complexity', 'magnitude_bound', 'SymbolicRule', 'TanhBasisRule']
 
 # %% ../nbs/00b_expressions.ipynb #5f4d749c
 LOG_EPS = 1e-8
@@ -79,9 +79,13 @@ MAX_EXPRESSION_DEPTH = (
     100  # nesting of parentheses, function calls, signs and powers (Operon's trees: depth <= 20)
 )
 MAX_LAG = 100  # the k of a variable <feature>_<k>: a rule keeps k steps of history per coordinate
-_TOKEN = re.compile(
+MAX_EXPONENT = (
+    100  # |k| of a numeric exponent x^k (square, cube, a fitted |x|^c): x^100 overflows past |x| 1200
+)
+_TOKEN = re.compile(  # ASCII only: Unicode digits such as ٣ or 𝟗 are not numbers here
     r"\s*(?:(?P<num>\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?)|(?P<name>[A-Za-z_][A-Za-z_0-9]*)"
-    r"|(?P<op>\*\*|[-+*/^(),]))"
+    r"|(?P<op>\*\*|[-+*/^(),]))",
+    re.ASCII,
 )
 
 
@@ -108,8 +112,10 @@ def parse_expression(text: str, variables: Sequence[str]) -> sp.Expr:
     vocabulary's functions.
 
     Untrusted text is bounded: at most `MAX_EXPRESSION_CHARS` characters, nesting `MAX_EXPRESSION_DEPTH`,
-    numeric literal numbers and powers of numbers within float64's range (sympy evaluates those: 9**9**9 would
-    be a number of 10^8 digits); each refusal is a `ValueError` naming its limit."""
+    ASCII digits only, every number it computes (literals, powers, functions of numbers such as
+    exp(exp(1e300)) or nested squares of 2**1000, products) within float64's range, checked as it is built
+    (sympy evaluates those exactly: 9**9**9 would be a number of 10^8 digits), numeric exponents within
+    `MAX_EXPONENT`; each refusal is a `ValueError` naming its limit."""
     text = str(text)
     if len(text) > MAX_EXPRESSION_CHARS:
         raise ValueError(
@@ -168,21 +174,34 @@ def parse_expression(text: str, variables: Sequence[str]) -> sp.Expr:
         depth -= 1
         return node
 
+    def bounded_power(base, ex):
+        """Refuse a power whose computation sympy would not bound: a number to a number outside float64's
+        range (9**9**9 has 10^8 digits), or anything to a numeric exponent past MAX_EXPONENT (sympy expands
+        (3x)^999999999 into 3^999999999·x^999999999)."""
+        if base.is_Number and ex.is_Number and base != 0:
+            if abs(float(ex) * math.log10(abs(float(base)))) > 308:
+                raise ValueError(
+                    f"the power {base}**{ex} in {text[:80]!r} is outside float64's range (|x| <= 1e308): "
+                    "its exponent is too large"
+                )
+        elif ex.is_Number and abs(float(ex)) > MAX_EXPONENT:
+            raise ValueError(
+                f"the exponent {ex} in {text[:80]!r} exceeds MAX_EXPONENT = {MAX_EXPONENT} (in float64 x^"
+                f"{MAX_EXPONENT} overflows for |x| > 1200)"
+            )
+
+    def in_range(node):  # every number sympy computed while building `node` is a float64
+        for a in node.atoms(sp.Number):
+            _finite_number(a, text)
+        return node
+
     def power():
         node = primary()
         if peek() in ("^", "**"):
             take()
             ex = unary()  # right-associative, binds tighter than unary minus on its left
-            if (
-                node.is_Number and ex.is_Number and node != 0
-            ):  # sympy evaluates it: only if the result is a float64
-                _finite_number(node, text), _finite_number(ex, text)
-                if abs(float(ex) * math.log10(abs(float(node)))) > 308:
-                    raise ValueError(
-                        f"the power {node}**{ex} in {text[:80]!r} is outside float64's range (|x| <= 1e308): "
-                        "its exponent is too large"
-                    )
-            return node**ex
+            bounded_power(node, ex)
+            return in_range(node**ex)
         return node
 
     def primary():
@@ -209,7 +228,9 @@ def parse_expression(text: str, variables: Sequence[str]) -> sp.Expr:
                 take(")")
                 if len(args) != arity:
                     raise ValueError(f"{value} takes {arity} argument(s), got {len(args)}")
-                return build(*args)
+                if value == "pow":
+                    bounded_power(*args)
+                return in_range(build(*args))  # square(square(...(2**1000))) stops at the first
             if value not in symbols:
                 raise ValueError(
                     f"unknown variable {value!r} in expression (known: {list(variables)[:8]}...)"
@@ -217,10 +238,15 @@ def parse_expression(text: str, variables: Sequence[str]) -> sp.Expr:
             return symbols[value]
         raise ValueError(f"unexpected {value!r} in expression {text[:80]!r}")
 
-    node = expr()
+    try:
+        node = expr()
+    except (RecursionError, OverflowError) as e:  # sympy's own evaluation of numbers, should one slip by
+        raise ValueError(
+            f"expression {text[:80]!r} computes a number outside float64's range ({type(e).__name__})"
+        ) from None
     if i != len(tokens):
         raise ValueError(f"unexpected {tokens[i][1]!r} after a complete expression in {text[:80]!r}")
-    return node
+    return in_range(node)  # products and sums of numbers too (1e300*1e300)
 
 # %% ../nbs/00b_expressions.ipynb #76140a6d
 # the sympy functions of the vocabulary and their torch twins
@@ -344,7 +370,7 @@ def _magnitude(e: sp.Basic, bounds: dict[str, float], limit: float) -> float:
 # %% ../nbs/00b_expressions.ipynb #fe626770
 def _split_variable(name: str) -> tuple[str, int]:
     feature, _, lag = name.rpartition("_")
-    if not feature or not lag.isdigit():
+    if not feature or not (lag.isascii() and lag.isdigit()):
         raise ValueError(f"variable {name!r} is not <feature>_<lag>")
     if int(lag) > MAX_LAG:
         raise ValueError(
@@ -371,7 +397,7 @@ class SymbolicRule(UpdateRule):
     ):
         super().__init__()
         if isinstance(expr, str):
-            names = sorted(set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*_\d+", expr)))
+            names = sorted(set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*_[0-9]+", expr)))
             expr = parse_expression(expr, names)
         variables = sorted((s for s in expr.free_symbols), key=lambda s: s.name)
         if not variables:

@@ -148,9 +148,9 @@ class UpdateRule(nn.Module):
     ) -> tuple[float, dict[str, float]]:
         """Upper bounds of |update| and of each new state buffer's largest |value| at step `t`, given |g| ≤
         `gmax` and each old buffer's largest |value| `smax` (`math.inf` where none is known): the proof that a
-        fused step is finite before it writes. `limit` is the largest magnitude the step's dtype holds: a bound
-        is finite only where every intermediate value of the step stays below it (none overflows, none is
-        NaN)."""
+        fused step is finite before it writes. `limit` is the largest magnitude the step's dtype holds: a
+        bound is finite only where every intermediate value of the step stays below it (none overflows, none
+        is NaN)."""
         raise NotImplementedError(f"{type(self).__name__} has no fused step")
 
     def extra_repr(self) -> str:

@@ -136,6 +136,17 @@ def test_half_precision_parameters_stay_finite_and_move(name, dtype):
         ("tanh(" * 150 + "g_0" + ")" * 150, "MAX_EXPRESSION_DEPTH"),
         ("g_0^" * 150 + "g_0", "MAX_EXPRESSION_DEPTH"),
         (" + ".join(["g_0"] * 5000), "MAX_EXPRESSION_CHARS"),
+        # side doors (issue 40): powers inside pow(), a variable's power, functions and products of numbers
+        ("g_0*pow(9, 9**9)", "its exponent is too large"),
+        ("(3*g_0)^999999999", "MAX_EXPONENT"),
+        ("pow(3*g_0, 9**9)", "MAX_EXPONENT"),
+        ("square(" * 25 + "2**1000" + ")" * 25 + "*g_0", "outside float64's range"),
+        ("exp(exp(1e300))*g_0", "outside float64's range"),
+        ("sinh(sinh(1e300))*g_0", "outside float64's range"),
+        ("cube(1e300*g_0)", "outside float64's range"),
+        ("1e300*1e300*g_0", "outside float64's range"),
+        ("\u0663*g_0", "unexpected character"),  # Arabic-Indic 3: ASCII digits only
+        ("\U0001d7d7*g_0", "unexpected character"),  # mathematical bold 9
     ],
 )
 def test_parser_refuses_what_would_exhaust_the_machine_quickly(text, limit):
