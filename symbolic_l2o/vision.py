@@ -5,6 +5,7 @@
 # %% ../nbs/03a_vision.ipynb #967de0ec
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -22,6 +23,7 @@ from tqdm.auto import tqdm
 import symbolic_l2o
 from .optimizers import _optional_import
 from .files import atomic_write
+from .tasks import CIFAR10_BATCH, CIFAR10_FILES, CIFAR10_FOLDER, CIFAR10_RECORD, _CIFAR10_HOWTO
 from .tasks import Task, check_mnist, _find_data_root, _resolve_device
 
 _resnet = _optional_import(
@@ -30,8 +32,9 @@ _resnet = _optional_import(
 BasicBlock, Bottleneck, ResNet = _resnet.BasicBlock, _resnet.Bottleneck, _resnet.ResNet
 
 # %% auto #0
-__all__ = ['BasicBlock', 'Bottleneck', 'ResNet', 'ARCHS', 'CIFAR', 'DATASETS', 'SCHEDULES', 'CifarResNet', 'make_model',
-           'ImageData', 'digits32', 'cifar', 'mnist32', 'load_data', 'distributed', 'top1_accuracy', 'train']
+__all__ = ['BasicBlock', 'Bottleneck', 'ResNet', 'ARCHS', 'CIFAR', 'CIFAR10_URL', 'CIFAR10_URL_MD5', 'DATASETS', 'SCHEDULES',
+           'CifarResNet', 'make_model', 'ImageData', 'digits32', 'read_cifar10_batch', 'cifar', 'mnist32', 'load_data',
+           'distributed', 'top1_accuracy', 'train']
 
 # %% ../nbs/03a_vision.ipynb #01129152
 class CifarResNet(ResNet):
@@ -257,59 +260,85 @@ class _ArraysOnly(pickle.Unpickler):
         return super().find_class(module, name)
 
 
+# name -> (classes, the per-channel mean and std that normalise its images: CIFAR-10's are the paper's, §1.5)
 CIFAR = {
-    "cifar10": (
-        "cifar-10-batches-py",
-        [f"data_batch_{i}" for i in range(1, 6)],
-        ["test_batch"],
-        "labels",
-        10,
-        (0.4914, 0.4822, 0.4465),
-        (0.2023, 0.1994, 0.2010),
-    ),
-    "cifar100": (
-        "cifar-100-python",
-        ["train"],
-        ["test"],
-        "fine_labels",
-        100,
-        (0.5071, 0.4865, 0.4409),
-        (0.2673, 0.2564, 0.2762),
-    ),
+    "cifar10": (10, (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
+    "cifar100": (100, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
 }
+# CIFAR-10's official binary version, for download=True, and its MD5
+# (https://www.cs.toronto.edu/~kriz/cifar.html)
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
+CIFAR10_URL_MD5 = "c32a1d4ab5d03f1284b67883e8d87530"
 
 
-def cifar(name: str = "cifar10", root: str | Path = "data", download: bool = False) -> ImageData:
-    """CIFAR-10/100 from torchvision's python files under `root` (downloaded by torchvision with
-    `download=True`), read safely."""
-    if name not in CIFAR:
-        raise ValueError(f"unknown dataset {name!r}; known: {sorted(CIFAR)}")
-    folder, train_files, test_files, key, classes, mean, std = CIFAR[name]
-    base = Path(root) / folder
+def read_cifar10_batch(
+    path: str | Path, n: int = CIFAR10_BATCH, md5: str | None = None
+) -> tuple[Tensor, Tensor]:
+    """One file of CIFAR-10's official binary version (`n` records of a label byte and the 1,024 R, 1,024 G
+    and 1,024 B bytes of a 32×32 image) as (uint8 images [n, 3, 32, 32], labels [n]). A missing file, one of
+    another size, one whose MD5 is not `md5` (where given) or one holding a label above 9 is refused, saying
+    how to get the files."""
+    path, size = Path(path), n * CIFAR10_RECORD
+    if not path.exists():
+        raise FileNotFoundError(f"CIFAR-10 file {path} is missing: {_CIFAR10_HOWTO}")
+    if path.stat().st_size != size:
+        raise ValueError(
+            f"CIFAR-10 file {path} is corrupt ({path.stat().st_size:,} bytes; expected {size:,}: {n:,} "
+            f"images of {CIFAR10_RECORD:,} bytes): delete it and {_CIFAR10_HOWTO}"
+        )
+    raw = path.read_bytes()
+    if md5 is not None and (got := hashlib.md5(raw).hexdigest()) != md5:
+        raise ValueError(
+            f"CIFAR-10 file {path} is corrupt (MD5 {got}; expected {md5}): delete it and {_CIFAR10_HOWTO}"
+        )
+    records = np.frombuffer(raw, np.uint8).reshape(n, CIFAR10_RECORD)
+    if records[:, 0].max(initial=0) > 9:
+        raise ValueError(f"CIFAR-10 file {path} is corrupt (a label above 9): delete it and {_CIFAR10_HOWTO}")
+    images = torch.from_numpy(records[:, 1:].reshape(n, 3, 32, 32).copy())
+    return images, torch.from_numpy(records[:, 0].astype(np.int64))
+
+
+def _cifar10_arrays(root: Path, download: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    base = root / CIFAR10_FOLDER
+    if download and not all((base / name).exists() for name in CIFAR10_FILES):
+        utils = _optional_import("torchvision.datasets.utils", "vision", "downloading CIFAR-10")
+        utils.download_and_extract_archive(CIFAR10_URL, str(root), md5=CIFAR10_URL_MD5, remove_finished=True)
+    read = lambda name: read_cifar10_batch(base / name, md5=CIFAR10_FILES[name])
+    train = [read(f"data_batch_{i}.bin") for i in range(1, 6)]
+    return torch.cat([X for X, _ in train]), torch.cat([y for _, y in train]), *read("test_batch.bin")
+
+
+def _cifar100_arrays(root: Path, download: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    base = root / "cifar-100-python"
     if download and not base.exists():
-        import torchvision
-
-        (torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100)(
+        _optional_import("torchvision", "vision", "downloading CIFAR-100").datasets.CIFAR100(
             str(root), download=True
         )
 
-    def read(files):
-        Xs, ys = [], []
-        for f in files:
-            if not (base / f).exists():
-                raise FileNotFoundError(
-                    f"{name} not found: {base / f} is missing; pass download=True where there is "
-                    f"internet, or unpack the python version of {name} under {root}"
-                )
-            with open(base / f, "rb") as fh:
-                d = _ArraysOnly(fh, encoding="latin1").load()
-            (
-                Xs.append(np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)),
-                ys.append(np.asarray(d[key])),
+    def read(name):
+        if not (base / name).exists():
+            raise FileNotFoundError(
+                f"cifar100 not found: {base / name} is missing; pass download=True where there is internet, "
+                f"or unpack the python version of cifar100 under {root}"
             )
-        return torch.from_numpy(np.concatenate(Xs)), torch.from_numpy(np.concatenate(ys)).long()
+        with open(base / name, "rb") as fh:
+            d = _ArraysOnly(fh, encoding="latin1").load()
+        X = np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+        return torch.from_numpy(X), torch.from_numpy(np.asarray(d["fine_labels"])).long()
 
-    return ImageData(name, *read(train_files), *read(test_files), classes, mean, std)
+    return *read("train"), *read("test")
+
+
+def cifar(name: str = "cifar10", root: str | Path = "data", download: bool = False) -> ImageData:
+    """CIFAR-10 from its official binary version under `root/cifar-10-batches-bin` (`make data` builds it
+    offline; `download=True` fetches it from the dataset's site), each file checked against its MD5, or
+    CIFAR-100 from torchvision's python files under `root/cifar-100-python` (torchvision downloads them with
+    `download=True`), read safely. Normalised by `CIFAR`'s mean and std, augmented by `ImageData.augment`."""
+    if name not in CIFAR:
+        raise ValueError(f"unknown dataset {name!r}; known: {sorted(CIFAR)}")
+    classes, mean, std = CIFAR[name]
+    arrays = (_cifar10_arrays if name == "cifar10" else _cifar100_arrays)(Path(root), download)
+    return ImageData(name, *arrays, classes, mean, std)
 
 # %% ../nbs/03a_vision.ipynb #94dae797
 def mnist32(root: str | Path | None = None, download: bool = False) -> ImageData:
