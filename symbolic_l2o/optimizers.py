@@ -61,7 +61,9 @@ def _check_hparam(name: str, value, ok: Callable[[float], bool], expected: str) 
 
 
 def _lr(lr):
-    return _check_hparam("lr", lr, lambda v: v >= 0, "lr >= 0")
+    if isinstance(lr, Tensor) and lr.numel() == 1 and not lr.requires_grad:  # torch.optim takes a tensor lr
+        lr = lr.item()
+    return _check_hparam("lr", lr, lambda v: v >= 0, "lr >= 0 (a number, or a one-element tensor)")
 
 
 def _beta(name, beta):
@@ -450,6 +452,12 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     (whose range and resolution lose g², |g|^p and epsilons such as 1e-8), else `dtype` itself."""
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
+
+def _update_scale(rule: UpdateRule, group: dict) -> float:
+    """The factor on a rule's update in a param group: 1 for a hand rule (its `lr` is inside its update), the
+    group's `lr` for a learned or symbolic rule."""
+    return 1.0 if "lr" in rule.hyperparameters else group["lr"]
+
 # %% ../nbs/00_optimizers.ipynb #c28fdab5
 class RuleOptimizer(torch.optim.Optimizer):
     """Deploy any `UpdateRule` as a `torch.optim.Optimizer`, with the rule's `hyperparameters` in each param
@@ -459,7 +467,11 @@ class RuleOptimizer(torch.optim.Optimizer):
     symbolic rule, which has no `lr` of its own, a factor on its update: θ ← θ + lr·u (default 1.0, the rule
     as it is). `weight_decay` (per group): coupled (L2, the default, as `torch.optim.SGD`/`Adam`) adds wd·θ to
     the gradient the rule sees; `decoupled_weight_decay=True` (as `AdamW`) shrinks θ ← θ·(1 − lr·wd) beside
-    the update.
+    the update. `maximize=True` (per group, as in `torch.optim`) steps to increase the objective: the rule
+    sees −g.
+
+    Parameters are real floating-point tensors (a complex one is refused: optimize `torch.view_as_real(p)`);
+    `lr` is a number or, as torch.optim takes it, a one-element tensor.
 
     `on_nonfinite` is the policy for a step whose gradients, updates or new rule state hold NaN or ±inf:
     `"error"` raises `FloatingPointError`, `"skip"` skips the step and counts it in `nonfinite_skips`; either
@@ -480,6 +492,7 @@ class RuleOptimizer(torch.optim.Optimizer):
         weight_decay: float = 0.0,
         decoupled_weight_decay: bool = False,
         fused: bool = False,
+        maximize: bool = False,
     ):
         if not isinstance(rule, UpdateRule):
             raise TypeError(f"rule must be an UpdateRule (e.g. AdamRule()), got {type(rule).__name__}")
@@ -503,6 +516,7 @@ class RuleOptimizer(torch.optim.Optimizer):
                 "lr": _lr(lr),
                 "weight_decay": weight_decay,
                 "decoupled_weight_decay": decoupled_weight_decay,
+                "maximize": maximize,
             },
         )
 
@@ -512,21 +526,25 @@ class RuleOptimizer(torch.optim.Optimizer):
         group = {**self.defaults, **param_group}
         _lr(group["lr"])
         _check_hparam("weight_decay", group["weight_decay"], lambda v: v >= 0, "weight_decay >= 0")
-        if not isinstance(group["decoupled_weight_decay"], bool):
-            raise ValueError(
-                f"invalid decoupled_weight_decay={group['decoupled_weight_decay']!r}: expected True or False"
-            )
-        if self.fused:  # (name, parameter) pairs or parameters, as torch.optim takes them
-            ps = param_group[
-                "params"
-            ]  # a generator is read once here; a set is left for torch.optim to refuse
-            ps = [ps] if isinstance(ps, Tensor) else ps if isinstance(ps, (list, tuple, set)) else list(ps)
-            param_group = {**param_group, "params": ps}
-            for p in (q[1] if isinstance(q, tuple) else q for q in param_group["params"]):
-                if p.dtype not in (torch.float32, torch.float64):
-                    raise ValueError(
-                        f"fused=True steps float32 and float64 parameters, got {p.dtype}: use fused=False"
-                    )
+        for key in ("decoupled_weight_decay", "maximize"):
+            if not isinstance(group[key], bool):
+                raise ValueError(f"invalid {key}={group[key]!r}: expected True or False")
+        # (name, parameter) pairs or parameters, as torch.optim takes them; a generator is read once here, a
+        # set is left for torch.optim to refuse
+        ps = param_group["params"]
+        ps = [ps] if isinstance(ps, Tensor) else ps if isinstance(ps, (list, tuple, set)) else list(ps)
+        param_group = {**param_group, "params": ps}
+        for p in (q[1] if isinstance(q, tuple) else q for q in ps):
+            if isinstance(p, Tensor) and not p.is_floating_point():
+                raise ValueError(
+                    f"RuleOptimizer steps real floating-point parameters, got {p.dtype}: for a complex "
+                    "parameter optimize its real view torch.view_as_real(p) (a rule's elementwise maths "
+                    "has no complex meaning)"
+                )
+            if self.fused and p.dtype not in (torch.float32, torch.float64):
+                raise ValueError(
+                    f"fused=True steps float32 and float64 parameters, got {p.dtype}: use fused=False"
+                )
         if self.rule.hyperparameters:  # the rule's own checks, on the group's values
             type(self.rule)(
                 **{**rule_config(self.rule)["args"], **{k: group[k] for k in self.rule.hyperparameters}}
@@ -570,9 +588,11 @@ class RuleOptimizer(torch.optim.Optimizer):
         # (group index, params, updates, new states) of every rule call, all computed before anything is
         # written: a rule returns new state and leaves the old as it is, kept until all is known finite
         steps = []
-        for gi, _, rule, t, qs, grads, states in self._calls(work):
+        for gi, group, rule, t, qs, grads, states in self._calls(work):
             updates, states = rule.step([g.to(_compute_dtype(g.dtype)) for g in grads], states, t)
-            steps.append((gi, qs, [u.to(p.dtype) for u, p in zip(updates, qs)], states))
+            scale = _update_scale(rule, group)  # the check sees the final update: a finite u times a huge lr
+            updates = [(u if scale == 1.0 else u * scale).to(p.dtype) for u, p in zip(updates, qs)]
+            steps.append((gi, qs, updates, states))
         if not _finite([x for _, qs, us, ss in steps for x in (*us, *(v for s in ss for v in s.values()))]):
             if self.on_nonfinite == "skip":
                 self.nonfinite_skips += 1
@@ -585,8 +605,8 @@ class RuleOptimizer(torch.optim.Optimizer):
             )
             raise FloatingPointError(
                 f"non-finite {what} of {self._describe(gi, p)} from finite gradients (an overflow in "
-                f"{type(self.rule).__name__}, e.g. a gradient spike); no parameter or optimizer state "
-                "was changed (on_nonfinite='skip' skips such steps instead)"
+                f"{type(self.rule).__name__} or in its lr scaling, e.g. a gradient spike); no parameter or "
+                "optimizer state was changed (on_nonfinite='skip' skips such steps instead)"
             )
         for gi, qs, updates, states in steps:
             group = self.param_groups[gi]
@@ -596,9 +616,7 @@ class RuleOptimizer(torch.optim.Optimizer):
             wd = group.get("weight_decay", 0.0)
             if wd and group.get("decoupled_weight_decay", False):
                 torch._foreach_mul_(qs, 1 - group["lr"] * wd)
-            # a hand rule's lr is inside its update
-            scale = 1.0 if "lr" in self.rule.hyperparameters else group["lr"]
-            torch._foreach_add_(qs, updates, alpha=scale)
+            torch._foreach_add_(qs, updates)
         self._state_bound = None
         return loss
 
@@ -620,6 +638,8 @@ class RuleOptimizer(torch.optim.Optimizer):
             wd, decoupled = group["weight_decay"], group["decoupled_weight_decay"]
             for t, qs in by_step.items():
                 grads = [p.grad for p in qs]
+                if group.get("maximize", False):  # as torch.optim: the rule sees −g (before weight decay)
+                    grads = torch._foreach_neg(grads)
                 if wd and not decoupled:
                     grads = torch._foreach_add(grads, qs, alpha=wd)  # new tensors: .grad is kept
                 states = [{k: v for k, v in self.state[p].items() if k != "step"} for p in qs]
@@ -645,11 +665,11 @@ class RuleOptimizer(torch.optim.Optimizer):
                         m = m if math.isfinite(m) else math.inf
                         self._state_bound[k] = max(self._state_bound.get(k, 0.0), m)
         new_bound = dict(self._state_bound)  # parameters without a gradient keep their state
-        for _, _, rule, t, qs, _, _ in calls:
+        for _, group, rule, t, qs, _, _ in calls:
             limit = torch.finfo(qs[0].dtype).max / 16
             smax = {k: self._state_bound.get(k, 0.0) for k in self.state[qs[0]] if k != "step"}
             ubound, sbound = rule.bound(gmax, smax, t, limit)
-            if not all(b < limit for b in (ubound, *sbound.values())):
+            if not all(b < limit for b in (ubound * _update_scale(rule, group), *sbound.values())):
                 self._state_bound = None
                 return False
             for k, b in sbound.items():
@@ -658,7 +678,7 @@ class RuleOptimizer(torch.optim.Optimizer):
             dtype, device, wd = qs[0].dtype, qs[0].device, group["weight_decay"]
             if wd and group["decoupled_weight_decay"]:
                 torch._foreach_mul_(qs, 1 - group["lr"] * wd)
-            scale = 1.0 if "lr" in rule.hyperparameters else group["lr"]
+            scale = _update_scale(rule, group)
             sc = {k: torch.tensor(v, dtype=dtype, device=device) for k, v in rule.scalars(t).items()}
             _apply_compiled()(rule, qs, grads, states, sc, torch.tensor(scale, dtype=dtype, device=device))
             torch._foreach_add_([self.state[p]["step"] for p in qs], 1.0)
@@ -667,13 +687,27 @@ class RuleOptimizer(torch.optim.Optimizer):
 
     def state_dict(self) -> dict:
         """`torch.optim`'s state dict (the param groups carry the rule's hyperparameters) plus the count of
-        skipped non-finite steps."""
-        return {**super().state_dict(), "nonfinite_skips": self.nonfinite_skips}
+        skipped non-finite steps and the rule's class name."""
+        return {
+            **super().state_dict(),
+            "nonfinite_skips": self.nonfinite_skips,
+            "rule": type(self.rule).__name__,
+        }
 
     def load_state_dict(self, state_dict: dict) -> None:
         """Load a `state_dict`: its tensors are copied (never shared with the source) and cast to each
-        parameter's dtype and device."""
+        parameter's dtype and device. A state written by another rule (another class, or other state
+        buffers) is refused with a `ValueError` naming both, before anything changes."""
         state_dict = dict(state_dict)
+        mine, theirs = type(self.rule).__name__, state_dict.pop("rule", None)
+        keeps = {"step", *self.rule.init_tensor(torch.zeros(1)).keys()}
+        for k, s in state_dict.get("state", {}).items():
+            if theirs not in (None, mine) or set(s) != keeps:
+                raise ValueError(
+                    f"this state_dict was written by an optimizer of {theirs or 'another rule'} (parameter "
+                    f"{k} keeps {sorted(s)}), not of {mine} (keeps {sorted(keeps)}): load it into a "
+                    "RuleOptimizer of the rule that wrote it"
+                )
         self._state_bound = None
         self.nonfinite_skips = int(state_dict.pop("nonfinite_skips", 0))
         # torch.optim's loader keeps tensors that need no cast: copy, so that the two never share a tensor.

@@ -583,3 +583,78 @@ def test_sigkill_during_meta_train_then_resume_gives_the_uninterrupted_weights(t
     whole, _ = tiny_run(tmp_path / "whole", epochs=12)
     for a, b in zip(resumed.state_dict().values(), whole.state_dict().values()):
         assert torch.equal(a, b)
+
+
+# 9. Numerics as torch.optim (issue 40) ---------------------------------------------------------------------
+
+
+def test_complex_parameters_are_refused_with_the_real_view_named():
+    w = torch.tensor([1 + 1j, 2 + 0j], requires_grad=True)
+    with pytest.raises(ValueError, match="view_as_real"):
+        RuleOptimizer([w], AdamRule(lr=0.1))
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_a_huge_lr_is_checked_on_the_final_update_and_changes_no_counter(fused):
+    """A finite update times a huge lr overflows float32: the step is refused before anything is written (the
+    parameter, its state, its step counter), on the checked and on the fused path."""
+    w = torch.ones(3, requires_grad=True)
+    opt = RuleOptimizer([w], SymbolicRule("-0.5*g_0"), lr=1e38, fused=fused)
+    w.grad = torch.full((3,), 1e3)
+    with pytest.raises(FloatingPointError, match="lr"):
+        opt.step()
+    assert torch.equal(w.detach(), torch.ones(3))
+    assert not opt.state[w] or int(opt.state[w]["step"]) == 0
+
+
+def test_a_tensor_lr_steps_as_torch_optim_does():
+    torch.manual_seed(0)
+    a, b = torch.randn(5, requires_grad=True), None
+    b = a.detach().clone().requires_grad_()
+    ours = RuleOptimizer([a], AdamRule(), lr=torch.tensor(0.01))
+    theirs = torch.optim.Adam([b], lr=torch.tensor(0.01))
+    for _ in range(5):
+        g = torch.randn(5)
+        a.grad, b.grad = g.clone(), g.clone()
+        ours.step(), theirs.step()
+    torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize(
+    "ours, theirs",
+    [
+        (
+            lambda ps: RuleOptimizer(ps, SGDRule(lr=0.1), maximize=True, weight_decay=0.1),
+            lambda ps: torch.optim.SGD(ps, lr=0.1, maximize=True, weight_decay=0.1),
+        ),
+        (
+            lambda ps: RuleOptimizer(ps, AdamRule(lr=0.01), maximize=True),
+            lambda ps: torch.optim.Adam(ps, lr=0.01, maximize=True),
+        ),
+    ],
+)
+def test_maximize_steps_as_torch_optim_does(ours, theirs):
+    torch.manual_seed(0)
+    a = torch.randn(5, requires_grad=True)
+    b = a.detach().clone().requires_grad_()
+    oa, ob = ours([a]), theirs([b])
+    for _ in range(5):
+        g = torch.randn(5)
+        a.grad, b.grad = g.clone(), g.clone()
+        oa.step(), ob.step()
+    torch.testing.assert_close(a, b)
+
+
+def test_loading_another_rules_state_is_refused_naming_both():
+    w = torch.ones(3, requires_grad=True)
+    adam = RuleOptimizer([w], AdamRule())
+    w.grad = torch.ones(3)
+    adam.step()
+    symbolic = RuleOptimizer([w], SymbolicRule("-0.5*mt_0"))
+    with pytest.raises(ValueError, match="AdamRule.*SymbolicRule"):
+        symbolic.load_state_dict(adam.state_dict())
+    legacy = adam.state_dict()
+    del legacy["rule"]  # a state_dict of torch.optim's own shape: the buffers still tell
+    with pytest.raises(ValueError, match="another rule"):
+        symbolic.load_state_dict(legacy)
+    assert not symbolic.state  # nothing was loaded
