@@ -63,38 +63,85 @@ __all__ = ['create_optimizer', 'without_offset', 'load_pretrained', 'OptimizerIn
            'fit_rule', 'FittedRule', 'DistillSettings', 'distill']
 
 # %% ../nbs/library.ipynb #b7a10008
-def create_optimizer(name: str, params, **hyperparameters) -> RuleOptimizer:
-    """A `RuleOptimizer` over `params` (tensors, param groups, or a module) with the rule `name` (see
-    `list_optimizers`).
+# torch.optim names that are a hand rule stepped with options of RuleOptimizer's own, at torch's defaults:
+# name -> (hand rule, RuleOptimizer options, description)
+_PRESETS = {
+    "adamw": (
+        "adam",
+        {"weight_decay": 1e-2, "decoupled_weight_decay": True},
+        "AdamW as `torch.optim.AdamW`: Adam with decoupled weight decay θ ← θ·(1 − lr·wd), wd = 1e-2.",
+    ),
+}
 
-    `hyperparameters`: a hand rule's (`lr`, `betas`, `momentum`, ..., its step size and defaults as in
-    `torch.optim`), for a learned or distilled rule `lr` (a factor on its update, 1.0: the rule as trained)
-    and `zero_offset` (`load_pretrained`), and for any rule `RuleOptimizer`'s `weight_decay`,
-    `decoupled_weight_decay`, `on_nonfinite` and `fused`."""
+
+def _sgd(
+    lr: float = 1e-3, momentum: float = 0.0, dampening: float = 0.0, nesterov: bool = False
+) -> UpdateRule:
+    """SGD as `torch.optim.SGD`: plain gradient descent u = −lr·g, heavy-ball momentum (`momentum`) or
+    Nesterov momentum (`nesterov=True`).
+
+    Its keywords are torch's; the rule is `SGDRule`, `MomentumRule` or `NesterovRule`, which step as torch's
+    SGD does (dampening 0, torch's default: the momentum rules have none)."""
+    if dampening != 0:
+        raise ValueError(
+            f"sgd takes dampening=0 only (torch.optim.SGD's default), got dampening={dampening}: the "
+            "momentum rules have no dampening"
+        )
+    if nesterov and momentum == 0:
+        raise ValueError("nesterov=True needs a momentum, as in torch.optim.SGD: pass momentum=0.9 (say) too")
+    if momentum == 0:
+        return SGDRule(lr)
+    return (NesterovRule if nesterov else MomentumRule)(lr, momentum)
+
+
+# hand rule name -> what builds it from its keywords (sgd takes torch.optim.SGD's momentum and nesterov)
+_HAND = {**HAND_RULES, "sgd": _sgd}
+
+
+def _keywords(kind: str, source) -> list[str]:
+    """The keywords a rule of `_locate`'s `kind` takes: a hand rule's (for a preset, its hand rule's)
+    constructor arguments, a distilled rule's `zero_offset`, none for a learned or saved rule."""
+    if kind in ("hand", "preset"):
+        return list(inspect.signature(_HAND[_PRESETS[source][0] if kind == "preset" else source]).parameters)
+    return ["zero_offset"] if kind == "distilled" else []
+
+
+def _refuse_unknown(name, given, accepted: list[str]) -> None:
+    unknown = sorted(set(given) - set(accepted))
+    if unknown:
+        takes = accepted or "none (scale a learned or distilled rule's update with RuleOptimizer's lr)"
+        raise ValueError(f"optimizer {str(name)!r} has no keyword(s) {unknown}; it takes {takes}")
+
+
+def create_optimizer(name: str | Path, params, **hyperparameters) -> RuleOptimizer:
+    """A `RuleOptimizer` over `params` (tensors, param groups, or a module) with the optimizer `name`: any
+    name of `list_optimizers()`, in any case, or a rule file (as `load_pretrained` takes it).
+
+    `hyperparameters` are torch's: a hand rule's (`lr`, `betas`, `eps`, `momentum`, `nesterov`, ...: its
+    step size and defaults as in `torch.optim`; `adamw` decays weights as `torch.optim.AdamW`,
+    `weight_decay=1e-2`); for a learned or distilled rule `lr`, a factor on its update (default 1.0: the rule as trained), and a
+    distilled rule's `zero_offset` (`load_pretrained`); for every rule the keywords of `RuleOptimizer` itself
+    (`weight_decay`, `decoupled_weight_decay`, `on_nonfinite`, `fused`, ...). Any other keyword is refused,
+    naming those it takes.
+
+    ```python
+    model = nn.Linear(4, 1)
+    opt = create_optimizer("AdamW", model, lr=1e-3)  # steps as torch.optim.AdamW(model.parameters(), lr=1e-3)
+    opt = create_optimizer("sgd", model, lr=0.1, momentum=0.9, nesterov=True)  # as torch.optim.SGD
+    opt = create_optimizer("rp_si_distilled", model)  # an equation distilled from a learned optimizer
+    ```"""
     if isinstance(params, nn.Module):
         params = params.parameters()
-    options = {
-        k: hyperparameters.pop(k)
-        for k in ("weight_decay", "decoupled_weight_decay", "on_nonfinite", "fused")
-        if k in hyperparameters
-    }
-    zoo = _zoo_files()
-    if name in HAND_RULES:
-        accepted = [n for n in inspect.signature(HAND_RULES[name]).parameters]
-    elif name in zoo:
-        accepted = ["lr"] + (["zero_offset"] if zoo[name][0] == "distilled" else [])
-    else:
-        raise ValueError(f"unknown optimizer {name!r}; available: {[*HAND_RULES, *zoo]}")
-    unknown = sorted(set(hyperparameters) - set(accepted))
-    if unknown:
-        raise ValueError(
-            f"optimizer {name!r} has no hyperparameter(s) {unknown}; it takes {accepted} and "
-            "weight_decay, decoupled_weight_decay, on_nonfinite, fused"
-        )
-    if name in HAND_RULES:
-        return RuleOptimizer(params, HAND_RULES[name](**hyperparameters), **options)
-    lr = hyperparameters.pop("lr", None)
-    return RuleOptimizer(params, load_pretrained(name, **hyperparameters), lr=lr, **options)
+    kind, source = _locate(name)
+    rule_name, options = _PRESETS[source][:2] if kind == "preset" else (name, {})
+    own = _keywords(kind, source)
+    optimizer_keywords = [
+        k for k in inspect.signature(RuleOptimizer).parameters if k not in ("params", "rule", "lr")
+    ]
+    _refuse_unknown(name, hyperparameters, own + ([] if "lr" in own else ["lr"]) + optimizer_keywords)
+    lr = None if "lr" in own else hyperparameters.pop("lr", None)  # a learned or distilled rule's factor
+    options = {**options, **{k: hyperparameters.pop(k) for k in optimizer_keywords if k in hyperparameters}}
+    return RuleOptimizer(params, load_pretrained(rule_name, **hyperparameters), lr=lr, **options)
 
 # %% ../nbs/library.ipynb #b7a10014
 def _zoo_files(zoo: Path = ZOO_DIR) -> dict[str, tuple[str, Path]]:
@@ -107,6 +154,38 @@ def _zoo_files(zoo: Path = ZOO_DIR) -> dict[str, tuple[str, Path]]:
         elif "expr" in json.loads(path.read_text()):
             found[path.stem] = ("distilled", path)
     return found
+
+
+def _locate(name_or_path: str | Path) -> tuple[str, str | Path]:
+    """(kind, source) of an optimizer name of `list_optimizers()` (any case): ("hand" | "preset", its name) or
+    ("learned" | "distilled", its zoo file); or of a rule file: ("saved", a `save_rule` pair's `.pt`) or
+    ("distilled", a `FittedRule` JSON)."""
+    text = str(name_or_path)
+    key = text.lower()
+    if key in _HAND:
+        return "hand", key
+    if key in _PRESETS:
+        return "preset", key
+    zoo = _zoo_files()
+    if key in zoo:
+        return zoo[key]
+    path = Path(text)
+    if path.suffix not in (".pt", ".json") and path.name == text and not path.exists():  # a name, not a path
+        raise ValueError(
+            f"unknown optimizer {text!r}; choose one of list_optimizers(): {', '.join(list_optimizers())} "
+            "(or give a rule file: a fitted_rule.json, a rule's .pt)"
+        )
+    pair = path.with_suffix(".pt")  # save_rule's weights, beside its JSON card
+    if path.suffix in ("", ".pt", ".json") and pair.is_file():
+        return "saved", pair
+    if path.suffix == ".json" and path.is_file():
+        return "distilled", path
+    if path.exists():
+        raise ValueError(
+            f"{path} is not a rule file: give a fitted rule's .json (FittedRule.save, distill's "
+            "fitted_rule.json) or a saved rule's .pt (save_rule, beside its .json)"
+        )
+    raise FileNotFoundError(f"no such file: {path}")
 
 
 def without_offset(fit: FittedRule) -> FittedRule:
@@ -125,19 +204,41 @@ def without_offset(fit: FittedRule) -> FittedRule:
     return replace(fit, expr=fit.expr - sp.Float(value.real, 17) if value.real else fit.expr)
 
 
-def load_pretrained(name: str, zero_offset: bool = True) -> UpdateRule:
-    """A rule the project ships, by name: a learned rule of the zoo (`dm`, `rp`, `rp_s`, `rp_si`; weights
-    loaded with `weights_only=True`) or a distilled equation (every fitted rule file of the zoo, e.g.
-    `rp_si_distilled`; parsed by the whitelist grammar, never evaluated). `zero_offset` (distilled rules):
-    remove the equation's value at zero input (`without_offset`), so that from a fresh state a zero gradient
-    moves nothing; False keeps the equation as fitted."""
-    zoo = _zoo_files()
-    if name not in zoo:
-        raise ValueError(f"no pretrained rule {name!r}; available: {sorted(zoo)}")
-    kind, path = zoo[name]
-    if kind == "learned":
-        return load_rule(path)[0]
-    fit = FittedRule.load(path)
+def load_pretrained(name: str | Path, zero_offset: bool = True, **hyperparameters) -> UpdateRule:
+    """The update rule of an optimizer: any name of `list_optimizers()` (in any case), or a rule file the
+    library writes. What `create_optimizer` deploys and the command line's `--rule` names.
+
+    - a hand rule (`adam`, `sgd`, ...), built with `hyperparameters` (its constructor's, e.g. `lr`; `sgd`
+      takes torch's `momentum` and `nesterov`). `adamw` is Adam with RuleOptimizer's decoupled weight decay, not a
+      rule of its own: `create_optimizer("adamw", ...)` builds it.
+    - a learned rule of the zoo (`dm`, `rp`, `rp_s`, `rp_si`; weights loaded with `weights_only=True`), or a
+      saved rule's `.pt` (or its `.json` card) written by `save_rule`;
+    - a distilled equation of the zoo (e.g. `rp_si_distilled`), or a fitted rule's JSON (`FittedRule.save`,
+      `distill`'s `fitted_rule.json`); parsed by the whitelist grammar, never evaluated. `zero_offset`: remove
+      the equation's value at zero input (`without_offset`), so that from a fresh state a zero gradient moves
+      nothing; False keeps the equation as fitted.
+
+    A missing file is a `FileNotFoundError` ("no such file: PATH"); any other unknown name a `ValueError`
+    listing `list_optimizers()`.
+
+    ```python
+    rule = load_pretrained("rp_si")  # a learned RNNprop rule
+    rule = load_pretrained("Adam", lr=1e-2)  # AdamRule(lr=1e-2)
+    rule = load_pretrained("runs/distill/fitted_rule.json")  # what `symbolic-l2o distill` wrote
+    ```"""
+    kind, source = _locate(name)
+    if kind == "preset":
+        base, options, _ = _PRESETS[source]
+        raise ValueError(
+            f"{source} is {base} stepped with RuleOptimizer's {options}, not a rule of its own: "
+            f"create_optimizer({source!r}, params) builds it; load_pretrained({base!r}) is its rule"
+        )
+    _refuse_unknown(name, hyperparameters, [k for k in _keywords(kind, source) if k != "zero_offset"])
+    if kind == "hand":
+        return _HAND[source](**hyperparameters)
+    if kind != "distilled":
+        return load_rule(source)[0]
+    fit = FittedRule.load(source)
     return (without_offset(fit) if zero_offset else fit).to_rule()
 
 # %% ../nbs/library.ipynb #b7a1000d
@@ -152,9 +253,11 @@ class OptimizerInfo:
     state_bytes_per_param: float
 
 
-def _describe(name: str, kind: str, path: Path | None) -> str:
+def _describe(name: str, kind: str, path: Path | str) -> str:
     if kind == "hand":
-        return " ".join(inspect.getdoc(HAND_RULES[name]).split("\n\n")[0].split())  # its first paragraph
+        return " ".join(inspect.getdoc(_HAND[name]).split("\n\n")[0].split())  # its first paragraph
+    if kind == "preset":
+        return _PRESETS[name][2]
     card = json.loads(path.with_suffix(".json").read_text())
     if kind == "learned":
         return f"learned {card['config']['class']} meta-trained on {card['task']} (zoo, seed {card['seed']})"
@@ -167,14 +270,18 @@ def _describe(name: str, kind: str, path: Path | None) -> str:
 
 
 def list_optimizers(with_description: bool = False) -> list[str] | list[OptimizerInfo]:
-    """The names `create_optimizer` accepts: every hand rule, and every learned and distilled rule of the zoo
-    (found by scanning it). `with_description`: an `OptimizerInfo` for each (building each rule to measure its
-    state)."""
-    rules = {**{n: ("hand", None) for n in HAND_RULES}, **_zoo_files()}
+    """The names `create_optimizer`, `load_pretrained` and the command line's `--rule` accept (in any case):
+    every hand rule, torch's `adamw`, and every learned and distilled rule of the zoo (found by scanning it).
+    `with_description`: an `OptimizerInfo` for each (building each rule to measure its state).
+
+    ```python
+    list_optimizers()  # ['sgd', 'momentum', ..., 'adam', ..., 'adamw', 'dm', 'rp', ..., 'rp_si_distilled']
+    ```"""
+    rules = {**{n: ("hand", n) for n in HAND_RULES}, **{n: ("preset", n) for n in _PRESETS}, **_zoo_files()}
     if not with_description:
         return list(rules)
-    build = lambda n, kind: HAND_RULES[n]() if kind == "hand" else load_pretrained(n)
+    state = lambda n, kind: state_per_param(load_pretrained(_PRESETS[n][0] if kind == "preset" else n))
     return [
-        OptimizerInfo(n, kind, _describe(n, kind, path), 4 * state_per_param(build(n, kind)))
+        OptimizerInfo(n, "hand" if kind == "preset" else kind, _describe(n, kind, path), 4 * state(n, kind))
         for n, (kind, path) in rules.items()
     ]
