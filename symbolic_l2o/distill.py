@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import keyword
+import reprlib
 import math
 import time
 import warnings
@@ -24,16 +25,16 @@ from .optimizers import rule_config
 from .features import FEATURE_NAMES, OUTPUT_FEATURE
 from .expressions import MAX_LAG, OPERATORS, SymbolicRule, compile_expression, complexity
 from .expressions import parse_expression, variable
-from .files import atomic_write, require_keys
+from .files import atomic_write, read_json, require_keys
 from .meta_train import Evaluation, paired_interval
 from .srgen import SRDataset
 
 # %% auto #0
-__all__ = ['ENGINE_OPERATORS', 'SELECTION_LOSS_FACTOR', 'CENSOR_FACTOR', 'MAX_EQUATION_LENGTH', 'evaluate_expression',
-           'ParetoTable', 'FittedRule', 'pareto_front', 'fit_rule', 'sanity_targets', 'sanity_check',
-           'temporal_perception_field', 'mapping_complexity', 'DistillSettings', 'record', 'free_running',
-           'persistence', 'canonical_form', 'recurrence', 'search', 'fidelity', 'eva_ratio', 'faithful', 'verdict',
-           'screen', 'tune', 'Distillation', 'distill', 'plot_front', 'plot_response']
+__all__ = ['ENGINE_OPERATORS', 'SELECTION_LOSS_FACTOR', 'MAX_PARETO_MEMBERS', 'MAX_FIT_NAMES', 'MAX_NAME_LENGTH', 'CENSOR_FACTOR',
+           'MAX_EQUATION_LENGTH', 'evaluate_expression', 'ParetoTable', 'FittedRule', 'pareto_front', 'fit_rule',
+           'sanity_targets', 'sanity_check', 'temporal_perception_field', 'mapping_complexity', 'DistillSettings',
+           'record', 'free_running', 'persistence', 'canonical_form', 'recurrence', 'search', 'fidelity', 'eva_ratio',
+           'faithful', 'verdict', 'screen', 'tune', 'Distillation', 'distill', 'plot_front', 'plot_response']
 
 # %% ../nbs/03_distill.ipynb #dae475e7
 ENGINE_OPERATORS = {
@@ -333,6 +334,15 @@ class ParetoTable(list):
         )
 
 # %% ../nbs/03_distill.ipynb #ab2d9fff
+# caps on a fitted-rule file (untrusted), checked before any equation is parsed (read_json caps its size
+# and nesting): a front holds one member per size, and fit_rule searches sizes up to MAX_EQUATION_LENGTH = 200
+# (the zoo's front has 14 members); a variable is <feature>_<lag>, at most one per feature and lag, the
+# longest `adam_up_norm_100` (16 characters)
+MAX_PARETO_MEMBERS = 400  # twice the largest front fit_rule makes
+MAX_FIT_NAMES = (len(FEATURE_NAMES) + 1) * (MAX_LAG + 1)  # every feature and `u` at every lag
+MAX_NAME_LENGTH = 32  # twice the longest name
+
+
 @dataclass
 class FittedRule:
     "The result of `fit_rule`: the selected equation `expr`, the whole Pareto front, and how it was found."
@@ -447,18 +457,33 @@ class FittedRule:
 
     @classmethod
     def load(cls, path: str | Path) -> FittedRule:
-        """Read a fitted rule from `path` with suffix `.json`, as `save` names it; every expression goes
-        through `parse_expression` (no eval), so a file carrying code is rejected."""
+        """Read a fitted rule from `path` with suffix `.json`, as `save` names it. The file is untrusted: its
+        size and nesting (`read_json`), its number of Pareto members (`MAX_PARETO_MEMBERS`) and of names
+        (`MAX_FIT_NAMES`, each at most `MAX_NAME_LENGTH` characters) are checked before any equation is
+        parsed, and every expression goes through `parse_expression` (no eval), so a file carrying code is
+        rejected."""
         path = Path(path).with_suffix(".json")
         d = require_keys(
-            json.loads(path.read_text()),
-            ["expr", "names", "pareto", "engine", "selection", "seconds", "meta"],
-            path,
+            read_json(path), ["expr", "names", "pareto", "engine", "selection", "seconds", "meta"], path
         )
-        names = d["names"]
+        names, front = d["names"], d["pareto"]
+        if not isinstance(names, list) or len(names) > MAX_FIT_NAMES:
+            raise ValueError(
+                f"names in {path} is {reprlib.repr(names)}: expected a list of at most MAX_FIT_NAMES = "
+                f"{MAX_FIT_NAMES} variable names"
+            )
         for n in names:
-            if not isinstance(n, str) or not n.isidentifier():
-                raise ValueError(f"invalid variable name {n!r} in {path}")
+            if not isinstance(n, str) or len(n) > MAX_NAME_LENGTH or not n.isidentifier():
+                raise ValueError(
+                    f"invalid variable name {reprlib.repr(n)} in {path}: expected an identifier of at most "
+                    f"MAX_NAME_LENGTH = {MAX_NAME_LENGTH} characters"
+                )
+        if not isinstance(front, list) or len(front) > MAX_PARETO_MEMBERS:
+            count = f"{len(front)} members" if isinstance(front, list) else f"a {type(front).__name__}"
+            raise ValueError(
+                f"pareto in {path} holds {count}: expected a list of at most MAX_PARETO_MEMBERS = "
+                f"{MAX_PARETO_MEMBERS} members"
+            )
         pareto = [
             {
                 **m,
@@ -466,7 +491,7 @@ class FittedRule:
                     require_keys(m, ["expr"], f"{path}: a Pareto member")["expr"], names
                 ),
             }
-            for m in d["pareto"]
+            for m in front
         ]
         return cls(
             parse_expression(d["expr"], names),

@@ -9,7 +9,9 @@ import hashlib
 import io
 import json
 import os
+import re
 import tempfile
+import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -20,7 +22,8 @@ from .optimizers import UpdateRule, rule_config
 from .learned_rules import rule_from_config
 
 # %% auto #0
-__all__ = ['atomic_write', 'sha256_bytes', 'require_keys', 'file_digest', 'save_rule', 'read_pair', 'load_rule']
+__all__ = ['MAX_JSON_BYTES', 'MAX_JSON_DEPTH', 'MAX_RULE_BYTES', 'atomic_write', 'sha256_bytes', 'require_keys', 'read_json',
+           'file_digest', 'write_pair', 'read_pair', 'save_rule', 'load_rule']
 
 # %% ../nbs/00d_files.ipynb #fe28d3d0
 def _alive(pid: int) -> bool:
@@ -31,6 +34,16 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         pass  # another user's process
     return True
+
+
+def _rename(source: Path, target: Path) -> None:
+    "Rename `source` to `target` (replacing it) and flush the directory, so that the rename is on disk."
+    os.replace(source, target)
+    fd = os.open(Path(target).parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
@@ -51,12 +64,7 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
         os.chmod(tmp, 0o644)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())  # the data is on disk before the name points at it
-        os.replace(tmp, path)
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)  # and so is the rename
-        finally:
-            os.close(fd)
+        _rename(Path(tmp), path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -81,6 +89,43 @@ def require_keys(d, keys: Sequence[str], source) -> Mapping:
         )
     return d
 
+# %% ../nbs/00d_files.ipynb #b3d7afc1
+# caps on a JSON file the library reads (cards, fitted rules; untrusted), checked before it is parsed: the
+# largest the project writes is a fitted rule with its Pareto front (8 KB in the zoo, ~50 KB for a front at
+# the longest equations fit_rule searches), and its files nest at most 6 levels (a dataset card: meta, rule,
+# args, weights)
+MAX_JSON_BYTES = 1 << 20  # 1 MiB: 20x the largest
+MAX_JSON_DEPTH = 32  # 5x the deepest
+
+
+def read_json(path: str | Path):
+    """The JSON value in the file `path`; a `ValueError` naming the file if it is larger than
+    `MAX_JSON_BYTES`, nests deeper than `MAX_JSON_DEPTH` or is not JSON (no file this library writes is any
+    of these)."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        text = f.read(MAX_JSON_BYTES + 1)
+    if len(text) > MAX_JSON_BYTES:
+        raise ValueError(
+            f"{path} is larger than MAX_JSON_BYTES = {MAX_JSON_BYTES} bytes: not a file this library wrote"
+        )
+    too_deep = ValueError(
+        f"{path} nests deeper than MAX_JSON_DEPTH = {MAX_JSON_DEPTH} levels: not a file this library wrote"
+    )
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        raise too_deep from None
+    except ValueError as e:
+        raise ValueError(f"{path} is not JSON ({e}): damaged, or not written by this library") from None
+    depth, level = 0, [value]
+    while level := [v for v in level if isinstance(v, (dict, list))]:  # one level of containers at a time
+        depth += 1
+        if depth > MAX_JSON_DEPTH:
+            raise too_deep
+        level = [x for v in level for x in (v.values() if isinstance(v, dict) else v)]
+    return value
+
 # %% ../nbs/00d_files.ipynb #027b5512
 def _save_atomic(obj, path: Path) -> Path:
     return atomic_write(path, lambda tmp: torch.save(obj, tmp))
@@ -98,51 +143,127 @@ def file_digest(path: str | Path, algorithm: str = "sha256") -> str:
             h.update(block)
     return h.hexdigest()
 
-# %% ../nbs/00d_files.ipynb #d95f4d59
-def save_rule(rule: UpdateRule, path: str | Path, card: dict | None = None) -> Path:
-    """Write any rule (hand, learned, symbolic, ψ) as one unit, atomically: its weights to `path` (.pt) and
-    its card beside it (.json): `card`, the rule's configuration (`rule_config`: class and arguments; an
-    equation as text), and the weights' SHA-256 (`weights_sha256`), so that `load_rule` never pairs weights
-    with another save's card."""
-    path = Path(path).with_suffix(".pt")
-    buf = io.BytesIO()
-    torch.save(rule.state_dict(), buf)
-    atomic_write(path, lambda tmp: Path(tmp).write_bytes(buf.getvalue()))
-    _write_json_atomic(
-        {
-            **(card or {}),
-            "config": rule_config(rule),
-            "weights_sha256": sha256_bytes(buf.getvalue()),
-            "version": symbolic_l2o.__version__,
-        },
-        path.with_suffix(".json"),
-    )
+# %% ../nbs/00d_files.ipynb #6f13723a
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def _card_digest(card: Mapping) -> str:
+    "The SHA-256 of a card's content, every key but `card_sha256`, as canonical JSON."
+    body = {k: v for k, v in card.items() if k != "card_sha256"}
+    return sha256_bytes(json.dumps(body, sort_keys=True, separators=(",", ":")).encode())
+
+
+def _staged(path: Path, digest: str) -> Path:
+    "Where a save puts the new data of `path` before its card switches to it: a hidden name with its hash."
+    return path.with_name(f".{path.name}.{digest}")
+
+
+def _read_at_most(path: Path, max_bytes: int, what: str) -> bytes | None:
+    "The bytes of `path` (None if there is none), a `ValueError` if it holds more than `max_bytes`."
+    try:
+        with open(path, "rb") as f:
+            data = f.read(max_bytes + 1)
+    except FileNotFoundError:
+        return None
+    if len(data) > max_bytes:
+        raise ValueError(
+            f"{path} holds more than {max_bytes} bytes, the most a {what} may: not one this library wrote"
+        )
+    return data
+
+
+def write_pair(path: str | Path, data: bytes, card: dict, hash_key: str) -> Path:
+    """Save `data` at `path` and `card` beside it (`path`.json) with the SHA-256 of `data` (under
+    `hash_key`) and of its own content (`card_sha256`), so that a kill at any instant leaves the previous
+    pair or the new one loadable by `read_pair`: the data goes to a file named by its hash, the card
+    (written atomically) switches to it, the data file takes `path`'s name, and the hashed files that
+    killed saves left are removed."""
+    path, digest = Path(path), sha256_bytes(data)
+    staged = _staged(path, digest)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # a whole one may be what the card names (a save killed before its rename): never rewritten; one cut short
+    # does not match the hash in its name, so no card names it
+    if not (staged.exists() and staged.stat().st_size == len(data) and staged.read_bytes() == data):
+        with open(staged, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    # the card as it reads back (tuples as lists, keys as text), then its hash over that content
+    card = json.loads(json.dumps({**card, hash_key: digest}))
+    _write_json_atomic({**card, "card_sha256": _card_digest(card)}, path.with_suffix(".json"))  # the switch
+    _rename(staged, path)
+    prefix = f".{path.name}."
+    for old in path.parent.iterdir():
+        if old.name.startswith(prefix) and _SHA256.fullmatch(old.name[len(prefix) :]):
+            old.unlink(missing_ok=True)
     return path
 
 
-def read_pair(path: Path, what: str, keys: Sequence[str], hash_key: str) -> tuple[dict, bytes]:
-    """The JSON card beside `path` (holding `keys` and `hash_key`) and `path`'s bytes, checked to be the file
-    the card describes (its SHA-256 under `hash_key`): how the two files of a saved rule or dataset are read
-    back. A `FileNotFoundError` names both files when one is missing, a `ValueError` says when they come from
-    different saves."""
+def read_pair(
+    path: Path, what: str, keys: Sequence[str], hash_key: str, max_bytes: int
+) -> tuple[dict, bytes]:
+    """The card beside `path` and the bytes of the data it describes, as `write_pair` wrote them. The card
+    (`read_json`) must hold `keys` and `hash_key` and match its `card_sha256` (an edited card is refused);
+    the data (at most `max_bytes`) must have the SHA-256 under `hash_key`: `path`'s bytes, or those of the
+    hashed file that a save killed after its switch left. A `FileNotFoundError` names both files when one
+    is missing, a `ValueError` says when they come from different saves."""
     card_path = path.with_suffix(".json")
-    if not path.exists() or not card_path.exists():
-        raise FileNotFoundError(f"no {what} at {path} (expected {path.name} and {card_path.name})")
-    card = require_keys(json.loads(card_path.read_text()), [*keys, hash_key], card_path)
-    data = path.read_bytes()  # hashed and loaded from the same bytes
-    if sha256_bytes(data) != card[hash_key]:
-        raise ValueError(
-            f"{path} is not the file {card_path.name} describes (SHA-256 {sha256_bytes(data)[:12]}..., card "
-            f"{str(card[hash_key])[:12]}...): a save was cut short or another one ran at the same time; save "
-            "it again"
-        )
-    return card, data
+    missing = FileNotFoundError(f"no {what} at {path} (expected {path.name} and {card_path.name})")
+    if not card_path.exists():
+        raise missing
+    for _ in range(3):  # a save beside this read may rename the data between our reads: read again
+        card = require_keys(read_json(card_path), [*keys, hash_key], card_path)
+        if card.get("card_sha256") != _card_digest(card):
+            raise ValueError(
+                f"{card_path} is not the card its save wrote (its content does not match its card_sha256): "
+                "it was edited, or written before cards were hashed; save it again"
+            )
+        digest = card[hash_key]
+        if not (isinstance(digest, str) and _SHA256.fullmatch(digest)):
+            raise ValueError(f"{card_path}: {hash_key}={digest!r:.80} is not a SHA-256; save it again")
+        for source in (path, _staged(path, digest)):
+            data = _read_at_most(source, max_bytes, what)
+            if data is not None and sha256_bytes(data) == digest:  # hashed and loaded from the same bytes
+                return card, data
+    if not path.exists():
+        raise missing
+    raise ValueError(
+        f"{path} is not the file {card_path.name} describes ({hash_key} {digest[:12]}...): the two files "
+        "come from different saves; save it again"
+    )
+
+# %% ../nbs/00d_files.ipynb #d95f4d59
+# the most a rule's weights file may hold (and its zip members declare) when it is read: above the largest
+# rule rule_from_config builds (4 + 4 layers of MAX_LAYER_WIDTH = 256 units, 2.4 M weights: 19 MB in float64)
+MAX_RULE_BYTES = 32 << 20
+
+
+def save_rule(rule: UpdateRule, path: str | Path, card: dict | None = None) -> Path:
+    """Write any rule (hand, learned, symbolic, ψ) as one unit with `write_pair`: its weights to `path`
+    (.pt) and its card beside it (.json): `card`, the rule's configuration (`rule_config`: class and
+    arguments; an equation as text), the weights' SHA-256 (`weights_sha256`) and the card's own
+    (`card_sha256`), so that `load_rule` never pairs weights with another save's card nor trusts an edited
+    card, and a save killed at any instant leaves the previous rule or the new one."""
+    path = Path(path).with_suffix(".pt")
+    buf = io.BytesIO()
+    torch.save(rule.state_dict(), buf)
+    card = {**(card or {}), "config": rule_config(rule), "version": symbolic_l2o.__version__}
+    return write_pair(path, buf.getvalue(), card, "weights_sha256")
 
 
 def load_rule(path: str | Path) -> tuple[UpdateRule, dict]:
-    """The rule saved by `save_rule` at `path` and its card; a `ValueError` if the weights are not those the
-    card was written with."""
-    card, data = read_pair(Path(path).with_suffix(".pt"), "saved rule", ["config"], "weights_sha256")
+    """The rule saved by `save_rule` at `path` and its card; a `ValueError` if the card was edited, the
+    weights are not those the card was written with, or they declare more than `MAX_RULE_BYTES`."""
+    path = Path(path).with_suffix(".pt")
+    card, data = read_pair(path, "saved rule", ["config"], "weights_sha256", MAX_RULE_BYTES)
     rule = rule_from_config(card["config"])
+    try:  # what torch.load allocates: the sizes its zip members declare
+        declared = sum(m.file_size for m in zipfile.ZipFile(io.BytesIO(data)).infolist())
+    except zipfile.BadZipFile:
+        raise ValueError(
+            f"{path} is not a file torch.save wrote (not a zip archive); save it again"
+        ) from None
+    if declared > MAX_RULE_BYTES:
+        raise ValueError(f"{path} declares more than MAX_RULE_BYTES = {MAX_RULE_BYTES} bytes of weights")
     rule.load_state_dict(torch.load(io.BytesIO(data), weights_only=True, map_location="cpu"))
     return rule, card

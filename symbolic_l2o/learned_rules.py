@@ -5,7 +5,9 @@
 # %% ../nbs/00c_learned_rules.ipynb #997b1e6f
 from __future__ import annotations
 
+import inspect
 import math
+import reprlib
 from collections.abc import Sequence
 
 import torch
@@ -13,11 +15,12 @@ from torch import Tensor, nn
 
 from .optimizers import HAND_RULES, AdamRule, AddSignRule, LionRule, MomentumRule, NesterovRule
 from .optimizers import PowerSignRule, RMSpropRule, SGDRule, UpdateRule, _check_hparam
-from .features import GradFeatures
-from .expressions import SymbolicRule, TanhBasisRule
+from .features import FEATURE_NAMES, GradFeatures
+from .expressions import MAX_LAG, SymbolicRule, TanhBasisRule
 
 # %% auto #0
-__all__ = ['RNNPROP_PRESETS', 'RULE_CLASSES', 'LearnedRule', 'DMRule', 'RNNpropRule', 'make_rule', 'rule_from_config']
+__all__ = ['RNNPROP_PRESETS', 'RULE_CLASSES', 'MAX_LAYER_WIDTH', 'MAX_LAYERS', 'LearnedRule', 'DMRule', 'RNNpropRule',
+           'make_rule', 'rule_from_config']
 
 # %% ../nbs/00c_learned_rules.ipynb #e8018236
 class LearnedRule(UpdateRule):
@@ -182,9 +185,105 @@ def make_rule(name: str, **kwargs) -> UpdateRule:
     raise ValueError(f"unknown rule {name!r}; known: {sorted([*HAND_RULES, 'dm', *RNNPROP_PRESETS])}")
 
 
+# Limits of a rule configuration read from a file (untrusted), checked by `rule_from_config` before anything
+# is built; ψ's `lags` and weights are bounded by the equations' MAX_LAG. The project builds layers of at most
+# 20 units (RP) in stacks of at most 2 (the LSTMs of DM and RP); 4 LSTM layers of 256 units: 2.1 M weights.
+MAX_LAYER_WIDTH = 256  # 12.8x the widest layer the project builds
+MAX_LAYERS = 4  # twice the deepest stack the project builds
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _integer(v, low: int, high: int) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and low <= v <= high
+
+
+def _list(v, most: int, item) -> bool:
+    return isinstance(v, list) and len(v) <= most and all(item(x) for x in v)
+
+
+def _pair(v) -> bool:
+    return isinstance(v, list) and len(v) == 2 and all(map(_number, v))
+
+
+_NUMBER = (_number, "a number")
+_WIDTHS = (
+    lambda v: _list(v, MAX_LAYERS, lambda w: _integer(w, 1, MAX_LAYER_WIDTH)),
+    f"a list of at most MAX_LAYERS = {MAX_LAYERS} integers from 1 to MAX_LAYER_WIDTH = {MAX_LAYER_WIDTH}",
+)
+# every argument of the classes of RULE_CLASSES, as rule_config writes it: (check, what it expects)
+_CONFIG_ARGUMENTS = {
+    **dict.fromkeys(
+        (
+            "lr",
+            "momentum",
+            "eps",
+            "alpha",
+            "base",
+            "beta",
+            "num_cycles",
+            "k",
+            "output_scale",
+            "beta1",
+            "beta2",
+        ),
+        _NUMBER,
+    ),
+    "scale": _NUMBER,
+    "gamma": _NUMBER,
+    "betas": (_pair, "a list of 2 numbers"),
+    "decay": (lambda v: v is None or isinstance(v, str), "null or a string"),
+    "decay_steps": (lambda v: v is None or _number(v), "null or a number"),
+    "hidden": _WIDTHS,
+    "preproc": _WIDTHS,
+    "preprocessing": (lambda v: isinstance(v, str), "a string"),
+    "features": (
+        lambda v: _list(v, len(FEATURE_NAMES), lambda f: isinstance(f, str)),
+        f"a list of at most {len(FEATURE_NAMES)} feature names",
+    ),
+    "expr": (lambda v: isinstance(v, str), "an equation as text"),
+    "clip": (lambda v: v is None or _pair(v), "null or a list of 2 numbers"),
+    "lags": (lambda v: _integer(v, 0, MAX_LAG), f"an integer from 0 to MAX_LAG = {MAX_LAG}"),
+    "weights": (
+        lambda v: v is None or _list(v, len(FEATURE_NAMES), lambda row: _list(row, MAX_LAG + 1, _number)),
+        f"null or at most {len(FEATURE_NAMES)} lists of at most MAX_LAG + 1 = {MAX_LAG + 1} numbers",
+    ),
+}
+
+
 def rule_from_config(config: dict) -> UpdateRule:
-    "Rebuild a rule (with freshly initialised weights) from `rule_config`'s description."
-    cls = RULE_CLASSES.get(config.get("class"))
+    """Rebuild a rule (with freshly initialised weights) from `rule_config`'s description, which may come from
+    an untrusted file: its shape, its class and every argument's type and range (`MAX_LAYER_WIDTH`,
+    `MAX_LAYERS`, `MAX_LAG`) are checked before anything is built, each failure a `ValueError` naming the
+    argument, its value and what is expected."""
+    if not isinstance(config, dict) or sorted(config) != ["args", "class"]:
+        raise ValueError(
+            "a rule configuration is a mapping {'class': ..., 'args': {...}} as rule_config writes it, got "
+            + reprlib.repr(config)
+        )
+    cls = RULE_CLASSES.get(config["class"]) if isinstance(config["class"], str) else None
     if cls is None:
-        raise ValueError(f"unknown rule class {config.get('class')!r}; known: {sorted(RULE_CLASSES)}")
-    return cls(**config["args"])
+        raise ValueError(f"unknown rule class {reprlib.repr(config['class'])}; known: {sorted(RULE_CLASSES)}")
+    args, params = config["args"], inspect.signature(cls.__init__).parameters
+    if not isinstance(args, dict):
+        raise ValueError(
+            f"the args of a {cls.__name__} configuration are a mapping, got {reprlib.repr(args)}"
+        )
+    takes = [n for n in params if n != "self"]
+    unknown = [n for n in args if n not in takes]
+    missing = [n for n in takes if params[n].default is inspect.Parameter.empty and n not in args]
+    if unknown or missing:
+        raise ValueError(
+            f"a {cls.__name__} configuration with unknown argument(s) {unknown} and without {missing}: "
+            f"{cls.__name__} takes {takes}"
+        )
+    for name, value in args.items():
+        check, expected = _CONFIG_ARGUMENTS[name]
+        if not check(value):
+            raise ValueError(
+                f"invalid {cls.__name__} argument {name}={reprlib.repr(value)} in a rule configuration: "
+                f"expected {expected}"
+            )
+    return cls(**args)

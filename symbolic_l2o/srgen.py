@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import io
 import json
+import math
+import reprlib
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from collections.abc import Sequence
@@ -18,15 +21,62 @@ import symbolic_l2o
 from .optimizers import UpdateRule, rule_config
 from .features import OUTPUT_FEATURE, GradFeatures
 from .learned_rules import RNNpropRule
-from .files import atomic_write, read_pair, require_keys, sha256_bytes
+from .files import read_pair, require_keys, write_pair
 from .tasks import make_task
 from .meta_train import evaluate, resolve_rule
 
 # %% auto #0
-__all__ = ['RECORD_SEED_BASE', 'SRDataset', 'lagged_names', 'default_features', 'target_scale', 'record_trajectories',
-           'srgen_cli']
+__all__ = ['MAX_DATASET_BYTES', 'RECORD_SEED_BASE', 'SRDataset', 'lagged_names', 'default_features', 'target_scale',
+           'record_trajectories', 'srgen_cli']
 
 # %% ../nbs/02_srgen.ipynb #95c112ce
+# the most the arrays of an SR dataset may declare (and its .npz file hold) when it is read: 8x the largest
+# recording the project makes (paper scale: 247,200 rows of 60 float64 columns, with targets and ids 127 MB)
+MAX_DATASET_BYTES = 1 << 30
+_ARRAYS = ("X", "y", "run_ids", "coord_ids", "steps")
+
+
+def _header(z: zipfile.ZipFile, member: zipfile.ZipInfo) -> tuple[tuple, np.dtype]:
+    "The shape and dtype an .npy member of `z` declares, read from its header alone."
+    with z.open(member) as f:
+        version = np.lib.format.read_magic(f)
+        if version not in ((1, 0), (2, 0)):
+            raise ValueError(f"{member.filename} is in .npy format {version}, not 1.0 or 2.0")
+        read = (
+            np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        )
+        shape, _, dtype = read(f)
+    return shape, dtype
+
+
+def _check_arrays(data: bytes, path: Path) -> None:
+    """Refuse, from the headers of the arrays of the .npz `data` and before any array is read, arrays that are
+    not numbers (strings, objects) or that declare more than `MAX_DATASET_BYTES` in all."""
+    try:
+        z = zipfile.ZipFile(io.BytesIO(data))
+    except zipfile.BadZipFile as e:
+        raise ValueError(f"{path} is not an .npz archive ({e}): damaged; save the dataset again") from None
+    total = 0
+    for member in z.infolist():
+        try:
+            shape, dtype = _header(z, member)
+        except ValueError as e:
+            raise ValueError(
+                f"{member.filename} in {path} is not an .npy array ({e}); save it again"
+            ) from None
+        if dtype.kind not in "biuf":  # bool, integers, floats
+            raise ValueError(
+                f"{member.filename} in {path} holds {dtype} values: an SR dataset holds numbers only (no "
+                "strings; no objects, which would need allow_pickle)"
+            )
+        total += math.prod(shape) * dtype.itemsize
+        if total > MAX_DATASET_BYTES:
+            raise ValueError(
+                f"the arrays of {path} declare more than MAX_DATASET_BYTES = {MAX_DATASET_BYTES} bytes "
+                f"({member.filename} has shape {shape} of {dtype}): not a dataset this library wrote"
+            )
+
+
 @dataclass
 class SRDataset:
     """Rows of lagged features `X` [N, F·L] and targets `y` [N], with column `names`, `run_ids`, `coord_ids`,
@@ -93,32 +143,32 @@ class SRDataset:
         return self.take(~mask), self.take(mask)
 
     def save(self, path: str | Path) -> Path:
-        """Write `path`.npz (arrays) and `path`.json (names, metadata and the arrays' SHA-256), each
-        atomically: `load` refuses an .npz that is not the one its .json was written with."""
+        """Write `path`.npz (arrays) and `path`.json (names, metadata, the arrays' SHA-256 and the card's own)
+        with `write_pair`: `load` refuses an .npz that is not the one its .json was written with, or an edited
+        .json, and a save killed at any instant leaves the previous dataset or the new one."""
         path, buf = Path(path).with_suffix(".npz"), io.BytesIO()
-        np.savez_compressed(
-            buf, X=self.X, y=self.y, run_ids=self.run_ids, coord_ids=self.coord_ids, steps=self.steps
-        )
-        atomic_write(path, lambda tmp: Path(tmp).write_bytes(buf.getvalue()))
-        atomic_write(
-            path.with_suffix(".json"),
-            lambda tmp: Path(tmp).write_text(
-                json.dumps(
-                    {"names": self.names, "meta": self.meta, "npz_sha256": sha256_bytes(buf.getvalue())},
-                    indent=2,
-                )
-            ),
-        )
-        return path
+        np.savez_compressed(buf, **{k: getattr(self, k) for k in _ARRAYS})
+        return write_pair(path, buf.getvalue(), {"names": self.names, "meta": self.meta}, "npz_sha256")
 
     @classmethod
     def load(cls, path: str | Path) -> SRDataset:
-        "Read a dataset written by `save`; a `ValueError` if its two files are not from the same save."
+        """Read a dataset written by `save`; a `ValueError` if its two files are not from the same save, its
+        .json was edited or holds names that are not a list of strings, or its arrays (checked from their
+        headers before any is read) are not numbers or declare more than `MAX_DATASET_BYTES`."""
         path = Path(path).with_suffix(".npz")
-        info, data = read_pair(path, "SR dataset", ["names", "meta"], "npz_sha256")
+        info, data = read_pair(path, "SR dataset", ["names", "meta"], "npz_sha256", MAX_DATASET_BYTES)
+        names, meta = info["names"], info["meta"]
+        if not (
+            isinstance(names, list) and all(isinstance(n, str) for n in names) and isinstance(meta, dict)
+        ):
+            raise ValueError(
+                f"{path.with_suffix('.json')} holds names={reprlib.repr(names)} and meta of type "
+                f"{type(meta).__name__}: expected a list of column names and a mapping; save it again"
+            )
+        _check_arrays(data, path)
         with np.load(io.BytesIO(data), allow_pickle=False) as z:
-            require_keys(z, ["X", "y", "run_ids", "coord_ids", "steps"], path)
-            return cls(z["X"], z["y"], info["names"], z["run_ids"], z["coord_ids"], z["steps"], info["meta"])
+            require_keys(z, _ARRAYS, path)
+            return cls(z["X"], z["y"], names, z["run_ids"], z["coord_ids"], z["steps"], meta)
 
 # %% ../nbs/02_srgen.ipynb #00ebc1fc
 def lagged_names(features: Sequence[str], lags: int) -> list[str]:
