@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import inspect
 import json
 import math
+import os
 import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -30,11 +33,11 @@ from .files import require_keys, save_rule
 from .tasks import Problem, Task, make_task, mlp_family, _resolve_device
 
 # %% auto #0
-__all__ = ['TRAIN_SEED_BASE', 'VALIDATION_SEED_BASE', 'TUNING_SEED_BASE', 'LR_GRID', 'BASELINES', 'ZOO_DIR', 'ZOO', 'ZOO_RECIPES',
-           'meta_window', 'Curriculum', 'CurriculumState', 'MetaTrainSettings', 'validate', 'meta_train', 'Evaluation',
-           'evaluate', 'Tuning', 'extended_grid', 'tune_baseline', 'paired_interval', 'plot_evaluations', 'zoo_rule',
-           'pretrained_card', 'resolve_rule', 'meta_train_cli', 'tune_cli', 'evaluate_cli', 'zoo_tasks',
-           'held_out_family', 'train_zoo']
+__all__ = ['TRAIN_SEED_BASE', 'VALIDATION_SEED_BASE', 'TUNING_SEED_BASE', 'LR_GRID', 'BASELINES', 'ZOO_DIR', 'ZOO', 'MAX_STEPS',
+           'MAX_SEEDS', 'MAX_EPOCHS', 'ZOO_RECIPES', 'meta_window', 'Curriculum', 'CurriculumState',
+           'MetaTrainSettings', 'validate', 'meta_train', 'Evaluation', 'evaluate', 'Tuning', 'extended_grid',
+           'tune_baseline', 'paired_interval', 'plot_evaluations', 'zoo_rule', 'pretrained_card', 'resolve_rule',
+           'meta_train_cli', 'tune_cli', 'evaluate_cli', 'zoo_tasks', 'held_out_family', 'train_zoo']
 
 # %% ../nbs/01_meta_train.ipynb #a3a5b1cb
 def _detach(state: list[dict[str, Tensor]]) -> list[dict[str, Tensor]]:
@@ -76,6 +79,27 @@ def meta_window(
     return torch.stack(losses), objective, params, state, t
 
 # %% ../nbs/01_meta_train.ipynb #5a6ae21f
+def _run_path(run_dir: str | Path, rel: str | Path) -> Path:
+    """`run_dir/rel`, checked to stay inside the run directory: a `ValueError` when `rel` is absolute or
+    climbs out with `..`, or when any part of it below `run_dir` is a symbolic link (a link could send a read
+    or a write anywhere). `run_dir` itself may be a link (it is resolved)."""
+    run, rel = Path(run_dir).resolve(), Path(rel)
+    if rel.is_absolute() or ".." in rel.parts:
+        raise ValueError(
+            f"{rel.as_posix()!r} is outside the run directory {run}: a run reads and writes only the files "
+            "inside it (a relative path, without '..')"
+        )
+    path = run
+    for part in rel.parts:
+        path = path / part
+        if path.is_symlink():
+            raise ValueError(
+                f"{path} is a symbolic link: nothing of a run directory is read or written through one; "
+                "replace it with the file or directory itself"
+            )
+    return path
+
+
 def _artifact(path: str | Path, out_dir: str | Path) -> dict:
     """A provenance record of the file at `path`: `{"path", "sha256"}`, the path relative to the run directory
     `out_dir` when inside it, or `zoo/<file>` with `"zoo": True` for a file of the shipped zoo."""
@@ -87,6 +111,17 @@ def _artifact(path: str | Path, out_dir: str | Path) -> dict:
     if path.is_relative_to(ZOO_DIR.resolve()):
         return {"path": f"zoo/{path.name}", "sha256": file_digest(path), "zoo": True}
     return {"path": path.as_posix(), "sha256": file_digest(path)}
+
+
+def _artifact_path(artifact: dict, out_dir: str | Path) -> Path:
+    """Where the file of a provenance record (_artifact) is now: the zoo's file, a file of the run directory
+    `out_dir` (_run_path: never through a link or outside it), or the absolute path recorded."""
+    path = Path(artifact["path"])
+    if artifact.get("zoo"):
+        if len(path.parts) != 2 or path.parts[0] != "zoo" or path.name == "..":
+            raise ValueError(f"a zoo artifact is recorded as zoo/<file>, not {artifact['path']!r}")
+        return ZOO_DIR / path.name
+    return path if path.is_absolute() else _run_path(out_dir, path)
 
 
 def _write_summary(
@@ -124,7 +159,9 @@ def _write_summary(
     saved = {}
     for n, (title, fig) in enumerate((figures or {}).items()):
         rel = Path("figures") / f"{stage}-{n}.png"
-        atomic_write(out_dir / rel, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
+        atomic_write(
+            _run_path(out_dir, rel), lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+        )
         saved[title] = rel.as_posix()
     summary = {
         "stage": stage,
@@ -136,7 +173,7 @@ def _write_summary(
         "outputs": [_artifact(p, out_dir) for p in outputs],
     }
     return _write_json_atomic(
-        json.loads(json.dumps(summary, default=float)), out_dir / "summary" / f"{stage}.json"
+        json.loads(json.dumps(summary, default=float)), _run_path(out_dir, f"summary/{stage}.json")
     )
 
 # %% ../nbs/01_meta_train.ipynb #f735e013
@@ -288,19 +325,110 @@ def _bptt_epoch(rule, problem, horizon, unroll, meta_opt, settings) -> dict:
     return {**record, "mode": "train", "mean_loss": done.mean().item(), "final_loss": done[-1].item()}
 
 
+def _digest(tensors) -> str:
+    "The SHA-256 of tensors' dtypes, shapes and bytes, in order."
+    h = hashlib.sha256()
+    for t in tensors:
+        t = t.detach().cpu().contiguous()
+        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
+def _task_config(task, digests: dict) -> dict:
+    """Everything of `task` that shapes a run: its type and plain settings (name, dimension, noise, batch
+    size, init, ...) and, for a `Task`, its model and the SHA-256 of its data (kept in `digests` by the
+    arrays' ids: the tasks of a family share their data, hashed once)."""
+    config = {
+        "type": type(task).__name__,
+        **{k: v for k, v in vars(task).items() if isinstance(v, (bool, int, float, str, type(None)))},
+    }
+    if isinstance(task, Task):
+        with torch.random.fork_rng(devices=[]):  # building the model draws its initial weights
+            config["model"] = repr(task.model_fn())
+        arrays = (task.X_train, task.y_train, task.X_eval, task.y_eval)
+        key = tuple(map(id, arrays))
+        if key not in digests:
+            digests[key] = _digest(arrays)
+        config["data"] = digests[key]
+    return config
+
+
+# what resume compares since issue 40, under a checkpoint's "settings" (one written before lacks them)
+_SETTINGS_SINCE_ISSUE_40 = ("tasks", "clip", "second_order", "imitation_ratio", "teacher", "curriculum")
+
+
+def _run_settings(settings: MetaTrainSettings, tasks: list, teacher: UpdateRule) -> dict:
+    """What a checkpoint records of its run for resume to compare: the settings compared since the first
+    version (seed, the tasks' names, unroll, epoch_len, meta_lr) and, under `"settings"`, every other one that
+    shapes the result: each task's whole configuration (_task_config), clip, second_order, imitation_ratio,
+    the teacher (its config and weights) and the curriculum. Not `epochs` (a run may be extended on resume)
+    nor `checkpoint_every`."""
+    digests, curriculum = {}, settings.curriculum
+    return {
+        "seed": settings.seed,
+        "tasks": [t.name for t in tasks],
+        "unroll": settings.unroll,
+        "epoch_len": settings.epoch_len,
+        "meta_lr": settings.meta_lr,
+        "settings": {
+            "tasks": [_task_config(t, digests) for t in tasks],
+            "clip": settings.clip,
+            "second_order": settings.second_order,
+            "imitation_ratio": settings.imitation_ratio,
+            "teacher": {**rule_config(teacher), "weights": _digest(teacher.state_dict().values())},
+            "curriculum": None
+            if curriculum is None
+            else {**vars(curriculum), "horizons": list(curriculum.horizons)},
+        },
+    }
+
+
+def _differences(there: dict, here: dict) -> list[str]:
+    """Each setting of `here` whose value `there` differs, as `name=value there, value here`; tasks of the
+    same count field by field (`task 0 (quadratic) dim=10 there, 50 here`)."""
+    out = []
+    for k, v in here.items():
+        if there[k] == v:
+            continue
+        if k == "tasks" and all(isinstance(t, dict) for t in v) and len(there[k]) == len(v):
+            out += [
+                f"task {i} ({b['name']}) {f}={a.get(f)!r} there, {b.get(f)!r} here"
+                for i, (a, b) in enumerate(zip(there[k], v))
+                for f in sorted(a.keys() | b.keys())
+                if a.get(f) != b.get(f)
+            ]
+        else:
+            out.append(f"{k}={there[k]!r} there, {v!r} here")
+    return out
+
+
 def _checkpoint_for(path: Path, rule, run: dict, device) -> dict:
-    "The checkpoint at `path`, checked to be of `rule`'s configuration and of the `run` settings asked for."
+    """The checkpoint at `path`, checked to be of `rule`'s configuration and of the `run` settings asked for
+    (_run_settings), each difference named. A checkpoint written before the settings of
+    `_SETTINGS_SINCE_ISSUE_40` were recorded resumes, with a warning, when the settings it records match."""
     ck = torch.load(path, weights_only=True, map_location=device)
+    first = [k for k in run if k != "settings"]
     require_keys(
-        ck, ["epoch", "rule", "meta_opt", "imitation_opt", "curriculum", "skipped", "rule_config", *run], path
+        ck,
+        ["epoch", "rule", "meta_opt", "imitation_opt", "curriculum", "skipped", "rule_config", *first],
+        path,
     )
     if ck["rule_config"] != rule_config(rule):
         raise ValueError(f"{path} was written for {ck['rule_config']}, not {rule_config(rule)}")
-    differ = [f"{k}={ck[k]!r} there, {v!r} here" for k, v in run.items() if ck[k] != v]
+    differ = _differences(ck, {k: run[k] for k in first})
+    if "settings" in ck:
+        there = require_keys(ck["settings"], _SETTINGS_SINCE_ISSUE_40, f"{path} (its settings)")
+        differ += _differences(there, run["settings"])
     if differ:
         raise ValueError(
             f"cannot resume {path}: it was written with other settings "
             f"({'; '.join(differ)}); resume with the checkpoint's settings, or start another out_dir"
+        )
+    if "settings" not in ck:
+        warnings.warn(
+            f"{path} predates the comparison of {', '.join(_SETTINGS_SINCE_ISSUE_40)} on resume: resumed on "
+            "its seed, tasks' names, unroll, epoch_len and meta_lr alone, the rest taken to be this call's"
         )
     return ck
 
@@ -330,23 +458,31 @@ def _read_metrics(path: str | Path) -> list[dict]:
 @contextlib.contextmanager
 def _run_lock(out_dir: str | Path):
     """Hold an exclusive lock (`fcntl.flock` on `out_dir/.lock`) for the `with` block: one writer per run
-    directory. A `RuntimeError` says so when another process holds it."""
+    directory. A `RuntimeError` says so when another process holds it. The lock file is never opened through
+    a symbolic link (_run_path), so it cannot create or touch a file outside the directory."""
     import fcntl  # POSIX
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    with open(out_dir / ".lock", "a") as f:
+    lock = _run_path(out_dir, ".lock")
+    with open(lock, "a", opener=lambda path, flags: os.open(path, flags | os.O_NOFOLLOW, 0o666)) as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise RuntimeError(
-                f"{out_dir} is being written by another process (it holds {out_dir / '.lock'}): wait for it "
-                "to finish, or write to another out_dir"
+                f"{out_dir} is being written by another process (it holds {lock}): wait for it to finish, "
+                "or use another directory"
             ) from None
         try:
             yield out_dir
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _written(out_dir: str | Path) -> list[str]:
+    "What a run has written in `out_dir`: its entries but the lock file (none when it does not exist)."
+    out_dir = Path(out_dir)
+    return sorted(p.name for p in out_dir.iterdir() if p.name != ".lock") if out_dir.is_dir() else []
 
 
 def _locking_out_dir(fn):
@@ -397,29 +533,24 @@ def meta_train(
     out = Path(out_dir) if out_dir is not None else None
     cl = CurriculumState()
     start, skipped, history = 0, 0, []
-    run = {
-        "seed": seed,
-        "tasks": [t.name for t in tasks],
-        "unroll": unroll,
-        "epoch_len": epoch_len,
-        "meta_lr": st.meta_lr,
-    }
-    if out is not None and resume and (out / "checkpoint.pt").exists():
-        ck = _checkpoint_for(out / "checkpoint.pt", rule, run, device)
+    if out is not None:
+        if not resume and _written(out):
+            raise FileExistsError(
+                f"{out} already holds a run ({', '.join(_written(out)[:4])}, ...): pass resume=True (the "
+                "command line's --resume) to continue it, or choose another out_dir (--out)"
+            )
+        run = _run_settings(st, tasks, teacher)
+        ckpt, metrics = _run_path(out, "checkpoint.pt"), _run_path(out, "metrics.jsonl")
+    if out is not None and resume and ckpt.exists():
+        ck = _checkpoint_for(ckpt, rule, run, device)
         rule.load_state_dict(ck["rule"])
         meta_opt.load_state_dict(ck["meta_opt"])
         imit_opt.load_state_dict(ck["imitation_opt"])
         start, skipped, cl = ck["epoch"], ck["skipped"], CurriculumState(**ck["curriculum"])
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        history = (
-            [h for h in _read_metrics(out / "metrics.jsonl") if h["epoch"] < start]
-            if (out / "metrics.jsonl").exists()
-            else []
-        )
+        history = [h for h in _read_metrics(metrics) if h["epoch"] < start] if metrics.exists() else []
         atomic_write(
-            out / "metrics.jsonl",
-            lambda tmp: Path(tmp).write_text("".join(json.dumps(h) + "\n" for h in history)),
+            metrics, lambda tmp: Path(tmp).write_text("".join(json.dumps(h) + "\n" for h in history))
         )
 
     def checkpoint(epoch):
@@ -437,7 +568,7 @@ def meta_train(
                 **run,
                 "version": symbolic_l2o.__version__,
             },
-            out / "checkpoint.pt",
+            ckpt,
         )
 
     def horizon(stage):
@@ -491,7 +622,7 @@ def meta_train(
         history.append(record)
         bar.set_postfix(loss=f"{record.get('final_loss', record.get('imitation_loss', float('nan'))):.4f}")
         if out is not None:
-            with open(out / "metrics.jsonl", "a") as f:
+            with open(metrics, "a") as f:
                 f.write(json.dumps(record) + "\n")
             if (epoch + 1) % st.checkpoint_every == 0 or epoch + 1 == epochs or cl.stopped:
                 checkpoint(epoch + 1)
@@ -748,14 +879,58 @@ def _task_from_args(task: str, batch_size: int, init: str, data_root: str, downl
     return make_task(task, batch_size=batch_size, init=init, **kw)
 
 
-def resolve_rule(rule: str, lr: float | None = None) -> UpdateRule:
+def resolve_rule(rule: str | UpdateRule, lr: float | None = None) -> UpdateRule:
     """The rule named on a command line: a saved rule's path, a zoo name, or a `make_rule` name (hand rules
-    take `lr`)."""
+    take `lr`); a rule object is returned as it is (the command line resolves names and files first). A name
+    that looks like a path (with a `/`, or ending in `.pt` or `.json`) and names no file is a
+    `FileNotFoundError`."""
+    if isinstance(rule, UpdateRule):
+        return rule
     if Path(rule).with_suffix(".pt").exists():
         return load_rule(rule)[0]
+    if ("/" in rule or rule.endswith((".pt", ".json"))) and not Path(rule).exists():
+        raise FileNotFoundError(f"no such file: {rule}")
     if (ZOO_DIR / f"{rule}.pt").exists():
         return zoo_rule(rule)
     return make_rule(rule, **({"lr": lr} if lr is not None else {}))
+
+
+def _rule_name(rule: str | UpdateRule) -> str:
+    "How a command's output names its rule: as given, or by its class when given as an object."
+    return rule if isinstance(rule, str) else type(rule).__name__
+
+
+# the largest counts the commands take: a mistyped size is refused before it allocates memory or runs for days
+MAX_STEPS = (
+    20_000  # optimizee steps (--steps, --epoch-len, --unroll): ~7x the longest curriculum horizon, 3,000
+)
+MAX_SEEDS = 1_000  # problems (--seeds): 10x 03's closed-loop evaluation; x MAX_STEPS, 160 MB of loss curves
+MAX_EPOCHS = 100_000  # meta-training epochs (--epochs): 500x the paper's 200
+
+
+def _check_options(device: str, out: str | Path | None, **counts: tuple[int, int]) -> None:
+    """Refuse a command's bad options before it works, with a `ValueError` naming the option and what it
+    accepts: each of `counts` (name → (value, largest)) an integer from 1 to its largest, `device` one this
+    machine has, `out` not a file."""
+    for name, (value, largest) in counts.items():
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= largest:
+            raise ValueError(
+                f"invalid {name}={value!r} (--{name.replace('_', '-')}): expected an integer from 1 to "
+                f"{largest}"
+            )
+    try:
+        d = _resolve_device(device)
+        cuda = d.type == "cuda" and (d.index or 0) < torch.cuda.device_count()
+        ok = d.type == "cpu" or cuda or (d.type == "mps" and torch.backends.mps.is_available())
+    except (RuntimeError, TypeError):  # not a device's name
+        ok = False
+    if not ok:
+        raise ValueError(
+            f"invalid device={device!r} (--device): expected auto, cpu, cuda, cuda:N or mps, one this "
+            "machine has"
+        )
+    if out is not None and Path(out).exists() and not Path(out).is_dir():
+        raise ValueError(f"invalid out={str(out)!r} (--out): it is a file; give a directory")
 
 # %% ../nbs/01_meta_train.ipynb #292f4507
 def _train_and_save(rule, task, out, settings: MetaTrainSettings, device, resume, extra_card):
@@ -817,6 +992,9 @@ def meta_train_cli(
     download: bool = False,
 ):  # download MNIST if missing (needs internet)
     "Meta-train a learned update rule from scratch and save it with its card."
+    _check_options(
+        device, out, epochs=(epochs, MAX_EPOCHS), epoch_len=(epoch_len, MAX_STEPS), unroll=(unroll, MAX_STEPS)
+    )
     torch.manual_seed(seed)
     r = make_rule(rule, **({"features": features.split("+")} if features else {}))
     _train_and_save(
@@ -852,6 +1030,9 @@ def tune_cli(
     download: bool = False,
 ):
     "Continue meta-training a pretrained or saved rule on another task."
+    _check_options(
+        device, out, epochs=(epochs, MAX_EPOCHS), epoch_len=(epoch_len, MAX_STEPS), unroll=(unroll, MAX_STEPS)
+    )
     _train_and_save(
         resolve_rule(rule),
         _task_from_args(task, batch_size, init, data_root, download),
@@ -861,7 +1042,7 @@ def tune_cli(
         ),
         device,
         resume,
-        {"name": f"{Path(rule).stem}-tuned", "tuned_from": rule},
+        {"name": f"{Path(_rule_name(rule)).stem}-tuned", "tuned_from": _rule_name(rule)},
     )
 
 
@@ -874,11 +1055,19 @@ def evaluate_cli(
     batch_size: int = 128,
     init: str = "normal",
     device: str = "auto",
-    out: str = "runs/evaluate",
+    out: str = None,  # output directory (default: a new runs/evaluate/<date-time> per run)
+    overwrite: bool = False,  # replace the evaluation an existing --out holds
     data_root: str = "data",
     download: bool = False,
 ):
-    "Evaluate a rule on held-out problems; print and save the Eva loss and held-out loss."
+    """Evaluate a rule on held-out problems; print and save the Eva loss and held-out loss (and where they
+    are)."""
+    _check_options(device, out, steps=(steps, MAX_STEPS), seeds=(seeds, MAX_SEEDS))
+    if out is not None and _written(out) and not overwrite:
+        raise FileExistsError(
+            f"{out} already holds {', '.join(_written(out)[:4])}: pass overwrite=True to replace it, or "
+            "another out (without one, each run writes a new directory)"
+        )
     ev = evaluate(
         resolve_rule(rule, lr),
         _task_from_args(task, batch_size, init, data_root, download),
@@ -886,8 +1075,11 @@ def evaluate_cli(
         range(seeds),
         device=device,
     )
-    summary = {"rule": rule, "task": task, **ev.summary()}
-    _write_json_atomic(
+    if out is None:
+        out = Path("runs/evaluate") / datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+        out.mkdir(parents=True)
+    summary = {"rule": _rule_name(rule), "task": task, **ev.summary()}
+    path = _write_json_atomic(
         {
             **summary,
             "train_loss": ev.train_loss.tolist(),
@@ -896,7 +1088,7 @@ def evaluate_cli(
         },
         Path(out) / "evaluation.json",
     )
-    print(json.dumps(summary, indent=2))
+    print(json.dumps({"evaluation": str(path), **summary}, indent=2))
 
 # %% ../nbs/01_meta_train.ipynb #8f604a8a
 # name -> (rule arguments, meta_train arguments) that differ from the defaults: the paper's DM row is DM+IL,

@@ -18,7 +18,8 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .files import atomic_write
+from .files import atomic_write, file_digest
+from .meta_train import _artifact_path, _run_lock, _run_path
 from .optimizers import _optional_import
 
 # %% auto #0
@@ -112,6 +113,140 @@ def _duration(seconds: float) -> str:
 def _write_json(path: Path, obj) -> Path:
     return atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2, default=str)))
 
+# %% ../nbs/05_report.ipynb #c40a0001
+_STATUSES = ("running", "failed", "done")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_RECORD_FIX = "it was edited or damaged: restore it, or start a new run directory"
+_SUMMARY_FIX = "it was edited or damaged: run its stage again (delete <stage>.done, then resume)"
+
+
+def _expect(ok: bool, source: Path, field: str, value, expected: str, fix: str) -> None:
+    "A one-line `ValueError` naming `source`, the `field` that is wrong, its value and what it should be."
+    if not ok:
+        shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+        raise ValueError(f"{source}: {field} is {shown}, expected {expected}; {fix}")
+
+
+def _read_json(path: Path, fix: str):
+    "The JSON document at `path`, or a one-line `ValueError` naming the file."
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise ValueError(f"{path} is not JSON ({type(e).__name__}: {str(e)[:80]}); {fix}") from None
+
+
+def _check_artifacts(value, source: Path, field: str, fix: str) -> None:
+    "`value` is a list of provenance records (_artifact): `{path, sha256}` and an optional `zoo` flag."
+    _expect(isinstance(value, list), source, field, value, "a list of {path, sha256} records", fix)
+    for i, a in enumerate(value):
+        at = f"{field}[{i}]"
+        _expect(isinstance(a, dict), source, at, a, "a {path, sha256} record", fix)
+        path, digest = a.get("path"), a.get("sha256")
+        _expect(isinstance(path, str) and path != "", source, f"{at}.path", path, "a file's path", fix)
+        ok = isinstance(digest, str) and _SHA256.fullmatch(digest) is not None
+        _expect(ok, source, f"{at}.sha256", digest, "64 hexadecimal digits", fix)
+        _expect(
+            isinstance(a.get("zoo", False), bool), source, f"{at}.zoo", a.get("zoo"), "true or false", fix
+        )
+
+
+def _read_record(run_dir: Path) -> dict | None:
+    """The run record `run_dir/pipeline.json` (None when there is none), checked field by field: anything
+    else is a one-line `ValueError` naming the file and the field."""
+    path = _run_path(run_dir, "pipeline.json")
+    if not path.exists():
+        return None
+    record, fix = _read_json(path, _RECORD_FIX), _RECORD_FIX
+    _expect(isinstance(record, dict), path, "the record", record, "a JSON object", fix)
+    for key in ("scale", "device"):
+        _expect(isinstance(record.get(key), str), path, key, record.get(key), "a string", fix)
+    cpus = record.get("cpus")
+    ok = cpus is None or (isinstance(cpus, int) and not isinstance(cpus, bool) and cpus > 0)
+    _expect(ok, path, "cpus", cpus, "a number of CPU cores", fix)
+    _expect(isinstance(record.get("stages"), dict), path, "stages", record.get("stages"), "an object", fix)
+    for stage, r in record["stages"].items():
+        at = f"stages.{stage}"
+        _expect(isinstance(r, dict), path, at, r, "a stage record (an object)", fix)
+        _expect(
+            r.get("status") in _STATUSES, path, f"{at}.status", r.get("status"), " or ".join(_STATUSES), fix
+        )
+        _expect(
+            isinstance(r.get("parameters", {}), dict),
+            path,
+            f"{at}.parameters",
+            r.get("parameters"),
+            "an object",
+            fix,
+        )
+        for key in ("notebook", "error"):
+            _expect(isinstance(r.get(key, ""), str), path, f"{at}.{key}", r.get(key), "a string", fix)
+        seconds = r.get("seconds", 0.0)
+        ok = isinstance(seconds, (int, float)) and not isinstance(seconds, bool) and 0 <= seconds < math.inf
+        _expect(ok, path, f"{at}.seconds", seconds, "a number of seconds", fix)
+        for role in ("inputs", "outputs"):
+            if role in r or r["status"] == "done":
+                _check_artifacts(r.get(role), path, f"{at}.{role}", fix)
+    return record
+
+
+def _read_summary(run_dir: Path, name: str) -> dict:
+    """The stage summary `run_dir/summary/<name>` (_write_summary), checked: its fields are of their types and
+    its figures inside the run directory (_run_path); anything else is a one-line `ValueError` naming it."""
+    path = _run_path(run_dir, f"summary/{name}")
+    summary, fix = _read_json(path, _SUMMARY_FIX), _SUMMARY_FIX
+    _expect(isinstance(summary, dict), path, "the summary", summary, "a JSON object", fix)
+    _expect(isinstance(summary.get("stage"), str), path, "stage", summary.get("stage"), "a stage's name", fix)
+    _expect(
+        isinstance(summary.get("tables", {}), dict), path, "tables", summary.get("tables"), "an object", fix
+    )
+    for title, t in summary.get("tables", {}).items():
+        ok = isinstance(t, dict) and isinstance(t.get("columns"), list) and isinstance(t.get("rows"), list)
+        ok = ok and all(isinstance(row, list) for row in t["rows"])
+        _expect(ok, path, f"tables.{title}", t, "{columns: [...], rows: [[...], ...]}", fix)
+    for key in ("equations", "figures"):
+        d = summary.get(key, {})
+        ok = isinstance(d, dict) and all(isinstance(v, str) for v in d.values())
+        _expect(ok, path, key, d, "an object of strings", fix)
+    notes = summary.get("notes", [])
+    ok = isinstance(notes, list) and all(isinstance(n, str) for n in notes)
+    _expect(ok, path, "notes", notes, "a list of strings", fix)
+    for role in ("inputs", "outputs"):
+        _check_artifacts(summary.get(role, []), path, role, fix)
+    for title, rel in summary.get("figures", {}).items():
+        try:
+            _run_path(run_dir, rel)
+        except ValueError as e:
+            raise ValueError(f"{path}: figure {title!r}: {e}") from None
+    return summary
+
+
+def _first_to_run(run_dir: Path, record: dict, stages: Sequence[str]) -> int:
+    """The index of the first of `stages` to run again: the stages before it completed (their `.done`
+    marker and a `done` record), and every file they read or wrote is still there with the SHA-256 the record
+    holds (hashed again). A stage whose output was deleted runs again; a file that changed, or an input that
+    is gone, is a `ValueError` naming it and how to go on."""
+    for k, stage in enumerate(stages):
+        r = record["stages"].get(stage)
+        if r is None or r["status"] != "done" or not _run_path(run_dir, f"{stage}.done").exists():
+            return k
+        if any(not _artifact_path(a, run_dir).exists() for a in r["outputs"]):
+            return k
+        for role in ("outputs", "inputs"):
+            for a in r[role]:
+                path = _artifact_path(a, run_dir)
+                digest = file_digest(path) if path.is_file() else None
+                if digest != a["sha256"]:
+                    outputs = ", ".join(o["path"] for o in r["outputs"])
+                    outputs = f" or its outputs ({outputs})" if outputs else ""
+                    what = "wrote" if role == "outputs" else "read"
+                    now = "is gone" if digest is None else "has changed"
+                    raise ValueError(
+                        f"{a['path']}, which stage {stage} {what}, {now} since (pipeline.json records sha256 "
+                        f"{a['sha256'][:12]}...): start a new run directory, or delete {stage}.done"
+                        f"{outputs} so that resuming runs {stage} again"
+                    )
+    return len(stages)
+
 # %% ../nbs/05_report.ipynb #b5eaf3d7
 def run_pipeline(
     run_dir: str | Path,
@@ -132,10 +267,15 @@ def run_pipeline(
     the same directory resumes. A stage that raises stops the run with `StageFailed`. Returns the run record
     (also in `run_dir/pipeline.json`): per stage its status, parameters, wall time, and the `inputs` and
     `outputs` its summary records (_write_summary), each `{"path", "sha256"}`, so the chain from stage to
-    stage can be checked."""
+    stage can be checked.
+
+    The run directory is a boundary: the call holds its lock (_run_lock: a second run of the same directory
+    fails at once), reads and writes nothing through a symbolic link or outside it (_run_path), and checks
+    `pipeline.json` (_read_record). Resuming hashes again every file the kept stages read and wrote
+    (_first_to_run): one that changed stops the run, naming it; a stage whose output was deleted runs
+    again."""
     papermill = _optional_import("papermill", "notebooks", "running the pipeline")
     run_dir = Path(run_dir).resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
     nbs_path = Path(nbs_path).resolve()
     paths = (
         pipeline_stages(nbs_path) if stages is None else [nbs_path / f"{Path(s).stem}.ipynb" for s in stages]
@@ -143,83 +283,95 @@ def run_pipeline(
     missing = [p.name for p in paths if not p.exists()]
     if missing:
         raise FileNotFoundError(f"no such stage notebook in {nbs_path}: {missing}")
-    record_path = run_dir / "pipeline.json"
-    record = (
-        json.loads(record_path.read_text())
-        if record_path.exists()
-        else {"scale": scale, "device": device, "cpus": os.cpu_count(), "stages": {}}
-    )
-    if record.get("scale") != scale:
-        raise ValueError(
-            f"{run_dir} was run at scale={record.get('scale')!r}; resume it with that scale, not {scale!r}"
-        )
-    done = [(run_dir / f"{p.stem}.done").exists() for p in paths]
-    first = done.index(False) if False in done else len(paths)
-    n, t_run = len(paths), time.perf_counter()
-    for k, path in enumerate(paths, 1):
-        stage, executed = path.stem, run_dir / path.name
-        if k - 1 < first:
-            log(f"[{k}/{n}] {stage}: completed earlier, kept ({executed.name})")
-            continue
-        (run_dir / f"{stage}.done").unlink(missing_ok=True)
-        nb = _tag_parameters_cell(_read_nb(path))
-        declared = _notebook_parameters(nb)
-        params = {
-            key: v
-            for key, v in {"scale": scale, "device": device, "out_dir": str(run_dir)}.items()
-            if key in declared
+    with _run_lock(run_dir):
+        record_path = _run_path(run_dir, "pipeline.json")
+        record = _read_record(run_dir) or {
+            "scale": scale,
+            "device": device,
+            "cpus": os.cpu_count(),
+            "stages": {},
         }
-        params.update((overrides or {}).get(stage, {}))
-        log(f"[{k}/{n}] {stage}: running {params} -> {executed}")
-        t0 = time.perf_counter()
-        record["stages"][stage] = {"status": "running", "parameters": params, "notebook": executed.name}
-        _write_json(record_path, record)
-        try:
-            papermill.execute_notebook(
-                nb,
-                str(executed),
-                parameters=params,
-                cwd=str(nbs_path),
-                kernel_name=kernel_name,
-                progress_bar=progress,
-                log_output=False,
+        if record["scale"] != scale:
+            raise ValueError(
+                f"{run_dir} was run at scale={record['scale']!r}; resume it with that scale, not {scale!r}"
             )
-        except Exception as e:
-            reason = (
-                f"{e.ename}: {e.evalue}"
-                if isinstance(e, papermill.PapermillExecutionError)
-                else f"{type(e).__name__}: {e}"
+        first = _first_to_run(run_dir, record, [p.stem for p in paths])
+        n, t_run = len(paths), time.perf_counter()
+        for k, path in enumerate(paths, 1):
+            stage, executed, done = (
+                path.stem,
+                _run_path(run_dir, path.name),
+                _run_path(run_dir, f"{path.stem}.done"),
             )
-            record["stages"][stage].update(status="failed", seconds=time.perf_counter() - t0, error=reason)
+            if k - 1 < first:
+                log(f"[{k}/{n}] {stage}: completed earlier, kept ({executed.name})")
+                continue
+            done.unlink(missing_ok=True)
+            nb = _tag_parameters_cell(_read_nb(path))
+            declared = _notebook_parameters(nb)
+            params = {
+                key: v
+                for key, v in {"scale": scale, "device": device, "out_dir": str(run_dir)}.items()
+                if key in declared
+            }
+            params.update((overrides or {}).get(stage, {}))
+            log(f"[{k}/{n}] {stage}: running {params} -> {executed}")
+            t0 = time.perf_counter()
+            record["stages"][stage] = {"status": "running", "parameters": params, "notebook": executed.name}
             _write_json(record_path, record)
-            log(f"[{k}/{n}] {stage}: FAILED after {_duration(time.perf_counter() - t0)}")
-            raise StageFailed(stage, executed, run_dir, reason) from None
-        seconds = time.perf_counter() - t0
-        # the artifacts the stage read and wrote, with their SHA-256
-        summary = run_dir / "summary" / f"{stage}.json"
-        summary = json.loads(summary.read_text()) if summary.exists() else {}
-        record["stages"][stage].update(
-            status="done",
-            seconds=seconds,
-            inputs=summary.get("inputs", []),
-            outputs=summary.get("outputs", []),
-        )
-        _write_json(record_path, record)
-        _write_json(
-            run_dir / f"{stage}.done",
-            {"seconds": seconds, "finished": datetime.now(timezone.utc).isoformat()},
-        )
-        log(
-            f"[{k}/{n}] {stage}: done in {_duration(seconds)} (this call: "
-            f"{_duration(time.perf_counter() - t_run)})"
-        )
-    return record
+            try:
+                papermill.execute_notebook(
+                    nb,
+                    str(executed),
+                    parameters=params,
+                    cwd=str(nbs_path),
+                    kernel_name=kernel_name,
+                    progress_bar=progress,
+                    log_output=False,
+                )
+            except Exception as e:
+                reason = (
+                    f"{e.ename}: {e.evalue}"
+                    if isinstance(e, papermill.PapermillExecutionError)
+                    else f"{type(e).__name__}: {e}"
+                )
+                record["stages"][stage].update(
+                    status="failed", seconds=time.perf_counter() - t0, error=reason
+                )
+                _write_json(record_path, record)
+                log(f"[{k}/{n}] {stage}: FAILED after {_duration(time.perf_counter() - t0)}")
+                raise StageFailed(stage, executed, run_dir, reason) from None
+            seconds = time.perf_counter() - t0
+            # the artifacts the stage read and wrote, with their SHA-256
+            summary = (
+                _read_summary(run_dir, f"{stage}.json")
+                if _run_path(run_dir, f"summary/{stage}.json").exists()
+                else {}
+            )
+            record["stages"][stage].update(
+                status="done",
+                seconds=seconds,
+                inputs=summary.get("inputs", []),
+                outputs=summary.get("outputs", []),
+            )
+            _write_json(record_path, record)
+            _write_json(
+                done,
+                {"seconds": seconds, "finished": datetime.now(timezone.utc).isoformat()},
+            )
+            log(
+                f"[{k}/{n}] {stage}: done in {_duration(seconds)} (this call: "
+                f"{_duration(time.perf_counter() - t_run)})"
+            )
+        return record
 
 # %% ../nbs/05_report.ipynb #d355ddcf
 def load_summaries(run_dir: str | Path) -> list[dict]:
     """The stage summaries of a run (`run_dir/summary/<stage>.json`, written by _write_summary), in stage
-    order; a stage's other records there (such as 03's `distill.json`) are not summaries."""
-    return [json.loads(p.read_text()) for p in sorted((Path(run_dir) / "summary").glob("[0-9]*.json"))]
+    order, each checked (_read_summary); a stage's other records there (such as 03's `distill.json`) are not
+    summaries."""
+    folder = _run_path(run_dir, "summary")
+    return [_read_summary(Path(run_dir), p.name) for p in sorted(folder.glob("[0-9]*.json"))]
 
 
 def _format_value(v) -> str:
@@ -298,7 +450,7 @@ def _bench_markdown(bench: str | Path, depth: int = 3, figures_dir: str | Path |
             )
             rel = Path("figures") / f"bench-{name}-{key.replace('.', '-')}.png"
             atomic_write(
-                Path(figures_dir).parent / rel,
+                _run_path(Path(figures_dir).parent, rel),
                 lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"),
             )
             plt.close(fig)
@@ -335,9 +487,8 @@ def report_markdown(run_dir: str | Path, bench: str | Path | None = "bench/resul
     results."""
     run_dir = Path(run_dir)
     parts = [f"# symbolic_l2o run report: `{run_dir.name}`", ""]
-    record_path = run_dir / "pipeline.json"
-    if record_path.exists():
-        record = json.loads(record_path.read_text())
+    record = _read_record(run_dir)
+    if record is not None:
         rows = [
             [s, r.get("status"), _duration(r["seconds"]) if "seconds" in r else "—", r.get("error", "")]
             for s, r in record["stages"].items()
@@ -386,7 +537,8 @@ def _markdown_to_html(
     text: str, title: str = "report", base_dir: str | Path | None = None, mathjax: str | Path | None = None
 ) -> str:
     """A self-contained HTML page from markdown: tables, `$…$`/`$$…$$` math, images under `base_dir` inlined
-    as data URIs.
+    as data URIs. An image outside `base_dir`, or reached through a symbolic link, is refused (`ValueError`):
+    the page embeds nothing from outside the run directory.
 
     Math is typeset by the MathJax file `mathjax` (inlined, so the page makes no request), else left as LaTeX
     text."""
@@ -408,8 +560,14 @@ def _markdown_to_html(
     if base_dir is not None:
 
         def inline(m):
-            path = Path(base_dir) / html.unescape(m.group(1))
-            if "://" in m.group(1) or not path.is_file():
+            src = html.unescape(m.group(1))
+            if "://" in src:
+                return m.group(0)
+            try:
+                path = _run_path(base_dir, src)
+            except ValueError as e:
+                raise ValueError(f"the report does not embed {src!r}: {e}") from None
+            if not path.is_file():
                 return m.group(0)
             mime = {
                 ".png": "image/png",
@@ -436,9 +594,13 @@ def build_report(
     "Write `run_dir/report.md` and its self-contained rendering `run_dir/report.html`; returns both paths."
     run_dir = Path(run_dir)
     text = report_markdown(run_dir, bench)
-    md = atomic_write(run_dir / "report.md", lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    md = atomic_write(
+        _run_path(run_dir, "report.md"), lambda tmp: Path(tmp).write_text(text, encoding="utf-8")
+    )
     page = _markdown_to_html(text, f"symbolic_l2o run {run_dir.name}", run_dir, mathjax)
-    return md, atomic_write(run_dir / "report.html", lambda tmp: Path(tmp).write_text(page, encoding="utf-8"))
+    return md, atomic_write(
+        _run_path(run_dir, "report.html"), lambda tmp: Path(tmp).write_text(page, encoding="utf-8")
+    )
 
 # %% ../nbs/05_report.ipynb #a0fb141f
 _SITE_PACKAGES = re.compile(r"(?:/[^\s/'\"]+)+/site-packages/")
@@ -476,7 +638,7 @@ def export_outputs(run_dir: str | Path, nbs_path: str | Path = "nbs") -> dict[Pa
     nbdev_clean = _optional_import("nbdev.clean", "dev", "copying outputs into the notebooks").nbdev_clean
     written = {}
     for src in pipeline_stages(nbs_path):
-        executed = Path(run_dir) / src.name
+        executed = _run_path(run_dir, src.name)
         if not executed.exists():
             continue
         ran = {
@@ -563,8 +725,8 @@ def _results_markdown(
     parts = []
     if run_dir is not None:
         summaries = load_summaries(run_dir)
-        record = Path(run_dir) / "pipeline.json"
-        scale = json.loads(record.read_text()).get("scale") if record.exists() else None
+        record = _read_record(Path(run_dir))
+        scale = record["scale"] if record else None
         if summaries:
             parts.append(
                 f"From `make run` (`{Path(run_dir).name}`{f', scale `{scale}`' if scale else ''}):\n"
@@ -641,19 +803,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     t.add_argument("--nbs", default="nbs")
     a = p.parse_args(argv)
-    if a.command == "run":
-        t0 = time.perf_counter()
-        try:
+    try:
+        if a.command == "run":
+            t0 = time.perf_counter()
             run_pipeline(a.run_dir, a.scale, a.device, a.nbs, progress=not a.no_progress)
-        except (StageFailed, ValueError, FileNotFoundError) as e:
-            print(f"FAIL: {e}", file=sys.stderr)
-            return 1
-        md, page = build_report(a.run_dir, a.bench, _find_mathjax())
-        print(f"Run written to {a.run_dir} in {_duration(time.perf_counter() - t0)}; report: {md} and {page}")
-    elif a.command == "report":
-        md, page = build_report(a.run_dir, a.bench, _find_mathjax())
-        print(f"written {md} and {page}")
-    elif a.command == "outputs":
+            md, page = build_report(a.run_dir, a.bench, _find_mathjax())
+            took = _duration(time.perf_counter() - t0)
+            print(f"Run written to {a.run_dir} in {took}; report: {md} and {page}")
+        elif a.command == "report":
+            md, page = build_report(a.run_dir, a.bench, _find_mathjax())
+            print(f"written {md} and {page}")
+    except (RuntimeError, ValueError, OSError) as e:  # a failed stage, a held lock, a bad run directory
+        print(f"FAIL: {e}", file=sys.stderr)
+        return 1
+    if a.command == "outputs":
         for path, stale in export_outputs(a.run_dir, a.nbs).items():
             print(
                 f"outputs of {Path(a.run_dir) / path.name} -> {path}"
