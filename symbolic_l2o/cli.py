@@ -12,6 +12,7 @@ import importlib.util
 import inspect
 import io
 import json
+import re
 import sys
 import tokenize
 import typing
@@ -22,14 +23,21 @@ import torch
 
 import symbolic_l2o
 from .tasks import make_task
-from .meta_train import resolve_rule
+from .meta_train import MAX_EPOCHS, MAX_SEEDS, MAX_STEPS
+from .library import list_optimizers, load_pretrained
 
 # %% auto #0
-__all__ = ['COMMANDS', 'distill_cli', 'build_parser', 'main']
+__all__ = ['COMMANDS', 'COUNT_OPTIONS', 'RULE_COMMANDS', 'distill_cli', 'build_parser', 'main']
 
 # %% ../nbs/cli.ipynb #c11a0006
+def _rule_option(rule: str, lr: float | None = None):
+    """The rule a `--rule` names (`load_pretrained`: a name of `list_optimizers()` or a rule file), a hand
+    rule at learning rate `lr` (`--lr`) when given."""
+    return load_pretrained(rule, **({} if lr is None else {"lr": lr}))
+
+
 def distill_cli(
-    rule: str = "rp_si",  # zoo name, saved rule path, or hand rule name (with --lr) to distill
+    rule: str = "rp_si",  # the rule to distill: a name of list_optimizers() or a rule file (.pt, .json)
     task: str = "digits_mlp",  # task on which the rule is recorded and its equation judged
     steps: int = 200,  # optimizee steps per run
     record_seeds: int = 20,  # runs recorded for the fit
@@ -43,7 +51,7 @@ def distill_cli(
     tune_epochs: int = 100,  # stage 3: closed-loop tuning epochs of the chosen equation's constants (0: none)
     recurrent: bool = True,  # let equations read the rule's own past outputs too
     zero_drift: bool = True,  # zero gradients from a fresh state move nothing
-    lr: float = None,  # learning rate of a hand rule
+    lr: float = None,  # learning rate of a hand rule (default: the rule's own)
     device: str = "auto",  # auto, cpu, cuda, cuda:1, ...
     out: str = "runs/distill",
 ):  # output directory (fitted_rule.json, summary.json)
@@ -51,6 +59,7 @@ def distill_cli(
     fitted rule."""
     from symbolic_l2o.distill import DistillSettings, distill
 
+    source = _rule_option(rule, lr)  # first: a rule that is not there is refused before any work
     settings = DistillSettings(
         steps=steps,
         record_seeds=record_seeds,
@@ -65,8 +74,8 @@ def distill_cli(
         recurrent=recurrent,
         zero_drift=zero_drift,
     )
-    name = Path(rule).stem
-    d = distill(resolve_rule(rule, lr), make_task(task), name, settings, device=device)
+    name = rule.lower() if rule.lower() in list_optimizers() else Path(rule).stem  # the card's source
+    d = distill(source, make_task(task), name, settings, device=device)
     path = d.fit.save(Path(out) / "fitted_rule.json")
     summary = json.loads(json.dumps({"fitted_rule": str(path), **d.summary()}, default=float))
     (Path(out) / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -144,9 +153,9 @@ def _device_option(value: str) -> str:
     try:
         device = torch.device(value)
     except RuntimeError:
-        raise argparse.ArgumentTypeError(
-            f"invalid device {value!r}: expected auto, cpu, cuda, cuda:N, mps"
-        ) from None
+        device = None
+    if device is None or device.type not in ("cpu", "cuda", "mps"):  # e.g. meta: no device to run on
+        raise argparse.ArgumentTypeError(f"invalid device {value!r}: expected auto, cpu, cuda, cuda:N, mps")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise argparse.ArgumentTypeError(
             f"device {value!r} is not available: PyTorch sees no CUDA GPU on this machine "
@@ -163,26 +172,57 @@ def _device_option(value: str) -> str:
     return value
 
 
-_OPTION_TYPES = {"device": _device_option}  # options checked when parsed, by name
+# The range of each count option, by its name in every command, checked when parsed: at least 1 (no steps,
+# seeds or epochs is no run: `evaluate --seeds 0` wrote NaN results), at most the limits of 01's commands
+# (MAX_STEPS, MAX_SEEDS, MAX_EPOCHS: why each value, there).
+COUNT_OPTIONS = {
+    **dict.fromkeys(("steps", "epoch_len", "unroll"), (1, MAX_STEPS)),
+    **dict.fromkeys(
+        ("seeds", "record_seeds", "search_seeds", "validation_seeds", "eval_seeds"), (1, MAX_SEEDS)
+    ),
+    "epochs": (1, MAX_EPOCHS),
+    "tune_epochs": (0, MAX_EPOCHS),  # distill's closed-loop tuning, 0: none
+}
+
+
+def _count(low: int, high: int) -> Callable[[str], int]:
+    "An argparse type: an integer from `low` to `high`; else a message that says which are valid."
+
+    def count(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(
+                f"{value:,} is out of range: give an integer from {low} to {high:,}"
+            )
+        return value
+
+    return count
+
+
+# options checked when parsed, by name
+_OPTION_TYPES = {"device": _device_option, **{name: _count(*r) for name, r in COUNT_OPTIONS.items()}}
 
 # %% ../nbs/cli.ipynb #f6a175cc
 def _add_options(parser: argparse.ArgumentParser, func: Callable) -> None:
-    """One option per parameter of `func`: `--kebab-case`, its type and default, help from its comment;
-    booleans as `--x/--no-x`."""
+    """One option per parameter of `func`: `--kebab-case`, its type and default, help from its comment with
+    its default (and a count's range); booleans as `--x/--no-x`."""
     hints, comments = typing.get_type_hints(func), _option_comments(func)
     for name, p in inspect.signature(func).parameters.items():
         kind = hints.get(name, str)
         # `float | None` -> float
         kind = next((a for a in typing.get_args(kind) if a is not type(None)), kind)
-        default = "" if p.default is None else f" (default: {p.default})"
-        flag, help = "--" + name.replace("_", "-"), comments.get(name, "") + default
+        text = comments.get(name, "")
+        shown = "" if "default" in text else f"default: {'none' if p.default is None else p.default}"
+        if name in COUNT_OPTIONS:
+            shown = "; ".join([f"{COUNT_OPTIONS[name][0]} to {COUNT_OPTIONS[name][1]:,}", shown])
+        help = f"{text} ({shown})".replace("%", "%%") if shown else text  # argparse %-formats help
+        flag = "--" + name.replace("_", "-")
         if kind is bool:
             parser.add_argument(
-                flag,
-                dest=name,
-                action=argparse.BooleanOptionalAction,
-                default=p.default,
-                help=comments.get(name),
+                flag, dest=name, action=argparse.BooleanOptionalAction, default=p.default, help=help
             )
         else:
             parser.add_argument(
@@ -214,14 +254,54 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+# commands whose --rule `main` resolves into the rule itself (`_rule_option`) before they run; distill_cli
+# resolves its own, keeping the name for its card, and meta-train's --rule is an architecture to train afresh
+RULE_COMMANDS = ("tune", "evaluate", "srgen")
+# what a command raises for input it refuses, or for a run this machine cannot hold: one line and exit
+# status 2 (anything else is a bug, and keeps its traceback)
+_REFUSALS = (
+    ValueError,
+    FileNotFoundError,
+    FileExistsError,
+    IsADirectoryError,
+    NotADirectoryError,
+    PermissionError,
+    ModuleNotFoundError,  # an extra that is not installed
+    MemoryError,
+    torch.OutOfMemoryError,
+)
+
+
+def _refusal(e: BaseException, args: dict) -> str | None:
+    """`e` as one line in the command line's words (a keyword `x=True` of a boolean option is its flag `--x`),
+    if it is a refusal (`_REFUSALS`, or the RuntimeError of a run directory that another process holds, raised
+    where `flock` said BlockingIOError); None for anything else."""
+    held = isinstance(e, RuntimeError) and isinstance(e.__context__, BlockingIOError)
+    if not (isinstance(e, _REFUSALS) or held):
+        return None
+    text = " ".join(str(e).split()) or type(e).__name__
+    if isinstance(e, (MemoryError, torch.OutOfMemoryError)):
+        text = f"out of memory ({text}): ask for a smaller run (fewer seeds or steps, a smaller batch)"
+    for name, value in args.items():
+        if isinstance(value, bool):
+            text = re.sub(rf"\b{name}=True\b", "--" + name.replace("_", "-"), text)
+    return text
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    "Entry point of the `symbolic-l2o` console script: `symbolic-l2o COMMAND [options]`."
+    """Entry point of the `symbolic-l2o` console script: `symbolic-l2o COMMAND [options]`. Bad input ends in
+    one line on stderr, `symbolic-l2o COMMAND: error: ...`, and exit status 2."""
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in argv if not a.startswith("-")), None)
     args = vars(build_parser(command if command in COMMANDS else None).parse_args(argv))
     module, name = COMMANDS[args.pop("command")].split(":")
     try:
+        if command in RULE_COMMANDS:
+            args["rule"] = _rule_option(args["rule"], args.get("lr"))
         getattr(importlib.import_module(module), name)(**args)
-    except (ValueError, FileNotFoundError, ModuleNotFoundError) as e:  # bad input, said in one line
-        print(f"symbolic-l2o {command}: error: {e}", file=sys.stderr)
+    except Exception as e:
+        message = _refusal(e, args)
+        if message is None:
+            raise
+        print(f"symbolic-l2o {command}: error: {message}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -54,7 +54,7 @@ def test_options_are_kebab_case_with_flag_and_no_flag_booleans():
             ["evaluate", "--task", "imagenet", "--device", "cpu"],
             "known: ['digits_cnn', 'digits_mlp', 'mnist_mlp', 'quadratic']",
         ),
-        (["evaluate", "--rule", "adamw", "--device", "cpu"], "unknown rule 'adamw'; known:"),
+        (["evaluate", "--rule", "adamx", "--device", "cpu"], "unknown optimizer 'adamx'; choose one of"),
         (["distill", "--steps", "many"], "invalid int value: 'many'"),
     ],
 )
