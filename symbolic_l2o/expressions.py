@@ -190,9 +190,17 @@ def parse_expression(text: str, variables: Sequence[str]) -> sp.Expr:
                 f"{MAX_EXPONENT} overflows for |x| > 1200)"
             )
 
-    def in_range(node):  # every number sympy computed while building `node` is a float64
-        for a in node.atoms(sp.Number):
-            _finite_number(a, text)
+    def in_range(node):  # every number sympy computed while building `node` is within float64's range
+        for a in node.atoms(sp.Number):  # (a computed number that underflows, exp(-54800), is a harmless 0)
+            try:
+                overflows = math.isinf(float(a))
+            except OverflowError:
+                overflows = True
+            if overflows:
+                raise ValueError(
+                    f"expression {text[:80]!r} computes a number outside float64's range (|x| <= "
+                    f"{sys.float_info.max:.3g}): {str(a)[:20]}... ({len(str(a))} characters)"
+                )
         return node
 
     def power():
@@ -504,6 +512,15 @@ class SymbolicRule(UpdateRule):
             updates.append((u * self.scale).view_as(g).to(g.dtype))
             new.append(fs)
         return updates, new
+
+    @property
+    def only_overall_factor(self) -> bool:
+        "Whether the equation's only constant multiplies all of it (c·f): tuning it only rescales the update."
+        return (
+            len(self._const_names) == 1
+            and self.template.is_Mul
+            and sp.Symbol(self._const_names[0]) in self.template.args
+        )
 
     @property
     def fusable(self) -> bool:
