@@ -36,6 +36,16 @@ def _rule_option(rule: str, lr: float | None = None):
     return load_pretrained(rule, **({} if lr is None else {"lr": lr}))
 
 
+def _budgets(text: str) -> tuple[int, ...]:
+    "`--state-budgets` as integers: '2,3,4' → (2, 3, 4)."
+    try:
+        return tuple(int(b) for b in str(text).split(","))
+    except ValueError:
+        raise ValueError(
+            f"invalid --state-budgets {text!r}: expected integers separated by commas, e.g. 2,3,4"
+        ) from None
+
+
 def distill_cli(
     rule: str = "rp_si",  # the rule to distill: a name of list_optimizers() or a rule file (.pt, .json)
     task: str = "digits_mlp",  # task on which the rule is recorded and its equation judged
@@ -51,6 +61,7 @@ def distill_cli(
     tune_epochs: int = 100,  # stage 3: closed-loop tuning epochs of the chosen equation's constants (0: none)
     recurrent: bool = True,  # let equations read the rule's own past outputs too
     zero_drift: bool = True,  # zero gradients from a fresh state move nothing
+    state_budgets: str = "2,3,4",  # state values per parameter the budgeted searches may keep, smallest first
     lr: float = None,  # learning rate of a hand rule (default: the rule's own)
     device: str = "auto",  # auto, cpu, cuda, cuda:1, ...
     out: str = "runs/distill",
@@ -73,6 +84,7 @@ def distill_cli(
         tune_epochs=tune_epochs,
         recurrent=recurrent,
         zero_drift=zero_drift,
+        state_budgets=_budgets(state_budgets),
     )
     name = rule.lower() if rule.lower() in list_optimizers() else Path(rule).stem  # the card's source
     d = distill(source, make_task(task), name, settings, device=device)

@@ -5,6 +5,7 @@
 # %% ../nbs/03_distill.ipynb #d5ba8b2a
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import keyword
@@ -21,8 +22,8 @@ import sympy as sp
 import torch
 
 import symbolic_l2o
-from .optimizers import rule_config
-from .features import FEATURE_NAMES, OUTPUT_FEATURE
+from .optimizers import rule_config, state_per_param
+from .features import FEATURE_NAMES, OUTPUT_FEATURE, P_MEAN_FEATURES, GradFeatures
 from .expressions import MAX_LAG, OPERATORS, SymbolicRule, compile_expression, complexity
 from .expressions import parse_expression, variable
 from .files import atomic_write, read_json, require_keys
@@ -31,10 +32,13 @@ from .srgen import SRDataset
 
 # %% auto #0
 __all__ = ['ENGINE_OPERATORS', 'SELECTION_LOSS_FACTOR', 'MAX_PARETO_MEMBERS', 'MAX_FIT_NAMES', 'MAX_NAME_LENGTH', 'CENSOR_FACTOR',
-           'MAX_EQUATION_LENGTH', 'evaluate_expression', 'ParetoTable', 'FittedRule', 'pareto_front', 'fit_rule',
-           'sanity_targets', 'sanity_check', 'temporal_perception_field', 'mapping_complexity', 'DistillSettings',
-           'record', 'free_running', 'persistence', 'canonical_form', 'recurrence', 'search', 'fidelity', 'eva_ratio',
-           'faithful', 'verdict', 'screen', 'tune', 'Distillation', 'distill', 'plot_front', 'plot_response']
+           'MAX_EQUATION_LENGTH', 'NULL_BETAS', 'NULL_R2_MARGIN', 'BUDGET_FEATURES', 'RESOLUTION',
+           'evaluate_expression', 'ParetoTable', 'FittedRule', 'pareto_front', 'fit_rule', 'sanity_targets',
+           'sanity_check', 'temporal_perception_field', 'mapping_complexity', 'DistillSettings', 'record',
+           'free_running', 'held_out_prediction', 'persistence', 'canonical_form', 'recurrence', 'null_families',
+           'null_rule', 'fit_null_models', 'sign_agreement', 'r2_margin', 'state_cost', 'lag0_dataset',
+           'budget_features', 'search', 'fidelity', 'eva_ratio', 'faithful', 'verdict', 'screen', 'tune',
+           'Distillation', 'distill', 'plot_front', 'plot_response']
 
 # %% ../nbs/03_distill.ipynb #dae475e7
 ENGINE_OPERATORS = {
@@ -856,7 +860,9 @@ class DistillSettings:
     and whose closed-loop Eva loss on `validation_seeds` problems is within `tolerance` of the rule's own (at
     most `max_screened` screened per seed); `zero_drift`: the deployed equation moves nothing under zero
     gradients. Reporting: `eval_seeds` problems. Stage 3: `tune_epochs` epochs of closed-loop tuning of the
-    constants at Adam(`tune_lr`) (0: none)."""
+    constants at Adam(`tune_lr`) (0: none). Memory: `state_budgets`, the state values per parameter within
+    which the budgeted searches run, smallest first (the deployed equation is selected at the smallest where
+    one is faithful)."""
 
     steps: int = 200
     record_seeds: int = 20
@@ -877,9 +883,21 @@ class DistillSettings:
     zero_drift: bool = True
     tune_epochs: int = 100
     tune_lr: float = 1e-4
+    state_budgets: tuple = (2, 3, 4)
 
     def __post_init__(self):
         self.search_seeds = tuple(self.search_seeds)
+        self.state_budgets = tuple(self.state_budgets)
+        if not self.state_budgets or list(self.state_budgets) != sorted(set(self.state_budgets)):
+            raise ValueError(
+                f"invalid state_budgets={self.state_budgets!r}: expected increasing state values per "
+                "parameter, e.g. (2, 3, 4) (2: Adam's)"
+            )
+        for b in self.state_budgets:
+            if isinstance(b, bool) or int(b) != b or not 1 <= b <= len(FEATURE_NAMES):
+                raise ValueError(
+                    f"invalid state budget {b!r}: expected an integer from 1 to {len(FEATURE_NAMES)}"
+                )
         for name in (
             "steps",
             "record_seeds",
@@ -922,7 +940,8 @@ def record(
     rule, task, settings: DistillSettings = DistillSettings(), device="cpu", progress: bool = False
 ) -> SRDataset:
     """Step 1 of `distill`: `rule` recorded on `settings.record_seeds` fresh problems of `task` (from
-    `RECORD_SEED_BASE`), with its own features and, when `settings.recurrent`, its own past outputs `u`."""
+    `RECORD_SEED_BASE`), with its own features, the raw gradient `g` and, when `settings.recurrent`, its past
+    outputs `u` (`recorded_features`)."""
     from symbolic_l2o.srgen import RECORD_SEED_BASE, record_trajectories
 
     return record_trajectories(
@@ -940,9 +959,9 @@ def record(
 
 
 def _features(rule, settings):
-    from symbolic_l2o.srgen import default_features
+    from symbolic_l2o.srgen import recorded_features
 
-    return (*default_features(rule), OUTPUT_FEATURE) if settings.recurrent else tuple(default_features(rule))
+    return recorded_features(rule, settings.recurrent)
 
 # %% ../nbs/03_distill.ipynb #da88d3b2
 def _sequences(data: SRDataset):
@@ -990,6 +1009,12 @@ def free_running(fit: FittedRule, data: SRDataset) -> np.ndarray:
             np.stack([column(f, lag, t) for f, lag in cols], axis=1) if cols else np.zeros((len(F), 0))
         )
     return own[seq, steps]
+
+
+def held_out_prediction(fit: FittedRule, data: SRDataset) -> np.ndarray:
+    """The equation's outputs on `data`'s rows as deployed: fed its own past outputs (`free_running`) where it
+    reads them, else its value on the recorded inputs (for such an equation the two cannot differ)."""
+    return free_running(fit, data) if OUTPUT_FEATURE in _streams(fit.expr) else fit.predict(data.X)
 
 
 def persistence(train: SRDataset, test: SRDataset) -> dict:
@@ -1061,11 +1086,12 @@ def canonical_form(
 ) -> FittedRule:
     """The readable form of `fit.expr` that is deployed: soft signs made signs (`tanh(k·x)` with `|k·x|` large
     on the recorded rows), collinear linear terms merged and negligible ones dropped, constants to `digits`
-    significant digits, and (`zero_drift`) its zero-input value subtracted. Each of the first three passes is
-    kept only if the free-running R² on `data` falls by at most `tolerance` (constants keep up to two more
-    digits where three do not hold); the passes kept are listed in `meta["canonical"]`."""
+    significant digits, and (`zero_drift`) its zero-input value subtracted. Each of the first three passes
+    is kept only if the held-out R² on `data` (`held_out_prediction`) falls by at most `tolerance`
+    (constants keep up to two more digits where three do not hold); the passes kept are listed in
+    `meta["canonical"]`."""
     part = data.select(fit.names)
-    score = lambda e: _r2(part.y, free_running(replace(fit, expr=e), part))
+    score = lambda e: _r2(part.y, held_out_prediction(replace(fit, expr=e), part))
     expr, best, kept = fit.expr, score(fit.expr), []
     passes = [
         ("sign", lambda e: _sign_pass(e, part.X, fit.names)),
@@ -1105,6 +1131,161 @@ def recurrence(fit: FittedRule, data: SRDataset, horizon: int = 1000) -> dict | 
         "stable": settled,
     }
 
+# %% ../nbs/03_distill.ipynb #a1b2c3d5
+# the betas of the null models' grids: SGD's momentum 0.9, Adam's 0.9/0.99, the recorded 0.95, a fast 0.5
+NULL_BETAS = (0.5, 0.9, 0.95, 0.99)
+NULL_R2_MARGIN = 1e-3  # an R² gain over the best null model below this is no gain (rounding, an exact copy)
+
+
+def null_families() -> dict[str, list[tuple[str, float, float]]]:
+    """The hand-designed rules a distilled equation is tested against, as equations over `GradFeatures` with a
+    factor `c` to fit, at a grid of betas: family → [(equation, beta1, beta2)]. SGD c·g; momentum c·m (m an
+    EMA of g at β1); Adam c·m̂/(√v̂ + ε) at (β1, β2); Lp-Adam c·m/(p-mean of |g|) (`mp2` … `mp4`) at β1 = β2;
+    Lion c·sign(β1·m_{t−1} + (1−β1)·g) with m an EMA at β2, which is c·sign(m_t + (β2/β1 − 1)·g) with m_t
+    at β2."""
+    return {
+        "sgd": [("c*g_0", 0.95, 0.95)],
+        "momentum": [("c*adam_up_0", b, 0.95) for b in NULL_BETAS],
+        "adam": [("c*mt_0", b1, b2) for b1 in NULL_BETAS for b2 in NULL_BETAS],
+        "lp_adam": [(f"c*{f}_0", b, b) for f in P_MEAN_FEATURES for b in NULL_BETAS],
+        "lion": [
+            (f"c*sign(adam_up_0 + {b2 / b1 - 1:.6g}*g_0)", b2, 0.95)
+            for b1 in NULL_BETAS
+            for b2 in NULL_BETAS
+            if b2 > b1
+        ],
+    }
+
+
+def _run_features(data: SRDataset, names: Sequence[str], beta1: float, beta2: float) -> np.ndarray:
+    """Features `names` at lag 0 on `data`'s rows `[rows, len(names)]`, recomputed from each coordinate's
+    recorded gradients `g` (steps 1..T, float64) by `GradFeatures` at `beta1`, `beta2`."""
+    if "g" not in data.meta["features"]:
+        raise ValueError(
+            f"the recording holds no raw gradient `g` (features {data.meta['features']}): record with `g` "
+            "among the features, as `record` does"
+        )
+    F, _, seq, steps = _sequences(data)
+    g = torch.tensor(F[:, :, data.meta["features"].index("g")], dtype=torch.float64)
+    features, out = GradFeatures(tuple(names), beta1, beta2), np.zeros((*g.shape, len(names)))
+    state = features.init_tensor(g[:, 0])
+    with torch.no_grad():
+        for t in range(1, g.shape[1]):
+            cols, state = features.columns(g[:, t], state, t)
+            out[:, t] = torch.stack([cols[n] for n in names], 1).numpy()
+    return out[seq, steps]
+
+
+def null_rule(model: dict, scale: float = 1.0) -> SymbolicRule:
+    "A fitted null model (`fit_null_models`) as the rule that runs it, at the recording's output `scale`."
+    return SymbolicRule(model["equation"], scale=scale, beta1=model["beta1"], beta2=model["beta2"])
+
+
+def _null_values(data: SRDataset, text: str, beta1: float, beta2: float) -> np.ndarray:
+    "The value of null equation `text` with c = 1 on `data`'s rows."
+    expr = null_rule({"equation": text.replace("c*", "1.0*"), "beta1": beta1, "beta2": beta2}).to_sympy()
+    names = sorted(s.name for s in expr.free_symbols)
+    X = _run_features(data, [n.rpartition("_")[0] for n in names], beta1, beta2)
+    return evaluate_expression(expr, X, names) * np.ones(len(X))
+
+
+def fit_null_models(train: SRDataset, validation: SRDataset, test: SRDataset) -> dict[str, dict]:
+    """Each family of `null_families` fitted to a recording: at every grid point the factor c by least squares
+    on `train`, the grid point by R² on `validation`. Returns family → {`equation` (c fitted), `beta1`,
+    `beta2`, `r2_validation`, and on `test` `r2` and `sign_agreement` (the share of rows with a nonzero
+    target whose update has its sign)}."""
+    models = {}
+    for family, grid in null_families().items():
+        best = None
+        for text, b1, b2 in grid:
+            f = _null_values(train, text, b1, b2)
+            c = float(f @ train.y / (f @ f)) if f @ f > 0 else 0.0
+            r2 = _r2(validation.y, c * _null_values(validation, text, b1, b2))
+            if best is None or r2 > best["r2_validation"]:
+                best = {
+                    "equation": text.replace("c*", f"{c:.6g}*"),
+                    "beta1": b1,
+                    "beta2": b2,
+                    "r2_validation": r2,
+                }
+        models[family] = best
+    for m in models.values():
+        pred = _null_values(test, m["equation"], m["beta1"], m["beta2"])
+        m.update(r2=_r2(test.y, pred), sign_agreement=sign_agreement(test.y, pred))
+    return models
+
+
+def sign_agreement(y: np.ndarray, pred: np.ndarray) -> float:
+    "The share of rows with a nonzero target `y` where the prediction has its sign."
+    nonzero = y != 0
+    return float((np.sign(pred[nonzero]) == np.sign(y[nonzero])).mean()) if nonzero.any() else math.nan
+
+
+def r2_margin(
+    y: np.ndarray,
+    pred: np.ndarray,
+    baseline: np.ndarray,
+    runs: np.ndarray,
+    resamples: int = 2000,
+    seed: int = 0,
+) -> tuple[float, float, float]:
+    """R²(`pred`) − R²(`baseline`) on the rows, and its 95% interval from a paired bootstrap over the runs
+    (`runs`: each row's run; whole runs are resampled, so rows of one run move together)."""
+    ids, inverse = np.unique(runs, return_inverse=True)
+    per_run = lambda v: np.bincount(inverse, v, minlength=len(ids))
+    n, s, ss = per_run(np.ones_like(y)), per_run(y), per_run(y**2)
+    e_pred, e_base = per_run((y - pred) ** 2), per_run((y - baseline) ** 2)
+
+    def margin(w):  # w: each run's count in the resample
+        total = ss @ w - (s @ w) ** 2 / (n @ w)
+        return (e_base @ w - e_pred @ w) / total
+
+    counts = np.random.default_rng(seed).multinomial(len(ids), np.ones(len(ids)) / len(ids), size=resamples)
+    lo, hi = np.percentile([margin(w) for w in counts], [2.5, 97.5])
+    return float(margin(np.ones(len(ids)))), float(lo), float(hi)
+
+# %% ../nbs/03_distill.ipynb #a1b2c3d8
+# the O(1)-state features a budgeted search reads at lag 0 (each `GradFeatures` feature but t, whose value is
+# the step count: an equation reading it would not travel to longer runs)
+BUDGET_FEATURES = tuple(n for n in FEATURE_NAMES if n != "t")
+
+
+def state_cost(features: Sequence[str]) -> int:
+    "State values per parameter that a rule reading `features` at lag 0 keeps: their `GradFeatures` buffers."
+    return len(GradFeatures(tuple(features)).buffers) if features else 0
+
+
+def lag0_dataset(data: SRDataset) -> SRDataset:
+    """`data`'s rows with columns `<f>_0` for every feature f of `BUDGET_FEATURES`, recomputed from each
+    recorded coordinate's gradients by `GradFeatures` at the recording's betas (`_run_features`): what an
+    equation that reads no past step sees. Its metadata say so (`features`, `lags` 1)."""
+    betas = data.meta.get("betas", (0.95, 0.95))
+    X = _run_features(data, BUDGET_FEATURES, *betas)
+    meta = {**data.meta, "features": list(BUDGET_FEATURES), "lags": 1, "derived_from": "g"}
+    names = [f"{n}_0" for n in BUDGET_FEATURES]
+    return SRDataset(X, data.y, names, data.run_ids, data.coord_ids, data.steps, meta)
+
+
+def budget_features(train: SRDataset, validation: SRDataset, budget: int) -> list[str]:
+    """The lag-0 features a search within `budget` state values per parameter reads: over every set of at most
+    `budget` state buffers, the features it pays for (`lag0_dataset` columns), the set whose features predict
+    the target best by least squares on `validation` (fitted on `train`); the smaller set on a tie."""
+    buffers = {n: set(GradFeatures((n,)).buffers) for n in BUDGET_FEATURES}
+    pool, best, seen = sorted(set().union(*buffers.values())), None, set()
+    for k in range(budget + 1):
+        for kept in itertools.combinations(pool, k):
+            allowed = tuple(n for n in BUDGET_FEATURES if buffers[n] <= set(kept))
+            if allowed in seen:
+                continue
+            seen.add(allowed)
+            cols = [f"{n}_0" for n in allowed]
+            design = lambda d: np.c_[d.select(cols).X, np.ones(len(d.y))]
+            coef = np.linalg.lstsq(design(train), train.y, rcond=None)[0]
+            r2 = _r2(validation.y, design(validation) @ coef)
+            if best is None or r2 > best[0] + 1e-9:
+                best = (r2, allowed)
+    return list(best[1])
+
 # %% ../nbs/03_distill.ipynb #a48ab537
 def search(
     data: SRDataset, settings: DistillSettings = DistillSettings(), seed: int = 0, censor: float | None = None
@@ -1115,30 +1296,39 @@ def search(
     recording's metadata."""
     window = [n for n in data.names if n.rpartition("_")[0] != OUTPUT_FEATURE]
     families = {"window": window, **({"recurrent": data.names} if len(window) < len(data.names) else {})}
-    fits = []
-    for family, names in families.items():
-        part = data.select(names)
-        fits.append(
-            fit_rule(
-                part.X,
-                part.y,
-                part.names,
-                max_length=settings.max_length,
-                generations=settings.generations,
-                time_limit=settings.time_limit,
-                max_rows=settings.max_rows,
-                seed=seed,
-                censor=censor if family == "recurrent" else None,
-                meta={**data.meta, "family": family, "search_seed": seed},
-            )
+    return [
+        _fit(
+            data.select(names),
+            settings,
+            seed,
+            {**data.meta, "family": family, "search_seed": seed},
+            censor if family == "recurrent" else None,
         )
-    return fits
+        for family, names in families.items()
+    ]
+
+
+def _fit(part: SRDataset, settings: DistillSettings, seed: int, meta: dict, censor=None) -> FittedRule:
+    "One `fit_rule` of `part`'s columns with the search knobs of `settings`."
+    return fit_rule(
+        part.X,
+        part.y,
+        part.names,
+        max_length=settings.max_length,
+        generations=settings.generations,
+        time_limit=settings.time_limit,
+        max_rows=settings.max_rows,
+        seed=seed,
+        censor=censor,
+        meta=meta,
+    )
 
 
 def fidelity(fits: Sequence[FittedRule], data: SRDataset, zero_drift: bool = True) -> list[dict]:
     """Every member of the fronts of `fits`, in canonical form (`canonical_form`), with its nodes, its family,
-    its teacher-forced R² (fed the recorded past outputs) and its free-running R² (fed its own) on `data`'s
-    rows."""
+    and on `data`'s rows its teacher-forced R² (fed the recorded past outputs), its free-running R² (fed its
+    own; `None` for an equation that reads no past output, where the two cannot differ) and `r2`, the one that
+    counts: free-running where it reads its past, else teacher-forced."""
     members, seen = [], set()
     for fit in fits:
         for m in fit.pareto:
@@ -1148,14 +1338,17 @@ def fidelity(fits: Sequence[FittedRule], data: SRDataset, zero_drift: bool = Tru
             if str(canon.expr) in seen:
                 continue
             seen.add(str(canon.expr))
-            part = data.select(canon.names)
+            part, recurrent = data.select(canon.names), OUTPUT_FEATURE in _streams(canon.expr)
+            teacher_forced = canon.r2(part.X, part.y)
+            free = _r2(part.y, free_running(canon, part)) if recurrent else None
             members.append(
                 {
                     "fit": canon,
                     "nodes": complexity(canon.expr),
                     "family": fit.meta["family"],
-                    "r2_teacher_forced": canon.r2(part.X, part.y),
-                    "r2_free_running": _r2(part.y, free_running(canon, part)),
+                    "r2": free if recurrent else teacher_forced,
+                    "r2_teacher_forced": teacher_forced,
+                    "r2_free_running": free,
                 }
             )
     return members
@@ -1182,18 +1375,37 @@ def _trains(evaluation) -> bool:  # the rule brings its Eva loss below 90% of th
     return bool(evaluation.late_loss.mean() < 0.9 * evaluation.train_loss[:, 0].mean())
 
 
-def verdict(ratio: tuple[float, float, float], tolerance: float = 0.15, trains: bool = True) -> str:
-    """In words, what the Eva loss ratio's interval says: faithful, better or worse than the rule, or not
-    resolved; and nothing at all when the rule does not train (`trains` False)."""
+# the widest half-interval of the Eva ratio that decides "faithful": a wider one is "not resolved"
+RESOLUTION = 0.05
+
+
+def verdict(
+    ratio: tuple[float, float, float],
+    tolerance: float = 0.15,
+    trains: bool = True,
+    beyond_null: tuple[float, float, float] | None = None,
+) -> str:
+    """In words, what the Eva loss ratio's interval and the R² margin over the best null model say. Faithful
+    means both: the ratio's interval inside [1 − `tolerance`, 1 + `tolerance`], no wider than ±`RESOLUTION`,
+    and the margin's interval above 0 (`beyond_null`, when given). Better (or worse) than the rule: the
+    interval below (above) 1 and reaching past the band. Anything else is "not resolved". Nothing at all when
+    the rule does not train (`trains` False)."""
     if not trains:
         return "the rule does not train here: nothing to be faithful to"
-    if faithful(ratio, tolerance):
-        return "faithful"
-    if ratio[2] < 1:
+    if ratio[2] < 1 and ratio[1] < 1 - tolerance:
         return "trains better than its rule"
-    if ratio[1] > 1:
+    if ratio[1] > 1 and ratio[2] > 1 + tolerance:
         return "trains worse than its rule"
-    return "not resolved: the interval is wider than the band"
+    if (ratio[2] - ratio[1]) / 2 > RESOLUTION:
+        return (
+            f"not resolved: the Eva ratio's interval [{ratio[1]:.2f}, {ratio[2]:.2f}] is wider than "
+            f"±{RESOLUTION} (more reported problems would decide it)"
+        )
+    if not faithful(ratio, tolerance):
+        return "not resolved: the interval straddles the band's edge"
+    if beyond_null is None or beyond_null[1] > 0:
+        return "faithful"
+    return "trains like its rule, but explains it no better than the best hand rule fitted to it"
 
 # %% ../nbs/03_distill.ipynb #87a351a8
 def screen(
@@ -1219,10 +1431,10 @@ def screen(
         raise ValueError("the rule does not train on the validation problems: nothing to be faithful to")
     if not members:
         raise ValueError("no member reads a gradient feature: none can be deployed")
-    best = max(m["r2_free_running"] for m in members)
+    best = max(m["r2"] for m in members)
     eligible = sorted(
-        (i for i, m in enumerate(members) if m["r2_free_running"] >= best - settings.r2_tolerance),
-        key=lambda i: (members[i]["nodes"], -members[i]["r2_free_running"]),
+        (i for i, m in enumerate(members) if m["r2"] >= best - settings.r2_tolerance),
+        key=lambda i: (members[i]["nodes"], -members[i]["r2"]),
     )[: settings.max_screened]
     screened = []
     for i in eligible:
@@ -1268,54 +1480,116 @@ def tune(
 # %% ../nbs/03_distill.ipynb #bf558c6e
 @dataclass
 class Distillation:
-    """What `distill` found for one rule: per search seed its scored members and its choice; the deployed
-    equation (`fit`, the simplest faithful choice over the seeds, chosen on validation problems); the rule's
-    and the equation's closed-loop evaluations on the reported problems; stage 3 (`tuned`, its evaluation)
-    apart; the persistence baseline."""
+    """What `distill` found for one rule. Per search space (`budgets`: each state budget, then `None`, the
+    unconstrained window and recurrent families): its seeds' scored members and choices, its chosen equation
+    and that equation's closed-loop evaluation on the reported problems. The deployed equation (`fit`, chosen
+    at the smallest budget where one is faithful on the validation problems), its seeds (`seeds`) and its
+    evaluation (`equation_eval`); the rule's own (`source_eval`); the null models (`nulls`, each with its
+    evaluation); stage 3 (`tuned`, its evaluation) apart; the persistence baseline; the held-out runs (`test`,
+    as recorded, and `test_lag0`, as the budgeted searches see them)."""
 
     name: str
     settings: DistillSettings
-    seeds: list[dict]
+    budgets: dict
     fit: FittedRule
     source_eval: Evaluation
-    equation_eval: Evaluation
+    nulls: dict
     tuned: SymbolicRule | None
     tuned_eval: Evaluation | None
-    persistence: dict
-    test: SRDataset  # the held-out runs of the recording
+    persistence: dict | None
+    test: SRDataset
+    test_lag0: SRDataset
+
+    @property
+    def selected(self) -> dict:
+        "The search space of the deployed equation (an entry of `budgets`)."
+        return self.budgets[self.fit.meta.get("state_budget")]
+
+    @property
+    def seeds(self) -> list[dict]:
+        return self.selected["seeds"]
+
+    @property
+    def equation_eval(self) -> Evaluation:
+        return self.selected["evaluation"]
+
+    def held_out(self, fit: FittedRule | None = None) -> SRDataset:
+        "The held-out runs in the columns `fit` (default: the deployed one) reads."
+        fit = fit or self.fit
+        return (self.test_lag0 if fit.meta.get("state_budget") else self.test).select(fit.names)
+
+    def _scores(self, fit: FittedRule) -> dict:
+        part = self.held_out(fit)
+        recurrent = OUTPUT_FEATURE in _streams(fit.expr)
+        prediction = held_out_prediction(fit, part)
+        return {
+            "r2": _r2(part.y, prediction),
+            "r2_teacher_forced": fit.r2(part.X, part.y),
+            "r2_free_running": _r2(part.y, prediction) if recurrent else None,
+            "sign_agreement": sign_agreement(part.y, prediction),
+        }
+
+    def beyond_null(self) -> dict:
+        """The deployed equation's held-out R² minus the best null model's (chosen by validation R²), with a
+        paired bootstrap interval over the held-out runs (`r2_margin`)."""
+        best = max(self.nulls, key=lambda f: self.nulls[f]["r2_validation"])
+        m = self.nulls[best]
+        part = self.held_out()
+        null = _null_values(self.test, m["equation"], m["beta1"], m["beta2"])
+        margin = r2_margin(part.y, held_out_prediction(self.fit, part), null, part.run_ids)
+        return {"best_null": best, "margin": margin[0], "ci": list(margin[1:])}
 
     def summary(self) -> dict:
-        """The headline figures (JSON-able): the deployed equation as found, its three fidelity measures,
-        stage 3 apart, and under `search_seeds` each seed's choice with its figures (their spread)."""
-        ratio = eva_ratio(self.source_eval.late_loss, self.equation_eval.late_loss)
-        tuned = (
-            eva_ratio(self.source_eval.late_loss, self.tuned_eval.late_loss)
-            if self.tuned is not None
-            else None
-        )
+        """The headline figures (JSON-able): the deployed equation as found with its memory and the budget it
+        was found within, its fidelity (held-out R², free-running only where it reads its past; the Eva
+        ratio), the null models and its margin over the best of them, the verdict; the search spaces
+        (`budgets`: what each budget costs in fidelity); stage 3 apart; under `search_seeds` each seed's
+        choice in the deployed equation's search space (their spread)."""
+        late = self.source_eval.late_loss
+        ratio = eva_ratio(late, self.equation_eval.late_loss)
+        tuned = eva_ratio(late, self.tuned_eval.late_loss) if self.tuned is not None else None
+        beyond, trains = self.beyond_null(), _trains(self.source_eval)
+        said = verdict(ratio, self.settings.tolerance, trains, (beyond["margin"], *beyond["ci"]))
 
-        def held_out(fit):  # both R² on the held-out runs
-            part = self.test.select(fit.names)
+        def space(key, s):
+            r = eva_ratio(late, s["evaluation"].late_loss)
             return {
-                "r2_teacher_forced": fit.r2(part.X, part.y),
-                "r2_free_running": _r2(part.y, free_running(fit, part)),
+                "budget": key,
+                "features": s["features"],
+                "equation": str(s["fit"].expr),
+                "nodes": complexity(s["fit"].expr),
+                "state_per_param": state_per_param(s["fit"].to_rule()),
+                **self._scores(s["fit"]),
+                "eva_ratio": r[0],
+                "eva_ratio_ci": list(r[1:]),
+                "validation_faithful": s["validation_faithful"],
             }
 
-        part = self.test.select(self.fit.names)
+        def null(family, m):
+            r = eva_ratio(late, m["evaluation"].late_loss)
+            kept = ("equation", "beta1", "beta2", "r2_validation", "r2", "sign_agreement")
+            return {**{k: m[k] for k in kept}, "eva_ratio": r[0], "eva_ratio_ci": list(r[1:])}
+
+        part = self.held_out()
         return {
             "rule": self.name,
             "equation": str(self.fit.expr),
             "family": self.fit.meta["family"],
             "nodes": complexity(self.fit.expr),
             "scale": self.fit.meta.get("scale", 1.0),
-            **held_out(self.fit),
+            "state_per_param": state_per_param(self.fit.to_rule()),
+            "state_budget": self.fit.meta.get("state_budget"),
+            **self._scores(self.fit),
             "eva_loss_source": self.source_eval.eva_loss,
             "eva_loss_equation": self.equation_eval.eva_loss,
             "eva_ratio": ratio[0],
             "eva_ratio_ci": list(ratio[1:]),
-            "source_trains": (trains := _trains(self.source_eval)),
-            "faithful": trains and faithful(ratio, self.settings.tolerance),
-            "verdict": verdict(ratio, self.settings.tolerance, trains),
+            "source_trains": trains,
+            "faithful": said == "faithful",
+            "verdict": said,
+            "null_models": {f: null(f, m) for f, m in self.nulls.items()},
+            "beyond_null": beyond,
+            "budgets": [space(k, s) for k, s in self.budgets.items()],
             "eva_ratio_tuned": None if tuned is None else tuned[0],
             "eva_ratio_tuned_ci": None if tuned is None else list(tuned[1:]),
             "tuned_equation": None if self.tuned is None else str(self.tuned.to_sympy()),
@@ -1325,7 +1599,7 @@ class Distillation:
                     "seed": s["seed"],
                     "equation": str((m := s["members"][s["chosen"]])["fit"].expr),
                     **{k: m[k] for k in ("family", "nodes")},
-                    **held_out(m["fit"]),
+                    **self._scores(m["fit"]),
                     "eva_ratio": s["eva_ratio"][0],
                     "eva_ratio_ci": list(s["eva_ratio"][1:]),
                     "faithful": s["faithful"],
@@ -1335,7 +1609,7 @@ class Distillation:
                 for s in self.seeds
             ],
             "persistence": self.persistence,
-            "recurrence": recurrence(self.fit, self.test),
+            "recurrence": recurrence(self.fit, self.held_out()),
             "tpf": temporal_perception_field(self.fit, part.X),
             "mapping_complexity": mapping_complexity(self.fit, part.X),
         }
@@ -1350,12 +1624,17 @@ def distill(
     device="cpu",
     progress: bool = False,
 ) -> Distillation:
-    """Distil `rule` into an equation in the four steps of this page: `record` it on `task` (or take `data`,
-    02's recording, checked against the settings), and per seed of `settings.search_seeds`: `search` equations
-    on the training runs, score every member's `fidelity` on the validation runs, `screen` the simplest
-    faithful one closed-loop. Each seed's choice is then run on the reported problems (is it faithful,
-    two-sided?); the deployed equation is the simplest faithful choice on the validation problems (else the
-    nearest to faithful). Stage 3 (`tune`) is kept apart: it never replaces the equation as found."""
+    """Distil `rule` into an equation in the steps of this page: `record` it on `task` (or take `data`, 02's
+    recording, checked against the settings); fit the null models; then per search space, the state budgets of
+    `settings.state_budgets` (smallest first, over `budget_features`) and the unconstrained window and
+    recurrent families (`search`), and per seed of `settings.search_seeds`: search equations on the training
+    runs, score every member's `fidelity` on the validation runs, `screen` the simplest faithful one
+    closed-loop. Each space's choice is the simplest faithful one over its seeds on the validation problems
+    (else the nearest to faithful), run on the reported problems. The deployed equation is the choice of the
+    smallest budget where it is faithful on the validation problems and explains the validation runs better
+    than every null model (else, labelled so, the choice of the largest budget); each of its space's seeds is
+    run on the reported problems too (their spread). Stage 3 (`tune`) is kept apart: it never replaces the
+    equation as found."""
     from symbolic_l2o.meta_train import evaluate
 
     settings = settings or DistillSettings()
@@ -1375,122 +1654,164 @@ def distill(
         )
     train, rest = data.split_by_run(test_fraction=0.4)
     validation, test = rest.split_by_run(test_fraction=0.5)
+    lag0 = {k: lag0_dataset(d) for k, d in (("train", train), ("validation", validation), ("test", test))}
     # the target is the output over its scale: |y| <= 1
     censor = 0.99 if getattr(rule, "squash", False) else None
-    source_val = evaluate(
-        rule, task, settings.steps, _validation_seeds(settings), device=device, progress=False
-    ).late_loss
+    late = lambda r, seeds: evaluate(r, task, settings.steps, seeds, device=device, progress=False)
+    source_val = late(rule, _validation_seeds(settings)).late_loss
     reported = range(settings.eval_seeds)
-    source_eval = evaluate(rule, task, settings.steps, reported, device=device, progress=False)
+    source_eval = late(rule, reported)
     if not (trains := _trains(source_eval)):
         warnings.warn(
             f"{name} does not train {task.name} (Eva loss {source_eval.eva_loss[0]:.4g}, at least 90% of the "
             "initial loss): an equation can copy it without saying anything about optimization; no equation "
             "is called faithful"
         )
-    seeds = []
-    for seed in settings.search_seeds:
-        members = fidelity(search(train, settings, seed, censor), validation, settings.zero_drift)
-        picked = screen(members, rule, task, settings, source_val, device)
-        chosen = members[picked["chosen"]]
-        ev = evaluate(chosen["fit"].to_rule(), task, settings.steps, reported, device=device, progress=False)
-        ratio = eva_ratio(source_eval.late_loss, ev.late_loss)
-        seeds.append(
-            {
-                "seed": seed,
-                "members": members,
-                **picked,
-                "validation_faithful": picked["faithful"],
-                "eva_ratio": ratio,
-                "faithful": trains and faithful(ratio, settings.tolerance),
-                "evaluation": ev,
-            }
+    nulls = fit_null_models(train, validation, test)
+    scale = float(data.meta.get("scale", 1.0))
+    for m in nulls.values():
+        m["evaluation"] = late(null_rule(m, scale), reported)
+    best_null_r2 = max(m["r2_validation"] for m in nulls.values())
+
+    def space(budget):  # one search space: its seeds' choices, the one chosen on the validation problems
+        cols = (
+            None
+            if budget is None
+            else [f"{n}_0" for n in budget_features(lag0["train"], lag0["validation"], budget)]
         )
-    # chosen on the validation problems: faithful there first, then the fewest nodes, then the nearest ratio
-    val_ratio = lambda s: next(x["ratio"] for x in s["screened"] if x["index"] == s["chosen"]) or math.inf
-    k = min(
-        range(len(seeds)),
-        key=lambda k: (
-            not seeds[k]["validation_faithful"],
-            seeds[k]["members"][seeds[k]["chosen"]]["nodes"],
-            abs(math.log(val_ratio(seeds[k]))),
-        ),
-    )
-    best = seeds[k]
-    fit = best["members"][best["chosen"]]["fit"]
-    fit = replace(
-        fit,
-        selection="closed_loop",
-        meta={
-            **fit.meta,
-            "source": name,
-            "search_seed_index": k,
-            "member_index": best["chosen"],
-            "validation": {
-                "problems": settings.validation_seeds,
-                "ratio": val_ratio(best),
-                "faithful": best["validation_faithful"],
+        seeds = []
+        for seed in settings.search_seeds:
+            if budget is None:
+                fits, scored = search(train, settings, seed, censor), validation
+            else:
+                part = lag0["train"].select(cols)
+                meta = {
+                    **part.meta,
+                    "family": f"budget {budget}",
+                    "state_budget": budget,
+                    "search_seed": seed,
+                }
+                fits, scored = [_fit(part, settings, seed, meta)], lag0["validation"]
+            members = fidelity(fits, scored, settings.zero_drift)
+            seeds.append(
+                {
+                    "seed": seed,
+                    "members": members,
+                    **screen(members, rule, task, settings, source_val, device),
+                }
+            )
+        # chosen on the validation problems: faithful there, then the fewest nodes, then the nearest ratio
+        val_ratio = lambda s: next(x["ratio"] for x in s["screened"] if x["index"] == s["chosen"]) or math.inf
+        k = min(
+            range(len(seeds)),
+            key=lambda k: (
+                not seeds[k]["faithful"],
+                seeds[k]["members"][seeds[k]["chosen"]]["nodes"],
+                abs(math.log(val_ratio(seeds[k]))),
+            ),
+        )
+        member = seeds[k]["members"][seeds[k]["chosen"]]
+        fit = replace(
+            member["fit"],
+            selection="closed_loop",
+            meta={
+                **member["fit"].meta,
+                "source": name,
+                "search_seed_index": k,
+                "member_index": seeds[k]["chosen"],
+                "validation": {
+                    "problems": settings.validation_seeds,
+                    "ratio": val_ratio(seeds[k]),
+                    "faithful": seeds[k]["faithful"],
+                },
             },
-        },
+        )
+        return {
+            "features": None if cols is None else [c[:-2] for c in cols],
+            "seeds": seeds,
+            "fit": fit,
+            "screened_faithful": seeds[k]["faithful"],
+            "validation_faithful": seeds[k]["faithful"] and member["r2"] > best_null_r2 + NULL_R2_MARGIN,
+            "evaluation": late(fit.to_rule(), reported),
+        }
+
+    budgets = {b: space(b) for b in (*settings.state_budgets, None)}
+    # the smallest budget faithful and beyond every null model; else the smallest faithful; else the largest
+    chosen = next(
+        (
+            b
+            for key in ("validation_faithful", "screened_faithful")
+            for b in settings.state_budgets
+            if budgets[b][key]
+        ),
+        settings.state_budgets[-1],
     )
+    for s in budgets[chosen]["seeds"]:  # the spread of the deployed space's seeds, on the reported problems
+        ev = late(s["members"][s["chosen"]]["fit"].to_rule(), reported)
+        s.update(
+            validation_faithful=s["faithful"],
+            evaluation=ev,
+            eva_ratio=eva_ratio(source_eval.late_loss, ev.late_loss),
+        )
+        s["faithful"] = trains and faithful(s["eva_ratio"], settings.tolerance)
+    fit = budgets[chosen]["fit"]
     tuned = tune(fit, task, settings, device)
-    tuned_eval = (
-        evaluate(tuned, task, settings.steps, reported, device=device, progress=False)
-        if tuned is not None
-        else None
-    )
     return Distillation(
         name,
         settings,
-        seeds,
+        budgets,
         fit,
         source_eval,
-        best["evaluation"],
+        nulls,
         tuned,
-        tuned_eval,
+        late(tuned, reported) if tuned is not None else None,
         persistence(train, test) if OUTPUT_FEATURE in features else None,
         test,
+        lag0["test"],
     )
 
 # %% ../nbs/03_distill.ipynb #bbbfb354
 def plot_front(d: Distillation, axes=None):
-    """Every scored member of every search seed: nodes against R² teacher-forced (hollow) and free-running
-    (filled), window family as circles, recurrent as squares, the persistence baseline's R² as lines (left);
-    the screened members' closed-loop Eva loss ratio on the validation problems, the tolerance band shaded
-    (right)."""
+    """Every scored member of every search space and seed: nodes against held-out R² on the validation runs
+    (filled; free-running for a recurrent member, whose teacher-forced R² is the hollow marker beside it),
+    budgeted families as triangles, the window family as circles, the recurrent one as squares, one colour per
+    space; the best null model's R² and the persistence baseline's as lines (left); the screened members'
+    closed-loop Eva loss ratio on the validation problems, the tolerance band shaded (right)."""
     import matplotlib.pyplot as plt
 
     axes = axes if axes is not None else plt.subplots(1, 2, figsize=(11, 3.5))[1]
-    for s in d.seeds:
-        for family, marker in (("window", "o"), ("recurrent", "s")):
-            ms = [m for m in s["members"] if m["family"] == family]
-            axes[0].scatter(
-                [m["nodes"] for m in ms],
-                [m["r2_teacher_forced"] for m in ms],
-                marker=marker,
-                s=20,
-                facecolors="none",
-                edgecolors="C0",
+    markers = lambda family: "^" if family.startswith("budget") else "s" if family == "recurrent" else "o"
+    for colour, (key, space) in enumerate(d.budgets.items()):
+        label = "unconstrained" if key is None else f"budget {key}"
+        for s in space["seeds"]:
+            for m in s["members"]:
+                axes[0].scatter(m["nodes"], m["r2"], marker=markers(m["family"]), s=14, color=f"C{colour}")
+                if m["r2_free_running"] is not None:
+                    axes[0].scatter(
+                        m["nodes"],
+                        m["r2_teacher_forced"],
+                        marker="s",
+                        s=20,
+                        facecolors="none",
+                        edgecolors=f"C{colour}",
+                    )
+            shown = [x for x in s["screened"] if x["ratio"] is not None]
+            axes[1].scatter(
+                [s["members"][x["index"]]["nodes"] for x in shown],
+                [x["ratio"] for x in shown],
+                marker=markers(s["members"][0]["family"]) if s["members"] else "o",
+                color=f"C{colour}",
+                s=14,
             )
-            axes[0].scatter(
-                [m["nodes"] for m in ms], [m["r2_free_running"] for m in ms], marker=marker, s=12, color="C1"
-            )
-        shown = [x for x in s["screened"] if x["ratio"] is not None]
-        axes[1].scatter(
-            [s["members"][x["index"]]["nodes"] for x in shown],
-            [x["ratio"] for x in shown],
-            label=f"search seed {s['seed']}",
-        )
+        axes[0].scatter([], [], color=f"C{colour}", label=label)
+    best = max(d.nulls.values(), key=lambda m: m["r2_validation"])
+    null_name = next(f for f, m in d.nulls.items() if m is best)
+    axes[0].axhline(best["r2_validation"], color="k", ls="--", lw=1, label=f"best null model ({null_name})")
     if d.persistence:
         axes[0].axhline(
-            d.persistence["r2_teacher_forced"], color="C0", ls=":", lw=1, label="persistence, teacher-forced"
+            d.persistence["r2_free_running"], color="0.5", ls=":", lw=1, label="persistence, free-running"
         )
-        axes[0].axhline(
-            d.persistence["r2_free_running"], color="C1", ls=":", lw=1, label="persistence, free-running"
-        )
-    axes[0].scatter([], [], facecolors="none", edgecolors="C0", label="teacher-forced R²")
-    axes[0].scatter([], [], color="C1", label="free-running R²")
-    top = max(m["r2_teacher_forced"] for s in d.seeds for m in s["members"])
+    top = max(m["r2"] for space in d.budgets.values() for s in space["seeds"] for m in s["members"])
     axes[0].set(
         xlabel="nodes",
         ylabel="R² on validation runs",
@@ -1502,8 +1823,7 @@ def plot_front(d: Distillation, axes=None):
     axes[1].set(
         xlabel="nodes", ylabel="Eva loss / LSTM's", yscale="log", title=f"{d.name}: closed loop (validation)"
     )
-    for ax in axes:
-        ax.legend(fontsize=7)
+    axes[0].legend(fontsize=7)
     return axes
 
 # %% ../nbs/03_distill.ipynb #b4eb2da6
@@ -1513,7 +1833,7 @@ def plot_response(d: Distillation, ax=None, bins: int = 25):
     import matplotlib.pyplot as plt
 
     ax = ax or plt.subplots(figsize=(5, 3.5))[1]
-    X, y, s = d.test.X, d.test.y, d.fit.meta.get("scale", 1.0)
+    X, y, s = d.held_out().X, d.held_out().y, d.fit.meta.get("scale", 1.0)
     median = np.median(X, axis=0)
     for i, name in enumerate(d.fit.names):
         if not name.endswith("_0"):

@@ -119,10 +119,10 @@ def create_optimizer(name: str | Path, params, **hyperparameters) -> RuleOptimiz
 
     `hyperparameters` are torch's: a hand rule's (`lr`, `betas`, `eps`, `momentum`, `nesterov`, ...: its
     step size and defaults as in `torch.optim`; `adamw` decays weights as `torch.optim.AdamW`,
-    `weight_decay=1e-2`); for a learned or distilled rule `lr`, a factor on its update (default 1.0: the rule as trained), and a
-    distilled rule's `zero_offset` (`load_pretrained`); for every rule the keywords of `RuleOptimizer` itself
-    (`weight_decay`, `decoupled_weight_decay`, `on_nonfinite`, `fused`, ...). Any other keyword is refused,
-    naming those it takes.
+    `weight_decay=1e-2`); for a learned or distilled rule `lr`, a factor on its update (default 1.0: the
+    rule as trained), and a distilled rule's `zero_offset` (`load_pretrained`); for every rule the keywords
+    of `RuleOptimizer` itself (`weight_decay`, `decoupled_weight_decay`, `on_nonfinite`, `fused`, ...). Any
+    other keyword is refused, naming those it takes.
 
     ```python
     model = nn.Linear(4, 1)
@@ -209,8 +209,8 @@ def load_pretrained(name: str | Path, zero_offset: bool = True, **hyperparameter
     library writes. What `create_optimizer` deploys and the command line's `--rule` names.
 
     - a hand rule (`adam`, `sgd`, ...), built with `hyperparameters` (its constructor's, e.g. `lr`; `sgd`
-      takes torch's `momentum` and `nesterov`). `adamw` is Adam with RuleOptimizer's decoupled weight decay, not a
-      rule of its own: `create_optimizer("adamw", ...)` builds it.
+      takes torch's `momentum` and `nesterov`). `adamw` is Adam with RuleOptimizer's decoupled weight decay,
+      not a rule of its own: `create_optimizer("adamw", ...)` builds it.
     - a learned rule of the zoo (`dm`, `rp`, `rp_s`, `rp_si`; weights loaded with `weights_only=True`), or a
       saved rule's `.pt` (or its `.json` card) written by `save_rule`;
     - a distilled equation of the zoo (e.g. `rp_si_distilled`), or a fitted rule's JSON (`FittedRule.save`,

@@ -26,8 +26,8 @@ from .tasks import make_task
 from .meta_train import evaluate, resolve_rule
 
 # %% auto #0
-__all__ = ['MAX_DATASET_BYTES', 'RECORD_SEED_BASE', 'SRDataset', 'lagged_names', 'default_features', 'target_scale',
-           'record_trajectories', 'srgen_cli']
+__all__ = ['MAX_DATASET_BYTES', 'RECORD_SEED_BASE', 'SRDataset', 'lagged_names', 'default_features', 'recorded_features',
+           'target_scale', 'record_trajectories', 'srgen_cli']
 
 # %% ../nbs/02_srgen.ipynb #95c112ce
 # the most the arrays of an SR dataset may declare (and its .npz file hold) when it is read: 8x the largest
@@ -185,6 +185,14 @@ RECORD_SEED_BASE = (
 def default_features(rule: UpdateRule) -> tuple[str, ...]:
     "The features a rule reads: RNNprop's own feature list, else the raw gradient `g`."
     return tuple(rule.features) if isinstance(rule, RNNpropRule) else ("g",)
+
+
+def recorded_features(rule: UpdateRule, recurrent: bool = True) -> tuple[str, ...]:
+    """What the pipeline records of a rule to distil it: its own features (`default_features`), the raw
+    gradient `g` (from which 03 derives its null models and the features of its memory-budgeted searches) and,
+    when `recurrent`, its own past outputs `u`."""
+    own = default_features(rule)
+    return (*own, *(("g",) if "g" not in own else ()), *((OUTPUT_FEATURE,) if recurrent else ()))
 
 
 def target_scale(rule: UpdateRule) -> float:
