@@ -267,8 +267,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 
 # commands whose --rule `main` resolves into the rule itself (`_rule_option`) before they run; distill_cli
-# resolves its own, keeping the name for its card, and meta-train's --rule is an architecture to train afresh
-RULE_COMMANDS = ("tune", "evaluate", "srgen")
+# resolves its own, keeping the name for its card; tune keeps the path, which its card records as the rule it
+# continues (`tuned_from`); meta-train's --rule is an architecture to train afresh
+RULE_COMMANDS = ("evaluate", "srgen")
 # what a command raises for input it refuses, or for a run this machine cannot hold: one line and exit
 # status 2 (anything else is a bug, and keeps its traceback)
 _REFUSALS = (
