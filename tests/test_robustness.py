@@ -652,3 +652,21 @@ def test_loading_another_rules_state_is_refused_naming_both():
     with pytest.raises(ValueError, match="another rule"):
         symbolic.load_state_dict(legacy)
     assert not symbolic.state  # nothing was loaded
+
+
+def test_the_docs_table_of_limits_states_every_limit_with_its_value():
+    """nbs/00d_files.ipynb's table of limits names every MAX_* constant of the package with its value, and no
+    other."""
+    import importlib
+    import re
+
+    nb = json.loads((Path(__file__).parents[1] / "nbs" / "00d_files.ipynb").read_text())
+    text = "".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "markdown")
+    rows = re.findall(r"^\| `(MAX_[A-Z_]+)` \| (\d+) \| `(\w+)` \|", text, re.M)
+    stated = {name: (int(value), module) for name, value, module in rows}
+    package = Path(__file__).parents[1] / "symbolic_l2o"
+    defined = {}
+    for path in package.glob("*.py"):
+        for name in re.findall(r"^(MAX_[A-Z_]+) = ", path.read_text(), re.M):
+            defined[name] = (getattr(importlib.import_module(f"symbolic_l2o.{path.stem}"), name), path.stem)
+    assert stated == defined
