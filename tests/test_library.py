@@ -114,7 +114,8 @@ import importlib, sys
 for name in {HIDDEN!r}:
     sys.modules[name] = None  # `import name` raises ModuleNotFoundError, find_spec says None
 import torch
-from symbolic_l2o import create_optimizer, list_optimizers, fit_rule, RuleOptimizer, distill, load_pretrained
+from symbolic_l2o import create_optimizer, list_optimizers, fit_rule, RuleOptimizer, load_pretrained
+from symbolic_l2o.distill import distill
 from symbolic_l2o.cli import main
 for name in list_optimizers():
     w = torch.nn.Parameter(torch.ones(4))
@@ -147,13 +148,11 @@ def test_one_import_names_what_users_need():
         "list_optimizers",
         "load_pretrained",
         "fit_rule",
-        "distill",
         "AdamRule",
         "SymbolicRule",
         "FittedRule",
         "make_task",
         "record_trajectories",
-        "meta_train",
         "evaluate",
     ):
         assert (
@@ -293,3 +292,14 @@ def test_bad_names_and_hyperparameters_say_what_is_valid():
         create_optimizer("adam", w, lr=-1.0)
     with pytest.raises(ValueError, match="choose one of list_optimizers"):
         load_pretrained("rp_huge")
+
+
+def test_a_stage_module_is_not_shadowed_by_its_function():
+    import importlib
+    import types
+
+    for stage in ("distill", "meta_train"):
+        module = importlib.import_module(f"symbolic_l2o.{stage}")
+        exec(f"import symbolic_l2o.{stage} as imported", ns := {})
+        assert isinstance(ns["imported"], types.ModuleType) and ns["imported"] is module
+        assert callable(getattr(module, stage))  # the function lives in its module
