@@ -303,3 +303,9 @@ def test_a_stage_module_is_not_shadowed_by_its_function():
         exec(f"import symbolic_l2o.{stage} as imported", ns := {})
         assert isinstance(ns["imported"], types.ModuleType) and ns["imported"] is module
         assert callable(getattr(module, stage))  # the function lives in its module
+
+
+def test_the_package_says_what_it_is():
+    import symbolic_l2o
+
+    assert "learned optimizers" in symbolic_l2o.__doc__ and "create_optimizer" in symbolic_l2o.__doc__
