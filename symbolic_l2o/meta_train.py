@@ -12,6 +12,7 @@ import inspect
 import json
 import math
 import os
+import shutil
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -33,11 +34,12 @@ from .files import require_keys, save_rule
 from .tasks import Problem, Task, make_task, mlp_family, _resolve_device
 
 # %% auto #0
-__all__ = ['TRAIN_SEED_BASE', 'VALIDATION_SEED_BASE', 'TUNING_SEED_BASE', 'LR_GRID', 'BASELINES', 'ZOO_DIR', 'ZOO', 'MAX_STEPS',
-           'MAX_SEEDS', 'MAX_EPOCHS', 'ZOO_RECIPES', 'meta_window', 'Curriculum', 'CurriculumState',
-           'MetaTrainSettings', 'validate', 'meta_train', 'Evaluation', 'evaluate', 'Tuning', 'extended_grid',
-           'tune_baseline', 'paired_interval', 'plot_evaluations', 'zoo_rule', 'pretrained_card', 'resolve_rule',
-           'meta_train_cli', 'tune_cli', 'evaluate_cli', 'zoo_tasks', 'held_out_family', 'train_zoo']
+__all__ = ['TRAIN_SEED_BASE', 'VALIDATION_SEED_BASE', 'TUNING_SEED_BASE', 'LR_GRID', 'BASELINES', 'PAPER_HORIZON',
+           'PAPER_HORIZONS', 'PAPER_EVA', 'ZOO_DIR', 'ZOO', 'MAX_STEPS', 'MAX_SEEDS', 'MAX_EPOCHS', 'ZOO_RECIPES',
+           'meta_window', 'Curriculum', 'CurriculumState', 'MetaTrainSettings', 'validate', 'meta_train', 'Evaluation',
+           'evaluate', 'Tuning', 'extended_grid', 'tune_baseline', 'paired_interval', 'plot_evaluations',
+           'paper_tf_task', 'paper_comparison', 'zoo_rule', 'pretrained_card', 'resolve_rule', 'meta_train_cli',
+           'tune_cli', 'evaluate_cli', 'zoo_recipe', 'zoo_tasks', 'held_out_family', 'train_zoo', 'budget_curve']
 
 # %% ../nbs/01_meta_train.ipynb #a3a5b1cb
 def _detach(state: list[dict[str, Tensor]]) -> list[dict[str, Tensor]]:
@@ -133,6 +135,7 @@ def _write_summary(
     notes: Sequence[str] = (),
     inputs: Sequence[str | Path] = (),
     outputs: Sequence[str | Path] = (),
+    extra: dict | None = None,
 ) -> Path:
     """Write one pipeline stage's headline results to `out_dir/summary/<stage>.json` (atomically), for the run
     report.
@@ -141,7 +144,8 @@ def _write_summary(
     where one exists); `equations`: name → LaTeX; `figures`: title → matplotlib Figure, saved as
     `out_dir/figures/<stage>-<n>.png` and referenced by that relative path; `notes`: sentences for the reader;
     `inputs` and `outputs`: the artifacts the stage read and wrote, recorded with their SHA-256 (_artifact),
-    which `make run` copies into `pipeline.json` to prove that the stages chain."""
+    which `make run` copies into `pipeline.json` to prove that the stages chain; `extra`: further JSON-able
+    keys of the summary (01's `rules` and `paper_protocol`)."""
     out_dir = Path(out_dir)
     if not stage or not all(ch.isalnum() or ch in "_-" for ch in stage):
         raise ValueError(f"stage must be a plain name such as '03_distill', got {stage!r}")
@@ -172,6 +176,10 @@ def _write_summary(
         "inputs": [_artifact(p, out_dir) for p in inputs],
         "outputs": [_artifact(p, out_dir) for p in outputs],
     }
+    clash = sorted(set(extra or {}) & set(summary))
+    if clash:
+        raise ValueError(f"extra keys {clash} would replace the summary's own: rename them")
+    summary.update(extra or {})
     return _write_json_atomic(
         json.loads(json.dumps(summary, default=float)), _run_path(out_dir, f"summary/{stage}.json")
     )
@@ -645,13 +653,40 @@ class Evaluation:
 
     @property
     def late_loss(self) -> np.ndarray:
-        "Per seed, the mean training loss over the last 10 points: what the Eva loss averages."
+        "Per seed, the mean training loss over the last 10 points: our late loss (not the paper's protocol)."
         return self.train_loss[:, -10:].mean(axis=1)
 
     @property
     def eva_loss(self) -> tuple[float, float]:
-        "The paper's Eva loss: `late_loss`'s (mean, std) over seeds."
+        """Our late loss: `late_loss`'s (mean, std) over seeds. Not the paper's late loss, which
+        `paper_protocol` measures."""
         return float(self.late_loss.mean()), float(self.late_loss.std())
+
+    def last_step_loss(self, horizon: int) -> np.ndarray:
+        """Per seed, the minibatch training loss at the last step of a `horizon`-step run: the loss recorded
+        before the update of step `horizon`, `train_loss[:, horizon - 1]`, as the authors' evaluation
+        records it."""
+        steps = self.train_loss.shape[1] - 1
+        if isinstance(horizon, bool) or not isinstance(horizon, int) or not 1 <= horizon <= steps + 1:
+            raise ValueError(
+                f"invalid horizon={horizon!r}: this evaluation recorded {steps} steps; use 1 <= horizon <= "
+                f"{steps + 1}, or evaluate with steps >= horizon - 1"
+            )
+        return self.train_loss[:, horizon - 1]
+
+    def paper_protocol(self, horizon: int) -> dict:
+        """What the authors' evaluation computes (reference §1.7) over runs of `horizon` steps, from the
+        minibatch training losses recorded before each update: the last step's mean and std over seeds
+        (`last_mean`, `last_std`), the mean of each seed's minimum (`min_mean`) and of each seed's summed
+        trajectory (`sum_mean`). A diverged seed makes them NaN."""
+        last, losses = self.last_step_loss(horizon), self.train_loss[:, :horizon]
+        return {
+            "horizon": horizon,
+            "last_mean": float(last.mean()),
+            "last_std": float(last.std()),
+            "min_mean": float(losses.min(axis=1).mean()),
+            "sum_mean": float(losses.sum(axis=1).mean()),
+        }
 
     @property
     def final_eval_loss(self) -> tuple[float, float]:
@@ -665,7 +700,7 @@ class Evaluation:
         return float(acc.mean()), float(acc.std())
 
     def summary(self) -> dict:
-        "The headline figures as a JSON-able dict."
+        "The headline figures as a JSON-able dict (`eva_loss`: our late loss)."
         return {
             "eva_loss": self.eva_loss,
             "final_eval_loss": self.final_eval_loss,
@@ -738,8 +773,8 @@ def _at_edge(best: float, tried: Sequence[float]) -> bool:
 
 @dataclass
 class Tuning:
-    """A baseline's learning-rate search: every `lr` tried with its `score` (Eva loss on the tuning problems),
-    the `best_lr`, and the `evaluation` at it."""
+    """A baseline's learning-rate search: every `lr` tried with its `score` (late loss on the tuning
+    problems), the `best_lr`, and the `evaluation` at it."""
 
     name: str
     lrs: list[float]
@@ -784,7 +819,7 @@ def tune_baseline(
     max_extensions: int = 8,
     device="cpu",
 ) -> Tuning:
-    """Search baseline `name`'s learning rate by Eva loss on `tune_seeds` tuning problems (disjoint from
+    """Search baseline `name`'s learning rate by late loss on `tune_seeds` tuning problems (disjoint from
     `seeds`), extending the log-spaced grid `lrs` by its own step past whichever edge holds the best (up to
     `max_extensions` times), then evaluate the best on the reported `seeds`."""
     if name not in BASELINES:
@@ -843,13 +878,80 @@ def plot_evaluations(evaluations: dict[str, Evaluation], ax=None, held_out: bool
     ax.legend()
     return ax
 
+# %% ../nbs/01_meta_train.ipynb #98e35880
+PAPER_HORIZON = 620  # steps: where eva.png's curves end, at numbers.png's values (reference §1.7)
+PAPER_HORIZONS = (PAPER_HORIZON, 1_000)  # and the zoo cards' long horizon (5x the meta-training horizon)
+# numbers.png, "Eva Loss by numerical L2O", (mean, std) over runs; its columns are the zoo's recipes
+PAPER_EVA = {
+    "dm": (0.23, 0.13),
+    "dm_cl_il": (0.19, 0.16),
+    "rp": (0.12, 0.07),
+    "rp_cl_il": (0.11, 0.04),
+    "rp_s": (0.09, 0.05),
+    "rp_si": (0.08, 0.05),
+}
+
+
+def paper_tf_task(split: str = "eval") -> Task:
+    """The TF code's MNIST problem (reference §3.6): a 784-20-10 sigmoid MLP at N(0, 0.01²), batch 128, on
+    MNIST's `split` half (`mlp_family`'s `mnist_mlp[sigmoid-20x1]`)."""
+    return mlp_family(widths=(20,), depths=(1,), activations=("sigmoid",), data="mnist", split=split)[0]
+
+
+def paper_comparison(
+    rules: dict[str, UpdateRule],
+    task,
+    horizons: Sequence[int] = (PAPER_HORIZON,),
+    seeds: Sequence[int] = range(10),
+    lrs: Sequence[float] = LR_GRID,
+    tune_seeds: int = 3,
+    device="cpu",
+) -> dict:
+    """`rules` (name → rule) at the paper's protocol on `task` at each of `horizons`, against the baselines
+    LR-tuned at that horizon: `{str(horizon): {"best_baseline", "baselines": {name: {"lr", "paper_protocol"}},
+    "rules": {name: {"paper_protocol", "vs_best_baseline": {"baseline", "difference", "ci"}}}}}`. The
+    difference is the rule's last-step loss minus the best baseline's, paired over `seeds`, with its 95%
+    bootstrap interval (`paired_interval`). Each rule runs once, for the longest horizon."""
+    if not horizons or any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in horizons):
+        raise ValueError(
+            f"invalid horizons={list(horizons)}: expected step counts >= 1, e.g. {PAPER_HORIZONS}"
+        )
+    longest, seeds = max(horizons), list(seeds)
+    evals = {
+        name: evaluate(rule, task, longest, seeds, eval_every=longest, device=device, progress=False)
+        for name, rule in rules.items()
+    }
+    out = {}
+    for h in sorted(set(horizons)):
+        tunings = {
+            b: tune_baseline(b, task, h, lrs=lrs, tune_seeds=tune_seeds, seeds=seeds, device=device)
+            for b in BASELINES
+        }
+        best = min(tunings, key=lambda b: min(tunings[b].scores))
+        reference, rows = tunings[best].evaluation.last_step_loss(h), {}
+        for name, ev in evals.items():
+            d, lo, hi = paired_interval(reference, ev.last_step_loss(h))
+            rows[name] = {
+                "paper_protocol": ev.paper_protocol(h),
+                "vs_best_baseline": {"baseline": best, "difference": d, "ci": [lo, hi]},
+            }
+        out[str(h)] = {
+            "best_baseline": best,
+            "baselines": {
+                b: {"lr": t.best_lr, "paper_protocol": t.evaluation.paper_protocol(h)}
+                for b, t in tunings.items()
+            },
+            "rules": rows,
+        }
+    return out
+
 # %% ../nbs/01_meta_train.ipynb #48c3ad78
 ZOO_DIR = Path(symbolic_l2o.__file__).parent / "zoo"
-ZOO = ("dm", "rp", "rp_s", "rp_si")
+ZOO = ("dm", "dm_cl_il", "rp", "rp_s", "rp_si")
 
 
 def zoo_rule(name: str) -> UpdateRule:
-    """A learned rule of the pretrained zoo (`dm`, `rp`, `rp_s`, `rp_si`), loaded with `weights_only=True`;
+    """A learned rule of the pretrained zoo (`ZOO`), loaded with `weights_only=True`;
     the library's `load_pretrained` also serves the zoo's distilled equations."""
     return load_rule(_rule_path(name))[0]
 
@@ -1060,7 +1162,7 @@ def evaluate_cli(
     data_root: str = "data",
     download: bool = False,
 ):
-    """Evaluate a rule on held-out problems; print and save the Eva loss and held-out loss (and where they
+    """Evaluate a rule on held-out problems; print and save the late loss and held-out loss (and where they
     are)."""
     _check_options(device, out, steps=(steps, MAX_STEPS), seeds=(seeds, MAX_SEEDS))
     if out is not None and _written(out) and not overwrite:
@@ -1091,17 +1193,32 @@ def evaluate_cli(
     print(json.dumps({"evaluation": str(path), **summary}, indent=2))
 
 # %% ../nbs/01_meta_train.ipynb #8f604a8a
-# name -> (rule arguments, meta_train arguments) that differ from the defaults: the paper's DM row is DM+IL,
-# and DM keeps its best weights on the paper's task's validation problems (every 10 epochs, never stopping)
+# name -> (architecture: a `make_rule` name, rule arguments, meta_train arguments that differ from the
+# defaults), one per column of numbers.png. CL and IL as the TF code's (reference §3.6): imitation of
+# Adam(0.01) with probability 0.3; DM+CL+IL's curriculum is its single-horizon form (validated every 10 epochs, never
+# stopping: DM keeps its best weights), RP+CL+IL's the TF code's first three stages for RP.
 ZOO_RECIPES = {
-    "dm": (
+    "dm": ("dm", {}, {}),
+    "dm_cl_il": (
+        "dm",
         {},
         {
             "imitation_ratio": 0.3,
             "curriculum": Curriculum(horizons=(200,), eval_every=10, eval_seeds=5, min_evals=20),
         },
-    )
+    ),
+    "rp": ("rp", {}, {}),
+    "rp_cl_il": ("rp", {}, {"imitation_ratio": 0.3, "curriculum": Curriculum(horizons=(100, 200, 500))}),
+    "rp_s": ("rp_s", {}, {}),
+    "rp_si": ("rp_si", {}, {}),
 }
+
+
+def zoo_recipe(name: str) -> tuple[str, dict, dict]:
+    "Zoo rule `name`'s recipe (`ZOO_RECIPES`): its architecture, rule arguments and meta_train arguments."
+    if name not in ZOO_RECIPES:
+        raise ValueError(f"no zoo recipe {name!r}: use one of {sorted(ZOO_RECIPES)} (ZOO_RECIPES)")
+    return ZOO_RECIPES[name]
 
 
 def zoo_tasks(root: str | Path | None = None) -> list[Task]:
@@ -1147,18 +1264,20 @@ def train_zoo(
     """Meta-train the zoo rules on `tasks` (default `zoo_tasks()`) with `settings` (the paper's by default),
     each rule's `ZOO_RECIPES` options on top; evaluate each on `seeds` problems of `eval_task` (default:
     MLP_MNIST on MNIST's evaluation half) at 1× and 5× `settings.epoch_len` steps, and save it with its card
-    (tasks, recipe, budget, Eva loss, test loss and accuracy).
+    (tasks, recipe, budget, late loss, test loss and accuracy, and the paper's protocol at each of
+    `PAPER_HORIZONS` the 5× run reaches).
 
     `start` is a directory of saved rules (e.g. `ZOO_DIR`) to continue meta-training from, the paper's
     "tune" mode; the card names the starting file and its SHA-256. By default each rule starts from
     scratch."""
+    recipes = {name: zoo_recipe(name) for name in names}
     tasks = list(tasks) if tasks is not None else zoo_tasks()
     eval_task, cards, steps = eval_task or make_task("mnist_mlp", split="eval"), {}, settings.epoch_len
     for name in names:
         torch.manual_seed(settings.seed)
-        rule_args, recipe = ZOO_RECIPES.get(name, ({}, {}))
+        architecture, rule_args, recipe = recipes[name]
         if start is None:
-            rule, started_from = make_rule(name, **rule_args), None
+            rule, started_from = make_rule(architecture, **rule_args), None
         else:
             rule, started_from = (
                 load_rule(Path(start) / f"{name}.pt")[0],
@@ -1167,11 +1286,15 @@ def train_zoo(
         t0 = time.perf_counter()
         history = meta_train(rule, tasks, replace(settings, **recipe), device=device, progress=progress)
         seconds = time.perf_counter() - t0
-        evaluation = {
-            f"{k}_steps": evaluate(rule, eval_task, k, range(seeds), device=device, progress=False).summary()
+        evals = {
+            k: evaluate(rule, eval_task, k, range(seeds), device=device, progress=False)
             for k in (steps, 5 * steps)
         }
-        evaluation["eva_loss"] = evaluation[f"{steps}_steps"]["eva_loss"]
+        evaluation = {f"{k}_steps": ev.summary() for k, ev in evals.items()}
+        evaluation["eva_loss"] = evaluation[f"{steps}_steps"]["eva_loss"]  # our late loss
+        evaluation["paper_protocol"] = {
+            str(h): evals[5 * steps].paper_protocol(h) for h in PAPER_HORIZONS if h <= 5 * steps + 1
+        }
         cards[name] = {
             "name": name,
             "task": eval_task.name,
@@ -1183,6 +1306,7 @@ def train_zoo(
                 "epoch_len": steps,
                 "unroll": settings.unroll,
                 "meta_lr": settings.meta_lr,
+                "architecture": architecture,
                 "rule_args": rule_args,
                 **{k: vars(v) if isinstance(v, Curriculum) else v for k, v in recipe.items()},
                 "started_from": started_from,
@@ -1192,3 +1316,56 @@ def train_zoo(
         }
         save_rule(rule.cpu(), Path(out) / f"{name}.pt", cards[name])
     return cards
+
+# %% ../nbs/01_meta_train.ipynb #faa7059a
+def budget_curve(
+    name: str,
+    milestones: Sequence[int],
+    out_dir: str | Path,
+    tasks: Sequence | None = None,
+    settings: MetaTrainSettings = MetaTrainSettings(),
+    eval_task=None,
+    horizon: int = PAPER_HORIZON,
+    seeds: Sequence[int] = range(10),
+    device="cpu",
+) -> list[dict]:
+    """Zoo rule `name` meta-trained with its recipe (`zoo_recipe`) on `tasks` (default `zoo_tasks()`) and
+    `settings` through the increasing epoch counts `milestones`, resuming one run in `out_dir/run` and keeping
+    each milestone's checkpoint as `out_dir/epoch_XXXX.pt` (one already there is kept); each evaluated on
+    `seeds` problems of `eval_task` (default MLP_MNIST, evaluation half) at the paper's protocol over
+    `horizon` steps. Returns per milestone `{"epochs", "seconds" (meta-training wall time to there),
+    **paper_protocol}`."""
+    milestones = list(milestones)
+    if not milestones or any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in milestones):
+        raise ValueError(f"invalid milestones={milestones}: expected epoch counts >= 1, e.g. (50, 100, 200)")
+    if milestones != sorted(set(milestones)):
+        raise ValueError(f"invalid milestones={milestones}: list them increasing, each once")
+    architecture, rule_args, recipe = zoo_recipe(name)
+    out = Path(out_dir)
+    tasks = list(tasks) if tasks is not None else zoo_tasks()
+    eval_task = eval_task or make_task("mnist_mlp", split="eval")
+    kept = {m: _run_path(out, f"epoch_{m:04d}.pt") for m in milestones}
+    torch.manual_seed(settings.seed)
+    for m, path in kept.items():
+        if not path.exists():
+            rule = make_rule(architecture, **rule_args)
+            run = out / "run"
+            meta_train(
+                rule,
+                tasks,
+                replace(settings, epochs=m, **recipe),
+                out_dir=run,
+                resume=True,
+                device=device,
+                progress=False,
+            )
+            atomic_write(path, functools.partial(shutil.copyfile, _run_path(run, "checkpoint.pt")))
+    records = _read_metrics(_run_path(out, "run/metrics.jsonl"))
+    curve = []
+    for m, path in kept.items():
+        rule = make_rule(architecture, **rule_args)
+        rule.load_state_dict(torch.load(path, weights_only=True, map_location="cpu")["rule"])
+        ev = evaluate(rule, eval_task, horizon, seeds, eval_every=horizon, device=device, progress=False)
+        seconds = sum(r["seconds"] for r in records if r["epoch"] < m)
+        curve.append({"epochs": m, "seconds": seconds, **ev.paper_protocol(horizon)})
+    return curve

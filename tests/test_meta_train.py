@@ -19,7 +19,7 @@ from symbolic_l2o.tasks import MNIST_FILES, QuadraticTask, check_mnist, _find_da
 from symbolic_l2o.tasks import make_task, mnist_data
 from symbolic_l2o.files import load_rule, save_rule
 from symbolic_l2o.meta_train import ZOO, ZOO_DIR, evaluate, zoo_rule, meta_train, pretrained_card
-from symbolic_l2o.meta_train import Curriculum, MetaTrainSettings, train_zoo
+from symbolic_l2o.meta_train import Curriculum, MetaTrainSettings, train_zoo, zoo_recipe
 from symbolic_l2o.optimizers import SGDRule, UpdateRule
 from symbolic_l2o.learned_rules import make_rule
 
@@ -197,7 +197,9 @@ def test_zoo_rules_load_and_beat_their_untrained_selves(name):
     )
     trained = evaluate(rule, task, steps=100, seeds=range(3), progress=False).eva_loss[0]
     torch.manual_seed(0)
-    untrained = evaluate(make_rule(name), task, steps=100, seeds=range(3), progress=False).eva_loss[0]
+    untrained = evaluate(
+        make_rule(zoo_recipe(name)[0]), task, steps=100, seeds=range(3), progress=False
+    ).eva_loss[0]
     assert trained < untrained
 
 
