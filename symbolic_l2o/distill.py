@@ -349,7 +349,25 @@ MAX_NAME_LENGTH = 32  # twice the longest name
 
 @dataclass
 class FittedRule:
-    "The result of `fit_rule`: the selected equation `expr`, the whole Pareto front, and how it was found."
+    """The result of `fit_rule`: the selected equation `expr`, the whole Pareto front, and how it was found.
+
+    ```python
+    import tempfile
+    from pathlib import Path
+    import numpy as np
+    from torch import nn
+    from symbolic_l2o import FittedRule, create_optimizer, fit_rule
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(500, 2))
+    y = -0.5 * np.tanh(2 * X[:, 0])
+    fit = fit_rule(X, y, ["mt_0", "g_0"], generations=2, time_limit=2)
+    print(fit.table())  # the Pareto front, simplest first; * marks the selected equation
+    simplest = fit.member(0)  # any member of the front, as a FittedRule
+    path = fit.save(Path(tempfile.mkdtemp()) / "fitted_rule.json")
+    print(f"{FittedRule.load(path).r2(X, y):.3f}")  # read back from its JSON
+    opt = create_optimizer(path, nn.Linear(4, 1))  # the selected equation, deployed
+    ```"""
 
     expr: sp.Expr
     names: list[str]
@@ -609,17 +627,29 @@ def fit_rule(
     """Symbolic regression of `y` on the columns `names` of `X`: the selected equation and the Pareto front,
     as a `FittedRule`.
 
-    `X` may be an `SRDataset` (02's recording), alone: its rows, target, column names and metadata (the rule's
-    output `scale` and `betas`, which `to_rule` deploys with) are used, `meta` updating the latter. Every
-    column name is `<feature>_<lag>` with a feature the deployed rule computes (`FEATURE_NAMES`, or `u` for
-    its own past outputs). Rows with a non-finite value are dropped, with a warning. The engine evolves up to
-    `generations` generations (reproducible for a `seed`) on `search_rows` rows; it stops early when its front
-    has converged (an exact fit, or no relative improvement above 1e-6 of the best loss or of the front's
-    hypervolume in `patience` generations), or when `time_limit` seconds have passed; `meta["stopped_by"]`
-    says which ("converged", "time", "generations") and `meta["generations_run"]` how many ran. Every
-    candidate is then scored on up to `max_rows` rows. `censor`: for a bounded target (a tanh output), the
-    level above which |y| is saturated; those rows are fitted to `CENSOR_FACTOR`·y, past the bound, and the
-    deployed rule clips at the target's range."""
+    `X` may be an `SRDataset` (a recording of a rule, `record_trajectories`), alone: its rows, target, column
+    names and metadata (the rule's output `scale` and `betas`, which `to_rule` deploys with) are used, `meta`
+    updating the latter. Every column name is `<feature>_<lag>` with a feature the deployed rule computes
+    (`FEATURE_NAMES`, or `u` for its own past outputs). Rows with a non-finite value are dropped, with a
+    warning. The engine evolves up to `generations` generations (reproducible for a `seed`) on `search_rows`
+    rows; it stops early when its front has converged (an exact fit, or no relative improvement above 1e-6 of
+    the best loss or of the front's hypervolume in `patience` generations), or when `time_limit` seconds have
+    passed; `meta["stopped_by"]` says which ("converged", "time", "generations") and `meta["generations_run"]`
+    how many ran. Every candidate is then scored on up to `max_rows` rows. `censor`: for a bounded target (a
+    tanh output), the level above which |y| is saturated; those rows are fitted to `CENSOR_FACTOR`·y, past the
+    bound, and the deployed rule clips at the target's range.
+
+    ```python
+    import numpy as np
+    from symbolic_l2o import fit_rule
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(500, 2))
+    y = -0.5 * np.tanh(2 * X[:, 0])
+    fit = fit_rule(X, y, ["mt_0", "g_0"], generations=2, time_limit=2)
+    print(fit.expr, f"R² {fit.r2(X, y):.3f}")
+    rule = fit.to_rule()  # a SymbolicRule: deploy it with RuleOptimizer or create_optimizer
+    ```"""
     if isinstance(X, SRDataset):
         if y is not None or names is not None:
             raise ValueError(
@@ -851,18 +881,25 @@ def mapping_complexity(fit: FittedRule, X: np.ndarray, points: int = 201) -> flo
 # %% ../nbs/03_distill.ipynb #2956e05d
 @dataclass
 class DistillSettings:
-    """Every setting of `distill` in one object; the defaults are the `cpu` scale's. Recording: `steps` per
-    run on `record_seeds` problems, `lags` lags of the rule's features (and of its own output `u` when
-    `recurrent`) for `coords_per_tensor` coordinates per tensor, a row every `stride` steps. Search: one
-    `fit_rule` per family (the window of features; with `recurrent`, also the window plus `u`) and per seed of
-    `search_seeds`, each of at most `max_length` nodes, `generations` generations and `time_limit` seconds.
-    Selection: the fewest nodes among the members whose free-running R² is within `r2_tolerance` of the best
-    and whose closed-loop Eva loss on `validation_seeds` problems is within `tolerance` of the rule's own (at
-    most `max_screened` screened per seed); `zero_drift`: the deployed equation moves nothing under zero
-    gradients. Reporting: `eval_seeds` problems. Stage 3: `tune_epochs` epochs of closed-loop tuning of the
-    constants at Adam(`tune_lr`) (0: none). Memory: `state_budgets`, the state values per parameter within
-    which the budgeted searches run, smallest first (the deployed equation is selected at the smallest where
-    one is faithful)."""
+    """Every setting of `distill` in one object; the defaults are those of the study's `cpu` run size.
+    Recording: `steps` per run on `record_seeds` problems, `lags` lags of the rule's features (and of its own
+    output `u` when `recurrent`) for `coords_per_tensor` coordinates per tensor, a row every `stride` steps.
+    Search: one `fit_rule` per family (the window of features; with `recurrent`, also the window plus `u`) and
+    per seed of `search_seeds`, each of at most `max_length` nodes, `generations` generations and `time_limit`
+    seconds. Selection: the fewest nodes among the members whose free-running R² is within `r2_tolerance` of
+    the best and whose closed-loop late loss (`Evaluation.late_loss`) on `validation_seeds` problems is within
+    `tolerance` of the rule's own (at most `max_screened` screened per seed); `zero_drift`: the deployed
+    equation moves nothing under zero gradients. Reporting: `eval_seeds` problems. Meta-tuning the selected
+    equation's constants: `tune_epochs` epochs of closed-loop tuning at Adam(`tune_lr`) (0: none). Memory:
+    `state_budgets`, the state values per parameter within which the budgeted searches run, smallest first
+    (the deployed equation is selected at the smallest where one is faithful).
+
+    ```python
+    from symbolic_l2o import DistillSettings
+
+    settings = DistillSettings(steps=100, record_seeds=4, generations=50, time_limit=30.0, tune_epochs=0)
+    # symbolic_l2o.distill.distill(rule, task, settings=settings) records the rule, searches, and selects
+    ```"""
 
     steps: int = 200
     record_seeds: int = 20

@@ -393,7 +393,20 @@ class SymbolicRule(UpdateRule):
     meta-tunable.
 
     `expr` is a sympy expression or text (parsed by `parse_expression`); `clip` = (lo, hi) clamps the
-    equation's value before `scale` (what a recurrent equation feeds back as `u` too)."""
+    equation's value before `scale` (what a recurrent equation feeds back as `u` too).
+
+    ```python
+    import torch
+    from torch import nn
+    from symbolic_l2o import RuleOptimizer, SymbolicRule
+
+    rule = SymbolicRule("-tanh(2.0*mt_0) - 0.1*gt_1", scale=0.01)  # m̃ now, g̃ one step ago
+    print(rule.features, rule.constants.tolist())  # ('mt', 'gt') [-0.1, 2.0]: its constants, meta-tunable
+    model = nn.Linear(4, 1)
+    opt = RuleOptimizer(model.parameters(), rule)
+    model(torch.randn(8, 4)).pow(2).mean().backward()
+    opt.step()
+    ```"""
 
     def __init__(
         self,
@@ -565,12 +578,24 @@ class SymbolicRule(UpdateRule):
 
 # %% ../nbs/00b_expressions.ipynb #da80efa2
 class TanhBasisRule(UpdateRule):
-    """The lightweight symbolic L2O of the paper (`rp.png`):
-    ψ = −scale · Σ_g Σ_τ W[g, τ] · γ · tanh(g_{t−τ}/γ).
+    """The lightweight symbolic L2O of Symbolic Learning to Optimize (Zheng et al., ICLR 2022): ψ = −scale ·
+    Σ_g Σ_τ W[g, τ] · γ · tanh(g_{t−τ}/γ).
 
     `features` (G) are named `GradFeatures`, `lags` (L) the look-back (lags 0..L), `gamma` (γ) the soft-clip
     scale; `weights` W `[|G|, L+1]` (float64 `nn.Parameter`, meta-tunable) default to zeros; see
-    `fit_weights`."""
+    `fit_weights`.
+
+    ```python
+    import torch
+    from torch import nn
+    from symbolic_l2o import RuleOptimizer, TanhBasisRule
+
+    rule = TanhBasisRule(features=("mt", "gt"), lags=1, weights=[[1.0, 0.0], [0.5, 0.0]])  # W [|G|, L+1]
+    model = nn.Linear(4, 1)
+    opt = RuleOptimizer(model.parameters(), rule)
+    model(torch.randn(8, 4)).pow(2).mean().backward()
+    opt.step()
+    ```"""
 
     def __init__(
         self,

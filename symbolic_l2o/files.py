@@ -243,7 +243,17 @@ def save_rule(rule: UpdateRule, path: str | Path, card: dict | None = None) -> P
     (.pt) and its card beside it (.json): `card`, the rule's configuration (`rule_config`: class and
     arguments; an equation as text), the weights' SHA-256 (`weights_sha256`) and the card's own
     (`card_sha256`), so that `load_rule` never pairs weights with another save's card nor trusts an edited
-    card, and a save killed at any instant leaves the previous rule or the new one."""
+    card, and a save killed at any instant leaves the previous rule or the new one.
+
+    ```python
+    import tempfile
+    from pathlib import Path
+    from symbolic_l2o import load_rule, make_rule, save_rule
+
+    path = save_rule(make_rule("rp_si"), Path(tempfile.mkdtemp()) / "my_rule.pt", card={"task": "my task"})
+    print(sorted(p.name for p in path.parent.iterdir()))  # ['my_rule.json', 'my_rule.pt']
+    rule, card = load_rule(path)
+    ```"""
     path = Path(path).with_suffix(".pt")
     buf = io.BytesIO()
     torch.save(rule.state_dict(), buf)
@@ -253,7 +263,19 @@ def save_rule(rule: UpdateRule, path: str | Path, card: dict | None = None) -> P
 
 def load_rule(path: str | Path) -> tuple[UpdateRule, dict]:
     """The rule saved by `save_rule` at `path` and its card; a `ValueError` if the card was edited, the
-    weights are not those the card was written with, or they declare more than `MAX_RULE_BYTES`."""
+    weights are not those the card was written with, or they declare more than `MAX_RULE_BYTES`.
+
+    ```python
+    import tempfile
+    from pathlib import Path
+    from torch import nn
+    from symbolic_l2o import create_optimizer, load_rule, make_rule, save_rule
+
+    path = save_rule(make_rule("rp_si"), Path(tempfile.mkdtemp()) / "my_rule.pt", card={"task": "my task"})
+    rule, card = load_rule(path)
+    print(card["task"], card["config"]["class"])  # my task RNNpropRule: your card, and what the rule is
+    opt = create_optimizer(path, nn.Linear(4, 1))  # a saved rule deploys by its path
+    ```"""
     path = Path(path).with_suffix(".pt")
     card, data = read_pair(path, "saved rule", ["config"], "weights_sha256", MAX_RULE_BYTES)
     rule = rule_from_config(card["config"])

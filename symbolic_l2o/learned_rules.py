@@ -97,7 +97,19 @@ class DMRule(LearnedRule):
     `preprocessing="raw"` feeds the gradient itself (the original torch code); `"log_sign"` feeds
     [clamp(log(|g|+eps)/k, min=−1), clamp(g·e^k, −1, 1)] with k = 10, the DM paper's p (its appendix A; the TF
     code used 5). At k = 5 every |g| below e⁻⁵ ≈ 0.007 reads as −1 and carries its sign at 148·g: from the
-    N(0, 0.01²) start of the MNIST MLP (gradients ~1e-4) DM sees almost nothing and stays at loss ln 10."""
+    N(0, 0.01²) start of the MNIST MLP (gradients ~1e-4) DM sees almost nothing and stays at loss ln 10.
+
+    ```python
+    import torch
+    from torch import nn
+    from symbolic_l2o import DMRule, RuleOptimizer, load_pretrained
+
+    rule = DMRule()  # untrained; load_pretrained("dm") is the meta-trained one
+    params = [torch.zeros(5), torch.zeros(2, 3)]
+    updates, state = rule.step([torch.randn(5), torch.randn(2, 3)], rule.init(params), t=1)
+    print([u.shape for u in updates])  # one per parameter tensor: [torch.Size([5]), torch.Size([2, 3])]
+    opt = RuleOptimizer(nn.Linear(4, 1).parameters(), load_pretrained("dm"))
+    ```"""
 
     def __init__(
         self,
@@ -122,7 +134,20 @@ class RNNpropRule(LearnedRule):
     """RNNprop (Lv et al., 2017): named gradient features → [Linear+ELU] → LSTM stack → Linear → 0.01·tanh.
 
     The features come from `GradFeatures` (β1 = β2 = 0.95); the presets of `RNNPROP_PRESETS` give RP,
-    RP_s and RP_si."""
+    RP_s and RP_si.
+
+    ```python
+    import torch
+    from torch import nn
+    from symbolic_l2o import RNNpropRule, RuleOptimizer, make_rule
+
+    rule = RNNpropRule(features=("mt", "gt"), hidden=(20, 20))  # RP, untrained (make_rule("rp_si"): RP_si)
+    print(sum(p.numel() for p in rule.parameters()))  # its meta-trainable weights
+    model = nn.Linear(4, 1)
+    opt = RuleOptimizer(model.parameters(), rule)
+    model(torch.randn(8, 4)).pow(2).mean().backward()
+    opt.step()
+    ```"""
 
     def __init__(
         self,
@@ -175,7 +200,14 @@ RULE_CLASSES = {
 
 def make_rule(name: str, **kwargs) -> UpdateRule:
     """A rule by short name: a hand rule (`sgd`, `adam`, ...), `dm`, or an RNNprop preset (`rp`, `rp_s`,
-    `rp_si`, `rp_si_rich`)."""
+    `rp_si`, `rp_si_rich`).
+
+    ```python
+    from symbolic_l2o import make_rule
+
+    adam = make_rule("adam", lr=1e-2)  # AdamRule(lr=1e-2)
+    rp_si = make_rule("rp_si")  # an untrained RNNprop (RP_si preset), ready for meta-training
+    ```"""
     if name in HAND_RULES:
         return HAND_RULES[name](**kwargs)
     if name == "dm":

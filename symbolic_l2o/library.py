@@ -123,6 +123,9 @@ def create_optimizer(name: str | Path, params, **hyperparameters) -> RuleOptimiz
     other keyword is refused, naming those it takes.
 
     ```python
+    from torch import nn
+    from symbolic_l2o import create_optimizer
+
     model = nn.Linear(4, 1)
     opt = create_optimizer("AdamW", model, lr=1e-3)  # steps as torch.optim.AdamW(model.parameters(), lr=1e-3)
     opt = create_optimizer("sgd", model, lr=0.1, momentum=0.9, nesterov=True)  # as torch.optim.SGD
@@ -191,7 +194,18 @@ def without_offset(fit: FittedRule) -> FittedRule:
     state under a zero gradient (every feature, and the rule's past outputs, are then zero), which becomes
     exactly zero for an additive constant. A fitted constant term moves every weight by the same amount at
     every step whatever its gradient: a drift the small distillation problems tolerate and a large model does
-    not."""
+    not.
+
+    ```python
+    import numpy as np
+    from symbolic_l2o import fit_rule, without_offset
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(500, 1))
+    fit = fit_rule(X, -0.1 * X[:, 0] + 0.01, ["g_0"], generations=2, time_limit=2)
+    zero = np.zeros((1, 1))  # a zero gradient
+    print(fit.predict(zero), without_offset(fit).predict(zero))  # [0.01] [-2.2e-19]: no drift, to rounding
+    ```"""
     at_zero = fit.expr.xreplace({s: sp.Integer(0) for s in fit.expr.free_symbols})
     value = complex(at_zero.evalf())
     if not (math.isfinite(value.real) and value.imag == 0):
@@ -220,9 +234,15 @@ def load_pretrained(name: str | Path, zero_offset: bool = True, **hyperparameter
     listing `list_optimizers()`.
 
     ```python
+    import tempfile
+    from pathlib import Path
+    from symbolic_l2o import load_pretrained, make_rule, save_rule
+
     rule = load_pretrained("rp_si")  # a learned RNNprop rule
     rule = load_pretrained("Adam", lr=1e-2)  # AdamRule(lr=1e-2)
-    rule = load_pretrained("runs/distill/fitted_rule.json")  # what `symbolic-l2o distill` wrote
+    rule = load_pretrained("rp_si_distilled")  # an equation distilled from rp_si
+    path = save_rule(make_rule("adam", lr=1e-2), Path(tempfile.mkdtemp()) / "adam.pt")
+    rule = load_pretrained(path)  # a rule file: save_rule's .pt, or `symbolic-l2o distill`'s fitted_rule.json
     ```"""
     kind, source = _locate(name)
     if kind == "preset":
@@ -243,7 +263,14 @@ def load_pretrained(name: str | Path, zero_offset: bool = True, **hyperparameter
 @dataclass(frozen=True)
 class OptimizerInfo:
     """One optimizer of `list_optimizers`: its name, kind (`hand`, `learned`, `distilled`), a one-line
-    description, and the bytes of float32 state it keeps per parameter."""
+    description, and the bytes of float32 state it keeps per parameter.
+
+    ```python
+    from symbolic_l2o import list_optimizers
+
+    for info in list_optimizers(with_description=True):
+        print(f"{info.name:16} {info.kind:10} {info.state_bytes_per_param:4.0f} B/param  {info.description}")
+    ```"""
 
     name: str
     kind: str
@@ -273,6 +300,8 @@ def list_optimizers(with_description: bool = False) -> list[str] | list[Optimize
     `with_description`: an `OptimizerInfo` for each (building each rule to measure its state).
 
     ```python
+    from symbolic_l2o import list_optimizers
+
     list_optimizers()  # ['sgd', 'momentum', ..., 'adam', ..., 'adamw', 'dm', 'rp', ..., 'rp_si_distilled']
     ```"""
     rules = {**{n: ("hand", n) for n in HAND_RULES}, **{n: ("preset", n) for n in _PRESETS}, **_zoo_files()}

@@ -102,7 +102,28 @@ class UpdateRule(nn.Module):
     recording, `step` is pure; under `torch.no_grad()` it may update the state's tensors in place.
 
     `hyperparameters` names the constructor arguments that `RuleOptimizer` keeps in each param group (so that
-    schedulers can change them and `state_dict` saves them)."""
+    schedulers can change them and `state_dict` saves them).
+
+    ```python
+    import torch
+    from torch import nn
+    from symbolic_l2o import RuleOptimizer, UpdateRule
+
+    class SignDescent(UpdateRule):  # your own rule: u = -lr·sign(g), no state
+        hyperparameters = ("lr",)  # kept in each param group, so schedulers can change it
+
+        def __init__(self, lr: float = 1e-3):
+            super().__init__()
+            self.lr = lr
+
+        def step(self, grads, state, t):
+            return [-self.lr * torch.sign(g) for g in grads], state
+
+    rule = SignDescent(lr=0.1)
+    updates, state = rule.step([torch.tensor([2.0, -3.0])], rule.init([torch.zeros(2)]), t=1)
+    print(updates)  # [tensor([-0.1000,  0.1000])]
+    opt = RuleOptimizer(nn.Linear(4, 1).parameters(), rule)  # deployed like any torch optimizer
+    ```"""
 
     hyperparameters: tuple[str, ...] = ()
     fusable: bool = False  # whether RuleOptimizer(fused=True) can compile it: see `update_at`
@@ -197,7 +218,18 @@ class ElementwiseRule(UpdateRule):
 
 # %% ../nbs/00_optimizers.ipynb #73374055
 class SGDRule(ElementwiseRule):
-    "Plain gradient descent: u = −lr·g."
+    """Plain gradient descent: u = −lr·g.
+
+    ```python
+    import torch
+    from symbolic_l2o import RuleOptimizer, SGDRule
+
+    w = torch.zeros(3, requires_grad=True)
+    opt = RuleOptimizer([w], SGDRule(lr=0.1))  # as torch.optim.SGD([w], lr=0.1)
+    w.grad = torch.tensor([1.0, -2.0, 0.0])
+    opt.step()
+    print(w)  # tensor([-0.1000,  0.2000,  0.0000], requires_grad=True)
+    ```"""
 
     hyperparameters = ("lr",)
 
@@ -210,7 +242,19 @@ class SGDRule(ElementwiseRule):
 
 
 class MomentumRule(ElementwiseRule):
-    "Heavy-ball momentum as `torch.optim.SGD(momentum=...)`: b ← μ·b + g, u = −lr·b."
+    """Heavy-ball momentum as `torch.optim.SGD(momentum=...)`: b ← μ·b + g, u = −lr·b.
+
+    ```python
+    import torch
+    from symbolic_l2o import MomentumRule, RuleOptimizer
+
+    w = torch.zeros(2, requires_grad=True)
+    opt = RuleOptimizer([w], MomentumRule(lr=0.1, momentum=0.9))  # as torch.optim.SGD(lr=0.1, momentum=0.9)
+    for _ in range(2):
+        w.grad = torch.ones(2)
+        opt.step()
+    print(w)  # b = 1, then 1.9: w = -0.1 - 0.19 = tensor([-0.2900, -0.2900], requires_grad=True)
+    ```"""
 
     hyperparameters = ("lr", "momentum")
 
@@ -227,7 +271,19 @@ class MomentumRule(ElementwiseRule):
 
 
 class NesterovRule(MomentumRule):
-    "Nesterov momentum as `torch.optim.SGD(momentum=..., nesterov=True)`: b ← μ·b + g, u = −lr·(g + μ·b)."
+    """Nesterov momentum as `torch.optim.SGD(momentum=..., nesterov=True)`: b ← μ·b + g, u = −lr·(g + μ·b).
+
+    ```python
+    import torch
+    from symbolic_l2o import NesterovRule, RuleOptimizer
+
+    w = torch.zeros(2, requires_grad=True)
+    opt = RuleOptimizer([w], NesterovRule(lr=0.1, momentum=0.9))  # as torch.optim.SGD(..., nesterov=True)
+    for _ in range(2):
+        w.grad = torch.ones(2)
+        opt.step()
+    print(w)  # -0.1·(1 + 0.9·1) - 0.1·(1 + 0.9·1.9) = tensor([-0.4610, -0.4610], requires_grad=True)
+    ```"""
 
     def update(self, g, s, t):
         b = decay_add(s["momentum_buffer"], g, self.momentum)
@@ -235,7 +291,22 @@ class NesterovRule(MomentumRule):
 
 # %% ../nbs/00_optimizers.ipynb #86efb785
 class AdamRule(ElementwiseRule):
-    "Adam (Kingma & Ba) as `torch.optim.Adam`: u = −lr·m̂/(√v̂ + eps) with bias-corrected moments."
+    """Adam (Kingma & Ba) as `torch.optim.Adam`: u = −lr·m̂/(√v̂ + eps) with bias-corrected moments.
+
+    ```python
+    import torch
+    from symbolic_l2o import AdamRule, RuleOptimizer
+
+    ours = torch.ones(3, requires_grad=True)
+    theirs = torch.ones(3, requires_grad=True)
+    optimizers = [RuleOptimizer([ours], AdamRule(lr=0.1)), torch.optim.Adam([theirs], lr=0.1)]
+    for _ in range(5):
+        for w, opt in zip([ours, theirs], optimizers):
+            opt.zero_grad()
+            (w**2).sum().backward()
+            opt.step()
+    print(torch.allclose(ours, theirs))  # True: the same steps as torch.optim.Adam
+    ```"""
 
     hyperparameters = ("lr", "betas", "eps")
 
@@ -256,7 +327,23 @@ class AdamRule(ElementwiseRule):
 
 
 class RMSpropRule(ElementwiseRule):
-    "RMSprop as `torch.optim.RMSprop`: v ← α·v + (1−α)·g², u = −lr·g/(√v + eps)."
+    """RMSprop as `torch.optim.RMSprop`: v ← α·v + (1−α)·g², u = −lr·g/(√v + eps).
+
+    ```python
+    import torch
+    from torch import nn
+    from symbolic_l2o import RMSpropRule, RuleOptimizer
+
+    model = nn.Linear(4, 1)
+    opt = RuleOptimizer(model.parameters(), RMSpropRule(lr=1e-2, alpha=0.99))  # as torch.optim.RMSprop
+    scheduler = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)  # any torch scheduler works
+    for _ in range(2):
+        opt.zero_grad()
+        model(torch.randn(8, 4)).pow(2).mean().backward()
+        opt.step()
+        scheduler.step()
+    print(opt.param_groups[0]["lr"])  # 0.0025
+    ```"""
 
     hyperparameters = ("lr", "alpha", "eps")
 
@@ -273,7 +360,18 @@ class RMSpropRule(ElementwiseRule):
 
 
 class LionRule(ElementwiseRule):
-    "Lion (Chen et al. 2023): u = −lr·sign(β1·m + (1−β1)·g), then m ← β2·m + (1−β2)·g."
+    """Lion (Chen et al. 2023): u = −lr·sign(β1·m + (1−β1)·g), then m ← β2·m + (1−β2)·g.
+
+    ```python
+    import torch
+    from symbolic_l2o import LionRule, RuleOptimizer
+
+    w = torch.zeros(3, requires_grad=True)
+    opt = RuleOptimizer([w], LionRule(lr=1e-4, betas=(0.9, 0.99)))
+    w.grad = torch.tensor([2.0, -0.5, 0.0])
+    opt.step()
+    print(w)  # lr times the gradient's sign: tensor([-1.0000e-04,  1.0000e-04,  0.0000e+00], ...)
+    ```"""
 
     hyperparameters = ("lr", "betas")
 
@@ -343,7 +441,18 @@ class SignAgreementRule(ElementwiseRule):
 
 # %% ../nbs/00_optimizers.ipynb #bc2e73a2
 class PowerSignRule(SignAgreementRule):
-    "PowerSign: u = −lr · base^(d(t)·sign(g)·sign(m)) · g (Bello et al., 2017; base e by default)."
+    """PowerSign: u = −lr · base^(d(t)·sign(g)·sign(m)) · g (Bello et al., 2017; base e by default).
+
+    ```python
+    import torch
+    from symbolic_l2o import PowerSignRule, RuleOptimizer
+
+    w = torch.zeros(2, requires_grad=True)
+    opt = RuleOptimizer([w], PowerSignRule(lr=0.1, decay="linear", decay_steps=100))  # d(t) decays to 0
+    w.grad = torch.tensor([1.0, -1.0])
+    opt.step()  # gradient and momentum agree in sign: the step is e^d(1) ≈ 2.7 times SGD's
+    print(w)
+    ```"""
 
     hyperparameters = ("lr", "beta", "base")
 
@@ -365,7 +474,18 @@ class PowerSignRule(SignAgreementRule):
 
 
 class AddSignRule(SignAgreementRule):
-    "AddSign: u = −lr · (alpha + d(t)·sign(g)·sign(m)) · g (Bello et al., 2017)."
+    """AddSign: u = −lr · (alpha + d(t)·sign(g)·sign(m)) · g (Bello et al., 2017).
+
+    ```python
+    import torch
+    from symbolic_l2o import AddSignRule, RuleOptimizer
+
+    w = torch.zeros(2, requires_grad=True)
+    opt = RuleOptimizer([w], AddSignRule(lr=0.1, alpha=1.0))
+    w.grad = torch.tensor([1.0, -1.0])
+    opt.step()  # gradient and momentum agree in sign: (1 + 1)·0.1 = 0.2 per unit of gradient
+    print(w)  # tensor([-0.2000,  0.2000], requires_grad=True)
+    ```"""
 
     hyperparameters = ("lr", "beta", "alpha")
 
@@ -475,13 +595,28 @@ class RuleOptimizer(torch.optim.Optimizer):
 
     `on_nonfinite` is the policy for a step whose gradients, updates or new rule state hold NaN or ±inf:
     `"error"` raises `FloatingPointError`, `"skip"` skips the step and counts it in `nonfinite_skips`; either
-    way no parameter and no state is changed. float16/bfloat16 parameters are stepped in float32
-    (_compute_dtype), their state kept in float32, and their updates rounded to the parameter's dtype.
+    way no parameter and no state is changed. float16/bfloat16 parameters are stepped in float32, their state
+    kept in float32, and their updates rounded to the parameter's dtype.
 
     `fused=True` (a `fusable` rule, float32/float64 parameters): each step is one compiled loop per tensor
     (`torch.compile`, the first step compiles) that writes the parameter and its state in place, taken when
     the rule's `bound`s prove the step finite from the gradients' largest |value|; otherwise the step takes
-    the checked path above. The same values to rounding, and the same `on_nonfinite` promise."""
+    the checked path above. The same values to rounding, and the same `on_nonfinite` promise.
+
+    ```python
+    import torch
+    from torch import nn
+    from symbolic_l2o import AdamRule, RuleOptimizer, load_pretrained
+
+    model = nn.Linear(4, 1)
+    x, y = torch.randn(8, 4), torch.randn(8, 1)
+    opt = RuleOptimizer(model.parameters(), AdamRule(lr=1e-2))  # steps as torch.optim.Adam(..., lr=1e-2)
+    for _ in range(3):
+        opt.zero_grad()
+        nn.functional.mse_loss(model(x), y).backward()
+        opt.step()
+    opt = RuleOptimizer(model.parameters(), load_pretrained("rp_si"), lr=0.5)  # a learned rule, half its step
+    ```"""
 
     def __init__(
         self,

@@ -256,7 +256,15 @@ def record_trajectories(
 
     `features` may include `u`, the rule's own output: its past values `u_1`, `u_2`, ... become inputs. With a
     `teacher`, the target is instead the teacher's scaled output on the same gradients (its own state kept for
-    the chosen coordinates): the states `rule` visits, labelled by the teacher (DAgger's aggregation step)."""
+    the chosen coordinates): the states `rule` visits, labelled by the teacher (DAgger's aggregation step).
+
+    ```python
+    from symbolic_l2o import MomentumRule, make_task, record_trajectories
+
+    rule = MomentumRule(lr=0.1, momentum=0.6)
+    ds = record_trajectories(rule, make_task("quadratic"), steps=30, seeds=range(2), lags=3, progress=False)
+    print(ds.names, ds.X.shape, ds.y.shape)  # ['g_0', 'g_1', 'g_2'] (120, 3) (120,): past gradients → update
+    ```"""
     features = tuple(features or default_features(rule))
     grad_names = tuple(f for f in features if f != OUTPUT_FEATURE)
     if not grad_names:
