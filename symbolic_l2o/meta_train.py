@@ -658,7 +658,7 @@ class Evaluation:
 
     @property
     def eva_loss(self) -> tuple[float, float]:
-        """Our late loss: `late_loss`'s (mean, std) over seeds. Not the paper's late loss, which
+        """Our late loss: `late_loss`'s (mean, std) over seeds. Not the paper's Eva loss, which
         `paper_protocol` measures."""
         return float(self.late_loss.mean()), float(self.late_loss.std())
 
