@@ -7,8 +7,9 @@ Every optimizer the project ships, hand-designed, learned or distilled, by name:
     opt = create_optimizer("rp_si_distilled", model.parameters())  # a torch.optim.Optimizer
 
 The stages live in their modules: ``symbolic_l2o.meta_train`` (meta-train and evaluate learned optimizers),
-``symbolic_l2o.srgen`` (record what a rule does), ``symbolic_l2o.distill`` (symbolic regression, null models,
-fidelity), ``symbolic_l2o.finetune`` (meta-tune and deploy on ResNets); ``symbolic-l2o --help`` is the command.
+``symbolic_l2o.srgen`` (record what a rule does), ``symbolic_l2o.distill`` (symbolic regression, null
+models, fidelity), ``symbolic_l2o.finetune`` (meta-tune and deploy on ResNets); ``symbolic-l2o --help`` is the
+command.
 """
 
 __version__ = "0.0.1"

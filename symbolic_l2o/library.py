@@ -287,10 +287,13 @@ def _describe(name: str, kind: str, path: Path | str) -> str:
     if kind == "learned":
         return f"learned {card['config']['class']} meta-trained on {card['task']} (zoo, seed {card['seed']})"
     fit = FittedRule.load(path)
-    lags = 1 + max(int(n.rpartition("_")[2]) for n in map(str, fit.expr.free_symbols))
+    read = sorted({str(n).rpartition("_") for n in fit.expr.free_symbols}, key=lambda f: (f[0], int(f[2])))
+    lags = 1 + max(int(lag) for _, _, lag in read)
+    verdict, scale = fit.meta.get("fidelity", {}).get("verdict"), fit.meta.get("distilled_at_scale", "?")
     return (
         f"equation distilled from the learned {fit.meta.get('source', '?')} on {fit.meta.get('task', '?')}: "
-        f"{complexity(fit.expr)} nodes, reads {lags} step(s) of {', '.join(fit.meta.get('features', []))}"
+        f"{complexity(fit.expr)} nodes, reads {lags} step(s) of {', '.join(sorted({f for f, _, _ in read}))}"
+        + (f"; {verdict} (distilled at the {scale} scale)" if verdict else "")
     )
 
 
