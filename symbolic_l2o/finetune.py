@@ -30,58 +30,10 @@ from .distill import FittedRule, _streams
 from .vision import ImageData, distributed, load_data, make_model, train
 
 # %% auto #0
-__all__ = ['META_TUNE', 'WEIGHT_DECAY', 'COSINE_BASELINES', 'deployable', 'tanh_basis_from_teacher', 'tanh_basis_from_equation',
-           'meta_tune', 'protocol_run', 'lr_search', 'run_protocol', 'search_scale', 'proxy_tune', 'prepare_symbolic',
+__all__ = ['META_TUNE', 'WEIGHT_DECAY', 'COSINE_BASELINES', 'tanh_basis_from_teacher', 'tanh_basis_from_equation', 'meta_tune',
+           'protocol_run', 'lr_search', 'run_protocol', 'search_scale', 'proxy_tune', 'prepare_symbolic',
            'state_bytes_per_param', 'step_costs', 'finetune_summary', 'protocol_table', 'plot_protocol', 'scalability',
            'finetune_cli']
-
-# %% ../nbs/04_finetune_resnet.ipynb #f6441e18
-def deployable(
-    fit: FittedRule,
-    max_state: float = 2.0,
-    drop_offset: bool = True,
-    strict: bool = True,
-    prefer_selected: bool = True,
-) -> sp.Expr:
-    """The equation of `fit` to deploy: its selected equation (`fit.expr`) when `prefer_selected` and its
-    `SymbolicRule` keeps at most `max_state` values per parameter, else the most accurate member of the Pareto
-    front within that budget.
-
-    Only equations that read a gradient feature are candidates (a recurrence of the rule's own outputs alone
-    is no update rule). `drop_offset` removes an additive constant (a term without any variable): it moves
-    every weight by the same amount at every step whatever its gradient, a drift the small distillation
-    problem tolerates and a ResNet does not. When no member fits the budget: an error if `strict`, else the
-    lightest member."""
-
-    def prepare(expr):
-        if drop_offset and isinstance(expr, sp.Add):
-            kept = [a for a in expr.args if a.free_symbols]
-            expr = sp.Add(*kept) if kept else expr
-        return expr
-
-    selected = prepare(fit.expr)
-    if (
-        prefer_selected
-        and _streams(selected) - {OUTPUT_FEATURE}
-        and state_per_param(SymbolicRule(selected)) <= max_state
-    ):
-        return selected
-    members = [(m["loss"], prepare(m["expr"])) for m in fit.pareto]
-    members = [
-        (loss, e, state_per_param(SymbolicRule(e))) for loss, e in members if _streams(e) - {OUTPUT_FEATURE}
-    ]
-    if not members:
-        raise ValueError("the Pareto front has no equation that reads a gradient feature")
-    within = [m for m in members if m[2] <= max_state]
-    if within:
-        return min(within, key=lambda m: m[0])[1]
-    lightest = min(members, key=lambda m: (m[2], m[0]))
-    if strict:
-        raise ValueError(
-            f"no equation of the Pareto front needs at most {max_state} state values per parameter "
-            f"(the lightest needs {lightest[2]:g})"
-        )
-    return lightest[1]
 
 # %% ../nbs/04_finetune_resnet.ipynb #a9617d74
 def _rule_source_fit(rule_source: str | Path | None = None) -> tuple[FittedRule, str]:
@@ -170,14 +122,9 @@ def meta_tune(
     weights = rule.constants if isinstance(rule, SymbolicRule) else rule.weights
     if weights.numel() == 0:
         raise ValueError(f"{rule} has no constant to tune")
-    before, t0 = rule.to_sympy(), time.perf_counter()
-    history = meta_train(
-        rule,
-        task,
-        settings,
-        device=device,
-        progress=progress,
-    )
+    before, constants_before, t0 = rule.to_sympy(), weights.detach().flatten().tolist(), time.perf_counter()
+    only_scale = isinstance(rule, SymbolicRule) and rule.only_overall_factor
+    history = [] if only_scale else meta_train(rule, task, settings, device=device, progress=progress)
     rule.cpu()
     card = {
         "name": name,
@@ -185,10 +132,16 @@ def meta_tune(
         "seed": settings.seed,
         "before": str(before),
         "after": str(rule.to_sympy()),
+        "constants": {"before": constants_before, "after": weights.detach().flatten().tolist()},
         "training": {k: getattr(settings, k) for k in ("epochs", "epoch_len", "unroll", "meta_lr")},
         "final_loss": [h.get("final_loss") for h in history],
-        "skipped_windows": history[-1]["skipped"],
+        "skipped_windows": history[-1]["skipped"] if history else 0,
         "seconds": time.perf_counter() - t0,
+        **(
+            {"not_tuned": "its only constant is its overall factor, which the learning-rate search sets"}
+            if only_scale
+            else {}
+        ),
     }
     if out is not None:
         save_rule(rule, Path(out) / name, card)
@@ -240,7 +193,7 @@ def _rule_optimizer_factory(
 
 def _rule_spec(label: str, rule: UpdateRule) -> tuple[str, Callable, float]:
     """A protocol entry (label, make(params, multiplier), 1.0) for a frozen rule: `RuleOptimizer` with coupled
-    decay `WEIGHT_DECAY`, fused when the rule is `fusable` (a deployed equation is: `deployable`)."""
+    decay `WEIGHT_DECAY`, fused when the rule is `fusable` (an equation that reads no past step is)."""
     return (
         label,
         lambda ps, lr: RuleOptimizer(ps, rule, lr=lr, weight_decay=WEIGHT_DECAY, fused=rule.fusable),
@@ -459,22 +412,21 @@ def proxy_tune(
 def prepare_symbolic(
     fit: FittedRule,
     proxy,
-    max_state: float = 2.0,
     tune: dict | None = None,
     search: dict | None = None,
     out: str | Path | None = None,
     device="cpu",
     progress: bool = False,
 ) -> tuple[SymbolicRule, dict]:
-    """The deployable symbolic rule of `fit` (`deployable`: within `max_state` state values per parameter,
-    else the lightest), `proxy_tune`d; its card says which equation was distilled, which deployed, and whether
-    it fits the budget."""
-    expr = deployable(fit, max_state, strict=False)
-    betas = fit.meta.get("betas", (0.95, 0.95))
-    rule = SymbolicRule(expr, scale=float(fit.meta.get("scale", 1.0)), beta1=betas[0], beta2=betas[1])
-    rule, card = proxy_tune(rule, proxy, tune, search, None, "tuned_symbolic", device, progress)
+    """03's selected equation, exactly (`fit.to_rule()`: its form, constants, scale, betas and clip),
+    `proxy_tune`d; its card names the `equation` deployed, its `state_per_param` and the `state_budget` 03
+    selected it within (`within_budget`)."""
+    rule, card = proxy_tune(fit.to_rule(), proxy, tune, search, None, "tuned_symbolic", device, progress)
+    budget = fit.meta.get("state_budget")
     card.update(
-        distilled=str(fit.expr), deployed=str(expr), within_budget=card["state_per_param"] <= max_state
+        equation=str(fit.expr),
+        state_budget=budget,
+        within_budget=budget is None or card["state_per_param"] <= budget,
     )
     if out is not None:
         save_rule(rule, Path(out) / "tuned_symbolic", card)
@@ -540,9 +492,9 @@ def step_costs(
 
 # %% ../nbs/04_finetune_resnet.ipynb #f5a004db
 def finetune_summary(results: dict[str, dict], costs: dict[str, dict], source: dict, **setting) -> dict:
-    """`summary/finetune.json`: `source` ({path, sha256} of the deployed equation), the `setting` (target,
-    scale...), and under `optimizers` per name: lr_grid, best_lr, val_metric, test_acc_mean, test_acc_ci,
-    seeds, step_ms, state_bytes_per_param."""
+    """`summary/finetune.json`: `source` ({path, sha256} of 03's fitted-rule file, the `equation` deployed),
+    the `setting` (target, scale...), and under `optimizers` per name: lr_grid, best_lr, val_metric,
+    test_acc_mean, test_acc_ci, seeds, step_ms, state_bytes_per_param."""
     keys = (
         "label",
         "lr_grid",
@@ -555,7 +507,7 @@ def finetune_summary(results: dict[str, dict], costs: dict[str, dict], source: d
         "seeds",
     )
     return {
-        "source": {"path": source["path"], "sha256": source["sha256"]},
+        "source": {k: source[k] for k in ("path", "sha256", "equation") if k in source},
         **setting,
         "optimizers": {
             n: {
@@ -724,9 +676,7 @@ def finetune_cli(
             proxy, where = data.task(proxy_arch, batch_size=64, n=5000), out if rank == 0 else None
             tuned, card = prepare_symbolic(fit, proxy, out=where, device=device)
             if optimizer == "tanh_basis":
-                psi = tanh_basis_from_equation(
-                    deployable(fit, strict=False), float(fit.meta.get("scale", 1.0))
-                )[0]
+                psi = tanh_basis_from_equation(fit.expr, float(fit.meta.get("scale", 1.0)))[0]
                 tuned, _ = proxy_tune(psi, proxy, out=where, name="tuned_tanh_basis", device=device)
         label, make, centre = _rule_spec("Symbolic L2O" if optimizer == "symbolic" else "ψ γ·tanh", tuned)
     else:

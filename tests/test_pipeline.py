@@ -219,5 +219,15 @@ def test_the_stages_chain_link_by_link_with_hashes(whole_run):
         json.loads((run_dir / "sr_rp_si.json").read_text())["meta"]["rule"]
         == json.loads((run_dir / "rules" / "rp_si.json").read_text())["config"]
     )
+    # one equation: 04 deploys the very equation 03 selected, within the state budget 03 selected it in
+    distilled = json.loads((run_dir / "summary" / "distill.json").read_text())["rules"]["rp_si"]
+    deployed = json.loads((run_dir / "summary" / "finetune.json").read_text())["source"]
+    assert deployed["equation"] == distilled["equation"]
+    assert deployed["sha256"] == link("03_distill", "outputs", "fitted_rp_si.json")["sha256"]
+    assert distilled["state_per_param"] <= distilled["state_budget"]
+    finetune = json.loads((run_dir / "summary" / "finetune.json").read_text())
+    assert finetune["deployed"]["equation"] == distilled["equation"] and finetune["deployed"]["within_budget"]
+    assert set(distilled["null_models"]) == {"sgd", "momentum", "adam", "lp_adam", "lion"}
+    assert {"margin", "ci", "best_null"} <= set(distilled["beyond_null"])
     text = build_report(run_dir, bench=None)[0].read_text()
     assert "*Read:* `rules/rp_si.pt`" in text and "`fitted_rp_si.json` sha256" in text
