@@ -1195,8 +1195,8 @@ def evaluate_cli(
 # %% ../nbs/01_meta_train.ipynb #8f604a8a
 # name -> (architecture: a `make_rule` name, rule arguments, meta_train arguments that differ from the
 # defaults), one per column of numbers.png. CL and IL as the TF code's (reference §3.6): imitation of
-# Adam(0.01) with probability 0.3; DM+CL+IL's curriculum is its single-horizon form (validated every 10 epochs, never
-# stopping: DM keeps its best weights), RP+CL+IL's the TF code's first three stages for RP.
+# Adam(0.01) with probability 0.3; DM+CL+IL's curriculum is its single-horizon form (validated every 10
+# epochs, never stopping: DM keeps its best weights), RP+CL+IL's the TF code's first three stages for RP.
 ZOO_RECIPES = {
     "dm": ("dm", {}, {}),
     "dm_cl_il": (
