@@ -276,12 +276,21 @@ def _imitation_epoch(rule, problem, horizon, unroll, teacher, optimizer, clip) -
 # %% ../nbs/01_meta_train.ipynb #02729dcb
 @dataclass(frozen=True)
 class MetaTrainSettings:
-    """Every setting of `meta_train` in one object; the defaults are the paper's (reference §1.6): `epochs`
-    fresh problems of `epoch_len` steps each, truncated every `unroll` steps, Adam(`meta_lr`) on the rule's
-    weights with meta-gradients clipped to norm `clip`, everything random drawn from `seed`. `second_order`
+    """Every setting of `meta_train` in one object; the defaults are the paper's: `epochs` fresh problems of
+    `epoch_len` steps each, truncated every `unroll` steps, Adam(`meta_lr`) on the rule's weights with
+    meta-gradients clipped to norm `clip`, everything random drawn from `seed`. `second_order`
     back-propagates through the optimizee's gradients (the paper drops that term). Imitation: an epoch
     imitates `teacher` (default Adam(0.01)) with probability `imitation_ratio`. `curriculum` grows the
-    horizon (`Curriculum`); a checkpoint is written every `checkpoint_every` epochs."""
+    horizon (`Curriculum`); a checkpoint is written every `checkpoint_every` epochs.
+
+    ```python
+    from symbolic_l2o import MetaTrainSettings, make_rule, make_task
+    from symbolic_l2o.meta_train import meta_train
+
+    settings = MetaTrainSettings(epochs=1, epoch_len=10, unroll=5, meta_lr=1e-3)
+    history = meta_train(make_rule("rp_si"), make_task("quadratic"), settings, progress=False)
+    print(history[-1])  # the last epoch's metrics
+    ```"""
 
     epochs: int = 200
     epoch_len: int = 200
@@ -722,7 +731,14 @@ def evaluate(
     progress: bool = True,
 ) -> Evaluation:
     """Run `rule` (scaled by `lr`) for `steps` steps on each problem of `seeds`; record training and held-out
-    losses."""
+    losses.
+
+    ```python
+    from symbolic_l2o import AdamRule, evaluate, make_task
+
+    result = evaluate(AdamRule(lr=1e-2), make_task("quadratic"), steps=20, seeds=range(2), progress=False)
+    print(result.train_loss.shape, result.late_loss)  # [seeds, steps + 1]; each problem's late loss
+    ```"""
     device, seeds = _resolve_device(device), list(seeds)
     rule = rule.to(device)
     eval_steps = sorted(set(range(0, steps + 1, eval_every)) | {steps})

@@ -378,7 +378,15 @@ TASKS = {
 
 def make_task(name: str, **kwargs):
     """A task by name: `quadratic`, `digits_mlp` (`arch` 'dm' or 'original'), `digits_cnn`, or `mnist_mlp`
-    (the paper's MLP_MNIST; `split` 'meta' or 'eval', `root`, `download`, `arch`)."""
+    (the paper's MLP_MNIST; `split` 'meta' or 'eval', `root`, `download`, `arch`).
+
+    ```python
+    from symbolic_l2o import make_task
+
+    task = make_task("quadratic")  # the DM paper's quadratic ‖Wθ − y‖², a new W, y per problem
+    mlp = make_task("digits_mlp")  # a small MLP on scikit-learn's 8×8 digits
+    print(task.n_params, mlp.n_params)  # "mnist_mlp" is the paper's MLP on MNIST (root=..., download=True)
+    ```"""
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; known: {sorted(TASKS)}")
     return TASKS[name](**kwargs)

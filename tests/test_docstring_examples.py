@@ -14,20 +14,7 @@ from symbolic_l2o import library
 
 EXAMPLE = re.compile(r"```python\n(.*?)```", re.DOTALL)  # a fenced example block of a docstring
 
-# their examples are placed in their notebooks by the lead (edited by another developer at the time)
-PLACED_BY_LEAD = {"evaluate", "MetaTrainSettings", "make_task"}
-
-
-CASES = [
-    pytest.param(
-        name,
-        marks=[pytest.mark.xfail(strict=True, reason="example added in the same session by the lead")]
-        if name in PLACED_BY_LEAD
-        else [],
-        id=name,
-    )
-    for name in library.__all__
-]
+CASES = library.__all__
 
 
 @pytest.mark.parametrize("name", CASES)
