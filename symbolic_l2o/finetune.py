@@ -32,8 +32,8 @@ from .vision import ImageData, distributed, load_data, make_model, train
 # %% auto #0
 __all__ = ['META_TUNE', 'WEIGHT_DECAY', 'COSINE_BASELINES', 'tanh_basis_from_teacher', 'tanh_basis_from_equation', 'meta_tune',
            'protocol_run', 'lr_search', 'run_protocol', 'search_scale', 'proxy_tune', 'prepare_symbolic',
-           'state_bytes_per_param', 'step_costs', 'finetune_summary', 'protocol_table', 'plot_protocol', 'scalability',
-           'finetune_cli']
+           'state_bytes_per_param', 'step_costs', 'finetune_summary', 'accuracy_goal', 'protocol_table',
+           'plot_protocol', 'scalability', 'finetune_cli']
 
 # %% ../nbs/04_finetune_resnet.ipynb #a9617d74
 def _rule_source_fit(rule_source: str | Path | None = None) -> tuple[FittedRule, str]:
@@ -518,6 +518,16 @@ def finetune_summary(results: dict[str, dict], costs: dict[str, dict], source: d
             for n, r in results.items()
         },
     }
+
+
+def accuracy_goal(mine: dict, best: dict, resolution: float = 1.0, moonshot: bool = False) -> str:
+    """ "met", "not met" or "not resolved": is the equation's mean test accuracy (`mine`, a `finetune_summary`
+    entry) at or above the low end of the best baseline's 95% interval (`moonshot`: above its high end)? Only
+    an informative interval decides: one wider than ±`resolution` points is "not resolved"."""
+    lo, hi = best["test_acc_ci"]
+    if (hi - lo) / 2 > resolution:
+        return "not resolved"
+    return "met" if (mine["test_acc_mean"] > hi if moonshot else mine["test_acc_mean"] >= lo) else "not met"
 
 
 def protocol_table(summary: dict) -> dict:
