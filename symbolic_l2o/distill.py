@@ -1294,7 +1294,7 @@ def state_cost(features: Sequence[str]) -> int:
 
 def lag0_dataset(data: SRDataset) -> SRDataset:
     """`data`'s rows with columns `<f>_0` for every feature f of `BUDGET_FEATURES`, recomputed from each
-    recorded coordinate's gradients by `GradFeatures` at the recording's betas (`_run_features`): what an
+    recorded coordinate's gradients by `GradFeatures` at the recording's betas: what an
     equation that reads no past step sees. Its metadata say so (`features`, `lags` 1)."""
     betas = data.meta.get("betas", (0.95, 0.95))
     X = _run_features(data, BUDGET_FEATURES, *betas)

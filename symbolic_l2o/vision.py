@@ -333,7 +333,8 @@ def cifar(name: str = "cifar10", root: str | Path = "data", download: bool = Fal
     """CIFAR-10 from its official binary version under `root/cifar-10-batches-bin` (`make data` builds it
     offline; `download=True` fetches it from the dataset's site), each file checked against its MD5, or
     CIFAR-100 from torchvision's python files under `root/cifar-100-python` (torchvision downloads them with
-    `download=True`), read safely. Normalised by `CIFAR`'s mean and std, augmented by `ImageData.augment`."""
+    `download=True`), read safely. Normalised by `CIFAR`'s mean and std, augmented in training by
+    random 4-pixel-padded crops and horizontal flips."""
     if name not in CIFAR:
         raise ValueError(f"unknown dataset {name!r}; known: {sorted(CIFAR)}")
     classes, mean, std = CIFAR[name]

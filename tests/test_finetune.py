@@ -16,6 +16,7 @@ import torch
 import symbolic_l2o.finetune as finetune
 from symbolic_l2o.vision import cifar, digits32
 from symbolic_l2o.finetune import lr_search, meta_tune, _rule_source_fit
+from symbolic_l2o.distill import FittedRule
 from symbolic_l2o.files import file_digest, load_rule, save_rule
 from symbolic_l2o.tasks import make_task
 from symbolic_l2o.meta_train import ZOO_DIR, MetaTrainSettings
@@ -234,7 +235,12 @@ def test_notebook_runs_under_papermill_at_test_scale_chained_to_03(tmp_path):
     assert any(t.startswith("Scalability") for t in summary["tables"])
     assert all((out / f).exists() for f in summary["figures"].values())
     ft = json.loads((out / "summary" / "finetune.json").read_text())
-    assert ft["source"] == {"path": "fitted_rp_si.json", "sha256": file_digest(out / "fitted_rp_si.json")}
+    fitted = out / "fitted_rp_si.json"
+    assert ft["source"] == {
+        "path": "fitted_rp_si.json",
+        "sha256": file_digest(fitted),
+        "equation": str(FittedRule.load(fitted).expr),  # 03's equation, deployed as it is
+    }
     assert {
         "summary/finetune.json",
         *(f"tuned_{r}.{x}" for r in ("symbolic", "tanh_basis") for x in ("pt", "json")),
