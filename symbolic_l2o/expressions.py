@@ -191,17 +191,20 @@ def parse_expression(text: str, variables: Sequence[str]) -> sp.Expr:
             )
 
     def in_range(node):  # every number sympy computed while building `node` is within float64's range
-        for a in node.atoms(sp.Number):  # (a computed number that underflows, exp(-54800), is a harmless 0)
+        underflows = {}
+        for a in node.atoms(sp.Number):
             try:
-                overflows = math.isinf(float(a))
+                value = float(a)
             except OverflowError:
-                overflows = True
-            if overflows:
+                value = math.inf
+            if math.isinf(value):
                 raise ValueError(
                     f"expression {text[:80]!r} computes a number outside float64's range (|x| <= "
                     f"{sys.float_info.max:.3g}): {str(a)[:20]}... ({len(str(a))} characters)"
                 )
-        return node
+            if value == 0 and a != 0:  # exp(-54800) is 0 in float64: written as 0, so its text reads back
+                underflows[a] = sp.Integer(0)
+        return node.xreplace(underflows) if underflows else node
 
     def power():
         node = primary()
