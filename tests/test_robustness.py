@@ -673,8 +673,8 @@ def test_the_docs_table_of_limits_states_every_limit_with_its_value():
 
 
 def test_a_computed_number_that_underflows_is_written_as_zero_so_the_text_reads_back():
-    """Operon's text can hold exp(-850.0), 0 in float64: it is folded to 0 when parsed, so a saved equation never
-    holds a literal like 8e-371 that the literal check refuses (a fitted-rule file that could not be loaded)."""
+    """Operon's text can hold exp(-850.0), 0 in float64: it is folded to 0 when parsed, so a saved equation
+    never holds a literal like 8e-371 that the literal check refuses (a fitted-rule file that cannot load)."""
     expr = parse_expression("0.5*g_0 + exp(-850.0)*g_0", ["g_0"])
     assert expr == parse_expression("0.5*g_0", ["g_0"])
     assert parse_expression(str(expr), ["g_0"]) == expr
