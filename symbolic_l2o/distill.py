@@ -32,7 +32,7 @@ from .srgen import SRDataset
 
 # %% auto #0
 __all__ = ['ENGINE_OPERATORS', 'SELECTION_LOSS_FACTOR', 'MAX_PARETO_MEMBERS', 'MAX_FIT_NAMES', 'MAX_NAME_LENGTH', 'CENSOR_FACTOR',
-           'MAX_EQUATION_LENGTH', 'NULL_BETAS', 'NULL_R2_MARGIN', 'BUDGET_FEATURES', 'RESOLUTION',
+           'MAX_EQUATION_LENGTH', 'NULL_BETAS', 'NULL_R2_MARGIN', 'BUDGET_FEATURES', 'RESOLUTION', 'equation_streams',
            'evaluate_expression', 'ParetoTable', 'FittedRule', 'pareto_front', 'fit_rule', 'sanity_targets',
            'sanity_check', 'temporal_perception_field', 'mapping_complexity', 'DistillSettings', 'record',
            'free_running', 'held_out_prediction', 'persistence', 'canonical_form', 'recurrence', 'null_families',
@@ -268,7 +268,7 @@ def _r2(y, pred):
     return float(1 - ((y - pred) ** 2).sum() / ss) if ss > 0 else float("nan")
 
 
-def _streams(expr: sp.Expr) -> set[str]:
+def equation_streams(expr: sp.Expr) -> set[str]:
     "The input streams an equation reads: `mt` for `mt_3`, `u` (its own past outputs) for `u_1`."
     return {v.name.rpartition("_")[0] for v in expr.free_symbols}
 
@@ -418,7 +418,7 @@ class FittedRule:
     # fit
     def _clip(self):
         if (
-            not (OUTPUT_FEATURE in _streams(self.expr) or self.meta.get("censor"))
+            not (OUTPUT_FEATURE in equation_streams(self.expr) or self.meta.get("censor"))
             or "target_range" not in self.meta
         ):
             return None
@@ -1051,7 +1051,7 @@ def free_running(fit: FittedRule, data: SRDataset) -> np.ndarray:
 def held_out_prediction(fit: FittedRule, data: SRDataset) -> np.ndarray:
     """The equation's outputs on `data`'s rows as deployed: fed its own past outputs (`free_running`) where it
     reads them, else its value on the recorded inputs (for such an equation the two cannot differ)."""
-    return free_running(fit, data) if OUTPUT_FEATURE in _streams(fit.expr) else fit.predict(data.X)
+    return free_running(fit, data) if OUTPUT_FEATURE in equation_streams(fit.expr) else fit.predict(data.X)
 
 
 def persistence(train: SRDataset, test: SRDataset) -> dict:
@@ -1152,7 +1152,7 @@ def recurrence(fit: FittedRule, data: SRDataset, horizon: int = 1000) -> dict | 
     (mean over the recorded rows); under zero gradients from a fresh state, the output it settles to within
     `horizon` steps (`fixed_point`; `None` if it does not settle) and whether it settles (`stable`)."""
     u_cols = [i for i, n in enumerate(fit.names) if n.rpartition("_")[0] == OUTPUT_FEATURE]
-    if not u_cols or OUTPUT_FEATURE not in _streams(fit.expr):
+    if not u_cols or OUTPUT_FEATURE not in equation_streams(fit.expr):
         return None
     part = data.select(fit.names)
     history = np.zeros(max(int(fit.names[i].rpartition("_")[2]) for i in u_cols))
@@ -1369,13 +1369,13 @@ def fidelity(fits: Sequence[FittedRule], data: SRDataset, zero_drift: bool = Tru
     members, seen = [], set()
     for fit in fits:
         for m in fit.pareto:
-            if not _streams(m["expr"]) - {OUTPUT_FEATURE}:
+            if not equation_streams(m["expr"]) - {OUTPUT_FEATURE}:
                 continue  # reads no gradient: cannot be deployed
             canon = canonical_form(replace(fit, expr=m["expr"]), data, zero_drift=zero_drift)
             if str(canon.expr) in seen:
                 continue
             seen.add(str(canon.expr))
-            part, recurrent = data.select(canon.names), OUTPUT_FEATURE in _streams(canon.expr)
+            part, recurrent = data.select(canon.names), OUTPUT_FEATURE in equation_streams(canon.expr)
             teacher_forced = canon.r2(part.X, part.y)
             free = _r2(part.y, free_running(canon, part)) if recurrent else None
             members.append(
@@ -1557,7 +1557,7 @@ class Distillation:
 
     def _scores(self, fit: FittedRule) -> dict:
         part = self.held_out(fit)
-        recurrent = OUTPUT_FEATURE in _streams(fit.expr)
+        recurrent = OUTPUT_FEATURE in equation_streams(fit.expr)
         prediction = held_out_prediction(fit, part)
         return {
             "r2": _r2(part.y, prediction),

@@ -15,7 +15,7 @@ import sympy as sp
 import torch
 from torch import Tensor, nn
 
-from .optimizers import UpdateRule, _check_hparam
+from .optimizers import UpdateRule, check_hparam
 from .features import FEATURE_NAMES, OUTPUT_FEATURE, GradFeatures
 
 # %% auto #0
@@ -447,7 +447,7 @@ class SymbolicRule(UpdateRule):
         )
         self._output_column = self.features.index(OUTPUT_FEATURE) if OUTPUT_FEATURE in self.features else None
         self.beta1, self.beta2 = self.grad_features.beta1, self.grad_features.beta2
-        self.scale = _check_hparam("scale", scale, lambda v: v != 0, "scale != 0")
+        self.scale = check_hparam("scale", scale, lambda v: v != 0, "scale != 0")
         if clip is not None and not (
             len(clip) == 2 and all(math.isfinite(float(c)) for c in clip) and clip[0] < clip[1]
         ):
@@ -616,8 +616,8 @@ class TanhBasisRule(UpdateRule):
         self.grad_features = GradFeatures(features, beta1=beta1, beta2=beta2)
         self.features, self.lags = self.grad_features.names, lags
         self.beta1, self.beta2 = self.grad_features.beta1, self.grad_features.beta2
-        self.gamma = _check_hparam("gamma", gamma, lambda v: v > 0, "gamma > 0")
-        self.scale = _check_hparam("scale", scale, lambda v: v != 0, "scale != 0")
+        self.gamma = check_hparam("gamma", gamma, lambda v: v > 0, "gamma > 0")
+        self.scale = check_hparam("scale", scale, lambda v: v != 0, "scale != 0")
         shape = (len(self.features), lags + 1)
         w = (
             torch.zeros(shape, dtype=torch.float64)

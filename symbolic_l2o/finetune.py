@@ -24,9 +24,9 @@ from .features import OUTPUT_FEATURE
 from .expressions import SymbolicRule, TanhBasisRule
 from .files import load_rule, save_rule
 from .meta_train import TUNING_SEED_BASE, ZOO_DIR, MetaTrainSettings, evaluate, extended_grid
-from .meta_train import _at_edge
+from .meta_train import at_grid_edge
 from .meta_train import meta_train
-from .distill import FittedRule, _streams
+from .distill import FittedRule, equation_streams
 from .vision import ImageData, distributed, load_data, make_model, train
 
 # %% auto #0
@@ -531,13 +531,13 @@ def accuracy_goal(mine: dict, best: dict, resolution: float = 1.0, moonshot: boo
 
 
 def protocol_table(summary: dict) -> dict:
-    """_write_summary's table of a `finetune_summary`: per optimizer the chosen lr (marked "edge" when it is
+    """write_summary's table of a `finetune_summary`: per optimizer the chosen lr (marked "edge" when it is
     still the smallest or largest value of its grid once the extensions are spent), validation and test
     accuracy, step time, state."""
     rows = [
         [
             o["label"],
-            f"{o['best_lr']:.3g}" + (" (edge)" if _at_edge(o["best_lr"], o["lr_grid"]) else ""),
+            f"{o['best_lr']:.3g}" + (" (edge)" if at_grid_edge(o["best_lr"], o["lr_grid"]) else ""),
             f"{len(o['lr_grid'])}",
             f"{o['val_metric']:.2f}",
             f"{o['test_acc_mean']:.2f} [{o['test_acc_ci'][0]:.2f}, {o['test_acc_ci'][1]:.2f}]",
