@@ -22,13 +22,15 @@ import sympy as sp
 import torch
 
 import symbolic_l2o
-from .optimizers import rule_config, state_per_param
+from .optimizers import AdamRule, rule_config, state_per_param
 from .features import FEATURE_NAMES, OUTPUT_FEATURE, P_MEAN_FEATURES, GradFeatures
 from .expressions import MAX_LAG, OPERATORS, SymbolicRule, compile_expression, complexity
 from .expressions import parse_expression, variable
 from .files import atomic_write, read_json, require_keys
-from .meta_train import Evaluation, paired_interval
-from .srgen import SRDataset
+from .meta_train import VALIDATION_SEED_BASE, Evaluation, MetaTrainSettings, evaluate, meta_tune
+from .meta_train import paired_interval
+from .srgen import RECORD_SEED_BASE, SRDataset, record_trajectories, recorded_features
+from .tasks import make_task
 
 # %% auto #0
 __all__ = ['ENGINE_OPERATORS', 'SELECTION_LOSS_FACTOR', 'MAX_PARETO_MEMBERS', 'MAX_FIT_NAMES', 'MAX_NAME_LENGTH', 'CENSOR_FACTOR',
@@ -37,8 +39,8 @@ __all__ = ['ENGINE_OPERATORS', 'SELECTION_LOSS_FACTOR', 'MAX_PARETO_MEMBERS', 'M
            'sanity_check', 'temporal_perception_field', 'mapping_complexity', 'DistillSettings', 'record',
            'free_running', 'held_out_prediction', 'persistence', 'canonical_form', 'recurrence', 'null_families',
            'null_rule', 'fit_null_models', 'sign_agreement', 'r2_margin', 'state_cost', 'lag0_dataset',
-           'budget_features', 'search', 'fidelity', 'eva_ratio', 'faithful', 'verdict', 'screen', 'tune',
-           'Distillation', 'distill', 'plot_front', 'plot_response']
+           'budget_features', 'search', 'fidelity', 'eva_ratio', 'faithful', 'verdict', 'screen', 'Distillation',
+           'distill', 'plot_front', 'plot_response']
 
 # %% ../nbs/03_distill.ipynb #dae475e7
 ENGINE_OPERATORS = {
@@ -782,10 +784,6 @@ def sanity_check(
     Rows from step `lags` on, so that every lag is a real gradient. Each target is noise-free, so the most
     accurate member of the front is the recovery (`selection="accuracy"`); `max_length` 50 leaves room for
     Adam's ratio of two window sums (about 40 nodes for 8 lags)."""
-    from symbolic_l2o.tasks import make_task
-    from symbolic_l2o.optimizers import AdamRule
-    from symbolic_l2o.srgen import record_trajectories
-
     ds = record_trajectories(
         AdamRule(lr=0.01),
         task or make_task("digits_mlp"),
@@ -979,8 +977,6 @@ def record(
     """Step 1 of `distill`: `rule` recorded on `settings.record_seeds` fresh problems of `task` (from
     `RECORD_SEED_BASE`), with its own features, the raw gradient `g` and, when `settings.recurrent`, its past
     outputs `u` (`recorded_features`)."""
-    from symbolic_l2o.srgen import RECORD_SEED_BASE, record_trajectories
-
     return record_trajectories(
         rule,
         task,
@@ -996,8 +992,6 @@ def record(
 
 
 def _features(rule, settings):
-    from symbolic_l2o.srgen import recorded_features
-
     return recorded_features(rule, settings.recurrent)
 
 # %% ../nbs/03_distill.ipynb #da88d3b2
@@ -1403,8 +1397,6 @@ def faithful(ratio: tuple[float, float, float], tolerance: float = 0.15) -> bool
 
 
 def _validation_seeds(settings):
-    from symbolic_l2o.meta_train import VALIDATION_SEED_BASE
-
     return range(VALIDATION_SEED_BASE, VALIDATION_SEED_BASE + settings.validation_seeds)
 
 
@@ -1459,8 +1451,6 @@ def screen(
     ratio to `rule`'s leaves twice the tolerance; the first whose ratio on all of them is within
     `settings.tolerance` is chosen. If none is, the screened member with the ratio nearest 1 (in log). Returns
     {"chosen": index into `members`, "faithful": bool, "screened": [{"index", "problems", "ratio"}]}."""
-    from symbolic_l2o.meta_train import evaluate
-
     seeds = list(_validation_seeds(settings))
     late = lambda r, s: evaluate(r, task, settings.steps, s, device=device, progress=False).late_loss
     source = late(rule, seeds) if source_losses is None else np.asarray(source_losses, dtype=float)
@@ -1489,30 +1479,6 @@ def screen(
     finite = [s for s in screened if s["ratio"] is not None]
     nearest = min(finite, key=lambda s: abs(math.log(s["ratio"])), default=screened[0] if screened else None)
     return {"chosen": nearest["index"] if nearest else None, "faithful": False, "screened": screened}
-
-
-def tune(
-    fit: FittedRule, task, settings: DistillSettings = DistillSettings(), device="cpu"
-) -> SymbolicRule | None:
-    """Stage 3 (the paper's meta-tuning): the equation's form kept, its constants trained closed-loop with it
-    (`meta_train`, `settings.tune_epochs` epochs of `settings.steps` steps at Adam(`settings.tune_lr`), on
-    training problems). `None` when there is nothing to tune (no constants, or `tune_epochs` 0) or the tuning
-    diverged."""
-    from symbolic_l2o.meta_train import MetaTrainSettings, meta_train
-
-    rule = fit.to_rule()
-    if not settings.tune_epochs or not len(rule.constants):
-        return None
-    meta_train(
-        rule,
-        task,
-        MetaTrainSettings(
-            epochs=int(settings.tune_epochs), epoch_len=settings.steps, meta_lr=settings.tune_lr
-        ),
-        device=device,
-        progress=False,
-    )
-    return rule if torch.isfinite(rule.constants).all() else None
 
 # %% ../nbs/03_distill.ipynb #bf558c6e
 @dataclass
@@ -1670,10 +1636,9 @@ def distill(
     (else the nearest to faithful), run on the reported problems. The deployed equation is the choice of the
     smallest budget where it is faithful on the validation problems and explains the validation runs better
     than every null model (else, labelled so, the choice of the largest budget); each of its space's seeds is
-    run on the reported problems too (their spread). Stage 3 (`tune`) is kept apart: it never replaces the
-    equation as found."""
-    from symbolic_l2o.meta_train import evaluate
-
+    run on the reported problems too (their spread). Stage 3 (`meta_tune`, `settings.tune_epochs` epochs of
+    `settings.steps` steps at Adam(`settings.tune_lr`) on training problems) is kept apart: it never replaces
+    the equation as found."""
     settings = settings or DistillSettings()
     features = _features(rule, settings)
     data = record(rule, task, settings, device, progress) if data is None else data
@@ -1792,7 +1757,13 @@ def distill(
         )
         s["faithful"] = trains and faithful(s["eva_ratio"], settings.tolerance)
     fit = budgets[chosen]["fit"]
-    tuned = tune(fit, task, settings, device)
+    tuned = None  # stage 3, apart from the equation as found: its constants meta-tuned on training problems
+    if settings.tune_epochs and len(fit.to_rule().constants):
+        budget = MetaTrainSettings(
+            epochs=int(settings.tune_epochs), epoch_len=settings.steps, meta_lr=settings.tune_lr
+        )
+        tuned, card = meta_tune(fit.to_rule(), task, budget, device=device, progress=False)
+        tuned = None if card["diverged"] else tuned
     return Distillation(
         name,
         settings,

@@ -29,6 +29,7 @@ import symbolic_l2o
 from .optimizers import HAND_RULES, AdamRule
 from .optimizers import UpdateRule, check_hparam, rule_config
 from .learned_rules import make_rule
+from .expressions import SymbolicRule, TanhBasisRule
 from .files import save_atomic, write_json_atomic, atomic_write, file_digest, load_rule
 from .files import require_keys, save_rule
 from .tasks import Problem, Task, make_task, mlp_family, optional_import, resolve_device
@@ -37,11 +38,11 @@ from .tasks import Problem, Task, make_task, mlp_family, optional_import, resolv
 __all__ = ['TRAIN_SEED_BASE', 'VALIDATION_SEED_BASE', 'TUNING_SEED_BASE', 'LR_GRID', 'BASELINES', 'PAPER_HORIZON',
            'PAPER_HORIZONS', 'PAPER_EVA', 'ZOO_DIR', 'ZOO', 'MAX_STEPS', 'MAX_SEEDS', 'MAX_EPOCHS', 'ZOO_RECIPES',
            'meta_window', 'run_path', 'artifact_record', 'artifact_path', 'write_summary', 'Curriculum',
-           'CurriculumState', 'MetaTrainSettings', 'validate', 'run_lock', 'meta_train', 'Evaluation', 'evaluate',
-           'at_grid_edge', 'Tuning', 'extended_grid', 'tune_baseline', 'paired_interval', 'plot_evaluations',
-           'paper_tf_task', 'paper_comparison', 'zoo_rule', 'rule_path', 'pretrained_card', 'resolve_rule',
-           'meta_train_cli', 'tune_cli', 'evaluate_cli', 'zoo_recipe', 'zoo_tasks', 'held_out_family', 'train_zoo',
-           'budget_curve']
+           'CurriculumState', 'MetaTrainSettings', 'validate', 'run_lock', 'meta_train', 'meta_tune', 'Evaluation',
+           'evaluate', 'at_grid_edge', 'Tuning', 'extended_grid', 'tune_baseline', 'paired_interval',
+           'plot_evaluations', 'paper_tf_task', 'paper_comparison', 'zoo_rule', 'rule_path', 'pretrained_card',
+           'resolve_rule', 'meta_train_cli', 'tune_cli', 'evaluate_cli', 'zoo_recipe', 'zoo_tasks', 'held_out_family',
+           'train_zoo', 'budget_curve']
 
 # %% ../nbs/01_meta_train.ipynb #a3a5b1cb
 def _detach(state: list[dict[str, Tensor]]) -> list[dict[str, Tensor]]:
@@ -648,6 +649,60 @@ def meta_train(
     if curriculum and not cl.stopped and cl.best_weights is not None:  # the run ends on its best validation
         rule.load_state_dict(cl.best_weights)
     return history
+
+# %% ../nbs/01_meta_train.ipynb #acae54e37e7d407bbb7b55eff062a284
+def meta_tune(
+    rule: UpdateRule,
+    task,
+    settings: MetaTrainSettings,
+    out: str | Path | None = None,
+    name: str = "tuned",
+    device: str = "cpu",
+    progress: bool = True,
+    skip: str | None = None,
+) -> tuple[UpdateRule, dict]:
+    """Meta-tune the constants of a `SymbolicRule` (or the weights W of a `TanhBasisRule`) on `task` with
+    `meta_train` and `settings`, in place; with `skip` (a reason), leave them as they are.
+
+    Returns the rule and its card (constants before and after, the meta-training curve, `diverged` when a
+    constant ended non-finite, `not_tuned`: the reason skipped); with `out`, writes `out/<name>`
+    (`save_rule`).
+
+    ```python
+    from symbolic_l2o.expressions import SymbolicRule
+    from symbolic_l2o.meta_train import MetaTrainSettings, meta_tune
+    from symbolic_l2o.tasks import make_task
+
+    rule = SymbolicRule("-1.2*mt_0 + 0.3*tanh(2*mt_0)", scale=0.01)
+    budget = MetaTrainSettings(epochs=2, epoch_len=20)
+    rule, card = meta_tune(rule, make_task("digits_mlp"), budget, progress=False)
+    print(card["before"], "->", card["after"])
+    ```"""
+    if not isinstance(rule, (SymbolicRule, TanhBasisRule)):
+        raise TypeError(f"meta_tune tunes SymbolicRule or TanhBasisRule, got {type(rule).__name__}")
+    weights = rule.constants if isinstance(rule, SymbolicRule) else rule.weights
+    if weights.numel() == 0:
+        raise ValueError(f"{rule} has no constant to tune")
+    before, constants_before, t0 = rule.to_sympy(), weights.detach().flatten().tolist(), time.perf_counter()
+    history = [] if skip else meta_train(rule, task, settings, device=device, progress=progress)
+    rule.cpu()
+    card = {
+        "name": name,
+        "task": task.name,
+        "seed": settings.seed,
+        "before": str(before),
+        "after": str(rule.to_sympy()),
+        "constants": {"before": constants_before, "after": weights.detach().flatten().tolist()},
+        "training": {k: getattr(settings, k) for k in ("epochs", "epoch_len", "unroll", "meta_lr")},
+        "final_loss": [h.get("final_loss") for h in history],
+        "skipped_windows": history[-1]["skipped"] if history else 0,
+        "diverged": not bool(torch.isfinite(weights).all()),
+        "seconds": time.perf_counter() - t0,
+        **({"not_tuned": skip} if skip else {}),
+    }
+    if out is not None:
+        save_rule(rule, Path(out) / name, card)
+    return rule, card
 
 # %% ../nbs/01_meta_train.ipynb #110a1d81
 @dataclass
