@@ -460,16 +460,16 @@ class SymbolicRule(UpdateRule):
         self._fn = compile_expression(self.template, self._const_names)
         self._columns = {s.name: (self.features.index(f), lag) for s, (f, lag) in zip(variables, pairs)}
         # u = c·f_0, the form of a typical deployed rule:
-        # without autograd, `_step_fused` applies c·scale in f's last pass
+        # without autograd, `_step_single_term` applies c·scale in f's last pass
         args = self.template.args if isinstance(self.template, sp.Mul) else ()
         const = [a.name for a in args if isinstance(a, sp.Symbol) and a.name in self._const_names]
-        fused = (
+        single_term = (
             len(args) == 2
             and all(isinstance(a, sp.Symbol) for a in args)
             and len(const) == 1
             and self.lags == 1
         )
-        self._fused = (const[0], self.features[0]) if fused and not self.clip else None
+        self._single_term = (const[0], self.features[0]) if single_term and not self.clip else None
 
     @property
     def expr(self) -> str:
@@ -510,9 +510,9 @@ class SymbolicRule(UpdateRule):
 
     def step(self, grads, state, t):
         """u = scale · expr(features, their history) for each tensor, with plain torch ops; without autograd
-        an equation u = c·f_0 goes through `_step_fused` (the same values to rounding, in fewer passes)."""
-        if self._fused and not torch.is_grad_enabled():
-            return self._step_fused(grads, state, t)
+        an equation u = c·f_0 goes through `_step_single_term` (the same values to rounding, in fewer passes)."""
+        if self._single_term and not torch.is_grad_enabled():
+            return self._step_single_term(grads, state, t)
         consts = self._consts(grads[0].dtype)
         updates, new = [], []
         for g, s in zip(grads, state, strict=True):
@@ -564,10 +564,10 @@ class SymbolicRule(UpdateRule):
             u = min(u, max(map(abs, self.clip)))
         return abs(self.scale) * u, new
 
-    def _step_fused(self, grads, state, t):
+    def _step_single_term(self, grads, state, t):
         """`step` of u = c·f_0 without autograd: the factor c·scale is applied inside f's last pass
         (`columns_no_grad`)."""
-        name, feature = self._fused
+        name, feature = self._single_term
         c = float(self.constants[self._const_names.index(name)].to(grads[0].dtype)) * self.scale
         out = [
             self.grad_features.columns_no_grad(

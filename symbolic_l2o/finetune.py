@@ -27,7 +27,7 @@ from .meta_train import TUNING_SEED_BASE, ZOO_DIR, MetaTrainSettings, evaluate, 
 from .meta_train import at_grid_edge
 from .meta_train import meta_tune, zoo_rule
 from .srgen import record_trajectories, target_scale
-from .distill import FittedRule, equation_streams
+from .regression import FittedRule
 from .vision import ImageData, distributed, load_data, make_model, train
 
 # %% auto #0

@@ -23,7 +23,7 @@ from torch import nn
 import symbolic_l2o.meta_train  # noqa: F401  (the package re-exports a function of the same name: read the module from sys.modules)
 import symbolic_l2o.srgen  # noqa: F401
 import symbolic_l2o.files as files
-from symbolic_l2o.distill import MAX_EQUATION_LENGTH, FittedRule, fit_rule
+from symbolic_l2o.regression import MAX_EQUATION_LENGTH, FittedRule, fit_rule
 from symbolic_l2o.files import atomic_write
 from symbolic_l2o.tasks import make_task
 from symbolic_l2o.files import load_rule, save_rule
