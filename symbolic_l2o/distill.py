@@ -914,10 +914,10 @@ def distill(
     fit = budgets[chosen]["fit"]
     tuned = None  # stage 3, apart from the equation as found: its constants meta-tuned on training problems
     if settings.tune_epochs and len(fit.to_rule().constants):
-        budget = MetaTrainSettings(
+        tuning = MetaTrainSettings(
             epochs=int(settings.tune_epochs), epoch_len=settings.steps, meta_lr=settings.tune_lr
         )
-        tuned, card = meta_tune(fit.to_rule(), task, budget, device=device, progress=False)
+        tuned, card = meta_tune(fit.to_rule(), task, tuning, device=device, progress=False)
         tuned = None if card["diverged"] else tuned
     return Distillation(
         name,
