@@ -15,7 +15,7 @@ import sympy as sp
 import torch
 from torch import Tensor, nn
 
-from .optimizers import UpdateRule, _check_hparam
+from .optimizers import UpdateRule, check_hparam
 from .features import FEATURE_NAMES, OUTPUT_FEATURE, GradFeatures
 
 # %% auto #0
@@ -447,7 +447,7 @@ class SymbolicRule(UpdateRule):
         )
         self._output_column = self.features.index(OUTPUT_FEATURE) if OUTPUT_FEATURE in self.features else None
         self.beta1, self.beta2 = self.grad_features.beta1, self.grad_features.beta2
-        self.scale = _check_hparam("scale", scale, lambda v: v != 0, "scale != 0")
+        self.scale = check_hparam("scale", scale, lambda v: v != 0, "scale != 0")
         if clip is not None and not (
             len(clip) == 2 and all(math.isfinite(float(c)) for c in clip) and clip[0] < clip[1]
         ):
@@ -460,16 +460,16 @@ class SymbolicRule(UpdateRule):
         self._fn = compile_expression(self.template, self._const_names)
         self._columns = {s.name: (self.features.index(f), lag) for s, (f, lag) in zip(variables, pairs)}
         # u = c·f_0, the form of a typical deployed rule:
-        # without autograd, `_step_fused` applies c·scale in f's last pass
+        # without autograd, `_step_single_term` applies c·scale in f's last pass
         args = self.template.args if isinstance(self.template, sp.Mul) else ()
         const = [a.name for a in args if isinstance(a, sp.Symbol) and a.name in self._const_names]
-        fused = (
+        single_term = (
             len(args) == 2
             and all(isinstance(a, sp.Symbol) for a in args)
             and len(const) == 1
             and self.lags == 1
         )
-        self._fused = (const[0], self.features[0]) if fused and not self.clip else None
+        self._single_term = (const[0], self.features[0]) if single_term and not self.clip else None
 
     @property
     def expr(self) -> str:
@@ -510,9 +510,9 @@ class SymbolicRule(UpdateRule):
 
     def step(self, grads, state, t):
         """u = scale · expr(features, their history) for each tensor, with plain torch ops; without autograd
-        an equation u = c·f_0 goes through `_step_fused` (the same values to rounding, in fewer passes)."""
-        if self._fused and not torch.is_grad_enabled():
-            return self._step_fused(grads, state, t)
+        an equation u = c·f_0 goes through `_step_single_term` (the same values to rounding, in fewer passes)."""
+        if self._single_term and not torch.is_grad_enabled():
+            return self._step_single_term(grads, state, t)
         consts = self._consts(grads[0].dtype)
         updates, new = [], []
         for g, s in zip(grads, state, strict=True):
@@ -564,10 +564,10 @@ class SymbolicRule(UpdateRule):
             u = min(u, max(map(abs, self.clip)))
         return abs(self.scale) * u, new
 
-    def _step_fused(self, grads, state, t):
+    def _step_single_term(self, grads, state, t):
         """`step` of u = c·f_0 without autograd: the factor c·scale is applied inside f's last pass
         (`columns_no_grad`)."""
-        name, feature = self._fused
+        name, feature = self._single_term
         c = float(self.constants[self._const_names.index(name)].to(grads[0].dtype)) * self.scale
         out = [
             self.grad_features.columns_no_grad(
@@ -616,8 +616,8 @@ class TanhBasisRule(UpdateRule):
         self.grad_features = GradFeatures(features, beta1=beta1, beta2=beta2)
         self.features, self.lags = self.grad_features.names, lags
         self.beta1, self.beta2 = self.grad_features.beta1, self.grad_features.beta2
-        self.gamma = _check_hparam("gamma", gamma, lambda v: v > 0, "gamma > 0")
-        self.scale = _check_hparam("scale", scale, lambda v: v != 0, "scale != 0")
+        self.gamma = check_hparam("gamma", gamma, lambda v: v > 0, "gamma > 0")
+        self.scale = check_hparam("scale", scale, lambda v: v != 0, "scale != 0")
         shape = (len(self.features), lags + 1)
         w = (
             torch.zeros(shape, dtype=torch.float64)

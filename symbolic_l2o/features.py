@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from .optimizers import _beta, _eps, _check_hparam, ema, ema_sq, normalize
+from .optimizers import check_beta, check_eps, check_hparam, ema, ema_sq, normalize
 
 # %% auto #0
 __all__ = ['P_MEAN_FEATURES', 'MOMENTUM_FEATURES', 'ADAM_FEATURES', 'FEATURE_NAMES', 'OUTPUT_FEATURE', 'GradFeatures']
@@ -68,12 +68,12 @@ class GradFeatures:
         if not names or len(set(names)) != len(names):
             raise ValueError(f"feature names must be non-empty and distinct, got {list(names)}")
         self.names = tuple(names)
-        self.beta1, self.beta2 = _beta("beta1", beta1), _beta("beta2", beta2)
+        self.beta1, self.beta2 = check_beta("beta1", beta1), check_beta("beta2", beta2)
         self.eps, self.p_mean_eps = (
-            _eps(eps),
-            _check_hparam("p_mean_eps", p_mean_eps, lambda v: v > 0, "p_mean_eps > 0"),
+            check_eps(eps),
+            check_hparam("p_mean_eps", p_mean_eps, lambda v: v > 0, "p_mean_eps > 0"),
         )
-        self.t_scale = _check_hparam("t_scale", t_scale, lambda v: v > 0, "t_scale > 0")
+        self.t_scale = check_hparam("t_scale", t_scale, lambda v: v > 0, "t_scale > 0")
         needs_m = any(n in ADAM_FEATURES or n in P_MEAN_FEATURES for n in self.names)
         self.buffers = (
             (["m"] if needs_m else [])

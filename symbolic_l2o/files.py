@@ -23,7 +23,7 @@ from .learned_rules import rule_from_config
 
 # %% auto #0
 __all__ = ['MAX_JSON_BYTES', 'MAX_JSON_DEPTH', 'MAX_RULE_BYTES', 'atomic_write', 'sha256_bytes', 'require_keys', 'read_json',
-           'file_digest', 'write_pair', 'read_pair', 'save_rule', 'load_rule']
+           'save_atomic', 'write_json_atomic', 'file_digest', 'write_pair', 'read_pair', 'save_rule', 'load_rule']
 
 # %% ../nbs/00d_files.ipynb #fe28d3d0
 def _alive(pid: int) -> bool:
@@ -127,11 +127,13 @@ def read_json(path: str | Path):
     return value
 
 # %% ../nbs/00d_files.ipynb #027b5512
-def _save_atomic(obj, path: Path) -> Path:
+def save_atomic(obj, path: Path) -> Path:
+    "`torch.save(obj)` to `path` through `atomic_write`: the file is whole or absent, never half-written."
     return atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
-def _write_json_atomic(obj, path: Path) -> Path:
+def write_json_atomic(obj, path: Path) -> Path:
+    "`obj` as indented JSON to `path` through `atomic_write`: whole or absent, never half-written."
     return atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2)))
 
 
@@ -190,7 +192,7 @@ def write_pair(path: str | Path, data: bytes, card: dict, hash_key: str) -> Path
             os.fsync(f.fileno())
     # the card as it reads back (tuples as lists, keys as text), then its hash over that content
     card = json.loads(json.dumps({**card, hash_key: digest}))
-    _write_json_atomic({**card, "card_sha256": _card_digest(card)}, path.with_suffix(".json"))  # the switch
+    write_json_atomic({**card, "card_sha256": _card_digest(card)}, path.with_suffix(".json"))  # the switch
     _rename(staged, path)
     prefix = f".{path.name}."
     for old in path.parent.iterdir():

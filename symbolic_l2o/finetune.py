@@ -24,16 +24,17 @@ from .features import OUTPUT_FEATURE
 from .expressions import SymbolicRule, TanhBasisRule
 from .files import load_rule, save_rule
 from .meta_train import TUNING_SEED_BASE, ZOO_DIR, MetaTrainSettings, evaluate, extended_grid
-from .meta_train import _at_edge
-from .meta_train import meta_train
-from .distill import FittedRule, _streams
+from .meta_train import at_grid_edge
+from .meta_train import meta_tune, zoo_rule
+from .srgen import record_trajectories, target_scale
+from .regression import FittedRule
 from .vision import ImageData, distributed, load_data, make_model, train
 
 # %% auto #0
-__all__ = ['META_TUNE', 'WEIGHT_DECAY', 'COSINE_BASELINES', 'tanh_basis_from_teacher', 'tanh_basis_from_equation', 'meta_tune',
-           'protocol_run', 'lr_search', 'run_protocol', 'search_scale', 'proxy_tune', 'prepare_symbolic',
-           'state_bytes_per_param', 'step_costs', 'finetune_summary', 'accuracy_goal', 'protocol_table',
-           'plot_protocol', 'scalability', 'finetune_cli']
+__all__ = ['WEIGHT_DECAY', 'COSINE_BASELINES', 'META_TUNE', 'tanh_basis_from_teacher', 'tanh_basis_from_equation', 'protocol_run',
+           'lr_search', 'run_protocol', 'search_scale', 'proxy_tune', 'prepare_symbolic', 'state_bytes_per_param',
+           'step_costs', 'finetune_summary', 'accuracy_goal', 'protocol_table', 'plot_protocol', 'scalability',
+           'finetune_cli']
 
 # %% ../nbs/04_finetune_resnet.ipynb #a9617d74
 def _rule_source_fit(rule_source: str | Path | None = None) -> tuple[FittedRule, str]:
@@ -74,8 +75,6 @@ def tanh_basis_from_teacher(
 ) -> TanhBasisRule:
     """A `TanhBasisRule` whose W is the least-squares fit to `teacher`'s updates recorded on `task` (srgen's
     `record_trajectories`)."""
-    from symbolic_l2o.srgen import record_trajectories, target_scale
-
     data = record_trajectories(
         teacher, task, steps, seeds, features=features, lags=lags + 1, device=device, progress=progress
     )
@@ -98,54 +97,6 @@ def tanh_basis_from_equation(
         return TanhBasisRule(
             ("mt", "gt"), lags, gamma, scale, weights=[[1.0] + [0.0] * lags, [0.0] * (lags + 1)]
         ), "the equation has no linear term: W = 1 on m̃ at lag 0 (a soft-clipped Adam)"
-
-# %% ../nbs/04_finetune_resnet.ipynb #fa431521
-META_TUNE = MetaTrainSettings(epochs=20, epoch_len=100, unroll=10, meta_lr=3e-3)  # stage 3's default budget
-
-
-def meta_tune(
-    rule: UpdateRule,
-    task,
-    settings: MetaTrainSettings = META_TUNE,
-    out: str | Path | None = None,
-    name: str = "tuned",
-    device: str = "cpu",
-    progress: bool = True,
-) -> tuple[UpdateRule, dict]:
-    """Meta-tune the constants of a `SymbolicRule` (or the weights W of a `TanhBasisRule`) on `task` with
-    `meta_train` (`settings`; by default `META_TUNE`), in place.
-
-    Returns the rule and its card (constants before and after, the meta-training curve); with `out`, writes
-    `out/<name>` (`save_rule`)."""
-    if not isinstance(rule, (SymbolicRule, TanhBasisRule)):
-        raise TypeError(f"meta_tune tunes SymbolicRule or TanhBasisRule, got {type(rule).__name__}")
-    weights = rule.constants if isinstance(rule, SymbolicRule) else rule.weights
-    if weights.numel() == 0:
-        raise ValueError(f"{rule} has no constant to tune")
-    before, constants_before, t0 = rule.to_sympy(), weights.detach().flatten().tolist(), time.perf_counter()
-    only_scale = isinstance(rule, SymbolicRule) and rule.only_overall_factor
-    history = [] if only_scale else meta_train(rule, task, settings, device=device, progress=progress)
-    rule.cpu()
-    card = {
-        "name": name,
-        "task": task.name,
-        "seed": settings.seed,
-        "before": str(before),
-        "after": str(rule.to_sympy()),
-        "constants": {"before": constants_before, "after": weights.detach().flatten().tolist()},
-        "training": {k: getattr(settings, k) for k in ("epochs", "epoch_len", "unroll", "meta_lr")},
-        "final_loss": [h.get("final_loss") for h in history],
-        "skipped_windows": history[-1]["skipped"] if history else 0,
-        "seconds": time.perf_counter() - t0,
-        **(
-            {"not_tuned": "its only constant is its overall factor, which the learning-rate search sets"}
-            if only_scale
-            else {}
-        ),
-    }
-    if out is not None:
-        save_rule(rule, Path(out) / name, card)
-    return rule, card
 
 # %% ../nbs/04_finetune_resnet.ipynb #9f7e797a
 WEIGHT_DECAY = (
@@ -358,6 +309,9 @@ def run_protocol(
     return results
 
 # %% ../nbs/04_finetune_resnet.ipynb #605feaa2
+META_TUNE = MetaTrainSettings(epochs=20, epoch_len=100, unroll=10, meta_lr=3e-3)  # the proxy's default budget
+
+
 def search_scale(
     rule: UpdateRule,
     task,
@@ -397,7 +351,10 @@ def proxy_tune(
     multiplier, scores = search_scale(rule, proxy, device=device, **(search or {}))
     rule.scale *= multiplier
     settings = replace(META_TUNE, **(tune or {}))
-    rule, card = meta_tune(rule, proxy, settings, name=name, device=device, progress=progress)
+    # c·f: its one constant is the overall factor, which the multiplier and learning-rate searches set
+    skip = "its only constant is its overall factor, which the learning-rate search sets"
+    only_scale = isinstance(rule, SymbolicRule) and rule.only_overall_factor
+    rule, card = meta_tune(rule, proxy, settings, None, name, device, progress, skip if only_scale else None)
     card.update(
         multiplier=multiplier,
         multiplier_scores=scores,
@@ -531,13 +488,13 @@ def accuracy_goal(mine: dict, best: dict, resolution: float = 1.0, moonshot: boo
 
 
 def protocol_table(summary: dict) -> dict:
-    """_write_summary's table of a `finetune_summary`: per optimizer the chosen lr (marked "edge" when it is
+    """write_summary's table of a `finetune_summary`: per optimizer the chosen lr (marked "edge" when it is
     still the smallest or largest value of its grid once the extensions are spent), validation and test
     accuracy, step time, state."""
     rows = [
         [
             o["label"],
-            f"{o['best_lr']:.3g}" + (" (edge)" if _at_edge(o["best_lr"], o["lr_grid"]) else ""),
+            f"{o['best_lr']:.3g}" + (" (edge)" if at_grid_edge(o["best_lr"], o["lr_grid"]) else ""),
             f"{len(o['lr_grid'])}",
             f"{o['val_metric']:.2f}",
             f"{o['test_acc_mean']:.2f} [{o['test_acc_ci'][0]:.2f}, {o['test_acc_ci'][1]:.2f}]",
@@ -603,8 +560,6 @@ def scalability(
     and fused: `adam_fused`) and the zoo's LSTM rule `lstm` (timed on its first `lstm_params` coordinates,
     scaled linearly); the ratios `symbolic_over_adam_time`, `symbolic_over_fused_adam_time`,
     `lstm_over_symbolic_memory`."""
-    from symbolic_l2o.meta_train import zoo_rule
-
     tanh_rule = tanh_rule or TanhBasisRule(weights=[[1.0, -0.1], [0.1, 0.0]])
     costs = step_costs(
         {

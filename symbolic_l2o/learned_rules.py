@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from .optimizers import HAND_RULES, AdamRule, AddSignRule, LionRule, MomentumRule, NesterovRule
-from .optimizers import PowerSignRule, RMSpropRule, SGDRule, UpdateRule, _check_hparam
+from .optimizers import PowerSignRule, RMSpropRule, SGDRule, UpdateRule, check_hparam
 from .features import FEATURE_NAMES, GradFeatures
 from .expressions import MAX_LAG, SymbolicRule, TanhBasisRule
 
@@ -45,7 +45,7 @@ class LearnedRule(UpdateRule):
                 "widths >= 1"
             )
         self.preproc, self.hidden = tuple(int(w) for w in preproc), tuple(int(w) for w in hidden)
-        self.output_scale = _check_hparam("output_scale", output_scale, lambda v: v > 0, "output_scale > 0")
+        self.output_scale = check_hparam("output_scale", output_scale, lambda v: v > 0, "output_scale > 0")
         sizes = (input_size,) + self.preproc
         self.pre = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes, sizes[1:]))
         sizes = (sizes[-1],) + self.hidden
@@ -121,7 +121,7 @@ class DMRule(LearnedRule):
         if preprocessing not in ("raw", "log_sign"):
             raise ValueError(f"invalid preprocessing={preprocessing!r}: expected 'raw' or 'log_sign'")
         super().__init__(1 if preprocessing == "raw" else 2, (), hidden, output_scale, squash=False)
-        self.preprocessing, self.k = preprocessing, _check_hparam("k", k, lambda v: v > 0, "k > 0")
+        self.preprocessing, self.k = preprocessing, check_hparam("k", k, lambda v: v > 0, "k > 0")
 
     def inputs(self, g, s, t):
         if self.preprocessing == "raw":

@@ -23,7 +23,8 @@ from .tasks import make_task
 from .files import load_rule, save_rule
 from .meta_train import ZOO_DIR, MetaTrainSettings, evaluate
 from .srgen import record_trajectories
-from .distill import DistillSettings, FittedRule, fit_rule
+from .distill import DistillSettings
+from .regression import FittedRule, fit_rule
 
 # re-exported by `symbolic_l2o` itself
 _all_ = [

@@ -27,19 +27,22 @@ from tqdm.auto import tqdm
 
 import symbolic_l2o
 from .optimizers import HAND_RULES, AdamRule
-from .optimizers import UpdateRule, _check_hparam, _optional_import, rule_config
+from .optimizers import UpdateRule, check_hparam, rule_config
 from .learned_rules import make_rule
-from .files import _save_atomic, _write_json_atomic, atomic_write, file_digest, load_rule
+from .expressions import SymbolicRule, TanhBasisRule
+from .files import save_atomic, write_json_atomic, atomic_write, file_digest, load_rule
 from .files import require_keys, save_rule
-from .tasks import Problem, Task, make_task, mlp_family, _resolve_device
+from .tasks import Problem, Task, make_task, mlp_family, optional_import, resolve_device
 
 # %% auto #0
 __all__ = ['TRAIN_SEED_BASE', 'VALIDATION_SEED_BASE', 'TUNING_SEED_BASE', 'LR_GRID', 'BASELINES', 'PAPER_HORIZON',
            'PAPER_HORIZONS', 'PAPER_EVA', 'ZOO_DIR', 'ZOO', 'MAX_STEPS', 'MAX_SEEDS', 'MAX_EPOCHS', 'ZOO_RECIPES',
-           'meta_window', 'Curriculum', 'CurriculumState', 'MetaTrainSettings', 'validate', 'meta_train', 'Evaluation',
-           'evaluate', 'Tuning', 'extended_grid', 'tune_baseline', 'paired_interval', 'plot_evaluations',
-           'paper_tf_task', 'paper_comparison', 'zoo_rule', 'pretrained_card', 'resolve_rule', 'meta_train_cli',
-           'tune_cli', 'evaluate_cli', 'zoo_recipe', 'zoo_tasks', 'held_out_family', 'train_zoo', 'budget_curve']
+           'meta_window', 'run_path', 'artifact_record', 'artifact_path', 'write_summary', 'Curriculum',
+           'CurriculumState', 'MetaTrainSettings', 'validate', 'run_lock', 'meta_train', 'meta_tune', 'Evaluation',
+           'evaluate', 'at_grid_edge', 'Tuning', 'extended_grid', 'tune_baseline', 'paired_interval',
+           'plot_evaluations', 'paper_tf_task', 'paper_comparison', 'zoo_rule', 'rule_path', 'pretrained_card',
+           'resolve_rule', 'meta_train_cli', 'tune_cli', 'evaluate_cli', 'zoo_recipe', 'zoo_tasks', 'held_out_family',
+           'train_zoo', 'budget_curve']
 
 # %% ../nbs/01_meta_train.ipynb #a3a5b1cb
 def _detach(state: list[dict[str, Tensor]]) -> list[dict[str, Tensor]]:
@@ -81,7 +84,7 @@ def meta_window(
     return torch.stack(losses), objective, params, state, t
 
 # %% ../nbs/01_meta_train.ipynb #5a6ae21f
-def _run_path(run_dir: str | Path, rel: str | Path) -> Path:
+def run_path(run_dir: str | Path, rel: str | Path) -> Path:
     """`run_dir/rel`, checked to stay inside the run directory: a `ValueError` when `rel` is absolute or
     climbs out with `..`, or when any part of it below `run_dir` is a symbolic link (a link could send a read
     or a write anywhere). `run_dir` itself may be a link (it is resolved)."""
@@ -102,7 +105,7 @@ def _run_path(run_dir: str | Path, rel: str | Path) -> Path:
     return path
 
 
-def _artifact(path: str | Path, out_dir: str | Path) -> dict:
+def artifact_record(path: str | Path, out_dir: str | Path) -> dict:
     """A provenance record of the file at `path`: `{"path", "sha256"}`, the path relative to the run directory
     `out_dir` when inside it, or `zoo/<file>` with `"zoo": True` for a file of the shipped zoo."""
     path, run = Path(path).resolve(), Path(out_dir).resolve()
@@ -115,18 +118,18 @@ def _artifact(path: str | Path, out_dir: str | Path) -> dict:
     return {"path": path.as_posix(), "sha256": file_digest(path)}
 
 
-def _artifact_path(artifact: dict, out_dir: str | Path) -> Path:
-    """Where the file of a provenance record (_artifact) is now: the zoo's file, a file of the run directory
-    `out_dir` (_run_path: never through a link or outside it), or the absolute path recorded."""
+def artifact_path(artifact: dict, out_dir: str | Path) -> Path:
+    """Where the file of a provenance record (artifact_record) is now: the zoo's file, a file of the run
+    directory `out_dir` (run_path: never through a link or outside it), or the absolute path recorded."""
     path = Path(artifact["path"])
     if artifact.get("zoo"):
         if len(path.parts) != 2 or path.parts[0] != "zoo" or path.name == "..":
             raise ValueError(f"a zoo artifact is recorded as zoo/<file>, not {artifact['path']!r}")
         return ZOO_DIR / path.name
-    return path if path.is_absolute() else _run_path(out_dir, path)
+    return path if path.is_absolute() else run_path(out_dir, path)
 
 
-def _write_summary(
+def write_summary(
     out_dir: str | Path,
     stage: str,
     tables: dict | None = None,
@@ -143,9 +146,9 @@ def _write_summary(
     `tables`: title → {"columns": [...], "rows": [[...], ...]} (a "paper" column holds the paper's figure
     where one exists); `equations`: name → LaTeX; `figures`: title → matplotlib Figure, saved as
     `out_dir/figures/<stage>-<n>.png` and referenced by that relative path; `notes`: sentences for the reader;
-    `inputs` and `outputs`: the artifacts the stage read and wrote, recorded with their SHA-256 (_artifact),
-    which `make run` copies into `pipeline.json` to prove that the stages chain; `extra`: further JSON-able
-    keys of the summary (01's `rules` and `paper_protocol`)."""
+    `inputs` and `outputs`: the artifacts the stage read and wrote, recorded with their SHA-256
+    (artifact_record), which `make run` copies into `pipeline.json` to prove that the stages chain; `extra`:
+    further JSON-able keys of the summary (01's `rules` and `paper_protocol`)."""
     out_dir = Path(out_dir)
     if not stage or not all(ch.isalnum() or ch in "_-" for ch in stage):
         raise ValueError(f"stage must be a plain name such as '03_distill', got {stage!r}")
@@ -164,7 +167,7 @@ def _write_summary(
     for n, (title, fig) in enumerate((figures or {}).items()):
         rel = Path("figures") / f"{stage}-{n}.png"
         atomic_write(
-            _run_path(out_dir, rel), lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+            run_path(out_dir, rel), lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
         )
         saved[title] = rel.as_posix()
     summary = {
@@ -173,15 +176,15 @@ def _write_summary(
         "equations": equations or {},
         "figures": saved,
         "notes": list(notes),
-        "inputs": [_artifact(p, out_dir) for p in inputs],
-        "outputs": [_artifact(p, out_dir) for p in outputs],
+        "inputs": [artifact_record(p, out_dir) for p in inputs],
+        "outputs": [artifact_record(p, out_dir) for p in outputs],
     }
     clash = sorted(set(extra or {}) & set(summary))
     if clash:
         raise ValueError(f"extra keys {clash} would replace the summary's own: rename them")
     summary.update(extra or {})
-    return _write_json_atomic(
-        json.loads(json.dumps(summary, default=float)), _run_path(out_dir, f"summary/{stage}.json")
+    return write_json_atomic(
+        json.loads(json.dumps(summary, default=float)), run_path(out_dir, f"summary/{stage}.json")
     )
 
 # %% ../nbs/01_meta_train.ipynb #f735e013
@@ -311,10 +314,10 @@ class MetaTrainSettings:
                 raise ValueError(f"invalid {name}={value!r}: expected an integer >= 1")
         if not 0 <= self.imitation_ratio <= 1:
             raise ValueError(f"invalid imitation_ratio={self.imitation_ratio}: expected 0 <= ratio <= 1")
-        _check_hparam(
+        check_hparam(
             "clip", self.clip, lambda v: v > 0, "a finite clip > 0 (the largest norm of a meta-gradient)"
         )
-        _check_hparam("meta_lr", self.meta_lr, lambda v: v > 0, "a finite meta_lr > 0")
+        check_hparam("meta_lr", self.meta_lr, lambda v: v > 0, "a finite meta_lr > 0")
 
 # %% ../nbs/01_meta_train.ipynb #15cc2a66
 def _bptt_epoch(rule, problem, horizon, unroll, meta_opt, settings) -> dict:
@@ -473,15 +476,15 @@ def _read_metrics(path: str | Path) -> list[dict]:
 
 
 @contextlib.contextmanager
-def _run_lock(out_dir: str | Path):
+def run_lock(out_dir: str | Path):
     """Hold an exclusive lock (`fcntl.flock` on `out_dir/.lock`) for the `with` block: one writer per run
     directory. A `RuntimeError` says so when another process holds it. The lock file is never opened through
-    a symbolic link (_run_path), so it cannot create or touch a file outside the directory."""
+    a symbolic link (run_path), so it cannot create or touch a file outside the directory."""
     import fcntl  # POSIX
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    lock = _run_path(out_dir, ".lock")
+    lock = run_path(out_dir, ".lock")
     with open(lock, "a", opener=lambda path, flags: os.open(path, flags | os.O_NOFOLLOW, 0o666)) as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -503,13 +506,13 @@ def _written(out_dir: str | Path) -> list[str]:
 
 
 def _locking_out_dir(fn):
-    "`fn` run under _run_lock on its `out_dir` argument, when it has one."
+    "`fn` run under run_lock on its `out_dir` argument, when it has one."
     signature = inspect.signature(fn)
 
     @functools.wraps(fn)
     def locked(*args, **kwargs):
         out_dir = signature.bind(*args, **kwargs).arguments.get("out_dir")
-        with _run_lock(out_dir) if out_dir is not None else contextlib.nullcontext():
+        with run_lock(out_dir) if out_dir is not None else contextlib.nullcontext():
             return fn(*args, **kwargs)
 
     return locked
@@ -531,7 +534,7 @@ def meta_train(
     With `out_dir`: checkpoints (every `settings.checkpoint_every` epochs and at the end), `metrics.jsonl`,
     and `resume` from the checkpoint there. With a curriculum the rule ends with the best validated weights of
     its last stage. See the notebook for the meta-loss, curriculum, imitation and
-    resume. While it writes `out_dir`, it holds _run_lock on it."""
+    resume. While it writes `out_dir`, it holds run_lock on it."""
     tasks = list(tasks) if isinstance(tasks, (list, tuple)) else [tasks]
     weights = [p for p in rule.parameters() if p.requires_grad]
     if not weights:
@@ -542,7 +545,7 @@ def meta_train(
         raise ValueError("no tasks given")
     st = settings or MetaTrainSettings()
     epochs, epoch_len, unroll, seed, curriculum = st.epochs, st.epoch_len, st.unroll, st.seed, st.curriculum
-    device = _resolve_device(device)
+    device = resolve_device(device)
     rule.to(device)
     teacher = st.teacher or AdamRule(lr=0.01)
     meta_opt = torch.optim.Adam(weights, lr=st.meta_lr)
@@ -557,7 +560,7 @@ def meta_train(
                 "command line's --resume) to continue it, or choose another out_dir (--out)"
             )
         run = _run_settings(st, tasks, teacher)
-        ckpt, metrics = _run_path(out, "checkpoint.pt"), _run_path(out, "metrics.jsonl")
+        ckpt, metrics = run_path(out, "checkpoint.pt"), run_path(out, "metrics.jsonl")
     if out is not None and resume and ckpt.exists():
         ck = _checkpoint_for(ckpt, rule, run, device)
         rule.load_state_dict(ck["rule"])
@@ -573,7 +576,7 @@ def meta_train(
     def checkpoint(epoch):
         if out is None:
             return
-        _save_atomic(
+        save_atomic(
             {
                 "epoch": epoch,
                 "rule": rule.state_dict(),
@@ -646,6 +649,60 @@ def meta_train(
     if curriculum and not cl.stopped and cl.best_weights is not None:  # the run ends on its best validation
         rule.load_state_dict(cl.best_weights)
     return history
+
+# %% ../nbs/01_meta_train.ipynb #acae54e37e7d407bbb7b55eff062a284
+def meta_tune(
+    rule: UpdateRule,
+    task,
+    settings: MetaTrainSettings,
+    out: str | Path | None = None,
+    name: str = "tuned",
+    device: str = "cpu",
+    progress: bool = True,
+    skip: str | None = None,
+) -> tuple[UpdateRule, dict]:
+    """Meta-tune the constants of a `SymbolicRule` (or the weights W of a `TanhBasisRule`) on `task` with
+    `meta_train` and `settings`, in place; with `skip` (a reason), leave them as they are.
+
+    Returns the rule and its card (constants before and after, the meta-training curve, `diverged` when a
+    constant ended non-finite, `not_tuned`: the reason skipped); with `out`, writes `out/<name>`
+    (`save_rule`).
+
+    ```python
+    from symbolic_l2o.expressions import SymbolicRule
+    from symbolic_l2o.meta_train import MetaTrainSettings, meta_tune
+    from symbolic_l2o.tasks import make_task
+
+    rule = SymbolicRule("-1.2*mt_0 + 0.3*tanh(2*mt_0)", scale=0.01)
+    budget = MetaTrainSettings(epochs=2, epoch_len=20)
+    rule, card = meta_tune(rule, make_task("digits_mlp"), budget, progress=False)
+    print(card["before"], "->", card["after"])
+    ```"""
+    if not isinstance(rule, (SymbolicRule, TanhBasisRule)):
+        raise TypeError(f"meta_tune tunes SymbolicRule or TanhBasisRule, got {type(rule).__name__}")
+    weights = rule.constants if isinstance(rule, SymbolicRule) else rule.weights
+    if weights.numel() == 0:
+        raise ValueError(f"{rule} has no constant to tune")
+    before, constants_before, t0 = rule.to_sympy(), weights.detach().flatten().tolist(), time.perf_counter()
+    history = [] if skip else meta_train(rule, task, settings, device=device, progress=progress)
+    rule.cpu()
+    card = {
+        "name": name,
+        "task": task.name,
+        "seed": settings.seed,
+        "before": str(before),
+        "after": str(rule.to_sympy()),
+        "constants": {"before": constants_before, "after": weights.detach().flatten().tolist()},
+        "training": {k: getattr(settings, k) for k in ("epochs", "epoch_len", "unroll", "meta_lr")},
+        "final_loss": [h.get("final_loss") for h in history],
+        "skipped_windows": history[-1]["skipped"] if history else 0,
+        "diverged": not bool(torch.isfinite(weights).all()),
+        "seconds": time.perf_counter() - t0,
+        **({"not_tuned": skip} if skip else {}),
+    }
+    if out is not None:
+        save_rule(rule, Path(out) / name, card)
+    return rule, card
 
 # %% ../nbs/01_meta_train.ipynb #110a1d81
 @dataclass
@@ -739,7 +796,7 @@ def evaluate(
     result = evaluate(AdamRule(lr=1e-2), make_task("quadratic"), steps=20, seeds=range(2), progress=False)
     print(result.train_loss.shape, result.late_loss)  # [seeds, steps + 1]; each problem's late loss
     ```"""
-    device, seeds = _resolve_device(device), list(seeds)
+    device, seeds = resolve_device(device), list(seeds)
     rule = rule.to(device)
     eval_steps = sorted(set(range(0, steps + 1, eval_every)) | {steps})
     train = np.full((len(seeds), steps + 1), np.nan)
@@ -782,7 +839,7 @@ LR_GRID = tuple(float(x) for x in np.logspace(-7, 0, 15))
 BASELINES = {k: HAND_RULES[k] for k in ("sgd", "momentum", "nesterov", "adam", "rmsprop", "lion")}
 
 
-def _at_edge(best: float, tried: Sequence[float]) -> bool:
+def at_grid_edge(best: float, tried: Sequence[float]) -> bool:
     # the best value is the smallest or the largest one tried: the search could not bracket it
     return best in (min(tried), max(tried))
 
@@ -802,7 +859,7 @@ class Tuning:
     def at_edge(self) -> bool:
         """Whether the best learning rate is the smallest or the largest one tried (the search could not
         bracket it)."""
-        return _at_edge(self.best_lr, self.lrs)
+        return at_grid_edge(self.best_lr, self.lrs)
 
 
 def extended_grid(
@@ -882,7 +939,7 @@ def paired_interval(
 
 def plot_evaluations(evaluations: dict[str, Evaluation], ax=None, held_out: bool = False, title: str = ""):
     "Mean ± std bands of training (or held-out) loss curves, one per label, on a log scale."
-    ax = ax or _optional_import("matplotlib.pyplot", "notebooks", "plotting").subplots(figsize=(7, 4))[1]
+    ax = ax or optional_import("matplotlib.pyplot", "notebooks", "plotting").subplots(figsize=(7, 4))[1]
     for label, ev in evaluations.items():
         x, y = (
             (ev.eval_steps, ev.eval_loss) if held_out else (np.arange(ev.train_loss.shape[1]), ev.train_loss)
@@ -969,10 +1026,10 @@ ZOO = ("dm", "dm_cl_il", "rp", "rp_s", "rp_si")
 def zoo_rule(name: str) -> UpdateRule:
     """A learned rule of the pretrained zoo (`ZOO`), loaded with `weights_only=True`;
     the library's `load_pretrained` also serves the zoo's distilled equations."""
-    return load_rule(_rule_path(name))[0]
+    return load_rule(rule_path(name))[0]
 
 
-def _rule_path(name: str, out_dir: str | Path | None = None) -> Path:
+def rule_path(name: str, out_dir: str | Path | None = None) -> Path:
     """Rule `name`'s weights file for a pipeline stage: `out_dir/rules/<name>.pt` where stage 1 of that run
     wrote it, else the zoo's (a name the zoo lacks is a `ValueError` listing the zoo's rules)."""
     run = Path(out_dir) / "rules" / f"{name}.pt" if out_dir is not None else None
@@ -987,7 +1044,7 @@ def _rule_path(name: str, out_dir: str | Path | None = None) -> Path:
 
 def pretrained_card(name: str) -> dict:
     "The JSON card of zoo rule `name` (task, config, seed, budget, evaluation figures, version)."
-    return json.loads(_rule_path(name).with_suffix(".json").read_text())
+    return json.loads(rule_path(name).with_suffix(".json").read_text())
 
 # %% ../nbs/01_meta_train.ipynb #cc4069c9
 def _task_from_args(task: str, batch_size: int, init: str, data_root: str, download: bool):
@@ -1037,7 +1094,7 @@ def _check_options(device: str, out: str | Path | None, **counts: tuple[int, int
                 f"{largest}"
             )
     try:
-        d = _resolve_device(device)
+        d = resolve_device(device)
         cuda = d.type == "cuda" and (d.index or 0) < torch.cuda.device_count()
         ok = d.type == "cpu" or cuda or (d.type == "mps" and torch.backends.mps.is_available())
     except (RuntimeError, TypeError):  # not a device's name
@@ -1197,7 +1254,7 @@ def evaluate_cli(
         out = Path("runs/evaluate") / datetime.now().strftime("%Y%m%d-%H%M%S-%f")
         out.mkdir(parents=True)
     summary = {"rule": _rule_name(rule), "task": task, **ev.summary()}
-    path = _write_json_atomic(
+    path = write_json_atomic(
         {
             **summary,
             "train_loss": ev.train_loss.tolist(),
@@ -1297,7 +1354,7 @@ def train_zoo(
         else:
             rule, started_from = (
                 load_rule(Path(start) / f"{name}.pt")[0],
-                _artifact(Path(start) / f"{name}.pt", out),
+                artifact_record(Path(start) / f"{name}.pt", out),
             )
         t0 = time.perf_counter()
         history = meta_train(rule, tasks, replace(settings, **recipe), device=device, progress=progress)
@@ -1360,7 +1417,7 @@ def budget_curve(
     out = Path(out_dir)
     tasks = list(tasks) if tasks is not None else zoo_tasks()
     eval_task = eval_task or make_task("mnist_mlp", split="eval")
-    kept = {m: _run_path(out, f"epoch_{m:04d}.pt") for m in milestones}
+    kept = {m: run_path(out, f"epoch_{m:04d}.pt") for m in milestones}
     torch.manual_seed(settings.seed)
     for m, path in kept.items():
         if not path.exists():
@@ -1375,8 +1432,8 @@ def budget_curve(
                 device=device,
                 progress=False,
             )
-            atomic_write(path, functools.partial(shutil.copyfile, _run_path(run, "checkpoint.pt")))
-    records = _read_metrics(_run_path(out, "run/metrics.jsonl"))
+            atomic_write(path, functools.partial(shutil.copyfile, run_path(run, "checkpoint.pt")))
+    records = _read_metrics(run_path(out, "run/metrics.jsonl"))
     curve = []
     for m, path in kept.items():
         rule = make_rule(architecture, **rule_args)

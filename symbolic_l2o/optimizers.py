@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import importlib
 import inspect
 import math
 import numbers
@@ -18,9 +17,10 @@ import torch
 from torch import Tensor, nn
 
 # %% auto #0
-__all__ = ['RuleState', 'SIGN_DECAYS', 'HAND_RULES', 'ema', 'ema_sq', 'decay_add', 'normalize', 'UpdateRule', 'rule_config',
-           'state_per_param', 'ElementwiseRule', 'SGDRule', 'MomentumRule', 'NesterovRule', 'AdamRule', 'RMSpropRule',
-           'LionRule', 'sign_decay', 'SignAgreementRule', 'PowerSignRule', 'AddSignRule', 'RuleOptimizer']
+__all__ = ['RuleState', 'SIGN_DECAYS', 'HAND_RULES', 'ema', 'ema_sq', 'decay_add', 'normalize', 'check_hparam', 'check_beta',
+           'check_eps', 'UpdateRule', 'rule_config', 'state_per_param', 'ElementwiseRule', 'SGDRule', 'MomentumRule',
+           'NesterovRule', 'AdamRule', 'RMSpropRule', 'LionRule', 'sign_decay', 'SignAgreementRule', 'PowerSignRule',
+           'AddSignRule', 'RuleOptimizer']
 
 # %% ../nbs/00_optimizers.ipynb #06cd958f
 def ema(buf: Tensor, x: Tensor, beta: float) -> Tensor:
@@ -47,7 +47,7 @@ def normalize(x: Tensor, v: Tensor, eps: float, scale: float) -> Tensor:
     return torch.addcdiv(d.new_zeros(()), x, d, value=scale, out=d)
 
 # %% ../nbs/00_optimizers.ipynb #480377c9
-def _check_hparam(name: str, value, ok: Callable[[float], bool], expected: str) -> float:
+def check_hparam(name: str, value, ok: Callable[[float], bool], expected: str) -> float:
     """Return `value` as a float if it is a finite real number satisfying `ok`, else raise a `ValueError`
     naming `name`."""
     if (
@@ -63,33 +63,23 @@ def _check_hparam(name: str, value, ok: Callable[[float], bool], expected: str) 
 def _lr(lr):
     if isinstance(lr, Tensor) and lr.numel() == 1 and not lr.requires_grad:  # torch.optim takes a tensor lr
         lr = lr.item()
-    return _check_hparam("lr", lr, lambda v: v >= 0, "lr >= 0 (a number, or a one-element tensor)")
+    return check_hparam("lr", lr, lambda v: v >= 0, "lr >= 0 (a number, or a one-element tensor)")
 
 
-def _beta(name, beta):
-    return _check_hparam(name, beta, lambda v: 0 <= v < 1, f"0 <= {name} < 1")
+def check_beta(name, beta):
+    "`beta` as a float if it is a decay rate in [0, 1), else a `ValueError` naming `name`."
+    return check_hparam(name, beta, lambda v: 0 <= v < 1, f"0 <= {name} < 1")
 
 
-def _eps(eps):
-    return _check_hparam("eps", eps, lambda v: v > 0, "eps > 0")
+def check_eps(eps):
+    "`eps` as a float if it is a positive denominator guard, else a `ValueError`."
+    return check_hparam("eps", eps, lambda v: v > 0, "eps > 0")
 
 
 def _betas(betas):
     if not isinstance(betas, (tuple, list)) or len(betas) != 2:
         raise ValueError(f"invalid betas={betas!r}: expected a pair (beta1, beta2)")
-    return _beta("betas[0]", betas[0]), _beta("betas[1]", betas[1])
-
-# %% ../nbs/00_optimizers.ipynb #a1c0e006
-def _optional_import(module: str, extra: str, purpose: str):
-    """Import `module` (a package of an extra), or raise a `ModuleNotFoundError` naming `purpose` and the
-    extra that brings it."""
-    try:
-        return importlib.import_module(module)
-    except ModuleNotFoundError as e:
-        raise ModuleNotFoundError(
-            f"{purpose} needs {module.split('.')[0]}, which is not installed: "
-            f"pip install 'symbolic_l2o[{extra}]'"
-        ) from e
+    return check_beta("betas[0]", betas[0]), check_beta("betas[1]", betas[1])
 
 # %% ../nbs/00_optimizers.ipynb #f82b97bb
 RuleState = list  # one dict[str, Tensor] per parameter tensor
@@ -260,7 +250,7 @@ class MomentumRule(ElementwiseRule):
 
     def __init__(self, lr: float = 0.1, momentum: float = 0.9):
         super().__init__()
-        self.lr, self.momentum = _lr(lr), _beta("momentum", momentum)
+        self.lr, self.momentum = _lr(lr), check_beta("momentum", momentum)
 
     def init_tensor(self, p):
         return {"momentum_buffer": torch.zeros_like(p)}
@@ -312,7 +302,7 @@ class AdamRule(ElementwiseRule):
 
     def __init__(self, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
         super().__init__()
-        self.lr, self.betas, self.eps = _lr(lr), _betas(betas), _eps(eps)
+        self.lr, self.betas, self.eps = _lr(lr), _betas(betas), check_eps(eps)
 
     def init_tensor(self, p):
         return {"exp_avg": torch.zeros_like(p), "exp_avg_sq": torch.zeros_like(p)}
@@ -349,7 +339,7 @@ class RMSpropRule(ElementwiseRule):
 
     def __init__(self, lr: float = 1e-2, alpha: float = 0.99, eps: float = 1e-8):
         super().__init__()
-        self.lr, self.alpha, self.eps = _lr(lr), _beta("alpha", alpha), _eps(eps)
+        self.lr, self.alpha, self.eps = _lr(lr), check_beta("alpha", alpha), check_eps(eps)
 
     def init_tensor(self, p):
         return {"square_avg": torch.zeros_like(p)}
@@ -417,17 +407,17 @@ class SignAgreementRule(ElementwiseRule):
         num_cycles: int = 1,
     ):
         super().__init__()
-        self.lr, self.beta = _lr(lr), _beta("beta", beta)
+        self.lr, self.beta = _lr(lr), check_beta("beta", beta)
         if decay is not None and decay not in SIGN_DECAYS:
             raise ValueError(f"invalid decay={decay!r}: expected None or one of {SIGN_DECAYS}")
         if decay is not None:
-            _check_hparam(
+            check_hparam(
                 "decay_steps",
                 decay_steps,
                 lambda v: v >= 1 and v == int(v),
                 "an integer >= 1 when decay is set",
             )
-        _check_hparam("num_cycles", num_cycles, lambda v: v >= 1 and v == int(v), "an integer >= 1")
+        check_hparam("num_cycles", num_cycles, lambda v: v >= 1 and v == int(v), "an integer >= 1")
         self.decay, self.decay_steps, self.num_cycles = decay, decay_steps, int(num_cycles)
 
     def init_tensor(self, p):
@@ -466,7 +456,7 @@ class PowerSignRule(SignAgreementRule):
         num_cycles: int = 1,
     ):
         super().__init__(lr, beta, decay, decay_steps, num_cycles)
-        self.base = _check_hparam("base", base, lambda v: v > 0, "base > 0")
+        self.base = check_hparam("base", base, lambda v: v > 0, "base > 0")
 
     def update(self, g, s, t):
         a, s = self.agreement(g, s, t)
@@ -499,7 +489,7 @@ class AddSignRule(SignAgreementRule):
         num_cycles: int = 1,
     ):
         super().__init__(lr, beta, decay, decay_steps, num_cycles)
-        self.alpha = _check_hparam("alpha", alpha, lambda v: v >= 0, "alpha >= 0")
+        self.alpha = check_hparam("alpha", alpha, lambda v: v >= 0, "alpha >= 0")
 
     def update(self, g, s, t):
         a, s = self.agreement(g, s, t)
@@ -660,7 +650,7 @@ class RuleOptimizer(torch.optim.Optimizer):
         `weight_decay` and `decoupled_weight_decay` first: an invalid group is not added."""
         group = {**self.defaults, **param_group}
         _lr(group["lr"])
-        _check_hparam("weight_decay", group["weight_decay"], lambda v: v >= 0, "weight_decay >= 0")
+        check_hparam("weight_decay", group["weight_decay"], lambda v: v >= 0, "weight_decay >= 0")
         for key in ("decoupled_weight_decay", "maximize"):
             if not isinstance(group[key], bool):
                 raise ValueError(f"invalid {key}={group[key]!r}: expected True or False")

@@ -19,8 +19,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .files import atomic_write, file_digest
-from .meta_train import _artifact_path, _run_lock, _run_path
-from .optimizers import _optional_import
+from .meta_train import artifact_path, run_lock, run_path
+from .tasks import optional_import
 
 # %% auto #0
 __all__ = ['pipeline_stages', 'StageFailed', 'run_pipeline', 'load_summaries', 'report_markdown', 'build_report',
@@ -31,7 +31,7 @@ _PARAMETERS_DIRECTIVE = re.compile(r"^#\|\s*tags\s*:\s*\[?[^\n]*\bparameters\b",
 
 
 def _read_nb(path: str | Path):
-    nbformat = _optional_import("nbformat", "notebooks", "reading notebooks")
+    nbformat = optional_import("nbformat", "notebooks", "reading notebooks")
     return nbformat.read(str(path), as_version=4)
 
 
@@ -65,8 +65,8 @@ def _tag_parameters_cells(nbs_path: str | Path = "nbs") -> list[Path]:
     """Store the `parameters` metadata tag in each stage notebook's parameters cell (settings.ini keeps `tags`
     through `nbdev_clean`), so that plain `papermill nb.ipynb out.ipynb -p scale paper` works too; returns the
     notebooks changed."""
-    nbformat = _optional_import("nbformat", "notebooks", "copying outputs into the notebooks")
-    nbdev_clean = _optional_import("nbdev.clean", "dev", "copying outputs into the notebooks").nbdev_clean
+    nbformat = optional_import("nbformat", "notebooks", "copying outputs into the notebooks")
+    nbdev_clean = optional_import("nbdev.clean", "dev", "copying outputs into the notebooks").nbdev_clean
     changed = []
     for path in pipeline_stages(nbs_path):
         nb = _read_nb(path)
@@ -136,7 +136,7 @@ def _read_json(path: Path, fix: str):
 
 
 def _check_artifacts(value, source: Path, field: str, fix: str) -> None:
-    "`value` is a list of provenance records (_artifact): `{path, sha256}` and an optional `zoo` flag."
+    "`value` is a list of provenance records (artifact_record): `{path, sha256}` and an optional `zoo` flag."
     _expect(isinstance(value, list), source, field, value, "a list of {path, sha256} records", fix)
     for i, a in enumerate(value):
         at = f"{field}[{i}]"
@@ -153,7 +153,7 @@ def _check_artifacts(value, source: Path, field: str, fix: str) -> None:
 def _read_record(run_dir: Path) -> dict | None:
     """The run record `run_dir/pipeline.json` (None when there is none), checked field by field: anything
     else is a one-line `ValueError` naming the file and the field."""
-    path = _run_path(run_dir, "pipeline.json")
+    path = run_path(run_dir, "pipeline.json")
     if not path.exists():
         return None
     record, fix = _read_json(path, _RECORD_FIX), _RECORD_FIX
@@ -190,9 +190,9 @@ def _read_record(run_dir: Path) -> dict | None:
 
 
 def _read_summary(run_dir: Path, name: str) -> dict:
-    """The stage summary `run_dir/summary/<name>` (_write_summary), checked: its fields are of their types and
-    its figures inside the run directory (_run_path); anything else is a one-line `ValueError` naming it."""
-    path = _run_path(run_dir, f"summary/{name}")
+    """The stage summary `run_dir/summary/<name>` (write_summary), checked: its fields are of their types and
+    its figures inside the run directory (run_path); anything else is a one-line `ValueError` naming it."""
+    path = run_path(run_dir, f"summary/{name}")
     summary, fix = _read_json(path, _SUMMARY_FIX), _SUMMARY_FIX
     _expect(isinstance(summary, dict), path, "the summary", summary, "a JSON object", fix)
     _expect(isinstance(summary.get("stage"), str), path, "stage", summary.get("stage"), "a stage's name", fix)
@@ -214,7 +214,7 @@ def _read_summary(run_dir: Path, name: str) -> dict:
         _check_artifacts(summary.get(role, []), path, role, fix)
     for title, rel in summary.get("figures", {}).items():
         try:
-            _run_path(run_dir, rel)
+            run_path(run_dir, rel)
         except ValueError as e:
             raise ValueError(f"{path}: figure {title!r}: {e}") from None
     return summary
@@ -227,13 +227,13 @@ def _first_to_run(run_dir: Path, record: dict, stages: Sequence[str]) -> int:
     is gone, is a `ValueError` naming it and how to go on."""
     for k, stage in enumerate(stages):
         r = record["stages"].get(stage)
-        if r is None or r["status"] != "done" or not _run_path(run_dir, f"{stage}.done").exists():
+        if r is None or r["status"] != "done" or not run_path(run_dir, f"{stage}.done").exists():
             return k
-        if any(not _artifact_path(a, run_dir).exists() for a in r["outputs"]):
+        if any(not artifact_path(a, run_dir).exists() for a in r["outputs"]):
             return k
         for role in ("outputs", "inputs"):
             for a in r[role]:
-                path = _artifact_path(a, run_dir)
+                path = artifact_path(a, run_dir)
                 digest = file_digest(path) if path.is_file() else None
                 if digest != a["sha256"]:
                     outputs = ", ".join(o["path"] for o in r["outputs"])
@@ -266,15 +266,15 @@ def run_pipeline(
     succeeded); stages before the first incomplete one are kept, the rest run again, so calling this again on
     the same directory resumes. A stage that raises stops the run with `StageFailed`. Returns the run record
     (also in `run_dir/pipeline.json`): per stage its status, parameters, wall time, and the `inputs` and
-    `outputs` its summary records (_write_summary), each `{"path", "sha256"}`, so the chain from stage to
+    `outputs` its summary records (write_summary), each `{"path", "sha256"}`, so the chain from stage to
     stage can be checked.
 
-    The run directory is a boundary: the call holds its lock (_run_lock: a second run of the same directory
-    fails at once), reads and writes nothing through a symbolic link or outside it (_run_path), and checks
+    The run directory is a boundary: the call holds its lock (run_lock: a second run of the same directory
+    fails at once), reads and writes nothing through a symbolic link or outside it (run_path), and checks
     `pipeline.json` (_read_record). Resuming hashes again every file the kept stages read and wrote
     (_first_to_run): one that changed stops the run, naming it; a stage whose output was deleted runs
     again."""
-    papermill = _optional_import("papermill", "notebooks", "running the pipeline")
+    papermill = optional_import("papermill", "notebooks", "running the pipeline")
     run_dir = Path(run_dir).resolve()
     nbs_path = Path(nbs_path).resolve()
     paths = (
@@ -283,8 +283,8 @@ def run_pipeline(
     missing = [p.name for p in paths if not p.exists()]
     if missing:
         raise FileNotFoundError(f"no such stage notebook in {nbs_path}: {missing}")
-    with _run_lock(run_dir):
-        record_path = _run_path(run_dir, "pipeline.json")
+    with run_lock(run_dir):
+        record_path = run_path(run_dir, "pipeline.json")
         record = _read_record(run_dir) or {
             "scale": scale,
             "device": device,
@@ -300,8 +300,8 @@ def run_pipeline(
         for k, path in enumerate(paths, 1):
             stage, executed, done = (
                 path.stem,
-                _run_path(run_dir, path.name),
-                _run_path(run_dir, f"{path.stem}.done"),
+                run_path(run_dir, path.name),
+                run_path(run_dir, f"{path.stem}.done"),
             )
             if k - 1 < first:
                 log(f"[{k}/{n}] {stage}: completed earlier, kept ({executed.name})")
@@ -345,7 +345,7 @@ def run_pipeline(
             # the artifacts the stage read and wrote, with their SHA-256
             summary = (
                 _read_summary(run_dir, f"{stage}.json")
-                if _run_path(run_dir, f"summary/{stage}.json").exists()
+                if run_path(run_dir, f"summary/{stage}.json").exists()
                 else {}
             )
             record["stages"][stage].update(
@@ -367,10 +367,10 @@ def run_pipeline(
 
 # %% ../nbs/05_report.ipynb #d355ddcf
 def load_summaries(run_dir: str | Path) -> list[dict]:
-    """The stage summaries of a run (`run_dir/summary/<stage>.json`, written by _write_summary), in stage
+    """The stage summaries of a run (`run_dir/summary/<stage>.json`, written by write_summary), in stage
     order, each checked (_read_summary); a stage's other records there (such as 03's `distill.json`) are not
     summaries."""
-    folder = _run_path(run_dir, "summary")
+    folder = run_path(run_dir, "summary")
     return [_read_summary(Path(run_dir), p.name) for p in sorted(folder.glob("[0-9]*.json"))]
 
 
@@ -436,8 +436,8 @@ def _bench_markdown(bench: str | Path, depth: int = 3, figures_dir: str | Path |
     for name, figures in res.get("benchmarks", {}).items():
         parts += [f"**{name}**", "", _markdown_table(["figure", "value"], _flatten(figures, depth=depth)), ""]
         for key, curve in _curves(figures) if figures_dir is not None else []:
-            _optional_import("matplotlib", "notebooks", "plotting the benchmarks").use("Agg")
-            plt = _optional_import("matplotlib.pyplot", "notebooks", "plotting the benchmarks")
+            optional_import("matplotlib", "notebooks", "plotting the benchmarks").use("Agg")
+            plt = optional_import("matplotlib.pyplot", "notebooks", "plotting the benchmarks")
             fig, ax = plt.subplots(figsize=(5, 3.2))
             xs = sorted(curve)
             ax.plot(xs, [curve[x] for x in xs], "o-")
@@ -450,7 +450,7 @@ def _bench_markdown(bench: str | Path, depth: int = 3, figures_dir: str | Path |
             )
             rel = Path("figures") / f"bench-{name}-{key.replace('.', '-')}.png"
             atomic_write(
-                _run_path(Path(figures_dir).parent, rel),
+                run_path(Path(figures_dir).parent, rel),
                 lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"),
             )
             plt.close(fig)
@@ -542,8 +542,8 @@ def _markdown_to_html(
 
     Math is typeset by the MathJax file `mathjax` (inlined, so the page makes no request), else left as LaTeX
     text."""
-    MarkdownIt = _optional_import("markdown_it", "notebooks", "the run report").MarkdownIt
-    dollarmath_plugin = _optional_import(
+    MarkdownIt = optional_import("markdown_it", "notebooks", "the run report").MarkdownIt
+    dollarmath_plugin = optional_import(
         "mdit_py_plugins.dollarmath", "notebooks", "the run report"
     ).dollarmath_plugin
 
@@ -564,7 +564,7 @@ def _markdown_to_html(
             if "://" in src:
                 return m.group(0)
             try:
-                path = _run_path(base_dir, src)
+                path = run_path(base_dir, src)
             except ValueError as e:
                 raise ValueError(f"the report does not embed {src!r}: {e}") from None
             if not path.is_file():
@@ -595,11 +595,11 @@ def build_report(
     run_dir = Path(run_dir)
     text = report_markdown(run_dir, bench)
     md = atomic_write(
-        _run_path(run_dir, "report.md"), lambda tmp: Path(tmp).write_text(text, encoding="utf-8")
+        run_path(run_dir, "report.md"), lambda tmp: Path(tmp).write_text(text, encoding="utf-8")
     )
     page = _markdown_to_html(text, f"symbolic_l2o run {run_dir.name}", run_dir, mathjax)
     return md, atomic_write(
-        _run_path(run_dir, "report.html"), lambda tmp: Path(tmp).write_text(page, encoding="utf-8")
+        run_path(run_dir, "report.html"), lambda tmp: Path(tmp).write_text(page, encoding="utf-8")
     )
 
 # %% ../nbs/05_report.ipynb #a0fb141f
@@ -634,11 +634,11 @@ def export_outputs(run_dir: str | Path, nbs_path: str | Path = "nbs") -> dict[Pa
     this way show real results in the docs, without the absolute paths of the machine that ran them
     (_relative_outputs). Returns, per notebook written, the number of code cells left without outputs
     because they changed."""
-    nbformat = _optional_import("nbformat", "notebooks", "copying outputs into the notebooks")
-    nbdev_clean = _optional_import("nbdev.clean", "dev", "copying outputs into the notebooks").nbdev_clean
+    nbformat = optional_import("nbformat", "notebooks", "copying outputs into the notebooks")
+    nbdev_clean = optional_import("nbdev.clean", "dev", "copying outputs into the notebooks").nbdev_clean
     written = {}
     for src in pipeline_stages(nbs_path):
-        executed = _run_path(run_dir, src.name)
+        executed = run_path(run_dir, src.name)
         if not executed.exists():
             continue
         ran = {
@@ -746,7 +746,7 @@ def _update_results(
 ) -> bool:
     """Rewrite the part of `index`'s markdown between `_RESULTS_START` and `_RESULTS_END` with
     _results_markdown; leaves the notebook alone (returns False) when there is nothing to show."""
-    nbio = _optional_import("execnb.nbio", "dev", "updating the README's results")
+    nbio = optional_import("execnb.nbio", "dev", "updating the README's results")
     read_nb, write_nb = nbio.read_nb, nbio.write_nb
     text = _results_markdown(run_dir, bench)
     if text is None:

@@ -21,12 +21,11 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 import symbolic_l2o
-from .optimizers import _optional_import
 from .files import atomic_write
-from .tasks import CIFAR10_BATCH, CIFAR10_FILES, CIFAR10_FOLDER, CIFAR10_RECORD, _CIFAR10_HOWTO
-from .tasks import Task, check_mnist, _find_data_root, _resolve_device
+from .tasks import CIFAR10_BATCH, CIFAR10_FILES, CIFAR10_FOLDER, CIFAR10_RECORD, CIFAR10_HOWTO
+from .tasks import Task, check_mnist, find_data_root, optional_import, resolve_device
 
-_resnet = _optional_import(
+_resnet = optional_import(
     "torchvision.models.resnet", "vision", "symbolic_l2o.vision (its ResNets are torchvision's)"
 )
 BasicBlock, Bottleneck, ResNet = _resnet.BasicBlock, _resnet.Bottleneck, _resnet.ResNet
@@ -280,20 +279,20 @@ def read_cifar10_batch(
     how to get the files."""
     path, size = Path(path), n * CIFAR10_RECORD
     if not path.exists():
-        raise FileNotFoundError(f"CIFAR-10 file {path} is missing: {_CIFAR10_HOWTO}")
+        raise FileNotFoundError(f"CIFAR-10 file {path} is missing: {CIFAR10_HOWTO}")
     if path.stat().st_size != size:
         raise ValueError(
             f"CIFAR-10 file {path} is corrupt ({path.stat().st_size:,} bytes; expected {size:,}: {n:,} "
-            f"images of {CIFAR10_RECORD:,} bytes): delete it and {_CIFAR10_HOWTO}"
+            f"images of {CIFAR10_RECORD:,} bytes): delete it and {CIFAR10_HOWTO}"
         )
     raw = path.read_bytes()
     if md5 is not None and (got := hashlib.md5(raw).hexdigest()) != md5:
         raise ValueError(
-            f"CIFAR-10 file {path} is corrupt (MD5 {got}; expected {md5}): delete it and {_CIFAR10_HOWTO}"
+            f"CIFAR-10 file {path} is corrupt (MD5 {got}; expected {md5}): delete it and {CIFAR10_HOWTO}"
         )
     records = np.frombuffer(raw, np.uint8).reshape(n, CIFAR10_RECORD)
     if records[:, 0].max(initial=0) > 9:
-        raise ValueError(f"CIFAR-10 file {path} is corrupt (a label above 9): delete it and {_CIFAR10_HOWTO}")
+        raise ValueError(f"CIFAR-10 file {path} is corrupt (a label above 9): delete it and {CIFAR10_HOWTO}")
     images = torch.from_numpy(records[:, 1:].reshape(n, 3, 32, 32).copy())
     return images, torch.from_numpy(records[:, 0].astype(np.int64))
 
@@ -301,7 +300,7 @@ def read_cifar10_batch(
 def _cifar10_arrays(root: Path, download: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     base = root / CIFAR10_FOLDER
     if download and not all((base / name).exists() for name in CIFAR10_FILES):
-        utils = _optional_import("torchvision.datasets.utils", "vision", "downloading CIFAR-10")
+        utils = optional_import("torchvision.datasets.utils", "vision", "downloading CIFAR-10")
         utils.download_and_extract_archive(CIFAR10_URL, str(root), md5=CIFAR10_URL_MD5, remove_finished=True)
     read = lambda name: read_cifar10_batch(base / name, md5=CIFAR10_FILES[name])
     train = [read(f"data_batch_{i}.bin") for i in range(1, 6)]
@@ -311,7 +310,7 @@ def _cifar10_arrays(root: Path, download: bool) -> tuple[Tensor, Tensor, Tensor,
 def _cifar100_arrays(root: Path, download: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     base = root / "cifar-100-python"
     if download and not base.exists():
-        _optional_import("torchvision", "vision", "downloading CIFAR-100").datasets.CIFAR100(
+        optional_import("torchvision", "vision", "downloading CIFAR-100").datasets.CIFAR100(
             str(root), download=True
         )
 
@@ -344,10 +343,10 @@ def cifar(name: str = "cifar10", root: str | Path = "data", download: bool = Fal
 # %% ../nbs/03a_vision.ipynb #94dae797
 def mnist32(root: str | Path | None = None, download: bool = False) -> ImageData:
     """The real MNIST (60,000 training, 10,000 test images) zero-padded from 28×28 to 32×32 and replicated
-    over 3 channels; no flips. `root` (default _find_data_root()) holds `MNIST/raw` with the four IDX files,
+    over 3 channels; no flips. `root` (default find_data_root()) holds `MNIST/raw` with the four IDX files,
     checked against their MD5s."""
-    torchvision = _optional_import("torchvision", "vision", "the MNIST dataset")
-    root = _find_data_root() if root is None else Path(root)
+    torchvision = optional_import("torchvision", "vision", "the MNIST dataset")
+    root = find_data_root() if root is None else Path(root)
     if not download:
         check_mnist(root)
     train, test = (torchvision.datasets.MNIST(str(root), train=t, download=download) for t in (True, False))
@@ -365,12 +364,12 @@ DATASETS = ("mnist", "digits32", *CIFAR)
 
 def load_data(dataset: str = "mnist", root: str | Path | None = None, download: bool = False) -> ImageData:
     """A dataset by name: `mnist` (the real MNIST at 32×32), `digits32` (offline), `cifar10`, `cifar100`;
-    `root` defaults to _find_data_root()."""
+    `root` defaults to find_data_root()."""
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; known: {list(DATASETS)}")
     if dataset == "digits32":
         return digits32()
-    root = _find_data_root() if root is None else root
+    root = find_data_root() if root is None else root
     return mnist32(root, download) if dataset == "mnist" else cifar(dataset, root, download)
 
 # %% ../nbs/03a_vision.ipynb #604dc31b
@@ -386,7 +385,7 @@ def distributed() -> tuple[int, int]:
 
 
 def _device(device, world: int) -> torch.device:
-    device = _resolve_device(device)
+    device = resolve_device(device)
     if device.type == "cuda" and world > 1 and device.index is None:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
@@ -407,7 +406,7 @@ SCHEDULES = ("constant", "cosine")
 def top1_accuracy(model: nn.Module, data: ImageData, batch_size: int = 500, device="cpu") -> float:
     "Top-1 accuracy (%) on the test images; under DDP each rank scores its share and the counts are summed."
     rank, world = distributed()
-    device = _resolve_device(device) if world == 1 else next(model.parameters()).device
+    device = resolve_device(device) if world == 1 else next(model.parameters()).device
     was = model.training
     model.eval()
     correct, idx = 0, torch.arange(rank, len(data.X_test), world)

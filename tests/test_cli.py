@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from symbolic_l2o.distill import FittedRule
+from symbolic_l2o.regression import FittedRule
 from symbolic_l2o.cli import COMMANDS, _option_comments
 
 EXE = Path(sys.executable).parent / "symbolic-l2o"

@@ -18,7 +18,7 @@ from torch import nn
 
 from symbolic_l2o import create_optimizer, list_optimizers, load_pretrained
 from symbolic_l2o.cli import COMMANDS, COUNT_OPTIONS, build_parser, main
-from symbolic_l2o.distill import fit_rule
+from symbolic_l2o.regression import fit_rule
 from symbolic_l2o.files import save_rule
 from symbolic_l2o.optimizers import AdamRule, UpdateRule
 

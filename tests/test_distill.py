@@ -8,7 +8,7 @@ import pytest
 import sympy as sp
 import torch
 
-from symbolic_l2o.distill import FittedRule, fit_rule, _is_exact, sanity_targets, evaluate_expression
+from symbolic_l2o.regression import FittedRule, fit_rule, _is_exact, sanity_targets, evaluate_expression
 from symbolic_l2o.tasks import make_task
 from symbolic_l2o.optimizers import AdamRule, MomentumRule, RuleOptimizer, SGDRule, rule_config
 from symbolic_l2o.expressions import SymbolicRule, variable
@@ -358,7 +358,8 @@ def test_free_running_feeds_the_equation_its_own_outputs_step_by_step():
 
 
 def test_the_canonical_form_is_the_deployed_rule_and_zero_gradients_move_nothing(tmp_path):
-    from symbolic_l2o.distill import DistillSettings, canonical_form, parse_expression, record
+    from symbolic_l2o.distill import DistillSettings, canonical_form, record
+    from symbolic_l2o.expressions import parse_expression
 
     data = record(MomentumRule(lr=0.01, momentum=0.9), make_task("quadratic"), DistillSettings(**SMALL))
     found = FittedRule(
@@ -383,7 +384,8 @@ def test_the_canonical_form_is_the_deployed_rule_and_zero_gradients_move_nothing
 
 
 def test_the_screen_runs_the_simplest_eligible_member_first_and_drops_one_at_the_first_chunk_it_fails():
-    from symbolic_l2o.distill import DistillSettings, parse_expression, screen
+    from symbolic_l2o.distill import DistillSettings, screen
+    from symbolic_l2o.expressions import parse_expression
 
     fit = lambda e: FittedRule(parse_expression(e, ["g_0"]), ["g_0"], [], meta={"scale": 0.01})
     members = [

@@ -15,8 +15,9 @@ import torch
 
 import symbolic_l2o.finetune as finetune
 from symbolic_l2o.vision import cifar, digits32
-from symbolic_l2o.finetune import lr_search, meta_tune, _rule_source_fit
-from symbolic_l2o.distill import FittedRule
+from symbolic_l2o.finetune import lr_search, _rule_source_fit
+from symbolic_l2o.meta_train import meta_tune
+from symbolic_l2o.regression import FittedRule
 from symbolic_l2o.files import file_digest, load_rule, save_rule
 from symbolic_l2o.tasks import make_task
 from symbolic_l2o.meta_train import ZOO_DIR, MetaTrainSettings

@@ -5,7 +5,7 @@ can compute."""
 import numpy as np
 import pytest
 
-from symbolic_l2o.distill import FittedRule, ParetoTable, fit_rule
+from symbolic_l2o.regression import FittedRule, ParetoTable, fit_rule
 from symbolic_l2o.features import FEATURE_NAMES, OUTPUT_FEATURE
 from symbolic_l2o.srgen import SRDataset
 

@@ -15,7 +15,7 @@ import torchvision
 from torch import nn
 
 from symbolic_l2o.files import atomic_write, file_digest
-from symbolic_l2o.tasks import MNIST_FILES, QuadraticTask, check_mnist, _find_data_root, install_mnist
+from symbolic_l2o.tasks import MNIST_FILES, QuadraticTask, check_mnist, find_data_root, install_mnist
 from symbolic_l2o.tasks import make_task, mnist_data
 from symbolic_l2o.files import load_rule, save_rule
 from symbolic_l2o.meta_train import ZOO, ZOO_DIR, evaluate, zoo_rule, meta_train, pretrained_card
@@ -110,7 +110,7 @@ def test_bad_arguments_are_named():
 
 
 def test_mnist_is_the_real_one_halved_as_the_paper_with_the_test_images_held_out():
-    root = _find_data_root()
+    root = find_data_root()
     check_mnist(root)  # the four files of `make data`, MD5-checked
     X_meta, y_meta, X_test, y_test = mnist_data(root)
     X_eval, y_eval, X_test2, _ = mnist_data(root, split="eval")
@@ -148,7 +148,7 @@ def test_a_corrupt_or_missing_mnist_file_names_make_data(tmp_path):
     with pytest.raises(FileNotFoundError, match="make data"):
         mnist_data(tmp_path)
     for name in MNIST_FILES:
-        shutil.copyfile(_find_data_root() / "MNIST" / "raw" / name, raw / name)
+        shutil.copyfile(find_data_root() / "MNIST" / "raw" / name, raw / name)
     check_mnist(tmp_path)
     with open(raw / "t10k-labels-idx1-ubyte", "r+b") as f:  # one flipped byte
         f.seek(100)

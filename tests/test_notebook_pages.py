@@ -58,3 +58,35 @@ def test_a_page_imports_only_from_pages_before_it():
             f"{page} imports {dep} ({page_of[dep]})" for dep in imported if rank(page_of[dep]) > rank(page)
         ]
     assert len(page_of) >= 12 and not late, late
+
+
+def _private_imports(source: str, own: str | None) -> list[str]:
+    """`module._name` for every private name that `source` imports from a package module other than `own`."""
+    import ast
+
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            module = node.module if node.level == 0 else f"symbolic_l2o.{node.module}"
+            if module.startswith("symbolic_l2o") and module != f"symbolic_l2o.{own}":
+                found += [f"{module}.{a.name}" for a in node.names if a.name.startswith("_")]
+    return found
+
+
+def test_no_module_imports_another_modules_private_name():
+    """A name another module needs is public, documented and shown in its page: no package module and no
+    notebook cell imports a private (`_`-prefixed) name from another module."""
+    package = NBS.parent / "symbolic_l2o"
+    found = {
+        m.name: names
+        for m in package.glob("*.py")
+        if (names := _private_imports(m.read_text(encoding="utf-8"), m.stem))
+    }
+    for page in PAGES:
+        cells = code_cells(page)
+        own = next((c.split()[2] for c in cells if c.startswith("#| default_exp")), None)
+        for src in cells:
+            lines = [ln for ln in src.splitlines() if not ln.lstrip().startswith(("%", "!", "#|"))]
+            if names := _private_imports("\n".join(lines), own):
+                found.setdefault(page.name, []).extend(names)
+    assert not found, found

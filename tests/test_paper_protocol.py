@@ -11,7 +11,7 @@ from symbolic_l2o.meta_train import (
     PAPER_EVA,
     Evaluation,
     MetaTrainSettings,
-    _write_summary,
+    write_summary,
     budget_curve,
     meta_train,
     paper_comparison,
@@ -69,12 +69,12 @@ def test_summary_writes_rules_beside_its_own_keys(tmp_path):
         n: {"paper_protocol": dict.fromkeys(PROTOCOL_KEYS, 0.1), "paper": {"last_mean": PAPER_EVA[n][0]}}
         for n in PAPER_EVA
     }
-    path = _write_summary(tmp_path, "01_meta_train", extra={"rules": rules})
+    path = write_summary(tmp_path, "01_meta_train", extra={"rules": rules})
     back = json.loads(path.read_text())
     assert sorted(back["rules"]) == ["dm", "dm_cl_il", "rp", "rp_cl_il", "rp_s", "rp_si"]
     assert back["rules"]["rp_si"]["paper"]["last_mean"] == 0.08 and back["stage"] == "01_meta_train"
     with pytest.raises(ValueError, match="would replace the summary's own"):
-        _write_summary(tmp_path, "01_meta_train", extra={"notes": []})
+        write_summary(tmp_path, "01_meta_train", extra={"notes": []})
 
 
 def test_zoo_recipes_are_the_six_columns_of_numbers_png():

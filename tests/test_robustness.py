@@ -23,7 +23,7 @@ from torch import nn
 import symbolic_l2o.meta_train  # noqa: F401  (the package re-exports a function of the same name: read the module from sys.modules)
 import symbolic_l2o.srgen  # noqa: F401
 import symbolic_l2o.files as files
-from symbolic_l2o.distill import MAX_EQUATION_LENGTH, FittedRule, fit_rule
+from symbolic_l2o.regression import MAX_EQUATION_LENGTH, FittedRule, fit_rule
 from symbolic_l2o.files import atomic_write
 from symbolic_l2o.tasks import make_task
 from symbolic_l2o.files import load_rule, save_rule
@@ -222,7 +222,7 @@ def test_dataset_save_cut_between_its_files_keeps_the_previous_dataset(tmp_path,
 
 def test_rule_save_cut_between_its_files_keeps_the_previous_rule(tmp_path, monkeypatch):
     path = save_rule(make_rule("rp_s"), tmp_path / "r", {"note": "first"})
-    monkeypatch.setattr(files, "_write_json_atomic", lambda obj, p: (_ for _ in ()).throw(OSError("killed")))
+    monkeypatch.setattr(files, "write_json_atomic", lambda obj, p: (_ for _ in ()).throw(OSError("killed")))
     with pytest.raises(OSError, match="killed"):
         save_rule(make_rule("rp_s", hidden=(3,)), path, {"note": "second"})
     assert load_rule(path)[1]["note"] == "first"  # issue 40: a save never loses the last good version
@@ -299,7 +299,7 @@ def test_resume_refuses_other_settings_naming_which(tmp_path, changed, says):
 
 
 def test_a_second_writer_of_a_run_directory_gets_a_clear_error(tmp_path):
-    # the first writer: a process holding the run directory's lock as `_run_lock` takes it (flock on
+    # the first writer: a process holding the run directory's lock as `run_lock` takes it (flock on
     # out_dir/.lock)
     holder = subprocess.Popen(
         [

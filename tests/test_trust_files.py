@@ -20,7 +20,7 @@ import torch
 
 import symbolic_l2o.srgen  # noqa: F401  (the package re-exports names of the same spelling: use sys.modules)
 from symbolic_l2o import learned_rules
-from symbolic_l2o.distill import MAX_FIT_NAMES, MAX_PARETO_MEMBERS, FittedRule
+from symbolic_l2o.regression import MAX_FIT_NAMES, MAX_PARETO_MEMBERS, FittedRule
 from symbolic_l2o.expressions import SymbolicRule, TanhBasisRule
 from symbolic_l2o.files import load_rule, save_rule, write_pair
 from symbolic_l2o.learned_rules import RULE_CLASSES, make_rule, rule_from_config

@@ -29,7 +29,7 @@ PNG = b"\x89PNG\r\n\x1a\n" + b"secret-bytes" * 4
 # 4. A run directory is a boundary ---------------------------------------------------------------------------
 
 
-def write_summary(run_dir: Path, **fields) -> Path:
+def summarise(run_dir: Path, **fields) -> Path:
     path = run_dir / "summary" / "01_toy.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"stage": "01_toy", **fields}))
@@ -43,7 +43,7 @@ def test_the_report_refuses_a_figure_outside_the_run_directory(tmp_path, where):
     (run_dir / "figures").mkdir(parents=True)
     (run_dir / "figures" / "link.png").symlink_to(secret)
     figure = {"absolute": str(secret), "parent": "../secret.png", "symlink": "figures/link.png"}[where]
-    write_summary(run_dir, figures={"curves": figure})
+    summarise(run_dir, figures={"curves": figure})
     with pytest.raises(ValueError, match="outside the run directory|symbolic link"):
         build_report(run_dir, bench=None)
     page = run_dir / "report.html"
@@ -59,7 +59,7 @@ def base64_of(data: bytes) -> str:
 def test_a_note_cannot_smuggle_an_image_from_outside_into_the_page(tmp_path):
     run_dir, secret = tmp_path / "run", tmp_path / "secret.png"
     secret.write_bytes(PNG)
-    write_summary(run_dir, notes=[f"look ![x]({secret})"])
+    summarise(run_dir, notes=[f"look ![x]({secret})"])
     with pytest.raises(ValueError, match="outside the run directory"):
         build_report(run_dir, bench=None)
     assert not (run_dir / "report.html").exists()
@@ -70,7 +70,7 @@ def test_a_summary_directory_that_is_a_symlink_gets_no_write(tmp_path):
     run_dir.mkdir(), elsewhere.mkdir()
     (run_dir / "summary").symlink_to(elsewhere)
     with pytest.raises(ValueError, match="symbolic link"):
-        mt._write_summary(run_dir, "01_toy", notes=["a note"])
+        mt.write_summary(run_dir, "01_toy", notes=["a note"])
     assert list(elsewhere.iterdir()) == []
     with pytest.raises(ValueError, match="symbolic link"):
         load_summaries(run_dir)
@@ -80,7 +80,7 @@ def test_a_lock_file_that_is_a_symlink_gets_no_write(tmp_path):
     run_dir, target = tmp_path / "run", tmp_path / "elsewhere.txt"
     run_dir.mkdir()
     (run_dir / ".lock").symlink_to(target)
-    with pytest.raises(ValueError, match="symbolic link"), mt._run_lock(run_dir):
+    with pytest.raises(ValueError, match="symbolic link"), mt.run_lock(run_dir):
         pass
     with pytest.raises(ValueError, match="symbolic link"):
         quadratic_run(run_dir)
@@ -95,10 +95,10 @@ def toy_stage(nbs: Path) -> Path:
         cells=[
             nc('#| tags: [parameters]\nscale = "cpu"\nout_dir = None'),
             nc(
-                "from pathlib import Path\nfrom symbolic_l2o.meta_train import _write_summary\n"
+                "from pathlib import Path\nfrom symbolic_l2o.meta_train import write_summary\n"
                 "if out_dir is not None:\n"
                 "    (Path(out_dir) / 'out.txt').write_text('result')\n"
-                "    _write_summary(out_dir, '01_toy', notes=['done'], outputs=[Path(out_dir) / 'out.txt'])"
+                "    write_summary(out_dir, '01_toy', notes=['done'], outputs=[Path(out_dir) / 'out.txt'])"
             ),
         ]
     )
@@ -109,7 +109,7 @@ def toy_stage(nbs: Path) -> Path:
 
 def test_run_pipeline_takes_the_lock_and_a_second_run_fails_at_once_naming_it(tmp_path):
     nbs, run_dir = toy_stage(tmp_path / "nbs"), tmp_path / "run"
-    with mt._run_lock(run_dir):  # another `report run` holds the directory
+    with mt.run_lock(run_dir):  # another `report run` holds the directory
         with pytest.raises(RuntimeError, match=r"being written by another process.*\.lock"):
             run_pipeline(run_dir, "test", nbs_path=nbs, progress=False)
         r = subprocess.run(
@@ -214,7 +214,7 @@ def test_a_recorded_path_outside_the_run_directory_is_refused_on_resume(tmp_path
 
 def test_a_tampered_summary_is_a_one_line_error_naming_it(tmp_path):
     run_dir = tmp_path / "run"
-    write_summary(run_dir, tables={"t": {"columns": 3, "rows": [[1]]}})
+    summarise(run_dir, tables={"t": {"columns": 3, "rows": [[1]]}})
     with pytest.raises(ValueError, match=r"01_toy.json.*tables") as e:
         build_report(run_dir, bench=None)
     assert "\n" not in str(e.value)
