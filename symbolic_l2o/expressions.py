@@ -510,7 +510,8 @@ class SymbolicRule(UpdateRule):
 
     def step(self, grads, state, t):
         """u = scale · expr(features, their history) for each tensor, with plain torch ops; without autograd
-        an equation u = c·f_0 goes through `_step_single_term` (the same values to rounding, in fewer passes)."""
+        an equation u = c·f_0 goes through `_step_single_term` (the same values to rounding, in fewer
+        passes)."""
         if self._single_term and not torch.is_grad_enabled():
             return self._step_single_term(grads, state, t)
         consts = self._consts(grads[0].dtype)
