@@ -912,13 +912,16 @@ def distill(
         )
         s["faithful"] = trains and faithful(s["eva_ratio"], settings.tolerance)
     fit = budgets[chosen]["fit"]
-    tuned = None  # stage 3, apart from the equation as found: its constants meta-tuned on training problems
-    if settings.tune_epochs and len(fit.to_rule().constants):
+    # stage 3, apart from the equation as found: a copy's constants meta-tuned on training problems
+    tuned = fit.to_rule()
+    if settings.tune_epochs and len(tuned.constants):
         tuning = MetaTrainSettings(
             epochs=int(settings.tune_epochs), epoch_len=settings.steps, meta_lr=settings.tune_lr
         )
-        tuned, card = meta_tune(fit.to_rule(), task, tuning, device=device, progress=False)
+        tuned, card = meta_tune(tuned, task, tuning, device=device, progress=False)
         tuned = None if card["diverged"] else tuned
+    else:
+        tuned = None
     return Distillation(
         name,
         settings,
