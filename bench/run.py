@@ -17,8 +17,10 @@ import torchvision
 import symbolic_l2o
 from symbolic_l2o.files import atomic_write
 from symbolic_l2o.tasks import make_task
-from symbolic_l2o.meta_train import BASELINES, ZOO, MetaTrainSettings, evaluate, zoo_rule, meta_train
-from symbolic_l2o.meta_train import tune_baseline
+from symbolic_l2o.evaluation import BASELINES, evaluate
+from symbolic_l2o.zoo import ZOO, zoo_rule
+from symbolic_l2o.meta_train import MetaTrainSettings, meta_train
+from symbolic_l2o.evaluation import tune_baseline
 from symbolic_l2o.optimizers import AdamRule, RuleOptimizer
 from symbolic_l2o.learned_rules import make_rule
 

@@ -14,20 +14,30 @@ import io
 import json
 import re
 import sys
+import time
 import tokenize
 import typing
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from pathlib import Path
 
 import torch
 
 import symbolic_l2o
 from .tasks import make_task
-from .meta_train import MAX_EPOCHS, MAX_SEEDS, MAX_STEPS
+from .optimizers import UpdateRule
+from .learned_rules import make_rule
+from .files import save_rule, write_json_atomic
+from .tasks import resolve_device
+from .evaluation import evaluate
+from .zoo import resolve_rule
+from .runs import run_entries
+from .meta_train import Curriculum, MetaTrainSettings, meta_train
 from .library import list_optimizers, load_pretrained
 
 # %% auto #0
-__all__ = ['COMMANDS', 'COUNT_OPTIONS', 'RULE_COMMANDS', 'distill_cli', 'build_parser', 'main']
+__all__ = ['MAX_STEPS', 'MAX_SEEDS', 'MAX_EPOCHS', 'COMMANDS', 'COUNT_OPTIONS', 'RULE_COMMANDS', 'distill_cli', 'meta_train_cli',
+           'tune_cli', 'evaluate_cli', 'build_parser', 'main']
 
 # %% ../nbs/cli.ipynb #c11a0006
 def _rule_option(rule: str, lr: float | None = None):
@@ -93,12 +103,215 @@ def distill_cli(
     (Path(out) / "summary.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2))
 
+# %% ../nbs/cli.ipynb #cc4069c9
+def _task_from_args(task: str, batch_size: int, init: str, data_root: str, download: bool):
+    if task == "quadratic":
+        return make_task("quadratic")
+    kw = {"root": data_root, "download": download} if task == "mnist_mlp" else {}
+    return make_task(task, batch_size=batch_size, init=init, **kw)
+
+
+def _rule_name(rule: str | UpdateRule) -> str:
+    "How a command's output names its rule: as given, or by its class when given as an object."
+    return rule if isinstance(rule, str) else type(rule).__name__
+
+
+# the largest counts the commands take: a mistyped size is refused before it allocates memory or runs for days
+MAX_STEPS = (
+    20_000  # optimizee steps (--steps, --epoch-len, --unroll): ~7x the longest curriculum horizon, 3,000
+)
+MAX_SEEDS = 1_000  # problems (--seeds): 10x 03's closed-loop evaluation; x MAX_STEPS, 160 MB of loss curves
+MAX_EPOCHS = 100_000  # meta-training epochs (--epochs): 500x the paper's 200
+
+
+def _check_options(device: str, out: str | Path | None, **counts: tuple[int, int]) -> None:
+    """Refuse a command's bad options before it works, with a `ValueError` naming the option and what it
+    accepts: each of `counts` (name → (value, largest)) an integer from 1 to its largest, `device` one this
+    machine has, `out` not a file."""
+    for name, (value, largest) in counts.items():
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= largest:
+            raise ValueError(
+                f"invalid {name}={value!r} (--{name.replace('_', '-')}): expected an integer from 1 to "
+                f"{largest}"
+            )
+    try:
+        d = resolve_device(device)
+        cuda = d.type == "cuda" and (d.index or 0) < torch.cuda.device_count()
+        ok = d.type == "cpu" or cuda or (d.type == "mps" and torch.backends.mps.is_available())
+    except (RuntimeError, TypeError):  # not a device's name
+        ok = False
+    if not ok:
+        raise ValueError(
+            f"invalid device={device!r} (--device): expected auto, cpu, cuda, cuda:N or mps, one this "
+            "machine has"
+        )
+    if out is not None and Path(out).exists() and not Path(out).is_dir():
+        raise ValueError(f"invalid out={str(out)!r} (--out): it is a file; give a directory")
+
+# %% ../nbs/cli.ipynb #292f4507
+def _train_and_save(rule, task, out, settings: MetaTrainSettings, device, resume, extra_card):
+    out = Path(out)
+    t0 = time.perf_counter()
+    history = meta_train(rule, task, settings, out_dir=out, resume=resume, device=device)
+    card = {
+        **extra_card,
+        "task": task.name,
+        "seed": settings.seed,
+        "training": {
+            "epochs": settings.epochs,
+            "epoch_len": settings.epoch_len,
+            "unroll": settings.unroll,
+            "meta_lr": settings.meta_lr,
+            "imitation_ratio": settings.imitation_ratio,
+            "curriculum": settings.curriculum is not None,
+            "seconds": time.perf_counter() - t0,
+            "skipped_windows": history[-1]["skipped"] if history else 0,
+        },
+    }
+    save_rule(rule.cpu(), out / "rule.pt", card)
+    print(json.dumps({"rule": str(out / "rule.pt"), **card}, indent=2))
+
+
+def _settings_from_args(
+    epochs, epoch_len, unroll, meta_lr, seed, checkpoint_every, imitation_ratio, curriculum
+):
+    return MetaTrainSettings(
+        epochs=epochs,
+        epoch_len=epoch_len,
+        unroll=unroll,
+        meta_lr=meta_lr,
+        seed=seed,
+        imitation_ratio=imitation_ratio,
+        curriculum=Curriculum() if curriculum else None,
+        checkpoint_every=checkpoint_every,
+    )
+
+# %% ../nbs/cli.ipynb #d81d2a07
+def meta_train_cli(
+    rule: str = "rp_si",  # learned rule to meta-train: dm, rp, rp_s, rp_si, rp_si_rich
+    task: str = "digits_mlp",  # quadratic, digits_mlp, digits_cnn, mnist_mlp
+    epochs: int = 200,  # meta-training epochs (one fresh problem each)
+    epoch_len: int = 200,  # optimizee steps per epoch
+    unroll: int = 20,  # truncation length K of back-propagation through time
+    batch_size: int = 128,  # optimizee minibatch size
+    meta_lr: float = 1e-3,  # Adam learning rate of the meta-optimizer
+    features: str = None,  # RNNprop input features, '+'-joined (e.g. mt+gt+mom5)
+    init: str = "normal",  # optimizee initialisation: normal (N(0, 0.01²)) or default
+    imitation_ratio: float = 0.0,  # probability of an imitation epoch (Adam teacher)
+    curriculum: bool = False,  # grow the horizon with the curriculum schedule
+    device: str = "auto",  # auto, cpu, cuda, cuda:1, ...
+    seed: int = 0,  # seed of the rule's initial weights and of every epoch
+    out: str = "runs/meta_train",  # output directory (checkpoint, metrics.jsonl, rule.pt/.json)
+    checkpoint_every: int = 10,  # epochs between checkpoints
+    resume: bool = False,  # continue from out/checkpoint.pt
+    data_root: str = "data",  # where MNIST lives (mnist_mlp)
+    download: bool = False,
+):  # download MNIST if missing (needs internet)
+    "Meta-train a learned update rule from scratch and save it with its card."
+    _check_options(
+        device, out, epochs=(epochs, MAX_EPOCHS), epoch_len=(epoch_len, MAX_STEPS), unroll=(unroll, MAX_STEPS)
+    )
+    torch.manual_seed(seed)
+    r = make_rule(rule, **({"features": features.split("+")} if features else {}))
+    _train_and_save(
+        r,
+        _task_from_args(task, batch_size, init, data_root, download),
+        out,
+        _settings_from_args(
+            epochs, epoch_len, unroll, meta_lr, seed, checkpoint_every, imitation_ratio, curriculum
+        ),
+        device,
+        resume,
+        {"name": rule},
+    )
+
+# %% ../nbs/cli.ipynb #89b0c3b3
+def tune_cli(
+    rule: str = "rp_si",  # zoo name or path of a saved rule to continue meta-training
+    task: str = "digits_cnn",  # task to tune on
+    epochs: int = 50,
+    epoch_len: int = 200,
+    unroll: int = 20,
+    batch_size: int = 128,
+    meta_lr: float = 1e-4,  # meta learning rate (smaller than from scratch)
+    init: str = "normal",
+    imitation_ratio: float = 0.0,
+    curriculum: bool = False,
+    device: str = "auto",
+    seed: int = 0,
+    out: str = "runs/tune",
+    checkpoint_every: int = 10,
+    resume: bool = False,
+    data_root: str = "data",
+    download: bool = False,
+):
+    "Continue meta-training a pretrained or saved rule on another task."
+    _check_options(
+        device, out, epochs=(epochs, MAX_EPOCHS), epoch_len=(epoch_len, MAX_STEPS), unroll=(unroll, MAX_STEPS)
+    )
+    _train_and_save(
+        resolve_rule(rule),
+        _task_from_args(task, batch_size, init, data_root, download),
+        out,
+        _settings_from_args(
+            epochs, epoch_len, unroll, meta_lr, seed, checkpoint_every, imitation_ratio, curriculum
+        ),
+        device,
+        resume,
+        {"name": f"{Path(_rule_name(rule)).stem}-tuned", "tuned_from": _rule_name(rule)},
+    )
+
+
+def evaluate_cli(
+    rule: str = "rp_si",  # zoo name, saved rule path, or hand rule name (with --lr)
+    task: str = "digits_mlp",
+    steps: int = 200,
+    seeds: int = 10,  # number of held-out problems
+    lr: float = None,  # learning rate of a hand rule
+    batch_size: int = 128,
+    init: str = "normal",
+    device: str = "auto",
+    out: str = None,  # output directory (default: a new runs/evaluate/<date-time> per run)
+    overwrite: bool = False,  # replace the evaluation an existing --out holds
+    data_root: str = "data",
+    download: bool = False,
+):
+    """Evaluate a rule on held-out problems; print and save the late loss and held-out loss (and where they
+    are)."""
+    _check_options(device, out, steps=(steps, MAX_STEPS), seeds=(seeds, MAX_SEEDS))
+    if out is not None and run_entries(out) and not overwrite:
+        raise FileExistsError(
+            f"{out} already holds {', '.join(run_entries(out)[:4])}: pass overwrite=True to replace it, or "
+            "another out (without one, each run writes a new directory)"
+        )
+    ev = evaluate(
+        resolve_rule(rule, lr),
+        _task_from_args(task, batch_size, init, data_root, download),
+        steps,
+        range(seeds),
+        device=device,
+    )
+    if out is None:
+        out = Path("runs/evaluate") / datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+        out.mkdir(parents=True)
+    summary = {"rule": _rule_name(rule), "task": task, **ev.summary()}
+    path = write_json_atomic(
+        {
+            **summary,
+            "train_loss": ev.train_loss.tolist(),
+            "eval_steps": ev.eval_steps,
+            "eval_loss": ev.eval_loss.tolist(),
+        },
+        Path(out) / "evaluation.json",
+    )
+    print(json.dumps({"evaluation": str(path), **summary}, indent=2))
+
 # %% ../nbs/cli.ipynb #c11a0007
 # subcommand -> "module:function"; a module is imported only when its command runs
 COMMANDS = {
-    "meta-train": "symbolic_l2o.meta_train:meta_train_cli",
-    "tune": "symbolic_l2o.meta_train:tune_cli",
-    "evaluate": "symbolic_l2o.meta_train:evaluate_cli",
+    "meta-train": "symbolic_l2o.cli:meta_train_cli",
+    "tune": "symbolic_l2o.cli:tune_cli",
+    "evaluate": "symbolic_l2o.cli:evaluate_cli",
     "srgen": "symbolic_l2o.srgen:srgen_cli",
     "distill": "symbolic_l2o.cli:distill_cli",
     "finetune": "symbolic_l2o.finetune:finetune_cli",

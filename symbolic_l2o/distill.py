@@ -18,8 +18,8 @@ import torch
 from .optimizers import rule_config, state_per_param
 from .features import FEATURE_NAMES, OUTPUT_FEATURE, P_MEAN_FEATURES, GradFeatures
 from .expressions import SymbolicRule, complexity, parse_expression
-from .meta_train import VALIDATION_SEED_BASE, Evaluation, MetaTrainSettings, evaluate, meta_tune
-from .meta_train import paired_interval
+from .evaluation import VALIDATION_SEED_BASE, Evaluation, evaluate, paired_interval
+from .meta_train import MetaTrainSettings, meta_tune
 from .srgen import RECORD_SEED_BASE, SRDataset, record_trajectories, recorded_features
 from .regression import FittedRule, equation_streams, evaluate_expression, fit_rule
 from .regression import input_gradients, mapping_complexity, r_squared, temporal_perception_field

@@ -23,9 +23,9 @@ from .optimizers import state_per_param
 from .features import OUTPUT_FEATURE
 from .expressions import SymbolicRule, TanhBasisRule
 from .files import load_rule, save_rule
-from .meta_train import TUNING_SEED_BASE, ZOO_DIR, MetaTrainSettings, evaluate, extended_grid
-from .meta_train import at_grid_edge
-from .meta_train import meta_tune, zoo_rule
+from .evaluation import TUNING_SEED_BASE, at_grid_edge, evaluate, extended_grid
+from .zoo import ZOO_DIR, zoo_rule
+from .meta_train import MetaTrainSettings, meta_tune
 from .srgen import record_trajectories, target_scale
 from .regression import FittedRule
 from .vision import ImageData, distributed, load_data, make_model, train

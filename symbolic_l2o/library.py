@@ -21,7 +21,9 @@ from .expressions import SymbolicRule, TanhBasisRule, complexity
 from .learned_rules import DMRule, RNNpropRule, make_rule
 from .tasks import make_task
 from .files import load_rule, save_rule
-from .meta_train import ZOO_DIR, MetaTrainSettings, evaluate
+from .zoo import ZOO_DIR
+from .meta_train import MetaTrainSettings
+from .evaluation import evaluate
 from .srgen import record_trajectories
 from .distill import DistillSettings
 from .regression import FittedRule, fit_rule

@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .files import atomic_write, file_digest
-from .meta_train import artifact_path, run_lock, run_path
+from .runs import artifact_path, run_lock, run_path
 from .tasks import optional_import
 
 # %% auto #0

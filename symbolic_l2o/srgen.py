@@ -23,7 +23,8 @@ from .features import OUTPUT_FEATURE, GradFeatures
 from .learned_rules import RNNpropRule
 from .files import read_pair, require_keys, write_pair
 from .tasks import make_task
-from .meta_train import evaluate, resolve_rule
+from .evaluation import evaluate
+from .zoo import resolve_rule
 
 # %% auto #0
 __all__ = ['MAX_DATASET_BYTES', 'RECORD_SEED_BASE', 'SRDataset', 'lagged_names', 'default_features', 'recorded_features',

@@ -176,12 +176,12 @@ def test_missing_mnist_names_the_download_flag_and_make_data(capsys, tmp_path):
 
 
 def test_running_out_of_memory_is_one_line_and_a_bug_keeps_its_traceback(capsys, monkeypatch):
-    meta_train = importlib.import_module("symbolic_l2o.meta_train")  # symbolic_l2o.meta_train: the function
+    cli_module = importlib.import_module("symbolic_l2o.cli")  # symbolic_l2o.cli: the module, not the function
 
     def evaluate_cli(rule: str = "rp_si", device: str = "auto"):  # evaluate_cli's signature, in short
         raise raised
 
-    monkeypatch.setattr(meta_train, "evaluate_cli", evaluate_cli)
+    monkeypatch.setattr(cli_module, "evaluate_cli", evaluate_cli)
     raised = MemoryError()
     code, _, err = cli(capsys, "evaluate", "--rule", "adam")
     assert_refused(code, err, "out of memory")

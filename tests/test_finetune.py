@@ -20,7 +20,8 @@ from symbolic_l2o.meta_train import meta_tune
 from symbolic_l2o.regression import FittedRule
 from symbolic_l2o.files import file_digest, load_rule, save_rule
 from symbolic_l2o.tasks import make_task
-from symbolic_l2o.meta_train import ZOO_DIR, MetaTrainSettings
+from symbolic_l2o.zoo import ZOO_DIR
+from symbolic_l2o.meta_train import MetaTrainSettings
 from symbolic_l2o.expressions import SymbolicRule, TanhBasisRule
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -18,7 +18,9 @@ from symbolic_l2o.files import atomic_write, file_digest
 from symbolic_l2o.tasks import MNIST_FILES, QuadraticTask, check_mnist, find_data_root, install_mnist
 from symbolic_l2o.tasks import make_task, mnist_data
 from symbolic_l2o.files import load_rule, save_rule
-from symbolic_l2o.meta_train import ZOO, ZOO_DIR, evaluate, zoo_rule, meta_train, pretrained_card
+from symbolic_l2o.zoo import ZOO, ZOO_DIR, zoo_rule, pretrained_card
+from symbolic_l2o.evaluation import evaluate
+from symbolic_l2o.meta_train import meta_train
 from symbolic_l2o.meta_train import Curriculum, MetaTrainSettings, train_zoo, zoo_recipe
 from symbolic_l2o.optimizers import SGDRule, UpdateRule
 from symbolic_l2o.learned_rules import make_rule

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from symbolic_l2o.expressions import TanhBasisRule
-from symbolic_l2o.meta_train import ZOO, zoo_rule
+from symbolic_l2o.zoo import ZOO, zoo_rule
 from symbolic_l2o.optimizers import AdamRule, AddSignRule, LionRule, MomentumRule, NesterovRule
 from symbolic_l2o.optimizers import PowerSignRule, RMSpropRule, RuleOptimizer, SGDRule
 from symbolic_l2o.expressions import SymbolicRule

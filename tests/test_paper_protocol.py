@@ -7,18 +7,9 @@ import pytest
 import torch
 
 from symbolic_l2o.learned_rules import make_rule
-from symbolic_l2o.meta_train import (
-    PAPER_EVA,
-    Evaluation,
-    MetaTrainSettings,
-    write_summary,
-    budget_curve,
-    meta_train,
-    paper_comparison,
-    paper_tf_task,
-    train_zoo,
-    zoo_recipe,
-)
+from symbolic_l2o.evaluation import PAPER_EVA, Evaluation, paper_comparison, paper_tf_task
+from symbolic_l2o.meta_train import MetaTrainSettings, budget_curve, meta_train, train_zoo, zoo_recipe
+from symbolic_l2o.runs import write_summary
 from symbolic_l2o.tasks import QuadraticTask, make_task
 
 PROTOCOL_KEYS = ["horizon", "last_mean", "last_std", "min_mean", "sum_mean"]

@@ -30,13 +30,16 @@ STAGE = "02_srgen"  # the quickest stage that writes an artifact and a summary
 
 def test_every_stage_notebook_takes_the_pipeline_parameters_and_papermill_sees_them():
     stages = pipeline_stages(NBS)
-    assert [p.stem for p in stages][:8] == [
+    assert [p.stem for p in stages][:11] == [
         "00_optimizers",
         "00a_features",
         "00b_expressions",
         "00c_learned_rules",
         "00d_files",
         "00e_tasks",
+        "00f_evaluation",
+        "00g_zoo",
+        "00h_runs",
         "01_meta_train",
         "02_srgen",
     ]

@@ -27,7 +27,8 @@ from symbolic_l2o.regression import MAX_EQUATION_LENGTH, FittedRule, fit_rule
 from symbolic_l2o.files import atomic_write
 from symbolic_l2o.tasks import make_task
 from symbolic_l2o.files import load_rule, save_rule
-from symbolic_l2o.meta_train import MetaTrainSettings, zoo_rule, meta_train
+from symbolic_l2o.meta_train import MetaTrainSettings, meta_train
+from symbolic_l2o.zoo import zoo_rule
 
 from symbolic_l2o.optimizers import AdamRule, RuleOptimizer, SGDRule
 from symbolic_l2o.expressions import SymbolicRule, parse_expression, variable

@@ -24,7 +24,7 @@ from symbolic_l2o.regression import MAX_FIT_NAMES, MAX_PARETO_MEMBERS, FittedRul
 from symbolic_l2o.expressions import SymbolicRule, TanhBasisRule
 from symbolic_l2o.files import load_rule, save_rule, write_pair
 from symbolic_l2o.learned_rules import RULE_CLASSES, make_rule, rule_from_config
-from symbolic_l2o.meta_train import ZOO, ZOO_DIR
+from symbolic_l2o.zoo import ZOO, ZOO_DIR
 from symbolic_l2o.optimizers import PowerSignRule, rule_config
 from symbolic_l2o.srgen import SRDataset
 

@@ -95,7 +95,7 @@ def toy_stage(nbs: Path) -> Path:
         cells=[
             nc('#| tags: [parameters]\nscale = "cpu"\nout_dir = None'),
             nc(
-                "from pathlib import Path\nfrom symbolic_l2o.meta_train import write_summary\n"
+                "from pathlib import Path\nfrom symbolic_l2o.runs import write_summary\n"
                 "if out_dir is not None:\n"
                 "    (Path(out_dir) / 'out.txt').write_text('result')\n"
                 "    write_summary(out_dir, '01_toy', notes=['done'], outputs=[Path(out_dir) / 'out.txt'])"
