@@ -12,16 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from symbolic_l2o.report import (
+from symbolic_l2o.pipeline import (
     StageFailed,
-    build_report,
-    export_outputs,
     _notebook_parameters,
     pipeline_stages,
-    readme_markdown,
     run_pipeline,
-    _read_nb,
+    read_notebook,
 )
+from symbolic_l2o.report import build_report, export_outputs, readme_markdown
 
 ROOT = Path(__file__).resolve().parent.parent
 NBS = ROOT / "nbs"
@@ -44,7 +42,7 @@ def test_every_stage_notebook_takes_the_pipeline_parameters_and_papermill_sees_t
         "02_srgen",
     ]
     for path in stages:
-        params = _notebook_parameters(_read_nb(path))
+        params = _notebook_parameters(read_notebook(path))
         if not params:
             continue  # a lesson without parameters (00) runs as it is
         assert {"scale", "device", "out_dir"} <= set(params), f"{path.name} parameters: {params}"

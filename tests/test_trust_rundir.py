@@ -18,7 +18,8 @@ import torch
 import symbolic_l2o.meta_train  # noqa: F401  (the package re-exports a function of this name)
 from symbolic_l2o.learned_rules import make_rule
 from symbolic_l2o.optimizers import AdamRule
-from symbolic_l2o.report import build_report, load_summaries, report_markdown, run_pipeline
+from symbolic_l2o.report import build_report, load_summaries, report_markdown
+from symbolic_l2o.pipeline import run_pipeline
 from symbolic_l2o.tasks import QuadraticTask, make_task
 
 mt = sys.modules["symbolic_l2o.meta_train"]
