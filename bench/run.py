@@ -21,7 +21,8 @@ from symbolic_l2o.evaluation import BASELINES, evaluate
 from symbolic_l2o.zoo import ZOO, zoo_rule
 from symbolic_l2o.meta_train import MetaTrainSettings, meta_train
 from symbolic_l2o.evaluation import tune_baseline
-from symbolic_l2o.optimizers import AdamRule, RuleOptimizer
+from symbolic_l2o.optimizers import AdamRule
+from symbolic_l2o.rule_optimizer import RuleOptimizer
 from symbolic_l2o.learned_rules import make_rule
 
 

@@ -18,7 +18,8 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .optimizers import LionRule, RuleOptimizer, UpdateRule
+from .optimizers import LionRule, UpdateRule
+from .rule_optimizer import RuleOptimizer
 from .optimizers import state_per_param
 from .features import OUTPUT_FEATURE
 from .expressions import SymbolicRule, TanhBasisRule

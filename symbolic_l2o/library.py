@@ -15,7 +15,8 @@ import sympy as sp
 from torch import nn
 
 from .optimizers import HAND_RULES, AdamRule, AddSignRule, LionRule, MomentumRule, NesterovRule
-from .optimizers import PowerSignRule, RMSpropRule, RuleOptimizer, SGDRule, UpdateRule
+from .optimizers import PowerSignRule, RMSpropRule, SGDRule, UpdateRule
+from .rule_optimizer import RuleOptimizer
 from .optimizers import state_per_param
 from .expressions import SymbolicRule, TanhBasisRule, complexity
 from .learned_rules import DMRule, RNNpropRule, make_rule

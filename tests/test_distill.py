@@ -10,7 +10,8 @@ import torch
 
 from symbolic_l2o.regression import FittedRule, fit_rule, _is_exact, sanity_targets, evaluate_expression
 from symbolic_l2o.tasks import make_task
-from symbolic_l2o.optimizers import AdamRule, MomentumRule, RuleOptimizer, SGDRule, rule_config
+from symbolic_l2o.optimizers import AdamRule, MomentumRule, SGDRule, rule_config
+from symbolic_l2o.rule_optimizer import RuleOptimizer
 from symbolic_l2o.expressions import SymbolicRule, variable
 from symbolic_l2o.learned_rules import rule_from_config
 from symbolic_l2o.srgen import SRDataset, record_trajectories

@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from symbolic_l2o.expressions import SymbolicRule
-from symbolic_l2o.optimizers import AdamRule, RuleOptimizer
+from symbolic_l2o.optimizers import AdamRule
+from symbolic_l2o.rule_optimizer import RuleOptimizer
 
 EQUATIONS = [
     "-0.85*mp3_0",  # 04's deployed form: m over the cube root of an average of |g|³
@@ -148,7 +149,7 @@ def test_a_step_that_cannot_compile_runs_uncompiled(monkeypatch):
     warns once and runs its function uncompiled: the checked path's values."""
     import torch._inductor.compile_fx as compile_fx
 
-    from symbolic_l2o import optimizers
+    from symbolic_l2o import rule_optimizer as optimizers
 
     def broken(*args, **kwargs):
         raise RuntimeError("no C++ compiler here")
@@ -267,7 +268,7 @@ def test_fused_and_checked_agree_on_random_equations_and_gradients(monkeypatch):
     equations takes minutes; the compiled step's values are tested above): what is tested is the proof."""
     import random
 
-    import symbolic_l2o.optimizers as O
+    import symbolic_l2o.rule_optimizer as O
 
     monkeypatch.setattr(O, "_apply_compiled", lambda: O._apply_fused)
     rng, cases, proven = random.Random(0), 0, 0

@@ -14,7 +14,8 @@ from torch import nn
 from symbolic_l2o.expressions import TanhBasisRule
 from symbolic_l2o.zoo import ZOO, zoo_rule
 from symbolic_l2o.optimizers import AdamRule, AddSignRule, LionRule, MomentumRule, NesterovRule
-from symbolic_l2o.optimizers import PowerSignRule, RMSpropRule, RuleOptimizer, SGDRule
+from symbolic_l2o.optimizers import PowerSignRule, RMSpropRule, SGDRule
+from symbolic_l2o.rule_optimizer import RuleOptimizer
 from symbolic_l2o.expressions import SymbolicRule
 from symbolic_l2o.learned_rules import DMRule, RNNpropRule, make_rule
 
@@ -589,7 +590,7 @@ def test_tanh_basis_fast_path_matches_autograd_path_and_keeps_grads(kw):
 def test_finite_check_is_exact_when_sums_overflow():
     """The cheap sum test falls back to min/max when a sum overflows: finite half-precision gradients still
     pass."""
-    from symbolic_l2o.optimizers import _finite
+    from symbolic_l2o.rule_optimizer import _finite
 
     big = torch.full((100,), 60000.0, dtype=torch.float16)  # finite values whose fp16 sum is inf
     assert _finite([big, torch.ones(3)])

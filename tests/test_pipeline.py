@@ -28,7 +28,7 @@ STAGE = "02_srgen"  # the quickest stage that writes an artifact and a summary
 
 def test_every_stage_notebook_takes_the_pipeline_parameters_and_papermill_sees_them():
     stages = pipeline_stages(NBS)
-    assert [p.stem for p in stages][:11] == [
+    assert [p.stem for p in stages][:12] == [
         "00_optimizers",
         "00a_features",
         "00b_expressions",
@@ -38,6 +38,7 @@ def test_every_stage_notebook_takes_the_pipeline_parameters_and_papermill_sees_t
         "00f_evaluation",
         "00g_zoo",
         "00h_runs",
+        "00i_rule_optimizer",
         "01_meta_train",
         "02_srgen",
     ]

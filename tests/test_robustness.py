@@ -30,7 +30,8 @@ from symbolic_l2o.files import load_rule, save_rule
 from symbolic_l2o.meta_train import MetaTrainSettings, meta_train
 from symbolic_l2o.zoo import zoo_rule
 
-from symbolic_l2o.optimizers import AdamRule, RuleOptimizer, SGDRule
+from symbolic_l2o.optimizers import AdamRule, SGDRule
+from symbolic_l2o.rule_optimizer import RuleOptimizer
 from symbolic_l2o.expressions import SymbolicRule, parse_expression, variable
 from symbolic_l2o.learned_rules import make_rule
 from symbolic_l2o.srgen import SRDataset, record_trajectories
