@@ -141,7 +141,7 @@ def l2o_quality(horizon: int = 200, factor: int = 5, seeds: int = 10) -> dict:
 def sanity_recovery() -> dict:
     """The paper's five sanity targets from recorded gradients (library defaults: max_length 50, 25 s engine
     clock, most accurate member): R², seconds, exact flag."""
-    from symbolic_l2o.regression import sanity_check
+    from symbolic_l2o.sanity import sanity_check
 
     paper = {
         "-0.01 g_t": (1.0, 49),

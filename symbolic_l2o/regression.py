@@ -21,19 +21,16 @@ import sympy as sp
 import torch
 
 import symbolic_l2o
-from .optimizers import AdamRule
 from .features import FEATURE_NAMES, OUTPUT_FEATURE
 from .expressions import MAX_LAG, OPERATORS, SymbolicRule, compile_expression, complexity
 from .expressions import parse_expression, variable
 from .files import atomic_write, read_json, require_keys
-from .srgen import SRDataset, record_trajectories
-from .tasks import make_task
+from .srgen import SRDataset
 
 # %% auto #0
 __all__ = ['ENGINE_OPERATORS', 'SELECTION_LOSS_FACTOR', 'MAX_PARETO_MEMBERS', 'MAX_FIT_NAMES', 'MAX_NAME_LENGTH', 'CENSOR_FACTOR',
            'MAX_EQUATION_LENGTH', 'r_squared', 'equation_streams', 'evaluate_expression', 'ParetoTable', 'FittedRule',
-           'pareto_front', 'fit_rule', 'sanity_targets', 'sanity_check', 'input_gradients', 'temporal_perception_field',
-           'mapping_complexity']
+           'pareto_front', 'fit_rule']
 
 # %% ../nbs/02a_regression.ipynb #dae475e7
 ENGINE_OPERATORS = {
@@ -721,152 +718,3 @@ def fit_rule(
         "stopped_by_time": None if stopped_by is None else stopped_by == "time",
     }
     return FittedRule(chosen["expr"], names, front, engine, selection, time.perf_counter() - t0, info)
-
-# %% ../nbs/02a_regression.ipynb #0b3e5be2
-def _window_sum(weights, power=1):
-    return sum(sp.Float(w) * variable(f"g_{i}") ** power for i, w in enumerate(weights) if w)
-
-
-def sanity_targets(lags: int = 20) -> dict[str, sp.Expr]:
-    "The five sanity-check targets of the paper's `san.png`, as sympy expressions over g_0..g_{lags-1}."
-    g = [variable(f"g_{i}") for i in range(lags)]
-    ema = [0.1 * 0.9**i / (1 - 0.9**lags) for i in range(lags)]
-    return {
-        "-0.01 g_t": sp.Float(-0.01) * g[0],
-        "sum (1-0.1i) g_t-i": _window_sum([1 - 0.1 * i for i in range(10)]),
-        "g_t^2 + g_t-1 + 2g_t-2 + exp(g_t-4)": g[0] ** 2 + g[1] + 2 * g[2] + sp.exp(g[4]),
-        "momentum(0.6)": _window_sum([0.6**i for i in range(lags)]),
-        "Adam(0.9)": _window_sum(ema) / (sp.sqrt(_window_sum(ema, 2)) + sp.Float(1e-8)),
-    }
-
-
-def _is_exact(found: sp.Expr, target: sp.Expr, rtol: float = 1e-3) -> bool:
-    """Whether the expanded forms of `found` and `target` have the same terms with coefficients agreeing
-    within `rtol` (terms absent from `target` count as agreeing when their coefficient is below `rtol` of its
-    largest). A constant inside a function (the 0.9999999 of exp(0.9999999·g)) is first replaced by the
-    constant of `target` (or ±1) it agrees with within `rtol`, so that the two sides have the same terms to
-    compare."""
-    known = {1.0: sp.Integer(1)} | {abs(float(c)): abs(c) for c in target.atoms(sp.Number) if c}
-
-    def snap(c):
-        near = [k for k in known if abs(abs(float(c)) - k) <= rtol * k]
-        return (known[near[0]] if c > 0 else -known[near[0]]) if near else c
-
-    found = found.xreplace({c: snap(c) for c in found.atoms(sp.Float)})
-    a, b = sp.expand(found).as_coefficients_dict(), sp.expand(target).as_coefficients_dict()
-    scale = max(abs(float(c)) for c in b.values())
-    return all(abs(float(a.get(k, 0)) - float(c)) <= rtol * abs(float(c)) for k, c in b.items()) and all(
-        abs(float(c)) <= rtol * scale for k, c in a.items() if k not in b
-    )
-
-# %% ../nbs/02a_regression.ipynb #4439c7a7
-def sanity_check(
-    task=None,
-    steps: int = 120,
-    seeds: int = 4,
-    lags: int = 20,
-    generations: int = 300,
-    time_limit: float = 60.0,
-    max_length: int = 50,
-    max_rows: int = 5000,
-    seed: int = 0,
-    progress: bool = True,
-) -> list[dict]:
-    """Recover each sanity target from gradient histories recorded with Adam on `task`: expression, R²,
-    seconds, exact.
-
-    Rows from step `lags` on, so that every lag is a real gradient. Each target is noise-free, so the most
-    accurate member of the front is the recovery (`selection="accuracy"`); `max_length` 50 leaves room for
-    Adam's ratio of two window sums (about 40 nodes for 8 lags)."""
-    ds = record_trajectories(
-        AdamRule(lr=0.01),
-        task or make_task("digits_mlp"),
-        steps,
-        range(seeds),
-        ["g"],
-        lags,
-        seed=seed,
-        progress=progress,
-    )
-    ds = ds.take(ds.steps >= lags)  # the targets are functions of a whole window of gradients, as the paper's
-    results = []
-    for name, target in sanity_targets(lags).items():
-        y = evaluate_expression(target, ds.X, ds.names)
-        t0 = time.perf_counter()
-        fit = fit_rule(
-            ds.X,
-            y,
-            ds.names,
-            generations=generations,
-            time_limit=time_limit,
-            max_length=max_length,
-            max_rows=max_rows,
-            seed=seed,
-            selection="accuracy",
-        )
-        results.append(
-            {
-                "target": name,
-                "target_expr": str(target),
-                "recovered": str(fit.expr),
-                "r2": fit.r2(ds.X, y),
-                "seconds": time.perf_counter() - t0,
-                "exact": _is_exact(fit.expr, target),
-                "fit": fit,
-            }
-        )
-    return results
-
-# %% ../nbs/02a_regression.ipynb #d5a69a2c
-def input_gradients(fit: FittedRule, X: np.ndarray) -> np.ndarray:
-    "∂(equation)/∂(input) at each row of `X`: one column per name of `fit.names` (by autograd, in float64)."
-    env = {n: torch.tensor(X[:, i], dtype=torch.float64, requires_grad=True) for i, n in enumerate(fit.names)}
-    out = compile_expression(fit.expr)(env)
-    if not isinstance(out, torch.Tensor) or not out.requires_grad:
-        return np.zeros_like(X)
-    if (clip := fit._clip()) is not None:
-        out = out.clamp(*clip)  # the deployed output: flat where it is clipped
-    grads = torch.autograd.grad(out.sum(), list(env.values()), allow_unused=True)
-    return np.stack([np.zeros(len(X)) if g is None else g.detach().numpy() for g in grads], axis=1)
-
-
-def temporal_perception_field(fit: FittedRule, X: np.ndarray, horizon: int = 200) -> dict[str, float]:
-    """Sensitivity-weighted mean lag of each gradient feature the equation uses, counting the paths through
-    its own past outputs `u_k` when it reads them, up to `horizon` lags (our definition; see the notebook)."""
-    grads = input_gradients(fit, X)
-    S = np.abs(grads).mean(0) * X.std(0)
-    sensitivity, gain = {}, np.zeros(horizon + 1)
-    for i, name in enumerate(fit.names):
-        feature, _, lag = name.rpartition("_")
-        if int(lag) > horizon:
-            continue
-        if feature == OUTPUT_FEATURE:
-            gain[int(lag)] = grads[:, i].mean()  # feedback ∂y_t/∂y_{t−k}
-        else:
-            sensitivity.setdefault(feature, np.zeros(horizon + 1))[int(lag)] += S[i]
-    tpf = {}
-    for f, h in sensitivity.items():  # impulse response through the feedback: h_τ = S_τ + Σ_k gain_k·h_{τ−k}
-        for tau in range(1, horizon + 1):
-            h[tau] += gain[1 : tau + 1] @ h[tau - 1 :: -1]
-        h = np.abs(h)
-        if h.sum() > 0:
-            tpf[f] = float(h @ np.arange(horizon + 1) / h.sum()) if np.isfinite(h.sum()) else math.inf
-    return tpf
-
-
-def mapping_complexity(fit: FittedRule, X: np.ndarray, points: int = 201) -> float:
-    "Total bending of the 1-D response curves, Σ_v TV(F'_v)/mean|F'_v| (our definition; 0 for a linear map)."
-    used = {s.name for s in fit.expr.free_symbols}
-    median, total = np.median(X, axis=0), 0.0
-    for i, name in enumerate(fit.names):
-        if name not in used:
-            continue
-        lo, hi = np.percentile(X[:, i], [1, 99])
-        if hi <= lo:
-            continue
-        grid = np.tile(median, (points, 1))
-        grid[:, i] = np.linspace(lo, hi, points)
-        slope = np.gradient(fit.predict(grid), grid[:, i])
-        if np.abs(slope).mean() > 0:
-            total += float(np.abs(np.diff(slope)).sum() / np.abs(slope).mean())
-    return total

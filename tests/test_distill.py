@@ -8,7 +8,8 @@ import pytest
 import sympy as sp
 import torch
 
-from symbolic_l2o.regression import FittedRule, fit_rule, _is_exact, sanity_targets, evaluate_expression
+from symbolic_l2o.regression import FittedRule, fit_rule, evaluate_expression
+from symbolic_l2o.sanity import _is_exact, sanity_targets
 from symbolic_l2o.tasks import make_task
 from symbolic_l2o.optimizers import AdamRule, MomentumRule, SGDRule, rule_config
 from symbolic_l2o.rule_optimizer import RuleOptimizer
@@ -330,7 +331,8 @@ SMALL = dict(
 
 
 def test_free_running_feeds_the_equation_its_own_outputs_step_by_step():
-    from symbolic_l2o.distill import DistillSettings, free_running, record
+    from symbolic_l2o.distill import DistillSettings, record
+    from symbolic_l2o.fidelity import free_running
 
     data = record(
         MomentumRule(lr=0.01, momentum=0.9), make_task("quadratic"), DistillSettings(**{**SMALL, "stride": 2})
@@ -359,7 +361,8 @@ def test_free_running_feeds_the_equation_its_own_outputs_step_by_step():
 
 
 def test_the_canonical_form_is_the_deployed_rule_and_zero_gradients_move_nothing(tmp_path):
-    from symbolic_l2o.distill import DistillSettings, canonical_form, record
+    from symbolic_l2o.distill import DistillSettings, record
+    from symbolic_l2o.canonical import canonical_form
     from symbolic_l2o.expressions import parse_expression
 
     data = record(MomentumRule(lr=0.01, momentum=0.9), make_task("quadratic"), DistillSettings(**SMALL))
