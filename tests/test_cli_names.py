@@ -47,7 +47,7 @@ def assert_refused(code, err, says):
 @pytest.fixture(scope="module")
 def rule_files(tmp_path_factory):
     """A fitted rule as `symbolic-l2o distill` writes it (fit_rule on a tiny recording-like table, saved as
-    fitted_rule.json) and a save_rule pair, as meta-train and tune write them."""
+    fitted_rule.json) and a save_rule pair, as meta-train writes them."""
     d = tmp_path_factory.mktemp("rules")
     g = np.random.default_rng(0).normal(size=(200, 1))
     fit = fit_rule(g, -0.1 * np.tanh(g[:, 0]), ["g_0"], generations=3, time_limit=5)
@@ -95,9 +95,9 @@ def test_evaluate_takes_the_rule_files_the_library_writes(which, rule_files, cap
             "unknown optimizer 'rp_si_rich'; choose one of list_optimizers()",
         ),
         (
-            ["tune", "--rule", "adamx"],
+            ["meta-train", "--start", "adamx"],
             "unknown rule 'adamx'",
-        ),  # tune keeps the path for its card: make_rule's names
+        ),  # --start keeps the path for its card: make_rule's names
         (["evaluate", "--rule", "rp_si", "--lr", "0.1"], "has no keyword(s) ['lr']"),
     ],
 )
@@ -135,7 +135,7 @@ def test_the_console_script_evaluates_a_distilled_rule_by_name(tmp_path):
         ["srgen", "--steps", "0"],
         ["meta-train", "--epochs", "0"],
         ["meta-train", "--epoch-len", "-5"],
-        ["tune", "--epochs", "-1"],
+        ["meta-train", "--epochs", "-1", "--start", "rp_s"],
         ["distill", "--record-seeds", "0"],
         ["distill", "--tune-epochs", "-1"],
     ],

@@ -236,7 +236,7 @@ def cli(*args, cwd):
     return subprocess.run([str(exe), *args], cwd=cwd, capture_output=True, text=True, timeout=300)
 
 
-def test_cli_meta_trains_tunes_and_evaluates_end_to_end(tmp_path):
+def test_cli_meta_trains_continues_and_evaluates_end_to_end(tmp_path):
     r = cli(
         "meta-train",
         "--rule",
@@ -259,8 +259,8 @@ def test_cli_meta_trains_tunes_and_evaluates_end_to_end(tmp_path):
     assert (tmp_path / "mt" / "rule.pt").exists() and (tmp_path / "mt" / "checkpoint.pt").exists()
     assert len((tmp_path / "mt" / "metrics.jsonl").read_text().splitlines()) == 2
     r = cli(
-        "tune",
-        "--rule",
+        "meta-train",
+        "--start",
         "mt/rule.pt",
         "--task",
         "digits_mlp",
@@ -277,7 +277,7 @@ def test_cli_meta_trains_tunes_and_evaluates_end_to_end(tmp_path):
         cwd=tmp_path,
     )
     assert r.returncode == 0, r.stderr
-    assert json.loads((tmp_path / "tuned" / "rule.json").read_text())["tuned_from"] == "mt/rule.pt"
+    assert json.loads((tmp_path / "tuned" / "rule.json").read_text())["continued_from"] == "mt/rule.pt"
     r = cli(
         "evaluate",
         "--rule",

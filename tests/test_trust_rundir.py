@@ -16,10 +16,13 @@ import pytest
 import torch
 
 import symbolic_l2o.meta_train  # noqa: F401  (the package re-exports a function of this name)
+from symbolic_l2o.cli import evaluate_cli, meta_train_cli
 from symbolic_l2o.learned_rules import make_rule
 from symbolic_l2o.optimizers import AdamRule
 from symbolic_l2o.report import build_report, load_summaries, report_markdown
 from symbolic_l2o.pipeline import run_pipeline
+from symbolic_l2o.runs import run_lock, write_summary
+from symbolic_l2o.zoo import resolve_rule
 from symbolic_l2o.tasks import QuadraticTask, make_task
 
 mt = sys.modules["symbolic_l2o.meta_train"]
@@ -71,7 +74,7 @@ def test_a_summary_directory_that_is_a_symlink_gets_no_write(tmp_path):
     run_dir.mkdir(), elsewhere.mkdir()
     (run_dir / "summary").symlink_to(elsewhere)
     with pytest.raises(ValueError, match="symbolic link"):
-        mt.write_summary(run_dir, "01_toy", notes=["a note"])
+        write_summary(run_dir, "01_toy", notes=["a note"])
     assert list(elsewhere.iterdir()) == []
     with pytest.raises(ValueError, match="symbolic link"):
         load_summaries(run_dir)
@@ -81,7 +84,7 @@ def test_a_lock_file_that_is_a_symlink_gets_no_write(tmp_path):
     run_dir, target = tmp_path / "run", tmp_path / "elsewhere.txt"
     run_dir.mkdir()
     (run_dir / ".lock").symlink_to(target)
-    with pytest.raises(ValueError, match="symbolic link"), mt.run_lock(run_dir):
+    with pytest.raises(ValueError, match="symbolic link"), run_lock(run_dir):
         pass
     with pytest.raises(ValueError, match="symbolic link"):
         quadratic_run(run_dir)
@@ -110,7 +113,7 @@ def toy_stage(nbs: Path) -> Path:
 
 def test_run_pipeline_takes_the_lock_and_a_second_run_fails_at_once_naming_it(tmp_path):
     nbs, run_dir = toy_stage(tmp_path / "nbs"), tmp_path / "run"
-    with mt.run_lock(run_dir):  # another `report run` holds the directory
+    with run_lock(run_dir):  # another `report run` holds the directory
         with pytest.raises(RuntimeError, match=r"being written by another process.*\.lock"):
             run_pipeline(run_dir, "test", nbs_path=nbs, progress=False)
         r = subprocess.run(
@@ -320,11 +323,11 @@ def quiet(fn, *args, **kw):
 def test_evaluate_refuses_bad_counts_and_devices_writing_nothing(tmp_path, kw, says):
     with pytest.raises(ValueError, match=says) as e:
         kw = {"steps": 5, "seeds": 2, "lr": 0.1, "out": str(tmp_path / "ev"), **kw}
-        quiet(mt.evaluate_cli, "adam", "quadratic", **kw)
+        quiet(evaluate_cli, "adam", "quadratic", **kw)
     assert "\n" not in str(e.value) and not (tmp_path / "ev").exists()
 
 
-@pytest.mark.parametrize("command", ["meta_train_cli", "tune_cli"])
+@pytest.mark.parametrize("start", [None, "rp_s"], ids=["afresh", "start"])
 @pytest.mark.parametrize(
     "kw, says",
     [
@@ -335,35 +338,35 @@ def test_evaluate_refuses_bad_counts_and_devices_writing_nothing(tmp_path, kw, s
         pytest.param({"device": "meta"}, r"--device.*auto, cpu", id="meta-device"),
     ],
 )
-def test_meta_train_and_tune_refuse_bad_counts_and_devices(tmp_path, command, kw, says):
+def test_meta_train_afresh_and_from_a_start_refuses_bad_counts_and_devices(tmp_path, start, kw, says):
     with pytest.raises(ValueError, match=says):
-        quiet(getattr(mt, command), "rp_s", "quadratic", **{"out": str(tmp_path / "mt"), **kw})
+        quiet(meta_train_cli, "rp_s", "quadratic", **{"start": start, "out": str(tmp_path / "mt"), **kw})
     assert not (tmp_path / "mt").exists()
 
 
-@pytest.mark.parametrize("command", ["meta_train_cli", "tune_cli", "evaluate_cli"])
+@pytest.mark.parametrize("command", [meta_train_cli, evaluate_cli], ids=["meta_train_cli", "evaluate_cli"])
 def test_an_out_that_is_a_file_is_refused(tmp_path, command):
     (tmp_path / "a_file").write_text("keep me")
     with pytest.raises(ValueError, match="--out.*is a file"):
-        quiet(getattr(mt, command), "rp_s", "quadratic", device="cpu", out=str(tmp_path / "a_file"))
+        quiet(command, "rp_s", "quadratic", device="cpu", out=str(tmp_path / "a_file"))
     assert (tmp_path / "a_file").read_text() == "keep me"
 
 
 def test_meta_train_cli_refuses_a_finished_run_without_resume(tmp_path):
     kw = {"epochs": 2, "epoch_len": 4, "unroll": 2, "device": "cpu", "out": str(tmp_path / "mt")}
-    quiet(mt.meta_train_cli, "rp_s", "quadratic", **kw)
+    quiet(meta_train_cli, "rp_s", "quadratic", **kw)
     metrics = (tmp_path / "mt" / "metrics.jsonl").read_text()
     with pytest.raises(FileExistsError, match="--resume"):
-        quiet(mt.meta_train_cli, "rp_s", "quadratic", **{**kw, "epochs": 1})
+        quiet(meta_train_cli, "rp_s", "quadratic", **{**kw, "epochs": 1})
     assert (tmp_path / "mt" / "metrics.jsonl").read_text() == metrics
-    quiet(mt.meta_train_cli, "rp_s", "quadratic", **{**kw, "epochs": 3, "resume": True})  # extended
+    quiet(meta_train_cli, "rp_s", "quadratic", **{**kw, "epochs": 3, "resume": True})  # extended
     assert len((tmp_path / "mt" / "metrics.jsonl").read_text().splitlines()) == 3
 
 
 def test_evaluate_writes_a_new_directory_per_run_by_default(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     kw = {"steps": 5, "seeds": 2, "lr": 0.1, "device": "cpu"}
-    printed = [json.loads(quiet(mt.evaluate_cli, "adam", "quadratic", **kw)) for _ in range(2)]
+    printed = [json.loads(quiet(evaluate_cli, "adam", "quadratic", **kw)) for _ in range(2)]
     paths = [Path(p["evaluation"]) for p in printed]
     assert paths[0] != paths[1] and all(p.parent.parent == Path("runs/evaluate") for p in paths)
     assert all((tmp_path / p).is_file() for p in paths)
@@ -371,24 +374,24 @@ def test_evaluate_writes_a_new_directory_per_run_by_default(tmp_path, monkeypatc
 
 def test_evaluate_refuses_a_used_out_unless_told_to_overwrite(tmp_path):
     kw = {"steps": 5, "seeds": 2, "lr": 0.1, "device": "cpu", "out": str(tmp_path / "ev")}
-    quiet(mt.evaluate_cli, "adam", "quadratic", **kw)
+    quiet(evaluate_cli, "adam", "quadratic", **kw)
     first = (tmp_path / "ev" / "evaluation.json").read_text()
     with pytest.raises(FileExistsError, match="pass overwrite=True"):
-        quiet(mt.evaluate_cli, "sgd", "quadratic", **kw)
+        quiet(evaluate_cli, "sgd", "quadratic", **kw)
     assert (tmp_path / "ev" / "evaluation.json").read_text() == first
-    quiet(mt.evaluate_cli, "sgd", "quadratic", overwrite=True, **kw)
+    quiet(evaluate_cli, "sgd", "quadratic", overwrite=True, **kw)
     assert json.loads((tmp_path / "ev" / "evaluation.json").read_text())["rule"] == "sgd"
 
 
 def test_resolve_rule_takes_a_rule_object_and_names_a_missing_file():
     rule = AdamRule(lr=0.1)
-    assert mt.resolve_rule(rule) is rule and mt.resolve_rule(rule, lr=3.0) is rule
+    assert resolve_rule(rule) is rule and resolve_rule(rule, lr=3.0) is rule
     for missing in ("no/such/rule", "rule.pt", "fitted.json"):
         with pytest.raises(FileNotFoundError, match=f"no such file: {missing}"):
-            mt.resolve_rule(missing)
+            resolve_rule(missing)
 
 
 def test_evaluate_takes_a_rule_object(tmp_path):
     kw = {"steps": 5, "seeds": 2, "device": "cpu", "out": str(tmp_path / "ev")}
-    printed = json.loads(quiet(mt.evaluate_cli, AdamRule(lr=0.1), "quadratic", **kw))
+    printed = json.loads(quiet(evaluate_cli, AdamRule(lr=0.1), "quadratic", **kw))
     assert printed["rule"] == "AdamRule" and printed["seeds"] == 2
