@@ -9,6 +9,7 @@ import math
 import re
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import sympy as sp
@@ -19,8 +20,9 @@ from .optimizers import UpdateRule, check_hparam
 from .features import FEATURE_NAMES, OUTPUT_FEATURE, GradFeatures
 
 # %% auto #0
-__all__ = ['LOG_EPS', 'OPERATORS', 'MAX_EXPRESSION_CHARS', 'MAX_EXPRESSION_DEPTH', 'MAX_LAG', 'MAX_EXPONENT', 'variable',
-           'parse_expression', 'compile_expression', 'complexity', 'magnitude_bound', 'SymbolicRule', 'TanhBasisRule']
+__all__ = ['LOG_EPS', 'OPERATORS', 'SYMPY_SPELLINGS', 'MAX_EXPRESSION_CHARS', 'MAX_EXPRESSION_DEPTH', 'MAX_LAG', 'MAX_EXPONENT',
+           'variable', 'Operator', 'parse_expression', 'compile_expression', 'complexity', 'magnitude_bound',
+           'SymbolicRule', 'TanhBasisRule']
 
 # %% ../nbs/00b_expressions.ipynb #5f4d749c
 LOG_EPS = 1e-8
@@ -32,42 +34,63 @@ def variable(name: str) -> sp.Symbol:
     return sp.Symbol(name, real=True)
 
 
-OPERATORS = (
-    "add",
-    "sub",
-    "mul",
-    "div",
-    "pow",
-    "sqrt_abs",
-    "log_abs",
-    "tanh",
-    "asinh",
-    "sinh",
-    "exp",
-    "abs",
-    "sign",
-    "square",
-    "cube",
-    "greater",
-)
-_FUNCTIONS = {  # name in text -> (arity, builder of the sympy expression)
-    "pow": (2, lambda x, y: sp.sign(x) * sp.Abs(x) ** y),
-    "sqrt_abs": (1, lambda x: sp.sqrt(sp.Abs(x))),
-    "log_abs": (1, lambda x: sp.log(sp.Abs(x) + sp.Float(LOG_EPS))),
-    "tanh": (1, sp.tanh),
-    "asinh": (1, sp.asinh),
-    "sinh": (1, sp.sinh),
-    "exp": (1, sp.exp),
-    "abs": (1, sp.Abs),
+@dataclass(frozen=True)
+class Operator:
+    """One operator of the equations' vocabulary, for all that reads it: its `arity`; `build`, the sympy
+    expression it stands for (None for the four arithmetic signs, which the parser reads as signs); `node`,
+    the sympy function it builds where it builds one, with its torch twin `torch_fn` (the compiler) and
+    `bound`, |f(x)| given |x| ≤ b (the bounds; None where no finite bound holds); and how each search engine
+    spells it (`operon`; `pysr`: a PySR operator or a Julia definition), None where the engine lacks it."""
+
+    arity: int
+    build: Callable | None = None
+    node: type | None = None
+    torch_fn: Callable | None = None
+    bound: Callable[[float], float] | None = None
+    operon: str | None = None
+    pysr: str | None = None
+
+
+# the one table of the vocabulary: the parser, the compiler, the bounds and both engines read it
+OPERATORS = {
+    "add": Operator(2, operon="add", pysr="+"),
+    "sub": Operator(2, operon="sub", pysr="-"),
+    "mul": Operator(2, operon="mul", pysr="*"),
+    "div": Operator(2, operon="div", pysr="/"),
+    "pow": Operator(
+        2, lambda x, y: sp.sign(x) * sp.Abs(x) ** y, pysr="pow_signed(x, y) = sign(x) * abs(x)^y"
+    ),
+    "sqrt_abs": Operator(
+        1, lambda x: sp.sqrt(sp.Abs(x)), operon="sqrtabs", pysr="sqrt_abs(x) = sqrt(abs(x))"
+    ),
+    "log_abs": Operator(
+        1,
+        lambda x: sp.log(sp.Abs(x) + sp.Float(LOG_EPS)),
+        sp.log,
+        torch.log,
+        pysr="log_abs(x) = log(abs(x) + 1f-8)",
+    ),
+    "tanh": Operator(1, sp.tanh, sp.tanh, torch.tanh, lambda b: min(b, 1.0), "tanh", "tanh"),
+    "asinh": Operator(1, sp.asinh, sp.asinh, torch.asinh, math.asinh, pysr="asinh"),
+    "sinh": Operator(1, sp.sinh, sp.sinh, torch.sinh, math.sinh, "sinh", "sinh"),
+    "exp": Operator(1, sp.exp, sp.exp, torch.exp, math.exp, "exp", "exp"),
+    "abs": Operator(1, sp.Abs, sp.Abs, torch.abs, lambda b: b, "abs", "abs"),
+    "sign": Operator(1, sp.sign, sp.sign, torch.sign, lambda b: 1.0, pysr="sign"),
+    "square": Operator(1, lambda x: x**2, operon="square", pysr="square"),
+    "cube": Operator(1, lambda x: x**3, pysr="cube"),
+    "greater": Operator(
+        2, lambda x, y: sp.Heaviside(x - y, 0), sp.Heaviside, pysr="greater(x, y) = x > y ? one(x) : zero(x)"
+    ),
+}
+# how sympy writes nodes of the vocabulary (`str` of an equation): a saved equation's text reads back
+SYMPY_SPELLINGS = {
     "Abs": (1, sp.Abs),
-    "sign": (1, sp.sign),
-    "square": (1, lambda x: x**2),
-    "cube": (1, lambda x: x**3),
-    "greater": (2, lambda x, y: sp.Heaviside(x - y, 0)),
     "sqrt": (1, sp.sqrt),
     "log": (1, sp.log),
     "Heaviside": (2, sp.Heaviside),
 }
+_FUNCTIONS = {name: (op.arity, op.build) for name, op in OPERATORS.items() if op.build} | SYMPY_SPELLINGS
+_NODES = {op.node: op for op in OPERATORS.values() if op.node}  # a sympy function -> its operator
 
 # %% ../nbs/00b_expressions.ipynb #f5ca3759
 # resource limits of `parse_expression` (rule files are untrusted):
@@ -260,18 +283,6 @@ def parse_expression(text: str, variables: Sequence[str]) -> sp.Expr:
     return in_range(node)  # products and sums of numbers too (1e300*1e300)
 
 # %% ../nbs/00b_expressions.ipynb #76140a6d
-# the sympy functions of the vocabulary and their torch twins
-_TORCH_FUNCTIONS = {
-    sp.tanh: torch.tanh,
-    sp.sinh: torch.sinh,
-    sp.asinh: torch.asinh,
-    sp.exp: torch.exp,
-    sp.log: torch.log,
-    sp.Abs: torch.abs,
-    sp.sign: torch.sign,
-}
-
-
 def _torch_node(e: sp.Basic, env: dict[str, Tensor], consts: dict[str, Tensor]):
     "The value of sympy node `e` with plain torch ops (a Python float where no tensor is involved)."
     if isinstance(e, sp.Symbol):
@@ -298,9 +309,9 @@ def _torch_node(e: sp.Basic, env: dict[str, Tensor], consts: dict[str, Tensor]):
         if isinstance(ex, float) and ex == 0.5:
             return torch.sqrt(base) if isinstance(base, Tensor) else math.sqrt(base)
         return base**ex
-    if type(e) in _TORCH_FUNCTIONS:
+    if type(e) in _NODES and _NODES[type(e)].torch_fn is not None:  # a function of one argument
         (a,) = args
-        fn = _TORCH_FUNCTIONS[type(e)]
+        fn = _NODES[type(e)].torch_fn
         return fn(a) if isinstance(a, Tensor) else fn(torch.tensor(a)).item()
     if isinstance(e, sp.Heaviside):
         a = args[0]
@@ -341,16 +352,6 @@ class _Unbounded(Exception):
     "A node of the expression has no finite bound below the limit."
 
 
-_MAGNITUDES = {  # |f(x)| given |x| ≤ b, for the functions of the vocabulary that keep a finite x finite
-    sp.tanh: lambda b: min(b, 1.0),
-    sp.Abs: lambda b: b,
-    sp.asinh: math.asinh,
-    sp.sinh: math.sinh,
-    sp.exp: math.exp,
-    sp.sign: lambda b: 1.0,
-}
-
-
 def _magnitude(e: sp.Basic, bounds: dict[str, float], limit: float) -> float:
     if isinstance(e, sp.Symbol):
         value = bounds[e.name]
@@ -370,8 +371,8 @@ def _magnitude(e: sp.Basic, bounds: dict[str, float], limit: float) -> float:
             if fractional and not e.args[0].is_nonnegative:
                 raise _Unbounded
             value = args[0] ** float(e.args[1])
-        elif type(e) in _MAGNITUDES:
-            value = _MAGNITUDES[type(e)](args[0])
+        elif type(e) in _NODES and _NODES[type(e)].bound is not None:
+            value = _NODES[type(e)].bound(args[0])
         else:  # a division by a variable, a logarithm, a power with a variable exponent
             raise _Unbounded
     if not value < limit:  # inf, nan (0·inf), or past what the dtype holds

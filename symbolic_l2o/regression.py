@@ -33,40 +33,9 @@ __all__ = ['ENGINE_OPERATORS', 'SELECTION_LOSS_FACTOR', 'MAX_PARETO_MEMBERS', 'M
            'pareto_front', 'fit_rule']
 
 # %% ../nbs/02a_regression.ipynb #dae475e7
-ENGINE_OPERATORS = {
-    "operon": {
-        "add": "add",
-        "sub": "sub",
-        "mul": "mul",
-        "div": "div",
-        "sqrt_abs": "sqrtabs",
-        "tanh": "tanh",
-        "sinh": "sinh",
-        "exp": "exp",
-        "abs": "abs",
-        "square": "square",
-    },
-    "pysr": {op: op for op in OPERATORS},
-}
-_PYSR_BINARY = {
-    "add": "+",
-    "sub": "-",
-    "mul": "*",
-    "div": "/",
-    "pow": "pow_signed(x, y) = sign(x) * abs(x)^y",
-    "greater": "greater(x, y) = x > y ? one(x) : zero(x)",
-}
-_PYSR_UNARY = {
-    "sqrt_abs": "sqrt_abs(x) = sqrt(abs(x))",
-    "log_abs": "log_abs(x) = log(abs(x) + 1f-8)",
-    "tanh": "tanh",
-    "asinh": "asinh",
-    "sinh": "sinh",
-    "exp": "exp",
-    "abs": "abs",
-    "sign": "sign",
-    "square": "square",
-    "cube": "cube",
+ENGINE_OPERATORS = {  # each engine's spelling of the vocabulary (OPERATORS), where it has the operator
+    engine: {name: getattr(op, engine) for name, op in OPERATORS.items() if getattr(op, engine)}
+    for engine in ("operon", "pysr")
 }
 
 # %% ../nbs/02a_regression.ipynb #79186de9
@@ -201,17 +170,16 @@ def _operon_fit(X, y, names, operators, max_length, generations, time_limit, see
 
 
 def _pysr_fit(X, y, names, operators, max_length, generations, time_limit, seed, patience):
+    spelling = ENGINE_OPERATORS["pysr"]
     try:
         from pysr import PySRRegressor
 
         model = PySRRegressor(
-            binary_operators=[_PYSR_BINARY[o] for o in operators if o in _PYSR_BINARY],
-            unary_operators=[_PYSR_UNARY[o] for o in operators if o in _PYSR_UNARY],
+            binary_operators=[spelling[o] for o in operators if OPERATORS[o].arity == 2],
+            unary_operators=[spelling[o] for o in operators if OPERATORS[o].arity == 1],
+            # a Julia definition's function read back as the operator's sympy expression
             extra_sympy_mappings={
-                "pow_signed": lambda x, y: sp.sign(x) * sp.Abs(x) ** y,
-                "greater": lambda x, y: sp.Heaviside(x - y, 0),
-                "sqrt_abs": lambda x: sp.sqrt(sp.Abs(x)),
-                "log_abs": lambda x: sp.log(sp.Abs(x) + sp.Float(1e-8)),
+                spelling[o].split("(")[0]: OPERATORS[o].build for o in operators if "(" in spelling[o]
             },
             maxsize=max_length,
             niterations=generations,
