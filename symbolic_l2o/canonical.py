@@ -15,7 +15,7 @@ from .regression import FittedRule, evaluate_expression, r_squared
 from .fidelity import held_out_prediction
 
 # %% auto #0
-__all__ = ['canonical_form']
+__all__ = ['without_offset', 'canonical_form']
 
 # %% ../nbs/02d_canonical.ipynb #79c13b04
 def _env_values(
@@ -60,10 +60,41 @@ def _round_pass(expr, digits: int = 3):
     return expr.xreplace({a: sp.Integer(int(v)) if v == int(v) else sp.Float(v) for a, v in rounded.items()})
 
 
+def _zero_input_value(expr) -> sp.Expr:
+    "The value of `expr` where every variable is zero: the update of a fresh state under a zero gradient."
+    return expr.xreplace({v: sp.Integer(0) for v in expr.free_symbols})
+
+
 def _zero_drift_pass(expr):
     "Less its value at zero inputs (and zero history): zero gradients from a fresh state move nothing."
-    offset = expr.xreplace({v: sp.Integer(0) for v in expr.free_symbols})
-    return expr - offset if offset.is_finite and offset != 0 else expr
+    offset = _zero_input_value(expr)
+    return expr - offset if offset.is_finite and offset.is_real and offset != 0 else expr
+
+# %% ../nbs/02d_canonical.ipynb #c525d9d4
+def without_offset(fit: FittedRule) -> FittedRule:
+    """`fit` with its equation minus the equation's value where every variable is zero: the update of a fresh
+    state under a zero gradient (every feature, and the rule's past outputs, are then zero), which becomes
+    exactly zero for an additive constant. A fitted constant term moves every weight by the same amount at
+    every step whatever its gradient: a drift the small distillation problems tolerate and a large model does
+    not.
+
+    ```python
+    import numpy as np
+    from symbolic_l2o import fit_rule, without_offset
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(500, 1))
+    fit = fit_rule(X, -0.1 * X[:, 0] + 0.01, ["g_0"], generations=2, time_limit=2)
+    zero = np.zeros((1, 1))  # a zero gradient
+    print(fit.predict(zero), without_offset(fit).predict(zero))  # [0.01] [-0.]: no drift
+    ```"""
+    at_zero = _zero_input_value(fit.expr)
+    if not (at_zero.is_finite and at_zero.is_real):
+        raise ValueError(
+            f"the equation {fit.expr} has no finite value at zero input ({at_zero}): its offset cannot be "
+            "removed"
+        )
+    return replace(fit, expr=_zero_drift_pass(fit.expr))
 
 # %% ../nbs/02d_canonical.ipynb #68aa36a5
 def canonical_form(

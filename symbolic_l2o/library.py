@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import inspect
 import json
-import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
-import sympy as sp
 from torch import nn
 
 from .optimizers import HAND_RULES, AdamRule, AddSignRule, LionRule, MomentumRule, NesterovRule
@@ -28,6 +26,7 @@ from .evaluation import evaluate
 from .srgen import record_trajectories
 from .distill import DistillSettings
 from .regression import FittedRule, fit_rule
+from .canonical import without_offset
 
 # re-exported by `symbolic_l2o` itself
 _all_ = [
@@ -55,14 +54,15 @@ _all_ = [
     "fit_rule",
     "FittedRule",
     "DistillSettings",
+    "without_offset",
 ]
 
 # %% auto #0
-__all__ = ['create_optimizer', 'without_offset', 'load_pretrained', 'OptimizerInfo', 'list_optimizers', 'RuleOptimizer',
-           'UpdateRule', 'SGDRule', 'MomentumRule', 'NesterovRule', 'AdamRule', 'RMSpropRule', 'LionRule',
-           'PowerSignRule', 'AddSignRule', 'DMRule', 'RNNpropRule', 'SymbolicRule', 'TanhBasisRule', 'save_rule',
-           'load_rule', 'make_rule', 'make_task', 'MetaTrainSettings', 'evaluate', 'record_trajectories', 'fit_rule',
-           'FittedRule', 'DistillSettings']
+__all__ = ['create_optimizer', 'load_pretrained', 'OptimizerInfo', 'list_optimizers', 'RuleOptimizer', 'UpdateRule', 'SGDRule',
+           'MomentumRule', 'NesterovRule', 'AdamRule', 'RMSpropRule', 'LionRule', 'PowerSignRule', 'AddSignRule',
+           'DMRule', 'RNNpropRule', 'SymbolicRule', 'TanhBasisRule', 'save_rule', 'load_rule', 'make_rule', 'make_task',
+           'MetaTrainSettings', 'evaluate', 'record_trajectories', 'fit_rule', 'FittedRule', 'DistillSettings',
+           'without_offset']
 
 # %% ../nbs/library.ipynb #b7a10008
 # torch.optim names that are a hand rule stepped with options of RuleOptimizer's own, at torch's defaults:
@@ -191,33 +191,6 @@ def _locate(name_or_path: str | Path) -> tuple[str, str | Path]:
             "fitted_rule.json) or a saved rule's .pt (save_rule, beside its .json)"
         )
     raise FileNotFoundError(f"no such file: {path}")
-
-
-def without_offset(fit: FittedRule) -> FittedRule:
-    """`fit` with its equation minus the equation's value where every variable is zero: the update of a fresh
-    state under a zero gradient (every feature, and the rule's past outputs, are then zero), which becomes
-    exactly zero for an additive constant. A fitted constant term moves every weight by the same amount at
-    every step whatever its gradient: a drift the small distillation problems tolerate and a large model does
-    not.
-
-    ```python
-    import numpy as np
-    from symbolic_l2o import fit_rule, without_offset
-
-    rng = np.random.default_rng(0)
-    X = rng.normal(size=(500, 1))
-    fit = fit_rule(X, -0.1 * X[:, 0] + 0.01, ["g_0"], generations=2, time_limit=2)
-    zero = np.zeros((1, 1))  # a zero gradient
-    print(fit.predict(zero), without_offset(fit).predict(zero))  # [0.01] [-2.2e-19]: no drift, to rounding
-    ```"""
-    at_zero = fit.expr.xreplace({s: sp.Integer(0) for s in fit.expr.free_symbols})
-    value = complex(at_zero.evalf())
-    if not (math.isfinite(value.real) and value.imag == 0):
-        raise ValueError(
-            f"the equation {fit.expr} has no finite value at zero input ({at_zero}): its offset cannot be "
-            "removed"
-        )
-    return replace(fit, expr=fit.expr - sp.Float(value.real, 17) if value.real else fit.expr)
 
 
 def load_pretrained(name: str | Path, zero_offset: bool = True, **hyperparameters) -> UpdateRule:
