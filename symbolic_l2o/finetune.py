@@ -164,11 +164,14 @@ def protocol_run(
     device="auto",
     label: str = "",
     out: str | Path | None = None,
+    eval_every_epoch: bool = False,
+    progress: bool = False,
 ) -> dict:
     """One run of the protocol: a fresh `arch` (initialised from `seed`) trained by `make(params, lr)` with
-    cosine decay, scored on `data`'s test images once, at the end (`train`'s record). A run that diverges (a
-    non-finite gradient stops a `RuleOptimizer`, or the loss is still non-finite in the last epoch) scores 0
-    and is marked `diverged`, whatever the optimizer."""
+    cosine decay, scored on `data`'s test images once, at the end (`train`'s record; every epoch with
+    `eval_every_epoch`, as the command line does). A run that diverges (a non-finite gradient stops a
+    `RuleOptimizer`, or the loss is still non-finite in the last epoch) scores 0 and is marked `diverged`,
+    whatever the optimizer."""
     torch.manual_seed(seed)
     model = make_model(arch, data.num_classes)
     try:
@@ -183,8 +186,8 @@ def protocol_run(
             seed=seed,
             out=out,
             label=label,
-            eval_every_epoch=False,
-            progress=False,
+            eval_every_epoch=eval_every_epoch,
+            progress=progress,
         )
     except FloatingPointError:
         return {
@@ -650,18 +653,20 @@ def finetune_cli(
             f"unknown optimizer {optimizer!r}; known: symbolic, tanh_basis, {', '.join(COSINE_BASELINES)}"
         )
     lr = centre if lr is None else lr
-    torch.manual_seed(seed)
-    record = train(
-        make_model(arch, data.num_classes),
-        lambda m: make(m.parameters(), lr),
-        epochs,
+    per_epoch = Path(out) / f"{optimizer}-seed{seed}.json"
+    record = protocol_run(
+        make,
+        lr,
+        arch,
         data,
-        "cosine",
+        epochs,
+        seed,
         batch_size,
         device,
-        seed=seed,
-        out=Path(out) / f"{optimizer}-seed{seed}.json",
-        label=label,
+        label,
+        per_epoch,
+        eval_every_epoch=True,
+        progress=True,
     )
     if distributed()[0] == 0:
         print(json.dumps({k: record[k] for k in ("label", "final_test_acc")} | {"lr": lr}))
