@@ -39,11 +39,18 @@ from .fidelity import sign_agreement, temporal_perception_field
 from .canonical import canonical_form
 
 # %% auto #0
-__all__ = ['BUDGET_FEATURES', 'RESOLUTION', 'DistillSettings', 'record', 'state_cost', 'lag0_dataset', 'budget_features',
-           'search', 'fidelity', 'eva_ratio', 'faithful', 'verdict', 'screen', 'Distillation', 'distill', 'plot_front',
-           'plot_response']
+__all__ = ['RUN_SPLIT', 'SATURATED', 'BUDGET_FEATURES', 'TRAINS_BELOW', 'SCREEN_CHUNK', 'SCREEN_DROP', 'RESOLUTION',
+           'DistillSettings', 'record', 'state_cost', 'lag0_dataset', 'budget_features', 'search', 'fidelity',
+           'eva_ratio', 'faithful', 'verdict', 'screen', 'Distillation', 'distill', 'plot_front', 'plot_response']
 
 # %% ../nbs/03_distill.ipynb #2956e05d
+# a recording's runs: 60% fit the search (training), 20% choose among its members (validation), 20% report
+RUN_SPLIT = (0.6, 0.2, 0.2)
+# a squashed rule's recorded output (its tanh over its scale) is censored above this magnitude, where it says
+# only "at least this large" (`fit_rule`'s `censor`)
+SATURATED = 0.99
+
+
 @dataclass
 class DistillSettings:
     """Every setting of `distill` in one object; the defaults are those of the study's `cpu` run size.
@@ -286,8 +293,16 @@ def _validation_seeds(settings):
     return range(VALIDATION_SEED_BASE, VALIDATION_SEED_BASE + settings.validation_seeds)
 
 
-def _trains(evaluation) -> bool:  # the rule brings its Eva loss below 90% of the initial loss
-    return bool(evaluation.late_loss.mean() < 0.9 * evaluation.train_loss[:, 0].mean())
+# a rule "trains" a task when its Eva loss ends below this share of the initial loss (one that barely moves
+# the loss has nothing to be faithful to)
+TRAINS_BELOW = 0.9
+# screening: the validation problems are run this many at a time, and a member is dropped at the first chunk
+# where its Eva loss ratio leaves SCREEN_DROP times the tolerance (far off: no need to run it on all of them)
+SCREEN_CHUNK, SCREEN_DROP = 10, 2
+
+
+def _trains(evaluation) -> bool:
+    return bool(evaluation.late_loss.mean() < TRAINS_BELOW * evaluation.train_loss[:, 0].mean())
 
 
 # the widest half-interval of the Eva ratio that decides "faithful": a wider one is "not resolved"
@@ -333,10 +348,11 @@ def screen(
 ) -> dict:
     """Step 3: the simplest faithful member. Members whose free-running R² is within `settings.r2_tolerance`
     of the best are run closed-loop, fewest nodes first (at most `max_screened`), on the validation problems
-    (disjoint from the reported ones) in chunks of 10, a member dropped at the first chunk where its Eva loss
-    ratio to `rule`'s leaves twice the tolerance; the first whose ratio on all of them is within
-    `settings.tolerance` is chosen. If none is, the screened member with the ratio nearest 1 (in log). Returns
-    {"chosen": index into `members`, "faithful": bool, "screened": [{"index", "problems", "ratio"}]}."""
+    (disjoint from the reported ones) in chunks of `SCREEN_CHUNK`, a member dropped at the first chunk where
+    its Eva loss ratio to `rule`'s leaves `SCREEN_DROP` times the tolerance; the first whose ratio on all of
+    them is within `settings.tolerance` is chosen. If none is, the screened member with the ratio nearest 1
+    (in log). Returns {"chosen": index into `members`, "faithful": bool, "screened": [{"index", "problems",
+    "ratio"}]}."""
     seeds = list(_validation_seeds(settings))
     late = lambda r, s: evaluate(r, task, settings.steps, s, device=device, progress=False).late_loss
     source = late(rule, seeds) if source_losses is None else np.asarray(source_losses, dtype=float)
@@ -352,10 +368,10 @@ def screen(
     screened = []
     for i in eligible:
         rule_i, losses = members[i]["fit"].to_rule(), np.empty(0)
-        for start in range(0, len(seeds), 10):
-            losses = np.r_[losses, late(rule_i, seeds[start : start + 10])]
+        for start in range(0, len(seeds), SCREEN_CHUNK):
+            losses = np.r_[losses, late(rule_i, seeds[start : start + SCREEN_CHUNK])]
             ratio = losses.mean() / source[: len(losses)].mean()
-            if not abs(ratio - 1) <= 2 * settings.tolerance:
+            if not abs(ratio - 1) <= SCREEN_DROP * settings.tolerance:
                 break  # NaN (diverged) too
         screened.append(
             {"index": i, "problems": len(losses), "ratio": float(ratio) if np.isfinite(ratio) else None}
@@ -540,11 +556,11 @@ def distill(
             f"{settings.lags} lags: it records {recorded}; record it with distill.record(rule, task, "
             "settings)"
         )
-    train, rest = data.split_by_run(test_fraction=0.4)
-    validation, test = rest.split_by_run(test_fraction=0.5)
+    train, rest = data.split_by_run(test_fraction=1 - RUN_SPLIT[0])
+    validation, test = rest.split_by_run(test_fraction=RUN_SPLIT[2] / (RUN_SPLIT[1] + RUN_SPLIT[2]))
     lag0 = {k: lag0_dataset(d) for k, d in (("train", train), ("validation", validation), ("test", test))}
-    # the target is the output over its scale: |y| <= 1
-    censor = 0.99 if getattr(rule, "squash", False) else None
+    # the target is the output over its scale, |y| <= 1: a squashed rule's is censored where it saturates
+    censor = SATURATED if getattr(rule, "squash", False) else None
     late = lambda r, seeds: evaluate(r, task, settings.steps, seeds, device=device, progress=False)
     source_val = late(rule, _validation_seeds(settings)).late_loss
     reported = range(settings.eval_seeds)
