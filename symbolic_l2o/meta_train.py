@@ -265,8 +265,8 @@ def _task_config(task, digests: dict) -> dict:
     return config
 
 
-# what resume compares since issue 40, under a checkpoint's "settings" (one written before lacks them)
-_SETTINGS_SINCE_ISSUE_40 = ("tasks", "clip", "second_order", "imitation_ratio", "teacher", "curriculum")
+# what resume compares, under a checkpoint's "settings" (an older checkpoint lacks them: resumed with a warning)
+_RESUME_COMPARES = ("tasks", "clip", "second_order", "imitation_ratio", "teacher", "curriculum")
 
 
 def _run_settings(settings: MetaTrainSettings, tasks: list, teacher: UpdateRule) -> dict:
@@ -317,7 +317,7 @@ def _differences(there: dict, here: dict) -> list[str]:
 def _checkpoint_for(path: Path, rule, run: dict, device) -> dict:
     """The checkpoint at `path`, checked to be of `rule`'s configuration and of the `run` settings asked for
     (_run_settings), each difference named. A checkpoint written before the settings of
-    `_SETTINGS_SINCE_ISSUE_40` were recorded resumes, with a warning, when the settings it records match."""
+    `_RESUME_COMPARES` were recorded resumes, with a warning, when the settings it records match."""
     ck = torch.load(path, weights_only=True, map_location=device)
     first = [k for k in run if k != "settings"]
     require_keys(
@@ -329,7 +329,7 @@ def _checkpoint_for(path: Path, rule, run: dict, device) -> dict:
         raise ValueError(f"{path} was written for {ck['rule_config']}, not {rule_config(rule)}")
     differ = _differences(ck, {k: run[k] for k in first})
     if "settings" in ck:
-        there = require_keys(ck["settings"], _SETTINGS_SINCE_ISSUE_40, f"{path} (its settings)")
+        there = require_keys(ck["settings"], _RESUME_COMPARES, f"{path} (its settings)")
         differ += _differences(there, run["settings"])
     if differ:
         raise ValueError(
@@ -338,7 +338,7 @@ def _checkpoint_for(path: Path, rule, run: dict, device) -> dict:
         )
     if "settings" not in ck:
         warnings.warn(
-            f"{path} predates the comparison of {', '.join(_SETTINGS_SINCE_ISSUE_40)} on resume: resumed on "
+            f"{path} predates the comparison of {', '.join(_RESUME_COMPARES)} on resume: resumed on "
             "its seed, tasks' names, unroll, epoch_len and meta_lr alone, the rest taken to be this call's"
         )
     return ck
