@@ -265,7 +265,7 @@ def _task_config(task, digests: dict) -> dict:
     return config
 
 
-# what resume compares, under a checkpoint's "settings" (an older checkpoint lacks them: resumed with a warning)
+# what resume compares, under a checkpoint's "settings" (an older one lacks them: resumed with a warning)
 _RESUME_COMPARES = ("tasks", "clip", "second_order", "imitation_ratio", "teacher", "curriculum")
 
 
