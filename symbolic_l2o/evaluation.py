@@ -102,14 +102,14 @@ def evaluate(
     task,
     steps: int = 200,
     seeds: Sequence[int] = range(10),
-    lr: float = 1.0,
+    multiplier: float = 1.0,
     eval_every: int = 10,
     device="cpu",
     callback: Callable | None = None,
     progress: bool = True,
 ) -> Evaluation:
-    """Run `rule` (scaled by `lr`) for `steps` steps on each problem of `seeds`; record training and held-out
-    losses.
+    """Run `rule` for `steps` steps on each problem of `seeds`, its updates times `multiplier` (1: the rule
+    as it is; a hand rule's step size is its own `lr`); record training and held-out losses.
 
     ```python
     from symbolic_l2o import AdamRule, evaluate, make_task
@@ -148,7 +148,7 @@ def evaluate(
             grads = torch.autograd.grad(loss, params)
             with torch.no_grad():
                 updates, state = rule.step(grads, state, t + 1)
-                torch._foreach_add_(params, updates, alpha=lr)
+                torch._foreach_add_(params, updates, alpha=multiplier)
             if callback is not None:
                 callback(seed, t + 1, grads, updates, state)
     return Evaluation(train, eval_steps, held, seeds, accuracy)

@@ -329,7 +329,7 @@ def search_scale(
     rule that diverges at every multiplier of the grid is tried at smaller ones."""
 
     def score(m):
-        ev = evaluate(rule, task, steps, seeds, lr=m, eval_every=steps, device=device, progress=False)
+        ev = evaluate(rule, task, steps, seeds, multiplier=m, eval_every=steps, device=device, progress=False)
         return ev.eva_loss[0] if np.isfinite(ev.train_loss).all() else float("inf")
 
     scores = extended_grid(score, multipliers)
