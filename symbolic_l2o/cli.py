@@ -408,7 +408,7 @@ def _count(low: int, high: int) -> Callable[[str], int]:
 # options checked when parsed, by name
 _OPTION_TYPES = {"device": _device_option, **{name: _count(*r) for name, r in COUNT_OPTIONS.items()}}
 
-# %% ../nbs/cli.ipynb #f6a175cc
+# %% ../nbs/cli.ipynb #d37a3676
 def _add_options(parser: argparse.ArgumentParser, func: Callable) -> None:
     """One option per parameter of `func`: `--kebab-case`, its type and default, help from its comment with
     its default (and a count's range); booleans as `--x/--no-x`."""
@@ -456,7 +456,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
             _add_options(p, getattr(importlib.import_module(module), func))
     return parser
 
-
+# %% ../nbs/cli.ipynb #f45876cf
 # commands whose --rule `main` resolves into the rule itself (`_rule_option`) before they run; distill_cli
 # resolves its own, keeping the name for its card; meta-train's --start keeps the path, which its card records
 # as the rule it continues (`continued_from`), and its --rule is an architecture to train afresh

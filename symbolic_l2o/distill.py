@@ -210,7 +210,7 @@ def budget_features(train: SRDataset, validation: SRDataset, budget: int) -> lis
                 best = (r2, allowed)
     return list(best[1])
 
-# %% ../nbs/03_distill.ipynb #a48ab537
+# %% ../nbs/03_distill.ipynb #c3c9a378
 def search(
     data: SRDataset, settings: DistillSettings = DistillSettings(), seed: int = 0, censor: float | None = None
 ) -> list[FittedRule]:
@@ -277,7 +277,7 @@ def fidelity(fits: Sequence[FittedRule], data: SRDataset, zero_drift: bool = Tru
             )
     return members
 
-
+# %% ../nbs/03_distill.ipynb #d00207ab
 def eva_ratio(source, equation, resamples: int = 2000, seed: int = 0) -> tuple[float, float, float]:
     """The equation's Eva loss over the source rule's on the same problems (their `Evaluation.late_loss`), and
     its 95% interval from a paired bootstrap over the problems."""

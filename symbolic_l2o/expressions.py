@@ -282,7 +282,7 @@ def parse_expression(text: str, variables: Sequence[str]) -> sp.Expr:
         raise ValueError(f"unexpected {tokens[i][1]!r} after a complete expression in {text[:80]!r}")
     return in_range(node)  # products and sums of numbers too (1e300*1e300)
 
-# %% ../nbs/00b_expressions.ipynb #76140a6d
+# %% ../nbs/00b_expressions.ipynb #3cdb8994
 def _torch_node(e: sp.Basic, env: dict[str, Tensor], consts: dict[str, Tensor]):
     "The value of sympy node `e` with plain torch ops (a Python float where no tensor is involved)."
     if isinstance(e, sp.Symbol):
@@ -333,7 +333,7 @@ def complexity(expr: sp.Expr) -> int:
     "The number of nodes of the expression tree (variables, numbers and operations)."
     return sum(1 for _ in sp.preorder_traversal(expr))
 
-
+# %% ../nbs/00b_expressions.ipynb #daf7abfe
 def magnitude_bound(expr: sp.Expr, bounds: dict[str, float], limit: float = math.inf) -> float:
     """An upper bound of |expr| wherever each variable x has |x| ≤ `bounds[x.name]`: interval arithmetic on
     magnitudes, node by node; a finite bound also proves the value is not NaN.

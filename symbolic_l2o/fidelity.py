@@ -167,7 +167,7 @@ def recurrence(fit: FittedRule, data: SRDataset, horizon: int = 1000) -> dict | 
         "stable": settled,
     }
 
-# %% ../nbs/02c_fidelity.ipynb #a1b2c3d5
+# %% ../nbs/02c_fidelity.ipynb #c4997293
 # the betas of the null models' grids: SGD's momentum 0.9, Adam's 0.9/0.99, the recorded 0.95, a fast 0.5
 NULL_BETAS = (0.5, 0.9, 0.95, 0.99)
 NULL_R2_MARGIN = 1e-3  # an R² gain over the best null model below this is no gain (rounding, an exact copy)
@@ -224,7 +224,7 @@ def null_values(data: SRDataset, text: str, beta1: float, beta2: float) -> np.nd
     X = replayed_features(data, [n.rpartition("_")[0] for n in names], beta1, beta2)
     return evaluate_expression(expr, X, names) * np.ones(len(X))
 
-
+# %% ../nbs/02c_fidelity.ipynb #2cc9da5a
 def fit_null_models(train: SRDataset, validation: SRDataset, test: SRDataset) -> dict[str, dict]:
     """Each family of `null_families` fitted to a recording: at every grid point the factor c by least squares
     on `train`, the grid point by R² on `validation`. Returns family → {`equation` (c fitted), `beta1`,

@@ -145,7 +145,7 @@ def file_digest(path: str | Path, algorithm: str = "sha256") -> str:
             h.update(block)
     return h.hexdigest()
 
-# %% ../nbs/00d_files.ipynb #6f13723a
+# %% ../nbs/00d_files.ipynb #1ca42eb5
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -200,7 +200,7 @@ def write_pair(path: str | Path, data: bytes, card: dict, hash_key: str) -> Path
             old.unlink(missing_ok=True)
     return path
 
-
+# %% ../nbs/00d_files.ipynb #ff921e44
 def read_pair(
     path: Path, what: str, keys: Sequence[str], hash_key: str, max_bytes: int
 ) -> tuple[dict, bytes]:

@@ -178,7 +178,7 @@ RNNPROP_PRESETS = {
     "rp_si_rich": dict(features=("mt", "gt", "mom5", "mom99"), preproc=(6,), hidden=(7,)),
 }
 
-# %% ../nbs/00c_learned_rules.ipynb #92c2ae40
+# %% ../nbs/00c_learned_rules.ipynb #17ff3e0e
 RULE_CLASSES = {
     c.__name__: c
     for c in (
@@ -245,6 +245,8 @@ _WIDTHS = (
     lambda v: _list(v, MAX_LAYERS, lambda w: _integer(w, 1, MAX_LAYER_WIDTH)),
     f"a list of at most MAX_LAYERS = {MAX_LAYERS} integers from 1 to MAX_LAYER_WIDTH = {MAX_LAYER_WIDTH}",
 )
+
+# %% ../nbs/00c_learned_rules.ipynb #b7618f77
 # every argument of the classes of RULE_CLASSES, as rule_config writes it: (check, what it expects)
 _CONFIG_ARGUMENTS = {
     **dict.fromkeys(

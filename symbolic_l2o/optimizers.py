@@ -279,7 +279,7 @@ class NesterovRule(MomentumRule):
         b = decay_add(s["momentum_buffer"], g, self.momentum)
         return torch.add(g, b, alpha=self.momentum).mul_(-self.lr), {"momentum_buffer": b}
 
-# %% ../nbs/00_optimizers.ipynb #86efb785
+# %% ../nbs/00_optimizers.ipynb #750753f5
 class AdamRule(ElementwiseRule):
     """Adam (Kingma & Ba) as `torch.optim.Adam`: u = −lr·m̂/(√v̂ + eps) with bias-corrected moments.
 
@@ -315,7 +315,7 @@ class AdamRule(ElementwiseRule):
         u = normalize(m, v, self.eps * root_bc2, -self.lr * root_bc2 / (1 - b1**t))
         return u, {"exp_avg": m, "exp_avg_sq": v}
 
-
+# %% ../nbs/00_optimizers.ipynb #700a07c9
 class RMSpropRule(ElementwiseRule):
     """RMSprop as `torch.optim.RMSprop`: v ← α·v + (1−α)·g², u = −lr·g/(√v + eps).
 

@@ -115,7 +115,7 @@ def format_duration(seconds: float) -> str:
 def _write_json(path: Path, obj) -> Path:
     return atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2, default=str)))
 
-# %% ../nbs/05_pipeline.ipynb #c40a0001
+# %% ../nbs/05_pipeline.ipynb #bfc81b19
 _STATUSES = ("running", "failed", "done")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _RECORD_FIX = "it was edited or damaged: restore it, or start a new run directory"
@@ -190,7 +190,7 @@ def read_run_record(run_dir: Path) -> dict | None:
                 _check_artifacts(r.get(role), path, f"{at}.{role}", fix)
     return record
 
-
+# %% ../nbs/05_pipeline.ipynb #05e70b02
 def read_summary(run_dir: Path, name: str) -> dict:
     """The stage summary `run_dir/summary/<name>` (write_summary), checked: its fields are of their types and
     its figures inside the run directory (run_path); anything else is a one-line `ValueError` naming it."""

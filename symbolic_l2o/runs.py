@@ -19,7 +19,7 @@ from .zoo import ZOO_DIR
 # %% auto #0
 __all__ = ['run_path', 'artifact_record', 'artifact_path', 'write_summary', 'run_lock', 'run_entries', 'locks_run_dir']
 
-# %% ../nbs/00h_runs.ipynb #5a6ae21f
+# %% ../nbs/00h_runs.ipynb #bed1d9b2
 def run_path(run_dir: str | Path, rel: str | Path) -> Path:
     """`run_dir/rel`, checked to stay inside the run directory: a `ValueError` when `rel` is absolute or
     climbs out with `..`, or when any part of it below `run_dir` is a symbolic link (a link could send a read
@@ -64,7 +64,7 @@ def artifact_path(artifact: dict, out_dir: str | Path) -> Path:
         return ZOO_DIR / path.name
     return path if path.is_absolute() else run_path(out_dir, path)
 
-
+# %% ../nbs/00h_runs.ipynb #107a76d6
 def write_summary(
     out_dir: str | Path,
     stage: str,

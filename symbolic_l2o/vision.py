@@ -239,7 +239,7 @@ def digits32(seed: int = 0, n_test: int = 450) -> ImageData:
     m, s = X[tr].float().div(255).mean().item(), X[tr].float().div(255).std().item()
     return ImageData("digits32", X[tr], y[tr], X[te], y[te], 10, [m] * 3, [s] * 3, flip=False)
 
-# %% ../nbs/03a_vision.ipynb #dd577e29
+# %% ../nbs/03a_vision.ipynb #fbf3ae9f
 class _ArraysOnly(pickle.Unpickler):
     "An unpickler for the CIFAR python files that can build numpy arrays and nothing else (no code runs)."
 
@@ -296,7 +296,7 @@ def read_cifar10_batch(
     images = torch.from_numpy(records[:, 1:].reshape(n, 3, 32, 32).copy())
     return images, torch.from_numpy(records[:, 0].astype(np.int64))
 
-
+# %% ../nbs/03a_vision.ipynb #2dc05e4f
 def _cifar10_arrays(root: Path, download: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     base = root / CIFAR10_FOLDER
     if download and not all((base / name).exists() for name in CIFAR10_FILES):
