@@ -319,7 +319,7 @@ class _CommandsHelp(argparse.HelpFormatter):
             longest = max(map(len, action.choices)) + self._current_indent + self._indent_increment
             self._action_max_length = max(self._action_max_length, longest)
 
-# %% ../nbs/cli.ipynb #28b4a939
+# %% ../nbs/cli.ipynb #60615edb
 def _command_summary(target: str) -> str:
     """The first paragraph of the docstring of `module:function` as one line (a docstring wrapped to the line
     length reads whole), read from the module's source without importing it."""
@@ -348,7 +348,7 @@ def _option_comments(func: Callable) -> dict[str, str]:
             previous = tok.string
     return comments
 
-
+# %% ../nbs/cli.ipynb #b013aba3
 def _device_option(value: str) -> str:
     "`--device`: `auto`, or a device this machine has (a plain message when it has not, e.g. no CUDA GPU)."
     if value == "auto":

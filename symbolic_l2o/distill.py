@@ -39,18 +39,11 @@ from .fidelity import sign_agreement, temporal_perception_field
 from .canonical import canonical_form
 
 # %% auto #0
-__all__ = ['RUN_SPLIT', 'SATURATED', 'BUDGET_FEATURES', 'TRAINS_BELOW', 'SCREEN_CHUNK', 'SCREEN_DROP', 'RESOLUTION',
+__all__ = ['BUDGET_FEATURES', 'RUN_SPLIT', 'SATURATED', 'TRAINS_BELOW', 'SCREEN_CHUNK', 'SCREEN_DROP', 'RESOLUTION',
            'DistillSettings', 'record', 'state_cost', 'lag0_dataset', 'budget_features', 'search', 'fidelity',
            'eva_ratio', 'faithful', 'verdict', 'screen', 'Distillation', 'distill', 'plot_front', 'plot_response']
 
 # %% ../nbs/03_distill.ipynb #2956e05d
-# a recording's runs: 60% fit the search (training), 20% choose among its members (validation), 20% report
-RUN_SPLIT = (0.6, 0.2, 0.2)
-# a squashed rule's recorded output (its tanh over its scale) is censored above this magnitude, where it says
-# only "at least this large" (`fit_rule`'s `censor`)
-SATURATED = 0.99
-
-
 @dataclass
 class DistillSettings:
     """Every setting of `distill` in one object; the defaults are those of the study's `cpu` run size.
@@ -278,6 +271,13 @@ def fidelity(fits: Sequence[FittedRule], data: SRDataset, zero_drift: bool = Tru
     return members
 
 # %% ../nbs/03_distill.ipynb #d00207ab
+# a recording's runs: 60% fit the search (training), 20% choose among its members (validation), 20% report
+RUN_SPLIT = (0.6, 0.2, 0.2)
+# a squashed rule's recorded output (its tanh over its scale) is censored above this magnitude, where it says
+# only "at least this large" (`fit_rule`'s `censor`)
+SATURATED = 0.99
+
+
 def eva_ratio(source, equation, resamples: int = 2000, seed: int = 0) -> tuple[float, float, float]:
     """The equation's Eva loss over the source rule's on the same problems (their `Evaluation.late_loss`), and
     its 95% interval from a paired bootstrap over the problems."""

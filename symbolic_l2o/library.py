@@ -148,7 +148,7 @@ def create_optimizer(name: str | Path, params, **hyperparameters) -> RuleOptimiz
     options = {**options, **{k: hyperparameters.pop(k) for k in optimizer_keywords if k in hyperparameters}}
     return RuleOptimizer(params, load_pretrained(rule_name, **hyperparameters), lr=lr, **options)
 
-# %% ../nbs/library.ipynb #b7a10014
+# %% ../nbs/library.ipynb #2007eae2
 def _zoo_files(zoo: Path = ZOO_DIR) -> dict[str, tuple[str, Path]]:
     """name → (kind, file) of the rules shipped in `zoo`: learned (`<name>.pt` and its card) and distilled (a
     `FittedRule` JSON)."""
@@ -192,7 +192,7 @@ def _locate(name_or_path: str | Path) -> tuple[str, str | Path]:
         )
     raise FileNotFoundError(f"no such file: {path}")
 
-
+# %% ../nbs/library.ipynb #59063b0e
 def load_pretrained(name: str | Path, zero_offset: bool = True, **hyperparameters) -> UpdateRule:
     """The update rule of an optimizer: any name of `list_optimizers()` (in any case), or a rule file the
     library writes. What `create_optimizer` deploys and the command line's `--rule` names.

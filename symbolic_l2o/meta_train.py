@@ -235,7 +235,7 @@ def _bptt_epoch(rule, problem, horizon, unroll, meta_opt, settings) -> dict:
     done = torch.cat(window_losses) if window_losses else torch.tensor([float("nan")])
     return {**record, "mode": "train", "mean_loss": done.mean().item(), "final_loss": done[-1].item()}
 
-
+# %% ../nbs/01_meta_train.ipynb #a902835f
 def _digest(tensors) -> str:
     "The SHA-256 of tensors' dtypes, shapes and bytes, in order."
     h = hashlib.sha256()
