@@ -33,9 +33,9 @@ from .vision import ImageData, distributed, load_data, make_model, train
 
 # %% auto #0
 __all__ = ['WEIGHT_DECAY', 'COSINE_BASELINES', 'META_TUNE', 'tanh_basis_from_teacher', 'tanh_basis_from_equation', 'protocol_run',
-           'lr_search', 'run_protocol', 'search_scale', 'proxy_tune', 'prepare_symbolic', 'state_bytes_per_param',
-           'step_costs', 'finetune_summary', 'accuracy_goal', 'protocol_table', 'plot_protocol', 'scalability',
-           'finetune_cli']
+           'lr_search', 'run_protocol', 'search_scale', 'meta_tune_on_proxy', 'prepare_symbolic',
+           'state_bytes_per_param', 'step_costs', 'finetune_summary', 'accuracy_goal', 'protocol_table',
+           'plot_protocol', 'scalability', 'finetune_cli']
 
 # %% ../nbs/04_finetune_resnet.ipynb #a9617d74
 def _rule_source_fit(rule_source: str | Path | None = None) -> tuple[FittedRule, str]:
@@ -339,7 +339,7 @@ def search_scale(
     return best, scores
 
 
-def proxy_tune(
+def meta_tune_on_proxy(
     rule: SymbolicRule | TanhBasisRule,
     proxy,
     tune: dict | None = None,
@@ -380,9 +380,11 @@ def prepare_symbolic(
     progress: bool = False,
 ) -> tuple[SymbolicRule, dict]:
     """03's selected equation, exactly (`fit.to_rule()`: its form, constants, scale, betas and clip),
-    `proxy_tune`d; its card names the `equation` deployed, its `state_per_param` and the `state_budget` 03
-    selected it within (`within_budget`)."""
-    rule, card = proxy_tune(fit.to_rule(), proxy, tune, search, None, "tuned_symbolic", device, progress)
+    meta-tuned on `proxy` (`meta_tune_on_proxy`); its card names the `equation` deployed, its
+    `state_per_param` and the `state_budget` 03 selected it within (`within_budget`)."""
+    rule, card = meta_tune_on_proxy(
+        fit.to_rule(), proxy, tune, search, None, "tuned_symbolic", device, progress
+    )
     budget = fit.meta.get("state_budget")
     card.update(
         equation=str(fit.expr),
@@ -646,7 +648,7 @@ def finetune_cli(
             tuned, card = prepare_symbolic(fit, proxy, out=where, device=device)
             if optimizer == "tanh_basis":
                 psi = tanh_basis_from_equation(fit.expr, float(fit.meta.get("scale", 1.0)))[0]
-                tuned, _ = proxy_tune(psi, proxy, out=where, name="tuned_tanh_basis", device=device)
+                tuned, _ = meta_tune_on_proxy(psi, proxy, out=where, name="tuned_tanh_basis", device=device)
         label, make, centre = _rule_spec("Symbolic L2O" if optimizer == "symbolic" else "ψ γ·tanh", tuned)
     else:
         raise ValueError(
