@@ -30,7 +30,7 @@ from .learned_rules import make_rule
 from .files import save_rule, write_json_atomic
 from .tasks import resolve_device
 from .evaluation import evaluate
-from .zoo import resolve_rule
+from .srgen import record_trajectories
 from .runs import run_entries
 from .meta_train import Curriculum, MetaTrainSettings, meta_train
 from .distill import DistillSettings, distill
@@ -38,7 +38,7 @@ from .library import list_optimizers, load_pretrained
 
 # %% auto #0
 __all__ = ['MAX_STEPS', 'MAX_SEEDS', 'MAX_EPOCHS', 'COMMANDS', 'COUNT_OPTIONS', 'RULE_COMMANDS', 'distill_cli', 'meta_train_cli',
-           'evaluate_cli', 'build_parser', 'main']
+           'evaluate_cli', 'srgen_cli', 'build_parser', 'main']
 
 # %% ../nbs/cli.ipynb #c11a0006
 def _rule_option(rule: str, lr: float | None = None):
@@ -227,7 +227,7 @@ def meta_train_cli(
             "--features sets a fresh rule's inputs; a --start rule keeps its own: drop one of them"
         )
     else:
-        r, card = resolve_rule(start), {"name": f"{Path(start).stem}-continued", "continued_from": start}
+        r, card = load_pretrained(start), {"name": f"{Path(start).stem}-continued", "continued_from": start}
     _train_and_save(
         r,
         _task_from_args(task, batch_size, init, data_root, download),
@@ -242,7 +242,7 @@ def meta_train_cli(
 
 # %% ../nbs/cli.ipynb #89b0c3b3
 def evaluate_cli(
-    rule: str = "rp_si",  # zoo name, saved rule path, or hand rule name (with --lr)
+    rule: str = "rp_si",  # a name of list_optimizers() or a rule file (a hand rule takes --lr)
     task: str = "digits_mlp",
     steps: int = 200,
     seeds: int = 10,  # number of held-out problems
@@ -264,7 +264,7 @@ def evaluate_cli(
             "another out (without one, each run writes a new directory)"
         )
     ev = evaluate(
-        resolve_rule(rule, lr),
+        _rule_option(rule, lr) if isinstance(rule, str) else rule,
         _task_from_args(task, batch_size, init, data_root, download),
         steps,
         range(seeds),
@@ -285,12 +285,53 @@ def evaluate_cli(
     )
     print(json.dumps({"evaluation": str(path), **summary}, indent=2))
 
+# %% ../nbs/cli.ipynb #c203e446
+def srgen_cli(
+    rule: str = "rp_si",  # a name of list_optimizers() or a rule file (a hand rule takes --lr)
+    task: str = "digits_mlp",  # task to record on
+    steps: int = 300,  # steps per run
+    seeds: int = 20,  # number of runs (fresh problems)
+    lags: int = 20,  # window length L
+    features: str = None,  # '+'-joined features to record (default: the rule's own inputs)
+    coords_per_tensor: int = 20,  # coordinates sampled per tensor (0: all)
+    stride: int = 5,  # steps between recorded rows
+    lr: float = None,  # learning rate of a hand rule
+    seed: int = 0,  # seed of the coordinate sampling
+    device: str = "auto",
+    out: str = "runs/srgen/sr",
+):  # output path (.npz + .json)
+    "Record a rule's behaviour into an SR dataset."
+    ds = record_trajectories(
+        _rule_option(rule, lr) if isinstance(rule, str) else rule,
+        make_task(task),
+        steps,
+        range(seeds),
+        features.split("+") if features else None,
+        lags,
+        coords_per_tensor or None,
+        stride,
+        seed,
+        device,
+    )
+    path = ds.save(out)
+    print(
+        json.dumps(
+            {
+                "dataset": str(path),
+                "rows": len(ds),
+                "columns": len(ds.names),
+                **{k: ds.meta[k] for k in ("features", "lags", "dead_coordinates", "nonfinite_rows")},
+            },
+            indent=2,
+        )
+    )
+
 # %% ../nbs/cli.ipynb #c11a0007
 # subcommand -> "module:function"; a module is imported only when its command runs
 COMMANDS = {
     "meta-train": "symbolic_l2o.cli:meta_train_cli",
     "evaluate": "symbolic_l2o.cli:evaluate_cli",
-    "srgen": "symbolic_l2o.srgen:srgen_cli",
+    "srgen": "symbolic_l2o.cli:srgen_cli",
     "distill": "symbolic_l2o.cli:distill_cli",
     "finetune": "symbolic_l2o.finetune:finetune_cli",
 }

@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import io
-import json
 import math
 import reprlib
 import zipfile
@@ -22,13 +21,11 @@ from .optimizers import UpdateRule, rule_config
 from .features import OUTPUT_FEATURE, GradFeatures
 from .learned_rules import RNNpropRule
 from .files import read_pair, require_keys, write_pair
-from .tasks import make_task
 from .evaluation import evaluate
-from .zoo import resolve_rule
 
 # %% auto #0
 __all__ = ['MAX_DATASET_BYTES', 'RECORD_SEED_BASE', 'SRDataset', 'lagged_names', 'default_features', 'recorded_features',
-           'target_scale', 'record_trajectories', 'srgen_cli']
+           'target_scale', 'record_trajectories']
 
 # %% ../nbs/02_srgen.ipynb #95c112ce
 # the most the arrays of an SR dataset may declare (and its .npz file hold) when it is read: 8x the largest
@@ -356,45 +353,4 @@ def record_trajectories(
     }
     return SRDataset(
         X[ok], y[ok], lagged_names(features, lags), run_ids[ok], coord_ids[ok], step_ids[ok], meta
-    )
-
-# %% ../nbs/02_srgen.ipynb #f2fb5d8f
-def srgen_cli(
-    rule: str = "rp_si",  # zoo name, saved rule path, or hand rule name (with --lr)
-    task: str = "digits_mlp",  # task to record on
-    steps: int = 300,  # steps per run
-    seeds: int = 20,  # number of runs (fresh problems)
-    lags: int = 20,  # window length L
-    features: str = None,  # '+'-joined features to record (default: the rule's own inputs)
-    coords_per_tensor: int = 20,  # coordinates sampled per tensor (0: all)
-    stride: int = 5,  # steps between recorded rows
-    lr: float = None,  # learning rate of a hand rule
-    seed: int = 0,  # seed of the coordinate sampling
-    device: str = "auto",
-    out: str = "runs/srgen/sr",
-):  # output path (.npz + .json)
-    "Record a rule's behaviour into an SR dataset."
-    ds = record_trajectories(
-        resolve_rule(rule, lr),
-        make_task(task),
-        steps,
-        range(seeds),
-        features.split("+") if features else None,
-        lags,
-        coords_per_tensor or None,
-        stride,
-        seed,
-        device,
-    )
-    path = ds.save(out)
-    print(
-        json.dumps(
-            {
-                "dataset": str(path),
-                "rows": len(ds),
-                "columns": len(ds.names),
-                **{k: ds.meta[k] for k in ("features", "lags", "dead_coordinates", "nonfinite_rows")},
-            },
-            indent=2,
-        )
     )

@@ -96,8 +96,8 @@ def test_evaluate_takes_the_rule_files_the_library_writes(which, rule_files, cap
         ),
         (
             ["meta-train", "--start", "adamx"],
-            "unknown rule 'adamx'",
-        ),  # --start keeps the path for its card: make_rule's names
+            "unknown optimizer 'adamx'; choose one of list_optimizers()",
+        ),  # --start keeps the name or path for its card
         (["evaluate", "--rule", "rp_si", "--lr", "0.1"], "has no keyword(s) ['lr']"),
     ],
 )

@@ -22,7 +22,7 @@ from symbolic_l2o.optimizers import AdamRule
 from symbolic_l2o.report import build_report, load_summaries, report_markdown
 from symbolic_l2o.pipeline import run_pipeline
 from symbolic_l2o.runs import run_lock, write_summary
-from symbolic_l2o.zoo import resolve_rule
+from symbolic_l2o.library import load_pretrained
 from symbolic_l2o.tasks import QuadraticTask, make_task
 
 mt = sys.modules["symbolic_l2o.meta_train"]
@@ -383,12 +383,10 @@ def test_evaluate_refuses_a_used_out_unless_told_to_overwrite(tmp_path):
     assert json.loads((tmp_path / "ev" / "evaluation.json").read_text())["rule"] == "sgd"
 
 
-def test_resolve_rule_takes_a_rule_object_and_names_a_missing_file():
-    rule = AdamRule(lr=0.1)
-    assert resolve_rule(rule) is rule and resolve_rule(rule, lr=3.0) is rule
+def test_a_missing_rule_file_is_named():
     for missing in ("no/such/rule", "rule.pt", "fitted.json"):
         with pytest.raises(FileNotFoundError, match=f"no such file: {missing}"):
-            resolve_rule(missing)
+            load_pretrained(missing)
 
 
 def test_evaluate_takes_a_rule_object(tmp_path):
