@@ -620,6 +620,7 @@ def train_zoo(
     start: str | Path | None = None,
     device="cpu",
     progress: bool = True,
+    run_dir: str | Path | None = None,
 ) -> dict:
     """Meta-train the zoo rules on `tasks` (default `zoo_tasks()`) with `settings` (the paper's by default),
     each rule's `ZOO_RECIPES` options on top; evaluate each on `seeds` problems of `eval_task` (default:
@@ -629,7 +630,9 @@ def train_zoo(
 
     `start` is a directory of saved rules (e.g. `ZOO_DIR`) to continue meta-training from, the paper's
     "tune" mode; the card names the starting file and its SHA-256. By default each rule starts from
-    scratch."""
+    scratch. With `run_dir`, each rule's meta-training checkpoints in `run_dir/<name>` and a later call
+    resumes it exactly (`meta_train`'s resume), so an hours-long zoo rule survives an interruption; its
+    card's `seconds` are then those of the call that finished it."""
     recipes = {name: zoo_recipe(name) for name in names}
     tasks = list(tasks) if tasks is not None else zoo_tasks()
     eval_task, cards, steps = eval_task or make_task("mnist_mlp", split="eval"), {}, settings.epoch_len
@@ -644,7 +647,9 @@ def train_zoo(
                 artifact_record(Path(start) / f"{name}.pt", out),
             )
         t0 = time.perf_counter()
-        history = meta_train(rule, tasks, replace(settings, **recipe), device=device, progress=progress)
+        where = Path(run_dir) / name if run_dir is not None else None
+        resume = where is not None and (where / "checkpoint.pt").exists()
+        history = meta_train(rule, tasks, replace(settings, **recipe), where, resume, device, progress)
         seconds = time.perf_counter() - t0
         evals = {
             k: evaluate(rule, eval_task, k, range(seeds), device=device, progress=False)
