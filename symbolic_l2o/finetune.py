@@ -312,7 +312,7 @@ def run_protocol(
         }
     return results
 
-# %% ../nbs/04_finetune_resnet.ipynb #605feaa2
+# %% ../nbs/04_finetune_resnet.ipynb #5189ad37
 META_TUNE = MetaTrainSettings(epochs=20, epoch_len=100, unroll=10, meta_lr=3e-3)  # the proxy's default budget
 
 
@@ -338,7 +338,7 @@ def search_scale(
         raise RuntimeError(f"every multiplier diverged on {task.name}: {scores}")
     return best, scores
 
-
+# %% ../nbs/04_finetune_resnet.ipynb #0966fd5e
 def meta_tune_on_proxy(
     rule: SymbolicRule | TanhBasisRule,
     proxy,

@@ -235,7 +235,7 @@ def _bptt_epoch(rule, problem, horizon, unroll, meta_opt, settings) -> dict:
     done = torch.cat(window_losses) if window_losses else torch.tensor([float("nan")])
     return {**record, "mode": "train", "mean_loss": done.mean().item(), "final_loss": done[-1].item()}
 
-# %% ../nbs/01_meta_train.ipynb #a902835f
+# %% ../nbs/01_meta_train.ipynb #3fd2e7a3
 def _digest(tensors) -> str:
     "The SHA-256 of tensors' dtypes, shapes and bytes, in order."
     h = hashlib.sha256()
@@ -264,7 +264,7 @@ def _task_config(task, digests: dict) -> dict:
         config["data"] = digests[key]
     return config
 
-
+# %% ../nbs/01_meta_train.ipynb #5f350cba
 # what resume compares, under a checkpoint's "settings" (an older one lacks them: resumed with a warning)
 _RESUME_COMPARES = ("tasks", "clip", "second_order", "imitation_ratio", "teacher", "curriculum")
 
