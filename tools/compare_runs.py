@@ -5,7 +5,7 @@ changed no number ("the same seeds give the same numbers").
 
 Every `summary/*.json` of either run is flattened to `file › key › ...` paths; a table becomes one value per
 row (named by its first cell) and column. Values that measure time (a key or column named like seconds, ms,
-minutes, time, duration, or per-epoch timings) are left out, and so are the SHA-256 of figures (PNG files
+minutes, time, duration, per-epoch timings, a step-time ratio "vs Adam") are left out, and so are the SHA-256 of figures (PNG files
 carry the plotting library's metadata). Everything else must be equal to the letter. Exits 1 and lists the
 differences when any value differs or is present in one run only."""
 
@@ -14,7 +14,9 @@ import re
 import sys
 from pathlib import Path
 
-TIMING = re.compile(r"second|(^|[^a-z])ms([^a-z]|$)|minute|\bmin\b|time|duration|took|elapsed", re.IGNORECASE)
+TIMING = re.compile(
+    r"second|(^|[^a-z])ms([^a-z]|$)|minute|\bmin\b|time|duration|took|elapsed|vs adam", re.IGNORECASE
+)
 
 
 def flatten(value, path: tuple, out: dict) -> dict:
