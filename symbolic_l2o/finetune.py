@@ -18,22 +18,23 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .optimizers import LionRule, UpdateRule
+from .optimizers import LionRule, UpdateRule, rule_config
 from .rule_optimizer import RuleOptimizer
 from .optimizers import state_per_param
 from .features import OUTPUT_FEATURE
 from .expressions import SymbolicRule, TanhBasisRule
-from .files import load_rule, save_rule
+from .files import atomic_write, load_rule, save_rule, sha256_bytes
 from .evaluation import TUNING_SEED_BASE, at_grid_edge, evaluate, extended_grid
 from .zoo import ZOO_DIR, zoo_rule
 from .meta_train import MetaTrainSettings, meta_tune
 from .srgen import record_trajectories, target_scale
 from .regression import FittedRule
+from .tasks import resolve_device
 from .vision import ImageData, distributed, load_data, make_model, train
 
 # %% auto #0
 __all__ = ['WEIGHT_DECAY', 'COSINE_BASELINES', 'META_TUNE', 'tanh_basis_from_teacher', 'tanh_basis_from_equation', 'protocol_run',
-           'lr_search', 'run_protocol', 'search_scale', 'meta_tune_on_proxy', 'prepare_symbolic',
+           'optimizer_identity', 'lr_search', 'run_protocol', 'search_scale', 'meta_tune_on_proxy', 'prepare_symbolic',
            'state_bytes_per_param', 'step_costs', 'finetune_summary', 'accuracy_goal', 'protocol_table',
            'plot_protocol', 'scalability', 'finetune_cli']
 
@@ -171,7 +172,30 @@ def protocol_run(
     cosine decay, scored on `data`'s test images once, at the end (`train`'s record; every epoch with
     `eval_every_epoch`, as the command line does). A run that diverges (a non-finite gradient stops a
     `RuleOptimizer`, or the loss is still non-finite in the last epoch) scores 0 and is marked `diverged`,
-    whatever the optimizer."""
+    whatever the optimizer.
+
+    With `out`, the finished record says what ran (`protocol`: the network, the learning rate, the
+    optimizer's `optimizer_identity`, the image counts, the epochs, batch size and seed, the device and, on a
+    CPU, the number of threads, which changes the float sums and so the numbers), and a finished
+    record at `out` that says the same is returned as it is instead of training again: an interrupted
+    protocol resumes run by run, and a changed optimizer or setting runs afresh."""
+    key = {
+        "arch": arch,
+        "lr": lr,
+        "optimizer": optimizer_identity(make, lr),
+        "dataset": data.name,
+        "images": [len(data.X_train), len(data.X_test)],
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "seed": seed,
+        "eval_every_epoch": eval_every_epoch,
+        "device": resolve_device(device).type,
+        "threads": torch.get_num_threads() if resolve_device(device).type == "cpu" else None,
+    }
+    if out is not None and Path(out).exists():
+        done = json.loads(Path(out).read_text())
+        if done.get("protocol") == key:
+            return done
     torch.manual_seed(seed)
     model = make_model(arch, data.num_classes)
     try:
@@ -190,16 +214,25 @@ def protocol_run(
             progress=progress,
         )
     except FloatingPointError:
-        return {
-            "label": label,
-            "final_test_acc": 0.0,
-            "diverged": True,
-            "epochs": [{"train_loss": float("nan")}] * epochs,
-        }
+        record = {"label": label, "epochs": [{"train_loss": float("nan")}] * epochs}
     record["diverged"] = not math.isfinite(record["epochs"][-1]["train_loss"])
     if record["diverged"]:
         record["final_test_acc"] = 0.0
+    if out is not None:
+        record["protocol"] = key
+        atomic_write(out, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=2)))
     return record
+
+
+def optimizer_identity(make: Callable, lr: float) -> str:
+    """A SHA-256 of what `make(params, lr)` builds: its class, its hyperparameters and, for a `RuleOptimizer`,
+    its rule's configuration and weights. What `protocol_run` compares before it reuses a finished run."""
+    opt = make([torch.nn.Parameter(torch.zeros(1))], lr)
+    parts = [type(opt).__name__, json.dumps(opt.defaults, sort_keys=True, default=str)]
+    if isinstance(opt, RuleOptimizer):
+        parts.append(json.dumps([rule_config(opt.rule), opt.fused], sort_keys=True, default=str))
+        parts += [f"{k}={v.detach().cpu().numpy().tobytes().hex()}" for k, v in opt.rule.state_dict().items()]
+    return sha256_bytes("\n".join(parts).encode())
 
 # %% ../nbs/04_finetune_resnet.ipynb #f35892ac
 def lr_search(
@@ -214,9 +247,10 @@ def lr_search(
     seed: int = TUNING_SEED_BASE,
     batch_size: int = 128,
     device="auto",
+    out: str | Path | None = None,
 ) -> dict:
     """Search the learning rate of `make(params, lr)` (or a rule's multiplier) on `data` (a `holdout`
-    validation split).
+    validation split); with `out`, each value's run is `protocol_run`'s record `out/lr<value>.json`.
 
     `points` values `lr`·`step`^k centred on `lr`, each training a fresh `arch` for `epochs` (cosine, tuning
     seed `seed`), scored by the final accuracy on `data`'s held-out images; past an edge that holds the best
@@ -224,7 +258,10 @@ def lr_search(
     `best_lr` and `val_metric` (its accuracy)."""
     if points < 2:
         raise ValueError(f"points={points}: a grid needs at least 2 values")
-    accuracy = lambda v: protocol_run(make, v, arch, data, epochs, seed, batch_size, device)["final_test_acc"]
+    path = lambda v: Path(out) / f"lr{v:.6g}.json" if out is not None else None
+    accuracy = lambda v: protocol_run(make, v, arch, data, epochs, seed, batch_size, device, out=path(v))[
+        "final_test_acc"
+    ]
     scores = extended_grid(
         lambda v: -accuracy(v), [lr * step ** (k - (points - 1) // 2) for k in range(points)], max_extensions
     )
@@ -268,8 +305,10 @@ def run_protocol(
     accuracy read at the end of each run.
 
     Returns name → `lr_search`'s fields, `label`, `seeds`, `test_acc` (per seed), `test_acc_mean`,
-    `test_acc_ci` (95%) and `train_loss` (per seed, per epoch); with `out`, each final run's record is written
-    to `out/<name>-seed<k>.json`."""
+    `test_acc_ci` (95%) and `train_loss` (per seed, per epoch). With `out`, each final run's record is written
+    to `out/<name>-seed<k>.json` and each search run's to `out/search/<name>/`: a protocol run again into the
+    same `out` reuses every finished run whose setting is unchanged (`protocol_run`), so it resumes where it
+    stopped and more seeds train only the new ones."""
     fit, validation = data.holdout(n_val)
     results = {}
     for name, (label, make, lr) in tqdm(optimizers.items(), desc="optimizers", disable=not progress):
@@ -283,6 +322,7 @@ def run_protocol(
             max_extensions=max_extensions,
             batch_size=batch_size,
             device=device,
+            out=Path(out) / "search" / name if out is not None else None,
         )
         runs = [
             protocol_run(
