@@ -175,8 +175,8 @@ def protocol_run(
     whatever the optimizer.
 
     With `out`, the finished record says what ran (`protocol`: the network, the learning rate, the
-    optimizer's `optimizer_identity`, the image counts, the epochs, batch size and seed, the device and, on a
-    CPU, the number of threads, which changes the float sums and so the numbers), and a finished
+    optimizer's `optimizer_identity`, the image counts, the epochs, batch size and seed, the device, the
+    number of processes and, on a CPU, of threads: they change the float sums and so the numbers), and a finished
     record at `out` that says the same is returned as it is instead of training again: an interrupted
     protocol resumes run by run, and a changed optimizer or setting runs afresh."""
     key = {
@@ -191,6 +191,7 @@ def protocol_run(
         "eval_every_epoch": eval_every_epoch,
         "device": resolve_device(device).type,
         "threads": torch.get_num_threads() if resolve_device(device).type == "cpu" else None,
+        "processes": distributed()[1],
     }
     if out is not None and Path(out).exists():
         done = json.loads(Path(out).read_text())
@@ -218,7 +219,7 @@ def protocol_run(
     record["diverged"] = not math.isfinite(record["epochs"][-1]["train_loss"])
     if record["diverged"]:
         record["final_test_acc"] = 0.0
-    if out is not None:
+    if out is not None and distributed()[0] == 0:
         record["protocol"] = key
         atomic_write(out, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=2)))
     return record
@@ -525,12 +526,16 @@ def finetune_summary(results: dict[str, dict], costs: dict[str, dict], source: d
 
 def accuracy_goal(mine: dict, best: dict, resolution: float = 1.0, moonshot: bool = False) -> str:
     """ "met", "not met" or "not resolved": is the equation's mean test accuracy (`mine`, a `finetune_summary`
-    entry) at or above the low end of the best baseline's 95% interval (`moonshot`: above its high end)? Only
-    an informative interval decides: one wider than ±`resolution` points is "not resolved"."""
+    entry) at or above the low end of the best baseline's 95% interval (`moonshot`: above its high end)?
+    "Met" needs an informative interval: one wider than ±`resolution` points is "not resolved", except that a
+    mean below even a wide interval's low end is "not met" (a narrower interval would only raise that end)."""
     lo, hi = best["test_acc_ci"]
+    mean = mine["test_acc_mean"]
+    if not moonshot and mean < lo:
+        return "not met"
     if (hi - lo) / 2 > resolution:
         return "not resolved"
-    return "met" if (mine["test_acc_mean"] > hi if moonshot else mine["test_acc_mean"] >= lo) else "not met"
+    return "met" if (mean > hi if moonshot else mean >= lo) else "not met"
 
 
 def protocol_table(summary: dict) -> dict:
