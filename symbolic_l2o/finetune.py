@@ -176,9 +176,9 @@ def protocol_run(
 
     With `out`, the finished record says what ran (`protocol`: the network, the learning rate, the
     optimizer's `optimizer_identity`, the image counts, the epochs, batch size and seed, the device, the
-    number of processes and, on a CPU, of threads: they change the float sums and so the numbers), and a finished
-    record at `out` that says the same is returned as it is instead of training again: an interrupted
-    protocol resumes run by run, and a changed optimizer or setting runs afresh."""
+    number of processes and, on a CPU, of threads: they change the float sums and so the numbers), and a
+    finished record at `out` that says the same is returned as it is instead of training again: an
+    interrupted protocol resumes run by run, and a changed optimizer or setting runs afresh."""
     key = {
         "arch": arch,
         "lr": lr,
