@@ -81,11 +81,42 @@ def _betas(betas):
         raise ValueError(f"invalid betas={betas!r}: expected a pair (beta1, beta2)")
     return check_beta("betas[0]", betas[0]), check_beta("betas[1]", betas[1])
 
+# %% ../nbs/00_optimizers.ipynb #078aac77
+class _FusedStepInterface:
+    """The optional fused step of a rule, which `UpdateRule` inherits: a `fusable` rule says what one tensor's
+    update is in plain torch ops (`scalars`, `update_at`) and how large it can be (`bound`), so that
+    `RuleOptimizer(fused=True)` can compile its step into one loop per tensor."""
+
+    fusable: bool = False  # whether RuleOptimizer(fused=True) can compile it: see `update_at`
+
+    def scalars(self, t: int) -> dict[str, float]:
+        """The constants of step `t` that `update_at` reads (bias corrections, ...): computed once per step,
+        on the host. A `fusable` rule implements `scalars`, `update_at` and `bound`."""
+        raise NotImplementedError(f"{type(self).__name__} has no fused step")
+
+    def update_at(
+        self, g: Tensor, s: dict[str, Tensor], sc: dict[str, Tensor]
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """The update of one tensor with gradient `g` and state `s`, and its new state, given the step's
+        constants `sc` (`scalars(t)` as 0-d tensors), in plain torch ops: what `RuleOptimizer(fused=True)`
+        compiles into one loop over each tensor's coordinates."""
+        raise NotImplementedError(f"{type(self).__name__} has no fused step")
+
+    def bound(
+        self, gmax: float, smax: dict[str, float], t: int, limit: float = math.inf
+    ) -> tuple[float, dict[str, float]]:
+        """Upper bounds of |update| and of each new state buffer's largest |value| at step `t`, given |g| ≤
+        `gmax` and each old buffer's largest |value| `smax` (`math.inf` where none is known): the proof that a
+        fused step is finite before it writes. `limit` is the largest magnitude the step's dtype holds: a
+        bound is finite only where every intermediate value of the step stays below it (none overflows, none
+        is NaN)."""
+        raise NotImplementedError(f"{type(self).__name__} has no fused step")
+
 # %% ../nbs/00_optimizers.ipynb #f82b97bb
 RuleState = list  # one dict[str, Tensor] per parameter tensor
 
 
-class UpdateRule(nn.Module):
+class UpdateRule(_FusedStepInterface, nn.Module):
     """Base class of all update rules: `init(params)` → state, `step(grads, state, t)` → (updates, state).
 
     Updates are added to the parameters (θ ← θ + u). `t` is the 1-based step number. With autograd
@@ -116,7 +147,6 @@ class UpdateRule(nn.Module):
     ```"""
 
     hyperparameters: tuple[str, ...] = ()
-    fusable: bool = False  # whether RuleOptimizer(fused=True) can compile it: see `update_at`
 
     def with_hyperparameters(self, values: dict) -> UpdateRule:
         """This rule with its `hyperparameters` taken from `values` (e.g. a param group): itself when none
@@ -142,29 +172,6 @@ class UpdateRule(nn.Module):
     def step(self, grads: Sequence[Tensor], state: RuleState, t: int) -> tuple[list[Tensor], RuleState]:
         "Updates for `grads` (one per parameter tensor) at step `t`, and the new state."
         raise NotImplementedError
-
-    def scalars(self, t: int) -> dict[str, float]:
-        """The constants of step `t` that `update_at` reads (bias corrections, ...): computed once per step,
-        on the host. A `fusable` rule implements `scalars`, `update_at` and `bound`."""
-        raise NotImplementedError(f"{type(self).__name__} has no fused step")
-
-    def update_at(
-        self, g: Tensor, s: dict[str, Tensor], sc: dict[str, Tensor]
-    ) -> tuple[Tensor, dict[str, Tensor]]:
-        """The update of one tensor with gradient `g` and state `s`, and its new state, given the step's
-        constants `sc` (`scalars(t)` as 0-d tensors), in plain torch ops: what `RuleOptimizer(fused=True)`
-        compiles into one loop over each tensor's coordinates."""
-        raise NotImplementedError(f"{type(self).__name__} has no fused step")
-
-    def bound(
-        self, gmax: float, smax: dict[str, float], t: int, limit: float = math.inf
-    ) -> tuple[float, dict[str, float]]:
-        """Upper bounds of |update| and of each new state buffer's largest |value| at step `t`, given |g| ≤
-        `gmax` and each old buffer's largest |value| `smax` (`math.inf` where none is known): the proof that a
-        fused step is finite before it writes. `limit` is the largest magnitude the step's dtype holds: a
-        bound is finite only where every intermediate value of the step stays below it (none overflows, none
-        is NaN)."""
-        raise NotImplementedError(f"{type(self).__name__} has no fused step")
 
     def extra_repr(self) -> str:
         names = [n for n in inspect.signature(type(self).__init__).parameters if n != "self"]

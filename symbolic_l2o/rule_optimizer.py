@@ -18,7 +18,7 @@ from .optimizers import UpdateRule, check_hparam, check_lr, rule_config
 # %% auto #0
 __all__ = ['RuleOptimizer']
 
-# %% ../nbs/00i_rule_optimizer.ipynb #b5fd2158
+# %% ../nbs/00i_rule_optimizer.ipynb #302c063f
 def _finite(grads: list[Tensor]) -> bool:
     """Whether every gradient is free of NaN and ±inf. A finite sum proves it in one cheap pass (a NaN or an
     inf makes a sum non-finite); only when a sum is not finite (a non-finite value, or finite values whose sum
@@ -31,6 +31,200 @@ def _finite(grads: list[Tensor]) -> bool:
     )
 
 
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype `RuleOptimizer` runs a rule in for parameters of `dtype`: float32 for float16 and bfloat16
+    (whose range and resolution lose g², |g|^p and epsilons such as 1e-8), else `dtype` itself."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def _update_scale(rule: UpdateRule, group: dict) -> float:
+    """The factor on a rule's update in a param group: 1 for a hand rule (its `lr` is inside its update), the
+    group's `lr` for a learned or symbolic rule."""
+    return 1.0 if "lr" in rule.hyperparameters else group["lr"]
+
+# %% ../nbs/00i_rule_optimizer.ipynb #1fa953cb
+def _check_options(rule: UpdateRule, on_nonfinite: str, fused: bool) -> None:
+    "Refuse a `RuleOptimizer`'s `rule`, `on_nonfinite` or `fused` where invalid, before anything is built."
+    if not isinstance(rule, UpdateRule):
+        raise TypeError(f"rule must be an UpdateRule (e.g. AdamRule()), got {type(rule).__name__}")
+    if on_nonfinite not in ("error", "skip"):
+        raise ValueError(f"invalid on_nonfinite={on_nonfinite!r}: expected 'error' or 'skip'")
+    if fused not in (True, False):
+        raise ValueError(f"invalid fused={fused!r}: expected True or False")
+    if fused and not rule.fusable:
+        raise ValueError(
+            "fused=True needs a rule with a fused step (a SymbolicRule that reads no past step, such as "
+            f"03's deployable member); {type(rule).__name__} has none: use fused=False"
+        )
+
+
+def _defaults(
+    rule: UpdateRule, lr: float | None, weight_decay: float, decoupled_weight_decay: bool, maximize: bool
+) -> dict:
+    """A `RuleOptimizer`'s param group defaults: the rule's `hyperparameters`, `lr` (when `None`, a hand
+    rule's own, else 1.0), the weight decay and `maximize`."""
+    hyper = {k: getattr(rule, k) for k in rule.hyperparameters}
+    lr = hyper.get("lr", 1.0) if lr is None else lr
+    return {
+        **hyper,
+        "lr": check_lr(lr),
+        "weight_decay": weight_decay,
+        "decoupled_weight_decay": decoupled_weight_decay,
+        "maximize": maximize,
+    }
+
+
+def _checked_group(param_group: dict, defaults: dict, rule: UpdateRule, fused: bool) -> dict:
+    """`param_group` with its `params` read into a list, once its `lr`, the rule's hyperparameters,
+    `weight_decay`, `decoupled_weight_decay`, `maximize` and its parameters' dtypes are checked."""
+    group = {**defaults, **param_group}
+    check_lr(group["lr"])
+    check_hparam("weight_decay", group["weight_decay"], lambda v: v >= 0, "weight_decay >= 0")
+    for key in ("decoupled_weight_decay", "maximize"):
+        if not isinstance(group[key], bool):
+            raise ValueError(f"invalid {key}={group[key]!r}: expected True or False")
+    # (name, parameter) pairs or parameters, as torch.optim takes them; a generator is read once here, a
+    # set is left for torch.optim to refuse
+    ps = param_group["params"]
+    ps = [ps] if isinstance(ps, Tensor) else ps if isinstance(ps, (list, tuple, set)) else list(ps)
+    param_group = {**param_group, "params": ps}
+    for p in (q[1] if isinstance(q, tuple) else q for q in ps):
+        if isinstance(p, Tensor) and not p.is_floating_point():
+            raise ValueError(
+                f"RuleOptimizer steps real floating-point parameters, got {p.dtype}: for a complex "
+                "parameter optimize its real view torch.view_as_real(p) (a rule's elementwise maths "
+                "has no complex meaning)"
+            )
+        if fused and p.dtype not in (torch.float32, torch.float64):
+            raise ValueError(
+                f"fused=True steps float32 and float64 parameters, got {p.dtype}: use fused=False"
+            )
+    if rule.hyperparameters:  # the rule's own checks, on the group's values
+        type(rule)(**{**rule_config(rule)["args"], **{k: group[k] for k in rule.hyperparameters}})
+    return param_group
+
+# %% ../nbs/00i_rule_optimizer.ipynb #beb9ee31
+def _describe(param_groups: list[dict], gi: int, p: Tensor) -> str:
+    "How an error names parameter `p` of param group `gi`: by its name where the optimizer was given names."
+    group = param_groups[gi]
+    i = next(i for i, q in enumerate(group["params"]) if q is p)
+    names = group.get("param_names")
+    where = f"'{names[i]}'" if names else f"{i} of param group {gi}"
+    return f"parameter {where} (shape {tuple(p.shape)})"
+
+
+def _work(param_groups: list[dict]) -> list[tuple]:
+    """(group index, group, its parameters that have a gradient) for each param group; a sparse gradient is
+    refused with a `RuntimeError`."""
+    work = []
+    for gi, group in enumerate(param_groups):
+        ps = [p for p in group["params"] if p.grad is not None]
+        for p in ps:
+            if p.grad.is_sparse:
+                raise RuntimeError(
+                    f"RuleOptimizer does not support sparse gradients: {_describe(param_groups, gi, p)}"
+                )
+        work.append((gi, group, ps))
+    return work
+
+
+def _calls(rule: UpdateRule, state: dict, work: list) -> list[tuple]:
+    """One call of `rule` per param group and step count (params that missed steps are at another count), each
+    (group index, group, the rule with the group's hyperparameters, the 1-based step t, params, the
+    gradients the rule sees, their states without the step counter); a new parameter's state is made in
+    `state` (the optimizer's)."""
+    calls = []
+    for gi, group, ps in work:
+        group_rule = rule.with_hyperparameters(group)
+        by_step = {}
+        for p in ps:
+            if not state[p]:
+                state[p] = {
+                    "step": torch.tensor(0.0),
+                    **rule.init_tensor(p.detach().to(_compute_dtype(p.dtype))),
+                }
+            by_step.setdefault(int(state[p]["step"]), []).append(p)
+        wd, decoupled = group["weight_decay"], group["decoupled_weight_decay"]
+        for t, qs in by_step.items():
+            grads = [p.grad for p in qs]
+            if group.get("maximize", False):  # as torch.optim: the rule sees −g (before weight decay)
+                grads = torch._foreach_neg(grads)
+            if wd and not decoupled:
+                grads = torch._foreach_add(grads, qs, alpha=wd)  # new tensors: .grad is kept
+            states = [{k: v for k, v in state[p].items() if k != "step"} for p in qs]
+            calls.append((gi, group, group_rule, t + 1, qs, grads, states))
+    return calls
+
+# %% ../nbs/00i_rule_optimizer.ipynb #c4c5fde7
+def _rule_steps(calls: list[tuple]) -> list[tuple]:
+    """(group index, params, updates, new states) of every rule call, all computed before anything is
+    written: a rule returns new state and leaves the old as it is, kept until all is known finite."""
+    steps = []
+    for gi, group, rule, t, qs, grads, states in calls:
+        updates, states = rule.step([g.to(_compute_dtype(g.dtype)) for g in grads], states, t)
+        scale = _update_scale(rule, group)  # the check sees the final update: a finite u times a huge lr
+        updates = [(u if scale == 1.0 else u * scale).to(p.dtype) for u, p in zip(updates, qs)]
+        steps.append((gi, qs, updates, states))
+    return steps
+
+
+def _write_steps(param_groups: list[dict], state: dict, steps: list) -> None:
+    """Write checked `steps`: each parameter's new state and step count, decoupled weight decay, then the
+    update θ ← θ + u."""
+    for gi, qs, updates, states in steps:
+        group = param_groups[gi]
+        for p, s in zip(qs, states):
+            state[p].update(s)
+            state[p]["step"] += 1
+        wd = group.get("weight_decay", 0.0)
+        if wd and group.get("decoupled_weight_decay", False):
+            torch._foreach_mul_(qs, 1 - group["lr"] * wd)
+        torch._foreach_add_(qs, updates)
+
+# %% ../nbs/00i_rule_optimizer.ipynb #5eab74f9
+def _nonfinite_gradient(param_groups: list[dict], work: list) -> FloatingPointError:
+    "The error of a step that meets a non-finite gradient, naming the first such parameter."
+    gi, p = next((gi, p) for gi, _, ps in work for p in ps if not _finite([p.grad]))
+    return FloatingPointError(
+        f"non-finite gradient in {_describe(param_groups, gi, p)}; no parameter or optimizer "
+        "state was changed (on_nonfinite='skip' skips such steps instead)"
+    )
+
+
+def _nonfinite_result(param_groups: list[dict], rule: UpdateRule, steps: list) -> FloatingPointError:
+    "The error of a step whose update or new state is non-finite, naming the first such parameter."
+    gi, p, what = next(
+        (gi, p, "update" if not _finite([u]) else "state")
+        for gi, qs, us, ss in steps
+        for p, u, s in zip(qs, us, ss)
+        if not _finite([u, *s.values()])
+    )
+    return FloatingPointError(
+        f"non-finite {what} of {_describe(param_groups, gi, p)} from finite gradients (an overflow in "
+        f"{type(rule).__name__} or in its lr scaling, e.g. a gradient spike); no parameter or "
+        "optimizer state was changed (on_nonfinite='skip' skips such steps instead)"
+    )
+
+
+def _step_checked(opt: RuleOptimizer, work: list) -> None:
+    """The checked step of `opt` on `work`: every update and new state computed and checked before anything is
+    written; a non-finite gradient, update or new state is skipped and counted (`on_nonfinite="skip"`) or
+    raised, and nothing changes."""
+    if not _finite([p.grad for _, _, ps in work for p in ps]):
+        if opt.on_nonfinite == "skip":
+            opt.nonfinite_skips += 1
+            return
+        raise _nonfinite_gradient(opt.param_groups, work)
+    steps = _rule_steps(_calls(opt.rule, opt.state, work))
+    if not _finite([x for _, qs, us, ss in steps for x in (*us, *(v for s in ss for v in s.values()))]):
+        if opt.on_nonfinite == "skip":
+            opt.nonfinite_skips += 1
+            return
+        raise _nonfinite_result(opt.param_groups, opt.rule, steps)
+    _write_steps(opt.param_groups, opt.state, steps)
+    opt._state_bound = None
+
+# %% ../nbs/00i_rule_optimizer.ipynb #052a732f
 def _apply_fused(rule: UpdateRule, params: list, grads: list, states: list, sc: dict, lr: Tensor) -> None:
     """One step of a `fusable` rule written in place: θ ← θ + lr·u and the new state, for each parameter (what
     `RuleOptimizer(fused=True)` compiles, one loop per tensor)."""
@@ -67,20 +261,113 @@ def _apply_compiled() -> Callable:
 
     return apply
 
+# %% ../nbs/00i_rule_optimizer.ipynb #2d4a3bd7
+def _state_bounds(state: dict) -> dict[str, float]:
+    """The largest |value| of each state buffer over every parameter's `state` (`math.inf` where one holds a
+    NaN or ±inf, the step counter left out): read once after a checked step or a load."""
+    bound = {}
+    for s in state.values():
+        for k, v in s.items():
+            if k != "step" and v.numel():
+                m = torch.stack(torch.aminmax(v)).abs().max().item()  # NaN: no bound
+                m = m if math.isfinite(m) else math.inf
+                bound[k] = max(bound.get(k, 0.0), m)
+    return bound
 
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype `RuleOptimizer` runs a rule in for parameters of `dtype`: float32 for float16 and bfloat16
-    (whose range and resolution lose g², |g|^p and epsilons such as 1e-8), else `dtype` itself."""
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+def _step_fused(opt: RuleOptimizer, work: list) -> bool:
+    """The fused step of `opt` on `work` (`fused=True`): when the rule's `bound`s prove every update and new
+    state value finite, write each parameter and its state in place with the compiled `_apply_fused`, and
+    return True; else change nothing and return False (the checked path then steps)."""
+    calls = _calls(opt.rule, opt.state, work)
+    # the largest |g| (a NaN propagates): aminmax reads each tensor once and allocates nothing
+    gs = [torch.stack(torch.aminmax(g)) for *_, grads, _ in calls for g in grads if g.numel()]
+    gmax = torch.cat(gs).abs().max().item() if gs else 0.0
+    if not math.isfinite(gmax):
+        return False
+    if opt._state_bound is None:  # after a checked step or a load: read every parameter's state once
+        opt._state_bound = _state_bounds(opt.state)
+    new_bound = dict(opt._state_bound)  # parameters without a gradient keep their state
+    for _, group, rule, t, qs, _, _ in calls:
+        limit = torch.finfo(qs[0].dtype).max / 16
+        smax = {k: opt._state_bound.get(k, 0.0) for k in opt.state[qs[0]] if k != "step"}
+        ubound, sbound = rule.bound(gmax, smax, t, limit)
+        if not all(b < limit for b in (ubound * _update_scale(rule, group), *sbound.values())):
+            opt._state_bound = None
+            return False
+        for k, b in sbound.items():
+            new_bound[k] = max(new_bound.get(k, 0.0), b)
+    for _, group, rule, t, qs, grads, states in calls:
+        dtype, device, wd = qs[0].dtype, qs[0].device, group["weight_decay"]
+        if wd and group["decoupled_weight_decay"]:
+            torch._foreach_mul_(qs, 1 - group["lr"] * wd)
+        scale = _update_scale(rule, group)
+        sc = {k: torch.tensor(v, dtype=dtype, device=device) for k, v in rule.scalars(t).items()}
+        _apply_compiled()(rule, qs, grads, states, sc, torch.tensor(scale, dtype=dtype, device=device))
+        torch._foreach_add_([opt.state[p]["step"] for p in qs], 1.0)
+    opt._state_bound = new_bound
+    return True
+
+# %% ../nbs/00i_rule_optimizer.ipynb #67f23307
+def _check_same_rule(rule: UpdateRule, state: dict, theirs: str | None) -> None:
+    """Refuse, with a `ValueError` naming both, a state dict's per-parameter `state` written by another rule
+    than `rule`: `theirs` (the writer's class name, where the state dict records it) is another class, or a
+    parameter keeps other state buffers."""
+    mine = type(rule).__name__
+    keeps = {"step", *rule.init_tensor(torch.zeros(1)).keys()}
+    for k, s in state.items():
+        if theirs not in (None, mine) or set(s) != keeps:
+            raise ValueError(
+                f"this state_dict was written by an optimizer of {theirs or 'another rule'} (parameter "
+                f"{k} keeps {sorted(s)}), not of {mine} (keeps {sorted(keeps)}): load it into a "
+                "RuleOptimizer of the rule that wrote it"
+            )
 
 
-def _update_scale(rule: UpdateRule, group: dict) -> float:
-    """The factor on a rule's update in a param group: 1 for a hand rule (its `lr` is inside its update), the
-    group's `lr` for a learned or symbolic rule."""
-    return 1.0 if "lr" in rule.hyperparameters else group["lr"]
+class _RuleStateDict(torch.optim.Optimizer):
+    """The saving and loading of `RuleOptimizer`, its base: `torch.optim`'s state dict with the rule's class
+    name and the count of skipped non-finite steps (`rule`, `nonfinite_skips` and `_state_bound` are the
+    subclass's)."""
 
-# %% ../nbs/00i_rule_optimizer.ipynb #c28fdab5
-class RuleOptimizer(torch.optim.Optimizer):
+    def state_dict(self) -> dict:
+        """`torch.optim`'s state dict (the param groups carry the rule's hyperparameters) plus the count of
+        skipped non-finite steps and the rule's class name."""
+        return {
+            **super().state_dict(),
+            "nonfinite_skips": self.nonfinite_skips,
+            "rule": type(self.rule).__name__,
+        }
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Load a `state_dict`: its tensors are copied (never shared with the source) and cast to each
+        parameter's dtype and device. A state written by another rule (another class, or other state
+        buffers) is refused with a `ValueError` naming both, before anything changes."""
+        state_dict = dict(state_dict)
+        theirs = state_dict.pop("rule", None)
+        _check_same_rule(self.rule, state_dict.get("state", {}), theirs)
+        self._state_bound = None
+        self.nonfinite_skips = int(state_dict.pop("nonfinite_skips", 0))
+        # torch.optim's loader keeps tensors that need no cast: copy, so that the two never share a tensor.
+        state_dict["state"] = {
+            k: {n: v.clone() if isinstance(v, Tensor) else v for n, v in s.items()}
+            for k, s in state_dict["state"].items()
+        }
+        super().load_state_dict(state_dict)
+        # torch.optim casts state to each parameter's dtype:
+        # a float16/bfloat16 parameter's state stays in _compute_dtype
+        ids = [i for g in state_dict["param_groups"] for i in g["params"]]
+        for i, p in zip(ids, (p for g in self.param_groups for p in g["params"])):
+            if _compute_dtype(p.dtype) != p.dtype and i in state_dict["state"]:
+                self.state[p].update(
+                    {
+                        k: v.to(device=p.device, dtype=_compute_dtype(p.dtype))
+                        for k, v in state_dict["state"][i].items()
+                        if k != "step" and isinstance(v, Tensor) and v.is_floating_point()
+                    }
+                )
+
+# %% ../nbs/00i_rule_optimizer.ipynb #3d3ff226
+class RuleOptimizer(_RuleStateDict):
     """Deploy any `UpdateRule` as a `torch.optim.Optimizer`, with the rule's `hyperparameters` in each param
     group.
 
@@ -130,69 +417,15 @@ class RuleOptimizer(torch.optim.Optimizer):
         fused: bool = False,
         maximize: bool = False,
     ):
-        if not isinstance(rule, UpdateRule):
-            raise TypeError(f"rule must be an UpdateRule (e.g. AdamRule()), got {type(rule).__name__}")
-        if on_nonfinite not in ("error", "skip"):
-            raise ValueError(f"invalid on_nonfinite={on_nonfinite!r}: expected 'error' or 'skip'")
-        if fused not in (True, False):
-            raise ValueError(f"invalid fused={fused!r}: expected True or False")
-        if fused and not rule.fusable:
-            raise ValueError(
-                "fused=True needs a rule with a fused step (a SymbolicRule that reads no past step, such as "
-                f"03's deployable member); {type(rule).__name__} has none: use fused=False"
-            )
+        _check_options(rule, on_nonfinite, fused)
         self.rule, self.on_nonfinite, self.nonfinite_skips, self.fused = rule, on_nonfinite, 0, fused
         self._state_bound = None  # the largest |value| of each state buffer, known after a fused step
-        hyper = {k: getattr(rule, k) for k in rule.hyperparameters}
-        lr = hyper.get("lr", 1.0) if lr is None else lr
-        super().__init__(
-            params,
-            {
-                **hyper,
-                "lr": check_lr(lr),
-                "weight_decay": weight_decay,
-                "decoupled_weight_decay": decoupled_weight_decay,
-                "maximize": maximize,
-            },
-        )
+        super().__init__(params, _defaults(rule, lr, weight_decay, decoupled_weight_decay, maximize))
 
     def add_param_group(self, param_group: dict) -> None:
         """Add a param group (as `torch.optim`), validating its `lr`, the rule's hyperparameters,
         `weight_decay` and `decoupled_weight_decay` first: an invalid group is not added."""
-        group = {**self.defaults, **param_group}
-        check_lr(group["lr"])
-        check_hparam("weight_decay", group["weight_decay"], lambda v: v >= 0, "weight_decay >= 0")
-        for key in ("decoupled_weight_decay", "maximize"):
-            if not isinstance(group[key], bool):
-                raise ValueError(f"invalid {key}={group[key]!r}: expected True or False")
-        # (name, parameter) pairs or parameters, as torch.optim takes them; a generator is read once here, a
-        # set is left for torch.optim to refuse
-        ps = param_group["params"]
-        ps = [ps] if isinstance(ps, Tensor) else ps if isinstance(ps, (list, tuple, set)) else list(ps)
-        param_group = {**param_group, "params": ps}
-        for p in (q[1] if isinstance(q, tuple) else q for q in ps):
-            if isinstance(p, Tensor) and not p.is_floating_point():
-                raise ValueError(
-                    f"RuleOptimizer steps real floating-point parameters, got {p.dtype}: for a complex "
-                    "parameter optimize its real view torch.view_as_real(p) (a rule's elementwise maths "
-                    "has no complex meaning)"
-                )
-            if self.fused and p.dtype not in (torch.float32, torch.float64):
-                raise ValueError(
-                    f"fused=True steps float32 and float64 parameters, got {p.dtype}: use fused=False"
-                )
-        if self.rule.hyperparameters:  # the rule's own checks, on the group's values
-            type(self.rule)(
-                **{**rule_config(self.rule)["args"], **{k: group[k] for k in self.rule.hyperparameters}}
-            )
-        super().add_param_group(param_group)
-
-    def _describe(self, gi: int, p: Tensor) -> str:
-        group = self.param_groups[gi]
-        i = next(i for i, q in enumerate(group["params"]) if q is p)
-        names = group.get("param_names")
-        where = f"'{names[i]}'" if names else f"{i} of param group {gi}"
-        return f"parameter {where} (shape {tuple(p.shape)})"
+        super().add_param_group(_checked_group(param_group, self.defaults, self.rule, self.fused))
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Tensor] | None = None):
@@ -201,166 +434,7 @@ class RuleOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        work = []
-        for gi, group in enumerate(self.param_groups):
-            ps = [p for p in group["params"] if p.grad is not None]
-            for p in ps:
-                if p.grad.is_sparse:
-                    raise RuntimeError(
-                        f"RuleOptimizer does not support sparse gradients: {self._describe(gi, p)}"
-                    )
-            work.append((gi, group, ps))
-        if self.fused and self._step_fused(work):
-            return loss
-        if not _finite([p.grad for _, _, ps in work for p in ps]):
-            if self.on_nonfinite == "skip":
-                self.nonfinite_skips += 1
-                return loss
-            gi, p = next((gi, p) for gi, _, ps in work for p in ps if not _finite([p.grad]))
-            raise FloatingPointError(
-                f"non-finite gradient in {self._describe(gi, p)}; no parameter or optimizer "
-                "state was changed (on_nonfinite='skip' skips such steps instead)"
-            )
-        # (group index, params, updates, new states) of every rule call, all computed before anything is
-        # written: a rule returns new state and leaves the old as it is, kept until all is known finite
-        steps = []
-        for gi, group, rule, t, qs, grads, states in self._calls(work):
-            updates, states = rule.step([g.to(_compute_dtype(g.dtype)) for g in grads], states, t)
-            scale = _update_scale(rule, group)  # the check sees the final update: a finite u times a huge lr
-            updates = [(u if scale == 1.0 else u * scale).to(p.dtype) for u, p in zip(updates, qs)]
-            steps.append((gi, qs, updates, states))
-        if not _finite([x for _, qs, us, ss in steps for x in (*us, *(v for s in ss for v in s.values()))]):
-            if self.on_nonfinite == "skip":
-                self.nonfinite_skips += 1
-                return loss
-            gi, p, what = next(
-                (gi, p, "update" if not _finite([u]) else "state")
-                for gi, qs, us, ss in steps
-                for p, u, s in zip(qs, us, ss)
-                if not _finite([u, *s.values()])
-            )
-            raise FloatingPointError(
-                f"non-finite {what} of {self._describe(gi, p)} from finite gradients (an overflow in "
-                f"{type(self.rule).__name__} or in its lr scaling, e.g. a gradient spike); no parameter or "
-                "optimizer state was changed (on_nonfinite='skip' skips such steps instead)"
-            )
-        for gi, qs, updates, states in steps:
-            group = self.param_groups[gi]
-            for p, s in zip(qs, states):
-                self.state[p].update(s)
-                self.state[p]["step"] += 1
-            wd = group.get("weight_decay", 0.0)
-            if wd and group.get("decoupled_weight_decay", False):
-                torch._foreach_mul_(qs, 1 - group["lr"] * wd)
-            torch._foreach_add_(qs, updates)
-        self._state_bound = None
+        work = _work(self.param_groups)
+        if not (self.fused and _step_fused(self, work)):  # the fused step when proven finite, else checked
+            _step_checked(self, work)
         return loss
-
-    def _calls(self, work: list) -> list[tuple]:
-        """One rule call per param group and step count (params that missed steps are at another count), each
-        (group index, group, the rule with the group's hyperparameters, the 1-based step t, params, the
-        gradients the rule sees, their states without the step counter); a new parameter's state is made."""
-        calls = []
-        for gi, group, ps in work:
-            rule = self.rule.with_hyperparameters(group)
-            by_step = {}
-            for p in ps:
-                if not self.state[p]:
-                    self.state[p] = {
-                        "step": torch.tensor(0.0),
-                        **self.rule.init_tensor(p.detach().to(_compute_dtype(p.dtype))),
-                    }
-                by_step.setdefault(int(self.state[p]["step"]), []).append(p)
-            wd, decoupled = group["weight_decay"], group["decoupled_weight_decay"]
-            for t, qs in by_step.items():
-                grads = [p.grad for p in qs]
-                if group.get("maximize", False):  # as torch.optim: the rule sees −g (before weight decay)
-                    grads = torch._foreach_neg(grads)
-                if wd and not decoupled:
-                    grads = torch._foreach_add(grads, qs, alpha=wd)  # new tensors: .grad is kept
-                states = [{k: v for k, v in self.state[p].items() if k != "step"} for p in qs]
-                calls.append((gi, group, rule, t + 1, qs, grads, states))
-        return calls
-
-    def _step_fused(self, work: list) -> bool:
-        """The fused step (`fused=True`): when the rule's `bound`s prove every update and new state value
-        finite, write each parameter and its state in place with the compiled `_apply_fused`, and return True;
-        else change nothing and return False (the checked path then steps)."""
-        calls = self._calls(work)
-        # the largest |g| (a NaN propagates): aminmax reads each tensor once and allocates nothing
-        gs = [torch.stack(torch.aminmax(g)) for *_, grads, _ in calls for g in grads if g.numel()]
-        gmax = torch.cat(gs).abs().max().item() if gs else 0.0
-        if not math.isfinite(gmax):
-            return False
-        if self._state_bound is None:  # after a checked step or a load: read every parameter's state once
-            self._state_bound = {}
-            for state in self.state.values():
-                for k, v in state.items():
-                    if k != "step" and v.numel():
-                        m = torch.stack(torch.aminmax(v)).abs().max().item()  # NaN: no bound
-                        m = m if math.isfinite(m) else math.inf
-                        self._state_bound[k] = max(self._state_bound.get(k, 0.0), m)
-        new_bound = dict(self._state_bound)  # parameters without a gradient keep their state
-        for _, group, rule, t, qs, _, _ in calls:
-            limit = torch.finfo(qs[0].dtype).max / 16
-            smax = {k: self._state_bound.get(k, 0.0) for k in self.state[qs[0]] if k != "step"}
-            ubound, sbound = rule.bound(gmax, smax, t, limit)
-            if not all(b < limit for b in (ubound * _update_scale(rule, group), *sbound.values())):
-                self._state_bound = None
-                return False
-            for k, b in sbound.items():
-                new_bound[k] = max(new_bound.get(k, 0.0), b)
-        for _, group, rule, t, qs, grads, states in calls:
-            dtype, device, wd = qs[0].dtype, qs[0].device, group["weight_decay"]
-            if wd and group["decoupled_weight_decay"]:
-                torch._foreach_mul_(qs, 1 - group["lr"] * wd)
-            scale = _update_scale(rule, group)
-            sc = {k: torch.tensor(v, dtype=dtype, device=device) for k, v in rule.scalars(t).items()}
-            _apply_compiled()(rule, qs, grads, states, sc, torch.tensor(scale, dtype=dtype, device=device))
-            torch._foreach_add_([self.state[p]["step"] for p in qs], 1.0)
-        self._state_bound = new_bound
-        return True
-
-    def state_dict(self) -> dict:
-        """`torch.optim`'s state dict (the param groups carry the rule's hyperparameters) plus the count of
-        skipped non-finite steps and the rule's class name."""
-        return {
-            **super().state_dict(),
-            "nonfinite_skips": self.nonfinite_skips,
-            "rule": type(self.rule).__name__,
-        }
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        """Load a `state_dict`: its tensors are copied (never shared with the source) and cast to each
-        parameter's dtype and device. A state written by another rule (another class, or other state
-        buffers) is refused with a `ValueError` naming both, before anything changes."""
-        state_dict = dict(state_dict)
-        mine, theirs = type(self.rule).__name__, state_dict.pop("rule", None)
-        keeps = {"step", *self.rule.init_tensor(torch.zeros(1)).keys()}
-        for k, s in state_dict.get("state", {}).items():
-            if theirs not in (None, mine) or set(s) != keeps:
-                raise ValueError(
-                    f"this state_dict was written by an optimizer of {theirs or 'another rule'} (parameter "
-                    f"{k} keeps {sorted(s)}), not of {mine} (keeps {sorted(keeps)}): load it into a "
-                    "RuleOptimizer of the rule that wrote it"
-                )
-        self._state_bound = None
-        self.nonfinite_skips = int(state_dict.pop("nonfinite_skips", 0))
-        # torch.optim's loader keeps tensors that need no cast: copy, so that the two never share a tensor.
-        state_dict["state"] = {
-            k: {n: v.clone() if isinstance(v, Tensor) else v for n, v in s.items()}
-            for k, s in state_dict["state"].items()
-        }
-        super().load_state_dict(state_dict)
-        # torch.optim casts state to each parameter's dtype:
-        # a float16/bfloat16 parameter's state stays in _compute_dtype
-        ids = [i for g in state_dict["param_groups"] for i in g["params"]]
-        for i, p in zip(ids, (p for g in self.param_groups for p in g["params"])):
-            if _compute_dtype(p.dtype) != p.dtype and i in state_dict["state"]:
-                self.state[p].update(
-                    {
-                        k: v.to(device=p.device, dtype=_compute_dtype(p.dtype))
-                        for k, v in state_dict["state"][i].items()
-                        if k != "step" and isinstance(v, Tensor) and v.is_floating_point()
-                    }
-                )
