@@ -92,7 +92,7 @@ SYMPY_SPELLINGS = {
 _FUNCTIONS = {name: (op.arity, op.build) for name, op in OPERATORS.items() if op.build} | SYMPY_SPELLINGS
 _NODES = {op.node: op for op in OPERATORS.values() if op.node}  # a sympy function -> its operator
 
-# %% ../nbs/00b_expressions.ipynb #f5ca3759
+# %% ../nbs/00b_expressions.ipynb #f82b5395
 # resource limits of `parse_expression` (rule files are untrusted):
 # a distilled equation is far inside every one
 MAX_EXPRESSION_CHARS = (
@@ -104,11 +104,6 @@ MAX_EXPRESSION_DEPTH = (
 MAX_LAG = 100  # the k of a variable <feature>_<k>: a rule keeps k steps of history per coordinate
 MAX_EXPONENT = (
     100  # |k| of a numeric exponent x^k (square, cube, a fitted |x|^c): x^100 overflows past |x| 1200
-)
-_TOKEN = re.compile(  # ASCII only: Unicode digits such as ٣ or 𝟗 are not numbers here
-    r"\s*(?:(?P<num>\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?)|(?P<name>[A-Za-z_][A-Za-z_0-9]*)"
-    r"|(?P<op>\*\*|[-+*/^(),]))",
-    re.ASCII,
 )
 
 
@@ -129,7 +124,163 @@ def _finite_number(value, text: str) -> None:
             f"(0, or 5e-324 <= |x| <= {sys.float_info.max:.3g})"
         )
 
+# %% ../nbs/00b_expressions.ipynb #14453a69
+def _bounded_power(base: sp.Expr, ex: sp.Expr, text: str) -> None:
+    """Refuse a power whose computation sympy would not bound: a number to a number outside float64's
+    range (9**9**9 has 10^8 digits), or anything to a numeric exponent past MAX_EXPONENT (sympy expands
+    (3x)^999999999 into 3^999999999·x^999999999)."""
+    if base.is_Number and ex.is_Number and base != 0:
+        if abs(float(ex) * math.log10(abs(float(base)))) > 308:
+            raise ValueError(
+                f"the power {base}**{ex} in {text[:80]!r} is outside float64's range (|x| <= 1e308): "
+                "its exponent is too large"
+            )
+    elif ex.is_Number and abs(float(ex)) > MAX_EXPONENT:
+        raise ValueError(
+            f"the exponent {ex} in {text[:80]!r} exceeds MAX_EXPONENT = {MAX_EXPONENT} (in float64 x^"
+            f"{MAX_EXPONENT} overflows for |x| > 1200)"
+        )
 
+
+def _in_range(node: sp.Expr, text: str) -> sp.Expr:
+    "`node`, once every number sympy computed while building it is known within float64's range."
+    underflows = {}
+    for a in node.atoms(sp.Number):
+        try:
+            value = float(a)
+        except OverflowError:
+            value = math.inf
+        if math.isinf(value):
+            raise ValueError(
+                f"expression {text[:80]!r} computes a number outside float64's range (|x| <= "
+                f"{sys.float_info.max:.3g}): {str(a)[:20]}... ({len(str(a))} characters)"
+            )
+        if value == 0 and a != 0:  # exp(-54800) is 0 in float64: written as 0, so its text reads back
+            underflows[a] = sp.Integer(0)
+    return node.xreplace(underflows) if underflows else node
+
+# %% ../nbs/00b_expressions.ipynb #2e67eddf
+_TOKEN = re.compile(  # ASCII only: Unicode digits such as ٣ or 𝟗 are not numbers here
+    r"\s*(?:(?P<num>\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?)|(?P<name>[A-Za-z_][A-Za-z_0-9]*)"
+    r"|(?P<op>\*\*|[-+*/^(),]))",
+    re.ASCII,
+)
+
+
+def _tokenize(text: str) -> list[tuple[str, str]]:
+    "The tokens of `text`, as (kind, text) with kind `num`, `name` or `op`; a `ValueError` at any other."
+    tokens, pos = [], 0
+    while pos < len(text):
+        m = _TOKEN.match(text, pos)
+        if not m or m.end() == pos:
+            if text[pos:].strip() == "":
+                break
+            raise ValueError(
+                f"unexpected character {text[pos:].strip()[:1]!r} at position {pos} in expression "
+                f"{text[:80]!r}"
+            )
+        kind = m.lastgroup
+        tokens.append((kind, m.group(kind)))
+        pos = m.end()
+    return tokens
+
+
+class _TokenReader:
+    "A cursor over the tokens of `text` (the base of `_Parser`): the next token, and the nesting so far."
+
+    def __init__(self, text: str, tokens: list[tuple[str, str]], variables: Sequence[str]):
+        self.text, self.tokens, self.variables, self.depth = text, tokens, variables, 0
+        self.symbols, self.i = {v: variable(v) for v in variables}, 0
+
+    def peek(self):
+        return self.tokens[self.i][1] if self.i < len(self.tokens) else None
+
+    def take(self, expected=None):
+        if self.i >= len(self.tokens):
+            raise ValueError(f"unexpected end of expression {self.text[:80]!r}")
+        tok = self.tokens[self.i]
+        if expected is not None and tok[1] != expected:
+            raise ValueError(f"expected {expected!r}, got {tok[1]!r} in {self.text[:80]!r}")
+        self.i += 1
+        return tok
+
+# %% ../nbs/00b_expressions.ipynb #eb5ec526
+class _Parser(_TokenReader):
+    "The grammar of `parse_expression`: one method per level, each reading its tokens and returning sympy."
+
+    def expr(self):
+        # a sum is built in one pass: adding term by term costs quadratic time in the number of terms
+        terms = [self.term()]
+        while self.peek() in ("+", "-"):
+            terms.append(self.term() if self.take()[1] == "+" else -self.term())
+        return sp.Add(*terms)
+
+    def term(self):  # pairwise, as sympy distributes a number over a sum only in a product of two
+        node = self.unary()
+        while self.peek() in ("*", "/"):
+            node = node * self.unary() if self.take()[1] == "*" else node / self.unary()
+        return node
+
+    def unary(self):
+        self.depth += 1
+        if self.depth > MAX_EXPRESSION_DEPTH:
+            raise ValueError(
+                f"expression nests deeper than MAX_EXPRESSION_DEPTH = {MAX_EXPRESSION_DEPTH} "
+                f"(parentheses, functions, signs, powers): {self.text[:80]!r}"
+            )
+        node = (
+            (self.unary() if self.take()[1] == "+" else -self.unary())
+            if self.peek() in ("+", "-")
+            else self.power()
+        )
+        self.depth -= 1
+        return node
+
+    def power(self):
+        node = self.primary()
+        if self.peek() in ("^", "**"):
+            self.take()
+            ex = self.unary()  # right-associative, binds tighter than unary minus on its left
+            _bounded_power(node, ex, self.text)
+            return _in_range(node**ex, self.text)
+        return node
+
+    def primary(self):
+        text = self.text
+        kind, value = self.take()
+        if kind == "num":
+            _finite_number(value, text)  # before sympy reads it: sympy takes minutes to read 1e999999
+            return sp.Float(value) if any(c in value for c in ".eE") else sp.Integer(value)
+        if value == "(":
+            node = self.expr()
+            self.take(")")
+            return node
+        if kind == "name":
+            if self.peek() == "(":
+                if value not in _FUNCTIONS:
+                    raise ValueError(
+                        f"unknown function {value!r} in expression (allowed: {sorted(_FUNCTIONS)})"
+                    )
+                arity, build = _FUNCTIONS[value]
+                self.take("(")
+                args = [self.expr()]
+                while self.peek() == ",":
+                    self.take()
+                    args.append(self.expr())
+                self.take(")")
+                if len(args) != arity:
+                    raise ValueError(f"{value} takes {arity} argument(s), got {len(args)}")
+                if value == "pow":
+                    _bounded_power(*args, text)
+                return _in_range(build(*args), text)  # square(square(...(2**1000))) stops at the first
+            if value not in self.symbols:
+                raise ValueError(
+                    f"unknown variable {value!r} in expression (known: {list(self.variables)[:8]}...)"
+                )
+            return self.symbols[value]
+        raise ValueError(f"unexpected {value!r} in expression {text[:80]!r}")
+
+# %% ../nbs/00b_expressions.ipynb #272f0057
 def parse_expression(text: str, variables: Sequence[str]) -> sp.Expr:
     """Parse `text` into a sympy expression with a whitelist grammar: numbers, `variables`, + − * / ^ **, the
     vocabulary's functions.
@@ -145,142 +296,18 @@ def parse_expression(text: str, variables: Sequence[str]) -> sp.Expr:
             f"expression of {len(text)} characters exceeds MAX_EXPRESSION_CHARS = {MAX_EXPRESSION_CHARS} "
             f"(a distilled equation is a few hundred): {text[:80]!r}..."
         )
-    tokens, pos, depth = [], 0, 0
-    while pos < len(text):
-        m = _TOKEN.match(text, pos)
-        if not m or m.end() == pos:
-            if text[pos:].strip() == "":
-                break
-            raise ValueError(
-                f"unexpected character {text[pos:].strip()[:1]!r} at position {pos} in expression "
-                f"{text[:80]!r}"
-            )
-        kind = m.lastgroup
-        tokens.append((kind, m.group(kind)))
-        pos = m.end()
-    symbols, i = {v: variable(v) for v in variables}, 0
-
-    def peek():
-        return tokens[i][1] if i < len(tokens) else None
-
-    def take(expected=None):
-        nonlocal i
-        if i >= len(tokens):
-            raise ValueError(f"unexpected end of expression {text[:80]!r}")
-        tok = tokens[i]
-        if expected is not None and tok[1] != expected:
-            raise ValueError(f"expected {expected!r}, got {tok[1]!r} in {text[:80]!r}")
-        i += 1
-        return tok
-
-    def expr():  # a sum is built in one pass: adding term by term costs quadratic time in the number of terms
-        terms = [term()]
-        while peek() in ("+", "-"):
-            terms.append(term() if take()[1] == "+" else -term())
-        return sp.Add(*terms)
-
-    def term():  # pairwise, as sympy distributes a number over a sum only in a product of two
-        node = unary()
-        while peek() in ("*", "/"):
-            node = node * unary() if take()[1] == "*" else node / unary()
-        return node
-
-    def unary():
-        nonlocal depth
-        depth += 1
-        if depth > MAX_EXPRESSION_DEPTH:
-            raise ValueError(
-                f"expression nests deeper than MAX_EXPRESSION_DEPTH = {MAX_EXPRESSION_DEPTH} "
-                f"(parentheses, functions, signs, powers): {text[:80]!r}"
-            )
-        node = (unary() if take()[1] == "+" else -unary()) if peek() in ("+", "-") else power()
-        depth -= 1
-        return node
-
-    def bounded_power(base, ex):
-        """Refuse a power whose computation sympy would not bound: a number to a number outside float64's
-        range (9**9**9 has 10^8 digits), or anything to a numeric exponent past MAX_EXPONENT (sympy expands
-        (3x)^999999999 into 3^999999999·x^999999999)."""
-        if base.is_Number and ex.is_Number and base != 0:
-            if abs(float(ex) * math.log10(abs(float(base)))) > 308:
-                raise ValueError(
-                    f"the power {base}**{ex} in {text[:80]!r} is outside float64's range (|x| <= 1e308): "
-                    "its exponent is too large"
-                )
-        elif ex.is_Number and abs(float(ex)) > MAX_EXPONENT:
-            raise ValueError(
-                f"the exponent {ex} in {text[:80]!r} exceeds MAX_EXPONENT = {MAX_EXPONENT} (in float64 x^"
-                f"{MAX_EXPONENT} overflows for |x| > 1200)"
-            )
-
-    def in_range(node):  # every number sympy computed while building `node` is within float64's range
-        underflows = {}
-        for a in node.atoms(sp.Number):
-            try:
-                value = float(a)
-            except OverflowError:
-                value = math.inf
-            if math.isinf(value):
-                raise ValueError(
-                    f"expression {text[:80]!r} computes a number outside float64's range (|x| <= "
-                    f"{sys.float_info.max:.3g}): {str(a)[:20]}... ({len(str(a))} characters)"
-                )
-            if value == 0 and a != 0:  # exp(-54800) is 0 in float64: written as 0, so its text reads back
-                underflows[a] = sp.Integer(0)
-        return node.xreplace(underflows) if underflows else node
-
-    def power():
-        node = primary()
-        if peek() in ("^", "**"):
-            take()
-            ex = unary()  # right-associative, binds tighter than unary minus on its left
-            bounded_power(node, ex)
-            return in_range(node**ex)
-        return node
-
-    def primary():
-        kind, value = take()
-        if kind == "num":
-            _finite_number(value, text)  # before sympy reads it: sympy takes minutes to read 1e999999
-            return sp.Float(value) if any(c in value for c in ".eE") else sp.Integer(value)
-        if value == "(":
-            node = expr()
-            take(")")
-            return node
-        if kind == "name":
-            if peek() == "(":
-                if value not in _FUNCTIONS:
-                    raise ValueError(
-                        f"unknown function {value!r} in expression (allowed: {sorted(_FUNCTIONS)})"
-                    )
-                arity, build = _FUNCTIONS[value]
-                take("(")
-                args = [expr()]
-                while peek() == ",":
-                    take()
-                    args.append(expr())
-                take(")")
-                if len(args) != arity:
-                    raise ValueError(f"{value} takes {arity} argument(s), got {len(args)}")
-                if value == "pow":
-                    bounded_power(*args)
-                return in_range(build(*args))  # square(square(...(2**1000))) stops at the first
-            if value not in symbols:
-                raise ValueError(
-                    f"unknown variable {value!r} in expression (known: {list(variables)[:8]}...)"
-                )
-            return symbols[value]
-        raise ValueError(f"unexpected {value!r} in expression {text[:80]!r}")
-
+    parser = _Parser(text, _tokenize(text), variables)
     try:
-        node = expr()
+        node = parser.expr()
     except (RecursionError, OverflowError) as e:  # sympy's own evaluation of numbers, should one slip by
         raise ValueError(
             f"expression {text[:80]!r} computes a number outside float64's range ({type(e).__name__})"
         ) from None
-    if i != len(tokens):
-        raise ValueError(f"unexpected {tokens[i][1]!r} after a complete expression in {text[:80]!r}")
-    return in_range(node)  # products and sums of numbers too (1e300*1e300)
+    if parser.i != len(parser.tokens):
+        raise ValueError(
+            f"unexpected {parser.tokens[parser.i][1]!r} after a complete expression in {text[:80]!r}"
+        )
+    return _in_range(node, text)  # products and sums of numbers too (1e300*1e300)
 
 # %% ../nbs/00b_expressions.ipynb #3cdb8994
 def _torch_node(e: sp.Basic, env: dict[str, Tensor], consts: dict[str, Tensor]):
@@ -379,7 +406,7 @@ def _magnitude(e: sp.Basic, bounds: dict[str, float], limit: float) -> float:
         raise _Unbounded
     return value
 
-# %% ../nbs/00b_expressions.ipynb #fe626770
+# %% ../nbs/00b_expressions.ipynb #cde9ba07
 def _split_variable(name: str) -> tuple[str, int]:
     feature, _, lag = name.rpartition("_")
     if not feature or not (lag.isascii() and lag.isdigit()):
@@ -392,25 +419,61 @@ def _split_variable(name: str) -> tuple[str, int]:
     return feature, int(lag)
 
 
-class SymbolicRule(UpdateRule):
-    """An equation over `<feature>_<lag>` variables as an update rule: u = scale · expr, constants
-    meta-tunable.
+def _equation_variables(
+    expr: sp.Expr | str,
+) -> tuple[sp.Expr, list[sp.Symbol], list[tuple[str, int]], tuple[str, ...]]:
+    """The equation `expr` (text is parsed), its variables sorted by name, their (feature, lag) and the
+    features it reads (in `FEATURE_NAMES` order, then `u`), refusing one that reads no gradient feature or
+    `u_0`."""
+    if isinstance(expr, str):
+        names = sorted(set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*_[0-9]+", expr)))
+        expr = parse_expression(expr, names)
+    variables = sorted((s for s in expr.free_symbols), key=lambda s: s.name)
+    if not variables:
+        raise ValueError(f"expression {expr} uses no variable")
+    pairs = [_split_variable(s.name) for s in variables]
+    known = FEATURE_NAMES + (OUTPUT_FEATURE,)
+    unknown = sorted({f for f, _ in pairs if f not in known})
+    if unknown:
+        raise ValueError(f"unknown feature(s) {unknown} in {expr}; known: {list(known)}")
+    if (OUTPUT_FEATURE, 0) in pairs:
+        raise ValueError(
+            f"{OUTPUT_FEATURE}_0 in {expr} is the rule's own current output: an equation reads only its "
+            f"past outputs {OUTPUT_FEATURE}_1, {OUTPUT_FEATURE}_2, ..."
+        )
+    features = tuple(f for f in known if any(f == p for p, _ in pairs))
+    if features == (OUTPUT_FEATURE,):
+        raise ValueError(
+            f"expression {expr} reads no gradient feature: an update rule must respond to the gradient"
+        )
+    return expr, variables, pairs, features
 
-    `expr` is a sympy expression or text (parsed by `parse_expression`); `clip` = (lo, hi) clamps the
-    equation's value before `scale` (what a recurrent equation feeds back as `u` too).
+# %% ../nbs/00b_expressions.ipynb #15d2a61e
+def _clip_range(clip: Sequence[float] | None) -> tuple[float, float] | None:
+    "`clip` = (lo, hi) as floats, checked finite with lo < hi; None (no clip) stays None."
+    if clip is not None and not (
+        len(clip) == 2 and all(math.isfinite(float(c)) for c in clip) and clip[0] < clip[1]
+    ):
+        raise ValueError(f"invalid clip={clip}: expected (lo, hi) with finite lo < hi")
+    return None if clip is None else (float(clip[0]), float(clip[1]))
 
-    ```python
-    import torch
-    from torch import nn
-    from symbolic_l2o import RuleOptimizer, SymbolicRule
 
-    rule = SymbolicRule("-tanh(2.0*mt_0) - 0.1*gt_1", scale=0.01)  # m̃ now, g̃ one step ago
-    print(rule.features, rule.constants.tolist())  # ('mt', 'gt') [-0.1, 2.0]: its constants, meta-tunable
-    model = nn.Linear(4, 1)
-    opt = RuleOptimizer(model.parameters(), rule)
-    model(torch.randn(8, 4)).pow(2).mean().backward()
-    opt.step()
-    ```"""
+def _single_term_form(
+    template: sp.Expr, const_names: list[str], features: tuple[str, ...], lags: int, clip
+) -> tuple[str, str] | None:
+    """(c, f) where the equation `template` is u = c·f_0, the form of a typical deployed rule (without
+    autograd, `SymbolicRule._step_single_term` applies c·scale in f's last pass), else None."""
+    args = template.args if isinstance(template, sp.Mul) else ()
+    const = [a.name for a in args if isinstance(a, sp.Symbol) and a.name in const_names]
+    single_term = (
+        len(args) == 2 and all(isinstance(a, sp.Symbol) for a in args) and len(const) == 1 and lags == 1
+    )
+    return (const[0], features[0]) if single_term and not clip else None
+
+# %% ../nbs/00b_expressions.ipynb #6cd5fb17
+class _Equation(UpdateRule):
+    """The base of `SymbolicRule`: the equation, its meta-tunable `constants`, the history state it reads
+    and its value at one tensor's features."""
 
     def __init__(
         self,
@@ -421,27 +484,7 @@ class SymbolicRule(UpdateRule):
         clip: Sequence[float] | None = None,
     ):
         super().__init__()
-        if isinstance(expr, str):
-            names = sorted(set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*_[0-9]+", expr)))
-            expr = parse_expression(expr, names)
-        variables = sorted((s for s in expr.free_symbols), key=lambda s: s.name)
-        if not variables:
-            raise ValueError(f"expression {expr} uses no variable")
-        pairs = [_split_variable(s.name) for s in variables]
-        known = FEATURE_NAMES + (OUTPUT_FEATURE,)
-        unknown = sorted({f for f, _ in pairs if f not in known})
-        if unknown:
-            raise ValueError(f"unknown feature(s) {unknown} in {expr}; known: {list(known)}")
-        if (OUTPUT_FEATURE, 0) in pairs:
-            raise ValueError(
-                f"{OUTPUT_FEATURE}_0 in {expr} is the rule's own current output: an equation reads only its "
-                f"past outputs {OUTPUT_FEATURE}_1, {OUTPUT_FEATURE}_2, ..."
-            )
-        self.features = tuple(f for f in known if any(f == p for p, _ in pairs))
-        if self.features == (OUTPUT_FEATURE,):
-            raise ValueError(
-                f"expression {expr} reads no gradient feature: an update rule must respond to the gradient"
-            )
+        expr, variables, pairs, self.features = _equation_variables(expr)
         self.lags = 1 + max(lag for _, lag in pairs)
         self.grad_features = GradFeatures(
             tuple(f for f in self.features if f != OUTPUT_FEATURE), beta1=beta1, beta2=beta2
@@ -449,28 +492,16 @@ class SymbolicRule(UpdateRule):
         self._output_column = self.features.index(OUTPUT_FEATURE) if OUTPUT_FEATURE in self.features else None
         self.beta1, self.beta2 = self.grad_features.beta1, self.grad_features.beta2
         self.scale = check_hparam("scale", scale, lambda v: v != 0, "scale != 0")
-        if clip is not None and not (
-            len(clip) == 2 and all(math.isfinite(float(c)) for c in clip) and clip[0] < clip[1]
-        ):
-            raise ValueError(f"invalid clip={clip}: expected (lo, hi) with finite lo < hi")
-        self.clip = None if clip is None else (float(clip[0]), float(clip[1]))
+        self.clip = _clip_range(clip)
         floats = sorted({a for a in expr.atoms(sp.Float)}, key=lambda a: (abs(float(a)), float(a)))
         self._const_names = [f"c{i}" for i in range(len(floats))]
         self.template = expr.xreplace({a: sp.Symbol(n) for a, n in zip(floats, self._const_names)})
         self.constants = nn.Parameter(torch.tensor([float(a) for a in floats], dtype=torch.float64))
         self._fn = compile_expression(self.template, self._const_names)
         self._columns = {s.name: (self.features.index(f), lag) for s, (f, lag) in zip(variables, pairs)}
-        # u = c·f_0, the form of a typical deployed rule:
-        # without autograd, `_step_single_term` applies c·scale in f's last pass
-        args = self.template.args if isinstance(self.template, sp.Mul) else ()
-        const = [a.name for a in args if isinstance(a, sp.Symbol) and a.name in self._const_names]
-        single_term = (
-            len(args) == 2
-            and all(isinstance(a, sp.Symbol) for a in args)
-            and len(const) == 1
-            and self.lags == 1
+        self._single_term = _single_term_form(
+            self.template, self._const_names, self.features, self.lags, self.clip
         )
-        self._single_term = (const[0], self.features[0]) if single_term and not self.clip else None
 
     @property
     def expr(self) -> str:
@@ -509,6 +540,36 @@ class SymbolicRule(UpdateRule):
             u = torch.full_like(next(iter(cols.values())), float(u))
         return u.clamp(*self.clip) if self.clip else u
 
+    @property
+    def only_overall_factor(self) -> bool:
+        "Whether the equation's only constant multiplies all of it (c·f): tuning it only rescales the update."
+        return (
+            len(self._const_names) == 1
+            and self.template.is_Mul
+            and sp.Symbol(self._const_names[0]) in self.template.args
+        )
+
+# %% ../nbs/00b_expressions.ipynb #7f11f9a8
+class SymbolicRule(_Equation):
+    """An equation over `<feature>_<lag>` variables as an update rule: u = scale · expr, constants
+    meta-tunable.
+
+    `expr` is a sympy expression or text (parsed by `parse_expression`); `clip` = (lo, hi) clamps the
+    equation's value before `scale` (what a recurrent equation feeds back as `u` too).
+
+    ```python
+    import torch
+    from torch import nn
+    from symbolic_l2o import RuleOptimizer, SymbolicRule
+
+    rule = SymbolicRule("-tanh(2.0*mt_0) - 0.1*gt_1", scale=0.01)  # m̃ now, g̃ one step ago
+    print(rule.features, rule.constants.tolist())  # ('mt', 'gt') [-0.1, 2.0]: its constants, meta-tunable
+    model = nn.Linear(4, 1)
+    opt = RuleOptimizer(model.parameters(), rule)
+    model(torch.randn(8, 4)).pow(2).mean().backward()
+    opt.step()
+    ```"""
+
     def step(self, grads, state, t):
         """u = scale · expr(features, their history) for each tensor, with plain torch ops; without autograd
         an equation u = c·f_0 goes through `_step_single_term` (the same values to rounding, in fewer
@@ -530,15 +591,6 @@ class SymbolicRule(UpdateRule):
             updates.append((u * self.scale).view_as(g).to(g.dtype))
             new.append(fs)
         return updates, new
-
-    @property
-    def only_overall_factor(self) -> bool:
-        "Whether the equation's only constant multiplies all of it (c·f): tuning it only rescales the update."
-        return (
-            len(self._const_names) == 1
-            and self.template.is_Mul
-            and sp.Symbol(self._const_names[0]) in self.template.args
-        )
 
     @property
     def fusable(self) -> bool:
@@ -569,38 +621,24 @@ class SymbolicRule(UpdateRule):
     def _step_single_term(self, grads, state, t):
         """`step` of u = c·f_0 without autograd: the factor c·scale is applied inside f's last pass
         (`columns_no_grad`)."""
-        name, feature = self._single_term
-        c = float(self.constants[self._const_names.index(name)].to(grads[0].dtype)) * self.scale
-        out = [
-            self.grad_features.columns_no_grad(
-                g, {b: s[b] for b in self.grad_features.buffers}, t, (feature, c)
-            )
-            for g, s in zip(grads, state, strict=True)
-        ]
-        return [cols[feature].view_as(g).to(g.dtype) for (cols, _), g in zip(out, grads)], [
-            fs for _, fs in out
-        ]
+        return _single_term_step(self, grads, state, t)
 
-# %% ../nbs/00b_expressions.ipynb #da80efa2
-class TanhBasisRule(UpdateRule):
-    """The lightweight symbolic L2O of Symbolic Learning to Optimize (Zheng et al., ICLR 2022): ψ = −scale ·
-    Σ_g Σ_τ W[g, τ] · γ · tanh(g_{t−τ}/γ).
+# %% ../nbs/00b_expressions.ipynb #946cc05f
+def _single_term_step(rule: SymbolicRule, grads: list[Tensor], state: list[dict], t: int):
+    """`SymbolicRule._step_single_term`: the updates and new state of u = c·f_0 without autograd, c·scale
+    applied inside f's last pass (`GradFeatures.columns_no_grad`)."""
+    name, feature = rule._single_term
+    c = float(rule.constants[rule._const_names.index(name)].to(grads[0].dtype)) * rule.scale
+    out = [
+        rule.grad_features.columns_no_grad(g, {b: s[b] for b in rule.grad_features.buffers}, t, (feature, c))
+        for g, s in zip(grads, state, strict=True)
+    ]
+    return [cols[feature].view_as(g).to(g.dtype) for (cols, _), g in zip(out, grads)], [fs for _, fs in out]
 
-    `features` (G) are named `GradFeatures`, `lags` (L) the look-back (lags 0..L), `gamma` (γ) the soft-clip
-    scale; `weights` W `[|G|, L+1]` (float64 `nn.Parameter`, meta-tunable) default to zeros; see
-    `fit_weights`.
-
-    ```python
-    import torch
-    from torch import nn
-    from symbolic_l2o import RuleOptimizer, TanhBasisRule
-
-    rule = TanhBasisRule(features=("mt", "gt"), lags=1, weights=[[1.0, 0.0], [0.5, 0.0]])  # W [|G|, L+1]
-    model = nn.Linear(4, 1)
-    opt = RuleOptimizer(model.parameters(), rule)
-    model(torch.randn(8, 4)).pow(2).mean().backward()
-    opt.step()
-    ```"""
+# %% ../nbs/00b_expressions.ipynb #4cd7ccfe
+class _TanhBasis(UpdateRule):
+    """The base of `TanhBasisRule`: G, L, γ and the weights W `[|G|, L+1]`, checked; the state ψ reads;
+    ψ/scale as an equation."""
 
     def __init__(
         self,
@@ -643,6 +681,88 @@ class TanhBasisRule(UpdateRule):
             else {}
         )
         return {**self.grad_features.init_tensor(p), **hist}
+
+    def variable_names(self) -> list[str]:
+        "`<feature>_<lag>` names of the weights, lag-major (the column order of `srgen`'s datasets)."
+        return [f"{f}_{lag}" for lag in range(self.lags + 1) for f in self.features]
+
+    def to_sympy(self) -> sp.Expr:
+        """ψ/scale as a sympy expression over `<feature>_<lag>` variables (what `SymbolicRule` and the JSON
+        file hold)."""
+        g = sp.Float(self.gamma)
+        W = self.weights.detach()
+        return -sp.Add(
+            *[
+                sp.Float(float(W[k, lag]), 17) * g * sp.tanh(variable(f"{f}_{lag}") / g)
+                for lag in range(self.lags + 1)
+                for k, f in enumerate(self.features)
+                if float(W[k, lag]) != 0
+            ]
+        )
+
+# %% ../nbs/00b_expressions.ipynb #f49a316c
+class _TanhBasisFit(_TanhBasis):
+    "The base of `TanhBasisRule` that sets W: from a teacher's recorded updates or a distilled equation."
+
+    def fit_weights(
+        self, X: np.ndarray, y: np.ndarray, names: Sequence[str], ridge: float = 1e-6
+    ) -> TanhBasisRule:
+        """Set W by (ridge-regularised) least squares so that ψ/scale matches targets `y` on rows `X` with
+        columns `names`; returns self."""
+        X, y = np.asarray(X, dtype=np.float64), np.asarray(y, dtype=np.float64).reshape(-1)
+        missing = [n for n in self.variable_names() if n not in names]
+        if missing:
+            raise ValueError(f"the data lacks the columns {missing} (it has {list(names)[:8]}...)")
+        cols = [list(names).index(n) for n in self.variable_names()]
+        A = -self.gamma * np.tanh(X[:, cols] / self.gamma)
+        ok = np.isfinite(A).all(axis=1) & np.isfinite(y)
+        A, y = A[ok], y[ok]
+        if len(y) < A.shape[1]:
+            raise ValueError(f"only {len(y)} finite rows for {A.shape[1]} weights")
+        w = np.linalg.solve(A.T @ A + ridge * len(y) * np.eye(A.shape[1]), A.T @ y)
+        # lag-major → [G, L+1]
+        W = torch.tensor(w, dtype=torch.float64).reshape(self.lags + 1, len(self.features)).T
+        with torch.no_grad():
+            self.weights.copy_(W)
+        return self
+
+    def fit_linear_part(self, expr: sp.Expr) -> TanhBasisRule:
+        """Set W from the linear part of a distilled equation (its first-order Taylor coefficients at 0, tanh
+        being linear there); returns self."""
+        W = torch.zeros(len(self.features), self.lags + 1, dtype=torch.float64)
+        zero = {s: 0 for s in expr.free_symbols}
+        for s in expr.free_symbols:
+            f, _, lag = s.name.rpartition("_")
+            if f in self.features and int(lag) <= self.lags:
+                W[self.features.index(f), int(lag)] = -float(sp.diff(expr, s).subs(zero))
+        if not W.any():
+            raise ValueError(
+                f"{expr} has no linear term in the features {self.features} at lags 0..{self.lags}"
+            )
+        with torch.no_grad():
+            self.weights.copy_(W)
+        return self
+
+# %% ../nbs/00b_expressions.ipynb #e719d8d2
+class TanhBasisRule(_TanhBasisFit):
+    """The lightweight symbolic L2O of Symbolic Learning to Optimize (Zheng et al., ICLR 2022): ψ = −scale ·
+    Σ_g Σ_τ W[g, τ] · γ · tanh(g_{t−τ}/γ).
+
+    `features` (G) are named `GradFeatures`, `lags` (L) the look-back (lags 0..L), `gamma` (γ) the soft-clip
+    scale; `weights` W `[|G|, L+1]` (float64 `nn.Parameter`, meta-tunable) default to zeros; see
+    `fit_weights`.
+
+    ```python
+    import torch
+    from torch import nn
+    from symbolic_l2o import RuleOptimizer, TanhBasisRule
+
+    rule = TanhBasisRule(features=("mt", "gt"), lags=1, weights=[[1.0, 0.0], [0.5, 0.0]])  # W [|G|, L+1]
+    model = nn.Linear(4, 1)
+    opt = RuleOptimizer(model.parameters(), rule)
+    model(torch.randn(8, 4)).pow(2).mean().backward()
+    opt.step()
+    ```"""
 
     def step(self, grads, state, t):
         """ψ for each tensor with plain torch ops: f = tanh(features/γ) `[|G|, numel]`,
@@ -690,60 +810,3 @@ class TanhBasisRule(UpdateRule):
             updates.append(u.view_as(g).to(g.dtype))
             new.append(fs)
         return updates, new
-
-    def variable_names(self) -> list[str]:
-        "`<feature>_<lag>` names of the weights, lag-major (the column order of `srgen`'s datasets)."
-        return [f"{f}_{lag}" for lag in range(self.lags + 1) for f in self.features]
-
-    def to_sympy(self) -> sp.Expr:
-        """ψ/scale as a sympy expression over `<feature>_<lag>` variables (what `SymbolicRule` and the JSON
-        file hold)."""
-        g = sp.Float(self.gamma)
-        W = self.weights.detach()
-        return -sp.Add(
-            *[
-                sp.Float(float(W[k, lag]), 17) * g * sp.tanh(variable(f"{f}_{lag}") / g)
-                for lag in range(self.lags + 1)
-                for k, f in enumerate(self.features)
-                if float(W[k, lag]) != 0
-            ]
-        )
-
-    def fit_weights(
-        self, X: np.ndarray, y: np.ndarray, names: Sequence[str], ridge: float = 1e-6
-    ) -> TanhBasisRule:
-        """Set W by (ridge-regularised) least squares so that ψ/scale matches targets `y` on rows `X` with
-        columns `names`; returns self."""
-        X, y = np.asarray(X, dtype=np.float64), np.asarray(y, dtype=np.float64).reshape(-1)
-        missing = [n for n in self.variable_names() if n not in names]
-        if missing:
-            raise ValueError(f"the data lacks the columns {missing} (it has {list(names)[:8]}...)")
-        cols = [list(names).index(n) for n in self.variable_names()]
-        A = -self.gamma * np.tanh(X[:, cols] / self.gamma)
-        ok = np.isfinite(A).all(axis=1) & np.isfinite(y)
-        A, y = A[ok], y[ok]
-        if len(y) < A.shape[1]:
-            raise ValueError(f"only {len(y)} finite rows for {A.shape[1]} weights")
-        w = np.linalg.solve(A.T @ A + ridge * len(y) * np.eye(A.shape[1]), A.T @ y)
-        # lag-major → [G, L+1]
-        W = torch.tensor(w, dtype=torch.float64).reshape(self.lags + 1, len(self.features)).T
-        with torch.no_grad():
-            self.weights.copy_(W)
-        return self
-
-    def fit_linear_part(self, expr: sp.Expr) -> TanhBasisRule:
-        """Set W from the linear part of a distilled equation (its first-order Taylor coefficients at 0, tanh
-        being linear there); returns self."""
-        W = torch.zeros(len(self.features), self.lags + 1, dtype=torch.float64)
-        zero = {s: 0 for s in expr.free_symbols}
-        for s in expr.free_symbols:
-            f, _, lag = s.name.rpartition("_")
-            if f in self.features and int(lag) <= self.lags:
-                W[self.features.index(f), int(lag)] = -float(sp.diff(expr, s).subs(zero))
-        if not W.any():
-            raise ValueError(
-                f"{expr} has no linear term in the features {self.features} at lags 0..{self.lags}"
-            )
-        with torch.no_grad():
-            self.weights.copy_(W)
-        return self

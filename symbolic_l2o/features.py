@@ -42,14 +42,11 @@ def _root(x: Tensor, p: float) -> Tensor:
     compiled kernel computes 2× faster than `pow` on a CPU."""
     return x ** (1 / p) if torch.is_grad_enabled() else torch.exp(torch.log(x) * (1 / p))
 
-# %% ../nbs/00a_features.ipynb #da62b16e
-class GradFeatures:
-    """Named, coordinate-wise gradient features (`mt`, `gt`, `g`, `mom5`, ..., `t`, `mp2`, ...), with their
-    history state.
-
-    `init_tensor(p)` gives the state of one parameter tensor; `columns(g, s, t)` the features (the table
-    above) as a dict name → `[g.numel()]` tensor and the new state; `step` the same as a
-    `[g.numel(), len(names)]` matrix."""
+# %% ../nbs/00a_features.ipynb #a77df425
+class _FeatureState:
+    """The base of `GradFeatures`: its names and hyper-parameters, checked, the history buffers the requested
+    features need (`buffers`), their zeros (`init_tensor`) and update (`_moments`), and the constants a step
+    shares (`scalars`)."""
 
     def __init__(
         self,
@@ -107,6 +104,15 @@ class GradFeatures:
         coordinates (a compiled kernel given them as 0-d tensors does not recompute them per coordinate)."""
         return {"bc1": 1 - self.beta1**t, "bc2": 1 - self.beta2**t, "t": t * self.t_scale}
 
+# %% ../nbs/00a_features.ipynb #9b2ff0b3
+class GradFeatures(_FeatureState):
+    """Named, coordinate-wise gradient features (`mt`, `gt`, `g`, `mom5`, ..., `t`, `mp2`, ...), with their
+    history state.
+
+    `init_tensor(p)` gives the state of one parameter tensor; `columns(g, s, t)` the features (the table
+    above) as a dict name → `[g.numel()]` tensor and the new state; `step` the same as a
+    `[g.numel(), len(names)]` matrix."""
+
     def _feature(self, n: str, g: Tensor, new: dict, s_t: Tensor | None, sc: dict) -> Tensor:
         """Feature `n` (the table above) from the gradient, the new state, Adam's denominator s_t = √v̂ + ε
         and the step's constants `sc` (`scalars`)."""
@@ -154,24 +160,7 @@ class GradFeatures:
         buffer's largest |value| `smax` (what `RuleOptimizer(fused=True)` proves a step finite with). An EMA
         stays within the largest |value| it has averaged; the p-means, `mt` and `gt` divide by at least their
         ε."""
-        r = 1 + 1e-6  # rounding of the EMA updates
-
-        def power(x, p):
-            try:
-                return x**p
-            except OverflowError:
-                return math.inf
-
-        inputs = {"m": gmax, "v": power(gmax, 2), **{n: gmax for n in MOMENTUM_FEATURES}}
-        inputs.update({f"v_{n}": power(gmax, p) for n, p in P_MEAN_FEATURES.items()})
-        new = {b: max(smax[b], inputs[b]) * r for b in self.buffers}
-        bc1, bc2, m = sc["bc1"], sc["bc2"], new.get("m", 0.0)
-        s_t = math.sqrt(new["v"] / bc2) + self.eps if "v" in new else 0.0
-        feats = {"g": gmax, "mt": m / bc1 / self.eps, "gt": gmax / self.eps, "adam_up": m}
-        feats.update({"adam_up_norm": m / bc1, "adam_dn": s_t, "t": sc["t"]})
-        feats.update({n: new.get(n, 0.0) for n in MOMENTUM_FEATURES})
-        feats.update({n: m / self.p_mean_eps for n in P_MEAN_FEATURES})
-        return {n: feats[n] for n in self.names}, new
+        return _feature_bounds(self, gmax, smax, sc)
 
     def columns_no_grad(
         self, g: Tensor, s: dict[str, Tensor], t: int, factor: tuple[str, float] | None = None
@@ -225,3 +214,28 @@ def _columns_no_grad(
             if n == fn:
                 cols[n] = cols[n] * c
     return cols, new
+
+# %% ../nbs/00a_features.ipynb #d846dd5e
+def _feature_bounds(
+    self: GradFeatures, gmax: float, smax: dict[str, float], sc: dict
+) -> tuple[dict[str, float], dict[str, float]]:
+    """`GradFeatures.bounds`: the largest |feature| and |new buffer| given |g| ≤ `gmax`, each old buffer's
+    largest |value| `smax` and the step's constants `sc`."""
+    r = 1 + 1e-6  # rounding of the EMA updates
+
+    def power(x, p):
+        try:
+            return x**p
+        except OverflowError:
+            return math.inf
+
+    inputs = {"m": gmax, "v": power(gmax, 2), **{n: gmax for n in MOMENTUM_FEATURES}}
+    inputs.update({f"v_{n}": power(gmax, p) for n, p in P_MEAN_FEATURES.items()})
+    new = {b: max(smax[b], inputs[b]) * r for b in self.buffers}
+    bc1, bc2, m = sc["bc1"], sc["bc2"], new.get("m", 0.0)
+    s_t = math.sqrt(new["v"] / bc2) + self.eps if "v" in new else 0.0
+    feats = {"g": gmax, "mt": m / bc1 / self.eps, "gt": gmax / self.eps, "adam_up": m}
+    feats.update({"adam_up_norm": m / bc1, "adam_dn": s_t, "t": sc["t"]})
+    feats.update({n: new.get(n, 0.0) for n in MOMENTUM_FEATURES})
+    feats.update({n: m / self.p_mean_eps for n in P_MEAN_FEATURES})
+    return {n: feats[n] for n in self.names}, new
