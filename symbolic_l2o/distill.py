@@ -9,7 +9,7 @@ import itertools
 import math
 import warnings
 from dataclasses import dataclass, replace
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -42,6 +42,56 @@ from .canonical import canonical_form
 __all__ = ['BUDGET_FEATURES', 'RUN_SPLIT', 'SATURATED', 'TRAINS_BELOW', 'SCREEN_CHUNK', 'SCREEN_DROP', 'RESOLUTION',
            'DistillSettings', 'record', 'state_cost', 'lag0_dataset', 'budget_features', 'search', 'fidelity',
            'eva_ratio', 'faithful', 'verdict', 'screen', 'Distillation', 'distill', 'plot_front', 'plot_response']
+
+# %% ../nbs/03_distill.ipynb #961b0955
+def _check_settings(settings) -> None:
+    "Raises on a setting of a `DistillSettings` that `distill` cannot run with, saying what it expects."
+    if not settings.state_budgets or list(settings.state_budgets) != sorted(set(settings.state_budgets)):
+        raise ValueError(
+            f"invalid state_budgets={settings.state_budgets!r}: expected increasing state values per "
+            "parameter, e.g. (2, 3, 4) (2: Adam's)"
+        )
+    for b in settings.state_budgets:
+        if isinstance(b, bool) or int(b) != b or not 1 <= b <= len(FEATURE_NAMES):
+            raise ValueError(
+                f"invalid state budget {b!r}: expected an integer from 1 to {len(FEATURE_NAMES)}"
+            )
+    for name in (
+        "steps",
+        "record_seeds",
+        "lags",
+        "stride",
+        "coords_per_tensor",
+        "max_length",
+        "generations",
+        "max_rows",
+        "max_screened",
+        "validation_seeds",
+        "eval_seeds",
+    ):
+        v = getattr(settings, name)
+        if isinstance(v, bool) or int(v) != v or v < 1:
+            raise ValueError(f"invalid {name}={v!r}: expected a positive integer")
+    if (
+        isinstance(settings.tune_epochs, bool)
+        or int(settings.tune_epochs) != settings.tune_epochs
+        or settings.tune_epochs < 0
+    ):
+        raise ValueError(
+            f"invalid tune_epochs={settings.tune_epochs!r}: expected an integer >= 0 (0: no stage 3)"
+        )
+    if not settings.search_seeds:
+        raise ValueError("search_seeds is empty: give at least one seed, e.g. (0, 1, 2)")
+    if settings.lags > settings.steps:
+        raise ValueError(f"lags={settings.lags} exceeds steps={settings.steps}")
+    if settings.stride > settings.lags:
+        raise ValueError(
+            f"stride={settings.stride} exceeds lags={settings.lags}: rows that far apart leave steps "
+            "unrecorded, and the free-running fidelity needs every step"
+        )
+    for name in ("tolerance", "r2_tolerance", "time_limit", "tune_lr"):
+        if not getattr(settings, name) >= 0:
+            raise ValueError(f"invalid {name}={getattr(settings, name)!r}: expected >= 0")
 
 # %% ../nbs/03_distill.ipynb #2956e05d
 @dataclass
@@ -90,52 +140,7 @@ class DistillSettings:
     def __post_init__(self):
         self.search_seeds = tuple(self.search_seeds)
         self.state_budgets = tuple(self.state_budgets)
-        if not self.state_budgets or list(self.state_budgets) != sorted(set(self.state_budgets)):
-            raise ValueError(
-                f"invalid state_budgets={self.state_budgets!r}: expected increasing state values per "
-                "parameter, e.g. (2, 3, 4) (2: Adam's)"
-            )
-        for b in self.state_budgets:
-            if isinstance(b, bool) or int(b) != b or not 1 <= b <= len(FEATURE_NAMES):
-                raise ValueError(
-                    f"invalid state budget {b!r}: expected an integer from 1 to {len(FEATURE_NAMES)}"
-                )
-        for name in (
-            "steps",
-            "record_seeds",
-            "lags",
-            "stride",
-            "coords_per_tensor",
-            "max_length",
-            "generations",
-            "max_rows",
-            "max_screened",
-            "validation_seeds",
-            "eval_seeds",
-        ):
-            v = getattr(self, name)
-            if isinstance(v, bool) or int(v) != v or v < 1:
-                raise ValueError(f"invalid {name}={v!r}: expected a positive integer")
-        if (
-            isinstance(self.tune_epochs, bool)
-            or int(self.tune_epochs) != self.tune_epochs
-            or self.tune_epochs < 0
-        ):
-            raise ValueError(
-                f"invalid tune_epochs={self.tune_epochs!r}: expected an integer >= 0 (0: no stage 3)"
-            )
-        if not self.search_seeds:
-            raise ValueError("search_seeds is empty: give at least one seed, e.g. (0, 1, 2)")
-        if self.lags > self.steps:
-            raise ValueError(f"lags={self.lags} exceeds steps={self.steps}")
-        if self.stride > self.lags:
-            raise ValueError(
-                f"stride={self.stride} exceeds lags={self.lags}: rows that far apart leave steps unrecorded, "
-                "and the free-running fidelity needs every step"
-            )
-        for name in ("tolerance", "r2_tolerance", "time_limit", "tune_lr"):
-            if not getattr(self, name) >= 0:
-                raise ValueError(f"invalid {name}={getattr(self, name)!r}: expected >= 0")
+        _check_settings(self)
 
 # %% ../nbs/03_distill.ipynb #35bc1d97
 def record(
@@ -382,6 +387,105 @@ def screen(
     nearest = min(finite, key=lambda s: abs(math.log(s["ratio"])), default=screened[0] if screened else None)
     return {"chosen": nearest["index"] if nearest else None, "faithful": False, "screened": screened}
 
+# %% ../nbs/03_distill.ipynb #5d2ae2a9
+def _held_out_scores(fit: FittedRule, part: SRDataset) -> dict:
+    """`fit`'s figures on the held-out rows `part` (in its columns): its R² as deployed (free-running where it
+    reads its past), teacher-forced, free-running (None for an equation that reads no past output), and its
+    sign agreement."""
+    recurrent = OUTPUT_FEATURE in equation_streams(fit.expr)
+    prediction = held_out_prediction(fit, part)
+    return {
+        "r2": r_squared(part.y, prediction),
+        "r2_teacher_forced": fit.r2(part.X, part.y),
+        "r2_free_running": r_squared(part.y, prediction) if recurrent else None,
+        "sign_agreement": sign_agreement(part.y, prediction),
+    }
+
+
+def _beyond_null(fit: FittedRule, nulls: dict, test: SRDataset, part: SRDataset) -> dict:
+    """`fit`'s R² on the held-out rows `part` minus that of the best of the null models `nulls` (chosen by
+    validation R²; its values from `test`, the held-out runs as recorded), with a paired bootstrap interval
+    over the held-out runs (`r2_margin`)."""
+    best = max(nulls, key=lambda f: nulls[f]["r2_validation"])
+    m = nulls[best]
+    null = null_values(test, m["equation"], m["beta1"], m["beta2"])
+    margin = r2_margin(part.y, held_out_prediction(fit, part), null, part.run_ids)
+    return {"best_null": best, "margin": margin[0], "ci": list(margin[1:])}
+
+
+def _fidelity_summary(
+    source_eval: Evaluation, equation_eval: Evaluation, tolerance: float, beyond: dict
+) -> dict:
+    """The fidelity columns of `Distillation.summary`: the Eva losses of the rule and of its equation, the
+    ratio with its 95% interval, whether the rule trains, and the `verdict` (given the margin `beyond` over
+    the best null model)."""
+    ratio = eva_ratio(source_eval.late_loss, equation_eval.late_loss)
+    trains = _trains(source_eval)
+    said = verdict(ratio, tolerance, trains, (beyond["margin"], *beyond["ci"]))
+    return {
+        "eva_loss_source": source_eval.eva_loss,
+        "eva_loss_equation": equation_eval.eva_loss,
+        "eva_ratio": ratio[0],
+        "eva_ratio_ci": list(ratio[1:]),
+        "source_trains": trains,
+        "faithful": said == "faithful",
+        "verdict": said,
+    }
+
+
+def _tuned_summary(late: np.ndarray, tuned: SymbolicRule | None, tuned_eval: Evaluation | None) -> dict:
+    """Stage 3's columns of `Distillation.summary`: the tuned copy's Eva loss ratio to the rule's (whose late
+    losses are `late`) with its 95% interval, and its equation; None without one."""
+    ratio = eva_ratio(late, tuned_eval.late_loss) if tuned is not None else None
+    return {
+        "eva_ratio_tuned": None if ratio is None else ratio[0],
+        "eva_ratio_tuned_ci": None if ratio is None else list(ratio[1:]),
+        "tuned_equation": None if tuned is None else str(tuned.to_sympy()),
+    }
+
+# %% ../nbs/03_distill.ipynb #841ada97
+def _null_summary(late: np.ndarray, m: dict) -> dict:
+    """A null model's row of `Distillation.summary`: its fitted figures and its Eva loss ratio to the rule's
+    (whose late losses are `late`)."""
+    r = eva_ratio(late, m["evaluation"].late_loss)
+    kept = ("equation", "beta1", "beta2", "r2_validation", "r2", "sign_agreement")
+    return {**{k: m[k] for k in kept}, "eva_ratio": r[0], "eva_ratio_ci": list(r[1:])}
+
+
+def _space_summary(late: np.ndarray, key, s: dict, scores: Callable) -> dict:
+    """The row of the search space `s` (of budget `key`) in `Distillation.summary`: its chosen equation with
+    its memory, its held-out `scores(fit)` and its Eva loss ratio to the rule's (whose late losses are
+    `late`)."""
+    r = eva_ratio(late, s["evaluation"].late_loss)
+    return {
+        "budget": key,
+        "features": s["features"],
+        "equation": str(s["fit"].expr),
+        "nodes": complexity(s["fit"].expr),
+        "state_per_param": state_per_param(s["fit"].to_rule()),
+        **scores(s["fit"]),
+        "eva_ratio": r[0],
+        "eva_ratio_ci": list(r[1:]),
+        "validation_faithful": s["validation_faithful"],
+    }
+
+
+def _seed_summary(s: dict, scores: Callable) -> dict:
+    """The row of the search seed `s` in `Distillation.summary`: its chosen member with its held-out
+    `scores(fit)`, its Eva loss ratio on the reported problems, and what ended the search that found it."""
+    m = s["members"][s["chosen"]]
+    return {
+        "seed": s["seed"],
+        "equation": str(m["fit"].expr),
+        **{k: m[k] for k in ("family", "nodes")},
+        **scores(m["fit"]),
+        "eva_ratio": s["eva_ratio"][0],
+        "eva_ratio_ci": list(s["eva_ratio"][1:]),
+        "faithful": s["faithful"],
+        # what ended the search that found it: a search ended by "time" depends on the machine
+        **{k: m["fit"].meta[k] for k in ("stopped_by", "generations_run")},
+    }
+
 # %% ../nbs/03_distill.ipynb #bf558c6e
 @dataclass
 class Distillation:
@@ -424,25 +528,12 @@ class Distillation:
         return (self.test_lag0 if fit.meta.get("state_budget") else self.test).select(fit.names)
 
     def _scores(self, fit: FittedRule) -> dict:
-        part = self.held_out(fit)
-        recurrent = OUTPUT_FEATURE in equation_streams(fit.expr)
-        prediction = held_out_prediction(fit, part)
-        return {
-            "r2": r_squared(part.y, prediction),
-            "r2_teacher_forced": fit.r2(part.X, part.y),
-            "r2_free_running": r_squared(part.y, prediction) if recurrent else None,
-            "sign_agreement": sign_agreement(part.y, prediction),
-        }
+        return _held_out_scores(fit, self.held_out(fit))
 
     def beyond_null(self) -> dict:
         """The deployed equation's held-out R² minus the best null model's (chosen by validation R²), with a
         paired bootstrap interval over the held-out runs (`r2_margin`)."""
-        best = max(self.nulls, key=lambda f: self.nulls[f]["r2_validation"])
-        m = self.nulls[best]
-        part = self.held_out()
-        null = null_values(self.test, m["equation"], m["beta1"], m["beta2"])
-        margin = r2_margin(part.y, held_out_prediction(self.fit, part), null, part.run_ids)
-        return {"best_null": best, "margin": margin[0], "ci": list(margin[1:])}
+        return _beyond_null(self.fit, self.nulls, self.test, self.held_out())
 
     def summary(self) -> dict:
         """The headline figures (JSON-able): the deployed equation as found with its memory and the budget it
@@ -451,30 +542,7 @@ class Distillation:
         (`budgets`: what each budget costs in fidelity); stage 3 apart; under `search_seeds` each seed's
         choice in the deployed equation's search space (their spread)."""
         late = self.source_eval.late_loss
-        ratio = eva_ratio(late, self.equation_eval.late_loss)
-        tuned = eva_ratio(late, self.tuned_eval.late_loss) if self.tuned is not None else None
-        beyond, trains = self.beyond_null(), _trains(self.source_eval)
-        said = verdict(ratio, self.settings.tolerance, trains, (beyond["margin"], *beyond["ci"]))
-
-        def space(key, s):
-            r = eva_ratio(late, s["evaluation"].late_loss)
-            return {
-                "budget": key,
-                "features": s["features"],
-                "equation": str(s["fit"].expr),
-                "nodes": complexity(s["fit"].expr),
-                "state_per_param": state_per_param(s["fit"].to_rule()),
-                **self._scores(s["fit"]),
-                "eva_ratio": r[0],
-                "eva_ratio_ci": list(r[1:]),
-                "validation_faithful": s["validation_faithful"],
-            }
-
-        def null(family, m):
-            r = eva_ratio(late, m["evaluation"].late_loss)
-            kept = ("equation", "beta1", "beta2", "r2_validation", "r2", "sign_agreement")
-            return {**{k: m[k] for k in kept}, "eva_ratio": r[0], "eva_ratio_ci": list(r[1:])}
-
+        beyond = self.beyond_null()
         part = self.held_out()
         return {
             "rule": self.name,
@@ -485,39 +553,170 @@ class Distillation:
             "state_per_param": state_per_param(self.fit.to_rule()),
             "state_budget": self.fit.meta.get("state_budget"),
             **self._scores(self.fit),
-            "eva_loss_source": self.source_eval.eva_loss,
-            "eva_loss_equation": self.equation_eval.eva_loss,
-            "eva_ratio": ratio[0],
-            "eva_ratio_ci": list(ratio[1:]),
-            "source_trains": trains,
-            "faithful": said == "faithful",
-            "verdict": said,
-            "null_models": {f: null(f, m) for f, m in self.nulls.items()},
+            **_fidelity_summary(self.source_eval, self.equation_eval, self.settings.tolerance, beyond),
+            "null_models": {f: _null_summary(late, m) for f, m in self.nulls.items()},
             "beyond_null": beyond,
-            "budgets": [space(k, s) for k, s in self.budgets.items()],
-            "eva_ratio_tuned": None if tuned is None else tuned[0],
-            "eva_ratio_tuned_ci": None if tuned is None else list(tuned[1:]),
-            "tuned_equation": None if self.tuned is None else str(self.tuned.to_sympy()),
+            "budgets": [_space_summary(late, k, s, self._scores) for k, s in self.budgets.items()],
+            **_tuned_summary(late, self.tuned, self.tuned_eval),
             "faithful_seeds": [sum(s["faithful"] for s in self.seeds), len(self.seeds)],
-            "search_seeds": [
-                {
-                    "seed": s["seed"],
-                    "equation": str((m := s["members"][s["chosen"]])["fit"].expr),
-                    **{k: m[k] for k in ("family", "nodes")},
-                    **self._scores(m["fit"]),
-                    "eva_ratio": s["eva_ratio"][0],
-                    "eva_ratio_ci": list(s["eva_ratio"][1:]),
-                    "faithful": s["faithful"],
-                    # what ended the search that found it: a search ended by "time" depends on the machine
-                    **{k: m["fit"].meta[k] for k in ("stopped_by", "generations_run")},
-                }
-                for s in self.seeds
-            ],
+            "search_seeds": [_seed_summary(s, self._scores) for s in self.seeds],
             "persistence": self.persistence,
             "recurrence": recurrence(self.fit, self.held_out()),
             "tpf": temporal_perception_field(self.fit, part.X),
             "mapping_complexity": mapping_complexity(self.fit, part.X),
         }
+
+# %% ../nbs/03_distill.ipynb #5b8d129e
+def _check_recording(data: SRDataset, rule, task, settings: DistillSettings, features) -> None:
+    "Raises unless `data` is a recording of `rule` on `task` with `features` and `settings.lags` (02's, say)."
+    recorded = {k: data.meta.get(k) for k in ("rule", "features", "lags", "task")}
+    if recorded != {
+        "rule": rule_config(rule),
+        "features": list(features),
+        "lags": settings.lags,
+        "task": task.name,
+    }:
+        raise ValueError(
+            f"`data` is not a recording of this rule on this task with features {list(features)} and "
+            f"{settings.lags} lags: it records {recorded}; record it with distill.record(rule, task, "
+            "settings)"
+        )
+
+
+def _split_runs(data: SRDataset) -> tuple[SRDataset, SRDataset, SRDataset, dict]:
+    """`data`'s runs split by `RUN_SPLIT` into (training, validation, test) runs, whole runs on each side, and
+    the three as the budgeted searches see them (`lag0_dataset`, under "train", "validation" and "test")."""
+    train, rest = data.split_by_run(test_fraction=1 - RUN_SPLIT[0])
+    validation, test = rest.split_by_run(test_fraction=RUN_SPLIT[2] / (RUN_SPLIT[1] + RUN_SPLIT[2]))
+    lag0 = {k: lag0_dataset(d) for k, d in (("train", train), ("validation", validation), ("test", test))}
+    return train, validation, test, lag0
+
+# %% ../nbs/03_distill.ipynb #4d21c190
+def _search_seeds(
+    budget: int | None,
+    rule,
+    task,
+    settings: DistillSettings,
+    train: SRDataset,
+    validation: SRDataset,
+    lag0: dict,
+    censor: float | None,
+    source_losses,
+    device,
+) -> tuple[list[str] | None, list[dict]]:
+    """The seeds of one search space: within `budget` state values per parameter (the lag-0 columns of
+    `budget_features`), or with `budget` None the unconstrained window and recurrent families (`search`, the
+    recurrent one censored at `censor`). Per seed of `settings.search_seeds`: its equations searched on the
+    training runs, every member's `fidelity` on the validation runs, and the `screen` of them against the
+    rule's validation losses `source_losses`. Returns (the lag-0 columns, None when unconstrained; a dict per
+    seed: "seed", "members" and the `screen`'s keys)."""
+    cols = (
+        None
+        if budget is None
+        else [f"{n}_0" for n in budget_features(lag0["train"], lag0["validation"], budget)]
+    )
+    seeds = []
+    for seed in settings.search_seeds:
+        if budget is None:
+            fits, scored = search(train, settings, seed, censor), validation
+        else:
+            part = lag0["train"].select(cols)
+            meta = {
+                **part.meta,
+                "family": f"budget {budget}",
+                "state_budget": budget,
+                "search_seed": seed,
+            }
+            fits, scored = [_fit(part, settings, seed, meta)], lag0["validation"]
+        members = fidelity(fits, scored, settings.zero_drift)
+        seeds.append(
+            {
+                "seed": seed,
+                "members": members,
+                **screen(members, rule, task, settings, source_losses, device),
+            }
+        )
+    return cols, seeds
+
+# %% ../nbs/03_distill.ipynb #0b5536fa
+def _space_choice(seeds: list[dict], settings: DistillSettings, name: str) -> tuple[int, dict, FittedRule]:
+    """A search space's choice among its `seeds` (each screened), made on the validation problems: faithful
+    there, then the fewest nodes, then the Eva ratio nearest 1. Returns (the seed's index, its chosen member,
+    that member's fit with the selection in its metadata: the `source` rule `name`, the seed, the member and
+    the validation figures)."""
+    # chosen on the validation problems: faithful there, then the fewest nodes, then the nearest ratio
+    val_ratio = lambda s: next(x["ratio"] for x in s["screened"] if x["index"] == s["chosen"]) or math.inf
+    k = min(
+        range(len(seeds)),
+        key=lambda k: (
+            not seeds[k]["faithful"],
+            seeds[k]["members"][seeds[k]["chosen"]]["nodes"],
+            abs(math.log(val_ratio(seeds[k]))),
+        ),
+    )
+    member = seeds[k]["members"][seeds[k]["chosen"]]
+    fit = replace(
+        member["fit"],
+        selection="closed_loop",
+        meta={
+            **member["fit"].meta,
+            "source": name,
+            "search_seed_index": k,
+            "member_index": seeds[k]["chosen"],
+            "validation": {
+                "problems": settings.validation_seeds,
+                "ratio": val_ratio(seeds[k]),
+                "faithful": seeds[k]["faithful"],
+            },
+        },
+    )
+    return k, member, fit
+
+# %% ../nbs/03_distill.ipynb #72a73c79
+def _deployed_budget(budgets: dict, settings: DistillSettings) -> int:
+    """The budget of `settings.state_budgets` whose choice is deployed: the smallest one faithful on the
+    validation problems and beyond every null model; else the smallest faithful; else the largest."""
+    return next(
+        (
+            b
+            for key in ("validation_faithful", "screened_faithful")
+            for b in settings.state_budgets
+            if budgets[b][key]
+        ),
+        settings.state_budgets[-1],
+    )
+
+
+def _seed_spread(
+    seeds: list[dict], late: Callable, reported, source_eval: Evaluation, trains: bool, settings
+):
+    """Each seed's choice of the deployed space, run on the `reported` problems (`late(rule, seeds)` evaluates
+    a rule): its evaluation and Eva ratio to the rule's, and whether it is faithful there (its validation
+    verdict kept as "validation_faithful"). Updates `seeds` in place."""
+    for s in seeds:
+        ev = late(s["members"][s["chosen"]]["fit"].to_rule(), reported)
+        s.update(
+            validation_faithful=s["faithful"],
+            evaluation=ev,
+            eva_ratio=eva_ratio(source_eval.late_loss, ev.late_loss),
+        )
+        s["faithful"] = trains and faithful(s["eva_ratio"], settings.tolerance)
+
+
+def _stage3(fit: FittedRule, task, settings: DistillSettings, device) -> SymbolicRule | None:
+    """Stage 3, apart from the equation as found: a copy of `fit`'s rule with its constants meta-tuned on
+    training problems (`meta_tune`, `settings.tune_epochs` epochs at Adam(`settings.tune_lr`)); None without
+    tuning, without constants, or when the tuning diverges."""
+    tuned = fit.to_rule()
+    if settings.tune_epochs and len(tuned.constants):
+        tuning = MetaTrainSettings(
+            epochs=int(settings.tune_epochs), epoch_len=settings.steps, meta_lr=settings.tune_lr
+        )
+        tuned, card = meta_tune(tuned, task, tuning, device=device, progress=False)
+        tuned = None if card["diverged"] else tuned
+    else:
+        tuned = None
+    return tuned
 
 # %% ../nbs/03_distill.ipynb #26b0039b
 def distill(
@@ -544,21 +743,8 @@ def distill(
     settings = settings or DistillSettings()
     features = _features(rule, settings)
     data = record(rule, task, settings, device, progress) if data is None else data
-    recorded = {k: data.meta.get(k) for k in ("rule", "features", "lags", "task")}
-    if recorded != {
-        "rule": rule_config(rule),
-        "features": list(features),
-        "lags": settings.lags,
-        "task": task.name,
-    }:
-        raise ValueError(
-            f"`data` is not a recording of this rule on this task with features {list(features)} and "
-            f"{settings.lags} lags: it records {recorded}; record it with distill.record(rule, task, "
-            "settings)"
-        )
-    train, rest = data.split_by_run(test_fraction=1 - RUN_SPLIT[0])
-    validation, test = rest.split_by_run(test_fraction=RUN_SPLIT[2] / (RUN_SPLIT[1] + RUN_SPLIT[2]))
-    lag0 = {k: lag0_dataset(d) for k, d in (("train", train), ("validation", validation), ("test", test))}
+    _check_recording(data, rule, task, settings, features)
+    train, validation, test, lag0 = _split_runs(data)
     # the target is the output over its scale, |y| <= 1: a squashed rule's is censored where it saturates
     censor = SATURATED if getattr(rule, "squash", False) else None
     late = lambda r, seeds: evaluate(r, task, settings.steps, seeds, device=device, progress=False)
@@ -578,58 +764,10 @@ def distill(
     best_null_r2 = max(m["r2_validation"] for m in nulls.values())
 
     def space(budget):  # one search space: its seeds' choices, the one chosen on the validation problems
-        cols = (
-            None
-            if budget is None
-            else [f"{n}_0" for n in budget_features(lag0["train"], lag0["validation"], budget)]
+        cols, seeds = _search_seeds(
+            budget, rule, task, settings, train, validation, lag0, censor, source_val, device
         )
-        seeds = []
-        for seed in settings.search_seeds:
-            if budget is None:
-                fits, scored = search(train, settings, seed, censor), validation
-            else:
-                part = lag0["train"].select(cols)
-                meta = {
-                    **part.meta,
-                    "family": f"budget {budget}",
-                    "state_budget": budget,
-                    "search_seed": seed,
-                }
-                fits, scored = [_fit(part, settings, seed, meta)], lag0["validation"]
-            members = fidelity(fits, scored, settings.zero_drift)
-            seeds.append(
-                {
-                    "seed": seed,
-                    "members": members,
-                    **screen(members, rule, task, settings, source_val, device),
-                }
-            )
-        # chosen on the validation problems: faithful there, then the fewest nodes, then the nearest ratio
-        val_ratio = lambda s: next(x["ratio"] for x in s["screened"] if x["index"] == s["chosen"]) or math.inf
-        k = min(
-            range(len(seeds)),
-            key=lambda k: (
-                not seeds[k]["faithful"],
-                seeds[k]["members"][seeds[k]["chosen"]]["nodes"],
-                abs(math.log(val_ratio(seeds[k]))),
-            ),
-        )
-        member = seeds[k]["members"][seeds[k]["chosen"]]
-        fit = replace(
-            member["fit"],
-            selection="closed_loop",
-            meta={
-                **member["fit"].meta,
-                "source": name,
-                "search_seed_index": k,
-                "member_index": seeds[k]["chosen"],
-                "validation": {
-                    "problems": settings.validation_seeds,
-                    "ratio": val_ratio(seeds[k]),
-                    "faithful": seeds[k]["faithful"],
-                },
-            },
-        )
+        k, member, fit = _space_choice(seeds, settings, name)
         return {
             "features": None if cols is None else [c[:-2] for c in cols],
             "seeds": seeds,
@@ -641,46 +779,16 @@ def distill(
 
     budgets = {b: space(b) for b in (*settings.state_budgets, None)}
     # the smallest budget faithful and beyond every null model; else the smallest faithful; else the largest
-    chosen = next(
-        (
-            b
-            for key in ("validation_faithful", "screened_faithful")
-            for b in settings.state_budgets
-            if budgets[b][key]
-        ),
-        settings.state_budgets[-1],
-    )
-    for s in budgets[chosen]["seeds"]:  # the spread of the deployed space's seeds, on the reported problems
-        ev = late(s["members"][s["chosen"]]["fit"].to_rule(), reported)
-        s.update(
-            validation_faithful=s["faithful"],
-            evaluation=ev,
-            eva_ratio=eva_ratio(source_eval.late_loss, ev.late_loss),
-        )
-        s["faithful"] = trains and faithful(s["eva_ratio"], settings.tolerance)
+    chosen = _deployed_budget(budgets, settings)
+    # the spread of the deployed space's seeds, on the reported problems
+    _seed_spread(budgets[chosen]["seeds"], late, reported, source_eval, trains, settings)
     fit = budgets[chosen]["fit"]
     # stage 3, apart from the equation as found: a copy's constants meta-tuned on training problems
-    tuned = fit.to_rule()
-    if settings.tune_epochs and len(tuned.constants):
-        tuning = MetaTrainSettings(
-            epochs=int(settings.tune_epochs), epoch_len=settings.steps, meta_lr=settings.tune_lr
-        )
-        tuned, card = meta_tune(tuned, task, tuning, device=device, progress=False)
-        tuned = None if card["diverged"] else tuned
-    else:
-        tuned = None
+    tuned = _stage3(fit, task, settings, device)
+    tuned_eval = late(tuned, reported) if tuned is not None else None
+    persisted = persistence(train, test) if OUTPUT_FEATURE in features else None
     return Distillation(
-        name,
-        settings,
-        budgets,
-        fit,
-        source_eval,
-        nulls,
-        tuned,
-        late(tuned, reported) if tuned is not None else None,
-        persistence(train, test) if OUTPUT_FEATURE in features else None,
-        test,
-        lag0["test"],
+        name, settings, budgets, fit, source_eval, nulls, tuned, tuned_eval, persisted, test, lag0["test"]
     )
 
 # %% ../nbs/03_distill.ipynb #bbbfb354

@@ -118,10 +118,10 @@ def _crop_flip(X: Tensor, offsets: Tensor, flips: Tensor, flip: bool, pad: int =
     ]
     return torch.where(flips[:, None, None, None], out.flip(3), out) if flip else out
 
-# %% ../nbs/03a_vision.ipynb #4e4057e8
-class ImageData:
-    """An image classification dataset held as tensors: uint8 images `[n, 3, 32, 32]` and labels, with
-    per-channel `mean`/`std`."""
+# %% ../nbs/03a_vision.ipynb #889dcbb7
+class _ImageTensors:
+    """The tensors of an `ImageData` (its base): uint8 images `[n, 3, H, W]` and one label each, checked and
+    held, with their per-channel normalisation and the standard CIFAR augmentation."""
 
     def __init__(
         self,
@@ -160,6 +160,11 @@ class ImageData:
         zeros, a horizontal flip (if `flip`)."""
         offsets = torch.randint(0, 9, (2, len(X)), generator=generator).to(X.device)
         return _crop_flip(X, offsets, (torch.rand(len(X), generator=generator) < 0.5).to(X.device), self.flip)
+
+# %% ../nbs/03a_vision.ipynb #d88180e0
+class ImageData(_ImageTensors):
+    """An image classification dataset held as tensors: uint8 images `[n, 3, 32, 32]` and labels, with
+    per-channel `mean`/`std`."""
 
     def subset(self, n_train: int | None = None, n_test: int | None = None) -> ImageData:
         "The same dataset with only its first `n_train` training and `n_test` test images (None: all)."
@@ -422,6 +427,111 @@ def top1_accuracy(model: nn.Module, data: ImageData, batch_size: int = 500, devi
     correct, total = _all_sum([correct, len(idx)], device)
     return 100.0 * correct / total
 
+# %% ../nbs/03a_vision.ipynb #c38d0213
+def _lr_factor(schedule: str, total: int) -> Callable[[int], float]:
+    "The LR factor at each step of a `total`-step run: cosine from 1 to 0 (0 past the end), or constant 1."
+    return (
+        (lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+        if schedule == "cosine"
+        else (lambda s: 1.0)
+    )
+
+
+def _mixed_precision(
+    device: torch.device, amp: bool | None
+) -> tuple[bool, torch.dtype, torch.amp.GradScaler]:
+    """(amp, its dtype, the loss scaler): mixed precision on CUDA only (when `amp` is None or True), bf16
+    where the GPU has it, else fp16 with loss scaling (the scaler disabled otherwise)."""
+    amp = device.type == "cuda" if amp is None else amp and device.type == "cuda"
+    amp_dtype = torch.bfloat16 if amp and torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=amp and amp_dtype == torch.float16)
+    return amp, amp_dtype, scaler
+
+
+def _ddp(model: nn.Module, device: torch.device, world: int) -> nn.Module:
+    "`model` wrapped in `DistributedDataParallel` under `torchrun` (`world` > 1), else `model` itself."
+    from torch.nn.parallel import DistributedDataParallel
+
+    return (
+        DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        if world > 1
+        else model
+    )
+
+# %% ../nbs/03a_vision.ipynb #33d791ef
+def _global_batch(
+    data: ImageData,
+    X_train: Tensor,
+    order: Tensor,
+    seed: int,
+    epoch: int,
+    k: int,
+    batch_size: int,
+    rank,
+    world,
+    device,
+) -> tuple[Tensor, Tensor]:
+    """(images, their indices into `X_train`): this rank's share of step `k`'s global batch of `batch_size`
+    (its images `order`'s k-th `batch_size // world`, `order` this rank's share of the epoch), cropped,
+    flipped and normalised. The augmentation is drawn for the whole global batch from one seed, each rank
+    taking its share, so a run makes the same batches on any number of processes."""
+    per_rank = batch_size // world
+    # the global batch's augmentation
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch * 10_007 + k)
+    offsets = torch.randint(0, 9, (2, batch_size), generator=gen)[:, rank::world]
+    flips = (torch.rand(batch_size, generator=gen) < 0.5)[rank::world]
+    idx = order[k * per_rank : (k + 1) * per_rank].to(device)
+    return data.normalize(_crop_flip(X_train[idx], offsets.to(device), flips.to(device), data.flip)), idx
+
+
+def _train_step(
+    net: nn.Module, optimizer, scheduler, scaler, X: Tensor, y: Tensor, device, amp, amp_dtype
+) -> float:
+    """One step on the batch (X, y): its loss under autocast (when `amp`) scaled backward, the optimizer's
+    step and the scheduler's; returns the loss."""
+    with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
+        loss = nn.functional.cross_entropy(net(X), y)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    scheduler.step()
+    return loss.item()
+
+# %% ../nbs/03a_vision.ipynb #8ce056a8
+def _train_record(
+    label: str, data: ImageData, epochs: int, batch_size: int, schedule: str, world: int, amp, seed: int
+) -> dict:
+    "The JSON record of a `train` run: its settings, and its epochs to come."
+    return {
+        "label": label,
+        "dataset": data.name,
+        "epochs_planned": epochs,
+        "batch_size": batch_size,
+        "schedule": schedule,
+        "world_size": world,
+        "amp": bool(amp),
+        "seed": seed,
+        "epochs": [],
+        "version": symbolic_l2o.__version__,
+    }
+
+
+def _epoch_entry(
+    epoch: int, loss_sum: float, nonfinite, count, acc: float | None, lr_factor: float, t0: float
+) -> dict:
+    """An epoch's entry in the record: its mean training loss over its finite steps (NaN if none was), the
+    count of the others, the test accuracy (None when not scored), the LR factor at its end, and the seconds
+    since `t0`."""
+    return {
+        "epoch": epoch + 1,
+        "train_loss": loss_sum / max(count - nonfinite, 1) if count > nonfinite else float("nan"),
+        "nonfinite_steps": int(nonfinite),
+        "test_acc": acc,
+        "lr_factor": lr_factor,
+        "seconds": time.perf_counter() - t0,
+    }
+
 # %% ../nbs/03a_vision.ipynb #27f53a73
 def train(
     model: nn.Module,
@@ -448,7 +558,6 @@ def train(
     through a `DistributedSampler`; the augmentation of each global batch is drawn from one seed, so a run
     gives the same updates on any number of processes (up to float summation order; batch norm sees
     per-rank batches)."""
-    from torch.nn.parallel import DistributedDataParallel
     from torch.utils.data.distributed import DistributedSampler
 
     if schedule not in SCHEDULES:
@@ -459,41 +568,19 @@ def train(
     if batch_size < world or batch_size % world:
         raise ValueError(f"batch_size={batch_size} must be a multiple of the number of processes ({world})")
     device = _device(device, world)
-    n, per_rank = len(data.X_train), batch_size // world
+    n = len(data.X_train)
     steps_per_epoch = n // batch_size
     if steps_per_epoch < 1:
         raise ValueError(f"batch_size={batch_size} is larger than the training set ({n} images)")
     torch.manual_seed(seed)
     model.to(device).train()
-    net = (
-        DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-        if world > 1
-        else model
-    )
+    net = _ddp(model, device, world)
     optimizer = optimizer_factory(model)
-    total = epochs * steps_per_epoch
-    factor = (
-        (lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
-        if schedule == "cosine"
-        else (lambda s: 1.0)
-    )
+    factor = _lr_factor(schedule, epochs * steps_per_epoch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-    amp = device.type == "cuda" if amp is None else amp and device.type == "cuda"
-    amp_dtype = torch.bfloat16 if amp and torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler("cuda", enabled=amp and amp_dtype == torch.float16)
+    amp, amp_dtype, scaler = _mixed_precision(device, amp)
     X_train, y_train = data.X_train.to(device), data.y_train.to(device)
-    record = {
-        "label": label,
-        "dataset": data.name,
-        "epochs_planned": epochs,
-        "batch_size": batch_size,
-        "schedule": schedule,
-        "world_size": world,
-        "amp": bool(amp),
-        "seed": seed,
-        "epochs": [],
-        "version": symbolic_l2o.__version__,
-    }
+    record = _train_record(label, data, epochs, batch_size, schedule, world, amp, seed)
     sampler = DistributedSampler(
         range(n), num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True
     )
@@ -504,20 +591,8 @@ def train(
         order = torch.tensor(list(sampler))
         loss_sum, nonfinite = 0.0, 0
         for k in range(steps_per_epoch):
-            # the global batch's augmentation
-            gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch * 10_007 + k)
-            offsets = torch.randint(0, 9, (2, batch_size), generator=gen)[:, rank::world]
-            flips = (torch.rand(batch_size, generator=gen) < 0.5)[rank::world]
-            idx = order[k * per_rank : (k + 1) * per_rank].to(device)
-            X = data.normalize(_crop_flip(X_train[idx], offsets.to(device), flips.to(device), data.flip))
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
-                loss = nn.functional.cross_entropy(net(X), y_train[idx])
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            value = loss.item()
+            X, idx = _global_batch(data, X_train, order, seed, epoch, k, batch_size, rank, world, device)
+            value = _train_step(net, optimizer, scheduler, scaler, X, y_train[idx], device, amp, amp_dtype)
             if math.isfinite(value):
                 loss_sum += value
             else:
@@ -528,14 +603,7 @@ def train(
                 dist.broadcast(b, 0)  # every rank scores with rank 0's batch-norm statistics
         acc = top1_accuracy(model, data, device=device) if eval_every_epoch or epoch == epochs - 1 else None
         record["epochs"].append(
-            {
-                "epoch": epoch + 1,
-                "train_loss": loss_sum / max(count - nonfinite, 1) if count > nonfinite else float("nan"),
-                "nonfinite_steps": int(nonfinite),
-                "test_acc": acc,
-                "lr_factor": factor((epoch + 1) * steps_per_epoch),
-                "seconds": time.perf_counter() - t0,
-            }
+            _epoch_entry(epoch, loss_sum, nonfinite, count, acc, factor((epoch + 1) * steps_per_epoch), t0)
         )
         record["final_test_acc"] = acc
         if acc is not None:
