@@ -11,6 +11,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import mpmath
 import numpy as np
 import sympy as sp
 import torch
@@ -21,8 +22,8 @@ from .features import FEATURE_NAMES, OUTPUT_FEATURE, GradFeatures
 
 # %% auto #0
 __all__ = ['LOG_EPS', 'OPERATORS', 'SYMPY_SPELLINGS', 'MAX_EXPRESSION_CHARS', 'MAX_EXPRESSION_DEPTH', 'MAX_LAG', 'MAX_EXPONENT',
-           'variable', 'Operator', 'parse_expression', 'compile_expression', 'complexity', 'magnitude_bound',
-           'SymbolicRule', 'TanhBasisRule']
+           'variable', 'Operator', 'parse_expression', 'expression_text', 'compile_expression', 'complexity',
+           'magnitude_bound', 'SymbolicRule', 'TanhBasisRule']
 
 # %% ../nbs/00b_expressions.ipynb #5f4d749c
 LOG_EPS = 1e-8
@@ -308,6 +309,17 @@ def parse_expression(text: str, variables: Sequence[str]) -> sp.Expr:
             f"unexpected {parser.tokens[parser.i][1]!r} after a complete expression in {text[:80]!r}"
         )
     return _in_range(node, text)  # products and sums of numbers too (1e300*1e300)
+
+# %% ../nbs/00b_expressions.ipynb #822d6d56
+class _ExactPrinter(sp.printing.str.StrPrinter):
+    def _print_Float(self, expr: sp.Float) -> str:
+        return mpmath.libmp.to_str(expr._mpf_, mpmath.libmp.repr_dps(expr._prec), strip_zeros=True)
+
+
+def expression_text(expr: sp.Expr) -> str:
+    """`expr` as `parse_expression` reads it back to the same value: sympy's text, with every float written with
+    the digits its precision needs (17 for a float64) rather than sympy's 15."""
+    return _ExactPrinter().doprint(expr)
 
 # %% ../nbs/00b_expressions.ipynb #3cdb8994
 def _torch_node(e: sp.Basic, env: dict[str, Tensor], consts: dict[str, Tensor]):

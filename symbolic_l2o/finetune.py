@@ -33,10 +33,10 @@ from .tasks import resolve_device
 from .vision import ImageData, distributed, load_data, make_model, train
 
 # %% auto #0
-__all__ = ['WEIGHT_DECAY', 'COSINE_BASELINES', 'META_TUNE', 'tanh_basis_from_teacher', 'tanh_basis_from_equation', 'protocol_run',
-           'optimizer_identity', 'lr_search', 'run_protocol', 'search_scale', 'meta_tune_on_proxy', 'prepare_symbolic',
-           'state_bytes_per_param', 'step_costs', 'finetune_summary', 'accuracy_goal', 'protocol_table',
-           'plot_protocol', 'scalability', 'finetune_cli']
+__all__ = ['WEIGHT_DECAY', 'COSINE_BASELINES', 'META_TUNE', 'tanh_basis_from_teacher', 'tanh_basis_from_equation',
+           'optimizer_identity', 'protocol_run', 'lr_search', 'run_protocol', 'search_scale', 'meta_tune_on_proxy',
+           'prepare_symbolic', 'state_bytes_per_param', 'step_costs', 'finetune_summary', 'accuracy_goal',
+           'protocol_table', 'plot_protocol', 'scalability', 'finetune_cli']
 
 # %% ../nbs/04_finetune_resnet.ipynb #a9617d74
 def _rule_source_fit(rule_source: str | Path | None = None) -> tuple[FittedRule, str]:
@@ -153,6 +153,17 @@ def _rule_spec(label: str, rule: UpdateRule) -> tuple[str, Callable, float]:
         1.0,
     )
 
+# %% ../nbs/04_finetune_resnet.ipynb #acae54e37e7d407bbb7b55eff062a284
+def optimizer_identity(make: Callable, lr: float) -> str:
+    """A SHA-256 of what `make(params, lr)` builds: its class, its hyperparameters and, for a `RuleOptimizer`,
+    its rule's configuration and weights. What `protocol_run` compares before it reuses a finished run."""
+    opt = make([torch.nn.Parameter(torch.zeros(1))], lr)
+    parts = [type(opt).__name__, json.dumps(opt.defaults, sort_keys=True, default=str)]
+    if isinstance(opt, RuleOptimizer):
+        parts.append(json.dumps([rule_config(opt.rule), opt.fused], sort_keys=True, default=str))
+        parts += [f"{k}={v.detach().cpu().numpy().tobytes().hex()}" for k, v in opt.rule.state_dict().items()]
+    return sha256_bytes("\n".join(parts).encode())
+
 # %% ../nbs/04_finetune_resnet.ipynb #ddbe5e05
 def protocol_run(
     make: Callable,
@@ -223,17 +234,6 @@ def protocol_run(
         record["protocol"] = key
         atomic_write(out, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=2)))
     return record
-
-
-def optimizer_identity(make: Callable, lr: float) -> str:
-    """A SHA-256 of what `make(params, lr)` builds: its class, its hyperparameters and, for a `RuleOptimizer`,
-    its rule's configuration and weights. What `protocol_run` compares before it reuses a finished run."""
-    opt = make([torch.nn.Parameter(torch.zeros(1))], lr)
-    parts = [type(opt).__name__, json.dumps(opt.defaults, sort_keys=True, default=str)]
-    if isinstance(opt, RuleOptimizer):
-        parts.append(json.dumps([rule_config(opt.rule), opt.fused], sort_keys=True, default=str))
-        parts += [f"{k}={v.detach().cpu().numpy().tobytes().hex()}" for k, v in opt.rule.state_dict().items()]
-    return sha256_bytes("\n".join(parts).encode())
 
 # %% ../nbs/04_finetune_resnet.ipynb #f35892ac
 def lr_search(

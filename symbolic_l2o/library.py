@@ -114,7 +114,7 @@ def _refuse_unknown(name, given, accepted: list[str]) -> None:
         takes = accepted or "none (scale a learned or distilled rule's update with RuleOptimizer's lr)"
         raise ValueError(f"optimizer {str(name)!r} has no keyword(s) {unknown}; it takes {takes}")
 
-
+# %% ../nbs/library.ipynb #b7a1001c
 def create_optimizer(name: str | Path, params, **hyperparameters) -> RuleOptimizer:
     """A `RuleOptimizer` over `params` (tensors, param groups, or a module) with the optimizer `name`: any
     name of `list_optimizers()`, in any case, or a rule file (as `load_pretrained` takes it).

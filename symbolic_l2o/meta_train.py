@@ -365,6 +365,118 @@ def _read_metrics(path: str | Path) -> list[dict]:
             warnings.warn(f"{path}: skipped its torn last line {line[:80]!r} (a write cut short)")
     return records
 
+# %% ../nbs/01_meta_train.ipynb #72eea511
+def _horizon(settings: MetaTrainSettings, stage: int) -> int:
+    """The horizon of an epoch at curriculum `stage` (the last stage's past the end of `horizons`);
+    `epoch_len` without a curriculum."""
+    curriculum = settings.curriculum
+    return curriculum.horizons[min(stage, len(curriculum.horizons) - 1)] if curriculum else settings.epoch_len
+
+
+def _validation(rule: UpdateRule, task, settings: MetaTrainSettings, cl: CurriculumState, device) -> float:
+    "`rule` validated on the curriculum's held-out problems at the next stage's horizon (what `cl` judges)."
+    seeds = range(VALIDATION_SEED_BASE, VALIDATION_SEED_BASE + settings.curriculum.eval_seeds)
+    return validate(rule, task, _horizon(settings, cl.stage + 1), seeds, device)
+
+
+def _snapshot(rule: UpdateRule) -> dict:
+    "A copy of `rule`'s weights (its state dict, detached)."
+    return {k: v.detach().clone() for k, v in rule.state_dict().items()}
+
+
+def _curriculum_step(
+    rule: UpdateRule, task, settings: MetaTrainSettings, cl: CurriculumState, device
+) -> dict:
+    """The curriculum's step at a validation epoch: validate `rule` and let `cl` judge it; keep the weights of
+    a new best; at the end of a stage restore the best ones (at the next stage, validated again: its
+    baseline). Returns what the epoch's record says of it: the validation and, at a stage's end, the event."""
+    record = {}
+    record["validation"] = val = _validation(rule, task, settings, cl, device)
+    event = cl.judge(val, settings.curriculum)
+    if event == "better":
+        cl.best_weights = _snapshot(rule)
+    elif event in ("next", "stop"):
+        rule.load_state_dict(cl.best_weights)
+        if event == "next":
+            cl.best = _validation(rule, task, settings, cl, device)
+        record["curriculum"] = (
+            f"stage {cl.stage} (horizon {_horizon(settings, cl.stage)})" if event == "next" else "stop"
+        )
+    return record
+
+# %% ../nbs/01_meta_train.ipynb #10185d26
+def _meta_epoch(rule, tasks, epoch, settings, cl, teacher, meta_opt, imit_opt, device) -> dict:
+    """Epoch `epoch` of meta-training `rule`: a problem of the epoch's task drawn from (seed, epoch), then an
+    imitation epoch of `teacher` (with probability `imitation_ratio`, by `imit_opt`) or a BPTT one (by
+    `meta_opt`), at the horizon of `cl`'s stage, and the curriculum's step when it validates. Returns the
+    epoch's record (the counters and the time are the caller's)."""
+    gen = torch.Generator().manual_seed(_problem_seed(settings.seed, epoch))
+    task = tasks[epoch % len(tasks)]
+    problem = task.problem(int(torch.randint(2**31 - 1, (1,), generator=gen)), device)
+    T = _horizon(settings, cl.stage)
+    record = {"epoch": epoch, "task": task.name, "horizon": T}
+    if settings.imitation_ratio > 0 and torch.rand((), generator=gen).item() < settings.imitation_ratio:
+        record.update(
+            mode="imitation",
+            imitation_loss=_imitation_epoch(
+                rule, problem, T, settings.unroll, teacher, imit_opt, settings.clip
+            ),
+        )
+    else:
+        record.update(_bptt_epoch(rule, problem, T, settings.unroll, meta_opt, settings))
+    curriculum = settings.curriculum
+    if curriculum and (epoch + 1) % curriculum.eval_every == 0:
+        record.update(_curriculum_step(rule, tasks[0], settings, cl, device))
+    return record
+
+# %% ../nbs/01_meta_train.ipynb #7cdc8c89
+def _open_run(out: Path, resume: bool, settings: MetaTrainSettings, tasks: list, teacher) -> tuple:
+    """The settings a checkpoint of the run in `out` records (_run_settings) and the paths of its checkpoint
+    and metrics; an `out` that already holds a run is refused unless `resume`."""
+    if not resume and run_entries(out):
+        raise FileExistsError(
+            f"{out} already holds a run ({', '.join(run_entries(out)[:4])}, ...): pass resume=True (the "
+            "command line's --resume) to continue it, or choose another out_dir (--out)"
+        )
+    run = _run_settings(settings, tasks, teacher)
+    return run, run_path(out, "checkpoint.pt"), run_path(out, "metrics.jsonl")
+
+
+def _resume(path: Path, rule, run: dict, meta_opt, imit_opt, device) -> tuple[int, int, CurriculumState]:
+    """Load the checkpoint at `path` (checked by _checkpoint_for) into `rule` and both meta-optimizers;
+    returns the epoch it ends, its count of skipped windows and the curriculum's state."""
+    ck = _checkpoint_for(path, rule, run, device)
+    rule.load_state_dict(ck["rule"])
+    meta_opt.load_state_dict(ck["meta_opt"])
+    imit_opt.load_state_dict(ck["imitation_opt"])
+    return ck["epoch"], ck["skipped"], CurriculumState(**ck["curriculum"])
+
+
+def _kept_metrics(metrics: Path, start: int) -> list[dict]:
+    """The records of `metrics` of the epochs before `start`, written back alone (a resumed run runs the
+    later ones again)."""
+    history = [h for h in _read_metrics(metrics) if h["epoch"] < start] if metrics.exists() else []
+    atomic_write(metrics, lambda tmp: Path(tmp).write_text("".join(json.dumps(h) + "\n" for h in history)))
+    return history
+
+
+def _save_checkpoint(path: Path, epoch: int, rule, meta_opt, imit_opt, cl, skipped: int, run: dict):
+    "Write the checkpoint of a run at the end of `epoch`: all that resume needs, and the `run` settings."
+    save_atomic(
+        {
+            "epoch": epoch,
+            "rule": rule.state_dict(),
+            "meta_opt": meta_opt.state_dict(),
+            "imitation_opt": imit_opt.state_dict(),
+            "curriculum": vars(cl),
+            "skipped": skipped,
+            "rule_config": rule_config(rule),
+            **run,
+            "version": symbolic_l2o.__version__,
+        },
+        path,
+    )
+
 # %% ../nbs/01_meta_train.ipynb #27016ac3
 @locks_run_dir
 def meta_train(
@@ -392,7 +504,7 @@ def meta_train(
     if not tasks:
         raise ValueError("no tasks given")
     st = settings or MetaTrainSettings()
-    epochs, epoch_len, unroll, seed, curriculum = st.epochs, st.epoch_len, st.unroll, st.seed, st.curriculum
+    epochs, curriculum = st.epochs, st.curriculum
     device = resolve_device(device)
     rule.to(device)
     teacher = st.teacher or AdamRule(lr=0.01)
@@ -402,55 +514,12 @@ def meta_train(
     cl = CurriculumState()
     start, skipped, history = 0, 0, []
     if out is not None:
-        if not resume and run_entries(out):
-            raise FileExistsError(
-                f"{out} already holds a run ({', '.join(run_entries(out)[:4])}, ...): pass resume=True (the "
-                "command line's --resume) to continue it, or choose another out_dir (--out)"
-            )
-        run = _run_settings(st, tasks, teacher)
-        ckpt, metrics = run_path(out, "checkpoint.pt"), run_path(out, "metrics.jsonl")
-    if out is not None and resume and ckpt.exists():
-        ck = _checkpoint_for(ckpt, rule, run, device)
-        rule.load_state_dict(ck["rule"])
-        meta_opt.load_state_dict(ck["meta_opt"])
-        imit_opt.load_state_dict(ck["imitation_opt"])
-        start, skipped, cl = ck["epoch"], ck["skipped"], CurriculumState(**ck["curriculum"])
-    if out is not None:
-        history = [h for h in _read_metrics(metrics) if h["epoch"] < start] if metrics.exists() else []
-        atomic_write(
-            metrics, lambda tmp: Path(tmp).write_text("".join(json.dumps(h) + "\n" for h in history))
-        )
-
-    def checkpoint(epoch):
-        if out is None:
-            return
-        save_atomic(
-            {
-                "epoch": epoch,
-                "rule": rule.state_dict(),
-                "meta_opt": meta_opt.state_dict(),
-                "imitation_opt": imit_opt.state_dict(),
-                "curriculum": vars(cl),
-                "skipped": skipped,
-                "rule_config": rule_config(rule),
-                **run,
-                "version": symbolic_l2o.__version__,
-            },
-            ckpt,
-        )
-
-    def horizon(stage):
-        return curriculum.horizons[min(stage, len(curriculum.horizons) - 1)] if curriculum else epoch_len
-
-    def validation():
-        seeds = range(VALIDATION_SEED_BASE, VALIDATION_SEED_BASE + curriculum.eval_seeds)
-        return validate(rule, tasks[0], horizon(cl.stage + 1), seeds, device)
-
-    def snapshot():
-        return {k: v.detach().clone() for k, v in rule.state_dict().items()}
-
+        run, ckpt, metrics = _open_run(out, resume, st, tasks, teacher)
+        if resume and ckpt.exists():
+            start, skipped, cl = _resume(ckpt, rule, run, meta_opt, imit_opt, device)
+        history = _kept_metrics(metrics, start)
     if curriculum and cl.best is None and start == 0:
-        cl.best, cl.best_weights = validation(), snapshot()
+        cl.best, cl.best_weights = _validation(rule, tasks[0], st, cl, device), _snapshot(rule)
     bar = tqdm(
         range(start, epochs),
         desc=f"meta-train {type(rule).__name__}",
@@ -461,31 +530,9 @@ def meta_train(
     for epoch in bar:
         if cl.stopped:
             break
-        t0, gen = time.perf_counter(), torch.Generator().manual_seed(_problem_seed(seed, epoch))
-        task = tasks[epoch % len(tasks)]
-        problem = task.problem(int(torch.randint(2**31 - 1, (1,), generator=gen)), device)
-        T = horizon(cl.stage)
-        record = {"epoch": epoch, "task": task.name, "horizon": T}
-        if st.imitation_ratio > 0 and torch.rand((), generator=gen).item() < st.imitation_ratio:
-            record.update(
-                mode="imitation",
-                imitation_loss=_imitation_epoch(rule, problem, T, unroll, teacher, imit_opt, st.clip),
-            )
-        else:
-            record.update(_bptt_epoch(rule, problem, T, unroll, meta_opt, st))
-            skipped += "nonfinite_window" in record
-        if curriculum and (epoch + 1) % curriculum.eval_every == 0:
-            record["validation"] = val = validation()
-            event = cl.judge(val, curriculum)
-            if event == "better":
-                cl.best_weights = snapshot()
-            elif event in ("next", "stop"):
-                rule.load_state_dict(cl.best_weights)
-                if event == "next":
-                    cl.best = validation()
-                record["curriculum"] = (
-                    f"stage {cl.stage} (horizon {horizon(cl.stage)})" if event == "next" else "stop"
-                )
+        t0 = time.perf_counter()
+        record = _meta_epoch(rule, tasks, epoch, st, cl, teacher, meta_opt, imit_opt, device)
+        skipped += "nonfinite_window" in record
         record.update(skipped=skipped, seconds=time.perf_counter() - t0)
         history.append(record)
         bar.set_postfix(loss=f"{record.get('final_loss', record.get('imitation_loss', float('nan'))):.4f}")
@@ -493,7 +540,7 @@ def meta_train(
             with open(metrics, "a") as f:
                 f.write(json.dumps(record) + "\n")
             if (epoch + 1) % st.checkpoint_every == 0 or epoch + 1 == epochs or cl.stopped:
-                checkpoint(epoch + 1)
+                _save_checkpoint(ckpt, epoch + 1, rule, meta_opt, imit_opt, cl, skipped, run)
     if curriculum and not cl.stopped and cl.best_weights is not None:  # the run ends on its best validation
         rule.load_state_dict(cl.best_weights)
     return history

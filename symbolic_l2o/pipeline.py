@@ -249,6 +249,89 @@ def _first_to_run(run_dir: Path, record: dict, stages: Sequence[str]) -> int:
                     )
     return len(stages)
 
+# %% ../nbs/05_pipeline.ipynb #c40a0005
+def _stage_notebooks(nbs_path: Path, stages: Sequence[str] | None) -> list[Path]:
+    "The notebooks of `stages` in `nbs_path` (None: every stage, pipeline_stages), each checked to exist."
+    paths = (
+        pipeline_stages(nbs_path) if stages is None else [nbs_path / f"{Path(s).stem}.ipynb" for s in stages]
+    )
+    missing = [p.name for p in paths if not p.exists()]
+    if missing:
+        raise FileNotFoundError(f"no such stage notebook in {nbs_path}: {missing}")
+    return paths
+
+
+def _run_record(run_dir: Path, scale: str, device: str) -> dict:
+    "The run record of `run_dir` (read_run_record) or a new one; a run resumes at its own scale only."
+    record = read_run_record(run_dir) or {
+        "scale": scale,
+        "device": device,
+        "cpus": os.cpu_count(),
+        "stages": {},
+    }
+    if record["scale"] != scale:
+        raise ValueError(
+            f"{run_dir} was run at scale={record['scale']!r}; resume it with that scale, not {scale!r}"
+        )
+    return record
+
+
+def _stage_parameters(nb, stage: str, scale: str, device: str, run_dir: Path, overrides) -> dict:
+    """The parameters of stage `stage` (its notebook `nb`): those it declares among `scale`, `device` and
+    `out_dir` (= `run_dir`), then `overrides[stage]`."""
+    declared = _notebook_parameters(nb)
+    params = {
+        key: v
+        for key, v in {"scale": scale, "device": device, "out_dir": str(run_dir)}.items()
+        if key in declared
+    }
+    params.update((overrides or {}).get(stage, {}))
+    return params
+
+# %% ../nbs/05_pipeline.ipynb #c40a0008
+def _execute_stage(
+    papermill, nb, executed: Path, params: dict, nbs_path: Path, kernel_name, progress
+) -> str | None:
+    """Execute the stage notebook `nb` with papermill into `executed`, in `nbs_path`, with `params`; returns
+    None, or the reason it failed (the failing cell's exception for a `PapermillExecutionError`)."""
+    try:
+        papermill.execute_notebook(
+            nb,
+            str(executed),
+            parameters=params,
+            cwd=str(nbs_path),
+            kernel_name=kernel_name,
+            progress_bar=progress,
+            log_output=False,
+        )
+    except Exception as e:
+        return (
+            f"{e.ename}: {e.evalue}"
+            if isinstance(e, papermill.PapermillExecutionError)
+            else f"{type(e).__name__}: {e}"
+        )
+    return None
+
+
+def _record_done(run_dir: Path, record: dict, record_path: Path, stage: str, done: Path, seconds: float):
+    """Record `stage` done in `seconds`, with the inputs and outputs its summary records (write_summary),
+    then write its `.done` marker `done`."""
+    # the artifacts the stage read and wrote, with their SHA-256
+    summary = (
+        read_summary(run_dir, f"{stage}.json") if run_path(run_dir, f"summary/{stage}.json").exists() else {}
+    )
+    record["stages"][stage].update(
+        status="done",
+        seconds=seconds,
+        inputs=summary.get("inputs", []),
+        outputs=summary.get("outputs", []),
+    )
+    _write_json(record_path, record)
+    _write_json(
+        done,
+        {"seconds": seconds, "finished": datetime.now(timezone.utc).isoformat()},
+    )
+
 # %% ../nbs/05_pipeline.ipynb #b5eaf3d7
 def run_pipeline(
     run_dir: str | Path,
@@ -279,24 +362,10 @@ def run_pipeline(
     papermill = optional_import("papermill", "notebooks", "running the pipeline")
     run_dir = Path(run_dir).resolve()
     nbs_path = Path(nbs_path).resolve()
-    paths = (
-        pipeline_stages(nbs_path) if stages is None else [nbs_path / f"{Path(s).stem}.ipynb" for s in stages]
-    )
-    missing = [p.name for p in paths if not p.exists()]
-    if missing:
-        raise FileNotFoundError(f"no such stage notebook in {nbs_path}: {missing}")
+    paths = _stage_notebooks(nbs_path, stages)
     with run_lock(run_dir):
         record_path = run_path(run_dir, "pipeline.json")
-        record = read_run_record(run_dir) or {
-            "scale": scale,
-            "device": device,
-            "cpus": os.cpu_count(),
-            "stages": {},
-        }
-        if record["scale"] != scale:
-            raise ValueError(
-                f"{run_dir} was run at scale={record['scale']!r}; resume it with that scale, not {scale!r}"
-            )
+        record = _run_record(run_dir, scale, device)
         first = _first_to_run(run_dir, record, [p.stem for p in paths])
         n, t_run = len(paths), time.perf_counter()
         for k, path in enumerate(paths, 1):
@@ -310,33 +379,13 @@ def run_pipeline(
                 continue
             done.unlink(missing_ok=True)
             nb = _tag_parameters_cell(read_notebook(path))
-            declared = _notebook_parameters(nb)
-            params = {
-                key: v
-                for key, v in {"scale": scale, "device": device, "out_dir": str(run_dir)}.items()
-                if key in declared
-            }
-            params.update((overrides or {}).get(stage, {}))
+            params = _stage_parameters(nb, stage, scale, device, run_dir, overrides)
             log(f"[{k}/{n}] {stage}: running {params} -> {executed}")
             t0 = time.perf_counter()
             record["stages"][stage] = {"status": "running", "parameters": params, "notebook": executed.name}
             _write_json(record_path, record)
-            try:
-                papermill.execute_notebook(
-                    nb,
-                    str(executed),
-                    parameters=params,
-                    cwd=str(nbs_path),
-                    kernel_name=kernel_name,
-                    progress_bar=progress,
-                    log_output=False,
-                )
-            except Exception as e:
-                reason = (
-                    f"{e.ename}: {e.evalue}"
-                    if isinstance(e, papermill.PapermillExecutionError)
-                    else f"{type(e).__name__}: {e}"
-                )
+            reason = _execute_stage(papermill, nb, executed, params, nbs_path, kernel_name, progress)
+            if reason is not None:
                 record["stages"][stage].update(
                     status="failed", seconds=time.perf_counter() - t0, error=reason
                 )
@@ -344,23 +393,7 @@ def run_pipeline(
                 log(f"[{k}/{n}] {stage}: FAILED after {format_duration(time.perf_counter() - t0)}")
                 raise StageFailed(stage, executed, run_dir, reason) from None
             seconds = time.perf_counter() - t0
-            # the artifacts the stage read and wrote, with their SHA-256
-            summary = (
-                read_summary(run_dir, f"{stage}.json")
-                if run_path(run_dir, f"summary/{stage}.json").exists()
-                else {}
-            )
-            record["stages"][stage].update(
-                status="done",
-                seconds=seconds,
-                inputs=summary.get("inputs", []),
-                outputs=summary.get("outputs", []),
-            )
-            _write_json(record_path, record)
-            _write_json(
-                done,
-                {"seconds": seconds, "finished": datetime.now(timezone.utc).isoformat()},
-            )
+            _record_done(run_dir, record, record_path, stage, done, seconds)
             log(
                 f"[{k}/{n}] {stage}: done in {format_duration(seconds)} (this call: "
                 f"{format_duration(time.perf_counter() - t_run)})"

@@ -23,7 +23,7 @@ import torch
 import symbolic_l2o
 from .features import FEATURE_NAMES, OUTPUT_FEATURE
 from .expressions import MAX_LAG, OPERATORS, SymbolicRule, compile_expression, complexity
-from .expressions import parse_expression, variable
+from .expressions import expression_text, parse_expression, variable
 from .files import atomic_write, read_json, require_keys
 from .srgen import SRDataset
 
@@ -109,22 +109,17 @@ def _front_summary(front: list[dict], max_length: int, variance: float) -> tuple
             area, last = area + (1 - c) * (last - loss), loss
     return min(p[1] for p in points), area
 
-# %% ../nbs/02a_regression.ipynb #68eefab8
-def _operon_fit(X, y, names, operators, max_length, generations, time_limit, seed, patience):
-    """Operon's front as text, the generations it ran and what stopped it ("converged", "time" or
-    "generations").
-
-    The search runs in chunks of `_CHUNK` generations (pyoperon's `warm_start` carries the population over;
-    chunk k draws from seed (`seed`, k), so a fit is reproducible for a seed) until the front has converged:
-    an exact fit, or neither its best loss nor its hypervolume improved by a relative `_IMPROVEMENT` in
-    `patience` generations."""
+# %% ../nbs/02a_regression.ipynb #acae54e37e7d407bbb7b55eff062a284
+def _operon_regressor(operators, max_length):
+    """Operon's regressor for the vocabulary `operators` and equations of at most `max_length` nodes, on every
+    core this process may run on, warm-starting (each `fit` carries the population over from the last)."""
     from pyoperon.sklearn import SymbolicRegressor
 
     symbols = ",".join(["constant", "variable"] + [ENGINE_OPERATORS["operon"][o] for o in operators])
     # offspring selection, two Levenberg-Marquardt steps per candidate, deeper and larger initial trees: on
     # the Adam(0.9) sanity target (below) more accurate equations in the same seconds than Operon's basic
     # generator
-    reg = SymbolicRegressor(
+    return SymbolicRegressor(
         allowed_symbols=symbols,
         objectives=["r2", "length"],
         max_length=max_length,
@@ -139,6 +134,17 @@ def _operon_fit(X, y, names, operators, max_length, generations, time_limit, see
         n_threads=len(os.sched_getaffinity(0)),
         warm_start=True,
     )
+
+# %% ../nbs/02a_regression.ipynb #72eea5119410473aa328ad9291626812
+def _operon_fit(X, y, names, operators, max_length, generations, time_limit, seed, patience):
+    """Operon's front as text, the generations it ran and what stopped it ("converged", "time" or
+    "generations").
+
+    The search runs in chunks of `_CHUNK` generations (pyoperon's `warm_start` carries the population over;
+    chunk k draws from seed (`seed`, k), so a fit is reproducible for a seed) until the front has converged:
+    an exact fit, or neither its best loss nor its hypervolume improved by a relative `_IMPROVEMENT` in
+    `patience` generations."""
+    reg = _operon_regressor(operators, max_length)
     t0, run, stalled, best, variance, stopped_by = (
         time.perf_counter(),
         0,
@@ -168,7 +174,7 @@ def _operon_fit(X, y, names, operators, max_length, generations, time_limit, see
             break
     return [reg.get_model_string(m["tree"], 17, names) for m in reg.pareto_front_], run, stopped_by
 
-
+# %% ../nbs/02a_regression.ipynb #10185d26023b46108eb7d9f57d49d2b3
 def _pysr_fit(X, y, names, operators, max_length, generations, time_limit, seed, patience):
     spelling = ENGINE_OPERATORS["pysr"]
     try:
@@ -298,7 +304,78 @@ class ParetoTable(list):
             "| " + " | ".join(row[:-1] + [f"`{row[-1]}`"]) + " |\n" for row in self._cells()
         )
 
-# %% ../nbs/02a_regression.ipynb #ab2d9fff
+# %% ../nbs/02a_regression.ipynb #7cdc8c89c7104fffa095e18ddfef8986
+class _ParetoMembers:
+    "`FittedRule`'s Pareto front, member by member: as a table, and any member as a `FittedRule` of its own."
+
+    def table(self, digits: int = 3) -> ParetoTable:
+        """The Pareto front as rows, simplest first: `index` (for `member`), `nodes` (complexity), `loss` (MSE
+        on the fitting rows), `r2`, the `equation` with its constants rounded to `digits` significant digits,
+        and whether it is the `selected` one (`expr`). `print` it for an aligned table; a notebook shows it as
+        Markdown."""
+        rows = ParetoTable()
+        for i, m in enumerate(self.pareto):
+            rows.append(
+                {
+                    "index": i,
+                    "nodes": m.get("complexity", complexity(m["expr"])),
+                    "loss": m.get("loss"),
+                    "r2": m.get("r2"),
+                    "equation": str(_rounded(m["expr"], digits)),
+                    "selected": m["expr"] == self.expr,
+                }
+            )
+        return rows
+
+    def member(self, i: int) -> FittedRule:
+        """Member `i` of the Pareto front (as in `table`; negative from the most complex end, as a list
+        indexes) as a `FittedRule` with the same names, front and metadata: `fit.member(-1).to_rule()` deploys
+        the most accurate."""
+        n = len(self.pareto)
+        if isinstance(i, bool) or not isinstance(i, (int, np.integer)) or not -n <= i < n:
+            raise ValueError(
+                f"no member {i!r}: the Pareto front has {n} member(s), indices 0 to {n - 1} (or -{n} to -1)"
+            )
+        i = int(i) % n
+        return replace(self, expr=self.pareto[i]["expr"], selection=f"member {i}", meta=dict(self.meta))
+
+# %% ../nbs/02a_regression.ipynb #504fb2a444614c0babb325280ed9130a
+class _EquationValues:
+    "What `FittedRule`'s selected equation computes (clipped as the deployed rule clips) and how it reads."
+
+    # what the deployed rule clamps to: the target's range and 0 (a rule at rest), for a recurrent or censored
+    # fit
+    def _clip(self):
+        if (
+            not (OUTPUT_FEATURE in equation_streams(self.expr) or self.meta.get("censor"))
+            or "target_range" not in self.meta
+        ):
+            return None
+        lo, hi = self.meta["target_range"]
+        return [min(lo, 0.0), max(hi, 0.0)]
+
+    def predict(self, X) -> np.ndarray:
+        """The equation's values on the rows of `X` (columns in the order of `names`), clipped as `to_rule`
+        clips them: the outputs the deployed rule gives on those rows."""
+        pred, clip = evaluate_expression(self.expr, X, self.names), self._clip()
+        return pred if clip is None else np.clip(pred, *clip)
+
+    def r2(self, X, y) -> float:
+        "Coefficient of determination of the equation on (`X`, `y`)."
+        return r_squared(np.asarray(y, dtype=np.float64).reshape(-1), self.predict(X))
+
+    def latex(self, digits: int = 3) -> str:
+        "LaTeX of the equation with every constant rounded (not truncated) to `digits` significant digits."
+        rounded = _rounded(self.expr, digits)
+        names = {}
+        for s in (
+            rounded.free_symbols
+        ):  # feature_lag → \mathrm{feature}_{lag} (sympy would read "mp3_1" as mp_{3 1})
+            feature, _, lag = s.name.rpartition("_")
+            names[s] = rf"\mathrm{{{feature}}}_{{{lag}}}" if feature and lag.isdigit() else sp.latex(s)
+        return sp.latex(rounded, symbol_names=names)
+
+# %% ../nbs/02a_regression.ipynb #4dd4641cc4064e0191573fe9c69df29b
 # caps on a fitted-rule file (untrusted), checked before any equation is parsed (read_json caps its size
 # and nesting): a front holds one member per size, and fit_rule searches sizes up to MAX_EQUATION_LENGTH = 200
 # (the zoo's front has 14 members); a variable is <feature>_<lag>, at most one per feature and lag, the
@@ -308,8 +385,45 @@ MAX_FIT_NAMES = (len(FEATURE_NAMES) + 1) * (MAX_LAG + 1)  # every feature and `u
 MAX_NAME_LENGTH = 32  # twice the longest name
 
 
+def _read_fitted(path: Path) -> tuple:
+    """The arguments of the `FittedRule` in the JSON file `path`, which is untrusted: its size and nesting
+    (`read_json`), its number of Pareto members (`MAX_PARETO_MEMBERS`) and of names (`MAX_FIT_NAMES`, each at
+    most `MAX_NAME_LENGTH` characters) are checked before any equation is parsed, and every expression goes
+    through `parse_expression` (no eval)."""
+    d = require_keys(
+        read_json(path), ["expr", "names", "pareto", "engine", "selection", "seconds", "meta"], path
+    )
+    names, front = d["names"], d["pareto"]
+    if not isinstance(names, list) or len(names) > MAX_FIT_NAMES:
+        raise ValueError(
+            f"names in {path} is {reprlib.repr(names)}: expected a list of at most MAX_FIT_NAMES = "
+            f"{MAX_FIT_NAMES} variable names"
+        )
+    for n in names:
+        if not isinstance(n, str) or len(n) > MAX_NAME_LENGTH or not n.isidentifier():
+            raise ValueError(
+                f"invalid variable name {reprlib.repr(n)} in {path}: expected an identifier of at most "
+                f"MAX_NAME_LENGTH = {MAX_NAME_LENGTH} characters"
+            )
+    if not isinstance(front, list) or len(front) > MAX_PARETO_MEMBERS:
+        count = f"{len(front)} members" if isinstance(front, list) else f"a {type(front).__name__}"
+        raise ValueError(
+            f"pareto in {path} holds {count}: expected a list of at most MAX_PARETO_MEMBERS = "
+            f"{MAX_PARETO_MEMBERS} members"
+        )
+    pareto = [
+        {
+            **m,
+            "expr": parse_expression(require_keys(m, ["expr"], f"{path}: a Pareto member")["expr"], names),
+        }
+        for m in front
+    ]
+    expr = parse_expression(d["expr"], names)
+    return expr, names, pareto, d["engine"], d["selection"], d["seconds"], d["meta"]
+
+# %% ../nbs/02a_regression.ipynb #3ed186c9a28b402fb0bc4494df01f08d
 @dataclass
-class FittedRule:
+class FittedRule(_ParetoMembers, _EquationValues):
     """The result of `fit_rule`: the selected equation `expr`, the whole Pareto front, and how it was found.
 
     ```python
@@ -344,69 +458,6 @@ class FittedRule:
             f"of {len(self.pareto)})"
         )
 
-    def table(self, digits: int = 3) -> ParetoTable:
-        """The Pareto front as rows, simplest first: `index` (for `member`), `nodes` (complexity), `loss` (MSE
-        on the fitting rows), `r2`, the `equation` with its constants rounded to `digits` significant digits,
-        and whether it is the `selected` one (`expr`). `print` it for an aligned table; a notebook shows it as
-        Markdown."""
-        rows = ParetoTable()
-        for i, m in enumerate(self.pareto):
-            rows.append(
-                {
-                    "index": i,
-                    "nodes": m.get("complexity", complexity(m["expr"])),
-                    "loss": m.get("loss"),
-                    "r2": m.get("r2"),
-                    "equation": str(_rounded(m["expr"], digits)),
-                    "selected": m["expr"] == self.expr,
-                }
-            )
-        return rows
-
-    def member(self, i: int) -> FittedRule:
-        """Member `i` of the Pareto front (as in `table`; negative from the most complex end, as a list
-        indexes) as a `FittedRule` with the same names, front and metadata: `fit.member(-1).to_rule()` deploys
-        the most accurate."""
-        n = len(self.pareto)
-        if isinstance(i, bool) or not isinstance(i, (int, np.integer)) or not -n <= i < n:
-            raise ValueError(
-                f"no member {i!r}: the Pareto front has {n} member(s), indices 0 to {n - 1} (or -{n} to -1)"
-            )
-        i = int(i) % n
-        return replace(self, expr=self.pareto[i]["expr"], selection=f"member {i}", meta=dict(self.meta))
-
-    # what the deployed rule clamps to: the target's range and 0 (a rule at rest), for a recurrent or censored
-    # fit
-    def _clip(self):
-        if (
-            not (OUTPUT_FEATURE in equation_streams(self.expr) or self.meta.get("censor"))
-            or "target_range" not in self.meta
-        ):
-            return None
-        lo, hi = self.meta["target_range"]
-        return [min(lo, 0.0), max(hi, 0.0)]
-
-    def predict(self, X) -> np.ndarray:
-        """The equation's values on the rows of `X` (columns in the order of `names`), clipped as `to_rule`
-        clips them: the outputs the deployed rule gives on those rows."""
-        pred, clip = evaluate_expression(self.expr, X, self.names), self._clip()
-        return pred if clip is None else np.clip(pred, *clip)
-
-    def r2(self, X, y) -> float:
-        "Coefficient of determination of the equation on (`X`, `y`)."
-        return r_squared(np.asarray(y, dtype=np.float64).reshape(-1), self.predict(X))
-
-    def latex(self, digits: int = 3) -> str:
-        "LaTeX of the equation with every constant rounded (not truncated) to `digits` significant digits."
-        rounded = _rounded(self.expr, digits)
-        names = {}
-        for s in (
-            rounded.free_symbols
-        ):  # feature_lag → \mathrm{feature}_{lag} (sympy would read "mp3_1" as mp_{3 1})
-            feature, _, lag = s.name.rpartition("_")
-            names[s] = rf"\mathrm{{{feature}}}_{{{lag}}}" if feature and lag.isdigit() else sp.latex(s)
-        return sp.latex(rounded, symbol_names=names)
-
     def to_rule(self, scale: float | None = None) -> SymbolicRule:
         """The equation as a `SymbolicRule` (scale from the SR dataset's metadata unless given). A recurrent
         equation (one that reads its past outputs `u_k`), or one fitted to a censored target, is clipped to
@@ -421,16 +472,18 @@ class FittedRule:
         )
 
     def to_dict(self) -> dict:
-        "A JSON-able description: expressions as text, read back by the whitelist parser."
+        "A JSON-able description: expressions as text (`expression_text`), read back by the whitelist parser."
         return {
-            "expr": str(self.expr),
+            "expr": expression_text(self.expr),
             "names": self.names,
             "engine": self.engine,
             "selection": self.selection,
             "seconds": self.seconds,
             "meta": self.meta,
             "version": symbolic_l2o.__version__,
-            "pareto": [{k: (str(v) if k == "expr" else v) for k, v in m.items()} for m in self.pareto],
+            "pareto": [
+                {k: (expression_text(v) if k == "expr" else v) for k, v in m.items()} for m in self.pareto
+            ],
         }
 
     def save(self, path: str | Path) -> Path:
@@ -446,45 +499,7 @@ class FittedRule:
         parsed, and every expression goes through `parse_expression` (no eval), so a file carrying code is
         rejected."""
         path = Path(path).with_suffix(".json")
-        d = require_keys(
-            read_json(path), ["expr", "names", "pareto", "engine", "selection", "seconds", "meta"], path
-        )
-        names, front = d["names"], d["pareto"]
-        if not isinstance(names, list) or len(names) > MAX_FIT_NAMES:
-            raise ValueError(
-                f"names in {path} is {reprlib.repr(names)}: expected a list of at most MAX_FIT_NAMES = "
-                f"{MAX_FIT_NAMES} variable names"
-            )
-        for n in names:
-            if not isinstance(n, str) or len(n) > MAX_NAME_LENGTH or not n.isidentifier():
-                raise ValueError(
-                    f"invalid variable name {reprlib.repr(n)} in {path}: expected an identifier of at most "
-                    f"MAX_NAME_LENGTH = {MAX_NAME_LENGTH} characters"
-                )
-        if not isinstance(front, list) or len(front) > MAX_PARETO_MEMBERS:
-            count = f"{len(front)} members" if isinstance(front, list) else f"a {type(front).__name__}"
-            raise ValueError(
-                f"pareto in {path} holds {count}: expected a list of at most MAX_PARETO_MEMBERS = "
-                f"{MAX_PARETO_MEMBERS} members"
-            )
-        pareto = [
-            {
-                **m,
-                "expr": parse_expression(
-                    require_keys(m, ["expr"], f"{path}: a Pareto member")["expr"], names
-                ),
-            }
-            for m in front
-        ]
-        return cls(
-            parse_expression(d["expr"], names),
-            names,
-            pareto,
-            d["engine"],
-            d["selection"],
-            d["seconds"],
-            d["meta"],
-        )
+        return cls(*_read_fitted(path))
 
 # %% ../nbs/02a_regression.ipynb #67c9dc67
 def _check_fit_args(
@@ -556,7 +571,7 @@ def pareto_front(exprs: Sequence[sp.Expr], X: np.ndarray, y: np.ndarray, names: 
             front.append(m)
     return front
 
-# %% ../nbs/02a_regression.ipynb #19e3044a
+# %% ../nbs/02a_regression.ipynb #1671c31a24314836a5b85d7ef7fbf015
 # a saturated output says only "at least this far": fitted at the bound, the equations undershoot where the
 # rule saturates (RP's took steps half the size of its LSTM's); at 1.2× past it, then clipped, RP's met its
 # LSTM; at 2× its members diverged (03, "Memory beyond the window")
@@ -566,6 +581,81 @@ CENSOR_FACTOR = 1.2
 MAX_EQUATION_LENGTH = 200
 
 
+def _fit_inputs(X, y, names, meta) -> tuple:
+    """`fit_rule`'s rows, target, column names and metadata: an `SRDataset`'s own (`meta` updating its
+    metadata), or the arrays `X`, `y` and their `names`."""
+    if isinstance(X, SRDataset):
+        if y is not None or names is not None:
+            raise ValueError(
+                "fit_rule(dataset) takes the target and the column names from the SRDataset: pass y and "
+                "names only with an array X, as fit_rule(X, y, names)"
+            )
+        meta, X, y, names = {**X.meta, **(meta or {})}, X.X, X.y, X.names
+    elif y is None or names is None:
+        raise ValueError(
+            "fit_rule needs the target and the column names with an array X: fit_rule(X, y, names), or a "
+            "recording (srgen.SRDataset) alone: fit_rule(dataset)"
+        )
+    return X, y, names, meta
+
+
+def _fit_rows(X, y, censor, max_rows, rng) -> tuple:
+    """The rows the candidates are fitted to, and the target's range (where a deployed rule clips): targets
+    saturated beyond `censor` moved to `CENSOR_FACTOR`·y, and at most `max_rows` rows, drawn with `rng`."""
+    y_range = [float(y.min()), float(y.max())]
+    if censor is not None:
+        y = np.where(np.abs(y) > censor, CENSOR_FACTOR * y, y)
+    if len(y) > max_rows:
+        keep = rng.choice(len(y), max_rows, replace=False)
+        X, y = X[keep], y[keep]
+    return X, y, y_range
+
+# %% ../nbs/02a_regression.ipynb #f5a1fa73e5044315a093ec459c9be902
+def _candidates(X, y, names, rng, engine, search_rows, linear_terms, engine_args) -> tuple:
+    """The candidate equations for `y`: the sparse linear path's and, unless its last is exact, the
+    engine's, run with `engine_args` (operators, max_length, generations, time_limit, seed, patience, as
+    `_operon_fit` and `_pysr_fit` take them) on `search_rows` rows drawn with `rng`. Returns them, whether
+    the path was exact, the generations run and what stopped the engine."""
+    # the engine searches on standardised columns (constants of order 1), its equations are mapped back
+    sigma = np.where(X.std(0) > 0, X.std(0), 1.0)
+    unscale = {variable(n): variable(n) / sp.Float(s) for n, s in zip(names, sigma)}
+    search = rng.choice(len(y), search_rows, replace=False) if len(y) > search_rows else slice(None)
+    linear, exact = _linear_path(X, y, names, linear_terms)
+    texts, run, stopped_by = (
+        ([], 0, "converged")
+        if exact
+        else (_operon_fit if engine == "operon" else _pysr_fit)(
+            (X / sigma)[search], y[search], names, *engine_args
+        )
+    )
+    exprs = [parse_expression(t, names).xreplace(unscale) for t in texts] + [
+        parse_expression(t, names) for t in linear
+    ]
+    return exprs, exact, run, stopped_by
+
+# %% ../nbs/02a_regression.ipynb #3f9bc0b9dd2c44919cc8dcca39b469f8
+def _fit_record(
+    meta, y_range, censor, exact, rows, dropped, search_rows, generations, run, patience, stopped_by
+) -> dict:
+    """What a fit records beside `meta`: the target's range and its censoring level, whether the engine was
+    skipped (an exact linear path), the rows fitted and dropped, and how far the search ran and what stopped
+    it."""
+    return {
+        **(meta or {}),
+        "target_range": y_range,
+        "censor": censor,
+        "engine_skipped": exact,
+        "rows": rows,
+        "dropped_rows": dropped,
+        "search_rows": min(search_rows, rows),
+        "generations": generations,
+        "generations_run": run,
+        "patience": patience,
+        "stopped_by": stopped_by,
+        "stopped_by_time": None if stopped_by is None else stopped_by == "time",
+    }
+
+# %% ../nbs/02a_regression.ipynb #5b09d5ef5b5e4bb6ab9b829b10b6a29f
 def fit_rule(
     X,
     y=None,
@@ -611,18 +701,7 @@ def fit_rule(
     print(fit.expr, f"R² {fit.r2(X, y):.3f}")
     rule = fit.to_rule()  # a SymbolicRule: deploy it with RuleOptimizer or create_optimizer
     ```"""
-    if isinstance(X, SRDataset):
-        if y is not None or names is not None:
-            raise ValueError(
-                "fit_rule(dataset) takes the target and the column names from the SRDataset: pass y and "
-                "names only with an array X, as fit_rule(X, y, names)"
-            )
-        meta, X, y, names = {**X.meta, **(meta or {})}, X.X, X.y, X.names
-    elif y is None or names is None:
-        raise ValueError(
-            "fit_rule needs the target and the column names with an array X: fit_rule(X, y, names), or a "
-            "recording (srgen.SRDataset) alone: fit_rule(dataset)"
-        )
+    X, y, names, meta = _fit_inputs(X, y, names, meta)
     operators = _check_fit_args(
         engine,
         operators,
@@ -638,51 +717,16 @@ def fit_rule(
     names = list(names)
     X, y, dropped = _validate(X, y, names)
     _check_feature_names(names)
-    y_range = [float(y.min()), float(y.max())]
-    if censor is not None:
-        y = np.where(np.abs(y) > censor, CENSOR_FACTOR * y, y)
-    rng = np.random.default_rng(seed)
-    if len(y) > max_rows:
-        keep = rng.choice(len(y), max_rows, replace=False)
-        X, y = X[keep], y[keep]
+    rng = np.random.default_rng(seed)  # draws the rows fitted, then the rows searched
+    X, y, y_range = _fit_rows(X, y, censor, max_rows, rng)
     t0 = time.perf_counter()
-    # the engine searches on standardised columns (constants of order 1), its equations are mapped back
-    sigma = np.where(X.std(0) > 0, X.std(0), 1.0)
-    unscale = {variable(n): variable(n) / sp.Float(s) for n, s in zip(names, sigma)}
-    search = rng.choice(len(y), search_rows, replace=False) if len(y) > search_rows else slice(None)
-    linear, exact = _linear_path(X, y, names, linear_terms)
-    texts, run, stopped_by = (
-        ([], 0, "converged")
-        if exact
-        else (_operon_fit if engine == "operon" else _pysr_fit)(
-            (X / sigma)[search],
-            y[search],
-            names,
-            operators,
-            max_length,
-            generations,
-            time_limit,
-            seed,
-            patience,
-        )
+    engine_args = (operators, max_length, generations, time_limit, seed, patience)
+    exprs, exact, run, stopped_by = _candidates(
+        X, y, names, rng, engine, search_rows, linear_terms, engine_args
     )
-    exprs = [parse_expression(t, names).xreplace(unscale) for t in texts] + [
-        parse_expression(t, names) for t in linear
-    ]
     front = pareto_front(exprs, X, y, names)
     chosen = _select(front, selection)
-    info = {
-        **(meta or {}),
-        "target_range": y_range,
-        "censor": censor,
-        "engine_skipped": exact,
-        "rows": len(y),
-        "dropped_rows": dropped,
-        "search_rows": min(search_rows, len(y)),
-        "generations": generations,
-        "generations_run": run,
-        "patience": patience,
-        "stopped_by": stopped_by,
-        "stopped_by_time": None if stopped_by is None else stopped_by == "time",
-    }
+    info = _fit_record(
+        meta, y_range, censor, exact, len(y), dropped, search_rows, generations, run, patience, stopped_by
+    )
     return FittedRule(chosen["expr"], names, front, engine, selection, time.perf_counter() - t0, info)

@@ -27,7 +27,18 @@ from .evaluation import evaluate
 __all__ = ['MAX_DATASET_BYTES', 'RECORD_SEED_BASE', 'SRDataset', 'lagged_names', 'default_features', 'recorded_features',
            'target_scale', 'record_trajectories']
 
-# %% ../nbs/02_srgen.ipynb #95c112ce
+# %% ../nbs/02_srgen.ipynb #acae54e37e7d407bbb7b55eff062a284
+def _held_out_runs(run_ids: np.ndarray, test_fraction: float, seed: int) -> np.ndarray:
+    """The mask of the rows of the held-out runs: `test_fraction` of the distinct `run_ids` (at least one,
+    never all), drawn with `seed`."""
+    runs = np.unique(run_ids)
+    if len(runs) < 2:
+        raise ValueError(f"a split by run needs at least 2 runs, this dataset has {len(runs)}")
+    n_test = min(len(runs) - 1, max(1, round(test_fraction * len(runs))))
+    test_runs = np.random.default_rng(seed).choice(runs, n_test, replace=False)
+    return np.isin(run_ids, test_runs)
+
+# %% ../nbs/02_srgen.ipynb #72eea5119410473aa328ad9291626812
 # the most the arrays of an SR dataset may declare (and its .npz file hold) when it is read: 8x the largest
 # recording the project makes (paper scale: 247,200 rows of 60 float64 columns, with targets and ids 127 MB)
 MAX_DATASET_BYTES = 1 << 30
@@ -75,6 +86,22 @@ def _check_arrays(data: bytes, path: Path) -> None:
             )
 
 
+def _read_dataset(path: Path) -> tuple[list[str], dict, bytes]:
+    """The column names, metadata and .npz bytes of the dataset saved at `path` (its .npz), refused with a
+    `ValueError` if its two files are not from the same save, its .json was edited or holds names that are not
+    a list of strings, or its arrays (checked from their headers before any is read) are not numbers or
+    declare more than `MAX_DATASET_BYTES`."""
+    info, data = read_pair(path, "SR dataset", ["names", "meta"], "npz_sha256", MAX_DATASET_BYTES)
+    names, meta = info["names"], info["meta"]
+    if not (isinstance(names, list) and all(isinstance(n, str) for n in names) and isinstance(meta, dict)):
+        raise ValueError(
+            f"{path.with_suffix('.json')} holds names={reprlib.repr(names)} and meta of type "
+            f"{type(meta).__name__}: expected a list of column names and a mapping; save it again"
+        )
+    _check_arrays(data, path)
+    return names, meta, data
+
+# %% ../nbs/02_srgen.ipynb #10185d26023b46108eb7d9f57d49d2b3
 @dataclass
 class SRDataset:
     """Rows of lagged features `X` [N, F·L] and targets `y` [N], with column `names`, `run_ids`, `coord_ids`,
@@ -132,12 +159,7 @@ class SRDataset:
 
     def split_by_run(self, test_fraction: float = 0.25, seed: int = 0) -> tuple[SRDataset, SRDataset]:
         "(train, test) with whole runs on each side: `test_fraction` of the runs (at least one) are held out."
-        runs = np.unique(self.run_ids)
-        if len(runs) < 2:
-            raise ValueError(f"a split by run needs at least 2 runs, this dataset has {len(runs)}")
-        n_test = min(len(runs) - 1, max(1, round(test_fraction * len(runs))))
-        test_runs = np.random.default_rng(seed).choice(runs, n_test, replace=False)
-        mask = np.isin(self.run_ids, test_runs)
+        mask = _held_out_runs(self.run_ids, test_fraction, seed)
         return self.take(~mask), self.take(mask)
 
     def save(self, path: str | Path) -> Path:
@@ -154,16 +176,7 @@ class SRDataset:
         .json was edited or holds names that are not a list of strings, or its arrays (checked from their
         headers before any is read) are not numbers or declare more than `MAX_DATASET_BYTES`."""
         path = Path(path).with_suffix(".npz")
-        info, data = read_pair(path, "SR dataset", ["names", "meta"], "npz_sha256", MAX_DATASET_BYTES)
-        names, meta = info["names"], info["meta"]
-        if not (
-            isinstance(names, list) and all(isinstance(n, str) for n in names) and isinstance(meta, dict)
-        ):
-            raise ValueError(
-                f"{path.with_suffix('.json')} holds names={reprlib.repr(names)} and meta of type "
-                f"{type(meta).__name__}: expected a list of column names and a mapping; save it again"
-            )
-        _check_arrays(data, path)
+        names, meta, data = _read_dataset(path)
         with np.load(io.BytesIO(data), allow_pickle=False) as z:
             require_keys(z, _ARRAYS, path)
             return cls(z["X"], z["y"], names, z["run_ids"], z["coord_ids"], z["steps"], meta)
@@ -198,11 +211,7 @@ def target_scale(rule: UpdateRule) -> float:
     `scale` of symbolic ones, else 1."""
     return float(getattr(rule, "output_scale", getattr(rule, "lr", getattr(rule, "scale", 1.0))))
 
-# %% ../nbs/02_srgen.ipynb #c1076cbd
-# a prime: each (seed, run seed) pair draws its coordinates from its own generator
-_COORD_SEED_STRIDE = 1_000_003
-
-
+# %% ../nbs/02_srgen.ipynb #8763a12b2bbd4a93a75aff182afb95dc
 def _rows(runs: dict, features: Sequence[str], lags: int, stride: int, teacher: bool) -> tuple:
     """The SR rows of recorded `runs` (seed → the per-step features `f`, outputs `u`, gradients `g`, teacher
     targets `y` of the chosen coordinates): one row per live coordinate (a nonzero gradient at some step)
@@ -234,7 +243,84 @@ def _rows(runs: dict, features: Sequence[str], lags: int, stride: int, teacher: 
     cat = np.concatenate
     return cat(Xs), cat(ys), cat(run_ids), cat(coord_ids), cat(step_ids), dead
 
-# %% ../nbs/02_srgen.ipynb #675cdc19
+# %% ../nbs/02_srgen.ipynb #7cdc8c89c7104fffa095e18ddfef8986
+def _check_record_args(features, grad_names, lags, steps, stride, coords_per_tensor, seeds) -> None:
+    "`record_trajectories`' settings checked, each bad one named with what it takes."
+    if not grad_names:
+        raise ValueError(f"features {list(features)} name no gradient feature")
+    if lags < 1 or steps < lags:
+        raise ValueError(f"need 1 <= lags <= steps, got lags={lags}, steps={steps}")
+    if stride < 1:
+        raise ValueError(f"invalid stride={stride}: expected >= 1")
+    if coords_per_tensor is not None and (
+        isinstance(coords_per_tensor, bool) or not isinstance(coords_per_tensor, int) or coords_per_tensor < 1
+    ):
+        raise ValueError(
+            f"invalid coords_per_tensor={coords_per_tensor!r}: expected an integer >= 1, or None for every "
+            "coordinate"
+        )
+    repeated = sorted({s for s in seeds if list(seeds).count(s) > 1})
+    if repeated:
+        raise ValueError(
+            f"seeds {repeated} repeat in seeds={list(seeds)}: each seed is one run, expected distinct seeds"
+        )
+
+# %% ../nbs/02_srgen.ipynb #504fb2a444614c0babb325280ed9130a
+# a prime: each (seed, run seed) pair draws its coordinates from its own generator
+_COORD_SEED_STRIDE = 1_000_003
+
+
+def _new_run(
+    grads, seed: int, run_seed: int, coords_per_tensor, grad_features: GradFeatures, teacher
+) -> dict:
+    """The recording of run `run_seed` at its first step: the coordinates chosen in each gradient tensor of
+    `grads` (all of them, or `coords_per_tensor` drawn by a generator of its own), their offsets among all
+    coordinates, the state of their features (and of the `teacher`, if any) and the empty per-step lists."""
+    gen = torch.Generator().manual_seed(seed * _COORD_SEED_STRIDE + run_seed)
+    chosen = []
+    for g in grads:
+        n = g.numel()
+        idx = (
+            torch.arange(n)
+            if coords_per_tensor is None or coords_per_tensor >= n
+            else torch.randperm(n, generator=gen)[:coords_per_tensor].sort().values
+        )
+        chosen.append(idx.to(g.device))
+    r = {
+        "chosen": chosen,
+        "offsets": np.cumsum([0] + [g.numel() for g in grads])[:-1],
+        "fstate": [
+            grad_features.init_tensor(torch.empty(len(i), dtype=g.dtype, device=g.device))
+            for i, g in zip(chosen, grads)
+        ],
+        "f": [],
+        "u": [],
+        "y": [],
+        "g": [],
+    }
+    if teacher is not None:
+        r["tstate"] = teacher.init([g.reshape(-1)[i] for g, i in zip(grads, chosen)])
+    return r
+
+
+def _record_step(r: dict, t: int, grads, updates, grad_features, scale, teacher, teacher_scale) -> None:
+    """Append step `t` to the recording `r` of a run: the features of its chosen coordinates, the rule's
+    `updates` there divided by `scale`, their gradients and, with a `teacher`, the teacher's output on those
+    gradients divided by `teacher_scale`."""
+    fs, us, gs = [], [], []
+    for j, (g, u, idx) in enumerate(zip(grads, updates, r["chosen"])):
+        gj = g.reshape(-1)[idx]
+        f, r["fstate"][j] = grad_features.step(gj, r["fstate"][j], t)
+        fs.append(f), us.append(u.reshape(-1)[idx] / scale), gs.append(gj)
+    r["f"].append(torch.cat(fs).double().cpu().numpy())
+    r["u"].append(torch.cat(us).double().cpu().numpy())
+    r["g"].append(torch.cat(gs).double().cpu().numpy())
+    if teacher is not None:
+        with torch.no_grad():
+            tu, r["tstate"] = teacher.step(gs, r["tstate"], t)
+        r["y"].append(torch.cat([x / teacher_scale for x in tu]).double().cpu().numpy())
+
+# %% ../nbs/02_srgen.ipynb #b43b363d81ae4b689946ece5c682cd59
 def record_trajectories(
     rule: UpdateRule,
     task,
@@ -265,24 +351,7 @@ def record_trajectories(
     ```"""
     features = tuple(features or default_features(rule))
     grad_names = tuple(f for f in features if f != OUTPUT_FEATURE)
-    if not grad_names:
-        raise ValueError(f"features {list(features)} name no gradient feature")
-    if lags < 1 or steps < lags:
-        raise ValueError(f"need 1 <= lags <= steps, got lags={lags}, steps={steps}")
-    if stride < 1:
-        raise ValueError(f"invalid stride={stride}: expected >= 1")
-    if coords_per_tensor is not None and (
-        isinstance(coords_per_tensor, bool) or not isinstance(coords_per_tensor, int) or coords_per_tensor < 1
-    ):
-        raise ValueError(
-            f"invalid coords_per_tensor={coords_per_tensor!r}: expected an integer >= 1, or None for every "
-            "coordinate"
-        )
-    repeated = sorted({s for s in seeds if list(seeds).count(s) > 1})
-    if repeated:
-        raise ValueError(
-            f"seeds {repeated} repeat in seeds={list(seeds)}: each seed is one run, expected distinct seeds"
-        )
+    _check_record_args(features, grad_names, lags, steps, stride, coords_per_tensor, seeds)
     betas = (rule.beta1, rule.beta2) if isinstance(rule, RNNpropRule) else (0.95, 0.95)
     grad_features, scale = GradFeatures(grad_names, *betas), target_scale(rule)
     teacher_scale = None if teacher is None else target_scale(teacher)
@@ -290,43 +359,8 @@ def record_trajectories(
 
     def callback(run_seed, t, grads, updates, state):
         if run_seed not in runs:
-            gen = torch.Generator().manual_seed(seed * _COORD_SEED_STRIDE + run_seed)
-            chosen = []
-            for g in grads:
-                n = g.numel()
-                idx = (
-                    torch.arange(n)
-                    if coords_per_tensor is None or coords_per_tensor >= n
-                    else torch.randperm(n, generator=gen)[:coords_per_tensor].sort().values
-                )
-                chosen.append(idx.to(g.device))
-            runs[run_seed] = {
-                "chosen": chosen,
-                "offsets": np.cumsum([0] + [g.numel() for g in grads])[:-1],
-                "fstate": [
-                    grad_features.init_tensor(torch.empty(len(i), dtype=g.dtype, device=g.device))
-                    for i, g in zip(chosen, grads)
-                ],
-                "f": [],
-                "u": [],
-                "y": [],
-                "g": [],
-            }
-            if teacher is not None:
-                runs[run_seed]["tstate"] = teacher.init([g.reshape(-1)[i] for g, i in zip(grads, chosen)])
-        r = runs[run_seed]
-        fs, us, gs = [], [], []
-        for j, (g, u, idx) in enumerate(zip(grads, updates, r["chosen"])):
-            gj = g.reshape(-1)[idx]
-            f, r["fstate"][j] = grad_features.step(gj, r["fstate"][j], t)
-            fs.append(f), us.append(u.reshape(-1)[idx] / scale), gs.append(gj)
-        r["f"].append(torch.cat(fs).double().cpu().numpy())
-        r["u"].append(torch.cat(us).double().cpu().numpy())
-        r["g"].append(torch.cat(gs).double().cpu().numpy())
-        if teacher is not None:
-            with torch.no_grad():
-                tu, r["tstate"] = teacher.step(gs, r["tstate"], t)
-            r["y"].append(torch.cat([x / teacher_scale for x in tu]).double().cpu().numpy())
+            runs[run_seed] = _new_run(grads, seed, run_seed, coords_per_tensor, grad_features, teacher)
+        _record_step(runs[run_seed], t, grads, updates, grad_features, scale, teacher, teacher_scale)
 
     evaluate(rule, task, steps, seeds, eval_every=steps, device=device, callback=callback, progress=progress)
     X, y, run_ids, coord_ids, step_ids, dead = _rows(runs, features, lags, stride, teacher is not None)

@@ -1,5 +1,5 @@
-"""The notebooks read as pages of the library: every exported cell is followed by its lesson, and each stage
-declares its scales right after its parameters."""
+"""The notebooks read as pages of the library: every exported cell fits a screen and is followed by its
+lesson, and each stage declares its scales right after its parameters."""
 
 import json
 from pathlib import Path
@@ -29,6 +29,22 @@ def test_every_exported_cell_is_followed_by_a_lesson(page):
         if is_export(src) and (after is None or is_export(after))
     ]
     assert not alone, f"{page.name}: exported cells with no lesson after them: {alone}"
+
+
+# an export cell is read as one screen: at most this many lines, the `#| export` line included
+SCREEN = 80
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.stem)
+def test_every_exported_cell_fits_a_screen(page):
+    """A long class or function is split by concept into cells of one screen each, every one with its lesson
+    after it (module-level helpers, or a base class holding one concept)."""
+    long = [
+        (src.splitlines()[1][:60], len(src.split("\n")))
+        for src in code_cells(page)
+        if is_export(src) and len(src.split("\n")) > SCREEN
+    ]
+    assert not long, f"{page.name}: exported cells over {SCREEN} lines: {long}"
 
 
 @pytest.mark.parametrize("stage", STAGES)
