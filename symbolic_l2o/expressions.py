@@ -317,8 +317,8 @@ class _ExactPrinter(sp.printing.str.StrPrinter):
 
 
 def expression_text(expr: sp.Expr) -> str:
-    """`expr` as `parse_expression` reads it back to the same value: sympy's text, with every float written with
-    the digits its precision needs (17 for a float64) rather than sympy's 15."""
+    """`expr` as `parse_expression` reads it back to the same value: sympy's text, with every float written
+    with the digits its precision needs (17 for a float64) rather than sympy's 15."""
     return _ExactPrinter().doprint(expr)
 
 # %% ../nbs/00b_expressions.ipynb #3cdb8994
