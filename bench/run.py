@@ -59,7 +59,8 @@ def rule_step(repeats: int = 20, warmup: int = 3) -> dict:
     torch.optim.Adam's default (foreach) and its fastest (fused=True), each stepped in turn, on the CIFAR
     ResNet-18's parameters (CPU; `finetune.step_costs`)."""
     from symbolic_l2o import load_pretrained
-    from symbolic_l2o.expressions import SymbolicRule, TanhBasisRule
+    from symbolic_l2o.expressions import SymbolicRule
+    from symbolic_l2o.learned_rules import TanhBasisRule
     from symbolic_l2o.finetune import step_costs
 
     deployed = load_pretrained("rp_si_distilled")

@@ -11,8 +11,6 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import mpmath
-import numpy as np
 import sympy as sp
 import torch
 from torch import Tensor, nn
@@ -23,7 +21,7 @@ from .features import FEATURE_NAMES, OUTPUT_FEATURE, GradFeatures
 # %% auto #0
 __all__ = ['LOG_EPS', 'OPERATORS', 'SYMPY_SPELLINGS', 'MAX_EXPRESSION_CHARS', 'MAX_EXPRESSION_DEPTH', 'MAX_LAG', 'MAX_EXPONENT',
            'variable', 'Operator', 'parse_expression', 'expression_text', 'compile_expression', 'complexity',
-           'magnitude_bound', 'SymbolicRule', 'TanhBasisRule']
+           'magnitude_bound', 'SymbolicRule']
 
 # %% ../nbs/00b_expressions.ipynb #5f4d749c
 LOG_EPS = 1e-8
@@ -313,12 +311,16 @@ def parse_expression(text: str, variables: Sequence[str]) -> sp.Expr:
 # %% ../nbs/00b_expressions.ipynb #822d6d56
 class _ExactPrinter(sp.printing.str.StrPrinter):
     def _print_Float(self, expr: sp.Float) -> str:
-        return mpmath.libmp.to_str(expr._mpf_, mpmath.libmp.repr_dps(expr._prec), strip_zeros=True)
+        x = float(
+            expr
+        )  # what every computation uses: its shortest repr when that reads back to it, else 17 digits
+        return repr(x) if float(sp.Float(repr(x))) == x else f"{x:.17g}"
 
 
 def expression_text(expr: sp.Expr) -> str:
-    """`expr` as `parse_expression` reads it back to the same value: sympy's text, with every float written
-    with the digits its precision needs (17 for a float64) rather than sympy's 15."""
+    """`expr` as `parse_expression` reads it back to the same values: sympy's text, with every float written
+    as the float64 that computations use, with the digits that float needs (up to 17) rather than sympy's
+    15 (or 17 of a higher-precision float, whose float64 they may miss)."""
     return _ExactPrinter().doprint(expr)
 
 # %% ../nbs/00b_expressions.ipynb #3cdb8994
@@ -646,179 +648,3 @@ def _single_term_step(rule: SymbolicRule, grads: list[Tensor], state: list[dict]
         for g, s in zip(grads, state, strict=True)
     ]
     return [cols[feature].view_as(g).to(g.dtype) for (cols, _), g in zip(out, grads)], [fs for _, fs in out]
-
-# %% ../nbs/00b_expressions.ipynb #4cd7ccfe
-class _TanhBasis(UpdateRule):
-    """The base of `TanhBasisRule`: G, L, γ and the weights W `[|G|, L+1]`, checked; the state ψ reads;
-    ψ/scale as an equation."""
-
-    def __init__(
-        self,
-        features: Sequence[str] = ("mt", "gt"),
-        lags: int = 1,
-        gamma: float = 1.0,
-        scale: float = 0.01,
-        weights=None,
-        beta1: float = 0.95,
-        beta2: float = 0.95,
-    ):
-        super().__init__()
-        if isinstance(lags, bool) or not isinstance(lags, int) or lags < 0:
-            raise ValueError(f"invalid lags={lags!r}: expected an integer >= 0")
-        self.grad_features = GradFeatures(features, beta1=beta1, beta2=beta2)
-        self.features, self.lags = self.grad_features.names, lags
-        self.beta1, self.beta2 = self.grad_features.beta1, self.grad_features.beta2
-        self.gamma = check_hparam("gamma", gamma, lambda v: v > 0, "gamma > 0")
-        self.scale = check_hparam("scale", scale, lambda v: v != 0, "scale != 0")
-        shape = (len(self.features), lags + 1)
-        w = (
-            torch.zeros(shape, dtype=torch.float64)
-            if weights is None
-            else torch.as_tensor(weights, dtype=torch.float64)
-        )
-        if tuple(w.shape) != shape:
-            raise ValueError(f"weights have shape {tuple(w.shape)}, expected {shape} (features × lags+1)")
-        if not torch.isfinite(w).all():
-            raise ValueError("weights must be finite")
-        self.weights = nn.Parameter(w.clone())
-
-    def extra_repr(self):
-        return f"features={self.features}, lags={self.lags}, gamma={self.gamma}, scale={self.scale}"
-
-    def init_tensor(self, p):
-        "Feature buffers and, when L > 0, the soft-clipped features of the last L steps `[L, |G|, numel]`."
-        hist = (
-            {"history": torch.zeros(self.lags, len(self.features), p.numel(), dtype=p.dtype, device=p.device)}
-            if self.lags
-            else {}
-        )
-        return {**self.grad_features.init_tensor(p), **hist}
-
-    def variable_names(self) -> list[str]:
-        "`<feature>_<lag>` names of the weights, lag-major (the column order of `srgen`'s datasets)."
-        return [f"{f}_{lag}" for lag in range(self.lags + 1) for f in self.features]
-
-    def to_sympy(self) -> sp.Expr:
-        """ψ/scale as a sympy expression over `<feature>_<lag>` variables (what `SymbolicRule` and the JSON
-        file hold)."""
-        g = sp.Float(self.gamma)
-        W = self.weights.detach()
-        return -sp.Add(
-            *[
-                sp.Float(float(W[k, lag]), 17) * g * sp.tanh(variable(f"{f}_{lag}") / g)
-                for lag in range(self.lags + 1)
-                for k, f in enumerate(self.features)
-                if float(W[k, lag]) != 0
-            ]
-        )
-
-# %% ../nbs/00b_expressions.ipynb #f49a316c
-class _TanhBasisFit(_TanhBasis):
-    "The base of `TanhBasisRule` that sets W: from a teacher's recorded updates or a distilled equation."
-
-    def fit_weights(
-        self, X: np.ndarray, y: np.ndarray, names: Sequence[str], ridge: float = 1e-6
-    ) -> TanhBasisRule:
-        """Set W by (ridge-regularised) least squares so that ψ/scale matches targets `y` on rows `X` with
-        columns `names`; returns self."""
-        X, y = np.asarray(X, dtype=np.float64), np.asarray(y, dtype=np.float64).reshape(-1)
-        missing = [n for n in self.variable_names() if n not in names]
-        if missing:
-            raise ValueError(f"the data lacks the columns {missing} (it has {list(names)[:8]}...)")
-        cols = [list(names).index(n) for n in self.variable_names()]
-        A = -self.gamma * np.tanh(X[:, cols] / self.gamma)
-        ok = np.isfinite(A).all(axis=1) & np.isfinite(y)
-        A, y = A[ok], y[ok]
-        if len(y) < A.shape[1]:
-            raise ValueError(f"only {len(y)} finite rows for {A.shape[1]} weights")
-        w = np.linalg.solve(A.T @ A + ridge * len(y) * np.eye(A.shape[1]), A.T @ y)
-        # lag-major → [G, L+1]
-        W = torch.tensor(w, dtype=torch.float64).reshape(self.lags + 1, len(self.features)).T
-        with torch.no_grad():
-            self.weights.copy_(W)
-        return self
-
-    def fit_linear_part(self, expr: sp.Expr) -> TanhBasisRule:
-        """Set W from the linear part of a distilled equation (its first-order Taylor coefficients at 0, tanh
-        being linear there); returns self."""
-        W = torch.zeros(len(self.features), self.lags + 1, dtype=torch.float64)
-        zero = {s: 0 for s in expr.free_symbols}
-        for s in expr.free_symbols:
-            f, _, lag = s.name.rpartition("_")
-            if f in self.features and int(lag) <= self.lags:
-                W[self.features.index(f), int(lag)] = -float(sp.diff(expr, s).subs(zero))
-        if not W.any():
-            raise ValueError(
-                f"{expr} has no linear term in the features {self.features} at lags 0..{self.lags}"
-            )
-        with torch.no_grad():
-            self.weights.copy_(W)
-        return self
-
-# %% ../nbs/00b_expressions.ipynb #e719d8d2
-class TanhBasisRule(_TanhBasisFit):
-    """The lightweight symbolic L2O of Symbolic Learning to Optimize (Zheng et al., ICLR 2022): ψ = −scale ·
-    Σ_g Σ_τ W[g, τ] · γ · tanh(g_{t−τ}/γ).
-
-    `features` (G) are named `GradFeatures`, `lags` (L) the look-back (lags 0..L), `gamma` (γ) the soft-clip
-    scale; `weights` W `[|G|, L+1]` (float64 `nn.Parameter`, meta-tunable) default to zeros; see
-    `fit_weights`.
-
-    ```python
-    import torch
-    from torch import nn
-    from symbolic_l2o import RuleOptimizer, TanhBasisRule
-
-    rule = TanhBasisRule(features=("mt", "gt"), lags=1, weights=[[1.0, 0.0], [0.5, 0.0]])  # W [|G|, L+1]
-    model = nn.Linear(4, 1)
-    opt = RuleOptimizer(model.parameters(), rule)
-    model(torch.randn(8, 4)).pow(2).mean().backward()
-    opt.step()
-    ```"""
-
-    def step(self, grads, state, t):
-        """ψ for each tensor with plain torch ops: f = tanh(features/γ) `[|G|, numel]`,
-        u = Σ_τ W[:, τ]·f_{t−τ} (×−scale·γ); without autograd `_step_fast` (the same values to rounding, in
-        fewer passes)."""
-        if not torch.is_grad_enabled():
-            return self._step_fast(grads, state, t)
-        updates, new = [], []
-        w = self.weights.to(grads[0].dtype) * (-self.scale * self.gamma)
-        for g, s in zip(grads, state, strict=True):
-            cols, fs = self.grad_features.compute(g, {b: s[b] for b in self.grad_features.buffers}, t)
-            f = torch.stack([torch.tanh(cols[n] / self.gamma) for n in self.features])  # [|G|, numel], lag 0
-            u = (f * w[:, :1]).sum(0)
-            if self.lags:
-                u = u + torch.einsum("lfn,fl->n", s["history"], w[:, 1:])
-                fs["history"] = torch.cat([f[None], s["history"][:-1]])
-            updates.append(u.view_as(g).to(g.dtype))
-            new.append(fs)
-        return updates, new
-
-    def _step_fast(self, grads, state, t):
-        """`step` without autograd: the soft-clipped features written straight into the new history, one
-        accumulator."""
-        w = (self.weights.detach() * (-self.scale * self.gamma)).tolist()
-        updates, new = [], []
-        for g, s in zip(grads, state, strict=True):
-            cols, fs = self.grad_features.columns_no_grad(g, {b: s[b] for b in self.grad_features.buffers}, t)
-            h = s.get("history")
-            # the new history: lag 0, then old lags 0..L−2
-            f = g.new_empty(max(self.lags, 1), len(self.features), g.numel())
-            for k, n in enumerate(self.features):
-                if self.gamma == 1:
-                    torch.tanh(cols[n], out=f[0, k])
-                else:
-                    torch.div(cols[n], self.gamma, out=f[0, k]).tanh_()
-            u = torch.mul(f[0, 0], w[0][0])
-            for k in range(1, len(self.features)):
-                u.add_(f[0, k], alpha=w[k][0])
-            for lag in range(self.lags):
-                for k in range(len(self.features)):
-                    u.add_(h[lag, k], alpha=w[k][lag + 1])
-            if self.lags:
-                f[1:] = h[:-1]
-                fs["history"] = f
-            updates.append(u.view_as(g).to(g.dtype))
-            new.append(fs)
-        return updates, new

@@ -22,7 +22,8 @@ from .optimizers import LionRule, UpdateRule, rule_config
 from .rule_optimizer import RuleOptimizer
 from .optimizers import state_per_param
 from .features import OUTPUT_FEATURE
-from .expressions import SymbolicRule, TanhBasisRule
+from .expressions import SymbolicRule
+from .learned_rules import TanhBasisRule
 from .files import atomic_write, load_rule, save_rule, sha256_bytes
 from .evaluation import TUNING_SEED_BASE, at_grid_edge, evaluate, extended_grid
 from .zoo import ZOO_DIR, zoo_rule

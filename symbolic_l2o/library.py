@@ -16,8 +16,8 @@ from .optimizers import HAND_RULES, AdamRule, AddSignRule, LionRule, MomentumRul
 from .optimizers import PowerSignRule, RMSpropRule, SGDRule, UpdateRule
 from .rule_optimizer import RuleOptimizer
 from .optimizers import state_per_param
-from .expressions import SymbolicRule, TanhBasisRule, complexity
-from .learned_rules import DMRule, RNNpropRule, make_rule
+from .expressions import SymbolicRule, complexity
+from .learned_rules import DMRule, RNNpropRule, TanhBasisRule, make_rule
 from .tasks import make_task
 from .files import load_rule, save_rule
 from .zoo import ZOO_DIR

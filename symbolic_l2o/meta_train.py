@@ -23,8 +23,8 @@ from tqdm.auto import tqdm
 import symbolic_l2o
 from .optimizers import AdamRule
 from .optimizers import UpdateRule, check_hparam, rule_config
-from .learned_rules import make_rule
-from .expressions import SymbolicRule, TanhBasisRule
+from .learned_rules import TanhBasisRule, make_rule
+from .expressions import SymbolicRule
 from .files import save_atomic, atomic_write, load_rule
 from .files import require_keys, save_rule
 from .tasks import Problem, Task, make_task, mlp_family, resolve_device

@@ -303,7 +303,7 @@ def test_fit_rule_is_reproducible_for_a_seed_and_reports_what_stopped_it(gradien
 
 
 def test_eva_ratio_is_the_ratio_of_late_mean_losses_with_a_paired_bootstrap_interval():
-    from symbolic_l2o.distill import eva_ratio, faithful, verdict
+    from symbolic_l2o.fidelity import eva_ratio, faithful, verdict
 
     rng = np.random.default_rng(0)
     source = rng.uniform(0.5, 1.5, size=40)

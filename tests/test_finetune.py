@@ -22,7 +22,8 @@ from symbolic_l2o.files import file_digest, load_rule, save_rule
 from symbolic_l2o.tasks import make_task
 from symbolic_l2o.zoo import ZOO_DIR
 from symbolic_l2o.meta_train import MetaTrainSettings
-from symbolic_l2o.expressions import SymbolicRule, TanhBasisRule
+from symbolic_l2o.expressions import SymbolicRule
+from symbolic_l2o.learned_rules import TanhBasisRule
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -11,13 +11,12 @@ import pytest
 import torch
 from torch import nn
 
-from symbolic_l2o.expressions import TanhBasisRule
 from symbolic_l2o.zoo import ZOO, zoo_rule
 from symbolic_l2o.optimizers import AdamRule, AddSignRule, LionRule, MomentumRule, NesterovRule
 from symbolic_l2o.optimizers import PowerSignRule, RMSpropRule, SGDRule
 from symbolic_l2o.rule_optimizer import RuleOptimizer
 from symbolic_l2o.expressions import SymbolicRule
-from symbolic_l2o.learned_rules import DMRule, RNNpropRule, make_rule
+from symbolic_l2o.learned_rules import DMRule, RNNpropRule, TanhBasisRule, make_rule
 
 # name -> factory of the rule with a learning rate suited to the small problems below
 RULES = {

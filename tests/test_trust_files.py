@@ -21,9 +21,9 @@ import torch
 import symbolic_l2o.srgen  # noqa: F401  (the package re-exports names of the same spelling: use sys.modules)
 from symbolic_l2o import learned_rules
 from symbolic_l2o.regression import MAX_FIT_NAMES, MAX_PARETO_MEMBERS, FittedRule
-from symbolic_l2o.expressions import SymbolicRule, TanhBasisRule
+from symbolic_l2o.expressions import SymbolicRule
 from symbolic_l2o.files import load_rule, save_rule, write_pair
-from symbolic_l2o.learned_rules import RULE_CLASSES, make_rule, rule_from_config
+from symbolic_l2o.learned_rules import RULE_CLASSES, TanhBasisRule, make_rule, rule_from_config
 from symbolic_l2o.zoo import ZOO, ZOO_DIR
 from symbolic_l2o.optimizers import PowerSignRule, rule_config
 from symbolic_l2o.srgen import SRDataset
