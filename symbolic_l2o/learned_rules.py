@@ -298,15 +298,10 @@ class TanhBasisRule(_TanhBasisFit):
     `fit_weights`.
 
     ```python
-    import torch
-    from torch import nn
-    from symbolic_l2o import RuleOptimizer, TanhBasisRule
+    from symbolic_l2o import TanhBasisRule
 
     rule = TanhBasisRule(features=("mt", "gt"), lags=1, weights=[[1.0, 0.0], [0.5, 0.0]])  # W [|G|, L+1]
-    model = nn.Linear(4, 1)
-    opt = RuleOptimizer(model.parameters(), rule)
-    model(torch.randn(8, 4)).pow(2).mean().backward()
-    opt.step()
+    print(rule.to_sympy())  # -0.5*tanh(1.0*gt_0) - 1.0*tanh(1.0*mt_0): the equation RuleOptimizer steps
     ```"""
 
     def step(self, grads, state, t):
