@@ -17,7 +17,7 @@ __all__ = ['ZOO_DIR', 'ZOO', 'zoo_rule', 'rule_path', 'pretrained_card']
 
 # %% ../nbs/00g_zoo.ipynb #48c3ad78
 ZOO_DIR = Path(symbolic_l2o.__file__).parent / "zoo"
-ZOO = ("dm", "dm_cl_il", "rp", "rp_s", "rp_si")
+ZOO = ("dm", "dm_cl_il", "rp", "rp_cl_il", "rp_s", "rp_si")
 
 
 def zoo_rule(name: str) -> UpdateRule:
