@@ -112,7 +112,9 @@ class DistillSettings:
     search_seeds: tuple = (0, 1, 2)
     max_length: int = 30
     generations: int = 200
-    time_limit: float = 120.0
+    # a cap for a much slower machine, not the budget: a search ends after its generations (the quick
+    # scale's 25 take about 20 s on 2 cores), so the same seeds give the same equations on any machine
+    time_limit: float = 1200.0
     max_rows: int = 20_000
     r2_tolerance: float = 0.05
     tolerance: float = 0.15
