@@ -24,7 +24,7 @@ from .optimizers import state_per_param
 from .features import OUTPUT_FEATURE
 from .expressions import SymbolicRule
 from .learned_rules import TanhBasisRule
-from .files import atomic_write, load_rule, save_rule, sha256_bytes
+from .files import atomic_write, load_rule, read_json, save_rule, sha256_bytes
 from .evaluation import TUNING_SEED_BASE, at_grid_edge, evaluate, extended_grid
 from .zoo import ZOO_DIR, zoo_rule
 from .meta_train import MetaTrainSettings, meta_tune
@@ -191,6 +191,7 @@ def protocol_run(
     number of processes and, on a CPU, of threads: they change the float sums and so the numbers), and a
     finished record at `out` that says the same is returned as it is instead of training again: an
     interrupted protocol resumes run by run, and a changed optimizer or setting runs afresh."""
+    where = resolve_device(device).type
     key = {
         "arch": arch,
         "lr": lr,
@@ -201,13 +202,13 @@ def protocol_run(
         "batch_size": batch_size,
         "seed": seed,
         "eval_every_epoch": eval_every_epoch,
-        "device": resolve_device(device).type,
-        "threads": torch.get_num_threads() if resolve_device(device).type == "cpu" else None,
+        "device": where,
+        "threads": torch.get_num_threads() if where == "cpu" else None,
         "processes": distributed()[1],
     }
     if out is not None and Path(out).exists():
-        done = json.loads(Path(out).read_text())
-        if done.get("protocol") == key:
+        done = read_json(out)  # bounded: a run directory's files are read as untrusted
+        if isinstance(done, dict) and done.get("protocol") == key:
             return done
     torch.manual_seed(seed)
     model = make_model(arch, data.num_classes)
