@@ -5,12 +5,20 @@
 # %% ../nbs/03_distill.ipynb #d5ba8b2a
 from __future__ import annotations
 
+import hashlib
+import io
+import json
 import math
 import warnings
-from dataclasses import dataclass, replace
+import zipfile
+from dataclasses import asdict, dataclass, fields, replace
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
+import torch
+
+from .files import atomic_write, load_rule, read_json, save_rule, sha256_bytes
 
 from .optimizers import rule_config, state_per_param
 from .features import FEATURE_NAMES, OUTPUT_FEATURE
@@ -18,7 +26,7 @@ from .expressions import SymbolicRule, complexity
 from .evaluation import VALIDATION_SEED_BASE, Evaluation, evaluate
 from .meta_train import MetaTrainSettings, meta_tune
 from .srgen import RECORD_SEED_BASE, SRDataset, record_trajectories, recorded_features
-from .regression import FittedRule, equation_streams, fit_rule, r_squared
+from .regression import FittedRule, _fitted_args, equation_streams, fit_rule, r_squared
 from .fidelity import NULL_R2_MARGIN, fit_null_models, free_running, held_out_prediction
 from .fidelity import mapping_complexity, null_rule, null_values, persistence, r2_margin
 from .fidelity import recurrence, sign_agreement, temporal_perception_field
@@ -27,8 +35,9 @@ from .canonical import canonical_form
 from .memory import budget_features, lag0_dataset
 
 # %% auto #0
-__all__ = ['RUN_SPLIT', 'SATURATED', 'SCREEN_CHUNK', 'SCREEN_DROP', 'DistillSettings', 'record', 'search', 'fidelity', 'screen',
-           'Distillation', 'distill', 'plot_front', 'plot_response']
+__all__ = ['RUN_SPLIT', 'SATURATED', 'SCREEN_CHUNK', 'SCREEN_DROP', 'DISTILLATION_FILES', 'MAX_DISTILLATION_BYTES',
+           'DistillSettings', 'record', 'search', 'fidelity', 'screen', 'Distillation', 'distill', 'plot_front',
+           'distillation_key', 'plot_response']
 
 # %% ../nbs/03_distill.ipynb #961b0955
 def _check_settings(settings) -> None:
@@ -623,6 +632,7 @@ def distill(
     data: SRDataset | None = None,
     device="cpu",
     progress: bool = False,
+    out: str | Path | None = None,
 ) -> Distillation:
     """Distil `rule` into an equation in the steps of this page: `record` it on `task` (or take `data`, 02's
     recording, checked against the settings); fit the null models; then per search space, the state budgets of
@@ -635,12 +645,16 @@ def distill(
     than every null model (else, labelled so, the choice of the largest budget); each of its space's seeds is
     run on the reported problems too (their spread). Stage 3 (`meta_tune`, `settings.tune_epochs` epochs of
     `settings.steps` steps at Adam(`settings.tune_lr`) on training problems) is kept apart: it never replaces
-    the equation as found."""
+    the equation as found. With `out`, a directory, the distillation is saved there, and one saved there for
+    the same `distillation_key` is read back instead of computed (a long run resumes)."""
     settings = settings or DistillSettings()
     features = _features(rule, settings)
     data = record(rule, task, settings, device, progress) if data is None else data
     _check_recording(data, rule, task, settings, features)
     train, validation, test, lag0 = _split_runs(data)
+    key = out and distillation_key(rule, task, name, settings, data, device)
+    if out and (saved := _load_distillation(Path(out), key, settings, test, lag0["test"])):
+        return saved
     # the target is the output over its scale, |y| <= 1: a squashed rule's is censored where it saturates
     censor = SATURATED if getattr(rule, "squash", False) else None
     late = lambda r, seeds: evaluate(r, task, settings.steps, seeds, device=device, progress=False)
@@ -683,9 +697,12 @@ def distill(
     tuned = _stage3(fit, task, settings, device)
     tuned_eval = late(tuned, reported) if tuned is not None else None
     persisted = persistence(train, test) if OUTPUT_FEATURE in features else None
-    return Distillation(
+    found = Distillation(
         name, settings, budgets, fit, source_eval, nulls, tuned, tuned_eval, persisted, test, lag0["test"]
     )
+    if out:
+        _save_distillation(found, Path(out), key)
+    return found
 
 # %% ../nbs/03_distill.ipynb #bbbfb354
 def plot_front(d: Distillation, axes=None):
@@ -742,6 +759,116 @@ def plot_front(d: Distillation, axes=None):
     )
     axes[0].legend(fontsize=7)
     return axes
+
+# %% ../nbs/03_distill.ipynb #acae54e37e7d407bbb7b55eff062a284
+# a saved distillation (`distill(out=...)`): its figures and equations as JSON (the largest, the cpu scale's,
+# a few MB: up to MAX_DISTILLATION_BYTES), its closed-loop losses as arrays beside it, its tuned rule as a
+# rule file
+DISTILLATION_FILES = ("distillation.json", "distillation.npz", "tuned.pt")
+MAX_DISTILLATION_BYTES = 1 << 28  # 256 MiB
+
+
+def distillation_key(rule, task, name: str, settings: DistillSettings, data: SRDataset, device) -> str:
+    """The SHA-256 of what a distillation is computed from: the rule (its configuration and weights), the
+    task, the name, the settings, the recording (`data`), the device and the CPU threads (they change float
+    sums). `distill(out=...)` reuses a saved distillation only under the same key."""
+    about = [rule_config(rule), task.name, name, asdict(settings), data.names, data.meta, str(device)]
+    h = hashlib.sha256(json.dumps([*about, torch.get_num_threads()], sort_keys=True, default=str).encode())
+    for v in [*rule.state_dict().values(), data.X, data.y, data.run_ids, data.coord_ids, data.steps]:
+        h.update(np.ascontiguousarray(v.detach().cpu().numpy() if torch.is_tensor(v) else v).tobytes())
+    return h.hexdigest()
+
+# %% ../nbs/03_distill.ipynb #8dd0d8092fe74a7c96281538738b07e2
+def _encode(x, arrays: list, fronts: dict):
+    "`x` as JSON: arrays appended to `arrays` (by index), each Pareto front once in `fronts` (by index)."
+    code = lambda v: _encode(v, arrays, fronts)
+    if isinstance(x, FittedRule):  # a front is shared by every member of its search: written once
+        front = fronts.setdefault(id(x.pareto), (len(fronts), x.to_dict()["pareto"]))
+        return {"__fit__": {**replace(x, pareto=[]).to_dict(), "pareto": front[0]}}
+    if isinstance(x, Evaluation):
+        return {"__evaluation__": {f.name: code(getattr(x, f.name)) for f in fields(x)}}
+    if isinstance(x, np.ndarray):
+        arrays.append(x)
+        return {"__array__": len(arrays) - 1}
+    if isinstance(x, dict) and all(isinstance(k, str) for k in x):
+        return {k: code(v) for k, v in x.items()}
+    if isinstance(x, dict):  # budgets are keyed by numbers and None
+        return {"__items__": [[k, code(v)] for k, v in x.items()]}
+    if isinstance(x, (list, tuple)):
+        return [code(v) for v in x]
+    return x.item() if isinstance(x, np.generic) else x
+
+
+def _decode(x, arrays, fronts: tuple, source):
+    """What `_encode` wrote, `fronts` (the fronts as written, {}: parsed); every equation through
+    `parse_expression` (the file is untrusted)."""
+    code = lambda v: _decode(v, arrays, fronts, source)
+    if isinstance(x, list):
+        return [code(v) for v in x]
+    if not isinstance(x, dict):
+        return x
+    ((tag, v),) = x.items() if len(x) == 1 else [(None, x)]
+    if tag == "__fit__":  # each front parsed once, shared by its members as it was
+        expr, names, *rest = _fitted_args({**v, "pareto": []}, source)
+        key = (v["pareto"], tuple(names))
+        if key not in fronts[1]:
+            fronts[1][key] = _fitted_args({**v, "pareto": fronts[0][v["pareto"]]}, source)[2]
+        return FittedRule(expr, names, fronts[1][key], *rest[1:])
+    if tag == "__evaluation__":
+        return Evaluation(**{k: code(w) for k, w in v.items()})
+    if tag == "__array__":
+        return arrays[f"a{v}"]
+    if tag == "__items__":
+        return {k: code(w) for k, w in v}
+    return {k: code(w) for k, w in x.items()}
+
+# %% ../nbs/03_distill.ipynb #8edb47106e1a46a883d545849b8ab81b
+def _save_distillation(d: Distillation, out: Path, key: str) -> None:
+    "Writes `d` under `out` (`DISTILLATION_FILES`) for `key`: the arrays and tuned rule first, the JSON last."
+    arrays, fronts = [], {}
+    tree = _encode(
+        {f.name: getattr(d, f.name) for f in fields(d) if f.name not in _RECOMPUTED}, arrays, fronts
+    )
+    npz = io.BytesIO()
+    np.savez(npz, **{f"a{i}": a for i, a in enumerate(arrays)})
+    atomic_write(out / DISTILLATION_FILES[1], lambda tmp: Path(tmp).write_bytes(npz.getvalue()))
+    if d.tuned is not None:
+        save_rule(d.tuned, out / DISTILLATION_FILES[2])
+    record = {
+        "key": key,
+        "arrays_sha256": sha256_bytes(npz.getvalue()),
+        "fronts": [f for _, f in sorted(fronts.values(), key=lambda f: f[0])],
+        "distillation": tree,
+    }
+    atomic_write(out / DISTILLATION_FILES[0], lambda tmp: Path(tmp).write_text(json.dumps(record)))
+
+
+# a distillation's datasets are not saved: the recording they come from is part of its key
+_RECOMPUTED = ("settings", "tuned", "test", "test_lag0")
+
+
+def _load_distillation(out: Path, key: str, settings, test: SRDataset, test_lag0: SRDataset):
+    "The distillation saved under `out` for `key`; None if there is none, or one for another key."
+    path = out / DISTILLATION_FILES[0]
+    if not path.exists() or (record := read_json(path, MAX_DISTILLATION_BYTES)).get("key") != key:
+        return None
+    try:
+        with open(out / DISTILLATION_FILES[1], "rb") as f:
+            blob = f.read(MAX_DISTILLATION_BYTES + 1)
+        if sha256_bytes(blob) != record["arrays_sha256"]:
+            return None  # a save killed between its files: computed again
+        if sum(m.file_size for m in zipfile.ZipFile(io.BytesIO(blob)).infolist()) > MAX_DISTILLATION_BYTES:
+            raise ValueError(
+                f"its arrays declare more than MAX_DISTILLATION_BYTES = {MAX_DISTILLATION_BYTES}"
+            )
+        arrays = np.load(io.BytesIO(blob), allow_pickle=False)
+        tree = _decode(record["distillation"], arrays, (record["fronts"], {}), path)
+        tuned = load_rule(out / DISTILLATION_FILES[2])[0] if tree["tuned_eval"] is not None else None
+        return Distillation(settings=settings, tuned=tuned, test=test, test_lag0=test_lag0, **tree)
+    except (KeyError, IndexError, TypeError, ValueError, OSError, zipfile.BadZipFile) as e:
+        raise ValueError(
+            f"{out} holds a damaged distillation ({type(e).__name__}: {e}); delete {out} to compute it again"
+        ) from None
 
 # %% ../nbs/03_distill.ipynb #b4eb2da6
 def plot_response(d: Distillation, ax=None, bins: int = 25):

@@ -311,16 +311,21 @@ def parse_expression(text: str, variables: Sequence[str]) -> sp.Expr:
 # %% ../nbs/00b_expressions.ipynb #822d6d56
 class _ExactPrinter(sp.printing.str.StrPrinter):
     def _print_Float(self, expr: sp.Float) -> str:
-        x = float(
-            expr
-        )  # what every computation uses: its shortest repr when that reads back to it, else 17 digits
+        # what every computation uses: its shortest repr when that reads back to it, else 17 digits
+        x = float(expr)
         return repr(x) if float(sp.Float(repr(x))) == x else f"{x:.17g}"
+
+    def _print_Exp1(self, expr) -> str:  # e, which simplification can produce: as the parser reads it
+        return "exp(1)"
+
+    def _print_Pi(self, expr) -> str:
+        return self._print_Float(sp.Float(math.pi))
 
 
 def expression_text(expr: sp.Expr) -> str:
     """`expr` as `parse_expression` reads it back to the same values: sympy's text, with every float written
     as the float64 that computations use, with the digits that float needs (up to 17) rather than sympy's
-    15 (or 17 of a higher-precision float, whose float64 they may miss)."""
+    15 (or 17 of a higher-precision float, whose float64 they may miss); e as exp(1), π as its float64."""
     return _ExactPrinter().doprint(expr)
 
 # %% ../nbs/00b_expressions.ipynb #3cdb8994

@@ -390,9 +390,12 @@ def _read_fitted(path: Path) -> tuple:
     (`read_json`), its number of Pareto members (`MAX_PARETO_MEMBERS`) and of names (`MAX_FIT_NAMES`, each at
     most `MAX_NAME_LENGTH` characters) are checked before any equation is parsed, and every expression goes
     through `parse_expression` (no eval)."""
-    d = require_keys(
-        read_json(path), ["expr", "names", "pareto", "engine", "selection", "seconds", "meta"], path
-    )
+    return _fitted_args(read_json(path), path)
+
+
+def _fitted_args(d, path) -> tuple:
+    "The arguments of a `FittedRule` from `d`, what its `to_dict` wrote, read from the untrusted file `path`."
+    d = require_keys(d, ["expr", "names", "pareto", "engine", "selection", "seconds", "meta"], path)
     names, front = d["names"], d["pareto"]
     if not isinstance(names, list) or len(names) > MAX_FIT_NAMES:
         raise ValueError(
@@ -451,6 +454,11 @@ class FittedRule(_ParetoMembers, _EquationValues):
     selection: str = "best"
     seconds: float = 0.0
     meta: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        # the equation as its saved text reads back (`expression_text`): sympy orders a sum's terms partly
+        # by its floats' precision, so a fit and its saved copy could otherwise add in another order
+        self.expr = parse_expression(expression_text(self.expr), self.names)
 
     def __repr__(self):
         return (
@@ -569,7 +577,8 @@ def pareto_front(exprs: Sequence[sp.Expr], X: np.ndarray, y: np.ndarray, names: 
     for m in sorted(candidates.values(), key=lambda m: (m["complexity"], m["loss"])):
         if not front or m["loss"] < front[-1]["loss"]:
             front.append(m)
-    return front
+    # each member as its saved text reads back, as a `FittedRule` holds its equation: the same in a saved copy
+    return [{**m, "expr": parse_expression(expression_text(m["expr"]), names)} for m in front]
 
 # %% ../nbs/02a_regression.ipynb #1671c31a24314836a5b85d7ef7fbf015
 # a saturated output says only "at least this far": fitted at the bound, the equations undershoot where the

@@ -42,15 +42,16 @@ def test_exact_recovery_from_recorded_gradients(gradients, target):
 
 
 def test_fitted_rule_round_trip_gives_identical_predictions(gradients, tmp_path):
-    # a budget of generations, not of seconds: the same equation on a loaded machine. (Known bug: sympy orders
-    # a sum's terms by their floats' precision, so a fit with terms c·x can read back summed in another order,
-    # one ulp off)
+    # a budget of generations, not of seconds: the same equation on a loaded machine. A fit holds its
+    # equations as their saved text reads back (sympy orders a sum's terms by its floats' precision: a copy
+    # read back could otherwise add them in another order, one ulp off)
     y = np.tanh(50 * gradients.X[:, 0]) - 3 * gradients.X[:, 2]
     fit = fit_rule(
         gradients.X, y, gradients.names, generations=20, time_limit=60, max_rows=3000, meta={"scale": 0.1}
     )
     back = FittedRule.load(fit.save(tmp_path / "fit"))
     assert np.array_equal(back.predict(gradients.X), fit.predict(gradients.X))
+    assert back.expr == fit.expr and [m["expr"] for m in back.pareto] == [m["expr"] for m in fit.pareto]
     # every member reads back with the same float64 constants (sympy's own text would drop their last digits)
     floats = lambda e: sorted(float(a) for a in e.atoms(sp.Float))
     assert [floats(m["expr"]) for m in back.pareto] == [floats(m["expr"]) for m in fit.pareto]
