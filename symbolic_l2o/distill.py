@@ -26,7 +26,7 @@ from .expressions import SymbolicRule, complexity
 from .evaluation import VALIDATION_SEED_BASE, Evaluation, evaluate
 from .meta_train import MetaTrainSettings, meta_tune
 from .srgen import RECORD_SEED_BASE, SRDataset, record_trajectories, recorded_features
-from .regression import FittedRule, _fitted_args, equation_streams, fit_rule, r_squared
+from .regression import FittedRule, equation_streams, fit_rule, r_squared
 from .fidelity import NULL_R2_MARGIN, fit_null_models, free_running, held_out_prediction
 from .fidelity import mapping_complexity, null_rule, null_values, persistence, r2_margin
 from .fidelity import recurrence, sign_agreement, temporal_perception_field
@@ -809,11 +809,11 @@ def _decode(x, arrays, fronts: tuple, source):
         return x
     ((tag, v),) = x.items() if len(x) == 1 else [(None, x)]
     if tag == "__fit__":  # each front parsed once, shared by its members as it was
-        expr, names, *rest = _fitted_args({**v, "pareto": []}, source)
-        key = (v["pareto"], tuple(names))
+        fit = FittedRule.from_dict({**v, "pareto": []}, source)
+        key = (v["pareto"], tuple(fit.names))
         if key not in fronts[1]:
-            fronts[1][key] = _fitted_args({**v, "pareto": fronts[0][v["pareto"]]}, source)[2]
-        return FittedRule(expr, names, fronts[1][key], *rest[1:])
+            fronts[1][key] = FittedRule.from_dict({**v, "pareto": fronts[0][v["pareto"]]}, source).pareto
+        return replace(fit, pareto=fronts[1][key])
     if tag == "__evaluation__":
         return Evaluation(**{k: code(w) for k, w in v.items()})
     if tag == "__array__":

@@ -385,16 +385,11 @@ MAX_FIT_NAMES = (len(FEATURE_NAMES) + 1) * (MAX_LAG + 1)  # every feature and `u
 MAX_NAME_LENGTH = 32  # twice the longest name
 
 
-def _read_fitted(path: Path) -> tuple:
-    """The arguments of the `FittedRule` in the JSON file `path`, which is untrusted: its size and nesting
-    (`read_json`), its number of Pareto members (`MAX_PARETO_MEMBERS`) and of names (`MAX_FIT_NAMES`, each at
-    most `MAX_NAME_LENGTH` characters) are checked before any equation is parsed, and every expression goes
-    through `parse_expression` (no eval)."""
-    return _fitted_args(read_json(path), path)
-
-
 def _fitted_args(d, path) -> tuple:
-    "The arguments of a `FittedRule` from `d`, what its `to_dict` wrote, read from the untrusted file `path`."
+    """The arguments of the `FittedRule` that `d` describes (what its `to_dict` wrote), read from `path`,
+    which is untrusted: its number of Pareto members (`MAX_PARETO_MEMBERS`) and of names (`MAX_FIT_NAMES`,
+    each at most `MAX_NAME_LENGTH` characters) are checked before any equation is parsed, and every
+    expression goes through `parse_expression` (no eval)."""
     d = require_keys(d, ["expr", "names", "pareto", "engine", "selection", "seconds", "meta"], path)
     names, front = d["names"], d["pareto"]
     if not isinstance(names, list) or len(names) > MAX_FIT_NAMES:
@@ -424,9 +419,49 @@ def _fitted_args(d, path) -> tuple:
     expr = parse_expression(d["expr"], names)
     return expr, names, pareto, d["engine"], d["selection"], d["seconds"], d["meta"]
 
+# %% ../nbs/02a_regression.ipynb #a50416e276a0479cbe66534ed1713a40
+class _FitFile:
+    "The file side of a `FittedRule`: as JSON (`to_dict`, `save`) and back (`from_dict`, `load`)."
+
+    def to_dict(self) -> dict:
+        "A JSON-able description: expressions as text (`expression_text`), read back by the whitelist parser."
+        return {
+            "expr": expression_text(self.expr),
+            "names": self.names,
+            "engine": self.engine,
+            "selection": self.selection,
+            "seconds": self.seconds,
+            "meta": self.meta,
+            "version": symbolic_l2o.__version__,
+            "pareto": [
+                {k: (expression_text(v) if k == "expr" else v) for k, v in m.items()} for m in self.pareto
+            ],
+        }
+
+    def save(self, path: str | Path) -> Path:
+        "Write the fitted rule as JSON to `path` with suffix `.json`, atomically."
+        path = Path(path).with_suffix(".json")
+        return atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(self.to_dict(), indent=2)))
+
+    @classmethod
+    def load(cls, path: str | Path):
+        """Read a fitted rule from `path` with suffix `.json`, as `save` names it. The file is untrusted: its
+        size and nesting (`read_json`), its number of Pareto members (`MAX_PARETO_MEMBERS`) and of names
+        (`MAX_FIT_NAMES`, each at most `MAX_NAME_LENGTH` characters) are checked before any equation is
+        parsed, and every expression goes through `parse_expression` (no eval), so a file carrying code is
+        rejected."""
+        path = Path(path).with_suffix(".json")
+        return cls.from_dict(read_json(path), path)
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str | Path = "a dict"):
+        """The fitted rule that `d` describes, as `to_dict` wrote it, read as untrusted with `load`'s checks
+        (`source` names it in their errors)."""
+        return cls(*_fitted_args(d, source))
+
 # %% ../nbs/02a_regression.ipynb #3ed186c9a28b402fb0bc4494df01f08d
 @dataclass
-class FittedRule(_ParetoMembers, _EquationValues):
+class FittedRule(_ParetoMembers, _EquationValues, _FitFile):
     """The result of `fit_rule`: the selected equation `expr`, the whole Pareto front, and how it was found.
 
     ```python
@@ -458,7 +493,7 @@ class FittedRule(_ParetoMembers, _EquationValues):
     def __post_init__(self):
         # the equation as its saved text reads back (`expression_text`): sympy orders a sum's terms partly
         # by its floats' precision, so a fit and its saved copy could otherwise add in another order
-        self.expr = parse_expression(expression_text(self.expr), self.names)
+        self.expr = parse_expression(expression_text(self.expr), [s.name for s in self.expr.free_symbols])
 
     def __repr__(self):
         return (
@@ -478,36 +513,6 @@ class FittedRule(_ParetoMembers, _EquationValues):
             beta2=betas[1],
             clip=self._clip(),
         )
-
-    def to_dict(self) -> dict:
-        "A JSON-able description: expressions as text (`expression_text`), read back by the whitelist parser."
-        return {
-            "expr": expression_text(self.expr),
-            "names": self.names,
-            "engine": self.engine,
-            "selection": self.selection,
-            "seconds": self.seconds,
-            "meta": self.meta,
-            "version": symbolic_l2o.__version__,
-            "pareto": [
-                {k: (expression_text(v) if k == "expr" else v) for k, v in m.items()} for m in self.pareto
-            ],
-        }
-
-    def save(self, path: str | Path) -> Path:
-        "Write the fitted rule as JSON to `path` with suffix `.json`, atomically."
-        path = Path(path).with_suffix(".json")
-        return atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(self.to_dict(), indent=2)))
-
-    @classmethod
-    def load(cls, path: str | Path) -> FittedRule:
-        """Read a fitted rule from `path` with suffix `.json`, as `save` names it. The file is untrusted: its
-        size and nesting (`read_json`), its number of Pareto members (`MAX_PARETO_MEMBERS`) and of names
-        (`MAX_FIT_NAMES`, each at most `MAX_NAME_LENGTH` characters) are checked before any equation is
-        parsed, and every expression goes through `parse_expression` (no eval), so a file carrying code is
-        rejected."""
-        path = Path(path).with_suffix(".json")
-        return cls(*_read_fitted(path))
 
 # %% ../nbs/02a_regression.ipynb #67c9dc67
 def _check_fit_args(
