@@ -11,6 +11,8 @@ import json
 import math
 import warnings
 import zipfile
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass, fields, replace
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -18,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .files import atomic_write, load_rule, read_json, save_rule, sha256_bytes
+from .files import atomic_write, load_rule, save_rule
 
 from .optimizers import rule_config, state_per_param
 from .features import FEATURE_NAMES, OUTPUT_FEATURE
@@ -35,9 +37,8 @@ from .canonical import canonical_form
 from .memory import budget_features, lag0_dataset
 
 # %% auto #0
-__all__ = ['RUN_SPLIT', 'SATURATED', 'SCREEN_CHUNK', 'SCREEN_DROP', 'DISTILLATION_FILES', 'MAX_DISTILLATION_BYTES',
-           'DistillSettings', 'record', 'search', 'fidelity', 'screen', 'Distillation', 'distill', 'plot_front',
-           'distillation_key', 'plot_response']
+__all__ = ['MAX_EVALUATION_BYTES', 'RUN_SPLIT', 'SATURATED', 'SCREEN_CHUNK', 'SCREEN_DROP', 'DistillSettings', 'record', 'search',
+           'fidelity', 'screen', 'Distillation', 'distill', 'plot_front', 'plot_response']
 
 # %% ../nbs/03_distill.ipynb #961b0955
 def _check_settings(settings) -> None:
@@ -140,14 +141,88 @@ class DistillSettings:
         self.state_budgets = tuple(self.state_budgets)
         _check_settings(self)
 
+# %% ../nbs/03_distill.ipynb #acae54e37e7d407bbb7b55eff062a284
+# `distill(out=...)` saves each costly step (the recording, every closed-loop evaluation, every search,
+# stage 3) under `out`, named by the hash of what it is computed from, and reads it back when it comes again
+_STEPS: ContextVar[Path | None] = ContextVar("distill_steps", default=None)
+MAX_EVALUATION_BYTES = 1 << 26  # 64 MiB: 200x a cpu-scale evaluation (100 problems of 200 steps)
+
+
+@contextmanager
+def _saving_steps(out: str | Path | None):
+    "Within it, the steps of a distillation are saved under `out` (nothing saved for None)."
+    token = _STEPS.set(None if out is None else Path(out))
+    try:
+        yield
+    finally:
+        _STEPS.reset(token)
+
+
+def _step_path(kind: str, *inputs) -> Path | None:
+    """Where a step of `kind` computed from `inputs` is saved, None outside `distill(out=...)`: named by the
+    SHA-256 of the inputs (JSON-able values, arrays, datasets, rules with their weights) and the CPU threads
+    (they change float sums)."""
+    if (root := _STEPS.get()) is None:
+        return None
+    h = hashlib.sha256(str(torch.get_num_threads()).encode())
+    for x in inputs:
+        if isinstance(x, torch.nn.Module):
+            x = [rule_config(x), *(v.detach().cpu().numpy() for v in x.state_dict().values())]
+        elif isinstance(x, SRDataset):
+            x = [x.names, x.meta, x.X, x.y, x.run_ids, x.coord_ids, x.steps]
+        for part in x if isinstance(x, list) else [x]:
+            data = (
+                np.ascontiguousarray(part).tobytes()
+                if isinstance(part, np.ndarray)
+                else json.dumps(part, sort_keys=True, default=str).encode()
+            )
+            h.update(hashlib.sha256(data).digest())
+    return root / f"{kind}-{h.hexdigest()[:32]}"
+
+
+def _evaluate(rule, task, steps: int, seeds, device) -> Evaluation:
+    "`evaluate` (no progress bar), saved and read back within `distill(out=...)`."
+    path = _step_path("evaluation", rule, task.name, steps, list(seeds), str(device))
+    if path is not None and path.with_suffix(".npz").exists():
+        return _read_evaluation(path.with_suffix(".npz"))
+    found = evaluate(rule, task, steps, seeds, device=device, progress=False)
+    if path is not None:
+        buf = io.BytesIO()
+        np.savez(buf, **{f.name: v for f in fields(found) if (v := getattr(found, f.name)) is not None})
+        atomic_write(path.with_suffix(".npz"), lambda tmp: Path(tmp).write_bytes(buf.getvalue()))
+    return found
+
+
+def _read_evaluation(path: Path) -> Evaluation:
+    "The `Evaluation` `_evaluate` saved at `path`, read as untrusted: bounded, numbers only, no pickle."
+    with open(path, "rb") as f:
+        blob = f.read(MAX_EVALUATION_BYTES + 1)
+    try:
+        declared = sum(m.file_size for m in zipfile.ZipFile(io.BytesIO(blob)).infolist())
+        if max(len(blob), declared) > MAX_EVALUATION_BYTES:
+            raise ValueError(f"it holds more than MAX_EVALUATION_BYTES = {MAX_EVALUATION_BYTES}")
+        z = np.load(io.BytesIO(blob), allow_pickle=False)
+        accuracy = z["eval_accuracy"] if "eval_accuracy" in z else None
+        return Evaluation(
+            z["train_loss"], z["eval_steps"].tolist(), z["eval_loss"], z["seeds"].tolist(), accuracy
+        )
+    except (KeyError, ValueError, zipfile.BadZipFile) as e:
+        raise ValueError(
+            f"{path} is not an evaluation this library saved ({e}); delete it and run again"
+        ) from None
+
 # %% ../nbs/03_distill.ipynb #35bc1d97
 def record(
     rule, task, settings: DistillSettings = DistillSettings(), device="cpu", progress: bool = False
 ) -> SRDataset:
     """Step 1 of `distill`: `rule` recorded on `settings.record_seeds` fresh problems of `task` (from
     `RECORD_SEED_BASE`), with its own features, the raw gradient `g` and, when `settings.recurrent`, its past
-    outputs `u` (`recorded_features`)."""
-    return record_trajectories(
+    outputs `u` (`recorded_features`). Saved and read back within `distill(out=...)`."""
+    recording = ("steps", "record_seeds", "lags", "stride", "coords_per_tensor", "recurrent")
+    path = _step_path("recording", rule, task.name, {k: getattr(settings, k) for k in recording}, str(device))
+    if path is not None and path.with_suffix(".npz").exists():
+        return SRDataset.load(path)
+    data = record_trajectories(
         rule,
         task,
         settings.steps,
@@ -159,6 +234,9 @@ def record(
         device=device,
         progress=progress,
     )
+    if path is not None:
+        data.save(path)
+    return data
 
 
 def _features(rule, settings):
@@ -187,8 +265,12 @@ def search(
 
 
 def _fit(part: SRDataset, settings: DistillSettings, seed: int, meta: dict, censor=None) -> FittedRule:
-    "One `fit_rule` of `part`'s columns with the search knobs of `settings`."
-    return fit_rule(
+    "One `fit_rule` of `part`'s columns with the search knobs of `settings`; saved within `distill(out=...)`."
+    knobs = {k: getattr(settings, k) for k in ("max_length", "generations", "time_limit", "max_rows")}
+    path = _step_path("search", part, knobs, seed, meta, censor)
+    if path is not None and path.with_suffix(".json").exists():
+        return FittedRule.load(path)
+    fit = fit_rule(
         part.X,
         part.y,
         part.names,
@@ -200,6 +282,9 @@ def _fit(part: SRDataset, settings: DistillSettings, seed: int, meta: dict, cens
         censor=censor,
         meta=meta,
     )
+    if path is not None:
+        fit.save(path)
+    return fit
 
 
 def fidelity(fits: Sequence[FittedRule], data: SRDataset, zero_drift: bool = True) -> list[dict]:
@@ -264,7 +349,7 @@ def screen(
     (in log). Returns {"chosen": index into `members`, "faithful": bool, "screened": [{"index", "problems",
     "ratio"}]}."""
     seeds = list(_validation_seeds(settings))
-    late = lambda r, s: evaluate(r, task, settings.steps, s, device=device, progress=False).late_loss
+    late = lambda r, s: _evaluate(r, task, settings.steps, s, device).late_loss
     source = late(rule, seeds) if source_losses is None else np.asarray(source_losses, dtype=float)
     if not np.isfinite(source).all():
         raise ValueError("the rule does not train on the validation problems: nothing to be faithful to")
@@ -611,17 +696,21 @@ def _seed_spread(
 def _stage3(fit: FittedRule, task, settings: DistillSettings, device) -> SymbolicRule | None:
     """Stage 3, apart from the equation as found: a copy of `fit`'s rule with its constants meta-tuned on
     training problems (`meta_tune`, `settings.tune_epochs` epochs at Adam(`settings.tune_lr`)); None without
-    tuning, without constants, or when the tuning diverges."""
+    tuning, without constants, or when the tuning diverges. Saved and read back within `distill(out=...)`."""
     tuned = fit.to_rule()
-    if settings.tune_epochs and len(tuned.constants):
-        tuning = MetaTrainSettings(
-            epochs=int(settings.tune_epochs), epoch_len=settings.steps, meta_lr=settings.tune_lr
-        )
-        tuned, card = meta_tune(tuned, task, tuning, device=device, progress=False)
-        tuned = None if card["diverged"] else tuned
+    if not (settings.tune_epochs and len(tuned.constants)):
+        return None
+    tuning = MetaTrainSettings(
+        epochs=int(settings.tune_epochs), epoch_len=settings.steps, meta_lr=settings.tune_lr
+    )
+    path = _step_path("stage3", tuned, task.name, asdict(tuning), str(device))
+    if path is not None and path.with_suffix(".pt").exists():
+        tuned, card = load_rule(path)
     else:
-        tuned = None
-    return tuned
+        tuned, card = meta_tune(tuned, task, tuning, device=device, progress=False)
+        if path is not None:
+            save_rule(tuned, path, card={"diverged": bool(card["diverged"])})
+    return None if card["diverged"] else tuned
 
 # %% ../nbs/03_distill.ipynb #26b0039b
 def distill(
@@ -645,64 +734,60 @@ def distill(
     than every null model (else, labelled so, the choice of the largest budget); each of its space's seeds is
     run on the reported problems too (their spread). Stage 3 (`meta_tune`, `settings.tune_epochs` epochs of
     `settings.steps` steps at Adam(`settings.tune_lr`) on training problems) is kept apart: it never replaces
-    the equation as found. With `out`, a directory, the distillation is saved there, and one saved there for
-    the same `distillation_key` is read back instead of computed (a long run resumes)."""
-    settings = settings or DistillSettings()
-    features = _features(rule, settings)
-    data = record(rule, task, settings, device, progress) if data is None else data
-    _check_recording(data, rule, task, settings, features)
-    train, validation, test, lag0 = _split_runs(data)
-    key = out and distillation_key(rule, task, name, settings, data, device)
-    if out and (saved := _load_distillation(Path(out), key, settings, test, lag0["test"])):
-        return saved
-    # the target is the output over its scale, |y| <= 1: a squashed rule's is censored where it saturates
-    censor = SATURATED if getattr(rule, "squash", False) else None
-    late = lambda r, seeds: evaluate(r, task, settings.steps, seeds, device=device, progress=False)
-    source_val = late(rule, _validation_seeds(settings)).late_loss
-    reported = range(settings.eval_seeds)
-    source_eval = late(rule, reported)
-    if not (trains := rule_trains(source_eval)):
-        warnings.warn(
-            f"{name} does not train {task.name} (Eva loss {source_eval.eva_loss[0]:.4g}, at least 90% of the "
-            "initial loss): an equation can copy it without saying anything about optimization; no equation "
-            "is called faithful"
-        )
-    nulls = fit_null_models(train, validation, test)
-    scale = float(data.meta.get("scale", 1.0))
-    for m in nulls.values():
-        m["evaluation"] = late(null_rule(m, scale), reported)
-    best_null_r2 = max(m["r2_validation"] for m in nulls.values())
+    the equation as found. With `out`, a directory, each costly step is saved there and read back when it
+    comes again (a killed run resumes where it stopped, with the same numbers)."""
+    with _saving_steps(out):
+        settings = settings or DistillSettings()
+        features = _features(rule, settings)
+        data = record(rule, task, settings, device, progress) if data is None else data
+        _check_recording(data, rule, task, settings, features)
+        train, validation, test, lag0 = _split_runs(data)
+        # the target is the output over its scale, |y| <= 1: a squashed rule's is censored where it saturates
+        censor = SATURATED if getattr(rule, "squash", False) else None
+        late = lambda r, seeds: _evaluate(r, task, settings.steps, seeds, device)
+        source_val = late(rule, _validation_seeds(settings)).late_loss
+        reported = range(settings.eval_seeds)
+        source_eval = late(rule, reported)
+        if not (trains := rule_trains(source_eval)):
+            warnings.warn(
+                f"{name} does not train {task.name} (Eva loss {source_eval.eva_loss[0]:.4g}, at least 90% of "
+                "the initial loss): an equation can copy it without saying anything about optimization; no "
+                "equation is called faithful"
+            )
+        nulls = fit_null_models(train, validation, test)
+        scale = float(data.meta.get("scale", 1.0))
+        for m in nulls.values():
+            m["evaluation"] = late(null_rule(m, scale), reported)
+        best_null_r2 = max(m["r2_validation"] for m in nulls.values())
 
-    def space(budget):  # one search space: its seeds' choices, the one chosen on the validation problems
-        cols, seeds = _search_seeds(
-            budget, rule, task, settings, train, validation, lag0, censor, source_val, device
-        )
-        k, member, fit = _space_choice(seeds, settings, name)
-        return {
-            "features": None if cols is None else [c[:-2] for c in cols],
-            "seeds": seeds,
-            "fit": fit,
-            "screened_faithful": seeds[k]["faithful"],
-            "validation_faithful": seeds[k]["faithful"] and member["r2"] > best_null_r2 + NULL_R2_MARGIN,
-            "evaluation": late(fit.to_rule(), reported),
-        }
+        def space(budget):  # one search space: its seeds' choices, the one chosen on the validation problems
+            cols, seeds = _search_seeds(
+                budget, rule, task, settings, train, validation, lag0, censor, source_val, device
+            )
+            k, member, fit = _space_choice(seeds, settings, name)
+            return {
+                "features": None if cols is None else [c[:-2] for c in cols],
+                "seeds": seeds,
+                "fit": fit,
+                "screened_faithful": seeds[k]["faithful"],
+                "validation_faithful": seeds[k]["faithful"] and member["r2"] > best_null_r2 + NULL_R2_MARGIN,
+                "evaluation": late(fit.to_rule(), reported),
+            }
 
-    budgets = {b: space(b) for b in (*settings.state_budgets, None)}
-    # the smallest budget faithful and beyond every null model; else the smallest faithful; else the largest
-    chosen = _deployed_budget(budgets, settings)
-    # the spread of the deployed space's seeds, on the reported problems
-    _seed_spread(budgets[chosen]["seeds"], late, reported, source_eval, trains, settings)
-    fit = budgets[chosen]["fit"]
-    # stage 3, apart from the equation as found: a copy's constants meta-tuned on training problems
-    tuned = _stage3(fit, task, settings, device)
-    tuned_eval = late(tuned, reported) if tuned is not None else None
-    persisted = persistence(train, test) if OUTPUT_FEATURE in features else None
-    found = Distillation(
-        name, settings, budgets, fit, source_eval, nulls, tuned, tuned_eval, persisted, test, lag0["test"]
-    )
-    if out:
-        _save_distillation(found, Path(out), key)
-    return found
+        budgets = {b: space(b) for b in (*settings.state_budgets, None)}
+        # the smallest budget faithful and beyond every null model; else the smallest faithful; else the
+        # largest
+        chosen = _deployed_budget(budgets, settings)
+        # the spread of the deployed space's seeds, on the reported problems
+        _seed_spread(budgets[chosen]["seeds"], late, reported, source_eval, trains, settings)
+        fit = budgets[chosen]["fit"]
+        # stage 3, apart from the equation as found: a copy's constants meta-tuned on training problems
+        tuned = _stage3(fit, task, settings, device)
+        tuned_eval = late(tuned, reported) if tuned is not None else None
+        persisted = persistence(train, test) if OUTPUT_FEATURE in features else None
+        return Distillation(
+            name, settings, budgets, fit, source_eval, nulls, tuned, tuned_eval, persisted, test, lag0["test"]
+        )
 
 # %% ../nbs/03_distill.ipynb #bbbfb354
 def plot_front(d: Distillation, axes=None):
@@ -759,116 +844,6 @@ def plot_front(d: Distillation, axes=None):
     )
     axes[0].legend(fontsize=7)
     return axes
-
-# %% ../nbs/03_distill.ipynb #acae54e37e7d407bbb7b55eff062a284
-# a saved distillation (`distill(out=...)`): its figures and equations as JSON (the largest, the cpu scale's,
-# a few MB: up to MAX_DISTILLATION_BYTES), its closed-loop losses as arrays beside it, its tuned rule as a
-# rule file
-DISTILLATION_FILES = ("distillation.json", "distillation.npz", "tuned.pt")
-MAX_DISTILLATION_BYTES = 1 << 28  # 256 MiB
-
-
-def distillation_key(rule, task, name: str, settings: DistillSettings, data: SRDataset, device) -> str:
-    """The SHA-256 of what a distillation is computed from: the rule (its configuration and weights), the
-    task, the name, the settings, the recording (`data`), the device and the CPU threads (they change float
-    sums). `distill(out=...)` reuses a saved distillation only under the same key."""
-    about = [rule_config(rule), task.name, name, asdict(settings), data.names, data.meta, str(device)]
-    h = hashlib.sha256(json.dumps([*about, torch.get_num_threads()], sort_keys=True, default=str).encode())
-    for v in [*rule.state_dict().values(), data.X, data.y, data.run_ids, data.coord_ids, data.steps]:
-        h.update(np.ascontiguousarray(v.detach().cpu().numpy() if torch.is_tensor(v) else v).tobytes())
-    return h.hexdigest()
-
-# %% ../nbs/03_distill.ipynb #8dd0d8092fe74a7c96281538738b07e2
-def _encode(x, arrays: list, fronts: dict):
-    "`x` as JSON: arrays appended to `arrays` (by index), each Pareto front once in `fronts` (by index)."
-    code = lambda v: _encode(v, arrays, fronts)
-    if isinstance(x, FittedRule):  # a front is shared by every member of its search: written once
-        front = fronts.setdefault(id(x.pareto), (len(fronts), x.to_dict()["pareto"]))
-        return {"__fit__": {**replace(x, pareto=[]).to_dict(), "pareto": front[0]}}
-    if isinstance(x, Evaluation):
-        return {"__evaluation__": {f.name: code(getattr(x, f.name)) for f in fields(x)}}
-    if isinstance(x, np.ndarray):
-        arrays.append(x)
-        return {"__array__": len(arrays) - 1}
-    if isinstance(x, dict) and all(isinstance(k, str) for k in x):
-        return {k: code(v) for k, v in x.items()}
-    if isinstance(x, dict):  # budgets are keyed by numbers and None
-        return {"__items__": [[k, code(v)] for k, v in x.items()]}
-    if isinstance(x, (list, tuple)):
-        return [code(v) for v in x]
-    return x.item() if isinstance(x, np.generic) else x
-
-
-def _decode(x, arrays, fronts: tuple, source):
-    """What `_encode` wrote, `fronts` (the fronts as written, {}: parsed); every equation through
-    `parse_expression` (the file is untrusted)."""
-    code = lambda v: _decode(v, arrays, fronts, source)
-    if isinstance(x, list):
-        return [code(v) for v in x]
-    if not isinstance(x, dict):
-        return x
-    ((tag, v),) = x.items() if len(x) == 1 else [(None, x)]
-    if tag == "__fit__":  # each front parsed once, shared by its members as it was
-        fit = FittedRule.from_dict({**v, "pareto": []}, source)
-        key = (v["pareto"], tuple(fit.names))
-        if key not in fronts[1]:
-            fronts[1][key] = FittedRule.from_dict({**v, "pareto": fronts[0][v["pareto"]]}, source).pareto
-        return replace(fit, pareto=fronts[1][key])
-    if tag == "__evaluation__":
-        return Evaluation(**{k: code(w) for k, w in v.items()})
-    if tag == "__array__":
-        return arrays[f"a{v}"]
-    if tag == "__items__":
-        return {k: code(w) for k, w in v}
-    return {k: code(w) for k, w in x.items()}
-
-# %% ../nbs/03_distill.ipynb #8edb47106e1a46a883d545849b8ab81b
-def _save_distillation(d: Distillation, out: Path, key: str) -> None:
-    "Writes `d` under `out` (`DISTILLATION_FILES`) for `key`: the arrays and tuned rule first, the JSON last."
-    arrays, fronts = [], {}
-    tree = _encode(
-        {f.name: getattr(d, f.name) for f in fields(d) if f.name not in _RECOMPUTED}, arrays, fronts
-    )
-    npz = io.BytesIO()
-    np.savez(npz, **{f"a{i}": a for i, a in enumerate(arrays)})
-    atomic_write(out / DISTILLATION_FILES[1], lambda tmp: Path(tmp).write_bytes(npz.getvalue()))
-    if d.tuned is not None:
-        save_rule(d.tuned, out / DISTILLATION_FILES[2])
-    record = {
-        "key": key,
-        "arrays_sha256": sha256_bytes(npz.getvalue()),
-        "fronts": [f for _, f in sorted(fronts.values(), key=lambda f: f[0])],
-        "distillation": tree,
-    }
-    atomic_write(out / DISTILLATION_FILES[0], lambda tmp: Path(tmp).write_text(json.dumps(record)))
-
-
-# a distillation's datasets are not saved: the recording they come from is part of its key
-_RECOMPUTED = ("settings", "tuned", "test", "test_lag0")
-
-
-def _load_distillation(out: Path, key: str, settings, test: SRDataset, test_lag0: SRDataset):
-    "The distillation saved under `out` for `key`; None if there is none, or one for another key."
-    path = out / DISTILLATION_FILES[0]
-    if not path.exists() or (record := read_json(path, MAX_DISTILLATION_BYTES)).get("key") != key:
-        return None
-    try:
-        with open(out / DISTILLATION_FILES[1], "rb") as f:
-            blob = f.read(MAX_DISTILLATION_BYTES + 1)
-        if sha256_bytes(blob) != record["arrays_sha256"]:
-            return None  # a save killed between its files: computed again
-        if sum(m.file_size for m in zipfile.ZipFile(io.BytesIO(blob)).infolist()) > MAX_DISTILLATION_BYTES:
-            raise ValueError(
-                f"its arrays declare more than MAX_DISTILLATION_BYTES = {MAX_DISTILLATION_BYTES}"
-            )
-        arrays = np.load(io.BytesIO(blob), allow_pickle=False)
-        tree = _decode(record["distillation"], arrays, (record["fronts"], {}), path)
-        tuned = load_rule(out / DISTILLATION_FILES[2])[0] if tree["tuned_eval"] is not None else None
-        return Distillation(settings=settings, tuned=tuned, test=test, test_lag0=test_lag0, **tree)
-    except (KeyError, IndexError, TypeError, ValueError, OSError, zipfile.BadZipFile) as e:
-        raise ValueError(
-            f"{out} holds a damaged distillation ({type(e).__name__}: {e}); delete {out} to compute it again"
-        ) from None
 
 # %% ../nbs/03_distill.ipynb #b4eb2da6
 def plot_response(d: Distillation, ax=None, bins: int = 25):

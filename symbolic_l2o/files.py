@@ -98,16 +98,17 @@ MAX_JSON_BYTES = 1 << 20  # 1 MiB: 20x the largest
 MAX_JSON_DEPTH = 32  # 5x the deepest
 
 
-def read_json(path: str | Path, max_bytes: int | None = None):
-    """The JSON value in the file `path`; a `ValueError` naming the file if it is larger than `max_bytes`
-    (default `MAX_JSON_BYTES`; a larger cap for a kind of file that holds more), nests deeper than
-    `MAX_JSON_DEPTH` or is not JSON (no file this library writes is any of these)."""
-    path, cap = Path(path), f"max_bytes = {max_bytes}" if max_bytes else f"MAX_JSON_BYTES = {MAX_JSON_BYTES}"
-    max_bytes = max_bytes or MAX_JSON_BYTES
+def read_json(path: str | Path):
+    """The JSON value in the file `path`; a `ValueError` naming the file if it is larger than
+    `MAX_JSON_BYTES`, nests deeper than `MAX_JSON_DEPTH` or is not JSON (no file this library writes is any
+    of these)."""
+    path = Path(path)
     with open(path, "rb") as f:
-        text = f.read(max_bytes + 1)
-    if len(text) > max_bytes:
-        raise ValueError(f"{path} is larger than {cap} bytes: not a file this library wrote")
+        text = f.read(MAX_JSON_BYTES + 1)
+    if len(text) > MAX_JSON_BYTES:
+        raise ValueError(
+            f"{path} is larger than MAX_JSON_BYTES = {MAX_JSON_BYTES} bytes: not a file this library wrote"
+        )
     too_deep = ValueError(
         f"{path} nests deeper than MAX_JSON_DEPTH = {MAX_JSON_DEPTH} levels: not a file this library wrote"
     )
