@@ -17,7 +17,6 @@ import symbolic_l2o.finetune as finetune
 from symbolic_l2o.vision import cifar, digits32
 from symbolic_l2o.finetune import lr_search, _rule_source_fit
 from symbolic_l2o.meta_train import meta_tune
-from symbolic_l2o.regression import FittedRule
 from symbolic_l2o.files import file_digest, load_rule, save_rule
 from symbolic_l2o.tasks import make_task
 from symbolic_l2o.zoo import ZOO_DIR
@@ -198,69 +197,3 @@ def test_rule_source_takes_a_run_directory_a_file_or_a_zoo_name(tmp_path):
     assert _rule_source_fit(tmp_path)[1] == str(tmp_path / "fitted_rp_si.json")
     with pytest.raises(ValueError, match="distilled rules"):
         _rule_source_fit("dm")
-
-
-def test_notebook_runs_under_papermill_at_test_scale_chained_to_03(tmp_path):
-    out = tmp_path / "run"
-    out.mkdir()
-    # as 03 leaves it in a run
-    (out / "fitted_rp_si.json").write_bytes((ZOO_DIR / "rp_si_distilled.json").read_bytes())
-    cmd = [
-        str(Path(sys.executable).parent / "papermill"),
-        "--cwd",
-        str(ROOT / "nbs"),
-        str(ROOT / "nbs" / "04_finetune_resnet.ipynb"),
-        str(tmp_path / "04.ipynb"),
-        "-p",
-        "scale",
-        "test",
-        "-p",
-        "out_dir",
-        str(out),
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    summary = json.loads((out / "summary" / "04_finetune_resnet.json").read_text())
-    assert summary["inputs"][0]["path"] == "fitted_rp_si.json"  # 03's equation of this run, not the zoo's
-    ((title, table),) = [(t, v) for t, v in summary["tables"].items() if t.startswith("One protocol")]
-    labels = [r[0] for r in table["rows"]]
-    assert {
-        "Symbolic L2O (meta-tuned)",
-        "ψ γ·tanh (meta-trained)",
-        "SGD+cos",
-        "SGD+mom+cos",
-        "Nesterov+cos",
-        "Adam+cos",
-        "AdamW+cos",
-        "Lion+cos",
-    } == set(labels)
-    assert not any("best" in c for c in table["columns"])  # nothing picked on the test set
-    assert any(t.startswith("Scalability") for t in summary["tables"])
-    assert all((out / f).exists() for f in summary["figures"].values())
-    ft = json.loads((out / "summary" / "finetune.json").read_text())
-    fitted = out / "fitted_rp_si.json"
-    assert ft["source"] == {
-        "path": "fitted_rp_si.json",
-        "sha256": file_digest(fitted),
-        "equation": str(FittedRule.load(fitted).expr),  # 03's equation, deployed as it is
-    }
-    assert {
-        "summary/finetune.json",
-        *(f"tuned_{r}.{x}" for r in ("symbolic", "tanh_basis") for x in ("pt", "json")),
-    } <= {a["path"] for a in summary["outputs"]}
-    assert len(ft["optimizers"]) == 8
-    for name, o in ft["optimizers"].items():
-        assert (
-            o["best_lr"] in o["lr_grid"] and len(o["lr_grid"]) >= 3 and o["val_metric"] == max(o["val_acc"])
-        ), name
-        assert len(o["seeds"]) >= 3 and o["test_acc_ci"][0] <= o["test_acc_mean"] <= o["test_acc_ci"][1], name
-        assert o["step_ms"] > 0 and o["state_bytes_per_param"] >= 0, name
-    assert ft["optimizers"]["adam_cosine"]["state_bytes_per_param"] >= 8  # two float32 moments
-    tuned, card = load_rule(out / "tuned_symbolic.pt")
-    assert (
-        isinstance(tuned, SymbolicRule)
-        and card["multiplier"] in card["multiplier_scores"]
-        or str(card["multiplier"]) in card["multiplier_scores"]
-    )
-    psi, psi_card = load_rule(out / "tuned_tanh_basis.pt")
-    assert isinstance(psi, TanhBasisRule) and psi_card["before"] != psi_card["after"]  # ψ was meta-trained

@@ -20,6 +20,10 @@ from symbolic_l2o.pipeline import (
     read_notebook,
 )
 from symbolic_l2o.report import build_report, export_outputs, readme_markdown
+from symbolic_l2o.expressions import SymbolicRule
+from symbolic_l2o.files import load_rule
+from symbolic_l2o.learned_rules import TanhBasisRule
+from symbolic_l2o.regression import FittedRule
 
 ROOT = Path(__file__).resolve().parent.parent
 NBS = ROOT / "nbs"
@@ -233,3 +237,52 @@ def test_the_stages_chain_link_by_link_with_hashes(whole_run):
     assert {"margin", "ci", "best_null"} <= set(distilled["beyond_null"])
     text = build_report(run_dir, bench=None)[0].read_text()
     assert "*Read:* `rules/rp_si.pt`" in text and "`fitted_rp_si.json` sha256" in text
+
+
+def test_04_in_the_chain_tunes_every_optimizer_on_validation_and_deploys_03s_equation(whole_run):
+    """04 as the chain runs it (03's equation of this run): every optimizer of its table, each with the best
+    value of its grid chosen on validation, at least 3 seeds with an interval, its step time and state; the
+    meta-tuned equation and ψ written as rules."""
+    out = whole_run[0]
+    summary = json.loads((out / "summary" / "04_finetune_resnet.json").read_text())
+    assert summary["inputs"][0]["path"] == "fitted_rp_si.json"  # 03's equation of this run, not the zoo's
+    ((title, table),) = [(t, v) for t, v in summary["tables"].items() if t.startswith("One protocol")]
+    assert {r[0] for r in table["rows"]} == {
+        "Symbolic L2O (meta-tuned)",
+        "ψ γ·tanh (meta-trained)",
+        "SGD+cos",
+        "SGD+mom+cos",
+        "Nesterov+cos",
+        "Adam+cos",
+        "AdamW+cos",
+        "Lion+cos",
+    }
+    assert not any("best" in c for c in table["columns"])  # nothing picked on the test set
+    assert any(t.startswith("Scalability") for t in summary["tables"])
+    assert all((out / f).exists() for f in summary["figures"].values())
+    ft = json.loads((out / "summary" / "finetune.json").read_text())
+    fitted = out / "fitted_rp_si.json"
+    assert ft["source"] == {
+        "path": "fitted_rp_si.json",
+        "sha256": hashlib.sha256(fitted.read_bytes()).hexdigest(),
+        "equation": str(FittedRule.load(fitted).expr),  # 03's equation, deployed as it is
+    }
+    assert {
+        "summary/finetune.json",
+        *(f"tuned_{r}.{x}" for r in ("symbolic", "tanh_basis") for x in ("pt", "json")),
+    } <= {a["path"] for a in summary["outputs"]}
+    assert len(ft["optimizers"]) == 8
+    for name, o in ft["optimizers"].items():
+        assert (
+            o["best_lr"] in o["lr_grid"] and len(o["lr_grid"]) >= 3 and o["val_metric"] == max(o["val_acc"])
+        ), name
+        assert len(o["seeds"]) >= 3 and o["test_acc_ci"][0] <= o["test_acc_mean"] <= o["test_acc_ci"][1], name
+        assert o["step_ms"] > 0 and o["state_bytes_per_param"] >= 0, name
+    assert ft["optimizers"]["adam_cosine"]["state_bytes_per_param"] >= 8  # two float32 moments
+    tuned, card = load_rule(out / "tuned_symbolic.pt")
+    assert isinstance(tuned, SymbolicRule) and (
+        card["multiplier"] in card["multiplier_scores"]
+        or str(card["multiplier"]) in card["multiplier_scores"]
+    )
+    psi, psi_card = load_rule(out / "tuned_tanh_basis.pt")
+    assert isinstance(psi, TanhBasisRule) and psi_card["before"] != psi_card["after"]  # ψ was meta-trained
