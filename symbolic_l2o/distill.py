@@ -180,7 +180,7 @@ def _step_path(kind: str, *inputs) -> Path | None:
     return root / f"{kind}-{h.hexdigest()[:32]}"
 
 
-def _evaluate(rule, task, steps: int, seeds, device) -> Evaluation:
+def _saved_evaluation(rule, task, steps: int, seeds, device) -> Evaluation:
     "`evaluate` (no progress bar), saved and read back within `distill(out=...)`."
     path = _step_path("evaluation", rule, task.name, steps, list(seeds), str(device))
     if path is not None and path.with_suffix(".npz").exists():
@@ -194,7 +194,7 @@ def _evaluate(rule, task, steps: int, seeds, device) -> Evaluation:
 
 
 def _read_evaluation(path: Path) -> Evaluation:
-    "The `Evaluation` `_evaluate` saved at `path`, read as untrusted: bounded, numbers only, no pickle."
+    "An `Evaluation` saved at `path` (by the function above), read as untrusted: bounded, no pickle."
     with open(path, "rb") as f:
         blob = f.read(MAX_EVALUATION_BYTES + 1)
     try:
@@ -349,7 +349,7 @@ def screen(
     (in log). Returns {"chosen": index into `members`, "faithful": bool, "screened": [{"index", "problems",
     "ratio"}]}."""
     seeds = list(_validation_seeds(settings))
-    late = lambda r, s: _evaluate(r, task, settings.steps, s, device).late_loss
+    late = lambda r, s: _saved_evaluation(r, task, settings.steps, s, device).late_loss
     source = late(rule, seeds) if source_losses is None else np.asarray(source_losses, dtype=float)
     if not np.isfinite(source).all():
         raise ValueError("the rule does not train on the validation problems: nothing to be faithful to")
@@ -744,7 +744,7 @@ def distill(
         train, validation, test, lag0 = _split_runs(data)
         # the target is the output over its scale, |y| <= 1: a squashed rule's is censored where it saturates
         censor = SATURATED if getattr(rule, "squash", False) else None
-        late = lambda r, seeds: _evaluate(r, task, settings.steps, seeds, device)
+        late = lambda r, seeds: _saved_evaluation(r, task, settings.steps, seeds, device)
         source_val = late(rule, _validation_seeds(settings)).late_loss
         reported = range(settings.eval_seeds)
         source_eval = late(rule, reported)
