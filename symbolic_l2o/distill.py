@@ -38,7 +38,7 @@ from .memory import budget_features, lag0_dataset
 
 # %% auto #0
 __all__ = ['MAX_EVALUATION_BYTES', 'RUN_SPLIT', 'SATURATED', 'SCREEN_CHUNK', 'SCREEN_DROP', 'DistillSettings', 'record', 'search',
-           'fidelity', 'screen', 'Distillation', 'distill', 'plot_front', 'plot_response']
+           'fidelity', 'screen', 'Distillation', 'distill', 'plot_front', 'plot_response', 'ship_to_zoo']
 
 # %% ../nbs/03_distill.ipynb #961b0955
 def _check_settings(settings) -> None:
@@ -871,3 +871,36 @@ def plot_response(d: Distillation, ax=None, bins: int = 25):
     ax.set(xlabel="input", ylabel="update", title=f"{d.name}: rule (markers) vs equation (lines)")
     ax.legend(fontsize=7)
     return ax
+
+# %% ../nbs/03_distill.ipynb #8ef37f9f
+def ship_to_zoo(
+    distilled: dict, summaries: dict, scale: str, zoo: str | Path, provenance: dict
+) -> list[Path]:
+    """Write each rule's distilled equation into the zoo directory `zoo`, where `list_optimizers` finds it
+    by name: `<rule>_distilled.json`, the equation as found (stage 2), and, where stage 3 meta-tuned its
+    constants, `<rule>_distilled_tuned.json`. Each is a `FittedRule` whose card states the rule it was
+    distilled from (`source`), the task, `distilled_at_scale`, its `fidelity` (verdict, R², Eva ratio with its
+    interval, the margin over the best null model, its state) and `provenance` (where the study ran: e.g. the
+    hash of its `summary/distill.json`). Every other distilled equation in `zoo` is removed, so that the zoo
+    holds one study's equations. Returns the files written."""
+    zoo, written = Path(zoo), []
+    keys = ("verdict", "r2", "eva_ratio", "eva_ratio_ci", "beyond_null", "state_per_param", "state_budget")
+    for name, d in distilled.items():
+        s = summaries[name]
+        meta = {**d.fit.meta, "distilled_at_scale": scale, "provenance": provenance}
+        found = {k: s[k] for k in keys}
+        written.append(replace(d.fit, meta={**meta, "fidelity": found}).save(zoo / f"{name}_distilled.json"))
+        if d.tuned is not None:
+            tuned = {
+                **found,
+                "r2": None,  # fitted to the recording as found, not after tuning
+                "eva_ratio": s["eva_ratio_tuned"],
+                "eva_ratio_ci": s["eva_ratio_tuned_ci"],
+                "verdict": f"{s['verdict']} as found, then its constants meta-tuned (stage 3)",
+            }
+            tuned_fit = replace(d.fit, expr=d.tuned.to_sympy(), meta={**meta, "fidelity": tuned})
+            written.append(tuned_fit.save(zoo / f"{name}_distilled_tuned.json"))
+    for path in zoo.glob("*_distilled*.json"):
+        if path not in written:
+            path.unlink()
+    return written

@@ -219,8 +219,28 @@ def test_a_hand_rule_by_name_steps_as_its_torch_optim_namesake(name, reference):
         torch.testing.assert_close(p, q, atol=1e-6, rtol=0)
 
 
+DISTILLED = [i.name for i in list_optimizers(with_description=True) if i.kind == "distilled"]
+
+
+def test_every_shipped_equation_states_where_it_comes_from_and_steps_fused_if_it_reads_no_past_step():
+    """The zoo's equations (03's `ship_to_zoo`): each card names the rule, task and scale it was distilled
+    at and its fidelity with a verdict; an equation that reads no past step takes `fused=True` (whose values
+    test_fused_step checks against the checked step)."""
+    from symbolic_l2o.library import _zoo_files
+    from symbolic_l2o.regression import FittedRule
+
+    assert "rp_si_distilled" in DISTILLED
+    for name in DISTILLED:
+        card = FittedRule.load(_zoo_files()[name][1]).meta
+        assert card["source"] and card["task"] and card["distilled_at_scale"] and card["provenance"], name
+        assert {"verdict", "eva_ratio", "eva_ratio_ci", "state_per_param"} <= set(card["fidelity"]), name
+        rule = load_pretrained(name)
+        if all(str(s).endswith("_0") and not str(s).startswith("u_") for s in rule.to_sympy().free_symbols):
+            create_optimizer(name, [nn.Parameter(torch.zeros(3))], fused=True)  # refused if not fusable
+
+
 def test_a_distilled_rule_by_name_moves_nothing_under_zero_gradients():
-    for name in [n for n in list_optimizers() if n.endswith("distilled")]:
+    for name in DISTILLED:
         w = nn.Parameter(torch.randn(50))
         before = w.detach().clone()
         opt = create_optimizer(name, [w])
