@@ -893,7 +893,8 @@ def ship_to_zoo(
         if d.tuned is not None:
             tuned = {
                 **found,
-                "r2": None,  # fitted to the recording as found, not after tuning
+                "r2": None,  # R² and the margin over the null models were measured as found, not after tuning
+                "beyond_null": None,
                 "eva_ratio": s["eva_ratio_tuned"],
                 "eva_ratio_ci": s["eva_ratio_tuned_ci"],
                 "verdict": f"{s['verdict']} as found, then its constants meta-tuned (stage 3)",

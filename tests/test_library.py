@@ -230,6 +230,7 @@ def test_every_shipped_equation_states_where_it_comes_from_and_steps_fused_if_it
     from symbolic_l2o.regression import FittedRule
 
     assert "rp_si_distilled" in DISTILLED
+    fused = 0
     for name in DISTILLED:
         card = FittedRule.load(_zoo_files()[name][1]).meta
         assert card["source"] and card["task"] and card["distilled_at_scale"] and card["provenance"], name
@@ -237,6 +238,8 @@ def test_every_shipped_equation_states_where_it_comes_from_and_steps_fused_if_it
         rule = load_pretrained(name)
         if all(str(s).endswith("_0") and not str(s).startswith("u_") for s in rule.to_sympy().free_symbols):
             create_optimizer(name, [nn.Parameter(torch.zeros(3))], fused=True)  # refused if not fusable
+            fused += 1
+    assert fused >= 1  # rp_si_distilled reads no past step
 
 
 def test_a_distilled_rule_by_name_moves_nothing_under_zero_gradients():
