@@ -181,11 +181,13 @@ def _step_path(kind: str, *inputs) -> Path | None:
 
 
 def _saved_evaluation(rule, task, steps: int, seeds, device) -> Evaluation:
-    "`evaluate` (no progress bar), saved and read back within `distill(out=...)`."
+    """`evaluate` (no progress bar), saved and read back within `distill(out=...)`. A distillation reads only
+    training losses (`late_loss`), so the held-out loss is taken at the last step alone (`eval_every=steps`): the
+    training losses are the same as with curves, and a saved evaluation with curves still reads back."""
     path = _step_path("evaluation", rule, task.name, steps, list(seeds), str(device))
     if path is not None and path.with_suffix(".npz").exists():
         return _read_evaluation(path.with_suffix(".npz"))
-    found = evaluate(rule, task, steps, seeds, device=device, progress=False)
+    found = evaluate(rule, task, steps, seeds, eval_every=steps, device=device, progress=False)
     if path is not None:
         buf = io.BytesIO()
         np.savez(buf, **{f.name: v for f in fields(found) if (v := getattr(found, f.name)) is not None})

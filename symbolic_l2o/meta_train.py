@@ -698,8 +698,8 @@ def train_zoo(
         resume = where is not None and (where / "checkpoint.pt").exists()
         history = meta_train(rule, tasks, replace(settings, **recipe), where, resume, device, progress)
         seconds = time.perf_counter() - t0
-        evals = {
-            k: evaluate(rule, eval_task, k, range(seeds), device=device, progress=False)
+        evals = {  # the card keeps the final test loss: no held-out curve (eval_every=k)
+            k: evaluate(rule, eval_task, k, range(seeds), eval_every=k, device=device, progress=False)
             for k in (steps, 5 * steps)
         }
         evaluation = {f"{k}_steps": ev.summary() for k, ev in evals.items()}
