@@ -181,9 +181,10 @@ def _step_path(kind: str, *inputs) -> Path | None:
 
 
 def _saved_evaluation(rule, task, steps: int, seeds, device) -> Evaluation:
-    """`evaluate` (no progress bar), saved and read back within `distill(out=...)`. A distillation reads only
-    training losses (`late_loss`), so the held-out loss is taken at the last step alone (`eval_every=steps`): the
-    training losses are the same as with curves, and a saved evaluation with curves still reads back."""
+    """`evaluate` (no progress bar), saved and read back within `distill(out=...)`. A distillation reads
+    only training losses (`late_loss`), so the held-out loss is taken at the last step alone
+    (`eval_every=steps`): the training losses are the same as with curves, and a saved evaluation with curves
+    still reads back."""
     path = _step_path("evaluation", rule, task.name, steps, list(seeds), str(device))
     if path is not None and path.with_suffix(".npz").exists():
         return _read_evaluation(path.with_suffix(".npz"))

@@ -380,16 +380,21 @@ def complexity(expr: sp.Expr) -> int:
     return sum(1 for _ in sp.preorder_traversal(expr))
 
 # %% ../nbs/00b_expressions.ipynb #daf7abfe
-def magnitude_bound(expr: sp.Expr, bounds: dict[str, float], limit: float = math.inf) -> float:
+def magnitude_bound(
+    expr: sp.Expr, bounds: dict[str, float], limit: float = math.inf, floors: dict[str, float] | None = None
+) -> float:
     """An upper bound of |expr| wherever each variable x has |x| ≤ `bounds[x.name]`: interval arithmetic on
-    magnitudes, node by node; a finite bound also proves the value is not NaN.
+    magnitudes, node by node; a finite bound also proves the value is not NaN. `floors`: a positive lower
+    bound f of the variables that have one (x ≥ f > 0, as Adam's denominator √v̂ + ε ≥ ε): a division by such
+    a variable is bounded by f⁻¹, and any power of it by f^k or |x|^k.
 
-    `math.inf` (no bound) where any node has none: a division by a variable, a logarithm, a fractional power
-    of a value that may be negative (NaN), or a node whose bound reaches `limit`, the largest magnitude the
-    computation's dtype holds (past it a value overflows to ±inf, and inf − inf or 0·inf is NaN). A function
-    bounded whatever its argument (tanh, sign) is bounded only where its argument is: tanh(0/0) is NaN."""
+    `math.inf` (no bound) where any node has none: a division by any other variable, a logarithm, a
+    fractional power of a value that may be negative (NaN), or a node whose bound reaches `limit`, the largest
+    magnitude the computation's dtype holds (past it a value overflows to ±inf, and inf − inf or 0·inf is
+    NaN). A function bounded whatever its argument (tanh, sign) is bounded only where its argument is:
+    tanh(0/0) is NaN."""
     try:
-        return _magnitude(expr, bounds, limit)
+        return _magnitude(expr, bounds, limit, floors or {})
     except (_Unbounded, OverflowError):
         return math.inf
 
@@ -398,13 +403,14 @@ class _Unbounded(Exception):
     "A node of the expression has no finite bound below the limit."
 
 
-def _magnitude(e: sp.Basic, bounds: dict[str, float], limit: float) -> float:
+def _magnitude(e: sp.Basic, bounds: dict[str, float], limit: float, floors: dict[str, float]) -> float:
     if isinstance(e, sp.Symbol):
         value = bounds[e.name]
     elif e.is_Number or e in (sp.pi, sp.E):
         value = abs(float(e))
     else:
-        args = [_magnitude(a, bounds, limit) for a in e.args]  # each finite and below the limit
+        args = [_magnitude(a, bounds, limit, floors) for a in e.args]  # each finite and below the limit
+        floor = floors.get(e.args[0].name) if isinstance(e.args[0], sp.Symbol) else None
         if isinstance(e, sp.Add):
             value = math.fsum(args)
         elif isinstance(e, sp.Mul):
@@ -414,12 +420,14 @@ def _magnitude(e: sp.Basic, bounds: dict[str, float], limit: float) -> float:
         elif isinstance(e, sp.Pow) and e.args[1].is_Number and e.args[1] > 0:
             # |x|^k grows with |x|; a fractional power needs x ≥ 0 (a negative x gives NaN)
             fractional = not e.args[1].is_integer
-            if fractional and not e.args[0].is_nonnegative:
+            if fractional and not (e.args[0].is_nonnegative or floor):
                 raise _Unbounded
             value = args[0] ** float(e.args[1])
+        elif isinstance(e, sp.Pow) and e.args[1].is_Number and floor:  # x ≥ f > 0: x^k ≤ f^k for k < 0
+            value = floor ** float(e.args[1])
         elif type(e) in _NODES and _NODES[type(e)].bound is not None:
             value = _NODES[type(e)].bound(args[0])
-        else:  # a division by a variable, a logarithm, a power with a variable exponent
+        else:  # a division by a variable without a floor, a logarithm, a power with a variable exponent
             raise _Unbounded
     if not value < limit:  # inf, nan (0·inf), or past what the dtype holds
         raise _Unbounded
@@ -628,11 +636,18 @@ class SymbolicRule(_Equation):
 
     def bound(self, gmax, smax, t, limit=math.inf):
         """Bounds of |u| and of the new buffers (`GradFeatures.bounds`, then `magnitude_bound` of the equation
-        with its current constants, every node below `limit`)."""
+        with its current constants, every node below `limit`, and the floors of this step's features:
+        `GradFeatures.floors`, so that a division by Adam's denominator is bounded)."""
         features, new = self.grad_features.bounds(gmax, smax, self.scalars(t))
+        floors = self.grad_features.floors(self.scalars(t))
         box = {name: features[self.features[k]] for name, (k, _) in self._columns.items()}
         box.update({n: abs(float(c)) for n, c in zip(self._const_names, self.constants.detach())})
-        u = magnitude_bound(self.template, box, limit)
+        low = {
+            n: floors[f]
+            for n, (k, lag) in self._columns.items()
+            if lag == 0 and (f := self.features[k]) in floors
+        }
+        u = magnitude_bound(self.template, box, limit, low)
         if self.clip and u < math.inf:  # a clip caps a bounded value; clamping keeps a NaN
             u = min(u, max(map(abs, self.clip)))
         return abs(self.scale) * u, new

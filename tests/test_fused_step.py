@@ -236,6 +236,14 @@ def test_an_argument_without_a_finite_bound_takes_the_checked_path(expr, grads):
     lockstep(expr, grads)
 
 
+def test_a_division_by_adams_denominator_is_proven_and_fused():
+    """Adam's denominator √v̂ + ε never falls below ε (`GradFeatures.floors`), so an equation that divides by
+    it (DM's at the cpu scale) has a bound: every step is fused, with the checked path's values."""
+    expr = "-0.391*tanh(916*adam_dn_0) + 0.283 - 1.51*adam_up_0*exp(tanh(8.18*mt_0 - 3.59))/adam_dn_0"
+    grads = [[1e-3, -2e-3, 0.0, 5e-4], [0.0, 0.0, 0.0, 0.0], [1e-2, -1e-5, 3e-3, 0.0]]
+    assert lockstep(expr, grads) == len(grads)
+
+
 def random_equation(rng, depth=3):
     "A random text equation over lag-0 features from the operator vocabulary (what `fused=True` may see)."
     from symbolic_l2o.features import FEATURE_NAMES
