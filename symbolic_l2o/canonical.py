@@ -61,8 +61,12 @@ def _round_pass(expr, digits: int = 3):
 
 
 def _zero_input_value(expr) -> sp.Expr:
-    "The value of `expr` where every variable is zero: the update of a fresh state under a zero gradient."
-    return expr.xreplace({v: sp.Integer(0) for v in expr.free_symbols})
+    """The value of `expr` where every variable is zero: the update of a fresh state under a zero gradient.
+    The variables it divides by are set to zero last: at a fresh state Adam's denominator √v̂ + ε is ε, not 0,
+    so m/(√v̂ + ε) is the 0 it is there, not 0/0."""
+    divisors = {p.base for p in expr.atoms(sp.Pow) if p.exp.is_negative and isinstance(p.base, sp.Symbol)}
+    zero = lambda variables: {v: sp.Integer(0) for v in variables}
+    return expr.xreplace(zero(expr.free_symbols - divisors)).xreplace(zero(divisors))
 
 
 def _zero_drift_pass(expr):
