@@ -163,10 +163,8 @@ class GradFeatures(_FeatureState):
         return _feature_bounds(self, gmax, smax, sc)
 
     def floors(self, sc: dict) -> dict[str, float]:
-        """Positive lower bounds of the features that have one, at the step of constants `sc`: Adam's
-        denominator `adam_dn` = √v̂ + ε ≥ ε and the step feature `t`, each less a margin for the rounding
-        of the dtype's value. An equation that divides by one of them is bounded (`magnitude_bound`'s
-        `floors`)."""
+        """Positive lower bounds at the step of constants `sc`, less a rounding margin: Adam's denominator
+        `adam_dn` = √v̂ + ε ≥ ε and `t`. A division by one is bounded (`magnitude_bound`'s `floors`)."""
         floors = {"adam_dn": self.eps, "t": sc["t"]}
         return {n: f * (1 - 1e-6) for n, f in floors.items() if n in self.names}
 
