@@ -638,8 +638,7 @@ class SymbolicRule(_Equation):
         """Bounds of |u| and of the new buffers (`GradFeatures.bounds`, then `magnitude_bound` of the equation
         with its current constants, every node below `limit`, and the floors of this step's features:
         `GradFeatures.floors`, so that a division by Adam's denominator is bounded)."""
-        sc = self.scalars(t)
-        features, new = self.grad_features.bounds(gmax, smax, sc)
+        features, new = self.grad_features.bounds(gmax, smax, sc := self.scalars(t))
         floors = self.grad_features.floors(sc)
         box = {name: features[self.features[k]] for name, (k, _) in self._columns.items()}
         box.update({n: abs(float(c)) for n, c in zip(self._const_names, self.constants.detach())})
