@@ -74,6 +74,11 @@ clean-nbs: $(STAMP)
 	$(BIN)/nbdev_clean
 
 # Notebooks clean, package in sync with the notebooks, code formatted (ruff, lines <= 110), notebook lessons, then tests/.
+# nbdev_test runs every notebook but the four chained stages (01-04): tests/test_pipeline.py executes each of them
+# whole at the same scale ("test"), chained through one run directory, so a lesson that fails there fails the test;
+# nbdev_test alone still runs them all. --timing prints each notebook's seconds. Both run two workers (the two cores)
+# of one thread each: two processes of two torch threads each on two cores wait on each other (a test 2-4x slower).
+NBDEV_TEST_SKIP := ^([_.]|0[1-4]_)
 test: $(STAMP) $(MNIST)
 	$(BIN)/nbdev_clean
 	@git diff --quiet -- nbs && test -z "$$(git status --porcelain -- nbs)" || \
@@ -85,9 +90,9 @@ test: $(STAMP) $(MNIST)
 	  { echo "FAIL: code is not formatted: run \`ruff format nbs tests bench && nbdev_export\` and commit"; exit 1; }
 	@$(BIN)/ruff check --quiet --select E501 tests bench && $(PY) tools/line_length.py symbolic_l2o || \
 	  { echo "FAIL: lines over 110 characters: run \`ruff format nbs tests bench && nbdev_export\`, wrap the long strings, docstrings and comments left in the notebooks, export and commit"; exit 1; }
-	$(BIN)/nbdev_test --n_workers 2
+	OMP_NUM_THREADS=1 $(BIN)/nbdev_test --n_workers 2 --timing --skip_file_re '$(NBDEV_TEST_SKIP)'
 	@$(MAKE) --no-print-directory docs chromium
-	$(PY) -m pytest tests/
+	OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist loadfile --durations=15 tests/
 
 # The pipeline: every numbered stage notebook (nbs/[0-9]*.ipynb but the report's), executed headless with papermill
 # at scale=$(SCALE) into one run directory that chains the stages (out_dir), then runs/<name>/report.md and .html.
