@@ -92,7 +92,7 @@ test: $(STAMP) $(MNIST)
 	  { echo "FAIL: lines over 110 characters: run \`ruff format nbs tests bench && nbdev_export\`, wrap the long strings, docstrings and comments left in the notebooks, export and commit"; exit 1; }
 	OMP_NUM_THREADS=1 $(BIN)/nbdev_test --n_workers 2 --timing --skip_file_re '$(NBDEV_TEST_SKIP)'
 	@$(MAKE) --no-print-directory docs chromium
-	OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist loadfile --durations=15 tests/
+	OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist loadfile --no-loadscope-reorder --durations=15 tests/
 
 # The pipeline: every numbered stage notebook (nbs/[0-9]*.ipynb but the report's), executed headless with papermill
 # at scale=$(SCALE) into one run directory that chains the stages (out_dir), then runs/<name>/report.md and .html.

@@ -1,6 +1,8 @@
-"""The order of the tests: the module of the chained pipeline first (the longest), so that under `make test`'s
-`pytest -n 2 --dist loadfile` one worker runs it while the other takes every other module."""
+"""The order of the tests, for `make test`'s `pytest -n 2 --dist loadfile --no-loadscope-reorder` (each
+module on one worker, in this order): the pipeline's module first and in it the chain (01-04 through
+papermill, the longest test) first, so that one worker runs the chain while the other takes the other
+modules, and takes more of them only once the chain is done."""
 
 
 def pytest_collection_modifyitems(items):
-    items.sort(key=lambda item: item.path.name != "test_pipeline.py")
+    items.sort(key=lambda item: (item.path.name != "test_pipeline.py", "whole_run" not in item.fixturenames))
