@@ -642,10 +642,22 @@ def _candidates(X, y, names, rng, engine, search_rows, linear_terms, engine_args
             (X / sigma)[search], y[search], names, *engine_args
         )
     )
-    exprs = [parse_expression(t, names).xreplace(unscale) for t in texts] + [
+    # a member whose constants fold past float64's range (the engine's arithmetic is unchecked) is no equation
+    parsed = [_finite_parse(t, names) for t in texts]
+    exprs = [e.xreplace(unscale) for e in parsed if e is not None] + [
         parse_expression(t, names) for t in linear
     ]
     return exprs, exact, run, stopped_by
+
+
+def _finite_parse(text: str, names: list[str]) -> sp.Expr | None:
+    """`parse_expression(text, names)`, or None where it computes a number outside float64's range."""
+    try:
+        return parse_expression(text, names)
+    except ValueError as e:
+        if "outside float64's range" in str(e):
+            return None
+        raise
 
 # %% ../nbs/02a_regression.ipynb #3f9bc0b9dd2c44919cc8dcca39b469f8
 def _fit_record(

@@ -138,3 +138,14 @@ def test_a_column_that_is_not_a_known_feature_at_a_lag_is_refused_with_the_valid
 def test_every_feature_and_the_past_outputs_are_accepted(rows):
     for feature in FEATURE_NAMES:
         fit_rule(rows, 3 * rows[:, 0] - rows[:, 2], [f"{feature}_0", "u_1", "g_100"])
+
+
+def test_an_engine_member_that_overflows_float64_is_dropped_not_fatal():
+    # operon's arithmetic is unchecked: a member like sinh(exp(exp(1000))) must not stop a search (03's chain
+    # once failed on one); any other parse error still raises
+    from symbolic_l2o.regression import _finite_parse
+
+    assert _finite_parse("sinh(exp(exp(1000.0)))*g_0", ["g_0"]) is None
+    assert str(_finite_parse("2*g_0", ["g_0"])) == "2*g_0"
+    with pytest.raises(ValueError, match="unknown"):
+        _finite_parse("2*h_0", ["g_0"])
