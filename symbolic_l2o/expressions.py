@@ -20,8 +20,8 @@ from .features import FEATURE_NAMES, OUTPUT_FEATURE, GradFeatures
 
 # %% auto #0
 __all__ = ['LOG_EPS', 'OPERATORS', 'SYMPY_SPELLINGS', 'MAX_EXPRESSION_CHARS', 'MAX_EXPRESSION_DEPTH', 'MAX_LAG', 'MAX_EXPONENT',
-           'variable', 'Operator', 'parse_expression', 'expression_text', 'compile_expression', 'complexity',
-           'magnitude_bound', 'SymbolicRule']
+           'variable', 'Operator', 'OutOfRangeError', 'parse_expression', 'expression_text', 'compile_expression',
+           'complexity', 'magnitude_bound', 'SymbolicRule']
 
 # %% ../nbs/00b_expressions.ipynb #5f4d749c
 LOG_EPS = 1e-8
@@ -106,9 +106,15 @@ MAX_EXPONENT = (
 )
 
 
+class OutOfRangeError(ValueError):
+    """`parse_expression`'s refusal of an expression that writes or computes a number outside float64's range
+    (a symbolic-regression engine's unchecked arithmetic can fold constants that far): catch it to skip such
+    a candidate while every other malformed text still raises."""
+
+
 def _finite_number(value, text: str) -> None:
-    """Refuse (`ValueError`) a number, literal text or sympy, that is not a finite float64 or is nonzero but
-    rounds to 0."""
+    """Refuse (`OutOfRangeError`) a number, literal text or sympy, that is not a finite float64 or is
+    nonzero but rounds to 0."""
     try:
         x = float(value)
     except (OverflowError, TypeError):
@@ -118,7 +124,7 @@ def _finite_number(value, text: str) -> None:
     )
     if not math.isfinite(x) or (x == 0 and nonzero):
         shown = str(value) if len(str(value)) < 40 else f"{str(value)[:20]}... ({len(str(value))} characters)"
-        raise ValueError(
+        raise OutOfRangeError(
             f"number {shown} in expression {text[:80]!r} is outside float64's range "
             f"(0, or 5e-324 <= |x| <= {sys.float_info.max:.3g})"
         )
@@ -130,7 +136,7 @@ def _bounded_power(base: sp.Expr, ex: sp.Expr, text: str) -> None:
     (3x)^999999999 into 3^999999999·x^999999999)."""
     if base.is_Number and ex.is_Number and base != 0:
         if abs(float(ex) * math.log10(abs(float(base)))) > 308:
-            raise ValueError(
+            raise OutOfRangeError(
                 f"the power {base}**{ex} in {text[:80]!r} is outside float64's range (|x| <= 1e308): "
                 "its exponent is too large"
             )
@@ -150,7 +156,7 @@ def _in_range(node: sp.Expr, text: str) -> sp.Expr:
         except OverflowError:
             value = math.inf
         if math.isinf(value):
-            raise ValueError(
+            raise OutOfRangeError(
                 f"expression {text[:80]!r} computes a number outside float64's range (|x| <= "
                 f"{sys.float_info.max:.3g}): {str(a)[:20]}... ({len(str(a))} characters)"
             )
@@ -288,7 +294,8 @@ def parse_expression(text: str, variables: Sequence[str]) -> sp.Expr:
     ASCII digits only, every number it computes (literals, powers, functions of numbers such as
     exp(exp(1e300)) or nested squares of 2**1000, products) within float64's range, checked as it is built
     (sympy evaluates those exactly: 9**9**9 would be a number of 10^8 digits), numeric exponents within
-    `MAX_EXPONENT`; each refusal is a `ValueError` naming its limit."""
+    `MAX_EXPONENT`; each refusal is a `ValueError` naming its limit, an `OutOfRangeError` where the limit is
+    float64's range."""
     text = str(text)
     if len(text) > MAX_EXPRESSION_CHARS:
         raise ValueError(
@@ -299,7 +306,7 @@ def parse_expression(text: str, variables: Sequence[str]) -> sp.Expr:
     try:
         node = parser.expr()
     except (RecursionError, OverflowError) as e:  # sympy's own evaluation of numbers, should one slip by
-        raise ValueError(
+        raise OutOfRangeError(
             f"expression {text[:80]!r} computes a number outside float64's range ({type(e).__name__})"
         ) from None
     if parser.i != len(parser.tokens):

@@ -23,7 +23,7 @@ import torch
 import symbolic_l2o
 from .features import FEATURE_NAMES, OUTPUT_FEATURE
 from .expressions import MAX_LAG, OPERATORS, SymbolicRule, compile_expression, complexity
-from .expressions import expression_text, parse_expression, variable
+from .expressions import OutOfRangeError, expression_text, parse_expression, variable
 from .files import atomic_write, read_json, require_keys
 from .srgen import SRDataset
 
@@ -654,10 +654,8 @@ def _finite_parse(text: str, names: list[str]) -> sp.Expr | None:
     """`parse_expression(text, names)`, or None where it computes a number outside float64's range."""
     try:
         return parse_expression(text, names)
-    except ValueError as e:
-        if "outside float64's range" in str(e):
-            return None
-        raise
+    except OutOfRangeError:
+        return None
 
 # %% ../nbs/02a_regression.ipynb #3f9bc0b9dd2c44919cc8dcca39b469f8
 def _fit_record(
