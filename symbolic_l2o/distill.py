@@ -123,7 +123,8 @@ class DistillSettings:
     max_length: int = 30
     generations: int = 200
     # a cap for a much slower machine, not the budget: a search ends after its generations (the quick
-    # scale's 25 take about 20 s on 2 cores), so the same seeds give the same equations on any machine
+    # scale's 25 take 30 s to over 2 minutes on 2 cores), so the same seeds give the same equations on any
+    # machine
     time_limit: float = 1200.0
     max_rows: int = 20_000
     r2_tolerance: float = 0.05
@@ -180,7 +181,7 @@ def _step_path(kind: str, *inputs) -> Path | None:
     return root / f"{kind}-{h.hexdigest()[:32]}"
 
 
-def _saved_evaluation(rule, task, steps: int, seeds, device, workers: int | None = 1) -> Evaluation:
+def _saved_evaluation(rule, task, steps: int, seeds, device) -> Evaluation:
     """`evaluate` (no progress bar), saved and read back within `distill(out=...)`. A distillation reads
     only training losses (`late_loss`), so the held-out loss is taken at the last step alone
     (`eval_every=steps`): the training losses are the same as with curves, and a saved evaluation with curves
@@ -188,9 +189,7 @@ def _saved_evaluation(rule, task, steps: int, seeds, device, workers: int | None
     path = _step_path("evaluation", rule, task.name, steps, list(seeds), str(device))
     if path is not None and path.with_suffix(".npz").exists():
         return _read_evaluation(path.with_suffix(".npz"))
-    found = evaluate(
-        rule, task, steps, seeds, eval_every=steps, device=device, progress=False, workers=workers
-    )
+    found = evaluate(rule, task, steps, seeds, eval_every=steps, device=device, progress=False)
     if path is not None:
         buf = io.BytesIO()
         np.savez(buf, **{f.name: v for f in fields(found) if (v := getattr(found, f.name)) is not None})
@@ -345,7 +344,6 @@ def screen(
     settings: DistillSettings = DistillSettings(),
     source_losses=None,
     device="cpu",
-    workers: int | None = 1,
 ) -> dict:
     """Step 3: the simplest faithful member. Members whose free-running R² is within `settings.r2_tolerance`
     of the best are run closed-loop, fewest nodes first (at most `max_screened`), on the validation problems
@@ -353,9 +351,9 @@ def screen(
     its Eva loss ratio to `rule`'s leaves `SCREEN_DROP` times the tolerance; the first whose ratio on all of
     them is within `settings.tolerance` is chosen. If none is, the screened member with the ratio nearest 1
     (in log). Returns {"chosen": index into `members`, "faithful": bool, "screened": [{"index", "problems",
-    "ratio"}]}. `workers`: as `evaluate`'s (the same figures on any number)."""
+    "ratio"}]}."""
     seeds = list(_validation_seeds(settings))
-    late = lambda r, s: _saved_evaluation(r, task, settings.steps, s, device, workers).late_loss
+    late = lambda r, s: _saved_evaluation(r, task, settings.steps, s, device).late_loss
     source = late(rule, seeds) if source_losses is None else np.asarray(source_losses, dtype=float)
     if not np.isfinite(source).all():
         raise ValueError("the rule does not train on the validation problems: nothing to be faithful to")
@@ -599,7 +597,6 @@ def _search_seeds(
     censor: float | None,
     source_losses,
     device,
-    workers: int | None,
 ) -> tuple[list[str] | None, list[dict]]:
     """The seeds of one search space: within `budget` state values per parameter (the lag-0 columns of
     `budget_features`), or with `budget` None the unconstrained window and recurrent families (`search`, the
@@ -630,7 +627,7 @@ def _search_seeds(
             {
                 "seed": seed,
                 "members": members,
-                **screen(members, rule, task, settings, source_losses, device, workers),
+                **screen(members, rule, task, settings, source_losses, device),
             }
         )
     return cols, seeds
@@ -729,7 +726,6 @@ def distill(
     device="cpu",
     progress: bool = False,
     out: str | Path | None = None,
-    workers: int | None = 1,
 ) -> Distillation:
     """Distil `rule` into an equation in the steps of this page: `record` it on `task` (or take `data`, 02's
     recording, checked against the settings); fit the null models; then per search space, the state budgets of
@@ -743,8 +739,7 @@ def distill(
     run on the reported problems too (their spread). Stage 3 (`meta_tune`, `settings.tune_epochs` epochs of
     `settings.steps` steps at Adam(`settings.tune_lr`) on training problems) is kept apart: it never replaces
     the equation as found. With `out`, a directory, each costly step is saved there and read back when it
-    comes again (a killed run resumes where it stopped, with the same numbers). `workers` > 1 runs the
-    closed-loop evaluations on that many processes (`evaluate`'s), with the same numbers."""
+    comes again (a killed run resumes where it stopped, with the same numbers)."""
     with _saving_steps(out):
         settings = settings or DistillSettings()
         features = _features(rule, settings)
@@ -753,7 +748,7 @@ def distill(
         train, validation, test, lag0 = _split_runs(data)
         # the target is the output over its scale, |y| <= 1: a squashed rule's is censored where it saturates
         censor = SATURATED if getattr(rule, "squash", False) else None
-        late = lambda r, seeds: _saved_evaluation(r, task, settings.steps, seeds, device, workers)
+        late = lambda r, seeds: _saved_evaluation(r, task, settings.steps, seeds, device)
         source_val = late(rule, _validation_seeds(settings)).late_loss
         reported = range(settings.eval_seeds)
         source_eval = late(rule, reported)
@@ -771,7 +766,7 @@ def distill(
 
         def space(budget):  # one search space: its seeds' choices, the one chosen on the validation problems
             cols, seeds = _search_seeds(
-                budget, rule, task, settings, train, validation, lag0, censor, source_val, device, workers
+                budget, rule, task, settings, train, validation, lag0, censor, source_val, device
             )
             k, member, fit = _space_choice(seeds, settings, name)
             return {

@@ -6,12 +6,7 @@
 from __future__ import annotations
 
 import math
-import multiprocessing
-import os
-import sys
-import warnings
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -101,88 +96,7 @@ class Evaluation:
             "seeds": len(self.seeds),
         }
 
-# %% ../nbs/00f_evaluation.ipynb #5b7d2c91
-# what a forked worker runs: set before its pool forks, so that the worker inherits it
-_JOB: Callable | None = None
-_IN_WORKER = False  # in a forked worker: a nested parallel map runs in place
-
-
-def _start_worker():
-    global _IN_WORKER
-    _IN_WORKER = True
-    torch.set_num_threads(1)
-
-
-def _call_job(i: int):
-    return _JOB(i)
-
-
-def _map(fn: Callable[[int], object], n: int, workers: int | None = 1):
-    """`fn(0), …, fn(n − 1)`, yielded in order, each at one torch thread: here, or on `workers` forked
-    processes (None: one per core this process may use).
-
-    One thread, because a sum's rounding depends on how many threads share it (an MLP's losses
-    after 200 steps differ by 1e-2 between one and two), and the figures must not depend on the workers or
-    the machine's cores. Fork lets a worker inherit `fn` with its rule and task (an MNIST task would
-    otherwise be pickled for every call); where there is no safe fork (not Linux) or inside a worker, the map
-    runs here."""
-    if workers is None:
-        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    workers = min(workers, n)
-    if workers <= 1 or _IN_WORKER or sys.platform != "linux":
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            yield from map(fn, range(n))
-        finally:
-            torch.set_num_threads(threads)
-        return
-    global _JOB
-    previous, _JOB = _JOB, fn
-    try:
-        context = multiprocessing.get_context("fork")
-        with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker) as pool:
-            with warnings.catch_warnings():  # Python >= 3.12 warns at every fork of a threaded process
-                warnings.filterwarnings("ignore", "This process .* is multi-threaded", DeprecationWarning)
-                futures = [pool.submit(_call_job, i) for i in range(n)]  # every worker forks at the first
-            for future in futures:
-                yield future.result()
-    finally:
-        _JOB = previous
-
 # %% ../nbs/00f_evaluation.ipynb #3c640616
-def _run_problem(rule, task, seed, steps, eval_steps, multiplier, device, callback):
-    """One problem of `evaluate`: its training losses [steps + 1], held-out losses [len(eval_steps)] and
-    final held-out accuracy (NaN after a divergence, or for a task without one)."""
-    train, held, accuracy = np.full(steps + 1, np.nan), np.full(len(eval_steps), np.nan), np.nan
-    problem = task.problem(seed, device)
-    names = list(problem.params)
-    params = [p.detach().clone().requires_grad_() for p in problem.params.values()]
-    state = rule.init(params)
-    for t in range(steps + 1):
-        loss = problem.train_loss(dict(zip(names, params)))
-        train[t] = loss.item()
-        if t in eval_steps:
-            with torch.no_grad():
-                held[eval_steps.index(t)] = problem.eval_loss(dict(zip(names, params))).item()
-        if not math.isfinite(train[t]):
-            train[t:] = np.nan
-            held[[j for j, e in enumerate(eval_steps) if e >= t]] = np.nan
-            break
-        if t == steps:
-            if problem.eval_accuracy is not None:
-                with torch.no_grad():
-                    accuracy = problem.eval_accuracy(dict(zip(names, params))).item()
-            break
-        grads = torch.autograd.grad(loss, params)
-        with torch.no_grad():
-            updates, state = rule.step(grads, state, t + 1)
-            torch._foreach_add_(params, updates, alpha=multiplier)
-        if callback is not None:
-            callback(seed, t + 1, grads, updates, state)
-    return train, held, accuracy
-
-
 def evaluate(
     rule: UpdateRule,
     task,
@@ -193,13 +107,9 @@ def evaluate(
     device="cpu",
     callback: Callable | None = None,
     progress: bool = True,
-    workers: int | None = 1,
 ) -> Evaluation:
     """Run `rule` for `steps` steps on each problem of `seeds`, its updates times `multiplier` (1: the rule
-    as it is; a hand rule's step size is its own `lr`); record training and held-out losses. The problems
-    are independent: `workers` > 1 runs them on that many processes (None: one per core), with the same
-    figures: each problem runs at one torch thread, here or there (on the CPU, on Linux, without a
-    `callback`; elsewhere they run here).
+    as it is; a hand rule's step size is its own `lr`); record training and held-out losses.
 
     ```python
     from symbolic_l2o import AdamRule, evaluate, make_task
@@ -208,16 +118,40 @@ def evaluate(
     print(result.train_loss.shape, result.late_loss)  # [seeds, steps + 1]; each problem's late loss
     ```"""
     device, seeds = resolve_device(device), list(seeds)
-    if not seeds:
-        raise ValueError("seeds is empty: evaluate needs at least one problem, e.g. seeds=range(3)")
     rule = rule.to(device)
     eval_steps = sorted(set(range(0, steps + 1, eval_every)) | {steps})
-    here = callback is not None or device.type != "cpu"  # a callback sees this process; CUDA does not fork
-    args = (steps, eval_steps, multiplier, device, callback)
-    runs = _map(lambda i: _run_problem(rule, task, seeds[i], *args), len(seeds), 1 if here else workers)
-    desc = f"evaluate {type(rule).__name__}"
-    train, held, accuracy = zip(*tqdm(runs, desc=desc, total=len(seeds), disable=not progress, leave=False))
-    return Evaluation(np.stack(train), eval_steps, np.stack(held), seeds, np.array(accuracy, dtype=float))
+    train = np.full((len(seeds), steps + 1), np.nan)
+    held = np.full((len(seeds), len(eval_steps)), np.nan)
+    accuracy = np.full(len(seeds), np.nan)
+    for i, seed in enumerate(
+        tqdm(seeds, desc=f"evaluate {type(rule).__name__}", disable=not progress, leave=False)
+    ):
+        problem = task.problem(seed, device)
+        names = list(problem.params)
+        params = [p.detach().clone().requires_grad_() for p in problem.params.values()]
+        state = rule.init(params)
+        for t in range(steps + 1):
+            loss = problem.train_loss(dict(zip(names, params)))
+            train[i, t] = loss.item()
+            if t in eval_steps:
+                with torch.no_grad():
+                    held[i, eval_steps.index(t)] = problem.eval_loss(dict(zip(names, params))).item()
+            if not math.isfinite(train[i, t]):
+                train[i, t:] = np.nan
+                held[i, [j for j, e in enumerate(eval_steps) if e >= t]] = np.nan
+                break
+            if t == steps:
+                if problem.eval_accuracy is not None:
+                    with torch.no_grad():
+                        accuracy[i] = problem.eval_accuracy(dict(zip(names, params))).item()
+                break
+            grads = torch.autograd.grad(loss, params)
+            with torch.no_grad():
+                updates, state = rule.step(grads, state, t + 1)
+                torch._foreach_add_(params, updates, alpha=multiplier)
+            if callback is not None:
+                callback(seed, t + 1, grads, updates, state)
+    return Evaluation(train, eval_steps, held, seeds, accuracy)
 
 # %% ../nbs/00f_evaluation.ipynb #e0a36939
 # half-decade steps; tune_baseline extends it past an edge
@@ -250,14 +184,13 @@ class Tuning:
 
 
 def extended_grid(
-    score: Callable[[float], float], grid: Sequence[float], max_extensions: int = 8, workers: int | None = 1
+    score: Callable[[float], float], grid: Sequence[float], max_extensions: int = 8
 ) -> dict[float, float]:
     """`score` (lower is better) of every value of the log-spaced `grid`, the grid extended by its own step
-    past whichever edge holds the best, up to `max_extensions` times: value → score, for every value tried.
-    The grid's values are scored on `workers` processes (`evaluate`'s), the extensions one by one."""
+    past whichever edge holds the best, up to `max_extensions` times: value → score, for every value tried."""
     grid = sorted(grid)
     step = grid[1] / grid[0]
-    scores = dict(zip(grid, _map(lambda i: score(grid[i]), len(grid), workers)))
+    scores = {v: score(v) for v in grid}
     for _ in range(max_extensions):
         best = min(scores, key=lambda v: (scores[v], v))  # on a tie (all diverged: inf) the smallest value
         if best == min(scores):
@@ -279,12 +212,10 @@ def tune_baseline(
     seeds: Sequence[int] = range(10),
     max_extensions: int = 8,
     device="cpu",
-    workers: int | None = 1,
 ) -> Tuning:
     """Search baseline `name`'s learning rate by late loss on `tune_seeds` tuning problems (disjoint from
     `seeds`), extending the log-spaced grid `lrs` by its own step past whichever edge holds the best (up to
-    `max_extensions` times), then evaluate the best on the reported `seeds`; on `workers` processes, with
-    the same figures (`evaluate`)."""
+    `max_extensions` times), then evaluate the best on the reported `seeds`."""
     if name not in BASELINES:
         raise ValueError(f"unknown baseline {name!r}; known: {sorted(BASELINES)}")
     if len(lrs) < 2:
@@ -293,18 +224,11 @@ def tune_baseline(
 
     def score(lr):
         eva = evaluate(
-            BASELINES[name](lr=lr),
-            task,
-            steps,
-            tuning,
-            eval_every=steps,
-            device=device,
-            progress=False,
-            workers=workers,
+            BASELINES[name](lr=lr), task, steps, tuning, eval_every=steps, device=device, progress=False
         ).eva_loss[0]
         return eva if math.isfinite(eva) else math.inf
 
-    scores = extended_grid(score, lrs, max_extensions, workers if resolve_device(device).type == "cpu" else 1)
+    scores = extended_grid(score, lrs, max_extensions)
     best = min(scores, key=scores.get)
     tried = sorted(scores)
     return Tuning(
@@ -312,9 +236,7 @@ def tune_baseline(
         tried,
         [scores[lr] for lr in tried],
         best,
-        evaluate(
-            BASELINES[name](lr=best), task, steps, seeds, device=device, progress=False, workers=workers
-        ),
+        evaluate(BASELINES[name](lr=best), task, steps, seeds, device=device, progress=False),
     )
 
 
@@ -378,31 +300,25 @@ def paper_comparison(
     lrs: Sequence[float] = LR_GRID,
     tune_seeds: int = 3,
     device="cpu",
-    workers: int | None = 1,
 ) -> dict:
     """`rules` (name → rule) at the paper's protocol on `task` at each of `horizons`, against the baselines
     LR-tuned at that horizon: `{str(horizon): {"best_baseline", "baselines": {name: {"lr", "paper_protocol"}},
     "rules": {name: {"paper_protocol", "vs_best_baseline": {"baseline", "difference", "ci"}}}}}`. The
     difference is the rule's last-step loss minus the best baseline's, paired over `seeds`, with its 95%
-    bootstrap interval (`paired_interval`). Each rule runs once, for the longest horizon. `workers`: as
-    `evaluate`'s, the same figures on any number."""
+    bootstrap interval (`paired_interval`). Each rule runs once, for the longest horizon."""
     if not horizons or any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in horizons):
         raise ValueError(
             f"invalid horizons={list(horizons)}: expected step counts >= 1, e.g. {PAPER_HORIZONS}"
         )
     longest, seeds = max(horizons), list(seeds)
     evals = {
-        name: evaluate(
-            rule, task, longest, seeds, eval_every=longest, device=device, progress=False, workers=workers
-        )
+        name: evaluate(rule, task, longest, seeds, eval_every=longest, device=device, progress=False)
         for name, rule in rules.items()
     }
     out = {}
     for h in sorted(set(horizons)):
         tunings = {
-            b: tune_baseline(
-                b, task, h, lrs=lrs, tune_seeds=tune_seeds, seeds=seeds, device=device, workers=workers
-            )
+            b: tune_baseline(b, task, h, lrs=lrs, tune_seeds=tune_seeds, seeds=seeds, device=device)
             for b in BASELINES
         }
         best = min(tunings, key=lambda b: min(tunings[b].scores))

@@ -668,7 +668,6 @@ def train_zoo(
     device="cpu",
     progress: bool = True,
     run_dir: str | Path | None = None,
-    workers: int | None = 1,
 ) -> dict:
     """Meta-train the zoo rules on `tasks` (default `zoo_tasks()`) with `settings` (the paper's by default),
     each rule's `ZOO_RECIPES` options on top; evaluate each on `seeds` problems of `eval_task` (default:
@@ -680,8 +679,7 @@ def train_zoo(
     "tune" mode; the card names the starting file and its SHA-256. By default each rule starts from
     scratch. With `run_dir`, each rule's meta-training checkpoints in `run_dir/<name>` and a later call
     resumes it exactly (`meta_train`'s resume), so an hours-long zoo rule survives an interruption; its
-    card's `seconds` are then those of the call that finished it. `workers`: the card's evaluations run on
-    that many processes (`evaluate`'s; the same figures on any number)."""
+    card's `seconds` are then those of the call that finished it."""
     recipes = {name: zoo_recipe(name) for name in names}
     tasks = list(tasks) if tasks is not None else zoo_tasks()
     eval_task, cards, steps = eval_task or make_task("mnist_mlp", split="eval"), {}, settings.epoch_len
@@ -701,9 +699,7 @@ def train_zoo(
         history = meta_train(rule, tasks, replace(settings, **recipe), where, resume, device, progress)
         seconds = time.perf_counter() - t0
         evals = {  # the card keeps the final test loss: no held-out curve (eval_every=k)
-            k: evaluate(
-                rule, eval_task, k, range(seeds), eval_every=k, device=device, progress=False, workers=workers
-            )
+            k: evaluate(rule, eval_task, k, range(seeds), eval_every=k, device=device, progress=False)
             for k in (steps, 5 * steps)
         }
         evaluation = {f"{k}_steps": ev.summary() for k, ev in evals.items()}
@@ -744,14 +740,13 @@ def budget_curve(
     horizon: int = PAPER_HORIZON,
     seeds: Sequence[int] = range(10),
     device="cpu",
-    workers: int | None = 1,
 ) -> list[dict]:
     """Zoo rule `name` meta-trained with its recipe (`zoo_recipe`) on `tasks` (default `zoo_tasks()`) and
     `settings` through the increasing epoch counts `milestones`, resuming one run in `out_dir/run` and keeping
     each milestone's checkpoint as `out_dir/epoch_XXXX.pt` (one already there is kept); each evaluated on
     `seeds` problems of `eval_task` (default MLP_MNIST, evaluation half) at the paper's protocol over
-    `horizon` steps (on `workers` processes, `evaluate`'s). Returns per milestone `{"epochs", "seconds"
-    (meta-training wall time to there), **paper_protocol}`."""
+    `horizon` steps. Returns per milestone `{"epochs", "seconds" (meta-training wall time to there),
+    **paper_protocol}`."""
     milestones = list(milestones)
     if not milestones or any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in milestones):
         raise ValueError(f"invalid milestones={milestones}: expected epoch counts >= 1, e.g. (50, 100, 200)")
@@ -782,16 +777,7 @@ def budget_curve(
     for m, path in kept.items():
         rule = make_rule(architecture, **rule_args)
         rule.load_state_dict(torch.load(path, weights_only=True, map_location="cpu")["rule"])
-        ev = evaluate(
-            rule,
-            eval_task,
-            horizon,
-            seeds,
-            eval_every=horizon,
-            device=device,
-            progress=False,
-            workers=workers,
-        )
+        ev = evaluate(rule, eval_task, horizon, seeds, eval_every=horizon, device=device, progress=False)
         seconds = sum(r["seconds"] for r in records if r["epoch"] < m)
         curve.append({"epochs": m, "seconds": seconds, **ev.paper_protocol(horizon)})
     return curve
