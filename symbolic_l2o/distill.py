@@ -122,8 +122,8 @@ class DistillSettings:
     search_seeds: tuple = (0, 1, 2)
     max_length: int = 30
     generations: int = 200
-    # a cap for a much slower machine, not the budget: a search ends after its generations (the quick
-    # scale's 25 take 30 s to over 2 minutes on 2 cores), so the same seeds give the same equations on any
+    # a cap for a much slower machine, not the budget: a search ends after its generations (the cpu
+    # scale's 200 take 44 s to 12 minutes on 2 cores), so the same seeds give the same equations on any
     # machine
     time_limit: float = 1200.0
     max_rows: int = 20_000

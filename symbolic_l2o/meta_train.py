@@ -29,18 +29,20 @@ from .files import save_atomic, atomic_write, load_rule
 from .files import require_keys, save_rule
 from .tasks import Problem, Task, make_task, mlp_family, resolve_device
 from symbolic_l2o.evaluation import (
+    LR_GRID,
     PAPER_HORIZON,
     PAPER_HORIZONS,
     TRAIN_SEED_BASE,
     VALIDATION_SEED_BASE,
     evaluate,
+    tune_baseline,
 )
 from .zoo import ZOO, ZOO_DIR
 from .runs import artifact_record, locks_run_dir, run_entries, run_path
 
 # %% auto #0
 __all__ = ['ZOO_RECIPES', 'meta_window', 'Curriculum', 'CurriculumState', 'MetaTrainSettings', 'validate', 'meta_train',
-           'meta_tune', 'zoo_recipe', 'zoo_tasks', 'held_out_family', 'train_zoo', 'budget_curve']
+           'meta_tune', 'zoo_recipe', 'zoo_tasks', 'held_out_family', 'travel_table', 'train_zoo', 'budget_curve']
 
 # %% ../nbs/01_meta_train.ipynb #a3a5b1cb
 def _detach(state: list[dict[str, Tensor]]) -> list[dict[str, Tensor]]:
@@ -658,6 +660,35 @@ def held_out_family(
         data="mnist",
         split="eval",
     )
+
+
+def travel_table(
+    rules: dict[str, UpdateRule],
+    family: Sequence[Task],
+    steps: int = 200,
+    seeds: Sequence[int] = range(3),
+    lrs: Sequence[float] = LR_GRID[::2],
+    device="cpu",
+) -> dict[str, dict]:
+    """How `rules` (name → rule) travel to the MLPs of `family` (e.g. `held_out_family()`): per member,
+    over `seeds` problems of `steps` steps, the final test loss and accuracy of Adam at a learning rate tuned
+    on that member (`tune_baseline` from `lrs`) and each rule's final test loss:
+    `{member: {"adam", "adam accuracy", <rule>: test loss}}`."""
+    table = {}
+    for member in family:
+        adam = tune_baseline("adam", member, steps, lrs=lrs, seeds=seeds, device=device).evaluation
+        table[member.name] = {
+            "adam": adam.final_eval_loss[0],
+            "adam accuracy": adam.final_eval_accuracy[0],
+            **{
+                # the final test loss only: no held-out curve (eval_every=steps)
+                name: evaluate(
+                    rule, member, steps, seeds, eval_every=steps, device=device, progress=False
+                ).final_eval_loss[0]
+                for name, rule in rules.items()
+            },
+        }
+    return table
 
 # %% ../nbs/01_meta_train.ipynb #b645234a
 def train_zoo(
