@@ -661,7 +661,7 @@ def held_out_family(
         split="eval",
     )
 
-
+# %% ../nbs/01_meta_train.ipynb #0b3a190c
 def travel_table(
     rules: dict[str, UpdateRule],
     family: Sequence[Task],
