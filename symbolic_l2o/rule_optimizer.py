@@ -238,17 +238,25 @@ def _apply_fused(rule: UpdateRule, params: list, grads: list, states: list, sc: 
 @functools.cache
 def _apply_compiled() -> Callable:
     """`_apply_fused` compiled, once per process, as one graph (`fullgraph`: a failure comes before anything
-    is written). Sizes are dynamic; a new rule, dtype or number of tensors in a call compiles a variant (up to
-    64, not dynamo's default 8). Where compiling fails (no C++ compiler on a CPU, no Triton on a GPU, too many
-    variants) it warns once and runs `_apply_fused` uncompiled from then on: the same values, slower."""
+    is written). Sizes are dynamic and each its own (no duck sizing: two sizes equal by chance in one
+    network would bind the graph to that network), so a network of the same layers at another width reuses
+    the graph; a new rule, dtype or number of tensors in a call compiles a variant (up to 64, not dynamo's
+    default 8). The rule's float hyperparameters are constants of the graph, as dynamo ends up making them
+    anyway (traced as symbols first, it restarts the whole trace: a third of a cold compile). Where compiling
+    fails (no C++ compiler on a CPU, no Triton on a GPU, too many variants) it warns once and runs
+    `_apply_fused` uncompiled from then on: the same values, slower."""
     from torch._dynamo.exc import TorchDynamoException
     from torch._inductor.exc import InductorError
+    from torch.fx.experimental import _config as shapes_config
 
     compiled, failed = torch.compile(_apply_fused, dynamic=True, fullgraph=True), []
 
     def apply(*args):
         if not failed:
-            with torch._dynamo.config.patch(recompile_limit=64):
+            with (
+                torch._dynamo.config.patch(recompile_limit=64, specialize_float=True),
+                shapes_config.patch(use_duck_shape=False),
+            ):
                 try:
                     return compiled(*args)
                 except (TorchDynamoException, InductorError) as e:
@@ -303,7 +311,11 @@ def _step_fused(opt: RuleOptimizer, work: list) -> bool:
             torch._foreach_mul_(qs, 1 - group["lr"] * wd)
         scale = _update_scale(rule, group)
         sc = {k: torch.tensor(v, dtype=dtype, device=device) for k, v in rule.scalars(t).items()}
-        _apply_compiled()(rule, qs, grads, states, sc, torch.tensor(scale, dtype=dtype, device=device))
+        # each tensor as one axis of coordinates, as its state keeps them (a parameter with no flat view,
+        # channels_last say, as it is): the compiled graph knows a tensor by one size, not by a product
+        flat = [q.view(-1) if q.is_contiguous() else q for q in qs]
+        lr = torch.tensor(scale, dtype=dtype, device=device)
+        _apply_compiled()(rule, flat, [g.reshape(-1) for g in grads], states, sc, lr)
         torch._foreach_add_([opt.state[p]["step"] for p in qs], 1.0)
     opt._state_bound = new_bound
     return True

@@ -144,6 +144,32 @@ def test_fused_refuses_what_it_cannot_step():
         RuleOptimizer(net.parameters(), SymbolicRule("-0.5*mt_0"), fused="yes")
 
 
+def test_one_compile_serves_a_network_at_another_width(monkeypatch):
+    """The fused step compiles once for a network's layers, whatever their widths: sizes equal by chance in
+    the first network (4 inputs, 4 hidden units) bind nothing, and the rule's float hyperparameters do not
+    restart the trace (each would call the backend again)."""
+    import torch._inductor.compile_fx as compile_fx
+
+    from symbolic_l2o import rule_optimizer as optimizers
+
+    calls, real = [], compile_fx.compile_fx
+    monkeypatch.setattr(compile_fx, "compile_fx", lambda *a, **k: calls.append(1) or real(*a, **k))
+    optimizers._apply_compiled.cache_clear()
+    torch._dynamo.reset()
+    try:
+        rule = SymbolicRule("-0.85*mp3_0 + 0.1*tanh(3*mp3_0)", scale=0.05)
+        for width in (4, 6, 9):
+            net = nn.Sequential(nn.Linear(4, width), nn.Tanh(), nn.Linear(width, 3))
+            opt = RuleOptimizer(net.parameters(), rule, fused=True)
+            net(torch.randn(8, 4)).square().sum().backward()
+            opt.step()
+            assert opt._state_bound is not None  # the fused step ran
+        assert len(calls) == 1, f"{len(calls)} compilations for one network's layers at three widths"
+    finally:
+        optimizers._apply_compiled.cache_clear()
+        torch._dynamo.reset()
+
+
 def test_a_step_that_cannot_compile_runs_uncompiled(monkeypatch):
     """Where torch.compile fails (here its backend raises, as it does without a C++ compiler), the fused step
     warns once and runs its function uncompiled: the checked path's values."""
