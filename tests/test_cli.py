@@ -1,16 +1,15 @@
-"""`symbolic-l2o`, the console script, as a user runs it: help, version, conventions, errors, and `distill`
-end to end."""
+"""`symbolic-l2o`, the console script, as a user runs it, in a process of its own: its version, and `distill`
+end to end. The parser's conventions and refusals run in the test's process (`main(argv)`):
+tests/test_cli_names.py."""
 
 import json
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-import torch
 
 from symbolic_l2o.regression import FittedRule
-from symbolic_l2o.cli import COMMANDS, _option_comments
+from symbolic_l2o.cli import _option_comments
 
 EXE = Path(sys.executable).parent / "symbolic-l2o"
 
@@ -19,61 +18,11 @@ def cli(*args, cwd=None):
     return subprocess.run([str(EXE), *args], cwd=cwd, capture_output=True, text=True, timeout=300)
 
 
-def test_help_lists_every_subcommand_with_a_line_and_exits_0():
-    r = cli("--help")
-    assert r.returncode == 0, r.stderr
-    lines = r.stdout.splitlines()
-    for name in COMMANDS:
-        line = next((l for l in lines if l.strip().startswith(name + " ")), None)
-        assert line and len(line.split()) > 2, (name, r.stdout)  # the name, then its one-line description
-    assert "distill" in COMMANDS
-
-
 def test_version():
     import symbolic_l2o
 
     r = cli("--version")
     assert r.returncode == 0 and r.stdout.strip() == f"symbolic-l2o {symbolic_l2o.__version__}"
-
-
-def test_options_are_kebab_case_with_flag_and_no_flag_booleans():
-    r = cli("meta-train", "--help")
-    assert r.returncode == 0, r.stderr
-    assert "--epoch-len EPOCH_LEN" in r.stdout and "--epoch_len" not in r.stdout
-    assert "--resume, --no-resume" in r.stdout and "--curriculum, --no-curriculum" in r.stdout
-    assert "truncation length K" in r.stdout  # help from the signature's comments
-
-
-@pytest.mark.parametrize(
-    "args,says",
-    [
-        (["frobnicate"], "invalid choice: 'frobnicate' (choose from"),
-        (["evaluate", "--seed", "1"], "unrecognized arguments: --seed 1"),  # --seeds is never abbreviated
-        (["evaluate", "--epoch_len", "3"], "unrecognized arguments: --epoch_len 3"),
-        (
-            ["evaluate", "--task", "imagenet", "--device", "cpu"],
-            "known: ['digits_cnn', 'digits_mlp', 'mnist_mlp', 'quadratic']",
-        ),
-        (["evaluate", "--rule", "adamx", "--device", "cpu"], "unknown optimizer 'adamx'; choose one of"),
-        (["distill", "--steps", "many"], "invalid int value: 'many'"),
-    ],
-)
-def test_a_bad_value_is_one_line_naming_what_is_valid_with_exit_2(args, says, tmp_path):
-    r = cli(*args, cwd=tmp_path)
-    assert r.returncode == 2, r.stderr
-    assert says in r.stderr and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr, (
-        r.stderr
-    )
-
-
-@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
-def test_an_unavailable_device_says_so_plainly(tmp_path):
-    r = cli("evaluate", "--rule", "adam", "--device", "cuda", cwd=tmp_path)
-    assert (
-        r.returncode == 2
-        and "not available: PyTorch sees no CUDA GPU" in r.stderr
-        and "Traceback" not in r.stderr
-    ), r.stderr
 
 
 def test_distill_records_fits_selects_and_writes_the_fitted_rule(tmp_path):

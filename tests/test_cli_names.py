@@ -121,7 +121,53 @@ def test_the_console_script_evaluates_a_distilled_rule_by_name(tmp_path):
     assert np.isfinite(json.loads((tmp_path / "e" / "evaluation.json").read_text())["train_loss"]).all()
 
 
+# --- the parser's conventions (click's and typer's) --------------------------------------------------------
+
+
+def test_help_lists_every_subcommand_with_a_line_and_exits_0(capsys):
+    code, out, _ = cli(capsys, "--help")
+    assert code == 0
+    for name in COMMANDS:
+        line = next((l for l in out.splitlines() if l.strip().startswith(name + " ")), None)
+        assert line and len(line.split()) > 2, (name, out)  # the name, then its one-line description
+    assert "distill" in COMMANDS
+
+
+def test_options_are_kebab_case_with_flag_and_no_flag_booleans(capsys):
+    code, out, _ = cli(capsys, "meta-train", "--help")
+    assert code == 0
+    assert "--epoch-len EPOCH_LEN" in out and "--epoch_len" not in out
+    assert "--resume, --no-resume" in out and "--curriculum, --no-curriculum" in out
+    assert "truncation length K" in out  # help from the signature's comments
+
+
 # --- bad input: one line, exit status 2 ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "argv,says",
+    [
+        (["frobnicate"], "invalid choice: 'frobnicate' (choose from"),
+        (["evaluate", "--seed", "1"], "unrecognized arguments: --seed 1"),  # --seeds is never abbreviated
+        (["evaluate", "--epoch_len", "3"], "unrecognized arguments: --epoch_len 3"),
+        (
+            ["evaluate", "--task", "imagenet", "--device", "cpu"],
+            "known: ['digits_cnn', 'digits_mlp', 'mnist_mlp', 'quadratic']",
+        ),
+        (["evaluate", "--rule", "adamx", "--device", "cpu"], "unknown optimizer 'adamx'; choose one of"),
+        (["distill", "--steps", "many"], "invalid int value: 'many'"),
+    ],
+)
+def test_a_bad_value_is_one_line_naming_what_is_valid(argv, says, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # nothing is written, wherever it runs
+    code, _, err = cli(capsys, *argv)
+    assert code == 2 and says in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
+def test_an_unavailable_device_says_so_plainly(capsys, tmp_path):
+    code, _, err = cli(capsys, "evaluate", "--rule", "adam", "--device", "cuda", "--out", tmp_path / "e")
+    assert_refused(code, err, "not available: PyTorch sees no CUDA GPU")
 
 
 @pytest.mark.parametrize(
