@@ -733,7 +733,7 @@ def train_zoo(
         seconds = time.perf_counter() - t0
         evals = {  # the card keeps the final test loss: no held-out curve (eval_every=k)
             k: evaluate(rule, eval_task, k, range(seeds), eval_every=k, device=device, progress=False)
-            for k in (steps, 5 * steps)[: 2 if paper_protocol else 1]
+            for k in ((steps, 5 * steps) if paper_protocol else (steps,))
         }
         evaluation = {f"{k}_steps": ev.summary() for k, ev in evals.items()}
         evaluation["eva_loss"] = evaluation[f"{steps}_steps"]["eva_loss"]  # our late loss

@@ -70,6 +70,26 @@ def test_fused_step_gives_the_checked_steps_values(expr, decoupled):
     assert int(ob.state[b[2].bias]["step"]) < int(ob.state[b[2].weight]["step"])
 
 
+def test_a_parameter_with_no_flat_view_steps_as_the_checked_path_does():
+    """A channels_last convolution's weight has no flat view: the fused step writes it as it is (a graph
+    variant of its own), with the checked path's values; the contiguous bias beside it goes flat."""
+    torch.manual_seed(0)
+    a = nn.Conv2d(3, 4, 3).to(memory_format=torch.channels_last)
+    b = nn.Conv2d(3, 4, 3).to(memory_format=torch.channels_last)
+    b.load_state_dict(a.state_dict())
+    assert not b.weight.is_contiguous() and b.bias.is_contiguous()
+    rule = SymbolicRule("-0.85*mp3_0 + 0.1*tanh(3*mp3_0)", scale=0.05)
+    oa, ob = RuleOptimizer(a.parameters(), rule), RuleOptimizer(b.parameters(), rule, fused=True)
+    X = torch.randn(2, 3, 6, 6).to(memory_format=torch.channels_last)
+    for net, opt in ((a, oa), (b, ob)):
+        for _ in range(3):
+            opt.zero_grad()
+            net(X).square().mean().backward()
+            opt.step()
+    assert_same(a, oa, b, ob)
+    assert ob._state_bound is not None  # the steps were fused, not the checked fallback
+
+
 def test_state_dict_moves_between_the_fused_and_the_checked_optimizer():
     rule = SymbolicRule("-0.85*mp3_0", scale=0.05)
     a, b = nets()
