@@ -26,17 +26,6 @@ EXE = Path(sys.executable).parent / "symbolic-l2o"
 TINY = ["--task", "digits_mlp", "--steps", "2", "--seeds", "1", "--device", "cpu"]
 
 
-def cli(capsys, *argv):
-    "`main(argv)` in this process → (exit status, stdout, stderr)."
-    try:
-        main([str(a) for a in argv])
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def assert_refused(code, err, says):
     assert code == 2 and says in err, err
     assert (
@@ -60,8 +49,8 @@ def rule_files(tmp_path_factory):
 
 
 @pytest.mark.parametrize("name", list_optimizers())
-def test_evaluate_takes_every_name_of_list_optimizers(name, capsys, tmp_path):
-    code, _, err = cli(capsys, "evaluate", "--rule", name, *TINY, "--out", tmp_path)
+def test_evaluate_takes_every_name_of_list_optimizers(name, cli, tmp_path):
+    code, _, err = cli("evaluate", "--rule", name, *TINY, "--out", tmp_path)
     if name == "adamw":  # Adam with RuleOptimizer's decoupled weight decay: no rule that evaluate can step
         assert_refused(code, err, "adamw is adam stepped with RuleOptimizer's")
         return
@@ -70,16 +59,16 @@ def test_evaluate_takes_every_name_of_list_optimizers(name, capsys, tmp_path):
     assert np.isfinite(result["train_loss"]).all()
 
 
-def test_evaluate_names_are_case_insensitive(capsys, tmp_path):
-    code, _, err = cli(capsys, "evaluate", "--rule", "RP_SI_Distilled", *TINY, "--out", tmp_path)
+def test_evaluate_names_are_case_insensitive(cli, tmp_path):
+    code, _, err = cli("evaluate", "--rule", "RP_SI_Distilled", *TINY, "--out", tmp_path)
     assert code == 0, err
 
 
 @pytest.mark.parametrize("which", ["fitted_rule.json", "rule.pt", "rule.json", "rule"])
-def test_evaluate_takes_the_rule_files_the_library_writes(which, rule_files, capsys, tmp_path):
+def test_evaluate_takes_the_rule_files_the_library_writes(which, rule_files, cli, tmp_path):
     fitted, pair = rule_files
     path = fitted if which == "fitted_rule.json" else pair.parent / which
-    code, _, err = cli(capsys, "evaluate", "--rule", path, *TINY, "--out", tmp_path)
+    code, _, err = cli("evaluate", "--rule", path, *TINY, "--out", tmp_path)
     assert code == 0, err
 
 
@@ -101,9 +90,9 @@ def test_evaluate_takes_the_rule_files_the_library_writes(which, rule_files, cap
         (["evaluate", "--rule", "rp_si", "--lr", "0.1"], "has no keyword(s) ['lr']"),
     ],
 )
-def test_a_rule_that_is_not_there_is_one_line_naming_it(argv, says, capsys, tmp_path):
+def test_a_rule_that_is_not_there_is_one_line_naming_it(argv, says, cli, tmp_path):
     argv = [a.format(tmp=tmp_path) for a in argv]
-    code, _, err = cli(capsys, *argv, "--device", "cpu", "--out", tmp_path / "out")
+    code, _, err = cli(*argv, "--device", "cpu", "--out", tmp_path / "out")
     assert_refused(code, err, says.format(tmp=tmp_path))
     assert not (tmp_path / "out").exists()  # refused before any work
 
@@ -124,8 +113,8 @@ def test_the_console_script_evaluates_a_distilled_rule_by_name(tmp_path):
 # --- the parser's conventions (click's and typer's) --------------------------------------------------------
 
 
-def test_help_lists_every_subcommand_with_a_line_and_exits_0(capsys):
-    code, out, _ = cli(capsys, "--help")
+def test_help_lists_every_subcommand_with_a_line_and_exits_0(cli):
+    code, out, _ = cli("--help")
     assert code == 0
     for name in COMMANDS:
         line = next((l for l in out.splitlines() if l.strip().startswith(name + " ")), None)
@@ -133,8 +122,8 @@ def test_help_lists_every_subcommand_with_a_line_and_exits_0(capsys):
     assert "distill" in COMMANDS
 
 
-def test_options_are_kebab_case_with_flag_and_no_flag_booleans(capsys):
-    code, out, _ = cli(capsys, "meta-train", "--help")
+def test_options_are_kebab_case_with_flag_and_no_flag_booleans(cli):
+    code, out, _ = cli("meta-train", "--help")
     assert code == 0
     assert "--epoch-len EPOCH_LEN" in out and "--epoch_len" not in out
     assert "--resume, --no-resume" in out and "--curriculum, --no-curriculum" in out
@@ -158,15 +147,15 @@ def test_options_are_kebab_case_with_flag_and_no_flag_booleans(capsys):
         (["distill", "--steps", "many"], "invalid int value: 'many'"),
     ],
 )
-def test_a_bad_value_is_one_line_naming_what_is_valid(argv, says, capsys, tmp_path, monkeypatch):
+def test_a_bad_value_is_one_line_naming_what_is_valid(argv, says, cli, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # nothing is written, wherever it runs
-    code, _, err = cli(capsys, *argv)
+    code, _, err = cli(*argv)
     assert code == 2 and says in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
-def test_an_unavailable_device_says_so_plainly(capsys, tmp_path):
-    code, _, err = cli(capsys, "evaluate", "--rule", "adam", "--device", "cuda", "--out", tmp_path / "e")
+def test_an_unavailable_device_says_so_plainly(cli, tmp_path):
+    code, _, err = cli("evaluate", "--rule", "adam", "--device", "cuda", "--out", tmp_path / "e")
     assert_refused(code, err, "not available: PyTorch sees no CUDA GPU")
 
 
@@ -186,42 +175,42 @@ def test_an_unavailable_device_says_so_plainly(capsys, tmp_path):
         ["distill", "--tune-epochs", "-1"],
     ],
 )
-def test_a_count_out_of_its_range_is_refused_when_parsed(argv, capsys):
-    code, _, err = cli(capsys, *argv)
+def test_a_count_out_of_its_range_is_refused_when_parsed(argv, cli):
+    code, _, err = cli(*argv)
     assert_refused(code, err, f"argument {argv[1]}: ")
     assert "is out of range: give an integer from" in err
 
 
 @pytest.mark.parametrize("device", ["meta", "cuda:7", "gpu"])
-def test_a_device_this_machine_cannot_run_on_is_one_line(device, capsys, tmp_path):
+def test_a_device_this_machine_cannot_run_on_is_one_line(device, cli, tmp_path):
     if device == "cuda:7" and torch.cuda.device_count() > 7:
         pytest.skip("this machine has a cuda:7")
-    code, _, err = cli(capsys, "evaluate", *TINY[:-2], "--device", device, "--out", tmp_path)
+    code, _, err = cli("evaluate", *TINY[:-2], "--device", device, "--out", tmp_path)
     assert_refused(code, err, "argument --device: ")
 
 
-def test_a_run_directory_another_process_holds_is_one_line(capsys, tmp_path):
+def test_a_run_directory_another_process_holds_is_one_line(cli, tmp_path):
     with open(tmp_path / ".lock", "a") as f:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         argv = ["meta-train", "--epochs", "1", "--epoch-len", "2", "--unroll", "2", "--device", "cpu"]
-        code, _, err = cli(capsys, *argv, "--resume", "--out", tmp_path)
+        code, _, err = cli(*argv, "--resume", "--out", tmp_path)
     assert_refused(code, err, "is being written by another process")
 
 
-def test_an_out_that_is_a_file_is_one_line(capsys, tmp_path):
+def test_an_out_that_is_a_file_is_one_line(cli, tmp_path):
     (tmp_path / "taken").write_text("")
     argv = ["meta-train", "--epochs", "1", "--epoch-len", "2", "--unroll", "2", "--device", "cpu"]
-    code, _, err = cli(capsys, *argv, "--out", tmp_path / "taken")
+    code, _, err = cli(*argv, "--out", tmp_path / "taken")
     assert_refused(code, err, "taken")
 
 
-def test_missing_mnist_names_the_download_flag_and_make_data(capsys, tmp_path):
-    code, _, err = cli(capsys, "evaluate", "--rule", "adam", "--task", "mnist_mlp", "--data-root", tmp_path)
+def test_missing_mnist_names_the_download_flag_and_make_data(cli, tmp_path):
+    code, _, err = cli("evaluate", "--rule", "adam", "--task", "mnist_mlp", "--data-root", tmp_path)
     assert_refused(code, err, "--download")
     assert "make data" in err and "download=True" not in err
 
 
-def test_running_out_of_memory_is_one_line_and_a_bug_keeps_its_traceback(capsys, monkeypatch):
+def test_running_out_of_memory_is_one_line_and_a_bug_keeps_its_traceback(cli, monkeypatch):
     cli_module = importlib.import_module("symbolic_l2o.cli")  # symbolic_l2o.cli: the module, not the function
 
     def evaluate_cli(rule: str = "rp_si", device: str = "auto"):  # evaluate_cli's signature, in short
@@ -229,7 +218,7 @@ def test_running_out_of_memory_is_one_line_and_a_bug_keeps_its_traceback(capsys,
 
     monkeypatch.setattr(cli_module, "evaluate_cli", evaluate_cli)
     raised = MemoryError()
-    code, _, err = cli(capsys, "evaluate", "--rule", "adam")
+    code, _, err = cli("evaluate", "--rule", "adam")
     assert_refused(code, err, "out of memory")
     raised = KeyError("m")
     with pytest.raises(KeyError):

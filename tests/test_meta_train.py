@@ -4,8 +4,6 @@ the CLI."""
 import json
 import math
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -232,13 +230,9 @@ def test_unknown_zoo_name_lists_what_exists():
         zoo_rule("rp_huge")
 
 
-def cli(*args, cwd):
-    exe = Path(sys.executable).parent / "symbolic-l2o"
-    return subprocess.run([str(exe), *args], cwd=cwd, capture_output=True, text=True, timeout=300)
-
-
-def test_cli_meta_trains_continues_and_evaluates_end_to_end(tmp_path):
-    r = cli(
+def test_cli_meta_trains_continues_and_evaluates_end_to_end(cli, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the relative paths a user types
+    code, out, err = cli(
         "meta-train",
         "--rule",
         "rp_s",
@@ -254,12 +248,11 @@ def test_cli_meta_trains_continues_and_evaluates_end_to_end(tmp_path):
         "mt",
         "--device",
         "cpu",
-        cwd=tmp_path,
     )
-    assert r.returncode == 0, r.stderr
+    assert code == 0, err
     assert (tmp_path / "mt" / "rule.pt").exists() and (tmp_path / "mt" / "checkpoint.pt").exists()
     assert len((tmp_path / "mt" / "metrics.jsonl").read_text().splitlines()) == 2
-    r = cli(
+    code, out, err = cli(
         "meta-train",
         "--start",
         "mt/rule.pt",
@@ -275,11 +268,10 @@ def test_cli_meta_trains_continues_and_evaluates_end_to_end(tmp_path):
         "tuned",
         "--device",
         "cpu",
-        cwd=tmp_path,
     )
-    assert r.returncode == 0, r.stderr
+    assert code == 0, err
     assert json.loads((tmp_path / "tuned" / "rule.json").read_text())["continued_from"] == "mt/rule.pt"
-    r = cli(
+    code, out, err = cli(
         "evaluate",
         "--rule",
         "tuned/rule.pt",
@@ -293,12 +285,11 @@ def test_cli_meta_trains_continues_and_evaluates_end_to_end(tmp_path):
         "ev",
         "--device",
         "cpu",
-        cwd=tmp_path,
     )
-    assert r.returncode == 0, r.stderr
+    assert code == 0, err
     ev = json.loads((tmp_path / "ev" / "evaluation.json").read_text())
     assert np.array(ev["train_loss"]).shape == (2, 11)
-    r = cli(
+    code, out, err = cli(
         "evaluate",
         "--rule",
         "adam",
@@ -312,10 +303,9 @@ def test_cli_meta_trains_continues_and_evaluates_end_to_end(tmp_path):
         "1",
         "--out",
         "ev2",
-        cwd=tmp_path,
     )
-    assert r.returncode == 0, r.stderr
-    r = cli(
+    assert code == 0, err
+    code, out, err = cli(
         "srgen",
         "--rule",
         "tuned/rule.pt",
@@ -331,11 +321,8 @@ def test_cli_meta_trains_continues_and_evaluates_end_to_end(tmp_path):
         "sr/data",
         "--device",
         "cpu",
-        cwd=tmp_path,
     )
-    assert r.returncode == 0, r.stderr
-    assert (tmp_path / "sr" / "data.npz").exists() and json.loads(r.stdout)[
-        "columns"
-    ] == 10  # mt, gt × 5 lags
-    r = cli("frobnicate", cwd=tmp_path)
-    assert r.returncode == 2 and "invalid choice: 'frobnicate'" in r.stderr
+    assert code == 0, err
+    assert (tmp_path / "sr" / "data.npz").exists() and json.loads(out)["columns"] == 10  # mt, gt × 5 lags
+    code, out, err = cli("frobnicate")
+    assert code == 2 and "invalid choice: 'frobnicate'" in err
