@@ -88,7 +88,7 @@ def without_offset(fit: FittedRule) -> FittedRule:
 
     rng = np.random.default_rng(0)
     X = rng.normal(size=(500, 1))
-    fit = fit_rule(X, -0.1 * X[:, 0] + 0.01, ["g_0"], generations=2, time_limit=2)
+    fit = fit_rule(X, -0.1 * X[:, 0] + 0.01, ["g_0"], generations=2)
     zero = np.zeros((1, 1))  # a zero gradient
     print(fit.predict(zero), without_offset(fit).predict(zero))  # [0.01] [-0.]: no drift
     ```"""

@@ -474,7 +474,7 @@ class FittedRule(_ParetoMembers, _EquationValues, _FitFile):
     rng = np.random.default_rng(0)
     X = rng.normal(size=(500, 2))
     y = -0.5 * np.tanh(2 * X[:, 0])
-    fit = fit_rule(X, y, ["mt_0", "g_0"], generations=2, time_limit=2)
+    fit = fit_rule(X, y, ["mt_0", "g_0"], generations=2)
     print(fit.table())  # the Pareto front, simplest first; * marks the selected equation
     simplest = fit.member(0)  # any member of the front, as a FittedRule
     path = fit.save(Path(tempfile.mkdtemp()) / "fitted_rule.json")
@@ -721,7 +721,7 @@ def fit_rule(
     rng = np.random.default_rng(0)
     X = rng.normal(size=(500, 2))
     y = -0.5 * np.tanh(2 * X[:, 0])
-    fit = fit_rule(X, y, ["mt_0", "g_0"], generations=2, time_limit=2)
+    fit = fit_rule(X, y, ["mt_0", "g_0"], generations=2)
     print(fit.expr, f"R² {fit.r2(X, y):.3f}")
     rule = fit.to_rule()  # a SymbolicRule: deploy it with RuleOptimizer or create_optimizer
     ```"""

@@ -39,7 +39,7 @@ def rule_files(tmp_path_factory):
     fitted_rule.json) and a save_rule pair, as meta-train writes them."""
     d = tmp_path_factory.mktemp("rules")
     g = np.random.default_rng(0).normal(size=(200, 1))
-    fit = fit_rule(g, -0.1 * np.tanh(g[:, 0]), ["g_0"], generations=3, time_limit=5)
+    fit = fit_rule(g, -0.1 * np.tanh(g[:, 0]), ["g_0"], generations=3)
     fitted = fit.save(d / "run" / "fitted_rule.json")
     pair = save_rule(AdamRule(lr=0.01), d / "saved" / "rule.pt")
     return fitted, pair

@@ -36,7 +36,7 @@ def gradients():
 def test_exact_recovery_from_recorded_gradients(gradients, target):
     expr = sanity_targets()[target]
     y = evaluate_expression(expr, gradients.X, gradients.names)
-    fit = fit_rule(gradients.X, y, gradients.names, time_limit=2, max_rows=3000)
+    fit = fit_rule(gradients.X, y, gradients.names, generations=5, max_rows=3000)
     assert _is_exact(fit.expr, expr), fit.expr
     assert fit.r2(gradients.X, y) > 0.999999
 
@@ -208,7 +208,7 @@ def test_a_censored_fit_aims_past_the_bound_where_the_target_saturates_and_deplo
     X = np.random.default_rng(0).normal(size=(400, 1))
     y = np.tanh(3 * X[:, 0])  # a tanh output: saturated (|y| > 0.99) for |g| > 0.88
     saturated = np.abs(y) > 0.99
-    fit = fit_rule(X, y, ["g_0"], generations=20, time_limit=10, censor=0.99)
+    fit = fit_rule(X, y, ["g_0"], generations=5, censor=0.99)
     raw = evaluate_expression(fit.expr, X, ["g_0"])
     assert np.abs(raw[saturated]).mean() > 1.1  # fitted to 1.2·y there, not to the bound
     # the range of the target itself
@@ -219,7 +219,7 @@ def test_a_censored_fit_aims_past_the_bound_where_the_target_saturates_and_deplo
     assert fit.to_rule().clip == (y.min(), y.max())  # censored: clipped although nothing is fed back
     # R² is that of the deployed outputs
     np.testing.assert_array_equal(fit.predict(X), np.clip(raw, y.min(), y.max()))
-    plain = fit_rule(X, y, ["g_0"], generations=20, time_limit=10)
+    plain = fit_rule(X, y, ["g_0"], generations=5)
     assert (
         np.abs(evaluate_expression(plain.expr, X, ["g_0"])[saturated]).mean() < 1.05
         and plain.to_rule().clip is None
@@ -332,7 +332,6 @@ SMALL = dict(
     lags=5,
     coords_per_tensor=5,
     generations=10,
-    time_limit=5,
     validation_seeds=4,
     eval_seeds=4,
     tune_epochs=0,
