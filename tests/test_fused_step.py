@@ -164,10 +164,11 @@ def test_fused_refuses_what_it_cannot_step():
         RuleOptimizer(net.parameters(), SymbolicRule("-0.5*mt_0"), fused="yes")
 
 
-def test_one_compile_serves_a_network_at_another_width(monkeypatch):
+def test_one_compile_serves_a_network_at_another_width_step_and_lr(monkeypatch):
     """The fused step compiles once for a network's layers, whatever their widths: sizes equal by chance in
     the first network (4 inputs, 4 hidden units) bind nothing, and the rule's float hyperparameters do not
-    restart the trace (each would call the backend again)."""
+    restart the trace (each would call the backend again). The step count and a scheduler's lr, which change
+    every step, are tensors of the graph: no recompilation either."""
     import torch._inductor.compile_fx as compile_fx
 
     from symbolic_l2o import rule_optimizer as optimizers
@@ -181,10 +182,14 @@ def test_one_compile_serves_a_network_at_another_width(monkeypatch):
         for width in (4, 6, 9):
             net = nn.Sequential(nn.Linear(4, width), nn.Tanh(), nn.Linear(width, 3))
             opt = RuleOptimizer(net.parameters(), rule, fused=True)
-            net(torch.randn(8, 4)).square().sum().backward()
-            opt.step()
-            assert opt._state_bound is not None  # the fused step ran
-        assert len(calls) == 1, f"{len(calls)} compilations for one network's layers at three widths"
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 0.7**t)
+            for _ in range(3):
+                opt.zero_grad()
+                net(torch.randn(8, 4)).square().sum().backward()
+                opt.step()
+                sched.step()
+                assert opt._state_bound is not None  # the fused step ran
+        assert len(calls) == 1, f"{len(calls)} compilations for one network at three widths, steps and lrs"
     finally:
         optimizers._apply_compiled.cache_clear()
         torch._dynamo.reset()
