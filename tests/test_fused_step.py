@@ -16,7 +16,7 @@ from symbolic_l2o.rule_optimizer import RuleOptimizer
 EQUATIONS = [
     "-0.85*mp3_0",  # 04's deployed form: m over the cube root of an average of |g|³
     "0.3*tanh(2*mp25_0) - 0.1*mp2_0 + 0.01*g_0",
-    "-0.5*mt_0 + 0.2*sign(g_0)*t_0",
+    "-0.5*mt_0 + 0.2*sign(g_0)*t_0 - 0.3*mp4_0",  # mp2 and mp4: √ and √√ in the compiled graph, not log/exp
 ]
 
 
