@@ -324,5 +324,3 @@ def test_cli_meta_trains_continues_and_evaluates_end_to_end(cli, tmp_path, monke
     )
     assert code == 0, err
     assert (tmp_path / "sr" / "data.npz").exists() and json.loads(out)["columns"] == 10  # mt, gt × 5 lags
-    code, out, err = cli("frobnicate")
-    assert code == 2 and "invalid choice: 'frobnicate'" in err
